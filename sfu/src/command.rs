@@ -1,0 +1,62 @@
+//! Commands from the control plane to the worker that owns (or will own) a peer.
+
+use str0m::Candidate;
+use str0m::change::{SdpAnswer, SdpOffer};
+use tokio::sync::oneshot;
+
+use crate::error::SfuError;
+use crate::event::{EventSink, PeerSpec};
+use crate::ids::{PeerId, TrackId};
+
+/// Where a command's result goes.
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, SfuError>>;
+
+/// One command for a worker.
+pub(crate) enum Command {
+    /// Create a publisher peer from the client's offer; replies with the SDP answer.
+    AddPublisher {
+        peer: PeerId,
+        spec: PeerSpec,
+        offer: Box<SdpOffer>,
+        events: EventSink,
+        reply: Reply<String>,
+    },
+    /// Create a subscriber peer; its first offer arrives as an event.
+    AddSubscriber {
+        peer: PeerId,
+        spec: PeerSpec,
+        events: EventSink,
+        reply: Reply<()>,
+    },
+    /// A publisher's client offers again (tracks added or removed); replies with the answer.
+    PublisherOffer {
+        peer: PeerId,
+        offer: Box<SdpOffer>,
+        reply: Reply<String>,
+    },
+    /// A subscriber's client answers the latest offer.
+    SubscriberAnswer {
+        peer: PeerId,
+        answer: Box<SdpAnswer>,
+        reply: Reply<()>,
+    },
+    /// Start sending a track to a subscriber.
+    Subscribe {
+        peer: PeerId,
+        track: TrackId,
+        reply: Reply<()>,
+    },
+    /// Stop sending a track to a subscriber.
+    Unsubscribe {
+        peer: PeerId,
+        track: TrackId,
+        reply: Reply<()>,
+    },
+    /// A trickled remote ICE candidate.
+    RemoteCandidate {
+        peer: PeerId,
+        candidate: Box<Candidate>,
+    },
+    /// Close and forget a peer.
+    RemovePeer { peer: PeerId, reply: Reply<()> },
+}

@@ -1,0 +1,45 @@
+//! Configuration of the media core, with the defaults a laptop run needs.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+/// How the media core runs. Every field has a default that works on one machine.
+#[derive(Debug, Clone)]
+pub struct SfuConfig {
+    /// Number of media worker threads, each with its own UDP socket. Default: the number of
+    /// available cores.
+    pub workers: usize,
+    /// Address the media sockets bind to. Default `127.0.0.1`.
+    pub bind_ip: IpAddr,
+    /// UDP port of the first worker; worker `i` binds `first_port + i`. `0` lets the operating
+    /// system choose a free port per worker (tests). Default `7882`.
+    pub first_port: u16,
+    /// Addresses advertised to clients as ICE host candidates (with each worker's port). Empty
+    /// means `bind_ip`, which must then not be unspecified. Default: empty.
+    pub advertise_ips: Vec<IpAddr>,
+    /// Capacity, in batches, of each worker's queue of packets from other workers. A full queue
+    /// drops the newest batch for that worker and counts it. Default `1024`.
+    pub worker_queue_batches: usize,
+    /// Minimum interval between two keyframe requests sent to a publisher for one track layer;
+    /// requests in between are coalesced into one sent when the interval ends. Default 500 ms.
+    pub keyframe_request_interval: Duration,
+    /// How long a subscriber waits for a requested keyframe before asking again. Default 1 s.
+    pub keyframe_retry: Duration,
+    /// UDP socket send and receive buffer size in bytes. Default 4 MiB.
+    pub socket_buffer_bytes: usize,
+}
+
+impl Default for SfuConfig {
+    fn default() -> Self {
+        Self {
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            bind_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            first_port: 7882,
+            advertise_ips: Vec::new(),
+            worker_queue_batches: 1024,
+            keyframe_request_interval: Duration::from_millis(500),
+            keyframe_retry: Duration::from_secs(1),
+            socket_buffer_bytes: 4 << 20,
+        }
+    }
+}

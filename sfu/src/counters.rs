@@ -1,0 +1,87 @@
+//! Counters of what the media workers did and dropped.
+//!
+//! Each worker owns one `WorkerCounters` and is its only writer (relaxed atomics, no
+//! contention between cores); readers sum them into a [`CounterSnapshot`]. The media core does
+//! not depend on a metrics registry: the control plane exports snapshots as it likes.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident,)*) => {
+        /// One worker's counters.
+        #[derive(Debug, Default)]
+        pub(crate) struct WorkerCounters {
+            $(pub(crate) $name: AtomicU64,)*
+        }
+
+        /// Totals over all workers at one moment.
+        #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+        #[non_exhaustive]
+        pub struct CounterSnapshot {
+            $($(#[$doc])* pub $name: u64,)*
+        }
+
+        impl CounterSnapshot {
+            pub(crate) fn add(&mut self, c: &WorkerCounters) {
+                $(self.$name += c.$name.load(Ordering::Relaxed);)*
+            }
+
+            /// Every counter with its name, for exporters.
+            pub fn fields(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($name), self.$name),)*]
+            }
+        }
+    };
+}
+
+counters! {
+    /// Datagrams read from the media sockets.
+    datagrams_received,
+    /// Bytes read from the media sockets.
+    bytes_received,
+    /// Datagrams written to the media sockets.
+    datagrams_sent,
+    /// Bytes written to the media sockets.
+    bytes_sent,
+    /// Datagrams from an address (or for a ufrag) that belongs to no peer.
+    dropped_unroutable,
+    /// Datagrams a peer's state machine said were not its own.
+    dropped_rejected,
+    /// Datagrams that could not be parsed or that the peer's state machine refused.
+    dropped_malformed,
+    /// Datagrams that could not be sent (socket buffer full or error).
+    dropped_send,
+    /// RTP packets received from publishers.
+    rtp_received,
+    /// RTP packets written to subscribers.
+    rtp_forwarded,
+    /// RTP payload bytes written to subscribers.
+    rtp_bytes_forwarded,
+    /// RTP packets not forwarded to a subscriber (no matching codec, not yet started, stale).
+    rtp_not_forwarded,
+    /// Batches of packets dropped because another worker's queue was full.
+    queue_drops,
+    /// Keyframe requests received from subscribers (PLI/FIR).
+    keyframe_requests_received,
+    /// Keyframe requests sent to publishers, after coalescing.
+    keyframe_requests_sent,
+    /// Data channel messages relayed to a subscriber.
+    data_relayed,
+    /// Data channel messages dropped (no permission, not text, channel not open, congested).
+    data_dropped,
+    /// Peers currently on the workers.
+    peers,
+}
+
+impl WorkerCounters {
+    /// Adds `n` to a counter.
+    #[inline]
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Subtracts `n` from a gauge.
+    pub(crate) fn sub(counter: &AtomicU64, n: u64) {
+        counter.fetch_sub(n, Ordering::Relaxed);
+    }
+}

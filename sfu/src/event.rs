@@ -1,0 +1,126 @@
+//! What the control plane tells the media core about a peer, and what the core tells back.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use crate::ids::{PeerId, RoomId, TrackId};
+
+/// Who a new peer belongs to and what it may do.
+#[derive(Debug, Clone)]
+pub struct PeerSpec {
+    /// The room the peer is in. Media and data never leave it.
+    pub room: RoomId,
+    /// The participant's session id, shown to others as the sender of data messages and as
+    /// the stream id (`msid`) of its tracks.
+    pub participant: Arc<str>,
+    /// The participant's identity (from its access token).
+    pub identity: Arc<str>,
+    /// Whether data channel messages from this peer are relayed.
+    pub can_publish_data: bool,
+}
+
+/// Audio or video.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TrackKind {
+    /// An audio track.
+    Audio,
+    /// A video track.
+    Video,
+}
+
+impl TrackKind {
+    /// `"audio"` or `"video"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrackKind::Audio => "audio",
+            TrackKind::Video => "video",
+        }
+    }
+}
+
+/// A track a publisher has added.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrackInfo {
+    /// The track's id, unique in the server.
+    pub id: TrackId,
+    /// The publisher's participant id.
+    pub participant: Arc<str>,
+    /// Audio or video.
+    pub kind: TrackKind,
+    /// The media id of the track in the publisher's session.
+    pub mid: String,
+    /// RIDs of the simulcast layers, in the publisher's order (empty without simulcast).
+    pub simulcast: Vec<String>,
+}
+
+/// One track in a subscriber offer: which `mid` carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OfferedTrack {
+    /// The media id in the subscriber's session.
+    pub mid: String,
+    /// The track it carries.
+    pub track: TrackId,
+    /// The track's publisher.
+    pub participant: Arc<str>,
+    /// Audio or video.
+    pub kind: TrackKind,
+}
+
+/// Why a peer closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The control plane removed it.
+    Removed,
+    /// The remote side closed the connection (DTLS close or ICE timeout).
+    Disconnected,
+    /// The peer's WebRTC state machine failed (a bug or hostile input); only it is closed.
+    Failed(String),
+    /// The media core is shutting down.
+    Shutdown,
+}
+
+/// Events about one peer, delivered to the sink given when the peer was created. None of them
+/// is per packet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerEvent {
+    /// ICE and DTLS are up: media can flow.
+    Connected {
+        /// The peer.
+        peer: PeerId,
+    },
+    /// A publisher added a track.
+    TrackPublished {
+        /// The publishing peer.
+        peer: PeerId,
+        /// The track.
+        track: TrackInfo,
+    },
+    /// A publisher's track is gone (removed by the client, or the peer closed).
+    TrackUnpublished {
+        /// The publishing peer.
+        peer: PeerId,
+        /// The track.
+        track: TrackId,
+    },
+    /// A subscriber needs a new SDP negotiation: send this offer to the client and give its
+    /// answer to [`crate::Sfu::subscriber_answer`].
+    SubscriberOffer {
+        /// The subscribing peer.
+        peer: PeerId,
+        /// The SDP offer.
+        sdp: String,
+        /// Every track the session carries after this negotiation.
+        tracks: Vec<OfferedTrack>,
+    },
+    /// The peer is gone; everything it published or subscribed is removed.
+    Closed {
+        /// The peer.
+        peer: PeerId,
+        /// Why.
+        reason: CloseReason,
+    },
+}
+
+/// Where a peer's events go.
+pub type EventSink = mpsc::UnboundedSender<PeerEvent>;

@@ -1,0 +1,385 @@
+//! [`Sfu`]: the handle the control plane drives. It starts the media workers, places new peers
+//! on the least-loaded one, sends each command to the worker that owns the peer and awaits the
+//! reply. Nothing here is on the packet path.
+
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+
+use dashmap::DashMap;
+use parking_lot::Mutex;
+use str0m::Candidate;
+use str0m::change::{SdpAnswer, SdpOffer};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::info;
+
+use crate::command::Command;
+use crate::config::SfuConfig;
+use crate::counters::{CounterSnapshot, WorkerCounters};
+use crate::error::SfuError;
+use crate::event::{EventSink, PeerSpec};
+use crate::graph::{ForwardingGraph, TrackSnapshot};
+use crate::ids::{IdAllocator, PeerId, RoomId, TrackId};
+use crate::shared::{RoomMembers, Shared, WorkerShared};
+use crate::worker::driver::{self, Inboxes};
+
+/// Capacity of each worker's command queue.
+const COMMAND_QUEUE: usize = 1024;
+
+/// The running media core. Cheap to clone; the workers stop when the last clone is dropped
+/// (or at [`Sfu::shutdown`]).
+#[derive(Clone)]
+pub struct Sfu {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    shutdown: watch::Sender<bool>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+    }
+}
+
+impl std::fmt::Debug for Sfu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sfu")
+            .field("media_addrs", &self.media_addrs())
+            .finish()
+    }
+}
+
+impl Sfu {
+    /// Binds one UDP socket per worker and starts the workers.
+    pub fn start(config: SfuConfig) -> Result<Sfu, SfuError> {
+        if config.workers == 0 {
+            return Err(SfuError::Config("at least one media worker is needed".into()));
+        }
+        let advertised = advertised_ips(&config)?;
+        let cert = str0m::crypto::from_feature_flags()
+            .dtls_provider
+            .generate_certificate()
+            .ok_or_else(|| SfuError::Config("cannot generate a DTLS certificate".into()))?;
+
+        let mut sockets = Vec::new();
+        let mut slots = Vec::new();
+        let mut inboxes = Vec::new();
+        for i in 0..config.workers {
+            let port = if config.first_port == 0 {
+                0
+            } else {
+                u16::try_from(usize::from(config.first_port) + i)
+                    .map_err(|_| SfuError::Config("media ports run past 65535".into()))?
+            };
+            let socket = bind_udp(SocketAddr::new(config.bind_ip, port), config.socket_buffer_bytes)?;
+            let local = socket.local_addr().map_err(|source| SfuError::Bind {
+                addr: SocketAddr::new(config.bind_ip, port),
+                source,
+            })?;
+            let candidates: Vec<SocketAddr> =
+                advertised.iter().map(|ip| SocketAddr::new(*ip, local.port())).collect();
+            let (commands, commands_rx) = mpsc::channel(COMMAND_QUEUE);
+            let (media_tx, media_rx) = mpsc::channel(config.worker_queue_batches.max(1));
+            let (control_tx, control_rx) = mpsc::unbounded_channel();
+            slots.push(WorkerShared {
+                counters: WorkerCounters::default(),
+                load: AtomicUsize::new(0),
+                media_tx,
+                control_tx,
+                commands,
+                local_addr: local,
+                candidates,
+            });
+            inboxes.push((commands_rx, media_rx, control_rx));
+            sockets.push(socket);
+        }
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            config,
+            graph: ForwardingGraph::default(),
+            rooms: DashMap::new(),
+            peers: DashMap::new(),
+            workers: slots,
+            ids: IdAllocator::new(),
+            cert,
+        });
+        let mut threads = Vec::new();
+        for (index, (socket, (commands, media, control))) in
+            sockets.into_iter().zip(inboxes).enumerate()
+        {
+            let receive_addr = shared.workers[index].candidates[0];
+            let inboxes = Inboxes {
+                commands,
+                media,
+                control,
+                shutdown: shutdown_rx.clone(),
+            };
+            let thread = driver::spawn(index, socket, receive_addr, shared.clone(), inboxes)
+                .map_err(|e| SfuError::Config(format!("cannot start a media worker thread: {e}")))?;
+            threads.push(thread);
+        }
+        info!(
+            workers = shared.workers.len(),
+            addrs = ?shared.workers.iter().map(|w| w.local_addr).collect::<Vec<_>>(),
+            "media workers started"
+        );
+        Ok(Sfu {
+            inner: Arc::new(Inner {
+                shared,
+                shutdown,
+                threads: Mutex::new(threads),
+            }),
+        })
+    }
+
+    fn shared(&self) -> &Shared {
+        &self.inner.shared
+    }
+
+    /// The address each worker's socket is bound to.
+    pub fn media_addrs(&self) -> Vec<SocketAddr> {
+        self.shared().workers.iter().map(|w| w.local_addr).collect()
+    }
+
+    /// The ICE candidates advertised for each worker.
+    pub fn advertised_addrs(&self) -> Vec<SocketAddr> {
+        self.shared()
+            .workers
+            .iter()
+            .flat_map(|w| w.candidates.iter().copied())
+            .collect()
+    }
+
+    /// Creates an empty room.
+    pub fn create_room(&self) -> RoomId {
+        let id = RoomId(self.shared().ids.next());
+        self.shared().rooms.insert(id, RoomMembers::default());
+        id
+    }
+
+    /// Forgets a room. Its peers should have been removed first; peers still in it stay
+    /// connected but no longer receive data messages.
+    pub fn close_room(&self, room: RoomId) {
+        self.shared().rooms.remove(&room);
+    }
+
+    /// Creates a publisher peer from a client's SDP offer; returns the peer and the answer.
+    pub async fn add_publisher(
+        &self,
+        spec: PeerSpec,
+        offer: &str,
+        events: EventSink,
+    ) -> Result<(PeerId, String), SfuError> {
+        let offer = SdpOffer::from_sdp_string(offer).map_err(|e| SfuError::BadSdp(e.to_string()))?;
+        let (peer, worker) = self.place(&spec)?;
+        let answer = self
+            .request(worker, |reply| Command::AddPublisher {
+                peer,
+                spec,
+                offer: Box::new(offer),
+                events,
+                reply,
+            })
+            .await
+            .inspect_err(|_| self.forget(peer, worker))?;
+        Ok((peer, answer))
+    }
+
+    /// Creates a subscriber peer. Its first SDP offer arrives as
+    /// [`crate::PeerEvent::SubscriberOffer`].
+    pub async fn add_subscriber(&self, spec: PeerSpec, events: EventSink) -> Result<PeerId, SfuError> {
+        let (peer, worker) = self.place(&spec)?;
+        self.request(worker, |reply| Command::AddSubscriber {
+            peer,
+            spec,
+            events,
+            reply,
+        })
+        .await
+        .inspect_err(|_| self.forget(peer, worker))?;
+        Ok(peer)
+    }
+
+    /// A publisher's client offers again; returns the answer.
+    pub async fn publisher_offer(&self, peer: PeerId, offer: &str) -> Result<String, SfuError> {
+        let offer = SdpOffer::from_sdp_string(offer).map_err(|e| SfuError::BadSdp(e.to_string()))?;
+        let worker = self.worker_of(peer)?;
+        self.request(worker, |reply| Command::PublisherOffer {
+            peer,
+            offer: Box::new(offer),
+            reply,
+        })
+        .await
+    }
+
+    /// A subscriber's client answers the latest offer.
+    pub async fn subscriber_answer(&self, peer: PeerId, answer: &str) -> Result<(), SfuError> {
+        let answer =
+            SdpAnswer::from_sdp_string(answer).map_err(|e| SfuError::BadSdp(e.to_string()))?;
+        let worker = self.worker_of(peer)?;
+        self.request(worker, |reply| Command::SubscriberAnswer {
+            peer,
+            answer: Box::new(answer),
+            reply,
+        })
+        .await
+    }
+
+    /// Starts sending a track to a subscriber (after the next negotiation).
+    pub async fn subscribe(&self, peer: PeerId, track: TrackId) -> Result<(), SfuError> {
+        let worker = self.worker_of(peer)?;
+        self.request(worker, |reply| Command::Subscribe { peer, track, reply })
+            .await
+    }
+
+    /// Stops sending a track to a subscriber.
+    pub async fn unsubscribe(&self, peer: PeerId, track: TrackId) -> Result<(), SfuError> {
+        let worker = self.worker_of(peer)?;
+        self.request(worker, |reply| Command::Unsubscribe { peer, track, reply })
+            .await
+    }
+
+    /// Adds a trickled remote ICE candidate (`candidate:...`, with or without `a=`).
+    pub async fn add_remote_candidate(&self, peer: PeerId, candidate: &str) -> Result<(), SfuError> {
+        let line = candidate.trim().trim_start_matches("a=");
+        let candidate = Candidate::from_sdp_string(line)
+            .map_err(|e| SfuError::BadSdp(format!("bad ICE candidate: {e}")))?;
+        let worker = self.worker_of(peer)?;
+        self.shared().workers[worker]
+            .commands
+            .send(Command::RemoteCandidate {
+                peer,
+                candidate: Box::new(candidate),
+            })
+            .await
+            .map_err(|_| SfuError::Shutdown)
+    }
+
+    /// Closes a peer and removes everything it published or subscribed. When this returns,
+    /// the forwarding graph holds nothing of it.
+    pub async fn remove_peer(&self, peer: PeerId) -> Result<(), SfuError> {
+        let worker = self.worker_of(peer)?;
+        self.request(worker, |reply| Command::RemovePeer { peer, reply })
+            .await
+    }
+
+    /// Totals of the workers' counters.
+    pub fn counters(&self) -> CounterSnapshot {
+        self.shared().counters()
+    }
+
+    /// Every published track and its subscribers.
+    pub fn tracks(&self) -> Vec<TrackSnapshot> {
+        self.shared().graph.snapshot()
+    }
+
+    /// Number of live peers.
+    pub fn peer_count(&self) -> usize {
+        self.shared().peers.len()
+    }
+
+    /// Whether a peer is live.
+    pub fn has_peer(&self, peer: PeerId) -> bool {
+        self.shared().peers.contains_key(&peer)
+    }
+
+    /// Stops the workers (closing every peer) and waits for their threads.
+    pub fn shutdown(&self) {
+        let _ = self.inner.shutdown.send(true);
+        let threads = std::mem::take(&mut *self.inner.threads.lock());
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+
+    /// Picks the worker for a new peer: the least loaded one.
+    fn place(&self, spec: &PeerSpec) -> Result<(PeerId, usize), SfuError> {
+        let shared = self.shared();
+        if !shared.rooms.contains_key(&spec.room) {
+            return Err(SfuError::UnknownRoom(spec.room));
+        }
+        let worker = shared
+            .workers
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, w)| w.load.load(Ordering::Relaxed))
+            .map_or(0, |(i, _)| i);
+        shared.workers[worker].load.fetch_add(1, Ordering::Relaxed);
+        let peer = PeerId(shared.ids.next());
+        shared.peers.insert(peer, worker);
+        Ok((peer, worker))
+    }
+
+    /// Undoes [`Sfu::place`] when the worker never got the peer.
+    fn forget(&self, peer: PeerId, worker: usize) {
+        let shared = self.shared();
+        if shared.peers.remove(&peer).is_some() && !self.is_live_on(worker) {
+            shared.workers[worker].load.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    fn is_live_on(&self, _worker: usize) -> bool {
+        // The worker removes peers that failed to start (and decrements the load itself).
+        true
+    }
+
+    fn worker_of(&self, peer: PeerId) -> Result<usize, SfuError> {
+        self.shared()
+            .peers
+            .get(&peer)
+            .map(|w| *w)
+            .ok_or(SfuError::UnknownPeer(peer))
+    }
+
+    async fn request<T>(
+        &self,
+        worker: usize,
+        command: impl FnOnce(oneshot::Sender<Result<T, SfuError>>) -> Command,
+    ) -> Result<T, SfuError> {
+        let (reply, result) = oneshot::channel();
+        let slot = self.shared().workers.get(worker).ok_or(SfuError::Shutdown)?;
+        slot.commands
+            .send(command(reply))
+            .await
+            .map_err(|_| SfuError::Shutdown)?;
+        result.await.map_err(|_| SfuError::Shutdown)?
+    }
+}
+
+/// The addresses to advertise as ICE candidates.
+fn advertised_ips(config: &SfuConfig) -> Result<Vec<IpAddr>, SfuError> {
+    if !config.advertise_ips.is_empty() {
+        if config.bind_ip.is_unspecified() && config.advertise_ips.len() > 1 {
+            return Err(SfuError::Config(
+                "with the media socket bound to all interfaces, advertise exactly one address \
+                 (or bind to a specific address)"
+                    .into(),
+            ));
+        }
+        return Ok(config.advertise_ips.clone());
+    }
+    if config.bind_ip.is_unspecified() {
+        return Err(SfuError::Config(
+            "the media socket is bound to all interfaces: give the address clients should \
+             reach (--advertise-ip)"
+                .into(),
+        ));
+    }
+    Ok(vec![config.bind_ip])
+}
+
+fn bind_udp(addr: SocketAddr, buffer: usize) -> Result<UdpSocket, SfuError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let map = |source| SfuError::Bind { addr, source };
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(map)?;
+    // Larger buffers absorb bursts (a keyframe to many subscribers); the OS may cap them.
+    let _ = socket.set_recv_buffer_size(buffer);
+    let _ = socket.set_send_buffer_size(buffer);
+    socket.bind(&addr.into()).map_err(map)?;
+    Ok(socket.into())
+}

@@ -1,0 +1,154 @@
+//! Does this RTP payload start a keyframe? One small parser per video codec.
+//!
+//! A subscriber can only start decoding (or switch layers) at a keyframe, so the forwarding
+//! path asks this once per ingress packet. Every function reads the payload defensively: a
+//! short or malformed payload is simply "not a keyframe".
+
+use str0m::format::Codec;
+use str0m::rtp::Vp8Descriptor;
+
+/// Whether `payload` (RTP payload, no header) is the first packet of a keyframe for `codec`.
+/// Audio and unknown codecs have no keyframes: every packet is a valid starting point, so they
+/// return `true`.
+pub(crate) fn starts_keyframe(codec: Codec, payload: &[u8]) -> bool {
+    match codec {
+        Codec::Vp8 => vp8(payload),
+        Codec::H264 => h264(payload),
+        Codec::Vp9 => vp9(payload),
+        Codec::Av1 => av1(payload),
+        Codec::H265 | Codec::H266 => false,
+        _ => true,
+    }
+}
+
+/// Whether `codec` carries video frames that need a keyframe to start decoding.
+pub(crate) fn needs_keyframe(codec: Codec) -> bool {
+    matches!(
+        codec,
+        Codec::Vp8 | Codec::H264 | Codec::Vp9 | Codec::Av1 | Codec::H265 | Codec::H266
+    )
+}
+
+fn vp8(payload: &[u8]) -> bool {
+    Vp8Descriptor::parse(payload).is_ok_and(|d| d.starts_keyframe(payload))
+}
+
+/// RFC 6184. A keyframe starts with an SPS (sent before the IDR slice by every encoder we
+/// forward) or, failing that, with the first fragment of an IDR slice.
+fn h264(payload: &[u8]) -> bool {
+    const IDR: u8 = 5;
+    const SPS: u8 = 7;
+    const STAP_A: u8 = 24;
+    const FU_A: u8 = 28;
+    let Some(&header) = payload.first() else {
+        return false;
+    };
+    match header & 0x1f {
+        IDR | SPS => true,
+        STAP_A => {
+            // [size: u16][NAL unit]... after the STAP-A header.
+            let mut rest = payload.get(1..).unwrap_or_default();
+            while let [hi, lo, tail @ ..] = rest {
+                let size = usize::from(u16::from_be_bytes([*hi, *lo]));
+                let Some(nal) = tail.get(..size) else {
+                    return false;
+                };
+                if nal.first().is_some_and(|h| matches!(h & 0x1f, IDR | SPS)) {
+                    return true;
+                }
+                rest = tail.get(size..).unwrap_or_default();
+            }
+            false
+        }
+        FU_A => payload
+            .get(1)
+            .is_some_and(|fu| fu & 0x80 != 0 && matches!(fu & 0x1f, IDR | SPS)),
+        _ => false,
+    }
+}
+
+/// VP9 payload descriptor (RFC 9628): `P` clear (not inter-predicted) and `B` set (start of
+/// frame), in the base spatial layer.
+fn vp9(payload: &[u8]) -> bool {
+    let Some(&first) = payload.first() else {
+        return false;
+    };
+    let picture_id = first & 0x80 != 0;
+    let inter_predicted = first & 0x40 != 0;
+    let layer_indices = first & 0x20 != 0;
+    let start_of_frame = first & 0x08 != 0;
+    if inter_predicted || !start_of_frame {
+        return false;
+    }
+    if !layer_indices {
+        return true;
+    }
+    let mut offset = 1;
+    if picture_id {
+        let Some(&pid) = payload.get(offset) else {
+            return false;
+        };
+        offset += if pid & 0x80 != 0 { 2 } else { 1 };
+    }
+    // TID(3) U(1) SID(3) D(1): keyframes start in spatial layer 0.
+    payload.get(offset).is_some_and(|l| (l >> 1) & 0x07 == 0)
+}
+
+/// AV1 RTP aggregation header: `N` set on the first packet of a coded video sequence.
+fn av1(payload: &[u8]) -> bool {
+    payload.first().is_some_and(|h| h & 0x08 != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vp8_keyframe_and_delta() {
+        // X=1 S=1 PID=0, I=1 with 15-bit picture id, then payload header with P=0 (key).
+        let key = [0x90, 0x80, 0x81, 0x23, 0x10, 0x02, 0x00];
+        let delta = [0x90, 0x80, 0x81, 0x24, 0x11, 0x02, 0x00];
+        let not_start = [0x80, 0x80, 0x81, 0x23, 0x10, 0x02, 0x00];
+        assert!(starts_keyframe(Codec::Vp8, &key));
+        assert!(!starts_keyframe(Codec::Vp8, &delta));
+        assert!(!starts_keyframe(Codec::Vp8, &not_start));
+        assert!(!starts_keyframe(Codec::Vp8, &[]));
+        assert!(!starts_keyframe(Codec::Vp8, &[0x90, 0x80]));
+    }
+
+    #[test]
+    fn h264_forms() {
+        assert!(starts_keyframe(Codec::H264, &[0x67, 0x42])); // SPS
+        assert!(starts_keyframe(Codec::H264, &[0x65, 0x88])); // IDR
+        assert!(!starts_keyframe(Codec::H264, &[0x41, 0x9a])); // non-IDR slice
+        // STAP-A with SPS and PPS.
+        assert!(starts_keyframe(Codec::H264, &[0x78, 0, 2, 0x67, 0x42, 0, 1, 0x68]));
+        // STAP-A with a size running past the end.
+        assert!(!starts_keyframe(Codec::H264, &[0x78, 0, 9, 0x41]));
+        // FU-A start of IDR, and a middle fragment.
+        assert!(starts_keyframe(Codec::H264, &[0x7c, 0x85, 0]));
+        assert!(!starts_keyframe(Codec::H264, &[0x7c, 0x05, 0]));
+        assert!(!starts_keyframe(Codec::H264, &[0x7c]));
+        assert!(!starts_keyframe(Codec::H264, &[]));
+    }
+
+    #[test]
+    fn vp9_and_av1() {
+        assert!(starts_keyframe(Codec::Vp9, &[0x88, 0x01, 0]));
+        assert!(!starts_keyframe(Codec::Vp9, &[0xc8, 0x01, 0]));
+        assert!(!starts_keyframe(Codec::Vp9, &[0x80, 0x01, 0]));
+        // With layer indices: spatial layer 1 does not start a keyframe.
+        assert!(!starts_keyframe(Codec::Vp9, &[0xa8, 0x01, 0x02]));
+        assert!(starts_keyframe(Codec::Vp9, &[0xa8, 0x01, 0x00]));
+        assert!(!starts_keyframe(Codec::Vp9, &[0xa8]));
+        assert!(starts_keyframe(Codec::Av1, &[0x18]));
+        assert!(!starts_keyframe(Codec::Av1, &[0x10]));
+    }
+
+    #[test]
+    fn audio_always_starts() {
+        assert!(starts_keyframe(Codec::Opus, &[]));
+        assert!(!needs_keyframe(Codec::Opus));
+        assert!(needs_keyframe(Codec::Vp8));
+    }
+}

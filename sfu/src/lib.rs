@@ -1,0 +1,37 @@
+//! The media core of the SFU: WebRTC peers (str0m, ICE-lite, RTP mode), the forwarding graph
+//! and the media workers. No HTTP, no JSON: the control plane drives it through [`Sfu`]
+//! (commands in) and [`PeerEvent`]s (events out).
+//!
+//! The packet path, per ingress datagram: a worker's socket -> demux (by ICE ufrag, then
+//! by remote address) -> the publisher's `Rtc` (SRTP, NACK and TWCC bookkeeping) -> the
+//! publisher role forwards the RTP packet, shared as one `Arc`, to each subscriber that wants
+//! its layer, on this worker or through a bounded queue to another -> the subscriber role
+//! rewrites sequence numbers and timestamps and writes it to the subscriber's `Rtc` (SRTP,
+//! RTX cache) -> the socket. Everything between the sockets is sans-IO: time is an argument.
+
+mod command;
+mod config;
+mod counters;
+mod data_relay;
+mod demux;
+mod error;
+mod event;
+mod graph;
+mod handle;
+mod ids;
+mod keyframe;
+mod keyframe_throttle;
+mod packet;
+mod peer;
+mod rewrite;
+mod shared;
+mod stun;
+mod worker;
+
+pub use config::SfuConfig;
+pub use counters::CounterSnapshot;
+pub use error::SfuError;
+pub use event::{CloseReason, EventSink, OfferedTrack, PeerEvent, PeerSpec, TrackInfo, TrackKind};
+pub use graph::TrackSnapshot;
+pub use handle::Sfu;
+pub use ids::{ParseIdError, PeerId, RoomId, TrackId};

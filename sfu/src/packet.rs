@@ -1,0 +1,85 @@
+//! What travels from a publisher's worker to its subscribers' workers.
+//!
+//! An ingress RTP packet becomes one reference-counted [`ForwardedPacket`] (its payload is the
+//! `Arc<[u8]>` str0m already allocated), shared by every subscriber however many there are and
+//! whichever worker they are on. Everything a subscriber needs to rewrite and re-send it is in
+//! it, so the subscriber's worker never looks at the publisher's state.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use str0m::format::PayloadParams;
+use str0m::rtp::VideoOrientation;
+
+use crate::ids::{PeerId, TrackId};
+
+/// One RTP packet of a published track, as every subscriber receives it.
+#[derive(Debug)]
+pub(crate) struct ForwardedPacket {
+    pub(crate) track: TrackId,
+    /// Simulcast layer index (0 without simulcast).
+    pub(crate) layer: u8,
+    /// The publisher's codec parameters for this packet's payload type.
+    pub(crate) params: PayloadParams,
+    /// Extended (64-bit) incoming sequence number.
+    pub(crate) seq: u64,
+    /// Incoming RTP timestamp.
+    pub(crate) ts: u32,
+    pub(crate) marker: bool,
+    /// The packet starts a keyframe (always true for audio).
+    pub(crate) keyframe: bool,
+    pub(crate) payload: Arc<[u8]>,
+    pub(crate) audio_level: Option<i8>,
+    pub(crate) voice_activity: Option<bool>,
+    pub(crate) video_orientation: Option<VideoOrientation>,
+    /// When the packet arrived at the server.
+    pub(crate) arrival: Instant,
+}
+
+/// A data channel message, already wrapped with its sender's identity.
+#[derive(Debug)]
+pub(crate) struct DataMessage {
+    pub(crate) binary: bool,
+    pub(crate) bytes: Vec<u8>,
+}
+
+/// Work for a peer, produced by another peer (on the same or another worker).
+#[derive(Debug)]
+pub(crate) enum Delivery {
+    /// Forward an RTP packet to a subscriber.
+    Rtp {
+        to: PeerId,
+        packet: Arc<ForwardedPacket>,
+    },
+    /// Send a data channel message to a subscriber.
+    Data {
+        to: PeerId,
+        message: Arc<DataMessage>,
+    },
+    /// Ask a publisher for a keyframe on one layer of a track.
+    KeyframeRequest {
+        to: PeerId,
+        track: TrackId,
+        layer: u8,
+    },
+    /// A track a subscriber receives has been unpublished.
+    TrackEnded { to: PeerId, track: TrackId },
+}
+
+impl Delivery {
+    /// The peer this delivery is for.
+    pub(crate) fn to(&self) -> PeerId {
+        match self {
+            Delivery::Rtp { to, .. }
+            | Delivery::Data { to, .. }
+            | Delivery::KeyframeRequest { to, .. }
+            | Delivery::TrackEnded { to, .. } => *to,
+        }
+    }
+
+    /// Whether losing this delivery would leave state inconsistent (it must travel on the
+    /// reliable control lane, not the droppable media lane).
+    pub(crate) fn is_control(&self) -> bool {
+        matches!(self, Delivery::TrackEnded { .. })
+    }
+}

@@ -1,0 +1,311 @@
+//! One peer: a str0m `Rtc` (ICE-lite, RTP mode) and what it does with its events, as a
+//! publisher (media comes in and is fanned out) or a subscriber (media goes out).
+//!
+//! Sans-IO: every method takes the time and a [`Ctx`] to put its output in (datagrams to send,
+//! deliveries for other peers); only the worker driver touches sockets and clocks. Everything a
+//! peer produces goes through [`Peer::drain`], which honours str0m's rule that each mutation is
+//! followed by polling the state machine until it returns a timeout.
+
+pub(crate) mod publisher;
+pub(crate) mod subscriber;
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use str0m::net::Transmit;
+use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc, RtcError};
+use tracing::{Span, debug, info, warn};
+
+use crate::counters::WorkerCounters;
+use crate::demux::Demux;
+use crate::event::{CloseReason, EventSink, PeerEvent, PeerSpec};
+use crate::graph::PeerLocation;
+use crate::ids::PeerId;
+use crate::packet::Delivery;
+use crate::shared::Shared;
+
+use self::publisher::Publisher;
+use self::subscriber::Subscriber;
+
+/// At most this many remote addresses are remembered per peer (ICE may try several).
+const MAX_REMOTE_ADDRS: usize = 8;
+
+/// Output of a worker's peers, collected during one turn of the worker loop.
+#[derive(Debug)]
+pub(crate) struct WorkerOutput {
+    /// Datagrams to send.
+    pub(crate) transmits: Vec<Transmit>,
+    /// Deliveries for peers on this worker.
+    pub(crate) local: VecDeque<Delivery>,
+    /// Droppable deliveries for peers on other workers, by worker index.
+    pub(crate) remote: Vec<Vec<Delivery>>,
+    /// Deliveries that must reach peers on other workers.
+    pub(crate) control: Vec<(usize, Delivery)>,
+}
+
+impl WorkerOutput {
+    pub(crate) fn new(workers: usize) -> Self {
+        Self {
+            transmits: Vec::new(),
+            local: VecDeque::new(),
+            remote: (0..workers).map(|_| Vec::new()).collect(),
+            control: Vec::new(),
+        }
+    }
+}
+
+/// What a peer needs from its worker while it handles something.
+pub(crate) struct Ctx<'a> {
+    pub(crate) now: Instant,
+    pub(crate) worker: usize,
+    pub(crate) shared: &'a Shared,
+    pub(crate) out: &'a mut WorkerOutput,
+    pub(crate) demux: &'a mut Demux,
+}
+
+impl Ctx<'_> {
+    pub(crate) fn counters(&self) -> &WorkerCounters {
+        // Workers are created together with their shared slots; the index is always valid.
+        &self.shared.workers[self.worker].counters
+    }
+
+    /// Queues a delivery for the peer at `to`.
+    pub(crate) fn deliver(&mut self, to: PeerLocation, delivery: Delivery) {
+        if to.worker == self.worker {
+            self.out.local.push_back(delivery);
+        } else if delivery.is_control() {
+            self.out.control.push((to.worker, delivery));
+        } else if let Some(batch) = self.out.remote.get_mut(to.worker) {
+            batch.push(delivery);
+        }
+    }
+
+    /// The location of a peer on this worker.
+    pub(crate) fn here(&self, peer: PeerId) -> PeerLocation {
+        PeerLocation {
+            worker: self.worker,
+            peer,
+        }
+    }
+}
+
+/// Who a peer is, kept apart from its state machine so both can be borrowed at once.
+pub(crate) struct PeerInfo {
+    pub(crate) id: PeerId,
+    pub(crate) spec: PeerSpec,
+    pub(crate) events: EventSink,
+    pub(crate) span: Span,
+}
+
+impl PeerInfo {
+    /// Sends an event to the control plane (ignored if it stopped listening).
+    pub(crate) fn emit(&self, event: PeerEvent) {
+        let _ = self.events.send(event);
+    }
+}
+
+/// A publisher or a subscriber.
+pub(crate) enum Role {
+    Publisher(Publisher),
+    Subscriber(Subscriber),
+}
+
+/// One peer connection.
+pub(crate) struct Peer {
+    pub(crate) info: PeerInfo,
+    pub(crate) rtc: Rtc,
+    pub(crate) role: Role,
+    /// Local ICE ufrag (the demux key before ICE succeeds).
+    pub(crate) ufrag: String,
+    /// Remote addresses this peer has sent to (the demux keys after ICE).
+    pub(crate) addrs: Vec<SocketAddr>,
+    last_destination: Option<SocketAddr>,
+    rtc_deadline: Instant,
+    /// Set once the peer must be removed.
+    pub(crate) closed: Option<CloseReason>,
+    /// Written to during this worker turn; the worker flushes it at the end of the turn.
+    pub(crate) dirty: bool,
+}
+
+impl Peer {
+    /// Builds a peer's state machine: ICE-lite, RTP mode, the shared certificate, every codec
+    /// we forward, and this worker's host candidates.
+    pub(crate) fn new(
+        info: PeerInfo,
+        role: Role,
+        shared: &Shared,
+        worker: usize,
+        now: Instant,
+    ) -> Result<Self, RtcError> {
+        let creds = IceCreds::new();
+        let ufrag = creds.ufrag.clone();
+        let mut rtc = Rtc::builder()
+            .set_ice_lite(true)
+            .set_rtp_mode(true)
+            .set_dtls_cert(shared.cert.clone())
+            .set_local_ice_credentials(creds)
+            .clear_codecs()
+            .enable_opus(true, false)
+            .enable_vp8(true)
+            .enable_h264(true)
+            .enable_vp9(true)
+            .enable_av1(true)
+            .set_stats_interval(None)
+            .build(now);
+        for addr in shared.workers.get(worker).map(|w| &w.candidates[..]).unwrap_or_default() {
+            let candidate = Candidate::host(*addr, "udp")?;
+            rtc.add_local_candidate(candidate);
+        }
+        Ok(Self {
+            info,
+            rtc,
+            role,
+            ufrag,
+            addrs: Vec::new(),
+            last_destination: None,
+            rtc_deadline: now,
+            closed: None,
+            dirty: false,
+        })
+    }
+
+    /// When this peer next needs [`Peer::handle_timeout`].
+    pub(crate) fn deadline(&self) -> Instant {
+        let role = match &self.role {
+            Role::Publisher(p) => p.deadline(),
+            Role::Subscriber(s) => s.deadline(),
+        };
+        role.map_or(self.rtc_deadline, |r| r.min(self.rtc_deadline))
+    }
+
+    /// Feeds a datagram that belongs to this peer.
+    pub(crate) fn handle_input(&mut self, input: Input<'_>, ctx: &mut Ctx<'_>) {
+        let span = self.info.span.clone();
+        let _guard = span.enter();
+        if let Err(e) = self.rtc.handle_input(input) {
+            self.on_rtc_error(e, ctx);
+        }
+        self.drain(ctx);
+    }
+
+    /// Moves the peer's clock to `ctx.now`: sends what is due, runs timers.
+    pub(crate) fn handle_timeout(&mut self, ctx: &mut Ctx<'_>) {
+        let span = self.info.span.clone();
+        let _guard = span.enter();
+        if let Err(e) = self.rtc.handle_input(Input::Timeout(ctx.now)) {
+            self.on_rtc_error(e, ctx);
+        }
+        self.drain(ctx);
+        match &mut self.role {
+            Role::Publisher(p) => p.handle_timeout(&mut self.rtc, ctx),
+            Role::Subscriber(s) => s.handle_timeout(&self.info, ctx),
+        }
+        self.drain(ctx);
+    }
+
+    /// Handles a delivery from another peer.
+    pub(crate) fn handle_delivery(&mut self, delivery: Delivery, ctx: &mut Ctx<'_>) {
+        match &mut self.role {
+            Role::Publisher(p) => p.handle_delivery(&mut self.rtc, delivery, ctx),
+            Role::Subscriber(s) => s.handle_delivery(&mut self.rtc, &self.info, delivery, ctx),
+        }
+        self.drain(ctx);
+    }
+
+    /// Polls the state machine until it only has a timeout left, dispatching what comes out.
+    pub(crate) fn drain(&mut self, ctx: &mut Ctx<'_>) {
+        loop {
+            match self.rtc.poll_output() {
+                Ok(Output::Timeout(t)) => {
+                    self.rtc_deadline = t;
+                    return;
+                }
+                Ok(Output::Transmit(t)) => {
+                    self.note_destination(t.destination, ctx);
+                    ctx.out.transmits.push(t);
+                }
+                Ok(Output::Event(e)) => self.on_event(e, ctx),
+                Err(e) => {
+                    self.on_rtc_error(e, ctx);
+                    if self.closed.is_some() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: Event, ctx: &mut Ctx<'_>) {
+        match event {
+            Event::Connected => {
+                info!("connected");
+                self.info.emit(PeerEvent::Connected { peer: self.info.id });
+            }
+            Event::IceConnectionStateChange(IceConnectionState::Disconnected) | Event::Closed => {
+                if self.closed.is_none() {
+                    info!("remote side went away");
+                    self.closed = Some(CloseReason::Disconnected);
+                }
+            }
+            other => match &mut self.role {
+                Role::Publisher(p) => p.on_event(&mut self.rtc, &self.info, other, ctx),
+                Role::Subscriber(s) => s.on_event(&mut self.rtc, &self.info, other, ctx),
+            },
+        }
+    }
+
+    /// An address the state machine sends to has passed ICE: route its datagrams here.
+    fn note_destination(&mut self, destination: SocketAddr, ctx: &mut Ctx<'_>) {
+        if self.last_destination == Some(destination) {
+            return;
+        }
+        self.last_destination = Some(destination);
+        if ctx.demux.learn_addr(destination, self.info.id) && !self.addrs.contains(&destination)
+        {
+            if self.addrs.len() >= MAX_REMOTE_ADDRS {
+                self.addrs.remove(0);
+            }
+            self.addrs.push(destination);
+        }
+    }
+
+    fn on_rtc_error(&mut self, e: RtcError, ctx: &mut Ctx<'_>) {
+        WorkerCounters::add(&ctx.counters().dropped_malformed, 1);
+        if self.rtc.is_alive() {
+            debug!(error = %e, "input refused");
+        } else if self.closed.is_none() {
+            warn!(error = %e, "state machine failed; closing this peer only");
+            self.closed = Some(CloseReason::Failed(e.to_string()));
+        }
+    }
+
+    /// Removes everything this peer put into shared state, says goodbye to the remote side
+    /// and tells the control plane. The worker drops the peer afterwards.
+    pub(crate) fn teardown(&mut self, reason: CloseReason, ctx: &mut Ctx<'_>) {
+        let span = self.info.span.clone();
+        let _guard = span.enter();
+        match &mut self.role {
+            Role::Publisher(p) => p.teardown(&self.info, ctx),
+            Role::Subscriber(s) => s.teardown(&self.info, ctx),
+        }
+        if self.rtc.is_alive() {
+            // Best effort: queue RTCP BYE and DTLS close_notify.
+            let _ = self.rtc.close();
+            self.closed.get_or_insert(reason.clone());
+            while let Ok(output) = self.rtc.poll_output() {
+                match output {
+                    Output::Transmit(t) => ctx.out.transmits.push(t),
+                    Output::Timeout(_) => break,
+                    Output::Event(_) => {}
+                }
+            }
+        }
+        ctx.demux.remove_peer(self.info.id, &self.ufrag, &self.addrs);
+        info!(?reason, "peer closed");
+        self.info.emit(PeerEvent::Closed {
+            peer: self.info.id,
+            reason,
+        });
+    }
+}

@@ -1,0 +1,383 @@
+//! The publishing side of a peer: tracks the client sends, each RTP packet fanned out to the
+//! track's subscribers, and keyframe requests from subscribers coalesced per layer.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use str0m::format::PayloadParams;
+use str0m::media::{
+    KeyframeRequestKind, MediaAdded, MediaKind, Mid, Pt, Rid, Rids, Simulcast, SimulcastLayer,
+};
+use str0m::rtp::{RtpPacket, Ssrc};
+use str0m::{Event, Rtc};
+use tracing::{debug, info};
+
+use super::{Ctx, PeerInfo};
+use crate::counters::WorkerCounters;
+use crate::data_relay;
+use crate::event::{PeerEvent, TrackInfo, TrackKind};
+use crate::graph::TrackRoute;
+use crate::ids::TrackId;
+use crate::keyframe::starts_keyframe;
+use crate::keyframe_throttle::KeyframeThrottle;
+use crate::packet::{Delivery, ForwardedPacket};
+
+/// Publisher state of a peer.
+pub(crate) struct Publisher {
+    tracks: Vec<PublishedTrack>,
+    /// Incoming SSRC -> where its packets go. Filled on a stream's first packet.
+    streams: HashMap<Ssrc, IngressStream>,
+}
+
+struct PublishedTrack {
+    mid: Mid,
+    route: Arc<TrackRoute>,
+    /// Simulcast RIDs in layer order (empty without simulcast).
+    rids: Vec<Rid>,
+    /// One per layer.
+    throttles: Vec<KeyframeThrottle>,
+}
+
+struct IngressStream {
+    layer: u8,
+    route: Arc<TrackRoute>,
+    /// The last payload type seen and its codec (one lookup per codec change, not per packet).
+    codec: Option<(Pt, PayloadParams)>,
+}
+
+impl Publisher {
+    pub(crate) fn new() -> Self {
+        Self {
+            tracks: Vec::new(),
+            streams: HashMap::new(),
+        }
+    }
+
+    pub(crate) fn deadline(&self) -> Option<std::time::Instant> {
+        self.tracks
+            .iter()
+            .flat_map(|t| t.throttles.iter().filter_map(KeyframeThrottle::deadline))
+            .min()
+    }
+
+    pub(crate) fn on_event(&mut self, rtc: &mut Rtc, info: &PeerInfo, event: Event, ctx: &mut Ctx<'_>) {
+        match event {
+            Event::RtpPacket(packet) => self.forward(rtc, packet, ctx),
+            Event::MediaAdded(added) if added.direction.is_receiving() => {
+                self.publish(info, added, ctx);
+            }
+            Event::MediaChanged(changed) => {
+                let published = self.tracks.iter().any(|t| t.mid == changed.mid);
+                if published && !changed.direction.is_receiving() {
+                    self.unpublish(changed.mid, info, ctx);
+                } else if !published && changed.direction.is_receiving() {
+                    // A track the client had stopped sending is back: publish it anew.
+                    if let Some(media) = rtc.media(changed.mid) {
+                        let simulcast = match media.rids_rx() {
+                            Rids::Specific(rids) => Some(Simulcast {
+                                send: Vec::new(),
+                                recv: rids
+                                    .iter()
+                                    .map(|r| SimulcastLayer::new(&r.to_string()))
+                                    .collect(),
+                            }),
+                            _ => None,
+                        };
+                        let added = MediaAdded {
+                            mid: changed.mid,
+                            kind: media.kind(),
+                            direction: changed.direction,
+                            simulcast,
+                        };
+                        self.publish(info, added, ctx);
+                    }
+                }
+            }
+            Event::ChannelData(data) => {
+                let counters = ctx.counters();
+                if !info.spec.can_publish_data {
+                    WorkerCounters::add(&counters.data_dropped, 1);
+                    return;
+                }
+                let spec = &info.spec;
+                let Some(message) =
+                    data_relay::wrap(&spec.participant, &spec.identity, data.binary, &data.data)
+                else {
+                    WorkerCounters::add(&counters.data_dropped, 1);
+                    return;
+                };
+                relay_data(info, Arc::new(message), ctx);
+            }
+            Event::StreamPaused(paused) => {
+                debug!(mid = %paused.mid, rid = ?paused.rid, paused = paused.paused, "stream pause state");
+                // A paused layer is not selected; it becomes active again with its next packet
+                // (see `resolve_stream`, which runs again once the stream is forgotten here).
+                if let Some(track) = self.tracks.iter().find(|t| t.mid == paused.mid) {
+                    let layer = match paused.rid {
+                        Some(rid) => track.rids.iter().position(|r| *r == rid),
+                        None => Some(0),
+                    };
+                    if let Some(layer) = layer.and_then(|l| u8::try_from(l).ok())
+                        && paused.paused
+                    {
+                        track.route.set_layer_active(layer, false);
+                        self.streams.retain(|_, s| !(Arc::ptr_eq(&s.route, &track.route) && s.layer == layer));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn publish(&mut self, info: &PeerInfo, added: MediaAdded, ctx: &mut Ctx<'_>) {
+        let rids = added
+            .simulcast
+            .map(|s| if s.recv.is_empty() { s.send } else { s.recv })
+            .map(|layers| order_layers(layers.into_iter().map(|l| l.rid).collect()))
+            .unwrap_or_default();
+        let id = TrackId(ctx.shared.ids.next());
+        let kind = match added.kind {
+            MediaKind::Audio => TrackKind::Audio,
+            MediaKind::Video => TrackKind::Video,
+        };
+        let route = ctx.shared.graph.publish(
+            id,
+            info.spec.room,
+            ctx.here(info.id),
+            kind,
+            info.spec.participant.clone(),
+        );
+        let layers = rids.len().max(1);
+        let interval = ctx.shared.config.keyframe_request_interval;
+        info!(track = %id, mid = %added.mid, kind = kind.as_str(), layers, "track published");
+        info.emit(PeerEvent::TrackPublished {
+            peer: info.id,
+            track: TrackInfo {
+                id,
+                participant: info.spec.participant.clone(),
+                kind,
+                mid: added.mid.to_string(),
+                simulcast: rids.iter().map(|r| r.to_string()).collect(),
+            },
+        });
+        self.tracks.push(PublishedTrack {
+            mid: added.mid,
+            route,
+            rids,
+            throttles: (0..layers).map(|_| KeyframeThrottle::new(interval)).collect(),
+        });
+    }
+
+    fn unpublish(&mut self, mid: Mid, info: &PeerInfo, ctx: &mut Ctx<'_>) {
+        let Some(pos) = self.tracks.iter().position(|t| t.mid == mid) else {
+            return;
+        };
+        let track = self.tracks.remove(pos);
+        self.streams.retain(|_, s| !Arc::ptr_eq(&s.route, &track.route));
+        end_track(&track.route, info, ctx);
+    }
+
+    /// Unpublishes everything (the peer is going away).
+    pub(crate) fn teardown(&mut self, info: &PeerInfo, ctx: &mut Ctx<'_>) {
+        self.streams.clear();
+        for track in self.tracks.drain(..) {
+            end_track(&track.route, info, ctx);
+        }
+    }
+
+    /// The hot path: one incoming RTP packet to every subscriber that wants its layer.
+    fn forward(&mut self, rtc: &mut Rtc, packet: RtpPacket, ctx: &mut Ctx<'_>) {
+        WorkerCounters::add(&ctx.counters().rtp_received, 1);
+        let ssrc = packet.header.ssrc;
+        if !self.streams.contains_key(&ssrc) {
+            let Some(stream) = self.resolve_stream(rtc, ssrc) else {
+                WorkerCounters::add(&ctx.counters().rtp_not_forwarded, 1);
+                return;
+            };
+            self.streams.insert(ssrc, stream);
+        }
+        let Some(stream) = self.streams.get_mut(&ssrc) else {
+            return;
+        };
+        let pt = packet.header.payload_type;
+        let params = match stream.codec {
+            Some((cached, params)) if cached == pt => params,
+            _ => {
+                let Some(params) = rtc.codec_config().find(|p| p.pt() == pt).copied() else {
+                    WorkerCounters::add(&ctx.counters().rtp_not_forwarded, 1);
+                    return;
+                };
+                stream.codec = Some((pt, params));
+                params
+            }
+        };
+        let keyframe = starts_keyframe(params.spec().codec, &packet.payload);
+        let layer = stream.layer;
+        if keyframe && let Some(track) = self.tracks.iter_mut().find(|t| Arc::ptr_eq(&t.route, &stream.route)) {
+            if let Some(throttle) = track.throttles.get_mut(usize::from(layer)) {
+                throttle.on_keyframe();
+            }
+        }
+        let subscribers = stream.route.subscribers();
+        if subscribers.is_empty() {
+            return;
+        }
+        let ext = &packet.header.ext_vals;
+        let forwarded = Arc::new(ForwardedPacket {
+            track: stream.route.id,
+            layer,
+            params,
+            seq: *packet.seq_no,
+            ts: packet.header.timestamp,
+            marker: packet.header.marker,
+            keyframe,
+            payload: packet.payload,
+            audio_level: ext.audio_level,
+            voice_activity: ext.voice_activity,
+            video_orientation: ext.video_orientation,
+            arrival: packet.timestamp,
+        });
+        let bit = 1u32 << u32::from(layer.min(31));
+        for link in subscribers.iter() {
+            if link.layers.load(std::sync::atomic::Ordering::Relaxed) & bit != 0 {
+                ctx.deliver(
+                    link.at,
+                    Delivery::Rtp {
+                        to: link.at.peer,
+                        packet: forwarded.clone(),
+                    },
+                );
+            }
+        }
+    }
+
+    /// Finds the track and layer of a new incoming SSRC.
+    fn resolve_stream(&self, rtc: &mut Rtc, ssrc: Ssrc) -> Option<IngressStream> {
+        let mut api = rtc.direct_api();
+        let rx = api.stream_rx(&ssrc)?;
+        let (mid, rid) = (rx.mid(), rx.rid());
+        let track = self.tracks.iter().find(|t| t.mid == mid)?;
+        let layer = match rid {
+            Some(rid) => track.rids.iter().position(|r| *r == rid)?,
+            None => 0,
+        };
+        let layer = u8::try_from(layer).ok()?;
+        track.route.mark_layer_active(layer);
+        Some(IngressStream {
+            layer,
+            route: track.route.clone(),
+            codec: None,
+        })
+    }
+
+    /// A subscriber wants a keyframe.
+    pub(crate) fn handle_delivery(&mut self, rtc: &mut Rtc, delivery: Delivery, ctx: &mut Ctx<'_>) {
+        if let Delivery::KeyframeRequest { track, layer, .. } = delivery
+            && let Some(t) = self.tracks.iter_mut().find(|t| t.route.id == track)
+            && let Some(throttle) = t.throttles.get_mut(usize::from(layer))
+            && throttle.request(ctx.now)
+        {
+            let rid = t.rids.get(usize::from(layer)).copied();
+            request_keyframe(rtc, t.mid, rid, ctx);
+        }
+    }
+
+    /// Sends coalesced keyframe requests that are due.
+    pub(crate) fn handle_timeout(&mut self, rtc: &mut Rtc, ctx: &mut Ctx<'_>) {
+        for t in &mut self.tracks {
+            for (layer, throttle) in t.throttles.iter_mut().enumerate() {
+                if throttle.poll(ctx.now) {
+                    let rid = t.rids.get(layer).copied();
+                    request_keyframe(rtc, t.mid, rid, ctx);
+                }
+            }
+        }
+    }
+}
+
+fn request_keyframe(rtc: &mut Rtc, mid: Mid, rid: Option<Rid>, ctx: &mut Ctx<'_>) {
+    let mut api = rtc.direct_api();
+    if let Some(rx) = api.stream_rx_by_mid(mid, rid) {
+        rx.request_keyframe(KeyframeRequestKind::Pli);
+        WorkerCounters::add(&ctx.counters().keyframe_requests_sent, 1);
+        debug!(%mid, ?rid, "keyframe requested from publisher");
+    }
+}
+
+/// Removes a track from the graph and tells its subscribers and the control plane.
+fn end_track(route: &Arc<TrackRoute>, info: &PeerInfo, ctx: &mut Ctx<'_>) {
+    ctx.shared.graph.unpublish(route.id);
+    for link in route.subscribers().iter() {
+        ctx.deliver(
+            link.at,
+            Delivery::TrackEnded {
+                to: link.at.peer,
+                track: route.id,
+            },
+        );
+    }
+    info!(track = %route.id, "track unpublished");
+    info.emit(PeerEvent::TrackUnpublished {
+        peer: info.id,
+        track: route.id,
+    });
+}
+
+/// Sends a data message to every other participant of the room.
+fn relay_data(info: &PeerInfo, message: Arc<crate::packet::DataMessage>, ctx: &mut Ctx<'_>) {
+    let receivers = ctx
+        .shared
+        .rooms
+        .get(&info.spec.room)
+        .map(|r| r.data_receivers.clone())
+        .unwrap_or_default();
+    for r in receivers {
+        if r.participant != info.spec.participant {
+            ctx.deliver(
+                r.at,
+                Delivery::Data {
+                    to: r.at.peer,
+                    message: message.clone(),
+                },
+            );
+        }
+    }
+}
+
+/// Orders simulcast RIDs from lowest to highest quality. Layers named with the usual
+/// conventions (`q`/`h`/`f`, `l`/`m`/`h`, `low`/`mid`/`high`, `0`/`1`/`2`) are sorted by
+/// name; otherwise the publisher's order is kept (which browsers take from `sendEncodings`).
+fn order_layers(mut rids: Vec<Rid>) -> Vec<Rid> {
+    fn rank(rid: &str, names: &[&str]) -> Option<usize> {
+        names.iter().position(|n| *n == rid)
+    }
+    const CONVENTIONS: [&[&str]; 4] = [
+        &["q", "h", "f"],
+        &["l", "m", "h"],
+        &["low", "mid", "high"],
+        &["0", "1", "2"],
+    ];
+    for names in CONVENTIONS {
+        if rids.iter().all(|r| rank(r, names).is_some()) {
+            rids.sort_by_key(|r| rank(r, names));
+            return rids;
+        }
+    }
+    rids
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rids(names: &[&str]) -> Vec<Rid> {
+        names.iter().map(|n| Rid::from(*n)).collect()
+    }
+
+    #[test]
+    fn layers_are_ordered_low_to_high() {
+        assert_eq!(order_layers(rids(&["f", "h", "q"])), rids(&["q", "h", "f"]));
+        assert_eq!(order_layers(rids(&["h", "l"])), rids(&["l", "h"]));
+        assert_eq!(order_layers(rids(&["b", "a"])), rids(&["b", "a"]));
+    }
+}

@@ -1,0 +1,478 @@
+//! The subscribing side of a peer: the tracks it receives, the SDP negotiations that add and
+//! remove them (the server offers, one negotiation at a time, changes queued meanwhile), the
+//! per-track layer choice and rewriting, and the room's data messages.
+//!
+//! Layer choice (until the bandwidth-driven selector lands): forward the highest layer the
+//! publisher is sending; start, and move up, only on a keyframe of that layer, asking the
+//! publisher for one and asking again if it does not come.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use str0m::change::{SdpAnswer, SdpPendingOffer};
+use str0m::channel::ChannelId;
+use str0m::media::{Direction, MediaKind, Mid, Pt};
+use str0m::rtp::{ExtensionValues, RtpWrite};
+use str0m::{Event, Rtc};
+use tracing::{debug, info};
+
+use super::{Ctx, PeerInfo};
+use crate::counters::WorkerCounters;
+use crate::error::SfuError;
+use crate::event::{OfferedTrack, PeerEvent, TrackKind};
+use crate::graph::{SubscriberLink, TrackRoute};
+use crate::ids::TrackId;
+use crate::keyframe::needs_keyframe;
+use crate::packet::{DataMessage, Delivery, ForwardedPacket};
+use crate::rewrite::{Rewritten, SeqTsRewriter};
+
+/// Label of the data channel the server opens on every subscriber connection.
+pub(crate) const DATA_CHANNEL_LABEL: &str = "data";
+/// Data messages kept while the data channel is still opening.
+const DATA_BACKLOG: usize = 64;
+
+/// Subscriber state of a peer.
+pub(crate) struct Subscriber {
+    subs: HashMap<TrackId, Subscription>,
+    by_mid: HashMap<Mid, TrackId>,
+    queued_adds: Vec<TrackId>,
+    queued_stops: Vec<Mid>,
+    pending: Option<PendingOffer>,
+    /// The data channel still has to be offered (first negotiation).
+    channel_unoffered: bool,
+    channel: Option<ChannelId>,
+    backlog: VecDeque<Arc<DataMessage>>,
+    /// Earliest keyframe re-request due.
+    next_retry: Option<Instant>,
+}
+
+struct PendingOffer {
+    token: SdpPendingOffer,
+    added: Vec<TrackId>,
+}
+
+/// One track this peer receives.
+struct Subscription {
+    route: Arc<TrackRoute>,
+    /// Set when the track is put in an offer.
+    mid: Option<Mid>,
+    /// Set when the client has accepted it: the publisher now sends to us.
+    link: Option<Arc<SubscriberLink>>,
+    rewriter: Option<SeqTsRewriter>,
+    /// Layer being forwarded.
+    current: Option<u8>,
+    /// Layer we want to forward (switch on its next keyframe).
+    target: Option<u8>,
+    /// Publisher payload type -> ours, for the last codec seen.
+    pt_map: Option<(Pt, Pt)>,
+    keyframe_asked_at: Option<Instant>,
+}
+
+impl Subscription {
+    fn waiting_for_keyframe(&self) -> bool {
+        self.link.is_some() && self.target.is_some() && self.current != self.target
+    }
+
+    fn rewriter(&mut self, packet: &ForwardedPacket) -> &mut SeqTsRewriter {
+        self.rewriter.get_or_insert_with(|| {
+            SeqTsRewriter::with_random_start(packet.params.spec().clock_rate.get())
+        })
+    }
+
+    /// Decides whether `packet` is forwarded, following the publisher's highest layer and
+    /// switching only on a keyframe of it. Returns the packet's outgoing numbers if it is
+    /// forwarded, and whether the keyframe wait changed.
+    fn admit(&mut self, packet: &ForwardedPacket, ctx: &mut Ctx<'_>) -> (Option<Rewritten>, bool) {
+        let mut waits_changed = false;
+        if needs_keyframe(packet.params.spec().codec) {
+            let highest = self.route.highest_active_layer().unwrap_or(packet.layer);
+            if self.target != Some(highest) {
+                self.target = Some(highest);
+                self.set_wanted_layers();
+                if self.current != self.target {
+                    ask_keyframe(self, highest, ctx);
+                }
+                waits_changed = true;
+            }
+            if self.current != Some(packet.layer) {
+                if Some(packet.layer) != self.target || !packet.keyframe {
+                    return (None, waits_changed); // Another layer, or the target before its keyframe.
+                }
+                self.rewriter(packet).start_source(packet.seq, packet.ts, ctx.now);
+                self.current = Some(packet.layer);
+                self.keyframe_asked_at = None;
+                self.set_wanted_layers();
+                waits_changed = true;
+                debug!(track = %packet.track, layer = packet.layer, "forwarding layer");
+            }
+        } else if !self.rewriter(packet).is_started() {
+            self.rewriter(packet).start_source(packet.seq, packet.ts, ctx.now);
+        }
+        (self.rewriter(packet).rewrite(packet.seq, packet.ts, ctx.now), waits_changed)
+    }
+
+    fn set_wanted_layers(&self) {
+        if let Some(link) = &self.link {
+            let bits = [self.current, self.target]
+                .into_iter()
+                .flatten()
+                .fold(0u32, |acc, l| acc | 1 << u32::from(l.min(31)));
+            link.layers.store(bits, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Subscriber {
+    pub(crate) fn new() -> Self {
+        Self {
+            subs: HashMap::new(),
+            by_mid: HashMap::new(),
+            queued_adds: Vec::new(),
+            queued_stops: Vec::new(),
+            pending: None,
+            channel_unoffered: true,
+            channel: None,
+            backlog: VecDeque::new(),
+            next_retry: None,
+        }
+    }
+
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        self.next_retry
+    }
+
+    /// Adds a track (negotiated with the next offer). Subscribing twice is a no-op.
+    pub(crate) fn subscribe(&mut self, track: TrackId, ctx: &Ctx<'_>) -> Result<(), SfuError> {
+        if self.subs.contains_key(&track) {
+            return Ok(());
+        }
+        let route = ctx.shared.graph.get(track).ok_or(SfuError::UnknownTrack(track))?;
+        self.subs.insert(
+            track,
+            Subscription {
+                route,
+                mid: None,
+                link: None,
+                rewriter: None,
+                current: None,
+                target: None,
+                pt_map: None,
+                keyframe_asked_at: None,
+            },
+        );
+        self.queued_adds.push(track);
+        Ok(())
+    }
+
+    /// Removes a track: forwarding stops now, the m-line is stopped with the next offer.
+    pub(crate) fn unsubscribe(&mut self, track: TrackId, info: &PeerInfo, ctx: &Ctx<'_>) {
+        let Some(sub) = self.subs.remove(&track) else {
+            return;
+        };
+        if sub.link.is_some() {
+            ctx.shared.graph.unsubscribe(track, ctx.here(info.id));
+        }
+        if let Some(mid) = sub.mid {
+            self.by_mid.remove(&mid);
+            self.queued_stops.push(mid);
+        }
+        self.queued_adds.retain(|t| *t != track);
+        debug!(%track, "unsubscribed");
+    }
+
+    /// Starts a negotiation if changes are queued and none is under way.
+    pub(crate) fn maybe_offer(&mut self, rtc: &mut Rtc, info: &PeerInfo) {
+        if self.pending.is_some()
+            || (self.queued_adds.is_empty() && self.queued_stops.is_empty() && !self.channel_unoffered)
+        {
+            return;
+        }
+        let mut api = rtc.sdp_api();
+        for mid in self.queued_stops.drain(..) {
+            api.stop_media(mid);
+        }
+        let mut added = Vec::new();
+        for track in self.queued_adds.drain(..) {
+            let Some(sub) = self.subs.get_mut(&track) else {
+                continue;
+            };
+            let kind = match sub.route.kind {
+                TrackKind::Audio => MediaKind::Audio,
+                TrackKind::Video => MediaKind::Video,
+            };
+            let mid = api.add_media(
+                kind,
+                Direction::SendOnly,
+                Some(sub.route.participant.to_string()),
+                Some(track.to_string()),
+                None,
+            );
+            sub.mid = Some(mid);
+            self.by_mid.insert(mid, track);
+            added.push(track);
+        }
+        if self.channel_unoffered {
+            api.add_channel(DATA_CHANNEL_LABEL.to_string());
+            self.channel_unoffered = false;
+        }
+        if let Some((offer, token)) = api.apply() {
+            self.pending = Some(PendingOffer { token, added });
+            info.emit(PeerEvent::SubscriberOffer {
+                peer: info.id,
+                sdp: offer.to_sdp_string(),
+                tracks: self.offered_tracks(),
+            });
+        }
+    }
+
+    fn offered_tracks(&self) -> Vec<OfferedTrack> {
+        let mut tracks: Vec<OfferedTrack> = self
+            .subs
+            .iter()
+            .filter_map(|(id, s)| {
+                Some(OfferedTrack {
+                    mid: s.mid?.to_string(),
+                    track: *id,
+                    participant: s.route.participant.clone(),
+                    kind: s.route.kind,
+                })
+            })
+            .collect();
+        tracks.sort_by(|a, b| a.mid.cmp(&b.mid));
+        tracks
+    }
+
+    /// The client answered the pending offer: the tracks in it start flowing.
+    pub(crate) fn accept_answer(
+        &mut self,
+        rtc: &mut Rtc,
+        info: &PeerInfo,
+        answer: SdpAnswer,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<(), SfuError> {
+        let Some(pending) = self.pending.take() else {
+            return Err(SfuError::WrongPeerKind(info.id, "no offer is waiting for an answer"));
+        };
+        if let Err(e) = rtc.sdp_api().accept_answer(pending.token, answer) {
+            // Nothing of that offer was applied: offer its tracks again with the next one.
+            for track in pending.added {
+                if let Some(sub) = self.subs.get_mut(&track) {
+                    if let Some(mid) = sub.mid.take() {
+                        self.by_mid.remove(&mid);
+                    }
+                    self.queued_adds.push(track);
+                }
+            }
+            if self.channel.is_none() {
+                self.channel_unoffered = true;
+            }
+            return Err(SfuError::BadSdp(e.to_string()));
+        }
+        for track in pending.added {
+            self.activate(track, info, ctx);
+        }
+        Ok(())
+    }
+
+    fn activate(&mut self, track: TrackId, info: &PeerInfo, ctx: &mut Ctx<'_>) {
+        let here = ctx.here(info.id);
+        let Some(sub) = self.subs.get_mut(&track) else {
+            return;
+        };
+        let target = match sub.route.kind {
+            TrackKind::Audio => Some(0),
+            TrackKind::Video => sub.route.highest_active_layer(),
+        };
+        // Until the publisher has sent anything we do not know its layers: take them all.
+        let layers = target.map_or(u32::MAX, |l| 1 << u32::from(l));
+        match ctx.shared.graph.subscribe(track, here, layers) {
+            Some(link) => {
+                sub.link = Some(link);
+                sub.target = target;
+                if sub.route.kind == TrackKind::Video
+                    && let Some(layer) = target
+                {
+                    ask_keyframe(sub, layer, ctx);
+                    self.next_retry = earliest_retry(&self.subs, ctx);
+                }
+                info!(%track, "subscription active");
+            }
+            None => {
+                // Unpublished while we negotiated.
+                self.unsubscribe(track, info, ctx);
+            }
+        }
+    }
+
+    pub(crate) fn on_event(&mut self, rtc: &mut Rtc, info: &PeerInfo, event: Event, ctx: &mut Ctx<'_>) {
+        let _ = info;
+        match event {
+            Event::KeyframeRequest(req) => {
+                WorkerCounters::add(&ctx.counters().keyframe_requests_received, 1);
+                let Some(sub) = self.by_mid.get(&req.mid).and_then(|t| self.subs.get_mut(t)) else {
+                    return;
+                };
+                if sub.link.is_some()
+                    && let Some(layer) = sub.current.or(sub.target)
+                {
+                    ask_keyframe(sub, layer, ctx);
+                }
+            }
+            Event::ChannelOpen(id, label) if label == DATA_CHANNEL_LABEL => {
+                self.channel = Some(id);
+                while let Some(message) = self.backlog.pop_front() {
+                    write_data(rtc, id, &message, ctx);
+                }
+            }
+            Event::ChannelClose(id) if self.channel == Some(id) => self.channel = None,
+            _ => {}
+        }
+    }
+
+    pub(crate) fn handle_delivery(
+        &mut self,
+        rtc: &mut Rtc,
+        info: &PeerInfo,
+        delivery: Delivery,
+        ctx: &mut Ctx<'_>,
+    ) {
+        match delivery {
+            Delivery::Rtp { packet, .. } => self.forward(rtc, &packet, ctx),
+            Delivery::Data { message, .. } => match self.channel {
+                Some(id) => write_data(rtc, id, &message, ctx),
+                None if self.backlog.len() < DATA_BACKLOG => self.backlog.push_back(message),
+                None => WorkerCounters::add(&ctx.counters().data_dropped, 1),
+            },
+            Delivery::TrackEnded { track, .. } => {
+                self.unsubscribe(track, info, ctx);
+                self.maybe_offer(rtc, info);
+            }
+            Delivery::KeyframeRequest { .. } => {}
+        }
+    }
+
+    /// The hot path: rewrite one packet for this subscriber and hand it to its state machine.
+    fn forward(&mut self, rtc: &mut Rtc, packet: &ForwardedPacket, ctx: &mut Ctx<'_>) {
+        let Some(sub) = self.subs.get_mut(&packet.track) else {
+            WorkerCounters::add(&ctx.counters().rtp_not_forwarded, 1);
+            return;
+        };
+        let (Some(mid), Some(_)) = (sub.mid, &sub.link) else {
+            WorkerCounters::add(&ctx.counters().rtp_not_forwarded, 1);
+            return;
+        };
+        let (out, waits_changed) = sub.admit(packet, ctx);
+        let Some(out) = out else {
+            if waits_changed {
+                self.next_retry = earliest_retry(&self.subs, ctx);
+            }
+            return;
+        };
+        let in_pt = packet.params.pt();
+        let out_pt = match sub.pt_map {
+            Some((i, o)) if i == in_pt => Some(o),
+            _ => {
+                let o = negotiated_pt(rtc, mid, packet);
+                sub.pt_map = o.map(|o| (in_pt, o));
+                o
+            }
+        };
+        if waits_changed {
+            self.next_retry = earliest_retry(&self.subs, ctx);
+        }
+        let Some(out_pt) = out_pt else {
+            WorkerCounters::add(&ctx.counters().rtp_not_forwarded, 1);
+            return;
+        };
+        let mut ext = ExtensionValues::default();
+        ext.audio_level = packet.audio_level;
+        ext.voice_activity = packet.voice_activity;
+        ext.video_orientation = packet.video_orientation;
+        let mut api = rtc.direct_api();
+        let Some(tx) = api.stream_tx_by_mid(mid, None) else {
+            WorkerCounters::add(&ctx.counters().rtp_not_forwarded, 1);
+            return;
+        };
+        tx.write_rtp(
+            RtpWrite::new(out_pt, out.seq.into(), out.ts, packet.arrival, packet.payload.clone())
+                .marker(packet.marker)
+                .ext_vals(ext)
+                .nackable(needs_keyframe(packet.params.spec().codec)),
+        );
+        let counters = ctx.counters();
+        WorkerCounters::add(&counters.rtp_forwarded, 1);
+        WorkerCounters::add(&counters.rtp_bytes_forwarded, packet.payload.len() as u64);
+    }
+
+    /// Asks again for keyframes that have not come.
+    pub(crate) fn handle_timeout(&mut self, info: &PeerInfo, ctx: &mut Ctx<'_>) {
+        let _ = info;
+        if self.next_retry.is_none_or(|t| t > ctx.now) {
+            return;
+        }
+        let retry = ctx.shared.config.keyframe_retry;
+        for sub in self.subs.values_mut() {
+            if sub.waiting_for_keyframe()
+                && sub.keyframe_asked_at.is_none_or(|t| t + retry <= ctx.now)
+                && let Some(target) = sub.target
+            {
+                ask_keyframe(sub, target, ctx);
+            }
+        }
+        self.next_retry = earliest_retry(&self.subs, ctx);
+    }
+
+    /// Leaves every track and the room's data relay.
+    pub(crate) fn teardown(&mut self, info: &PeerInfo, ctx: &mut Ctx<'_>) {
+        let here = ctx.here(info.id);
+        for (track, sub) in self.subs.drain() {
+            if sub.link.is_some() {
+                ctx.shared.graph.unsubscribe(track, here);
+            }
+        }
+        if let Some(mut room) = ctx.shared.rooms.get_mut(&info.spec.room) {
+            room.data_receivers.retain(|r| r.at != here);
+        }
+    }
+}
+
+/// Our payload type for the publisher's codec, if the subscriber accepted that codec on this
+/// m-line.
+fn negotiated_pt(rtc: &Rtc, mid: Mid, packet: &ForwardedPacket) -> Option<Pt> {
+    let pt = rtc.codec_config().match_params(packet.params)?.pt();
+    rtc.media(mid)?.remote_pts().contains(&pt).then_some(pt)
+}
+
+fn ask_keyframe(sub: &mut Subscription, layer: u8, ctx: &mut Ctx<'_>) {
+    sub.keyframe_asked_at = Some(ctx.now);
+    let publisher = sub.route.publisher;
+    ctx.deliver(
+        publisher,
+        Delivery::KeyframeRequest {
+            to: publisher.peer,
+            track: sub.route.id,
+            layer,
+        },
+    );
+}
+
+fn earliest_retry(subs: &HashMap<TrackId, Subscription>, ctx: &Ctx<'_>) -> Option<Instant> {
+    let retry = ctx.shared.config.keyframe_retry;
+    subs.values()
+        .filter(|s| s.waiting_for_keyframe())
+        .map(|s| s.keyframe_asked_at.map_or(ctx.now, |t| t + retry))
+        .min()
+}
+
+fn write_data(rtc: &mut Rtc, id: ChannelId, message: &DataMessage, ctx: &mut Ctx<'_>) {
+    let written = rtc
+        .channel(id)
+        .map(|mut c| c.write(message.binary, &message.bytes));
+    let counters = ctx.counters();
+    match written {
+        Some(Ok(true)) => WorkerCounters::add(&counters.data_relayed, 1),
+        _ => WorkerCounters::add(&counters.data_dropped, 1),
+    }
+}

@@ -1,0 +1,71 @@
+//! State shared by all media workers and the handle: the forwarding graph, room membership for
+//! data relay, the peer directory, and each worker's inboxes and counters.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+
+use dashmap::DashMap;
+use str0m::config::DtlsCert;
+use tokio::sync::mpsc;
+
+use crate::command::Command;
+use crate::config::SfuConfig;
+use crate::counters::{CounterSnapshot, WorkerCounters};
+use crate::graph::{ForwardingGraph, PeerLocation};
+use crate::ids::{IdAllocator, PeerId, RoomId};
+use crate::packet::Delivery;
+
+/// Everything the workers share. Created once, before the workers start.
+pub(crate) struct Shared {
+    pub(crate) config: SfuConfig,
+    pub(crate) graph: ForwardingGraph,
+    pub(crate) rooms: DashMap<RoomId, RoomMembers>,
+    /// Which worker each live peer is on.
+    pub(crate) peers: DashMap<PeerId, usize>,
+    pub(crate) workers: Vec<WorkerShared>,
+    pub(crate) ids: IdAllocator,
+    /// One DTLS certificate for every peer: building one costs milliseconds of CPU.
+    pub(crate) cert: DtlsCert,
+}
+
+/// What other threads need to reach one worker.
+pub(crate) struct WorkerShared {
+    pub(crate) counters: WorkerCounters,
+    /// Peers placed on this worker (placement reads it; the worker decrements it).
+    pub(crate) load: AtomicUsize,
+    /// Droppable lane: batches of packets from other workers.
+    pub(crate) media_tx: mpsc::Sender<Vec<Delivery>>,
+    /// Reliable lane: rare deliveries that must not be lost.
+    pub(crate) control_tx: mpsc::UnboundedSender<Delivery>,
+    /// Commands from the control plane.
+    pub(crate) commands: mpsc::Sender<Command>,
+    /// The worker socket's address.
+    pub(crate) local_addr: SocketAddr,
+    /// The ICE host candidates advertised for this worker.
+    pub(crate) candidates: Vec<SocketAddr>,
+}
+
+/// Peers of one room that receive data channel messages.
+#[derive(Debug, Default)]
+pub(crate) struct RoomMembers {
+    pub(crate) data_receivers: Vec<DataReceiver>,
+}
+
+/// A subscriber peer that receives the room's data messages.
+#[derive(Debug, Clone)]
+pub(crate) struct DataReceiver {
+    pub(crate) at: PeerLocation,
+    pub(crate) participant: Arc<str>,
+}
+
+impl Shared {
+    /// Totals of every worker's counters.
+    pub(crate) fn counters(&self) -> CounterSnapshot {
+        let mut snapshot = CounterSnapshot::default();
+        for w in &self.workers {
+            snapshot.add(&w.counters);
+        }
+        snapshot
+    }
+}

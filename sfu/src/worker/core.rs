@@ -1,0 +1,390 @@
+//! The sans-IO heart of a media worker: routes datagrams to peers, runs their timers, passes
+//! deliveries between them, and executes the control plane's commands.
+//!
+//! The driver calls, per turn: any number of `handle_*` calls, then [`WorkerCore::flush`],
+//! then sends `out.transmits` and hands `out.remote`/`out.control` to the other workers.
+//! RTP written to a subscriber is queued inside its state machine; `flush` gives each such
+//! subscriber one timeout so everything written in the turn leaves in one pass.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use str0m::Input;
+use str0m::change::{SdpAnswer, SdpOffer};
+use str0m::net::{Protocol, Receive};
+use tracing::info_span;
+
+use super::timers::TimerQueue;
+use crate::command::Command;
+use crate::counters::WorkerCounters;
+use crate::demux::Demux;
+use crate::error::SfuError;
+use crate::event::{CloseReason, EventSink, PeerSpec};
+use crate::ids::PeerId;
+use crate::packet::Delivery;
+use crate::peer::publisher::Publisher;
+use crate::peer::subscriber::Subscriber;
+use crate::peer::{Ctx, Peer, PeerInfo, Role, WorkerOutput};
+use crate::shared::{DataReceiver, Shared};
+
+/// Upper bound on delivery passes per flush, so a delivery loop cannot spin a worker.
+const MAX_FLUSH_ROUNDS: usize = 8;
+
+/// One worker's peers and routing state.
+pub(crate) struct WorkerCore {
+    index: usize,
+    shared: Arc<Shared>,
+    /// The address datagrams are received on, as the peers' ICE agents know it.
+    receive_addr: SocketAddr,
+    peers: HashMap<PeerId, Peer>,
+    demux: Demux,
+    timers: TimerQueue,
+    /// What this turn produced, for the driver.
+    pub(crate) out: WorkerOutput,
+    /// Peers that were written to this turn and need a timeout to send it.
+    dirty: Vec<PeerId>,
+}
+
+impl WorkerCore {
+    pub(crate) fn new(index: usize, shared: Arc<Shared>, receive_addr: SocketAddr) -> Self {
+        let workers = shared.workers.len();
+        Self {
+            index,
+            shared,
+            receive_addr,
+            peers: HashMap::new(),
+            demux: Demux::default(),
+            timers: TimerQueue::default(),
+            out: WorkerOutput::new(workers),
+            dirty: Vec::new(),
+        }
+    }
+
+    fn counters(&self) -> &WorkerCounters {
+        &self.shared.workers[self.index].counters
+    }
+
+    /// When the worker next has timer work (it may also be woken earlier by input).
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        self.timers.next()
+    }
+
+    /// Number of peers and learned remote addresses.
+    pub(crate) fn sizes(&self) -> (usize, (usize, usize)) {
+        (self.peers.len(), self.demux.len())
+    }
+
+    /// Runs `f` on a peer with a context, then reschedules (or removes) the peer.
+    fn with_peer<R>(
+        &mut self,
+        id: PeerId,
+        now: Instant,
+        f: impl FnOnce(&mut Peer, &mut Ctx<'_>) -> R,
+    ) -> Option<R> {
+        let peer = self.peers.get_mut(&id)?;
+        let mut ctx = Ctx {
+            now,
+            worker: self.index,
+            shared: &self.shared,
+            out: &mut self.out,
+            demux: &mut self.demux,
+        };
+        let result = f(peer, &mut ctx);
+        self.settle(id, now);
+        Some(result)
+    }
+
+    /// After a peer handled something: remove it if it closed, else schedule its next timeout.
+    fn settle(&mut self, id: PeerId, now: Instant) {
+        let Some(peer) = self.peers.get(&id) else {
+            return;
+        };
+        match peer.closed.clone() {
+            Some(reason) => self.remove_peer(id, reason, now),
+            None => self.timers.schedule(id, peer.deadline()),
+        }
+    }
+
+    /// One datagram from the socket.
+    pub(crate) fn handle_datagram(&mut self, now: Instant, source: SocketAddr, data: &[u8]) {
+        let counters = self.counters();
+        WorkerCounters::add(&counters.datagrams_received, 1);
+        WorkerCounters::add(&counters.bytes_received, data.len() as u64);
+        let Some(id) = self.demux.route(source, data) else {
+            WorkerCounters::add(&counters.dropped_unroutable, 1);
+            return;
+        };
+        let Ok(input) = Receive::new(Protocol::Udp, source, self.receive_addr, data)
+            .map(|r| Input::Receive(now, r))
+        else {
+            WorkerCounters::add(&counters.dropped_malformed, 1);
+            return;
+        };
+        let accepted = self.peers.get(&id).is_some_and(|p| p.rtc.accepts(&input));
+        if !accepted {
+            WorkerCounters::add(&counters.dropped_rejected, 1);
+            return;
+        }
+        self.with_peer(id, now, |peer, ctx| peer.handle_input(input, ctx));
+        self.run_local(now);
+    }
+
+    /// Deliveries from other workers.
+    pub(crate) fn handle_deliveries(&mut self, now: Instant, batch: Vec<Delivery>) {
+        for delivery in batch {
+            self.deliver(now, delivery);
+        }
+        self.run_local(now);
+    }
+
+    fn deliver(&mut self, now: Instant, delivery: Delivery) {
+        let to = delivery.to();
+        let writes_media = matches!(delivery, Delivery::Rtp { .. } | Delivery::Data { .. });
+        if self.with_peer(to, now, |peer, ctx| peer.handle_delivery(delivery, ctx)).is_some()
+            && writes_media
+            && let Some(peer) = self.peers.get_mut(&to)
+            && !peer.dirty
+        {
+            peer.dirty = true;
+            self.dirty.push(to);
+        }
+    }
+
+    /// Deliveries between peers of this worker (fan-out to local subscribers, keyframe
+    /// requests to local publishers).
+    fn run_local(&mut self, now: Instant) {
+        while let Some(delivery) = self.out.local.pop_front() {
+            self.deliver(now, delivery);
+        }
+    }
+
+    /// Timeouts that are due.
+    pub(crate) fn handle_timers(&mut self, now: Instant) {
+        while let Some(id) = self.timers.pop_due(now) {
+            self.with_peer(id, now, |peer, ctx| peer.handle_timeout(ctx));
+        }
+        self.run_local(now);
+    }
+
+    /// Sends what was written to subscribers this turn.
+    pub(crate) fn flush(&mut self, now: Instant) {
+        for _ in 0..MAX_FLUSH_ROUNDS {
+            if self.dirty.is_empty() {
+                break;
+            }
+            for id in std::mem::take(&mut self.dirty) {
+                self.with_peer(id, now, |peer, ctx| {
+                    peer.dirty = false;
+                    peer.handle_timeout(ctx);
+                });
+            }
+            self.run_local(now);
+        }
+    }
+
+    /// Closes every peer (the media core is shutting down).
+    pub(crate) fn shutdown(&mut self, now: Instant) {
+        let ids: Vec<PeerId> = self.peers.keys().copied().collect();
+        for id in ids {
+            self.remove_peer(id, CloseReason::Shutdown, now);
+        }
+    }
+
+    fn remove_peer(&mut self, id: PeerId, reason: CloseReason, now: Instant) {
+        let Some(mut peer) = self.peers.remove(&id) else {
+            return;
+        };
+        let mut ctx = Ctx {
+            now,
+            worker: self.index,
+            shared: &self.shared,
+            out: &mut self.out,
+            demux: &mut self.demux,
+        };
+        peer.teardown(reason, &mut ctx);
+        self.timers.remove(id);
+        self.shared.peers.remove(&id);
+        let slot = &self.shared.workers[self.index];
+        slot.load.fetch_sub(1, Ordering::Relaxed);
+        WorkerCounters::sub(&slot.counters.peers, 1);
+        self.run_local(now);
+    }
+
+    fn insert_peer(
+        &mut self,
+        id: PeerId,
+        spec: PeerSpec,
+        events: EventSink,
+        role: Role,
+        now: Instant,
+    ) -> Result<(), SfuError> {
+        let role_name = match role {
+            Role::Publisher(_) => "publish",
+            Role::Subscriber(_) => "subscribe",
+        };
+        let span = info_span!("peer", id = %id, participant = %spec.participant, role = role_name);
+        let info = PeerInfo {
+            id,
+            spec,
+            events,
+            span,
+        };
+        let peer = Peer::new(info, role, &self.shared, self.index, now)?;
+        self.demux.add_peer(peer.ufrag.clone(), id);
+        self.peers.insert(id, peer);
+        WorkerCounters::add(&self.counters().peers, 1);
+        Ok(())
+    }
+
+    /// Forgets a peer that failed to start, without telling anyone.
+    fn abandon(&mut self, id: PeerId, now: Instant) {
+        if let Some(peer) = self.peers.get_mut(&id) {
+            peer.info.events = tokio::sync::mpsc::unbounded_channel().0;
+        }
+        self.remove_peer(id, CloseReason::Removed, now);
+    }
+
+    /// A command from the control plane.
+    pub(crate) fn handle_command(&mut self, now: Instant, command: Command) {
+        match command {
+            Command::AddPublisher {
+                peer,
+                spec,
+                offer,
+                events,
+                reply,
+            } => {
+                let result = self
+                    .insert_peer(peer, spec, events, Role::Publisher(Publisher::new()), now)
+                    .and_then(|()| self.accept_offer(peer, *offer, now));
+                if result.is_err() {
+                    self.abandon(peer, now);
+                }
+                let _ = reply.send(result);
+            }
+            Command::AddSubscriber {
+                peer,
+                spec,
+                events,
+                reply,
+            } => {
+                let room = spec.room;
+                let member = DataReceiver {
+                    at: crate::graph::PeerLocation {
+                        worker: self.index,
+                        peer,
+                    },
+                    participant: spec.participant.clone(),
+                };
+                let result = self
+                    .insert_peer(peer, spec, events, Role::Subscriber(Subscriber::new()), now)
+                    .and_then(|()| match self.shared.rooms.get_mut(&room) {
+                        Some(mut members) => {
+                            members.data_receivers.push(member);
+                            Ok(())
+                        }
+                        None => Err(SfuError::UnknownRoom(room)),
+                    })
+                    .map(|()| {
+                        self.with_peer(peer, now, |p, ctx| {
+                            if let Role::Subscriber(s) = &mut p.role {
+                                s.maybe_offer(&mut p.rtc, &p.info);
+                            }
+                            p.drain(ctx);
+                        });
+                    });
+                if result.is_err() {
+                    self.abandon(peer, now);
+                }
+                let _ = reply.send(result);
+            }
+            Command::PublisherOffer { peer, offer, reply } => {
+                let _ = reply.send(self.accept_offer(peer, *offer, now));
+            }
+            Command::SubscriberAnswer {
+                peer,
+                answer,
+                reply,
+            } => {
+                let _ = reply.send(self.accept_answer(peer, *answer, now));
+            }
+            Command::Subscribe { peer, track, reply } => {
+                let result = self.on_subscriber(peer, now, |s, rtc, info, ctx| {
+                    s.subscribe(track, ctx)?;
+                    s.maybe_offer(rtc, info);
+                    Ok(())
+                });
+                let _ = reply.send(result);
+            }
+            Command::Unsubscribe { peer, track, reply } => {
+                let result = self.on_subscriber(peer, now, |s, rtc, info, ctx| {
+                    s.unsubscribe(track, info, ctx);
+                    s.maybe_offer(rtc, info);
+                    Ok(())
+                });
+                let _ = reply.send(result);
+            }
+            Command::RemoteCandidate { peer, candidate } => {
+                self.with_peer(peer, now, |p, ctx| {
+                    p.rtc.add_remote_candidate(*candidate);
+                    p.drain(ctx);
+                });
+            }
+            Command::RemovePeer { peer, reply } => {
+                let result = if self.peers.contains_key(&peer) {
+                    self.remove_peer(peer, CloseReason::Removed, now);
+                    Ok(())
+                } else {
+                    Err(SfuError::UnknownPeer(peer))
+                };
+                let _ = reply.send(result);
+            }
+        }
+    }
+
+    fn accept_offer(&mut self, id: PeerId, offer: SdpOffer, now: Instant) -> Result<String, SfuError> {
+        self.with_peer(id, now, |peer, ctx| {
+            if !matches!(peer.role, Role::Publisher(_)) {
+                return Err(SfuError::WrongPeerKind(id, "only a publisher takes offers"));
+            }
+            let answer = peer.rtc.sdp_api().accept_offer(offer);
+            peer.drain(ctx);
+            answer
+                .map(|a| a.to_sdp_string())
+                .map_err(|e| SfuError::BadSdp(e.to_string()))
+        })
+        .unwrap_or(Err(SfuError::UnknownPeer(id)))
+    }
+
+    fn accept_answer(&mut self, id: PeerId, answer: SdpAnswer, now: Instant) -> Result<(), SfuError> {
+        self.on_subscriber(id, now, |s, rtc, info, ctx| {
+            let result = s.accept_answer(rtc, info, answer, ctx);
+            s.maybe_offer(rtc, info);
+            result
+        })
+    }
+
+    /// Runs `f` on a subscriber peer's state, then drains its state machine.
+    fn on_subscriber(
+        &mut self,
+        id: PeerId,
+        now: Instant,
+        f: impl FnOnce(&mut Subscriber, &mut str0m::Rtc, &PeerInfo, &mut Ctx<'_>) -> Result<(), SfuError>,
+    ) -> Result<(), SfuError> {
+        let result = self
+            .with_peer(id, now, |peer, ctx| {
+                let Role::Subscriber(s) = &mut peer.role else {
+                    return Err(SfuError::WrongPeerKind(id, "not a subscriber"));
+                };
+                let result = f(s, &mut peer.rtc, &peer.info, ctx);
+                peer.drain(ctx);
+                result
+            })
+            .unwrap_or(Err(SfuError::UnknownPeer(id)));
+        self.run_local(now);
+        result
+    }
+}

@@ -1,0 +1,158 @@
+//! The I/O of one media worker: a thread with a single-threaded tokio runtime that waits for
+//! datagrams, commands, deliveries from other workers and the next timer, feeds them to the
+//! [`WorkerCore`], then sends what it produced. The only place that reads the clock or
+//! touches the socket.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, error, info};
+
+use super::core::WorkerCore;
+use crate::command::Command;
+use crate::counters::WorkerCounters;
+use crate::packet::Delivery;
+use crate::shared::Shared;
+
+/// Datagrams read per wake-up before other work gets a turn.
+const DATAGRAMS_PER_TURN: usize = 256;
+/// Largest datagram read; WebRTC keeps datagrams under the path MTU, so this is plenty.
+const RECV_BUFFER: usize = 4096;
+
+/// The receiving ends of a worker's inboxes.
+pub(crate) struct Inboxes {
+    pub(crate) commands: mpsc::Receiver<Command>,
+    pub(crate) media: mpsc::Receiver<Vec<Delivery>>,
+    pub(crate) control: mpsc::UnboundedReceiver<Delivery>,
+    pub(crate) shutdown: watch::Receiver<bool>,
+}
+
+/// Starts worker `index` on its own thread.
+pub(crate) fn spawn(
+    index: usize,
+    socket: std::net::UdpSocket,
+    receive_addr: SocketAddr,
+    shared: Arc<Shared>,
+    inboxes: Inboxes,
+) -> io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("sfu-worker-{index}"))
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .enable_time()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    error!(worker = index, error = %e, "cannot start worker runtime");
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                if let Err(e) = run(index, socket, receive_addr, shared, inboxes).await {
+                    error!(worker = index, error = %e, "media worker stopped");
+                }
+            });
+        })
+}
+
+async fn run(
+    index: usize,
+    socket: std::net::UdpSocket,
+    receive_addr: SocketAddr,
+    shared: Arc<Shared>,
+    mut inboxes: Inboxes,
+) -> io::Result<()> {
+    socket.set_nonblocking(true)?;
+    let socket = UdpSocket::from_std(socket)?;
+    let mut core = WorkerCore::new(index, shared.clone(), receive_addr);
+    let mut buf = vec![0u8; RECV_BUFFER];
+    debug!(worker = index, addr = %receive_addr, "media worker running");
+    loop {
+        let deadline = core
+            .next_deadline()
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            biased;
+            _ = inboxes.shutdown.changed() => break,
+            command = inboxes.commands.recv() => match command {
+                Some(command) => core.handle_command(Instant::now(), command),
+                None => break,
+            },
+            Some(delivery) = inboxes.control.recv() => {
+                core.handle_deliveries(Instant::now(), vec![delivery]);
+            }
+            Some(batch) = inboxes.media.recv() => core.handle_deliveries(Instant::now(), batch),
+            readable = socket.readable() => {
+                readable?;
+                for _ in 0..DATAGRAMS_PER_TURN {
+                    match socket.try_recv_from(&mut buf) {
+                        Ok((len, source)) => {
+                            let data = buf.get(..len).unwrap_or_default();
+                            core.handle_datagram(Instant::now(), source, data);
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) => {
+                            debug!(error = %e, "receive error");
+                            break;
+                        }
+                    }
+                }
+            }
+            () = tokio::time::sleep_until(deadline.into()) => {}
+        }
+        let now = Instant::now();
+        core.handle_timers(now);
+        core.flush(now);
+        send_transmits(&socket, &mut core, &shared, index);
+        pass_deliveries(&mut core, &shared, index);
+    }
+    core.shutdown(Instant::now());
+    send_transmits(&socket, &mut core, &shared, index);
+    let (peers, _) = core.sizes();
+    info!(worker = index, peers, "media worker stopped");
+    Ok(())
+}
+
+fn send_transmits(socket: &UdpSocket, core: &mut WorkerCore, shared: &Shared, index: usize) {
+    let counters = &shared.workers[index].counters;
+    for t in core.out.transmits.drain(..) {
+        match socket.try_send_to(&t.contents, t.destination) {
+            Ok(n) => {
+                WorkerCounters::add(&counters.datagrams_sent, 1);
+                WorkerCounters::add(&counters.bytes_sent, n as u64);
+            }
+            Err(e) => {
+                WorkerCounters::add(&counters.dropped_send, 1);
+                debug!(error = %e, destination = %t.destination, "send failed");
+            }
+        }
+    }
+}
+
+/// Hands this turn's deliveries for other workers to their inboxes: media batches are dropped
+/// (and counted) if the receiving worker is behind; control deliveries always go through.
+fn pass_deliveries(core: &mut WorkerCore, shared: &Shared, index: usize) {
+    for (worker, batch) in core.out.remote.iter_mut().enumerate() {
+        if batch.is_empty() {
+            continue;
+        }
+        let batch = std::mem::take(batch);
+        if let Some(target) = shared.workers.get(worker)
+            && target.media_tx.try_send(batch).is_err()
+        {
+            WorkerCounters::add(&shared.workers[index].counters.queue_drops, 1);
+        }
+    }
+    for (worker, delivery) in core.out.control.drain(..) {
+        if let Some(target) = shared.workers.get(worker) {
+            let _ = target.control_tx.send(delivery);
+        }
+    }
+}
