@@ -1,1 +1,145 @@
-//! x
+//! The control plane of the SFU: an axum HTTP/WebSocket server in front of the media core.
+//! It owns rooms, participants and access tokens; the media core (`sfu`) owns peers and tracks.
+//!
+//! [`Server::start`] runs everything in-process (the binary, and the integration tests);
+//! [`protocol`] is the signalling protocol, shared with Rust clients.
+
+pub mod assets;
+pub mod auth;
+pub mod http;
+pub mod metrics;
+pub mod protocol;
+pub mod room;
+pub mod session;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use sfu::{Sfu, SfuConfig, SfuError};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::auth::ApiKeys;
+use crate::room::{RoomLimits, Rooms};
+
+/// Everything the server needs to start. [`ServerConfig::default`] is the development setup.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// HTTP (API, signalling, web demo) listen address. Default `127.0.0.1:7880`.
+    pub http_addr: SocketAddr,
+    /// The media core's configuration.
+    pub sfu: SfuConfig,
+    /// Accepted API keys. Default: the development key.
+    pub keys: ApiKeys,
+    /// Serve the web demo from this directory instead of the embedded copy.
+    pub web_root: Option<PathBuf>,
+    /// Largest WebSocket message accepted from a client, in bytes; a bigger one closes that
+    /// socket. Default 256 KiB.
+    pub ws_max_message: usize,
+    /// Room policy.
+    pub rooms: RoomLimits,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 7880)),
+            sfu: SfuConfig::default(),
+            keys: ApiKeys::dev(),
+            web_root: None,
+            ws_max_message: 256 * 1024,
+            rooms: RoomLimits {
+                max_participants: 0,
+                auto_create: true,
+            },
+        }
+    }
+}
+
+/// State shared by every request handler.
+pub struct AppState {
+    /// The configuration the server started with.
+    pub config: ServerConfig,
+    /// The media core.
+    pub sfu: Sfu,
+    /// Accepted API keys.
+    pub keys: ApiKeys,
+    /// Rooms and participants.
+    pub rooms: Rooms,
+    /// The bound HTTP address.
+    pub http_addr: SocketAddr,
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The media core did not start.
+    #[error("media: {0}")]
+    Media(#[from] SfuError),
+    /// The HTTP port could not be bound.
+    #[error(
+        "cannot listen for HTTP on {addr}: {source} (is another server running? use --http-addr)"
+    )]
+    Http {
+        /// The address.
+        addr: SocketAddr,
+        /// The operating system's reason.
+        source: std::io::Error,
+    },
+}
+
+/// A running server.
+pub struct Server {
+    /// The bound HTTP address.
+    pub http_addr: SocketAddr,
+    /// The shared state (the media core is `state.sfu`).
+    pub state: Arc<AppState>,
+    http: JoinHandle<()>,
+}
+
+impl Server {
+    /// Starts the media workers and the HTTP server.
+    pub async fn start(config: ServerConfig) -> Result<Server, StartError> {
+        let sfu = Sfu::start(config.sfu.clone())?;
+        let listener = TcpListener::bind(config.http_addr)
+            .await
+            .map_err(|source| StartError::Http {
+                addr: config.http_addr,
+                source,
+            })?;
+        let http_addr = listener.local_addr().map_err(|source| StartError::Http {
+            addr: config.http_addr,
+            source,
+        })?;
+        let state = Arc::new(AppState {
+            keys: config.keys.clone(),
+            rooms: Rooms::new(sfu.clone(), config.rooms),
+            config,
+            sfu,
+            http_addr,
+        });
+        let router = http::app(state.clone());
+        let http = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, router).await {
+                tracing::error!(error = %e, "HTTP server stopped");
+            }
+        });
+        Ok(Server {
+            http_addr,
+            state,
+            http,
+        })
+    }
+
+    /// The media core.
+    pub fn sfu(&self) -> &Sfu {
+        &self.state.sfu
+    }
+
+    /// Stops the HTTP server and the media workers.
+    pub fn shutdown(self) {
+        self.http.abort();
+        self.state.sfu.shutdown();
+    }
+}

@@ -21,10 +21,12 @@ pub(crate) enum Command {
         events: EventSink,
         reply: Reply<String>,
     },
-    /// Create a subscriber peer; its first offer arrives as an event.
+    /// Create a subscriber peer already subscribed to `tracks`; its first offer arrives as
+    /// an event.
     AddSubscriber {
         peer: PeerId,
         spec: PeerSpec,
+        tracks: Vec<TrackId>,
         events: EventSink,
         reply: Reply<()>,
     },

@@ -79,7 +79,10 @@ mod tests {
     fn binary_envelope_and_refusals() {
         let m = wrap("PA_1", "x", true, &[9, 8]).map(|m| m.bytes);
         assert_eq!(m, Some(vec![4, b'P', b'A', b'_', b'1', 9, 8]));
-        assert!(wrap("PA_1", "x", false, &[0xff]).is_none(), "text must be UTF-8");
+        assert!(
+            wrap("PA_1", "x", false, &[0xff]).is_none(),
+            "text must be UTF-8"
+        );
         assert!(wrap(&"x".repeat(300), "x", true, &[1]).is_none());
     }
 }

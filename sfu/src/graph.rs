@@ -193,11 +193,20 @@ mod tests {
     #[test]
     fn subscribe_snapshot_unsubscribe() {
         let g = ForwardingGraph::default();
-        let route = g.publish(TrackId(1), RoomId(9), loc(0, 1), TrackKind::Video, Arc::from("PA_1"));
+        let route = g.publish(
+            TrackId(1),
+            RoomId(9),
+            loc(0, 1),
+            TrackKind::Video,
+            Arc::from("PA_1"),
+        );
         let before = route.subscribers();
         assert!(g.subscribe(TrackId(1), loc(1, 2), 1).is_some());
         assert!(g.subscribe(TrackId(1), loc(0, 3), 1).is_some());
-        assert!(g.subscribe(TrackId(2), loc(0, 3), 1).is_none(), "unknown track");
+        assert!(
+            g.subscribe(TrackId(2), loc(0, 3), 1).is_none(),
+            "unknown track"
+        );
         assert_eq!(before.len(), 0, "old snapshots are immutable");
         assert_eq!(route.subscribers().len(), 2);
         g.unsubscribe(TrackId(1), loc(1, 2));
@@ -211,7 +220,13 @@ mod tests {
     #[test]
     fn active_layers() {
         let g = ForwardingGraph::default();
-        let route = g.publish(TrackId(1), RoomId(9), loc(0, 1), TrackKind::Video, Arc::from("PA_1"));
+        let route = g.publish(
+            TrackId(1),
+            RoomId(9),
+            loc(0, 1),
+            TrackKind::Video,
+            Arc::from("PA_1"),
+        );
         assert_eq!(route.highest_active_layer(), None);
         assert!(route.mark_layer_active(0));
         assert!(!route.mark_layer_active(0));

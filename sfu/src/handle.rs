@@ -58,7 +58,9 @@ impl Sfu {
     /// Binds one UDP socket per worker and starts the workers.
     pub fn start(config: SfuConfig) -> Result<Sfu, SfuError> {
         if config.workers == 0 {
-            return Err(SfuError::Config("at least one media worker is needed".into()));
+            return Err(SfuError::Config(
+                "at least one media worker is needed".into(),
+            ));
         }
         let advertised = advertised_ips(&config)?;
         let cert = str0m::crypto::from_feature_flags()
@@ -76,13 +78,18 @@ impl Sfu {
                 u16::try_from(usize::from(config.first_port) + i)
                     .map_err(|_| SfuError::Config("media ports run past 65535".into()))?
             };
-            let socket = bind_udp(SocketAddr::new(config.bind_ip, port), config.socket_buffer_bytes)?;
+            let socket = bind_udp(
+                SocketAddr::new(config.bind_ip, port),
+                config.socket_buffer_bytes,
+            )?;
             let local = socket.local_addr().map_err(|source| SfuError::Bind {
                 addr: SocketAddr::new(config.bind_ip, port),
                 source,
             })?;
-            let candidates: Vec<SocketAddr> =
-                advertised.iter().map(|ip| SocketAddr::new(*ip, local.port())).collect();
+            let candidates: Vec<SocketAddr> = advertised
+                .iter()
+                .map(|ip| SocketAddr::new(*ip, local.port()))
+                .collect();
             let (commands, commands_rx) = mpsc::channel(COMMAND_QUEUE);
             let (media_tx, media_rx) = mpsc::channel(config.worker_queue_batches.max(1));
             let (control_tx, control_rx) = mpsc::unbounded_channel();
@@ -120,7 +127,9 @@ impl Sfu {
                 shutdown: shutdown_rx.clone(),
             };
             let thread = driver::spawn(index, socket, receive_addr, shared.clone(), inboxes)
-                .map_err(|e| SfuError::Config(format!("cannot start a media worker thread: {e}")))?;
+                .map_err(|e| {
+                    SfuError::Config(format!("cannot start a media worker thread: {e}"))
+                })?;
             threads.push(thread);
         }
         info!(
@@ -175,7 +184,8 @@ impl Sfu {
         offer: &str,
         events: EventSink,
     ) -> Result<(PeerId, String), SfuError> {
-        let offer = SdpOffer::from_sdp_string(offer).map_err(|e| SfuError::BadSdp(e.to_string()))?;
+        let offer =
+            SdpOffer::from_sdp_string(offer).map_err(|e| SfuError::BadSdp(e.to_string()))?;
         let (peer, worker) = self.place(&spec)?;
         let answer = self
             .request(worker, |reply| Command::AddPublisher {
@@ -190,13 +200,19 @@ impl Sfu {
         Ok((peer, answer))
     }
 
-    /// Creates a subscriber peer. Its first SDP offer arrives as
-    /// [`crate::PeerEvent::SubscriberOffer`].
-    pub async fn add_subscriber(&self, spec: PeerSpec, events: EventSink) -> Result<PeerId, SfuError> {
+    /// Creates a subscriber peer, subscribed to those of `tracks` that still exist. Its first
+    /// SDP offer arrives as [`crate::PeerEvent::SubscriberOffer`].
+    pub async fn add_subscriber(
+        &self,
+        spec: PeerSpec,
+        tracks: Vec<TrackId>,
+        events: EventSink,
+    ) -> Result<PeerId, SfuError> {
         let (peer, worker) = self.place(&spec)?;
         self.request(worker, |reply| Command::AddSubscriber {
             peer,
             spec,
+            tracks,
             events,
             reply,
         })
@@ -207,7 +223,8 @@ impl Sfu {
 
     /// A publisher's client offers again; returns the answer.
     pub async fn publisher_offer(&self, peer: PeerId, offer: &str) -> Result<String, SfuError> {
-        let offer = SdpOffer::from_sdp_string(offer).map_err(|e| SfuError::BadSdp(e.to_string()))?;
+        let offer =
+            SdpOffer::from_sdp_string(offer).map_err(|e| SfuError::BadSdp(e.to_string()))?;
         let worker = self.worker_of(peer)?;
         self.request(worker, |reply| Command::PublisherOffer {
             peer,
@@ -245,7 +262,11 @@ impl Sfu {
     }
 
     /// Adds a trickled remote ICE candidate (`candidate:...`, with or without `a=`).
-    pub async fn add_remote_candidate(&self, peer: PeerId, candidate: &str) -> Result<(), SfuError> {
+    pub async fn add_remote_candidate(
+        &self,
+        peer: PeerId,
+        candidate: &str,
+    ) -> Result<(), SfuError> {
         let line = candidate.trim().trim_start_matches("a=");
         let candidate = Candidate::from_sdp_string(line)
             .map_err(|e| SfuError::BadSdp(format!("bad ICE candidate: {e}")))?;
@@ -342,7 +363,11 @@ impl Sfu {
         command: impl FnOnce(oneshot::Sender<Result<T, SfuError>>) -> Command,
     ) -> Result<T, SfuError> {
         let (reply, result) = oneshot::channel();
-        let slot = self.shared().workers.get(worker).ok_or(SfuError::Shutdown)?;
+        let slot = self
+            .shared()
+            .workers
+            .get(worker)
+            .ok_or(SfuError::Shutdown)?;
         slot.commands
             .send(command(reply))
             .await
@@ -376,7 +401,8 @@ fn advertised_ips(config: &SfuConfig) -> Result<Vec<IpAddr>, SfuError> {
 fn bind_udp(addr: SocketAddr, buffer: usize) -> Result<UdpSocket, SfuError> {
     use socket2::{Domain, Protocol, Socket, Type};
     let map = |source| SfuError::Bind { addr, source };
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(map)?;
+    let socket =
+        Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(map)?;
     // Larger buffers absorb bursts (a keyframe to many subscribers); the OS may cap them.
     let _ = socket.set_recv_buffer_size(buffer);
     let _ = socket.set_send_buffer_size(buffer);

@@ -122,7 +122,10 @@ mod tests {
         assert!(starts_keyframe(Codec::H264, &[0x65, 0x88])); // IDR
         assert!(!starts_keyframe(Codec::H264, &[0x41, 0x9a])); // non-IDR slice
         // STAP-A with SPS and PPS.
-        assert!(starts_keyframe(Codec::H264, &[0x78, 0, 2, 0x67, 0x42, 0, 1, 0x68]));
+        assert!(starts_keyframe(
+            Codec::H264,
+            &[0x78, 0, 2, 0x67, 0x42, 0, 1, 0x68]
+        ));
         // STAP-A with a size running past the end.
         assert!(!starts_keyframe(Codec::H264, &[0x78, 0, 9, 0x41]));
         // FU-A start of IDR, and a middle fragment.

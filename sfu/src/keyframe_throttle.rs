@@ -83,7 +83,10 @@ mod tests {
         assert!(!k.request(t0 + 200 * MS));
         assert_eq!(k.deadline(), Some(t0 + 500 * MS));
         assert!(!k.poll(t0 + 499 * MS));
-        assert!(k.poll(t0 + 500 * MS), "one coalesced request at the end of the interval");
+        assert!(
+            k.poll(t0 + 500 * MS),
+            "one coalesced request at the end of the interval"
+        );
         assert!(!k.poll(t0 + 501 * MS));
         assert_eq!(k.deadline(), None);
     }

@@ -130,12 +130,24 @@ mod tests {
     fn first_packet_gets_initial_values_and_offsets_hold() {
         let t0 = Instant::now();
         let mut r = SeqTsRewriter::new(90_000, 1000, 5000);
-        assert!(r.rewrite(70_000, 1, t0).is_none(), "nothing before a source starts");
+        assert!(
+            r.rewrite(70_000, 1, t0).is_none(),
+            "nothing before a source starts"
+        );
         r.start_source(70_000, 123_456, t0);
-        assert_eq!(r.rewrite(70_000, 123_456, t0), Some(Rewritten { seq: 1000, ts: 5000 }));
+        assert_eq!(
+            r.rewrite(70_000, 123_456, t0),
+            Some(Rewritten {
+                seq: 1000,
+                ts: 5000
+            })
+        );
         assert_eq!(
             r.rewrite(70_001, 126_456, at(t0, 33)),
-            Some(Rewritten { seq: 1001, ts: 8000 })
+            Some(Rewritten {
+                seq: 1001,
+                ts: 8000
+            })
         );
     }
 
@@ -167,15 +179,33 @@ mod tests {
         for i in 0..5u64 {
             last = r.rewrite(10 + i, 50_000 + 3000 * i as u32, at(t0, 33 * i));
         }
-        assert_eq!(last, Some(Rewritten { seq: 104, ts: 13_000 }));
+        assert_eq!(
+            last,
+            Some(Rewritten {
+                seq: 104,
+                ts: 13_000
+            })
+        );
 
         // The new layer has unrelated numbers; it arrives 100 ms after the last packet.
         let t_switch = at(t0, 33 * 4 + 100);
         r.start_source(40_000, 7, t_switch);
         let first = r.rewrite(40_000, 7, t_switch);
-        assert_eq!(first, Some(Rewritten { seq: 105, ts: 13_000 + 9_000 }));
+        assert_eq!(
+            first,
+            Some(Rewritten {
+                seq: 105,
+                ts: 13_000 + 9_000
+            })
+        );
         let second = r.rewrite(40_001, 7 + 3000, t_switch + Duration::from_millis(33));
-        assert_eq!(second, Some(Rewritten { seq: 106, ts: 22_000 + 3000 }));
+        assert_eq!(
+            second,
+            Some(Rewritten {
+                seq: 106,
+                ts: 22_000 + 3000
+            })
+        );
         // A late packet of the old layer's numbering is refused, not written over new numbers.
         assert!(r.rewrite(14, 62_000, t_switch).is_none());
     }
@@ -185,10 +215,22 @@ mod tests {
         let t0 = Instant::now();
         let mut r = SeqTsRewriter::new(48_000, 0, u32::MAX - 10);
         r.start_source(1, 0, t0);
-        assert_eq!(r.rewrite(1, 0, t0), Some(Rewritten { seq: 0, ts: u32::MAX - 10 }));
+        assert_eq!(
+            r.rewrite(1, 0, t0),
+            Some(Rewritten {
+                seq: 0,
+                ts: u32::MAX - 10
+            })
+        );
         r.start_source(900, 0, t0);
         // One tick later, wrapping through zero.
-        assert_eq!(r.rewrite(900, 0, t0), Some(Rewritten { seq: 1, ts: u32::MAX - 9 }));
+        assert_eq!(
+            r.rewrite(900, 0, t0),
+            Some(Rewritten {
+                seq: 1,
+                ts: u32::MAX - 9
+            })
+        );
         r.start_source(5, 0, t0);
         let w = r.rewrite(5 + 20, 0, t0);
         assert_eq!(w.map(|x| x.seq), Some(2 + 20));

@@ -153,7 +153,12 @@ impl Peer {
             .enable_av1(true)
             .set_stats_interval(None)
             .build(now);
-        for addr in shared.workers.get(worker).map(|w| &w.candidates[..]).unwrap_or_default() {
+        for addr in shared
+            .workers
+            .get(worker)
+            .map(|w| &w.candidates[..])
+            .unwrap_or_default()
+        {
             let candidate = Candidate::host(*addr, "udp")?;
             rtc.add_local_candidate(candidate);
         }
@@ -261,8 +266,7 @@ impl Peer {
             return;
         }
         self.last_destination = Some(destination);
-        if ctx.demux.learn_addr(destination, self.info.id) && !self.addrs.contains(&destination)
-        {
+        if ctx.demux.learn_addr(destination, self.info.id) && !self.addrs.contains(&destination) {
             if self.addrs.len() >= MAX_REMOTE_ADDRS {
                 self.addrs.remove(0);
             }
@@ -301,7 +305,8 @@ impl Peer {
                 }
             }
         }
-        ctx.demux.remove_peer(self.info.id, &self.ufrag, &self.addrs);
+        ctx.demux
+            .remove_peer(self.info.id, &self.ufrag, &self.addrs);
         info!(?reason, "peer closed");
         self.info.emit(PeerEvent::Closed {
             peer: self.info.id,

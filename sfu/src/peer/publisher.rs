@@ -60,7 +60,13 @@ impl Publisher {
             .min()
     }
 
-    pub(crate) fn on_event(&mut self, rtc: &mut Rtc, info: &PeerInfo, event: Event, ctx: &mut Ctx<'_>) {
+    pub(crate) fn on_event(
+        &mut self,
+        rtc: &mut Rtc,
+        info: &PeerInfo,
+        event: Event,
+        ctx: &mut Ctx<'_>,
+    ) {
         match event {
             Event::RtpPacket(packet) => self.forward(rtc, packet, ctx),
             Event::MediaAdded(added) if added.direction.is_receiving() => {
@@ -121,7 +127,9 @@ impl Publisher {
                         && paused.paused
                     {
                         track.route.set_layer_active(layer, false);
-                        self.streams.retain(|_, s| !(Arc::ptr_eq(&s.route, &track.route) && s.layer == layer));
+                        self.streams.retain(|_, s| {
+                            !(Arc::ptr_eq(&s.route, &track.route) && s.layer == layer)
+                        });
                     }
                 }
             }
@@ -164,7 +172,9 @@ impl Publisher {
             mid: added.mid,
             route,
             rids,
-            throttles: (0..layers).map(|_| KeyframeThrottle::new(interval)).collect(),
+            throttles: (0..layers)
+                .map(|_| KeyframeThrottle::new(interval))
+                .collect(),
         });
     }
 
@@ -173,7 +183,8 @@ impl Publisher {
             return;
         };
         let track = self.tracks.remove(pos);
-        self.streams.retain(|_, s| !Arc::ptr_eq(&s.route, &track.route));
+        self.streams
+            .retain(|_, s| !Arc::ptr_eq(&s.route, &track.route));
         end_track(&track.route, info, ctx);
     }
 
@@ -213,7 +224,12 @@ impl Publisher {
         };
         let keyframe = starts_keyframe(params.spec().codec, &packet.payload);
         let layer = stream.layer;
-        if keyframe && let Some(track) = self.tracks.iter_mut().find(|t| Arc::ptr_eq(&t.route, &stream.route)) {
+        if keyframe
+            && let Some(track) = self
+                .tracks
+                .iter_mut()
+                .find(|t| Arc::ptr_eq(&t.route, &stream.route))
+        {
             if let Some(throttle) = track.throttles.get_mut(usize::from(layer)) {
                 throttle.on_keyframe();
             }

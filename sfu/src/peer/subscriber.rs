@@ -100,7 +100,8 @@ impl Subscription {
                 if Some(packet.layer) != self.target || !packet.keyframe {
                     return (None, waits_changed); // Another layer, or the target before its keyframe.
                 }
-                self.rewriter(packet).start_source(packet.seq, packet.ts, ctx.now);
+                self.rewriter(packet)
+                    .start_source(packet.seq, packet.ts, ctx.now);
                 self.current = Some(packet.layer);
                 self.keyframe_asked_at = None;
                 self.set_wanted_layers();
@@ -108,9 +109,14 @@ impl Subscription {
                 debug!(track = %packet.track, layer = packet.layer, "forwarding layer");
             }
         } else if !self.rewriter(packet).is_started() {
-            self.rewriter(packet).start_source(packet.seq, packet.ts, ctx.now);
+            self.rewriter(packet)
+                .start_source(packet.seq, packet.ts, ctx.now);
         }
-        (self.rewriter(packet).rewrite(packet.seq, packet.ts, ctx.now), waits_changed)
+        (
+            self.rewriter(packet)
+                .rewrite(packet.seq, packet.ts, ctx.now),
+            waits_changed,
+        )
     }
 
     fn set_wanted_layers(&self) {
@@ -148,7 +154,11 @@ impl Subscriber {
         if self.subs.contains_key(&track) {
             return Ok(());
         }
-        let route = ctx.shared.graph.get(track).ok_or(SfuError::UnknownTrack(track))?;
+        let route = ctx
+            .shared
+            .graph
+            .get(track)
+            .ok_or(SfuError::UnknownTrack(track))?;
         self.subs.insert(
             track,
             Subscription {
@@ -185,7 +195,9 @@ impl Subscriber {
     /// Starts a negotiation if changes are queued and none is under way.
     pub(crate) fn maybe_offer(&mut self, rtc: &mut Rtc, info: &PeerInfo) {
         if self.pending.is_some()
-            || (self.queued_adds.is_empty() && self.queued_stops.is_empty() && !self.channel_unoffered)
+            || (self.queued_adds.is_empty()
+                && self.queued_stops.is_empty()
+                && !self.channel_unoffered)
         {
             return;
         }
@@ -253,7 +265,10 @@ impl Subscriber {
         ctx: &mut Ctx<'_>,
     ) -> Result<(), SfuError> {
         let Some(pending) = self.pending.take() else {
-            return Err(SfuError::WrongPeerKind(info.id, "no offer is waiting for an answer"));
+            return Err(SfuError::WrongPeerKind(
+                info.id,
+                "no offer is waiting for an answer",
+            ));
         };
         if let Err(e) = rtc.sdp_api().accept_answer(pending.token, answer) {
             // Nothing of that offer was applied: offer its tracks again with the next one.
@@ -306,7 +321,13 @@ impl Subscriber {
         }
     }
 
-    pub(crate) fn on_event(&mut self, rtc: &mut Rtc, info: &PeerInfo, event: Event, ctx: &mut Ctx<'_>) {
+    pub(crate) fn on_event(
+        &mut self,
+        rtc: &mut Rtc,
+        info: &PeerInfo,
+        event: Event,
+        ctx: &mut Ctx<'_>,
+    ) {
         let _ = info;
         match event {
             Event::KeyframeRequest(req) => {
@@ -396,10 +417,16 @@ impl Subscriber {
             return;
         };
         tx.write_rtp(
-            RtpWrite::new(out_pt, out.seq.into(), out.ts, packet.arrival, packet.payload.clone())
-                .marker(packet.marker)
-                .ext_vals(ext)
-                .nackable(needs_keyframe(packet.params.spec().codec)),
+            RtpWrite::new(
+                out_pt,
+                out.seq.into(),
+                out.ts,
+                packet.arrival,
+                packet.payload.clone(),
+            )
+            .marker(packet.marker)
+            .ext_vals(ext)
+            .nackable(needs_keyframe(packet.params.spec().codec)),
         );
         let counters = ctx.counters();
         WorkerCounters::add(&counters.rtp_forwarded, 1);

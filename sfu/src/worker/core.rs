@@ -143,7 +143,9 @@ impl WorkerCore {
     fn deliver(&mut self, now: Instant, delivery: Delivery) {
         let to = delivery.to();
         let writes_media = matches!(delivery, Delivery::Rtp { .. } | Delivery::Data { .. });
-        if self.with_peer(to, now, |peer, ctx| peer.handle_delivery(delivery, ctx)).is_some()
+        if self
+            .with_peer(to, now, |peer, ctx| peer.handle_delivery(delivery, ctx))
+            .is_some()
             && writes_media
             && let Some(peer) = self.peers.get_mut(&to)
             && !peer.dirty
@@ -268,6 +270,7 @@ impl WorkerCore {
             Command::AddSubscriber {
                 peer,
                 spec,
+                tracks,
                 events,
                 reply,
             } => {
@@ -291,6 +294,10 @@ impl WorkerCore {
                     .map(|()| {
                         self.with_peer(peer, now, |p, ctx| {
                             if let Role::Subscriber(s) = &mut p.role {
+                                for track in tracks {
+                                    // A track unpublished meanwhile is simply skipped.
+                                    let _ = s.subscribe(track, ctx);
+                                }
                                 s.maybe_offer(&mut p.rtc, &p.info);
                             }
                             p.drain(ctx);
@@ -345,7 +352,12 @@ impl WorkerCore {
         }
     }
 
-    fn accept_offer(&mut self, id: PeerId, offer: SdpOffer, now: Instant) -> Result<String, SfuError> {
+    fn accept_offer(
+        &mut self,
+        id: PeerId,
+        offer: SdpOffer,
+        now: Instant,
+    ) -> Result<String, SfuError> {
         self.with_peer(id, now, |peer, ctx| {
             if !matches!(peer.role, Role::Publisher(_)) {
                 return Err(SfuError::WrongPeerKind(id, "only a publisher takes offers"));
@@ -359,7 +371,12 @@ impl WorkerCore {
         .unwrap_or(Err(SfuError::UnknownPeer(id)))
     }
 
-    fn accept_answer(&mut self, id: PeerId, answer: SdpAnswer, now: Instant) -> Result<(), SfuError> {
+    fn accept_answer(
+        &mut self,
+        id: PeerId,
+        answer: SdpAnswer,
+        now: Instant,
+    ) -> Result<(), SfuError> {
         self.on_subscriber(id, now, |s, rtc, info, ctx| {
             let result = s.accept_answer(rtc, info, answer, ctx);
             s.maybe_offer(rtc, info);
@@ -372,7 +389,12 @@ impl WorkerCore {
         &mut self,
         id: PeerId,
         now: Instant,
-        f: impl FnOnce(&mut Subscriber, &mut str0m::Rtc, &PeerInfo, &mut Ctx<'_>) -> Result<(), SfuError>,
+        f: impl FnOnce(
+            &mut Subscriber,
+            &mut str0m::Rtc,
+            &PeerInfo,
+            &mut Ctx<'_>,
+        ) -> Result<(), SfuError>,
     ) -> Result<(), SfuError> {
         let result = self
             .with_peer(id, now, |peer, ctx| {

@@ -83,6 +83,10 @@ mod tests {
         q.schedule(PeerId(1), ms(30));
         q.schedule(PeerId(1), ms(25)); // earlier
         assert_eq!(q.pop_due(ms(26)), Some(PeerId(1)));
-        assert_eq!(q.pop_due(ms(31)), None, "the stale later entry does not fire");
+        assert_eq!(
+            q.pop_due(ms(31)),
+            None,
+            "the stale later entry does not fire"
+        );
     }
 }

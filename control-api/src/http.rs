@@ -1,0 +1,184 @@
+//! The HTTP surface: the signalling WebSocket, the development token endpoint, metrics,
+//! health, and the web demo's files. `app` builds the router from state, so tests can drive
+//! it without a socket.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::mpsc;
+use tracing::{Instrument, debug, info_span};
+
+use crate::AppState;
+use crate::auth::{Claims, Grants};
+use crate::protocol::{ErrorCode, ServerMessage, parse_client_message};
+use crate::session::{Flow, Session};
+
+/// The router of the server.
+pub fn app(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/rtc", get(signalling))
+        .route("/dev/token", get(dev_token))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(|| async { "ready\n" }))
+        .fallback(get(static_file))
+        .with_state(state)
+}
+
+async fn signalling(ws: WebSocketUpgrade, State(state): State<Arc<AppState>>) -> Response {
+    let limit = state.config.ws_max_message;
+    ws.max_message_size(limit)
+        .max_frame_size(limit)
+        .on_upgrade(move |socket| run_session(socket, state))
+}
+
+/// Drives one WebSocket: frames in -> session, session outbox -> frames out.
+async fn run_session(socket: WebSocket, state: Arc<AppState>) {
+    let (mut sink, mut stream) = socket.split();
+    let (outbox, mut outgoing) = mpsc::unbounded_channel::<ServerMessage>();
+    let (events, mut peer_events) = mpsc::unbounded_channel();
+    let writer = tokio::spawn(async move {
+        while let Some(message) = outgoing.recv().await {
+            let Ok(text) = serde_json::to_string(&message) else {
+                continue;
+            };
+            if sink.send(Message::Text(text.into())).await.is_err() {
+                break;
+            }
+            if matches!(message, ServerMessage::Left { .. }) {
+                let _ = sink.close().await;
+                break;
+            }
+        }
+    });
+    let mut session = Session::new(state, outbox, events);
+    let span = info_span!("session");
+    async {
+        loop {
+            tokio::select! {
+                frame = stream.next() => match frame {
+                    Some(Ok(Message::Text(text))) => match parse_client_message(&text) {
+                        Ok(message) => {
+                            if session.handle(message).await == Flow::Stop {
+                                break;
+                            }
+                        }
+                        Err(reply) => session.reply(reply),
+                    },
+                    Some(Ok(Message::Binary(_))) => session.reply(ServerMessage::error(
+                        ErrorCode::BadMessage,
+                        "send JSON in text frames",
+                    )),
+                    Some(Ok(Message::Close(_))) | None => break,
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => {
+                        // Oversized frames and protocol violations end this socket only.
+                        debug!(error = %e, "websocket error; closing it");
+                        break;
+                    }
+                },
+                Some(event) = peer_events.recv() => session.on_peer_event(event).await,
+            }
+        }
+        session.leave("connection closed").await;
+    }
+    .instrument(span)
+    .await;
+    drop(session);
+    // The writer ends when the last outbox sender (ours, the room's) is gone.
+    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+}
+
+#[derive(Deserialize)]
+struct DevTokenQuery {
+    room: String,
+    identity: Option<String>,
+    name: Option<String>,
+}
+
+/// Mints a token for the demo. Exists only while the server runs with the built-in
+/// development credentials.
+async fn dev_token(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    query: Result<Query<DevTokenQuery>, QueryRejection>,
+) -> Response {
+    if !state.keys.is_dev() {
+        return json_error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "development tokens are disabled because the server has real API keys",
+        );
+    }
+    let Some(Query(q)) = query
+        .ok()
+        .filter(|q| !q.room.is_empty() && q.room.len() <= 128)
+    else {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "give ?room=NAME (1 to 128 characters), and optionally &identity=ID&name=NAME",
+        );
+    };
+    let identity = q
+        .identity
+        .filter(|i| !i.is_empty())
+        .unwrap_or_else(|| format!("guest-{:06x}", rand::random::<u32>() & 0xff_ffff));
+    let grants = Grants {
+        room: Some(q.room),
+        room_join: true,
+        ..Grants::default()
+    };
+    let key = state.keys.first_key().unwrap_or_default().to_string();
+    let mut claims = Claims::new(&key, &identity, Duration::from_secs(6 * 3600), grants);
+    claims.name = q.name.filter(|n| !n.is_empty());
+    let Ok(token) = state.keys.mint(&claims) else {
+        return json_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "cannot sign a token",
+        );
+    };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map_or_else(|| state.http_addr.to_string(), str::to_string);
+    Json(json!({ "token": token, "ws_url": format!("ws://{host}/rtc"), "identity": identity }))
+        .into_response()
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let (rooms, participants) = state.rooms.counts();
+    let body = crate::metrics::render(
+        &state.sfu.counters(),
+        rooms,
+        participants,
+        state.sfu.peer_count(),
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+async fn static_file(State(state): State<Arc<AppState>>, uri: Uri) -> Response {
+    match crate::assets::lookup(state.config.web_root.as_deref(), uri.path()).await {
+        Some((content_type, body)) => {
+            ([(header::CONTENT_TYPE, content_type)], body).into_response()
+        }
+        None => json_error(StatusCode::NOT_FOUND, "not_found", "no such page"),
+    }
+}
+
+/// A JSON error body with a stable code and a sentence.
+pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
+    (status, Json(json!({ "code": code, "message": message }))).into_response()
+}

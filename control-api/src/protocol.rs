@@ -1,0 +1,295 @@
+//! The signalling protocol's messages (see `control-api/PROTOCOL.md`): JSON objects tagged by
+//! `type`, one per WebSocket text frame. Shared with clients written in Rust (the bots).
+
+use serde::{Deserialize, Serialize};
+
+/// Which of a participant's two peer connections a message is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PcTarget {
+    /// The connection the client publishes on (the client offers).
+    Publish,
+    /// The connection the client receives on (the server offers).
+    Subscribe,
+}
+
+/// A message from the client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientMessage {
+    /// Join the room named in the token.
+    Join {
+        /// The access token.
+        token: String,
+    },
+    /// Offer for the publish connection.
+    PublishOffer {
+        /// SDP.
+        sdp: String,
+    },
+    /// Answer to the latest subscribe offer.
+    SubscribeAnswer {
+        /// SDP.
+        sdp: String,
+    },
+    /// A trickled ICE candidate.
+    Candidate {
+        /// Which connection.
+        target: PcTarget,
+        /// The `candidate:...` line; absent or empty at the end of candidates.
+        #[serde(default)]
+        candidate: Option<String>,
+    },
+    /// The client muted or unmuted one of its tracks.
+    Mute {
+        /// Track id.
+        track: String,
+        /// Muted or not.
+        muted: bool,
+    },
+    /// Keep-alive.
+    Ping,
+    /// Leave the room.
+    Leave,
+}
+
+impl ClientMessage {
+    /// The `type` values clients may send.
+    pub const TYPES: [&'static str; 7] = [
+        "join",
+        "publish_offer",
+        "subscribe_answer",
+        "candidate",
+        "mute",
+        "ping",
+        "leave",
+    ];
+}
+
+/// A participant as others see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParticipantInfo {
+    /// Session id (`PA_...`).
+    pub id: String,
+    /// Identity from the access token.
+    pub identity: String,
+    /// Display name.
+    pub name: String,
+}
+
+/// A published track.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrackInfo {
+    /// Track id (`TR_...`).
+    pub id: String,
+    /// Publisher's participant id.
+    pub participant: String,
+    /// `"audio"` or `"video"`.
+    pub kind: String,
+    /// The publisher's mid for this track.
+    pub mid: String,
+    /// Simulcast RIDs, lowest quality first (empty without simulcast).
+    pub simulcast: Vec<String>,
+    /// Whether the publisher has muted it.
+    pub muted: bool,
+}
+
+/// Which remote track a subscriber mid carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OfferedTrack {
+    /// The mid in the subscriber's session.
+    pub mid: String,
+    /// Track id.
+    pub track: String,
+    /// Publisher's participant id.
+    pub participant: String,
+    /// `"audio"` or `"video"`.
+    pub kind: String,
+}
+
+/// Stable error codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Not JSON, or a field is missing or has the wrong type.
+    BadMessage,
+    /// The `type` is not one the server knows.
+    UnknownType,
+    /// The message needs a joined session.
+    NotJoined,
+    /// `join` was sent twice.
+    AlreadyJoined,
+    /// The token is invalid, expired or for another server.
+    BadToken,
+    /// The token does not grant this.
+    PermissionDenied,
+    /// The room is full.
+    RoomFull,
+    /// The room does not exist (and is not created on join).
+    UnknownRoom,
+    /// The SDP or ICE candidate was refused.
+    BadSdp,
+    /// No such track (or not yours).
+    UnknownTrack,
+    /// A media connection closed.
+    MediaClosed,
+    /// Something failed on the server.
+    Internal,
+}
+
+/// A message from the server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    /// Reply to `join`.
+    Joined {
+        /// Room name.
+        room: String,
+        /// You.
+        participant: ParticipantInfo,
+        /// The others already in the room.
+        participants: Vec<ParticipantInfo>,
+        /// Tracks already published.
+        tracks: Vec<TrackInfo>,
+    },
+    /// Answer for the publish connection.
+    PublishAnswer {
+        /// SDP.
+        sdp: String,
+    },
+    /// Offer for the subscribe connection.
+    SubscribeOffer {
+        /// SDP.
+        sdp: String,
+        /// What each mid carries.
+        tracks: Vec<OfferedTrack>,
+    },
+    /// Someone joined.
+    ParticipantJoined {
+        /// Who.
+        participant: ParticipantInfo,
+    },
+    /// Someone left.
+    ParticipantLeft {
+        /// Their id.
+        participant: String,
+    },
+    /// A track was published.
+    TrackPublished {
+        /// The track.
+        track: TrackInfo,
+    },
+    /// A track is gone.
+    TrackUnpublished {
+        /// Track id.
+        track: String,
+        /// Publisher's id.
+        participant: String,
+    },
+    /// A publisher muted or unmuted a track.
+    TrackMuted {
+        /// Track id.
+        track: String,
+        /// Publisher's id.
+        participant: String,
+        /// Muted or not.
+        muted: bool,
+    },
+    /// A refused request.
+    Error {
+        /// Stable code.
+        code: ErrorCode,
+        /// What to do, for humans.
+        message: String,
+    },
+    /// Reply to `ping`.
+    Pong,
+    /// The session is over.
+    Left {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl ServerMessage {
+    /// An error message.
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
+        ServerMessage::Error {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Parses a client frame, telling malformed JSON apart from an unknown `type`.
+pub fn parse_client_message(text: &str) -> Result<ClientMessage, ServerMessage> {
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+        ServerMessage::error(
+            ErrorCode::BadMessage,
+            format!("the message is not valid JSON: {e}"),
+        )
+    })?;
+    let Some(kind) = value
+        .get("type")
+        .and_then(|t| t.as_str())
+        .map(str::to_string)
+    else {
+        return Err(ServerMessage::error(
+            ErrorCode::BadMessage,
+            "every message must be a JSON object with a string field \"type\"",
+        ));
+    };
+    if !ClientMessage::TYPES.contains(&kind.as_str()) {
+        return Err(ServerMessage::error(
+            ErrorCode::UnknownType,
+            format!(
+                "unknown message type {kind:?}; known types: {}",
+                ClientMessage::TYPES.join(", ")
+            ),
+        ));
+    }
+    serde_json::from_value(value).map_err(|e| {
+        ServerMessage::error(ErrorCode::BadMessage, format!("bad {kind:?} message: {e}"))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_classifies() {
+        assert_eq!(
+            parse_client_message(r#"{"type":"join","token":"t"}"#),
+            Ok(ClientMessage::Join { token: "t".into() })
+        );
+        assert_eq!(
+            parse_client_message(r#"{"type":"candidate","target":"publish"}"#),
+            Ok(ClientMessage::Candidate {
+                target: PcTarget::Publish,
+                candidate: None
+            })
+        );
+        let code = |t: &str| match parse_client_message(t) {
+            Err(ServerMessage::Error { code, .. }) => Some(code),
+            _ => None,
+        };
+        assert_eq!(code("{"), Some(ErrorCode::BadMessage));
+        assert_eq!(code("[]"), Some(ErrorCode::BadMessage));
+        assert_eq!(code(r#"{"type":7}"#), Some(ErrorCode::BadMessage));
+        assert_eq!(code(r#"{"type":"dance"}"#), Some(ErrorCode::UnknownType));
+        assert_eq!(code(r#"{"type":"join"}"#), Some(ErrorCode::BadMessage));
+    }
+
+    #[test]
+    fn server_messages_are_tagged_snake_case() {
+        let json = serde_json::to_string(&ServerMessage::ParticipantLeft {
+            participant: "PA_1".into(),
+        })
+        .unwrap_or_default();
+        assert_eq!(json, r#"{"type":"participant_left","participant":"PA_1"}"#);
+        let json = serde_json::to_string(&ServerMessage::error(ErrorCode::RoomFull, "x"))
+            .unwrap_or_default();
+        assert_eq!(json, r#"{"type":"error","code":"room_full","message":"x"}"#);
+    }
+}

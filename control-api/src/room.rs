@@ -1,0 +1,271 @@
+//! Rooms and their participants, as the control plane sees them: who is in, which tracks they
+//! publish, and the outbox of each participant's WebSocket for broadcasts.
+//!
+//! Locks here are short and never held across an `.await`: methods copy out what the caller
+//! needs to await on (peer ids to subscribe) and return.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use sfu::{PeerId, RoomId, Sfu, TrackId};
+use tokio::sync::mpsc;
+
+use crate::protocol::{ErrorCode, ParticipantInfo, ServerMessage, TrackInfo};
+
+/// Where a participant's messages go.
+pub type Outbox = mpsc::UnboundedSender<ServerMessage>;
+
+/// Room policy.
+#[derive(Debug, Clone, Copy)]
+pub struct RoomLimits {
+    /// Participants per room (0: unlimited).
+    pub max_participants: usize,
+    /// Create a room when someone joins it.
+    pub auto_create: bool,
+}
+
+/// All rooms of this server.
+pub struct Rooms {
+    sfu: Sfu,
+    limits: RoomLimits,
+    rooms: Mutex<HashMap<String, Arc<Room>>>,
+}
+
+/// One room.
+pub struct Room {
+    /// Its name (from access tokens).
+    pub name: String,
+    /// Its id in the media core.
+    pub id: RoomId,
+    state: Mutex<RoomState>,
+}
+
+#[derive(Default)]
+struct RoomState {
+    members: HashMap<String, Member>,
+    tracks: Vec<RoomTrack>,
+    /// Set when the last participant left; a closed room takes nobody new.
+    closed: bool,
+}
+
+struct Member {
+    info: ParticipantInfo,
+    hidden: bool,
+    outbox: Outbox,
+    subscriber: Option<PeerId>,
+}
+
+/// A track published in a room.
+#[derive(Debug, Clone)]
+pub struct RoomTrack {
+    /// Its id in the media core.
+    pub id: TrackId,
+    /// What clients are told about it.
+    pub info: TrackInfo,
+}
+
+/// A new participant.
+pub struct NewMember {
+    /// Who.
+    pub info: ParticipantInfo,
+    /// Invisible to others.
+    pub hidden: bool,
+    /// Its WebSocket outbox.
+    pub outbox: Outbox,
+    /// Its subscriber peer.
+    pub subscriber: Option<PeerId>,
+}
+
+/// What someone who just joined needs to know.
+pub struct JoinSnapshot {
+    /// The visible others.
+    pub others: Vec<ParticipantInfo>,
+    /// Published tracks.
+    pub tracks: Vec<RoomTrack>,
+}
+
+/// A participant who left and the tracks that went with them.
+pub struct Departure {
+    /// Whether they were hidden (nobody is told they left).
+    pub hidden: bool,
+    /// Tracks they had published.
+    pub tracks: Vec<RoomTrack>,
+    /// Whether the room is now empty.
+    pub room_empty: bool,
+}
+
+impl Rooms {
+    /// No rooms yet.
+    pub fn new(sfu: Sfu, limits: RoomLimits) -> Self {
+        Self {
+            sfu,
+            limits,
+            rooms: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The room to join, created if the policy allows.
+    pub fn open(&self, name: &str) -> Result<Arc<Room>, ServerMessage> {
+        let mut rooms = self.rooms.lock();
+        if let Some(room) = rooms.get(name)
+            && !room.state.lock().closed
+        {
+            return Ok(room.clone());
+        }
+        if !self.limits.auto_create {
+            return Err(ServerMessage::error(
+                ErrorCode::UnknownRoom,
+                format!("room {name:?} does not exist; create it first"),
+            ));
+        }
+        let room = Arc::new(Room {
+            name: name.to_string(),
+            id: self.sfu.create_room(),
+            state: Mutex::new(RoomState::default()),
+        });
+        rooms.insert(name.to_string(), room.clone());
+        tracing::info!(room = name, id = %room.id, "room created");
+        Ok(room)
+    }
+
+    /// Removes a room once it is empty.
+    pub fn close_if_empty(&self, room: &Room) {
+        let mut rooms = self.rooms.lock();
+        let mut state = room.state.lock();
+        if state.members.is_empty() {
+            state.closed = true;
+            if rooms.get(&room.name).is_some_and(|r| r.id == room.id) {
+                rooms.remove(&room.name);
+            }
+            self.sfu.close_room(room.id);
+            tracing::info!(room = %room.name, "room closed");
+        }
+    }
+
+    /// Number of rooms and participants.
+    pub fn counts(&self) -> (usize, usize) {
+        let rooms = self.rooms.lock();
+        let participants = rooms.values().map(|r| r.state.lock().members.len()).sum();
+        (rooms.len(), participants)
+    }
+
+    /// The room limits.
+    pub fn limits(&self) -> RoomLimits {
+        self.limits
+    }
+}
+
+impl Room {
+    /// The tracks published now.
+    pub fn tracks(&self) -> Vec<RoomTrack> {
+        self.state.lock().tracks.clone()
+    }
+
+    /// Adds a participant; tells the caller who else is here.
+    pub fn add_member(&self, member: NewMember, max: usize) -> Result<JoinSnapshot, ServerMessage> {
+        let mut state = self.state.lock();
+        if state.closed {
+            return Err(ServerMessage::error(
+                ErrorCode::Internal,
+                "the room was closing; join again",
+            ));
+        }
+        if max > 0 && state.members.len() >= max {
+            return Err(ServerMessage::error(
+                ErrorCode::RoomFull,
+                format!(
+                    "room {:?} is full ({max} participants); try later",
+                    self.name
+                ),
+            ));
+        }
+        let others = state
+            .members
+            .values()
+            .filter(|m| !m.hidden)
+            .map(|m| m.info.clone())
+            .collect();
+        state.members.insert(
+            member.info.id.clone(),
+            Member {
+                info: member.info,
+                hidden: member.hidden,
+                outbox: member.outbox,
+                subscriber: member.subscriber,
+            },
+        );
+        Ok(JoinSnapshot {
+            others,
+            tracks: state.tracks.clone(),
+        })
+    }
+
+    /// Removes a participant and the tracks it published.
+    pub fn remove_member(&self, participant: &str) -> Option<Departure> {
+        let mut state = self.state.lock();
+        let member = state.members.remove(participant)?;
+        let (gone, kept) = std::mem::take(&mut state.tracks)
+            .into_iter()
+            .partition(|t| t.info.participant == participant);
+        state.tracks = kept;
+        Some(Departure {
+            hidden: member.hidden,
+            tracks: gone,
+            room_empty: state.members.is_empty(),
+        })
+    }
+
+    /// Sends a message to every participant except `except`.
+    pub fn broadcast(&self, message: &ServerMessage, except: Option<&str>) {
+        let state = self.state.lock();
+        for (id, m) in &state.members {
+            if Some(id.as_str()) != except {
+                let _ = m.outbox.send(message.clone());
+            }
+        }
+    }
+
+    /// Records a published track; returns the subscriber peers of everyone else.
+    pub fn add_track(&self, track: RoomTrack) -> Vec<PeerId> {
+        let mut state = self.state.lock();
+        let publisher = track.info.participant.clone();
+        state.tracks.push(track);
+        state
+            .members
+            .iter()
+            .filter(|(id, _)| **id != publisher)
+            .filter_map(|(_, m)| m.subscriber)
+            .collect()
+    }
+
+    /// Forgets a track; returns it if it was there.
+    pub fn remove_track(&self, id: TrackId) -> Option<RoomTrack> {
+        let mut state = self.state.lock();
+        let pos = state.tracks.iter().position(|t| t.id == id)?;
+        Some(state.tracks.remove(pos))
+    }
+
+    /// Sets a track's muted flag if `participant` publishes it.
+    pub fn set_muted(&self, participant: &str, track: &str, muted: bool) -> bool {
+        let mut state = self.state.lock();
+        match state
+            .tracks
+            .iter_mut()
+            .find(|t| t.info.id == track && t.info.participant == participant)
+        {
+            Some(t) => {
+                t.info.muted = muted;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Updates a participant's subscriber peer (e.g. after it closed).
+    pub fn set_subscriber(&self, participant: &str, subscriber: Option<PeerId>) {
+        if let Some(m) = self.state.lock().members.get_mut(participant) {
+            m.subscriber = subscriber;
+        }
+    }
+}

@@ -1,0 +1,423 @@
+//! One participant's signalling session: the messages of its WebSocket and the events of its
+//! two peers (publish and subscribe), turned into media-core commands and room broadcasts.
+//!
+//! The session is transport-agnostic: [`Session::handle`] takes parsed client messages and
+//! replies through the participant's outbox; the WebSocket glue lives in `http`.
+
+use std::sync::Arc;
+
+use rand::Rng;
+use sfu::{CloseReason, EventSink, PeerEvent, PeerId, PeerSpec, SfuError};
+use tracing::{debug, info, warn};
+
+use crate::AppState;
+use crate::auth::Grants;
+use crate::protocol::{
+    ClientMessage, ErrorCode, OfferedTrack, ParticipantInfo, PcTarget, ServerMessage, TrackInfo,
+};
+use crate::room::{NewMember, Outbox, Room, RoomTrack};
+
+/// Whether the session goes on after a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Keep reading.
+    Continue,
+    /// The client left: close the socket.
+    Stop,
+}
+
+/// A participant's session.
+pub struct Session {
+    state: Arc<AppState>,
+    outbox: Outbox,
+    events: EventSink,
+    joined: Option<Joined>,
+}
+
+struct Joined {
+    room: Arc<Room>,
+    me: ParticipantInfo,
+    grants: Grants,
+    spec: PeerSpec,
+    publisher: Option<PeerId>,
+    subscriber: Option<PeerId>,
+}
+
+impl Session {
+    /// A session replying to `outbox`; its peers' events go to `events`.
+    pub fn new(state: Arc<AppState>, outbox: Outbox, events: EventSink) -> Self {
+        Self {
+            state,
+            outbox,
+            events,
+            joined: None,
+        }
+    }
+
+    fn send(&self, message: ServerMessage) {
+        let _ = self.outbox.send(message);
+    }
+
+    /// Sends a message to this participant (e.g. an error about a frame that did not parse).
+    pub fn reply(&self, message: ServerMessage) {
+        self.send(message);
+    }
+
+    fn error(&self, code: ErrorCode, message: impl Into<String>) {
+        self.send(ServerMessage::error(code, message));
+    }
+
+    /// Handles one client message.
+    pub async fn handle(&mut self, message: ClientMessage) -> Flow {
+        if let ClientMessage::Join { token } = &message {
+            if self.joined.is_some() {
+                self.error(
+                    ErrorCode::AlreadyJoined,
+                    "this session has already joined a room",
+                );
+            } else if let Err(e) = self.join(token).await {
+                self.send(e);
+            }
+            return Flow::Continue;
+        }
+        match message {
+            ClientMessage::Ping => self.send(ServerMessage::Pong),
+            _ if self.joined.is_none() => {
+                self.error(
+                    ErrorCode::NotJoined,
+                    "send a join message with your token first",
+                );
+            }
+            ClientMessage::PublishOffer { sdp } => self.publish_offer(&sdp).await,
+            ClientMessage::SubscribeAnswer { sdp } => self.subscribe_answer(&sdp).await,
+            ClientMessage::Candidate { target, candidate } => {
+                self.candidate(target, candidate.as_deref()).await;
+            }
+            ClientMessage::Mute { track, muted } => self.mute(&track, muted),
+            ClientMessage::Leave => {
+                self.leave("client left").await;
+                return Flow::Stop;
+            }
+            ClientMessage::Join { .. } => {}
+        }
+        Flow::Continue
+    }
+
+    async fn join(&mut self, token: &str) -> Result<(), ServerMessage> {
+        let claims = self.state.keys.verify(token).map_err(|e| {
+            ServerMessage::error(ErrorCode::BadToken, format!("{e}; get a new token"))
+        })?;
+        let grants = claims.video;
+        let Some(room_name) = grants.room.clone().filter(|_| grants.room_join) else {
+            return Err(ServerMessage::error(
+                ErrorCode::PermissionDenied,
+                "the token does not grant roomJoin for a room",
+            ));
+        };
+        let room = self.state.rooms.open(&room_name)?;
+        let me = ParticipantInfo {
+            id: new_participant_id(),
+            identity: claims.sub.clone(),
+            name: claims.name.clone().unwrap_or_else(|| claims.sub.clone()),
+        };
+        let spec = PeerSpec {
+            room: room.id,
+            participant: Arc::from(me.id.as_str()),
+            identity: Arc::from(me.identity.as_str()),
+            can_publish_data: grants.may_publish_data(),
+        };
+        let subscriber = if grants.may_subscribe() {
+            let tracks = room.tracks().into_iter().map(|t| t.id).collect();
+            let peer = self
+                .state
+                .sfu
+                .add_subscriber(spec.clone(), tracks, self.events.clone())
+                .await
+                .map_err(|e| internal("create the subscriber connection", &e))?;
+            Some(peer)
+        } else {
+            None
+        };
+        let member = NewMember {
+            info: me.clone(),
+            hidden: grants.hidden,
+            outbox: self.outbox.clone(),
+            subscriber,
+        };
+        let snapshot = match room.add_member(member, self.state.rooms.limits().max_participants) {
+            Ok(snapshot) => snapshot,
+            Err(e) => {
+                if let Some(peer) = subscriber {
+                    let _ = self.state.sfu.remove_peer(peer).await;
+                }
+                self.state.rooms.close_if_empty(&room);
+                return Err(e);
+            }
+        };
+        info!(room = %room.name, participant = %me.id, identity = %me.identity, "joined");
+        self.send(ServerMessage::Joined {
+            room: room.name.clone(),
+            participant: me.clone(),
+            participants: snapshot.others,
+            tracks: snapshot.tracks.iter().map(|t| t.info.clone()).collect(),
+        });
+        if !grants.hidden {
+            room.broadcast(
+                &ServerMessage::ParticipantJoined {
+                    participant: me.clone(),
+                },
+                Some(&me.id),
+            );
+        }
+        // Tracks published between the snapshot given to the subscriber and our registration.
+        if let Some(peer) = subscriber {
+            for track in room.tracks() {
+                if track.info.participant != me.id {
+                    let _ = self.state.sfu.subscribe(peer, track.id).await;
+                }
+            }
+        }
+        self.joined = Some(Joined {
+            room,
+            me,
+            grants,
+            spec,
+            publisher: None,
+            subscriber,
+        });
+        Ok(())
+    }
+
+    async fn publish_offer(&mut self, sdp: &str) {
+        let Some(joined) = &mut self.joined else {
+            return;
+        };
+        if !joined.grants.may_publish() && has_media_sections(sdp) {
+            self.error(
+                ErrorCode::PermissionDenied,
+                "the token does not allow publishing audio or video (canPublish)",
+            );
+            return;
+        }
+        let result = match joined.publisher {
+            Some(peer) => self.state.sfu.publisher_offer(peer, sdp).await,
+            None => {
+                let added = self
+                    .state
+                    .sfu
+                    .add_publisher(joined.spec.clone(), sdp, self.events.clone())
+                    .await;
+                added.map(|(peer, answer)| {
+                    joined.publisher = Some(peer);
+                    answer
+                })
+            }
+        };
+        match result {
+            Ok(sdp) => self.send(ServerMessage::PublishAnswer { sdp }),
+            Err(e) => self.send(sfu_error(&e)),
+        }
+    }
+
+    async fn subscribe_answer(&mut self, sdp: &str) {
+        let Some(peer) = self.joined.as_ref().and_then(|j| j.subscriber) else {
+            self.error(
+                ErrorCode::BadSdp,
+                "there is no subscribe connection to answer for",
+            );
+            return;
+        };
+        if let Err(e) = self.state.sfu.subscriber_answer(peer, sdp).await {
+            self.send(sfu_error(&e));
+        }
+    }
+
+    async fn candidate(&mut self, target: PcTarget, candidate: Option<&str>) {
+        let Some(joined) = &self.joined else {
+            return;
+        };
+        let peer = match target {
+            PcTarget::Publish => joined.publisher,
+            PcTarget::Subscribe => joined.subscriber,
+        };
+        let (Some(peer), Some(candidate)) = (peer, candidate.filter(|c| !c.trim().is_empty()))
+        else {
+            // End of candidates, or a candidate before the connection exists: nothing to do
+            // for an ICE-lite server, which learns addresses from connectivity checks.
+            return;
+        };
+        if let Err(e) = self.state.sfu.add_remote_candidate(peer, candidate).await {
+            self.send(sfu_error(&e));
+        }
+    }
+
+    fn mute(&mut self, track: &str, muted: bool) {
+        let Some(joined) = &self.joined else {
+            return;
+        };
+        if joined.room.set_muted(&joined.me.id, track, muted) {
+            joined.room.broadcast(
+                &ServerMessage::TrackMuted {
+                    track: track.to_string(),
+                    participant: joined.me.id.clone(),
+                    muted,
+                },
+                None,
+            );
+        } else {
+            self.error(
+                ErrorCode::UnknownTrack,
+                format!("you publish no track {track:?}"),
+            );
+        }
+    }
+
+    /// Handles an event of one of this participant's peers.
+    pub async fn on_peer_event(&mut self, event: PeerEvent) {
+        let Some(joined) = &mut self.joined else {
+            return;
+        };
+        match event {
+            PeerEvent::Connected { peer } => debug!(%peer, "media connected"),
+            PeerEvent::SubscriberOffer { peer, sdp, tracks } if Some(peer) == joined.subscriber => {
+                let tracks = tracks
+                    .into_iter()
+                    .map(|t| OfferedTrack {
+                        mid: t.mid,
+                        track: t.track.to_string(),
+                        participant: t.participant.to_string(),
+                        kind: t.kind.as_str().to_string(),
+                    })
+                    .collect();
+                self.send(ServerMessage::SubscribeOffer { sdp, tracks });
+            }
+            PeerEvent::TrackPublished { peer, track } if Some(peer) == joined.publisher => {
+                let info = TrackInfo {
+                    id: track.id.to_string(),
+                    participant: joined.me.id.clone(),
+                    kind: track.kind.as_str().to_string(),
+                    mid: track.mid,
+                    simulcast: track.simulcast,
+                    muted: false,
+                };
+                let subscribers = joined.room.add_track(RoomTrack {
+                    id: track.id,
+                    info: info.clone(),
+                });
+                joined
+                    .room
+                    .broadcast(&ServerMessage::TrackPublished { track: info }, None);
+                for subscriber in subscribers {
+                    if let Err(e) = self.state.sfu.subscribe(subscriber, track.id).await {
+                        debug!(%subscriber, error = %e, "auto-subscribe failed");
+                    }
+                }
+            }
+            PeerEvent::TrackUnpublished { peer, track } if Some(peer) == joined.publisher => {
+                if joined.room.remove_track(track).is_some() {
+                    joined.room.broadcast(
+                        &ServerMessage::TrackUnpublished {
+                            track: track.to_string(),
+                            participant: joined.me.id.clone(),
+                        },
+                        None,
+                    );
+                }
+            }
+            PeerEvent::Closed { peer, reason } => {
+                let which = if Some(peer) == joined.publisher {
+                    joined.publisher = None;
+                    "publish"
+                } else if Some(peer) == joined.subscriber {
+                    joined.subscriber = None;
+                    joined.room.set_subscriber(&joined.me.id, None);
+                    "subscribe"
+                } else {
+                    return;
+                };
+                if reason != CloseReason::Removed && reason != CloseReason::Shutdown {
+                    warn!(%peer, ?reason, "media connection closed");
+                    self.error(
+                        ErrorCode::MediaClosed,
+                        format!("the {which} connection closed ({reason:?}); rejoin to continue"),
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Leaves the room: removes this participant's peers (so the forwarding graph holds
+    /// nothing of it), then tells the others.
+    pub async fn leave(&mut self, reason: &str) {
+        let Some(joined) = self.joined.take() else {
+            return;
+        };
+        let departure = joined.room.remove_member(&joined.me.id);
+        for peer in [joined.publisher, joined.subscriber].into_iter().flatten() {
+            let _ = self.state.sfu.remove_peer(peer).await;
+        }
+        if let Some(departure) = departure {
+            for track in &departure.tracks {
+                joined.room.broadcast(
+                    &ServerMessage::TrackUnpublished {
+                        track: track.info.id.clone(),
+                        participant: joined.me.id.clone(),
+                    },
+                    None,
+                );
+            }
+            if !departure.hidden {
+                joined.room.broadcast(
+                    &ServerMessage::ParticipantLeft {
+                        participant: joined.me.id.clone(),
+                    },
+                    None,
+                );
+            }
+            if departure.room_empty {
+                self.state.rooms.close_if_empty(&joined.room);
+            }
+        }
+        info!(room = %joined.room.name, participant = %joined.me.id, reason, "left");
+        self.send(ServerMessage::Left {
+            reason: reason.to_string(),
+        });
+    }
+}
+
+/// A fresh participant id: `PA_` and 12 base-62 characters.
+fn new_participant_id() -> String {
+    const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut rng = rand::rng();
+    let suffix: String = (0..12)
+        .map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]))
+        .collect();
+    format!("PA_{suffix}")
+}
+
+/// Whether an SDP has audio or video sections.
+fn has_media_sections(sdp: &str) -> bool {
+    sdp.lines()
+        .any(|l| l.starts_with("m=audio") || l.starts_with("m=video"))
+}
+
+/// A media-core error as a client message.
+fn sfu_error(e: &SfuError) -> ServerMessage {
+    match e {
+        SfuError::BadSdp(_) => ServerMessage::error(ErrorCode::BadSdp, e.to_string()),
+        SfuError::UnknownTrack(_) => ServerMessage::error(ErrorCode::UnknownTrack, e.to_string()),
+        SfuError::UnknownPeer(_) | SfuError::WrongPeerKind(..) => {
+            ServerMessage::error(ErrorCode::BadSdp, e.to_string())
+        }
+        _ => internal("do that", e),
+    }
+}
+
+fn internal(what: &str, e: &SfuError) -> ServerMessage {
+    warn!(error = %e, "cannot {what}");
+    ServerMessage::error(
+        ErrorCode::Internal,
+        format!("the server could not {what}; try again"),
+    )
+}
