@@ -74,7 +74,7 @@ async fn run_session(socket: WebSocket, state: Arc<AppState>) {
                                 break;
                             }
                         }
-                        Err(reply) => session.reply(reply),
+                        Err(refusal) => session.reply(refusal.into()),
                     },
                     Some(Ok(Message::Binary(_))) => session.reply(ServerMessage::error(
                         ErrorCode::BadMessage,

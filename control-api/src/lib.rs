@@ -4,6 +4,11 @@
 //! [`Server::start`] runs everything in-process (the binary, and the integration tests);
 //! [`protocol`] is the signalling protocol, shared with Rust clients.
 
+#![cfg_attr(
+    test,
+    allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
 pub mod assets;
 pub mod auth;
 pub mod http;

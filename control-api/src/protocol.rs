@@ -221,10 +221,38 @@ impl ServerMessage {
     }
 }
 
+/// A refused request: becomes an `error` message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// Stable code.
+    pub code: ErrorCode,
+    /// What to do, for humans.
+    pub message: String,
+}
+
+impl Refusal {
+    /// A refusal with this code and sentence.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<Refusal> for ServerMessage {
+    fn from(r: Refusal) -> Self {
+        ServerMessage::Error {
+            code: r.code,
+            message: r.message,
+        }
+    }
+}
+
 /// Parses a client frame, telling malformed JSON apart from an unknown `type`.
-pub fn parse_client_message(text: &str) -> Result<ClientMessage, ServerMessage> {
+pub fn parse_client_message(text: &str) -> Result<ClientMessage, Refusal> {
     let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
-        ServerMessage::error(
+        Refusal::new(
             ErrorCode::BadMessage,
             format!("the message is not valid JSON: {e}"),
         )
@@ -234,13 +262,13 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage, ServerMessage> 
         .and_then(|t| t.as_str())
         .map(str::to_string)
     else {
-        return Err(ServerMessage::error(
+        return Err(Refusal::new(
             ErrorCode::BadMessage,
             "every message must be a JSON object with a string field \"type\"",
         ));
     };
     if !ClientMessage::TYPES.contains(&kind.as_str()) {
-        return Err(ServerMessage::error(
+        return Err(Refusal::new(
             ErrorCode::UnknownType,
             format!(
                 "unknown message type {kind:?}; known types: {}",
@@ -248,9 +276,8 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage, ServerMessage> 
             ),
         ));
     }
-    serde_json::from_value(value).map_err(|e| {
-        ServerMessage::error(ErrorCode::BadMessage, format!("bad {kind:?} message: {e}"))
-    })
+    serde_json::from_value(value)
+        .map_err(|e| Refusal::new(ErrorCode::BadMessage, format!("bad {kind:?} message: {e}")))
 }
 
 #[cfg(test)]
@@ -270,10 +297,7 @@ mod tests {
                 candidate: None
             })
         );
-        let code = |t: &str| match parse_client_message(t) {
-            Err(ServerMessage::Error { code, .. }) => Some(code),
-            _ => None,
-        };
+        let code = |t: &str| parse_client_message(t).err().map(|r| r.code);
         assert_eq!(code("{"), Some(ErrorCode::BadMessage));
         assert_eq!(code("[]"), Some(ErrorCode::BadMessage));
         assert_eq!(code(r#"{"type":7}"#), Some(ErrorCode::BadMessage));

@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 use sfu::{PeerId, RoomId, Sfu, TrackId};
 use tokio::sync::mpsc;
 
-use crate::protocol::{ErrorCode, ParticipantInfo, ServerMessage, TrackInfo};
+use crate::protocol::{ErrorCode, ParticipantInfo, Refusal, ServerMessage, TrackInfo};
 
 /// Where a participant's messages go.
 pub type Outbox = mpsc::UnboundedSender<ServerMessage>;
@@ -106,7 +106,7 @@ impl Rooms {
     }
 
     /// The room to join, created if the policy allows.
-    pub fn open(&self, name: &str) -> Result<Arc<Room>, ServerMessage> {
+    pub fn open(&self, name: &str) -> Result<Arc<Room>, Refusal> {
         let mut rooms = self.rooms.lock();
         if let Some(room) = rooms.get(name)
             && !room.state.lock().closed
@@ -114,7 +114,7 @@ impl Rooms {
             return Ok(room.clone());
         }
         if !self.limits.auto_create {
-            return Err(ServerMessage::error(
+            return Err(Refusal::new(
                 ErrorCode::UnknownRoom,
                 format!("room {name:?} does not exist; create it first"),
             ));
@@ -163,16 +163,16 @@ impl Room {
     }
 
     /// Adds a participant; tells the caller who else is here.
-    pub fn add_member(&self, member: NewMember, max: usize) -> Result<JoinSnapshot, ServerMessage> {
+    pub fn add_member(&self, member: NewMember, max: usize) -> Result<JoinSnapshot, Refusal> {
         let mut state = self.state.lock();
         if state.closed {
-            return Err(ServerMessage::error(
+            return Err(Refusal::new(
                 ErrorCode::Internal,
                 "the room was closing; join again",
             ));
         }
         if max > 0 && state.members.len() >= max {
-            return Err(ServerMessage::error(
+            return Err(Refusal::new(
                 ErrorCode::RoomFull,
                 format!(
                     "room {:?} is full ({max} participants); try later",

@@ -13,7 +13,8 @@ use tracing::{debug, info, warn};
 use crate::AppState;
 use crate::auth::Grants;
 use crate::protocol::{
-    ClientMessage, ErrorCode, OfferedTrack, ParticipantInfo, PcTarget, ServerMessage, TrackInfo,
+    ClientMessage, ErrorCode, OfferedTrack, ParticipantInfo, PcTarget, Refusal, ServerMessage,
+    TrackInfo,
 };
 use crate::room::{NewMember, Outbox, Room, RoomTrack};
 
@@ -76,7 +77,7 @@ impl Session {
                     "this session has already joined a room",
                 );
             } else if let Err(e) = self.join(token).await {
-                self.send(e);
+                self.send(e.into());
             }
             return Flow::Continue;
         }
@@ -103,13 +104,15 @@ impl Session {
         Flow::Continue
     }
 
-    async fn join(&mut self, token: &str) -> Result<(), ServerMessage> {
-        let claims = self.state.keys.verify(token).map_err(|e| {
-            ServerMessage::error(ErrorCode::BadToken, format!("{e}; get a new token"))
-        })?;
+    async fn join(&mut self, token: &str) -> Result<(), Refusal> {
+        let claims = self
+            .state
+            .keys
+            .verify(token)
+            .map_err(|e| Refusal::new(ErrorCode::BadToken, format!("{e}; get a new token")))?;
         let grants = claims.video;
         let Some(room_name) = grants.room.clone().filter(|_| grants.room_join) else {
-            return Err(ServerMessage::error(
+            return Err(Refusal::new(
                 ErrorCode::PermissionDenied,
                 "the token does not grant roomJoin for a room",
             ));
@@ -313,16 +316,16 @@ impl Session {
                     }
                 }
             }
-            PeerEvent::TrackUnpublished { peer, track } if Some(peer) == joined.publisher => {
-                if joined.room.remove_track(track).is_some() {
-                    joined.room.broadcast(
-                        &ServerMessage::TrackUnpublished {
-                            track: track.to_string(),
-                            participant: joined.me.id.clone(),
-                        },
-                        None,
-                    );
-                }
+            PeerEvent::TrackUnpublished { peer, track }
+                if Some(peer) == joined.publisher && joined.room.remove_track(track).is_some() =>
+            {
+                joined.room.broadcast(
+                    &ServerMessage::TrackUnpublished {
+                        track: track.to_string(),
+                        participant: joined.me.id.clone(),
+                    },
+                    None,
+                );
             }
             PeerEvent::Closed { peer, reason } => {
                 let which = if Some(peer) == joined.publisher {
@@ -391,7 +394,8 @@ fn new_participant_id() -> String {
     const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
     let mut rng = rand::rng();
     let suffix: String = (0..12)
-        .map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]))
+        .filter_map(|_| ALPHABET.get(rng.random_range(0..ALPHABET.len())))
+        .map(|b| char::from(*b))
         .collect();
     format!("PA_{suffix}")
 }
@@ -410,13 +414,13 @@ fn sfu_error(e: &SfuError) -> ServerMessage {
         SfuError::UnknownPeer(_) | SfuError::WrongPeerKind(..) => {
             ServerMessage::error(ErrorCode::BadSdp, e.to_string())
         }
-        _ => internal("do that", e),
+        _ => internal("do that", e).into(),
     }
 }
 
-fn internal(what: &str, e: &SfuError) -> ServerMessage {
+fn internal(what: &str, e: &SfuError) -> Refusal {
     warn!(error = %e, "cannot {what}");
-    ServerMessage::error(
+    Refusal::new(
         ErrorCode::Internal,
         format!("the server could not {what}; try again"),
     )

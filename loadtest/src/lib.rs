@@ -1,1 +1,14 @@
-//! x
+//! Clients for the SFU: bots built from str0m peers that speak the server's signalling
+//! protocol, publish synthetic media whose bytes can be verified on arrival, and record what
+//! they receive. The integration tests use them as participants; the load-test swarm is built
+//! from them.
+
+#![cfg_attr(
+    test,
+    allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
+pub mod bot;
+mod client_peer;
+pub mod signal;
+pub mod synthetic;

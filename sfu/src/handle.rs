@@ -71,6 +71,7 @@ impl Sfu {
         let mut sockets = Vec::new();
         let mut slots = Vec::new();
         let mut inboxes = Vec::new();
+        let mut receive_addrs = Vec::new();
         for i in 0..config.workers {
             let port = if config.first_port == 0 {
                 0
@@ -93,7 +94,8 @@ impl Sfu {
             let (commands, commands_rx) = mpsc::channel(COMMAND_QUEUE);
             let (media_tx, media_rx) = mpsc::channel(config.worker_queue_batches.max(1));
             let (control_tx, control_rx) = mpsc::unbounded_channel();
-            slots.push(WorkerShared {
+            receive_addrs.push(candidates.first().copied().unwrap_or(local));
+            slots.push(Arc::new(WorkerShared {
                 counters: WorkerCounters::default(),
                 load: AtomicUsize::new(0),
                 media_tx,
@@ -101,7 +103,7 @@ impl Sfu {
                 commands,
                 local_addr: local,
                 candidates,
-            });
+            }));
             inboxes.push((commands_rx, media_rx, control_rx));
             sockets.push(socket);
         }
@@ -116,17 +118,18 @@ impl Sfu {
             cert,
         });
         let mut threads = Vec::new();
-        for (index, (socket, (commands, media, control))) in
-            sockets.into_iter().zip(inboxes).enumerate()
-        {
-            let receive_addr = shared.workers[index].candidates[0];
+        let workers = sockets.into_iter().zip(inboxes).zip(receive_addrs);
+        for (index, ((socket, (commands, media, control)), receive_addr)) in workers.enumerate() {
+            let Some(slot) = shared.workers.get(index).cloned() else {
+                break;
+            };
             let inboxes = Inboxes {
                 commands,
                 media,
                 control,
                 shutdown: shutdown_rx.clone(),
             };
-            let thread = driver::spawn(index, socket, receive_addr, shared.clone(), inboxes)
+            let thread = driver::spawn(index, socket, receive_addr, shared.clone(), slot, inboxes)
                 .map_err(|e| {
                     SfuError::Config(format!("cannot start a media worker thread: {e}"))
                 })?;
@@ -271,8 +274,12 @@ impl Sfu {
         let candidate = Candidate::from_sdp_string(line)
             .map_err(|e| SfuError::BadSdp(format!("bad ICE candidate: {e}")))?;
         let worker = self.worker_of(peer)?;
-        self.shared().workers[worker]
-            .commands
+        let slot = self
+            .shared()
+            .workers
+            .get(worker)
+            .ok_or(SfuError::Shutdown)?;
+        slot.commands
             .send(Command::RemoteCandidate {
                 peer,
                 candidate: Box::new(candidate),
@@ -324,29 +331,27 @@ impl Sfu {
         if !shared.rooms.contains_key(&spec.room) {
             return Err(SfuError::UnknownRoom(spec.room));
         }
-        let worker = shared
+        let (worker, slot) = shared
             .workers
             .iter()
             .enumerate()
             .min_by_key(|(_, w)| w.load.load(Ordering::Relaxed))
-            .map_or(0, |(i, _)| i);
-        shared.workers[worker].load.fetch_add(1, Ordering::Relaxed);
+            .ok_or(SfuError::Shutdown)?;
+        slot.load.fetch_add(1, Ordering::Relaxed);
         let peer = PeerId(shared.ids.next());
         shared.peers.insert(peer, worker);
         Ok((peer, worker))
     }
 
-    /// Undoes [`Sfu::place`] when the worker never got the peer.
+    /// Undoes [`Sfu::place`] when the worker never got the peer. (A worker that did get it
+    /// removes it and its load itself.)
     fn forget(&self, peer: PeerId, worker: usize) {
         let shared = self.shared();
-        if shared.peers.remove(&peer).is_some() && !self.is_live_on(worker) {
-            shared.workers[worker].load.fetch_sub(1, Ordering::Relaxed);
+        if shared.peers.remove(&peer).is_some()
+            && let Some(slot) = shared.workers.get(worker)
+        {
+            slot.load.fetch_sub(1, Ordering::Relaxed);
         }
-    }
-
-    fn is_live_on(&self, _worker: usize) -> bool {
-        // The worker removes peers that failed to start (and decrements the load itself).
-        true
     }
 
     fn worker_of(&self, peer: PeerId) -> Result<usize, SfuError> {

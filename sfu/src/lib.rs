@@ -9,6 +9,11 @@
 //! rewrites sequence numbers and timestamps and writes it to the subscriber's `Rtc` (SRTP,
 //! RTX cache) -> the socket. Everything between the sockets is sans-IO: time is an argument.
 
+#![cfg_attr(
+    test,
+    allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
 mod command;
 mod config;
 mod counters;

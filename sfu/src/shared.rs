@@ -23,7 +23,7 @@ pub(crate) struct Shared {
     pub(crate) rooms: DashMap<RoomId, RoomMembers>,
     /// Which worker each live peer is on.
     pub(crate) peers: DashMap<PeerId, usize>,
-    pub(crate) workers: Vec<WorkerShared>,
+    pub(crate) workers: Vec<Arc<WorkerShared>>,
     pub(crate) ids: IdAllocator,
     /// One DTLS certificate for every peer: building one costs milliseconds of CPU.
     pub(crate) cert: DtlsCert,

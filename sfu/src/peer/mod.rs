@@ -60,14 +60,15 @@ pub(crate) struct Ctx<'a> {
     pub(crate) now: Instant,
     pub(crate) worker: usize,
     pub(crate) shared: &'a Shared,
+    /// This worker's counters.
+    pub(crate) counters: &'a WorkerCounters,
     pub(crate) out: &'a mut WorkerOutput,
     pub(crate) demux: &'a mut Demux,
 }
 
 impl Ctx<'_> {
     pub(crate) fn counters(&self) -> &WorkerCounters {
-        // Workers are created together with their shared slots; the index is always valid.
-        &self.shared.workers[self.worker].counters
+        self.counters
     }
 
     /// Queues a delivery for the peer at `to`.

@@ -229,10 +229,9 @@ impl Publisher {
                 .tracks
                 .iter_mut()
                 .find(|t| Arc::ptr_eq(&t.route, &stream.route))
+            && let Some(throttle) = track.throttles.get_mut(usize::from(layer))
         {
-            if let Some(throttle) = track.throttles.get_mut(usize::from(layer)) {
-                throttle.on_keyframe();
-            }
+            throttle.on_keyframe();
         }
         let subscribers = stream.route.subscribers();
         if subscribers.is_empty() {

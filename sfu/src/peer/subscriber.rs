@@ -407,10 +407,12 @@ impl Subscriber {
             WorkerCounters::add(&ctx.counters().rtp_not_forwarded, 1);
             return;
         };
-        let mut ext = ExtensionValues::default();
-        ext.audio_level = packet.audio_level;
-        ext.voice_activity = packet.voice_activity;
-        ext.video_orientation = packet.video_orientation;
+        let ext = ExtensionValues {
+            audio_level: packet.audio_level,
+            voice_activity: packet.voice_activity,
+            video_orientation: packet.video_orientation,
+            ..ExtensionValues::default()
+        };
         let mut api = rtc.direct_api();
         let Some(tx) = api.stream_tx_by_mid(mid, None) else {
             WorkerCounters::add(&ctx.counters().rtp_not_forwarded, 1);

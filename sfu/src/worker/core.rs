@@ -28,7 +28,7 @@ use crate::packet::Delivery;
 use crate::peer::publisher::Publisher;
 use crate::peer::subscriber::Subscriber;
 use crate::peer::{Ctx, Peer, PeerInfo, Role, WorkerOutput};
-use crate::shared::{DataReceiver, Shared};
+use crate::shared::{DataReceiver, Shared, WorkerShared};
 
 /// Upper bound on delivery passes per flush, so a delivery loop cannot spin a worker.
 const MAX_FLUSH_ROUNDS: usize = 8;
@@ -37,6 +37,8 @@ const MAX_FLUSH_ROUNDS: usize = 8;
 pub(crate) struct WorkerCore {
     index: usize,
     shared: Arc<Shared>,
+    /// This worker's slot in the shared state (counters, load).
+    slot: Arc<WorkerShared>,
     /// The address datagrams are received on, as the peers' ICE agents know it.
     receive_addr: SocketAddr,
     peers: HashMap<PeerId, Peer>,
@@ -49,11 +51,17 @@ pub(crate) struct WorkerCore {
 }
 
 impl WorkerCore {
-    pub(crate) fn new(index: usize, shared: Arc<Shared>, receive_addr: SocketAddr) -> Self {
+    pub(crate) fn new(
+        index: usize,
+        shared: Arc<Shared>,
+        slot: Arc<WorkerShared>,
+        receive_addr: SocketAddr,
+    ) -> Self {
         let workers = shared.workers.len();
         Self {
             index,
             shared,
+            slot,
             receive_addr,
             peers: HashMap::new(),
             demux: Demux::default(),
@@ -64,7 +72,7 @@ impl WorkerCore {
     }
 
     fn counters(&self) -> &WorkerCounters {
-        &self.shared.workers[self.index].counters
+        &self.slot.counters
     }
 
     /// When the worker next has timer work (it may also be woken earlier by input).
@@ -89,6 +97,7 @@ impl WorkerCore {
             now,
             worker: self.index,
             shared: &self.shared,
+            counters: &self.slot.counters,
             out: &mut self.out,
             demux: &mut self.demux,
         };
@@ -203,15 +212,15 @@ impl WorkerCore {
             now,
             worker: self.index,
             shared: &self.shared,
+            counters: &self.slot.counters,
             out: &mut self.out,
             demux: &mut self.demux,
         };
         peer.teardown(reason, &mut ctx);
         self.timers.remove(id);
         self.shared.peers.remove(&id);
-        let slot = &self.shared.workers[self.index];
-        slot.load.fetch_sub(1, Ordering::Relaxed);
-        WorkerCounters::sub(&slot.counters.peers, 1);
+        self.slot.load.fetch_sub(1, Ordering::Relaxed);
+        WorkerCounters::sub(&self.slot.counters.peers, 1);
         self.run_local(now);
     }
 

@@ -17,7 +17,7 @@ use super::core::WorkerCore;
 use crate::command::Command;
 use crate::counters::WorkerCounters;
 use crate::packet::Delivery;
-use crate::shared::Shared;
+use crate::shared::{Shared, WorkerShared};
 
 /// Datagrams read per wake-up before other work gets a turn.
 const DATAGRAMS_PER_TURN: usize = 256;
@@ -38,6 +38,7 @@ pub(crate) fn spawn(
     socket: std::net::UdpSocket,
     receive_addr: SocketAddr,
     shared: Arc<Shared>,
+    slot: Arc<WorkerShared>,
     inboxes: Inboxes,
 ) -> io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
@@ -55,7 +56,7 @@ pub(crate) fn spawn(
                 }
             };
             runtime.block_on(async move {
-                if let Err(e) = run(index, socket, receive_addr, shared, inboxes).await {
+                if let Err(e) = run(index, socket, receive_addr, shared, slot, inboxes).await {
                     error!(worker = index, error = %e, "media worker stopped");
                 }
             });
@@ -67,11 +68,12 @@ async fn run(
     socket: std::net::UdpSocket,
     receive_addr: SocketAddr,
     shared: Arc<Shared>,
+    slot: Arc<WorkerShared>,
     mut inboxes: Inboxes,
 ) -> io::Result<()> {
     socket.set_nonblocking(true)?;
     let socket = UdpSocket::from_std(socket)?;
-    let mut core = WorkerCore::new(index, shared.clone(), receive_addr);
+    let mut core = WorkerCore::new(index, shared.clone(), slot.clone(), receive_addr);
     let mut buf = vec![0u8; RECV_BUFFER];
     debug!(worker = index, addr = %receive_addr, "media worker running");
     loop {
@@ -110,18 +112,17 @@ async fn run(
         let now = Instant::now();
         core.handle_timers(now);
         core.flush(now);
-        send_transmits(&socket, &mut core, &shared, index);
-        pass_deliveries(&mut core, &shared, index);
+        send_transmits(&socket, &mut core, &slot.counters);
+        pass_deliveries(&mut core, &shared, &slot.counters);
     }
     core.shutdown(Instant::now());
-    send_transmits(&socket, &mut core, &shared, index);
+    send_transmits(&socket, &mut core, &slot.counters);
     let (peers, _) = core.sizes();
     info!(worker = index, peers, "media worker stopped");
     Ok(())
 }
 
-fn send_transmits(socket: &UdpSocket, core: &mut WorkerCore, shared: &Shared, index: usize) {
-    let counters = &shared.workers[index].counters;
+fn send_transmits(socket: &UdpSocket, core: &mut WorkerCore, counters: &WorkerCounters) {
     for t in core.out.transmits.drain(..) {
         match socket.try_send_to(&t.contents, t.destination) {
             Ok(n) => {
@@ -138,7 +139,7 @@ fn send_transmits(socket: &UdpSocket, core: &mut WorkerCore, shared: &Shared, in
 
 /// Hands this turn's deliveries for other workers to their inboxes: media batches are dropped
 /// (and counted) if the receiving worker is behind; control deliveries always go through.
-fn pass_deliveries(core: &mut WorkerCore, shared: &Shared, index: usize) {
+fn pass_deliveries(core: &mut WorkerCore, shared: &Shared, counters: &WorkerCounters) {
     for (worker, batch) in core.out.remote.iter_mut().enumerate() {
         if batch.is_empty() {
             continue;
@@ -147,7 +148,7 @@ fn pass_deliveries(core: &mut WorkerCore, shared: &Shared, index: usize) {
         if let Some(target) = shared.workers.get(worker)
             && target.media_tx.try_send(batch).is_err()
         {
-            WorkerCounters::add(&shared.workers[index].counters.queue_drops, 1);
+            WorkerCounters::add(&counters.queue_drops, 1);
         }
     }
     for (worker, delivery) in core.out.control.drain(..) {

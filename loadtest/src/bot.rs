@@ -1,0 +1,722 @@
+//! A bot: one participant built from str0m peers, speaking the server's real signalling
+//! protocol. It publishes synthetic audio and VP8 video (see [`crate::synthetic`]) if asked,
+//! subscribes to everything the server offers, and records what it receives so a test (or the
+//! swarm's report) can check it.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::channel::ChannelId;
+use str0m::format::Codec;
+use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Pt};
+use str0m::rtp::{ExtensionValues, RtpWrite, Ssrc};
+use str0m::{Event, RtcError};
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinHandle;
+
+use crate::client_peer::ClientPeer;
+use crate::signal::{ClientMessage, ServerMessage, Signal, SignalError};
+use crate::synthetic::{PayloadKind, Signature};
+
+/// What a bot does.
+#[derive(Debug, Clone)]
+pub struct BotConfig {
+    /// Signalling URL (`ws://host:port/rtc`).
+    pub ws_url: String,
+    /// Access token.
+    pub token: String,
+    /// Publish audio and video.
+    pub publish: bool,
+    /// Tag written into every payload this bot sends.
+    pub tag: u32,
+    /// Video frames per second.
+    pub fps: u32,
+    /// RTP packets per video frame.
+    pub packets_per_frame: u32,
+    /// Bytes per video packet payload.
+    pub video_packet_bytes: usize,
+    /// A keyframe every this many frames.
+    pub keyframe_interval: u32,
+}
+
+impl BotConfig {
+    /// A bot with moderate media: 30 fps, 2 packets of 1000 bytes per frame, a keyframe every
+    /// 2 seconds, and Opus every 20 ms.
+    pub fn new(ws_url: &str, token: String, publish: bool, tag: u32) -> Self {
+        Self {
+            ws_url: ws_url.to_string(),
+            token,
+            publish,
+            tag,
+            fps: 30,
+            packets_per_frame: 2,
+            video_packet_bytes: 1000,
+            keyframe_interval: 60,
+        }
+    }
+}
+
+/// What a bot has received on one incoming SSRC.
+#[derive(Debug, Clone)]
+pub struct ReceivedStream {
+    /// Audio or video.
+    pub kind: PayloadKind,
+    /// The subscriber mid it arrived on.
+    pub mid: String,
+    /// Tags of the publishers whose payloads arrived.
+    pub tags: BTreeSet<u32>,
+    /// Extended sequence numbers, in arrival order.
+    pub seqs: Vec<u64>,
+    /// Video frames that started with a keyframe.
+    pub keyframes: u64,
+    /// Whether the first packet received started a keyframe.
+    pub starts_with_keyframe: bool,
+}
+
+impl ReceivedStream {
+    /// Whether the sequence numbers received cover one gap-free range with no repeats.
+    pub fn seqs_continuous(&self) -> bool {
+        let set: BTreeSet<u64> = self.seqs.iter().copied().collect();
+        match (set.first(), set.last()) {
+            (Some(lo), Some(hi)) => set.len() as u64 == hi - lo + 1 && set.len() == self.seqs.len(),
+            _ => true,
+        }
+    }
+}
+
+/// Everything a bot has seen so far.
+#[derive(Debug, Clone, Default)]
+pub struct BotState {
+    /// Our participant id, once joined.
+    pub participant: Option<String>,
+    /// Every signalling message received, in order.
+    pub messages: Vec<ServerMessage>,
+    /// Received media by SSRC.
+    pub streams: HashMap<u32, ReceivedStream>,
+    /// Payloads that did not match their signature.
+    pub bad_payloads: u64,
+    /// Data channel messages received (text).
+    pub data: Vec<String>,
+    /// Keyframe requests received from the server (as a publisher).
+    pub keyframe_requests: u64,
+    /// Media packets sent.
+    pub packets_sent: u64,
+    /// ICE + DTLS up on the publish connection.
+    pub publish_connected: bool,
+    /// Our data channel (on the publish connection) is open.
+    pub data_open: bool,
+    /// ICE + DTLS up on the subscribe connection.
+    pub subscribe_connected: bool,
+    /// Why the bot stopped, once it has.
+    pub ended: Option<String>,
+}
+
+impl BotState {
+    /// Packets received from the publisher with `tag`, of `kind`.
+    pub fn packets_from(&self, tag: u32, kind: PayloadKind) -> usize {
+        self.streams
+            .values()
+            .filter(|s| s.kind == kind && s.tags.contains(&tag))
+            .map(|s| s.seqs.len())
+            .sum()
+    }
+
+    /// Whether a server message matching `f` has arrived.
+    pub fn saw(&self, f: impl Fn(&ServerMessage) -> bool) -> bool {
+        self.messages.iter().any(f)
+    }
+}
+
+/// Errors that stop a bot.
+#[derive(Debug, thiserror::Error)]
+pub enum BotError {
+    /// Signalling failed.
+    #[error(transparent)]
+    Signal(#[from] SignalError),
+    /// A socket failed.
+    #[error("socket: {0}")]
+    Io(#[from] std::io::Error),
+    /// The WebRTC state machine failed.
+    #[error("webrtc: {0}")]
+    Rtc(#[from] RtcError),
+    /// The server sent SDP that could not be used.
+    #[error("sdp: {0}")]
+    Sdp(String),
+}
+
+enum Command {
+    SendData(String),
+    RequestKeyframes,
+    Inject(Vec<u8>),
+    Leave,
+}
+
+struct Shared {
+    state: Mutex<BotState>,
+    changed: Notify,
+}
+
+/// A running bot.
+pub struct Bot {
+    commands: mpsc::UnboundedSender<Command>,
+    shared: Arc<Shared>,
+    task: JoinHandle<Result<(), BotError>>,
+}
+
+impl Bot {
+    /// Connects, joins and starts publishing/subscribing in the background.
+    pub fn spawn(config: BotConfig) -> Bot {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(BotState::default()),
+            changed: Notify::new(),
+        });
+        let (commands, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(run(config, shared.clone(), rx));
+        Bot {
+            commands,
+            shared,
+            task,
+        }
+    }
+
+    /// A copy of what the bot has seen.
+    pub fn state(&self) -> BotState {
+        self.shared.state.lock().clone()
+    }
+
+    /// Reads the state without copying it.
+    pub fn with_state<R>(&self, f: impl FnOnce(&BotState) -> R) -> R {
+        f(&self.shared.state.lock())
+    }
+
+    /// Waits until `condition` holds, at most `timeout`. Returns whether it held.
+    pub async fn wait_for(&self, timeout: Duration, condition: impl Fn(&BotState) -> bool) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.shared.changed.notified();
+            if condition(&self.shared.state.lock()) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return condition(&self.shared.state.lock());
+            }
+        }
+    }
+
+    /// Sends a text message on the data channel.
+    pub fn send_data(&self, text: &str) {
+        let _ = self.commands.send(Command::SendData(text.to_string()));
+    }
+
+    /// Sends a PLI for every video stream received.
+    pub fn request_keyframes(&self) {
+        let _ = self.commands.send(Command::RequestKeyframes);
+    }
+
+    /// Sends a raw datagram from the publish connection's socket to the server.
+    pub fn inject(&self, datagram: Vec<u8>) {
+        let _ = self.commands.send(Command::Inject(datagram));
+    }
+
+    /// Leaves the room; the bot stops when the server confirms.
+    pub fn leave(&self) {
+        let _ = self.commands.send(Command::Leave);
+    }
+
+    /// Stops the bot at once (its connections simply vanish).
+    pub fn abort(&self) {
+        self.task.abort();
+    }
+
+    /// Waits for the bot to stop.
+    pub async fn join(self) -> Result<(), BotError> {
+        match self.task.await {
+            Ok(r) => r,
+            Err(_) => Ok(()),
+        }
+    }
+}
+
+/// Publisher side: the peer, its negotiation and the media clock.
+struct Publisher {
+    peer: ClientPeer,
+    pending: Option<SdpPendingOffer>,
+    video: Mid,
+    audio: Mid,
+    data: Option<ChannelId>,
+    ready: bool,
+    pts: Option<(Pt, Pt)>,
+    next_video: Instant,
+    next_audio: Instant,
+    frame: u32,
+    video_packet: u32,
+    audio_packet: u32,
+    video_seq: u64,
+    audio_seq: u64,
+    force_keyframe: bool,
+}
+
+struct Bots<'a> {
+    config: &'a BotConfig,
+    shared: &'a Shared,
+    signal: Signal,
+    publisher: Option<Publisher>,
+    subscriber: Option<ClientPeer>,
+    events: Vec<Event>,
+    leaving: bool,
+}
+
+async fn run(
+    config: BotConfig,
+    shared: Arc<Shared>,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+) -> Result<(), BotError> {
+    let result = run_inner(&config, &shared, &mut commands).await;
+    let reason = match &result {
+        Ok(()) => "left".to_string(),
+        Err(e) => e.to_string(),
+    };
+    shared.state.lock().ended = Some(reason);
+    shared.changed.notify_waiters();
+    result
+}
+
+async fn run_inner(
+    config: &BotConfig,
+    shared: &Shared,
+    commands: &mut mpsc::UnboundedReceiver<Command>,
+) -> Result<(), BotError> {
+    let mut signal = Signal::connect(&config.ws_url).await?;
+    signal
+        .send(&ClientMessage::Join {
+            token: config.token.clone(),
+        })
+        .await?;
+    let mut bot = Bots {
+        config,
+        shared,
+        signal,
+        publisher: None,
+        subscriber: None,
+        events: Vec::new(),
+        leaving: false,
+    };
+    let mut pub_buf = vec![0u8; 2048];
+    let mut sub_buf = vec![0u8; 2048];
+    loop {
+        let deadline = bot.deadline();
+        tokio::select! {
+            message = bot.signal.recv() => match message {
+                None => return Ok(()),
+                Some(Err(e)) => return Err(e.into()),
+                Some(Ok(message)) => {
+                    if bot.on_message(message).await? {
+                        return Ok(());
+                    }
+                }
+            },
+            Some(command) = commands.recv() => bot.on_command(command).await?,
+            received = recv_on(bot.publisher.as_ref().map(|p| &p.peer), &mut pub_buf) => {
+                let (len, source) = received?;
+                if let Some(p) = &mut bot.publisher {
+                    let data = pub_buf.get(..len).unwrap_or_default();
+                    p.peer.receive(Instant::now(), source, data, &mut bot.events)?;
+                    bot.on_publisher_events()?;
+                }
+            }
+            received = recv_on(bot.subscriber.as_ref(), &mut sub_buf) => {
+                let (len, source) = received?;
+                if let Some(s) = &mut bot.subscriber {
+                    let data = sub_buf.get(..len).unwrap_or_default();
+                    s.receive(Instant::now(), source, data, &mut bot.events)?;
+                    bot.on_subscriber_events()?;
+                }
+            }
+            () = tokio::time::sleep_until(deadline.into()) => {}
+        }
+        bot.tick(Instant::now())?;
+    }
+}
+
+async fn recv_on(
+    peer: Option<&ClientPeer>,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, std::net::SocketAddr)> {
+    match peer {
+        Some(p) => p.socket.recv_from(buf).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Bots<'_> {
+    fn update(&self, f: impl FnOnce(&mut BotState)) {
+        f(&mut self.shared.state.lock());
+        self.shared.changed.notify_waiters();
+    }
+
+    fn deadline(&self) -> Instant {
+        let mut deadline = Instant::now() + Duration::from_millis(100);
+        if let Some(p) = &self.publisher {
+            deadline = deadline.min(p.peer.timeout);
+            if p.ready {
+                deadline = deadline.min(p.next_video).min(p.next_audio);
+            }
+        }
+        if let Some(s) = &self.subscriber {
+            deadline = deadline.min(s.timeout);
+        }
+        deadline
+    }
+
+    /// Handles a signalling message; returns `true` when the session is over.
+    async fn on_message(&mut self, message: ServerMessage) -> Result<bool, BotError> {
+        let mut done = false;
+        match &message {
+            ServerMessage::Joined { participant, .. } => {
+                let id = participant.id.clone();
+                self.update(|s| s.participant = Some(id));
+                if self.config.publish {
+                    self.start_publishing().await?;
+                }
+            }
+            ServerMessage::PublishAnswer { sdp } => {
+                let answer =
+                    SdpAnswer::from_sdp_string(sdp).map_err(|e| BotError::Sdp(e.to_string()))?;
+                if let Some(p) = &mut self.publisher
+                    && let Some(pending) = p.pending.take()
+                {
+                    p.peer.rtc.sdp_api().accept_answer(pending, answer)?;
+                    p.peer.drain(&mut self.events)?;
+                    p.ready = true;
+                    let now = Instant::now();
+                    p.next_video = now;
+                    p.next_audio = now;
+                    self.on_publisher_events()?;
+                }
+            }
+            ServerMessage::SubscribeOffer { sdp, .. } => {
+                let offer =
+                    SdpOffer::from_sdp_string(sdp).map_err(|e| BotError::Sdp(e.to_string()))?;
+                if self.subscriber.is_none() {
+                    self.subscriber = Some(ClientPeer::new(Instant::now()).await?);
+                }
+                if let Some(s) = &mut self.subscriber {
+                    let answer = s.rtc.sdp_api().accept_offer(offer)?;
+                    s.drain(&mut self.events)?;
+                    self.signal
+                        .send(&ClientMessage::SubscribeAnswer {
+                            sdp: answer.to_sdp_string(),
+                        })
+                        .await?;
+                    self.on_subscriber_events()?;
+                }
+            }
+            ServerMessage::Left { .. } => done = true,
+            _ => {}
+        }
+        self.update(|s| s.messages.push(message));
+        Ok(done
+            || self.leaving
+                && matches!(
+                    self.shared.state.lock().messages.last(),
+                    Some(ServerMessage::Left { .. })
+                ))
+    }
+
+    async fn start_publishing(&mut self) -> Result<(), BotError> {
+        let now = Instant::now();
+        let mut peer = ClientPeer::new(now).await?;
+        let tag = self.config.tag.to_string();
+        let mut api = peer.rtc.sdp_api();
+        let video = api.add_media(
+            MediaKind::Video,
+            Direction::SendOnly,
+            Some(tag.clone()),
+            None,
+            None,
+        );
+        let audio = api.add_media(MediaKind::Audio, Direction::SendOnly, Some(tag), None, None);
+        api.add_channel("data".to_string());
+        let Some((offer, pending)) = api.apply() else {
+            return Err(BotError::Sdp("nothing to offer".into()));
+        };
+        peer.drain(&mut self.events)?;
+        self.signal
+            .send(&ClientMessage::PublishOffer {
+                sdp: offer.to_sdp_string(),
+            })
+            .await?;
+        let start = u64::from(rand::random::<u16>() >> 2);
+        self.publisher = Some(Publisher {
+            peer,
+            pending: Some(pending),
+            video,
+            audio,
+            data: None,
+            ready: false,
+            pts: None,
+            next_video: now,
+            next_audio: now,
+            frame: 0,
+            video_packet: 0,
+            audio_packet: 0,
+            video_seq: start,
+            audio_seq: start + 7,
+            force_keyframe: false,
+        });
+        Ok(())
+    }
+
+    async fn on_command(&mut self, command: Command) -> Result<(), BotError> {
+        match command {
+            Command::SendData(text) => {
+                if let Some(p) = &mut self.publisher
+                    && let Some(id) = p.data
+                    && let Some(mut channel) = p.peer.rtc.channel(id)
+                {
+                    let _ = channel.write(false, text.as_bytes())?;
+                    p.peer.drain(&mut self.events)?;
+                }
+            }
+            Command::RequestKeyframes => {
+                if let Some(s) = &mut self.subscriber {
+                    let video: Vec<u32> = self
+                        .shared
+                        .state
+                        .lock()
+                        .streams
+                        .iter()
+                        .filter(|(_, r)| r.kind == PayloadKind::Vp8)
+                        .map(|(ssrc, _)| *ssrc)
+                        .collect();
+                    for ssrc in video {
+                        let mut api = s.rtc.direct_api();
+                        if let Some(rx) = api.stream_rx(&Ssrc::from(ssrc)) {
+                            rx.request_keyframe(KeyframeRequestKind::Pli);
+                        }
+                        s.drain(&mut self.events)?;
+                    }
+                }
+            }
+            Command::Inject(datagram) => {
+                if let Some(p) = &self.publisher
+                    && let Some(server) = p.peer.server
+                {
+                    let _ = p.peer.socket.send_to(&datagram, server).await;
+                }
+            }
+            Command::Leave => {
+                self.leaving = true;
+                self.signal.send(&ClientMessage::Leave).await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn on_publisher_events(&mut self) -> Result<(), BotError> {
+        for event in std::mem::take(&mut self.events) {
+            match event {
+                Event::Connected => self.update(|s| s.publish_connected = true),
+                Event::KeyframeRequest(_) => {
+                    if let Some(p) = &mut self.publisher {
+                        p.force_keyframe = true;
+                    }
+                    self.update(|s| s.keyframe_requests += 1);
+                }
+                Event::ChannelOpen(id, _) => {
+                    if let Some(p) = &mut self.publisher {
+                        p.data = Some(id);
+                    }
+                    self.update(|s| s.data_open = true);
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn on_subscriber_events(&mut self) -> Result<(), BotError> {
+        let Some(sub) = &mut self.subscriber else {
+            self.events.clear();
+            return Ok(());
+        };
+        let events = std::mem::take(&mut self.events);
+        let mut state = self.shared.state.lock();
+        for event in events {
+            match event {
+                Event::Connected => state.subscribe_connected = true,
+                Event::RtpPacket(packet) => {
+                    let codec = sub
+                        .rtc
+                        .codec_config()
+                        .find(|p| p.pt() == packet.header.payload_type)
+                        .map(|p| p.spec().codec);
+                    let kind = match codec {
+                        Some(Codec::Vp8) => PayloadKind::Vp8,
+                        _ => PayloadKind::Opus,
+                    };
+                    let ssrc = *packet.header.ssrc;
+                    let mid = sub
+                        .rtc
+                        .direct_api()
+                        .stream_rx(&packet.header.ssrc)
+                        .map(|rx| rx.mid().to_string())
+                        .unwrap_or_default();
+                    let stream = state.streams.entry(ssrc).or_insert_with(|| ReceivedStream {
+                        kind,
+                        mid,
+                        tags: BTreeSet::new(),
+                        seqs: Vec::new(),
+                        keyframes: 0,
+                        starts_with_keyframe: false,
+                    });
+                    stream.seqs.push(*packet.seq_no);
+                    match Signature::verify(kind, &packet.payload) {
+                        Some(sig) => {
+                            if stream.seqs.len() == 1 {
+                                stream.starts_with_keyframe = sig.keyframe && sig.frame_start;
+                            }
+                            stream.tags.insert(sig.tag);
+                            if sig.keyframe && sig.frame_start {
+                                stream.keyframes += 1;
+                            }
+                        }
+                        None => state.bad_payloads += 1,
+                    }
+                }
+                Event::ChannelData(data) if !data.binary => {
+                    state
+                        .data
+                        .push(String::from_utf8_lossy(&data.data).into_owned());
+                }
+                _ => {}
+            }
+        }
+        drop(state);
+        self.shared.changed.notify_waiters();
+        Ok(())
+    }
+
+    /// Timeouts of both peers, and media that is due.
+    fn tick(&mut self, now: Instant) -> Result<(), BotError> {
+        if let Some(s) = &mut self.subscriber
+            && s.timeout <= now
+        {
+            s.tick(now, &mut self.events)?;
+            self.on_subscriber_events()?;
+        }
+        if self.publisher.is_some() {
+            self.send_media(now)?;
+            if let Some(p) = &mut self.publisher
+                && p.peer.timeout <= now
+            {
+                p.peer.tick(now, &mut self.events)?;
+            }
+            self.on_publisher_events()?;
+        }
+        Ok(())
+    }
+
+    fn send_media(&mut self, now: Instant) -> Result<(), BotError> {
+        let config = self.config;
+        let Some(p) = &mut self.publisher else {
+            return Ok(());
+        };
+        if !p.ready {
+            return Ok(());
+        }
+        if p.pts.is_none() {
+            let find = |codec: Codec| {
+                p.peer
+                    .rtc
+                    .codec_config()
+                    .find(|c| c.spec().codec == codec)
+                    .map(|c| c.pt())
+            };
+            p.pts = find(Codec::Vp8).zip(find(Codec::Opus));
+        }
+        let Some((vp8, opus)) = p.pts else {
+            return Ok(());
+        };
+        let frame_interval = Duration::from_secs(1) / config.fps.max(1);
+        let audio_interval = Duration::from_millis(20);
+        // After a stall, skip ahead rather than bursting.
+        if now.saturating_duration_since(p.next_video) > Duration::from_millis(500) {
+            p.next_video = now;
+        }
+        if now.saturating_duration_since(p.next_audio) > Duration::from_millis(500) {
+            p.next_audio = now;
+        }
+        let mut sent = 0;
+        while p.next_video <= now {
+            let keyframe = p.force_keyframe || p.frame % config.keyframe_interval.max(1) == 0;
+            p.force_keyframe = false;
+            let ts = p.frame.wrapping_mul(90_000 / config.fps.max(1));
+            for i in 0..config.packets_per_frame {
+                let sig = Signature {
+                    tag: config.tag,
+                    kind: PayloadKind::Vp8,
+                    packet: p.video_packet,
+                    frame: p.frame,
+                    frame_start: i == 0,
+                    keyframe,
+                };
+                let last = i + 1 == config.packets_per_frame;
+                let write = RtpWrite::new(
+                    vp8,
+                    p.video_seq.into(),
+                    ts,
+                    now,
+                    sig.payload(config.video_packet_bytes),
+                )
+                .marker(last)
+                .nackable(true);
+                let mut api = p.peer.rtc.direct_api();
+                if let Some(tx) = api.stream_tx_by_mid(p.video, None) {
+                    tx.write_rtp(write);
+                }
+                p.peer.drain(&mut self.events)?;
+                p.video_seq += 1;
+                p.video_packet += 1;
+                sent += 1;
+            }
+            p.frame += 1;
+            p.next_video += frame_interval;
+        }
+        while p.next_audio <= now {
+            let sig = Signature {
+                tag: config.tag,
+                kind: PayloadKind::Opus,
+                packet: p.audio_packet,
+                frame: 0,
+                frame_start: true,
+                keyframe: false,
+            };
+            let ts = p.audio_packet.wrapping_mul(960);
+            let ext = ExtensionValues {
+                audio_level: Some(-30),
+                voice_activity: Some(true),
+                ..ExtensionValues::default()
+            };
+            let write =
+                RtpWrite::new(opus, p.audio_seq.into(), ts, now, sig.payload(80)).ext_vals(ext);
+            let mut api = p.peer.rtc.direct_api();
+            if let Some(tx) = api.stream_tx_by_mid(p.audio, None) {
+                tx.write_rtp(write);
+            }
+            p.peer.drain(&mut self.events)?;
+            p.audio_seq += 1;
+            p.audio_packet += 1;
+            p.next_audio += audio_interval;
+            sent += 1;
+        }
+        if sent > 0 {
+            p.peer.tick(now, &mut self.events)?;
+            self.update(|s| s.packets_sent += sent);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,67 @@
+//! Helpers shared by the integration tests: an in-process server on loopback with ephemeral
+//! ports, tokens, and bounded waits.
+
+#![allow(dead_code, unreachable_pub, missing_docs, clippy::expect_used)]
+
+use std::time::Duration;
+
+use control_api::auth::{ApiKeys, Claims, Grants};
+use control_api::{Server, ServerConfig};
+use loadtest::bot::{Bot, BotConfig};
+use sfu::SfuConfig;
+
+/// Every wait in these tests is bounded by this.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+/// A server on 127.0.0.1 with ephemeral HTTP and media ports and `workers` media workers.
+pub async fn start_server(workers: usize) -> Server {
+    init_logs();
+    let config = ServerConfig {
+        http_addr: "127.0.0.1:0".parse().expect("literal address"),
+        sfu: SfuConfig {
+            workers,
+            first_port: 0,
+            ..SfuConfig::default()
+        },
+        ..ServerConfig::default()
+    };
+    Server::start(config).await.expect("server starts")
+}
+
+fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_test_writer()
+        .try_init();
+}
+
+/// The signalling URL of a server.
+pub fn ws_url(server: &Server) -> String {
+    format!("ws://{}/rtc", server.http_addr)
+}
+
+/// A development token to join `room` as `identity`.
+pub fn token(room: &str, identity: &str) -> String {
+    let grants = Grants {
+        room: Some(room.to_string()),
+        room_join: true,
+        ..Grants::default()
+    };
+    let claims = Claims::new(
+        control_api::auth::DEV_API_KEY,
+        identity,
+        Duration::from_secs(600),
+        grants,
+    );
+    ApiKeys::dev().mint(&claims).expect("dev key signs")
+}
+
+/// A bot joining `room` on `server`.
+pub fn bot(server: &Server, room: &str, identity: &str, publish: bool, tag: u32) -> Bot {
+    Bot::spawn(BotConfig::new(
+        &ws_url(server),
+        token(room, identity),
+        publish,
+        tag,
+    ))
+}
