@@ -22,6 +22,16 @@ pub fn render(
             "# TYPE sfu_{name}_total counter\nsfu_{name}_total {value}"
         );
     }
+    if let Some(process) = ProcessStats::read_self() {
+        let _ = writeln!(
+            out,
+            "# HELP process_cpu_seconds_total User and system CPU time of the server process.\n\
+             # TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {}\n\
+             # HELP process_resident_memory_bytes Resident memory of the server process.\n\
+             # TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {}",
+            process.cpu_seconds, process.rss_bytes
+        );
+    }
     for (name, help, value) in [
         ("sfu_rooms", "Rooms open.", rooms),
         ("sfu_participants", "Participants in rooms.", participants),
@@ -33,4 +43,48 @@ pub fn render(
         );
     }
     out
+}
+
+/// CPU time and memory of this process (Linux `/proc`; absent elsewhere).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProcessStats {
+    /// User + system CPU seconds.
+    pub cpu_seconds: f64,
+    /// Resident set size in bytes.
+    pub rss_bytes: u64,
+}
+
+impl ProcessStats {
+    /// Reads `/proc/self/stat` and `/proc/self/statm`.
+    pub fn read_self() -> Option<Self> {
+        // Clock ticks are 1/100 s in Linux's user ABI (USER_HZ), pages 4 KiB on the platforms
+        // we run on.
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        let after = stat.rsplit_once(')')?.1;
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+        let cpu_seconds = (ticks(11)? + ticks(12)?) / 100.0;
+        let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+        let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+        Some(Self {
+            cpu_seconds,
+            rss_bytes: pages * 4096,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_process_stats() {
+        let text = render(&CounterSnapshot::default(), 1, 2, 3);
+        assert!(text.contains("sfu_rtp_forwarded_total 0"));
+        assert!(text.contains("sfu_participants 2"));
+        if cfg!(target_os = "linux") {
+            assert!(text.contains("process_cpu_seconds_total "));
+            assert!(ProcessStats::read_self().is_some_and(|p| p.rss_bytes > 0));
+        }
+    }
 }

@@ -10,5 +10,6 @@
 
 pub mod bot;
 mod client_peer;
+pub mod server_probe;
 pub mod signal;
 pub mod synthetic;

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The project's test command: installs what the tests need when it is missing, then runs every
+# test (formatting and lints, Rust unit and integration tests, browser tests).
+#
+#   .ci/test.sh            everything
+#   SKIP_INSTALL=1 ...     do not install anything
+#   SKIP_BROWSER=1 ...     skip the Chromium tests
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+start=$(date +%s)
+step() { printf '\n==> %s (%ss)\n' "$*" "$(( $(date +%s) - start ))"; }
+
+# --- System packages -----------------------------------------------------------------------
+apt_packages=(chromium pkg-config clang libclang-dev libavcodec-dev libavformat-dev libavutil-dev
+  libavdevice-dev libavfilter-dev libswscale-dev libswresample-dev nftables iproute2)
+if [[ -z "${SKIP_INSTALL:-}" ]]; then
+  missing=()
+  for p in "${apt_packages[@]}"; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+  done
+  if (( ${#missing[@]} )); then
+    step "installing ${missing[*]}"
+    sudo=""
+    [[ $(id -u) -ne 0 ]] && sudo="sudo"
+    export DEBIAN_FRONTEND=noninteractive
+    apt_get() { $sudo apt-get -o DPkg::Lock::Timeout=600 -q "$@"; }
+    # A concurrent apt-get update can make the first try fail; try once more.
+    apt_get update || { sleep 5; apt_get update; }
+    apt_get install -y "${missing[@]}" || { sleep 5; apt_get install -y "${missing[@]}"; }
+  fi
+  if [[ ! -d web-demo/tests/node_modules/playwright-core ]]; then
+    step "installing playwright-core (npm)"
+    (cd web-demo/tests && npm ci --no-audit --no-fund)
+  fi
+fi
+
+# --- Rust ------------------------------------------------------------------------------------
+jobs="${CARGO_BUILD_JOBS:-$(nproc)}"
+step "cargo fmt --check"
+cargo fmt --all --check
+step "cargo clippy"
+cargo clippy -j "$jobs" --workspace --all-targets -- -D warnings
+step "cargo test"
+cargo test -j "$jobs" --workspace
+step "cargo doc"
+RUSTDOCFLAGS="-D warnings" cargo doc -j "$jobs" --workspace --no-deps --quiet
+
+# --- Browser ---------------------------------------------------------------------------------
+if [[ -z "${SKIP_BROWSER:-}" ]]; then
+  step "browser tests (headless Chromium)"
+  cargo build -j "$jobs" -p control-api --bin sfu-server
+  (cd web-demo/tests && SFU_SERVER_BIN="$root/target/debug/sfu-server" timeout 600 node --test)
+fi
+
+step "all tests passed"
