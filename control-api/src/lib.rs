@@ -124,6 +124,7 @@ impl Server {
             sfu,
             http_addr,
         });
+        tracing::info!(%http_addr, "HTTP API, signalling (/rtc) and web demo listening");
         let router = http::app(state.clone());
         let http = tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, router).await {

@@ -56,12 +56,10 @@ pub fn token(room: &str, identity: &str) -> String {
     ApiKeys::dev().mint(&claims).expect("dev key signs")
 }
 
-/// A bot joining `room` on `server`.
+/// A bot joining `room` on `server`. Publishers send a keyframe when they start and then only
+/// when asked, so a subscriber that gets video proves the server requested a keyframe for it.
 pub fn bot(server: &Server, room: &str, identity: &str, publish: bool, tag: u32) -> Bot {
-    Bot::spawn(BotConfig::new(
-        &ws_url(server),
-        token(room, identity),
-        publish,
-        tag,
-    ))
+    let mut config = BotConfig::new(&ws_url(server), token(room, identity), publish, tag);
+    config.keyframe_interval = u32::MAX;
+    Bot::spawn(config)
 }

@@ -203,11 +203,17 @@ impl Peer {
             self.on_rtc_error(e, ctx);
         }
         self.drain(ctx);
-        match &mut self.role {
+        let mutated = match &mut self.role {
             Role::Publisher(p) => p.handle_timeout(&mut self.rtc, ctx),
-            Role::Subscriber(s) => s.handle_timeout(&self.info, ctx),
+            Role::Subscriber(s) => {
+                // Only queues keyframe requests for publishers; the state machine is untouched.
+                s.handle_timeout(&self.info, ctx);
+                false
+            }
+        };
+        if mutated {
+            self.drain(ctx);
         }
-        self.drain(ctx);
     }
 
     /// Handles a delivery from another peer.

@@ -297,16 +297,20 @@ impl Publisher {
         }
     }
 
-    /// Sends coalesced keyframe requests that are due.
-    pub(crate) fn handle_timeout(&mut self, rtc: &mut Rtc, ctx: &mut Ctx<'_>) {
+    /// Sends coalesced keyframe requests that are due. Returns whether it changed the state
+    /// machine (which must then be drained).
+    pub(crate) fn handle_timeout(&mut self, rtc: &mut Rtc, ctx: &mut Ctx<'_>) -> bool {
+        let mut mutated = false;
         for t in &mut self.tracks {
             for (layer, throttle) in t.throttles.iter_mut().enumerate() {
                 if throttle.poll(ctx.now) {
                     let rid = t.rids.get(layer).copied();
                     request_keyframe(rtc, t.mid, rid, ctx);
+                    mutated = true;
                 }
             }
         }
+        mutated
     }
 }
 

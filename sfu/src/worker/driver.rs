@@ -110,6 +110,9 @@ async fn run(
             () = tokio::time::sleep_until(deadline.into()) => {}
         }
         let now = Instant::now();
+        // Flush first: a subscriber written to this turn gets its one timeout here, which also
+        // moves its timer past now, so the timer pass below does not run it a second time.
+        core.flush(now);
         core.handle_timers(now);
         core.flush(now);
         send_transmits(&socket, &mut core, &slot.counters);

@@ -1,12 +1,12 @@
-//! When each peer on a worker next needs a timeout: a min-heap with lazy deletion.
+//! When each peer on a worker next needs a timeout: an ordered set of `(time, peer)` with
+//! exactly one entry per peer.
 //!
-//! Every peer has one wanted time. Moving it earlier pushes a new heap entry; moving it later
-//! leaves the old (early) entry in place, and when that entry comes due it is pushed again at
-//! the wanted time instead of firing. So each change is `O(log n)`, the heap holds about one
-//! entry per peer, and finding the next wake-up is `O(1)`.
+//! A subscriber's deadline moves on every packet written to it (to "now", then back to its
+//! next real timer after the flush), so rescheduling must be cheap and leave nothing behind:
+//! moving an entry is one removal and one insertion, `O(log n)`, and the next wake-up is the
+//! first entry.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::time::Instant;
 
 use crate::ids::PeerId;
@@ -14,48 +14,51 @@ use crate::ids::PeerId;
 /// The timer queue of one worker.
 #[derive(Debug, Default)]
 pub(crate) struct TimerQueue {
-    heap: BinaryHeap<Reverse<(Instant, PeerId)>>,
-    wanted: HashMap<PeerId, Instant>,
+    order: BTreeSet<(Instant, PeerId)>,
+    at: HashMap<PeerId, Instant>,
 }
 
 impl TimerQueue {
     /// Sets when `peer` next wants a timeout.
     pub(crate) fn schedule(&mut self, peer: PeerId, at: Instant) {
-        let previous = self.wanted.insert(peer, at);
-        if previous.is_none_or(|p| at < p) {
-            self.heap.push(Reverse((at, peer)));
+        match self.at.insert(peer, at) {
+            Some(previous) if previous == at => return,
+            Some(previous) => {
+                self.order.remove(&(previous, peer));
+            }
+            None => {}
         }
+        self.order.insert((at, peer));
     }
 
     /// Forgets a peer.
     pub(crate) fn remove(&mut self, peer: PeerId) {
-        self.wanted.remove(&peer);
+        if let Some(at) = self.at.remove(&peer) {
+            self.order.remove(&(at, peer));
+        }
     }
 
-    /// The earliest time anything may be due (possibly a little early; never late).
+    /// The earliest scheduled time.
     pub(crate) fn next(&self) -> Option<Instant> {
-        self.heap.peek().map(|Reverse((at, _))| *at)
+        self.order.first().map(|(at, _)| *at)
     }
 
     /// Takes one peer whose timeout is due at `now`.
     pub(crate) fn pop_due(&mut self, now: Instant) -> Option<PeerId> {
-        while let Some(Reverse((at, peer))) = self.heap.peek().copied() {
-            if at > now {
-                return None;
-            }
-            self.heap.pop();
-            match self.wanted.get(&peer).copied() {
-                Some(wanted) if wanted == at => {
-                    self.wanted.remove(&peer);
-                    return Some(peer);
-                }
-                // Moved later since: come back then.
-                Some(wanted) if wanted > at => self.heap.push(Reverse((wanted, peer))),
-                // Removed, or an earlier entry exists.
-                _ => {}
-            }
+        let &(at, peer) = self.order.first()?;
+        if at > now {
+            return None;
         }
-        None
+        self.order.pop_first();
+        self.at.remove(&peer);
+        Some(peer)
+    }
+
+    /// Number of peers with a timer.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        debug_assert_eq!(self.order.len(), self.at.len());
+        self.at.len()
     }
 }
 
@@ -71,7 +74,7 @@ mod tests {
         let mut q = TimerQueue::default();
         q.schedule(PeerId(1), ms(10));
         q.schedule(PeerId(2), ms(5));
-        q.schedule(PeerId(1), ms(20)); // later: old entry must not fire at 10
+        q.schedule(PeerId(1), ms(20)); // later: must not fire at 10
         q.schedule(PeerId(3), ms(7));
         q.remove(PeerId(3));
         assert_eq!(q.next(), Some(ms(5)));
@@ -83,10 +86,19 @@ mod tests {
         q.schedule(PeerId(1), ms(30));
         q.schedule(PeerId(1), ms(25)); // earlier
         assert_eq!(q.pop_due(ms(26)), Some(PeerId(1)));
-        assert_eq!(
-            q.pop_due(ms(31)),
-            None,
-            "the stale later entry does not fire"
-        );
+        assert_eq!(q.pop_due(ms(31)), None, "no stale entry is left behind");
+    }
+
+    #[test]
+    fn constant_size_under_churn() {
+        let t0 = Instant::now();
+        let mut q = TimerQueue::default();
+        for i in 0..10_000u64 {
+            let peer = PeerId(i % 20);
+            // A write (deadline now) then a flush (deadline later), per packet.
+            q.schedule(peer, t0 + Duration::from_micros(i));
+            q.schedule(peer, t0 + Duration::from_millis(100 + i % 7));
+        }
+        assert_eq!(q.len(), 20);
     }
 }
