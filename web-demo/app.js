@@ -447,6 +447,7 @@ async function startPublishing(session) {
         { rid: 'f', scaleResolutionDownBy: 1, maxBitrate: 1500000 },
       ],
     });
+    preferVideoCodec(state.videoTransceiver, new URLSearchParams(location.search).get('codec'));
   }
   openDataChannel(pc);
 
@@ -456,6 +457,15 @@ async function startPublishing(session) {
   // The server is ICE-lite: no need to wait for gathering, candidates are trickled.
   send({ type: 'publish_offer', sdp: pc.localDescription.sdp });
   flushCandidates('publish');
+}
+
+/** With `?codec=h264` (or vp8, vp9, av1) the camera is sent with that codec if the browser has it. */
+function preferVideoCodec(transceiver, codec) {
+  if (!codec || !RTCRtpSender.getCapabilities || !transceiver.setCodecPreferences) return;
+  const { codecs } = RTCRtpSender.getCapabilities('video');
+  const wanted = codecs.filter((c) => c.mimeType.toLowerCase() === `video/${codec.toLowerCase()}`);
+  if (wanted.length === 0) return;
+  transceiver.setCodecPreferences([...wanted, ...codecs.filter((c) => !wanted.includes(c))]);
 }
 
 async function onPublishAnswer(msg, session) {

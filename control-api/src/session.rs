@@ -282,6 +282,7 @@ impl Session {
         };
         match event {
             PeerEvent::Connected { peer } => debug!(%peer, "media connected"),
+            PeerEvent::Stats { peer, stats } => debug!(%peer, ?stats, "peer stats"),
             PeerEvent::SubscriberOffer { peer, sdp, tracks } if Some(peer) == joined.subscriber => {
                 let tracks = tracks
                     .into_iter()

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+use rand::{Rng, SeedableRng};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::channel::ChannelId;
 use str0m::format::Codec;
@@ -40,6 +41,9 @@ pub struct BotConfig {
     pub video_packet_bytes: usize,
     /// A keyframe every this many frames.
     pub keyframe_interval: u32,
+    /// Percentage of incoming RTP datagrams the subscriber drops before its WebRTC stack sees
+    /// them (simulated loss, seeded by `tag`).
+    pub drop_rtp_percent: u8,
 }
 
 impl BotConfig {
@@ -55,6 +59,7 @@ impl BotConfig {
             packets_per_frame: 2,
             video_packet_bytes: 1000,
             keyframe_interval: 60,
+            drop_rtp_percent: 0,
         }
     }
 }
@@ -77,6 +82,15 @@ pub struct ReceivedStream {
 }
 
 impl ReceivedStream {
+    /// Sequence numbers missing between the lowest and highest received.
+    pub fn missing(&self) -> Vec<u64> {
+        let set: BTreeSet<u64> = self.seqs.iter().copied().collect();
+        match (set.first(), set.last()) {
+            (Some(&lo), Some(&hi)) => (lo..=hi).filter(|s| !set.contains(s)).collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// Whether the sequence numbers received cover one gap-free range with no repeats.
     pub fn seqs_continuous(&self) -> bool {
         let set: BTreeSet<u64> = self.seqs.iter().copied().collect();
@@ -306,6 +320,7 @@ async fn run_inner(
     };
     let mut pub_buf = vec![0u8; 2048];
     let mut sub_buf = vec![0u8; 2048];
+    let mut loss = rand::rngs::StdRng::seed_from_u64(u64::from(config.tag));
     loop {
         let deadline = bot.deadline();
         tokio::select! {
@@ -329,8 +344,9 @@ async fn run_inner(
             }
             received = recv_on(bot.subscriber.as_ref(), &mut sub_buf) => {
                 let (len, source) = received?;
-                if let Some(s) = &mut bot.subscriber {
-                    let data = sub_buf.get(..len).unwrap_or_default();
+                let data = sub_buf.get(..len).unwrap_or_default();
+                let dropped = is_rtp(data) && loss.random_range(0..100) < config.drop_rtp_percent;
+                if let Some(s) = bot.subscriber.as_mut().filter(|_| !dropped) {
                     s.receive(Instant::now(), source, data, &mut bot.events)?;
                     bot.on_subscriber_events()?;
                 }
@@ -338,6 +354,14 @@ async fn run_inner(
             () = tokio::time::sleep_until(deadline.into()) => {}
         }
         bot.tick(Instant::now())?;
+    }
+}
+
+/// RTP, not RTCP (RFC 5761): version 2 and a payload type outside RTCP's 72-79 (masked).
+fn is_rtp(datagram: &[u8]) -> bool {
+    match datagram {
+        [b0, b1, ..] => b0 >> 6 == 2 && !(72..=79).contains(&(b1 & 0x7f)),
+        _ => false,
     }
 }
 

@@ -18,6 +18,8 @@ pub(crate) enum Command {
         peer: PeerId,
         spec: PeerSpec,
         offer: Box<SdpOffer>,
+        /// Video codecs in the publisher's order of preference.
+        video_codecs: Vec<str0m::format::Codec>,
         events: EventSink,
         reply: Reply<String>,
     },

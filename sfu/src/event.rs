@@ -80,9 +80,30 @@ pub enum CloseReason {
     Shutdown,
 }
 
+/// A peer's transport statistics over its whole life so far.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PeerStats {
+    /// All bytes received (including ICE, DTLS, RTCP).
+    pub bytes_received: u64,
+    /// All bytes sent.
+    pub bytes_sent: u64,
+    /// Media (RTP payload) bytes received.
+    pub media_bytes_received: u64,
+    /// Media (RTP payload) bytes sent.
+    pub media_bytes_sent: u64,
+    /// Fraction of packets lost towards the remote side, from its receiver reports.
+    pub egress_loss: Option<f32>,
+    /// Fraction of packets lost from the remote side.
+    pub ingress_loss: Option<f32>,
+    /// Round-trip time.
+    pub rtt: Option<std::time::Duration>,
+    /// Estimated bandwidth towards the remote side, bits per second (when estimated).
+    pub egress_estimate_bps: Option<u64>,
+}
+
 /// Events about one peer, delivered to the sink given when the peer was created. None of them
 /// is per packet.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum PeerEvent {
     /// ICE and DTLS are up: media can flow.
     Connected {
@@ -112,6 +133,13 @@ pub enum PeerEvent {
         sdp: String,
         /// Every track the session carries after this negotiation.
         tracks: Vec<OfferedTrack>,
+    },
+    /// Periodic statistics (see [`crate::SfuConfig::stats_interval`]).
+    Stats {
+        /// The peer.
+        peer: PeerId,
+        /// The figures.
+        stats: PeerStats,
     },
     /// The peer is gone; everything it published or subscribed is removed.
     Closed {

@@ -187,6 +187,7 @@ impl Sfu {
         offer: &str,
         events: EventSink,
     ) -> Result<(PeerId, String), SfuError> {
+        let video_codecs = crate::codec_order::video_codec_order(offer);
         let offer =
             SdpOffer::from_sdp_string(offer).map_err(|e| SfuError::BadSdp(e.to_string()))?;
         let (peer, worker) = self.place(&spec)?;
@@ -195,6 +196,7 @@ impl Sfu {
                 peer,
                 spec,
                 offer: Box::new(offer),
+                video_codecs,
                 events,
                 reply,
             })

@@ -14,6 +14,7 @@
     allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
 )]
 
+mod codec_order;
 mod command;
 mod config;
 mod counters;
@@ -36,7 +37,9 @@ mod worker;
 pub use config::SfuConfig;
 pub use counters::CounterSnapshot;
 pub use error::SfuError;
-pub use event::{CloseReason, EventSink, OfferedTrack, PeerEvent, PeerSpec, TrackInfo, TrackKind};
+pub use event::{
+    CloseReason, EventSink, OfferedTrack, PeerEvent, PeerSpec, PeerStats, TrackInfo, TrackKind,
+};
 pub use graph::TrackSnapshot;
 pub use handle::Sfu;
 pub use ids::{ParseIdError, PeerId, RoomId, TrackId};

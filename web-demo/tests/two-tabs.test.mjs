@@ -224,13 +224,19 @@ function sampleMedia(participant) {
     const sample = async () => {
       let framesDecoded = 0;
       let audioPackets = 0;
+      const videoCodecs = [];
       const stats = await state.subPc.getStats();
       stats.forEach((report) => {
         if (report.type !== 'inbound-rtp') return;
-        if (report.kind === 'video') framesDecoded += report.framesDecoded ?? 0;
+        if (report.kind === 'video') {
+          framesDecoded += report.framesDecoded ?? 0;
+          const codec = report.codecId && stats.get(report.codecId);
+          if (codec && report.framesDecoded > 0) videoCodecs.push(codec.mimeType.toLowerCase());
+        }
         if (report.kind === 'audio') audioPackets += report.packetsReceived ?? 0;
       });
       return {
+        videoCodecs,
         videoWidth: video.videoWidth,
         videoHeight: video.videoHeight,
         totalVideoFrames: video.getVideoPlaybackQuality().totalVideoFrames,
@@ -249,8 +255,8 @@ function sampleMedia(participant) {
 // The test.
 // ---------------------------------------------------------------------------------------------
 
-describe('web demo: two participants in one room', { timeout: TOTAL_BUDGET_MS }, () => {
-  const room = `e2e-${randomBytes(4).toString('hex')}`;
+for (const codec of ['vp8', 'h264']) describe(`web demo: two participants in one room (${codec})`, { timeout: TOTAL_BUDGET_MS }, () => {
+  const room = `e2e-${codec}-${randomBytes(4).toString('hex')}`;
   let alice;
   let bob;
 
@@ -280,6 +286,7 @@ describe('web demo: two participants in one room', { timeout: TOTAL_BUDGET_MS },
       url.searchParams.set('room', room);
       url.searchParams.set('name', participant.name);
       url.searchParams.set('autojoin', '1');
+      url.searchParams.set('codec', codec);
       await participant.page.goto(url.toString(), { waitUntil: 'load' });
     }
   }, { timeout: SERVER_START_MS + 20_000 });
@@ -288,7 +295,7 @@ describe('web demo: two participants in one room', { timeout: TOTAL_BUDGET_MS },
     await mkdir(ARTIFACTS, { recursive: true }).catch(() => {});
     for (const participant of [alice, bob]) {
       if (!participant?.page) continue;
-      await participant.page.screenshot({ path: path.join(ARTIFACTS, `${participant.name}.png`), timeout: 5_000 })
+      await participant.page.screenshot({ path: path.join(ARTIFACTS, `${participant.name}-${codec}.png`), timeout: 5_000 })
         .catch((err) => console.error(`screenshot of ${participant.name} failed: ${err.message}`));
     }
     await Promise.all([closeParticipant(alice), closeParticipant(bob)]);
@@ -306,6 +313,7 @@ describe('web demo: two participants in one room', { timeout: TOTAL_BUDGET_MS },
         `remote video is not advancing over ${SAMPLE_MS} ms; ${detail}`);
       assert.ok(second.audioPackets > first.audioPackets,
         `no inbound audio packets over ${SAMPLE_MS} ms; ${detail}`);
+      assert.deepEqual(second.videoCodecs, [`video/${codec}`], `decoded with the codec asked for; ${detail}`);
     }
   });
 

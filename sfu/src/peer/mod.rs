@@ -13,13 +13,14 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use str0m::format::Codec;
 use str0m::net::Transmit;
 use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc, RtcError};
 use tracing::{Span, debug, info, warn};
 
 use crate::counters::WorkerCounters;
 use crate::demux::Demux;
-use crate::event::{CloseReason, EventSink, PeerEvent, PeerSpec};
+use crate::event::{CloseReason, EventSink, PeerEvent, PeerSpec, PeerStats};
 use crate::graph::PeerLocation;
 use crate::ids::PeerId;
 use crate::packet::Delivery;
@@ -131,29 +132,36 @@ pub(crate) struct Peer {
 
 impl Peer {
     /// Builds a peer's state machine: ICE-lite, RTP mode, the shared certificate, every codec
-    /// we forward, and this worker's host candidates.
+    /// we forward (video in `video_codecs` order, which becomes the order of its SDP answers),
+    /// and this worker's host candidates.
     pub(crate) fn new(
         info: PeerInfo,
         role: Role,
         shared: &Shared,
         worker: usize,
+        video_codecs: &[Codec],
         now: Instant,
     ) -> Result<Self, RtcError> {
         let creds = IceCreds::new();
         let ufrag = creds.ufrag.clone();
-        let mut rtc = Rtc::builder()
+        let mut config = Rtc::builder()
             .set_ice_lite(true)
             .set_rtp_mode(true)
             .set_dtls_cert(shared.cert.clone())
             .set_local_ice_credentials(creds)
             .clear_codecs()
             .enable_opus(true, false)
-            .enable_vp8(true)
-            .enable_h264(true)
-            .enable_vp9(true)
-            .enable_av1(true)
-            .set_stats_interval(None)
-            .build(now);
+            .set_stats_interval(shared.config.stats_interval);
+        for codec in video_codecs {
+            config = match codec {
+                Codec::Vp8 => config.enable_vp8(true),
+                Codec::H264 => config.enable_h264(true),
+                Codec::Vp9 => config.enable_vp9(true),
+                Codec::Av1 => config.enable_av1(true),
+                _ => config,
+            };
+        }
+        let mut rtc = config.build(now);
         for addr in shared
             .workers
             .get(worker)
@@ -254,6 +262,19 @@ impl Peer {
                 info!("connected");
                 self.info.emit(PeerEvent::Connected { peer: self.info.id });
             }
+            Event::PeerStats(s) => self.info.emit(PeerEvent::Stats {
+                peer: self.info.id,
+                stats: PeerStats {
+                    bytes_received: s.peer_bytes_rx,
+                    bytes_sent: s.peer_bytes_tx,
+                    media_bytes_received: s.bytes_rx,
+                    media_bytes_sent: s.bytes_tx,
+                    egress_loss: s.egress_loss_fraction,
+                    ingress_loss: s.ingress_loss_fraction,
+                    rtt: s.rtt,
+                    egress_estimate_bps: s.bwe_tx.map(|b| b.as_u64()),
+                },
+            }),
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) | Event::Closed => {
                 if self.closed.is_none() {
                     info!("remote side went away");

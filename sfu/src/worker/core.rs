@@ -18,6 +18,9 @@ use str0m::net::{Protocol, Receive};
 use tracing::info_span;
 
 use super::timers::TimerQueue;
+use str0m::format::Codec;
+
+use crate::codec_order::DEFAULT_VIDEO_ORDER;
 use crate::command::Command;
 use crate::counters::WorkerCounters;
 use crate::demux::Demux;
@@ -230,6 +233,7 @@ impl WorkerCore {
         spec: PeerSpec,
         events: EventSink,
         role: Role,
+        video_codecs: &[Codec],
         now: Instant,
     ) -> Result<(), SfuError> {
         let role_name = match role {
@@ -243,7 +247,7 @@ impl WorkerCore {
             events,
             span,
         };
-        let peer = Peer::new(info, role, &self.shared, self.index, now)?;
+        let peer = Peer::new(info, role, &self.shared, self.index, video_codecs, now)?;
         self.demux.add_peer(peer.ufrag.clone(), id);
         self.peers.insert(id, peer);
         WorkerCounters::add(&self.counters().peers, 1);
@@ -265,11 +269,13 @@ impl WorkerCore {
                 peer,
                 spec,
                 offer,
+                video_codecs,
                 events,
                 reply,
             } => {
+                let role = Role::Publisher(Publisher::new());
                 let result = self
-                    .insert_peer(peer, spec, events, Role::Publisher(Publisher::new()), now)
+                    .insert_peer(peer, spec, events, role, &video_codecs, now)
                     .and_then(|()| self.accept_offer(peer, *offer, now));
                 if result.is_err() {
                     self.abandon(peer, now);
@@ -292,7 +298,14 @@ impl WorkerCore {
                     participant: spec.participant.clone(),
                 };
                 let result = self
-                    .insert_peer(peer, spec, events, Role::Subscriber(Subscriber::new()), now)
+                    .insert_peer(
+                        peer,
+                        spec,
+                        events,
+                        Role::Subscriber(Subscriber::new()),
+                        &DEFAULT_VIDEO_ORDER,
+                        now,
+                    )
                     .and_then(|()| match self.shared.rooms.get_mut(&room) {
                         Some(mut members) => {
                             members.data_receivers.push(member);
