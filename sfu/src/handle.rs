@@ -276,12 +276,7 @@ impl Sfu {
         let candidate = Candidate::from_sdp_string(line)
             .map_err(|e| SfuError::BadSdp(format!("bad ICE candidate: {e}")))?;
         let worker = self.worker_of(peer)?;
-        let slot = self
-            .shared()
-            .workers
-            .get(worker)
-            .ok_or(SfuError::Shutdown)?;
-        slot.commands
+        self.commands(worker)?
             .send(Command::RemoteCandidate {
                 peer,
                 candidate: Box::new(candidate),
@@ -364,18 +359,18 @@ impl Sfu {
             .ok_or(SfuError::UnknownPeer(peer))
     }
 
+    fn commands(&self, worker: usize) -> Result<&mpsc::Sender<Command>, SfuError> {
+        let slot = self.shared().workers.get(worker);
+        slot.map(|w| &w.commands).ok_or(SfuError::Shutdown)
+    }
+
     async fn request<T>(
         &self,
         worker: usize,
         command: impl FnOnce(oneshot::Sender<Result<T, SfuError>>) -> Command,
     ) -> Result<T, SfuError> {
         let (reply, result) = oneshot::channel();
-        let slot = self
-            .shared()
-            .workers
-            .get(worker)
-            .ok_or(SfuError::Shutdown)?;
-        slot.commands
+        self.commands(worker)?
             .send(command(reply))
             .await
             .map_err(|_| SfuError::Shutdown)?;

@@ -215,7 +215,7 @@ impl Peer {
             Role::Publisher(p) => p.handle_timeout(&mut self.rtc, ctx),
             Role::Subscriber(s) => {
                 // Only queues keyframe requests for publishers; the state machine is untouched.
-                s.handle_timeout(&self.info, ctx);
+                s.handle_timeout(ctx);
                 false
             }
         };
@@ -283,7 +283,7 @@ impl Peer {
             }
             other => match &mut self.role {
                 Role::Publisher(p) => p.on_event(&mut self.rtc, &self.info, other, ctx),
-                Role::Subscriber(s) => s.on_event(&mut self.rtc, &self.info, other, ctx),
+                Role::Subscriber(s) => s.on_event(&mut self.rtc, other, ctx),
             },
         }
     }

@@ -321,14 +321,7 @@ impl Subscriber {
         }
     }
 
-    pub(crate) fn on_event(
-        &mut self,
-        rtc: &mut Rtc,
-        info: &PeerInfo,
-        event: Event,
-        ctx: &mut Ctx<'_>,
-    ) {
-        let _ = info;
+    pub(crate) fn on_event(&mut self, rtc: &mut Rtc, event: Event, ctx: &mut Ctx<'_>) {
         match event {
             Event::KeyframeRequest(req) => {
                 WorkerCounters::add(&ctx.counters().keyframe_requests_received, 1);
@@ -436,8 +429,7 @@ impl Subscriber {
     }
 
     /// Asks again for keyframes that have not come.
-    pub(crate) fn handle_timeout(&mut self, info: &PeerInfo, ctx: &mut Ctx<'_>) {
-        let _ = info;
+    pub(crate) fn handle_timeout(&mut self, ctx: &mut Ctx<'_>) {
         if self.next_retry.is_none_or(|t| t > ctx.now) {
             return;
         }
