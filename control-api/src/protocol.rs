@@ -1,6 +1,8 @@
 //! The signalling protocol's messages (see `control-api/PROTOCOL.md`): JSON objects tagged by
 //! `type`, one per WebSocket text frame. Shared with clients written in Rust (the bots).
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// Which of a participant's two peer connections a message is about.
@@ -26,6 +28,9 @@ pub enum ClientMessage {
     PublishOffer {
         /// SDP.
         sdp: String,
+        /// What each mid carries (`camera`, `microphone`, `screen`, `screen_audio`).
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        sources: BTreeMap<String, String>,
     },
     /// Answer to the latest subscribe offer.
     SubscribeAnswer {
@@ -47,6 +52,13 @@ pub enum ClientMessage {
         /// Muted or not.
         muted: bool,
     },
+    /// Which layer of a remote video track the client wants.
+    SetQuality {
+        /// Track id.
+        track: String,
+        /// Wanted quality.
+        quality: QualityName,
+    },
     /// Keep-alive.
     Ping,
     /// Leave the room.
@@ -55,15 +67,39 @@ pub enum ClientMessage {
 
 impl ClientMessage {
     /// The `type` values clients may send.
-    pub const TYPES: [&'static str; 7] = [
+    pub const TYPES: [&'static str; 8] = [
         "join",
         "publish_offer",
         "subscribe_answer",
         "candidate",
         "mute",
+        "set_quality",
         "ping",
         "leave",
     ];
+}
+
+/// A quality a subscriber can ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QualityName {
+    /// The server chooses.
+    Auto,
+    /// The top layer.
+    High,
+    /// The middle layer.
+    Medium,
+    /// The lowest layer.
+    Low,
+}
+
+/// One entry of `active_speakers`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Speaker {
+    /// Participant id.
+    pub participant: String,
+    /// Smoothed loudness, 0 to 1.
+    pub level: f32,
 }
 
 /// A participant as others see it.
@@ -88,6 +124,8 @@ pub struct TrackInfo {
     pub kind: String,
     /// The publisher's mid for this track.
     pub mid: String,
+    /// What it carries: `camera`, `microphone`, `screen`, `screen_audio`.
+    pub source: String,
     /// Simulcast RIDs, lowest quality first (empty without simulcast).
     pub simulcast: Vec<String>,
     /// Whether the publisher has muted it.
@@ -138,7 +176,7 @@ pub enum ErrorCode {
 }
 
 /// A message from the server.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMessage {
     /// Reply to `join`.
@@ -194,6 +232,11 @@ pub enum ServerMessage {
         participant: String,
         /// Muted or not.
         muted: bool,
+    },
+    /// Who is speaking, loudest first (sent when the list changes).
+    ActiveSpeakers {
+        /// The speakers.
+        speakers: Vec<Speaker>,
     },
     /// A refused request.
     Error {

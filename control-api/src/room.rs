@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 use sfu::{PeerId, RoomId, Sfu, TrackId};
 use tokio::sync::mpsc;
 
-use crate::protocol::{ErrorCode, ParticipantInfo, Refusal, ServerMessage, TrackInfo};
+use crate::protocol::{ErrorCode, ParticipantInfo, Refusal, ServerMessage, Speaker, TrackInfo};
 
 /// Where a participant's messages go.
 pub type Outbox = mpsc::UnboundedSender<ServerMessage>;
@@ -45,6 +45,10 @@ pub struct Room {
 struct RoomState {
     members: HashMap<String, Member>,
     tracks: Vec<RoomTrack>,
+    /// Current loudness of each speaking participant.
+    levels: HashMap<String, f32>,
+    /// The speakers last announced, in order.
+    announced: Vec<String>,
     /// Set when the last participant left; a closed room takes nobody new.
     closed: bool,
 }
@@ -93,6 +97,34 @@ pub struct Departure {
     pub tracks: Vec<RoomTrack>,
     /// Whether the room is now empty.
     pub room_empty: bool,
+    /// The new `active_speakers` list, if the participant was among them.
+    pub speakers: Option<Vec<Speaker>>,
+}
+
+impl RoomState {
+    /// The speakers, loudest first, if the list differs from the one last announced.
+    fn speakers_if_changed(&mut self) -> Option<Vec<Speaker>> {
+        let mut speakers: Vec<Speaker> = self
+            .levels
+            .iter()
+            .filter(|(id, _)| self.members.get(*id).is_some_and(|m| !m.hidden))
+            .map(|(id, level)| Speaker {
+                participant: id.clone(),
+                level: *level,
+            })
+            .collect();
+        speakers.sort_by(|a, b| {
+            b.level
+                .total_cmp(&a.level)
+                .then(a.participant.cmp(&b.participant))
+        });
+        let order: Vec<String> = speakers.iter().map(|s| s.participant.clone()).collect();
+        if order == self.announced {
+            return None;
+        }
+        self.announced = order;
+        Some(speakers)
+    }
 }
 
 impl Rooms {
@@ -205,14 +237,17 @@ impl Room {
     pub fn remove_member(&self, participant: &str) -> Option<Departure> {
         let mut state = self.state.lock();
         let member = state.members.remove(participant)?;
+        state.levels.remove(participant);
         let (gone, kept) = std::mem::take(&mut state.tracks)
             .into_iter()
             .partition(|t| t.info.participant == participant);
         state.tracks = kept;
+        let speakers = state.speakers_if_changed();
         Some(Departure {
             hidden: member.hidden,
             tracks: gone,
             room_empty: state.members.is_empty(),
+            speakers,
         })
     }
 
@@ -260,6 +295,18 @@ impl Room {
             }
             None => false,
         }
+    }
+
+    /// Records a participant's speaking level (0: stopped). Returns the new `active_speakers`
+    /// list if who speaks, or their order, changed.
+    pub fn update_speaker(&self, participant: &str, level: f32) -> Option<Vec<Speaker>> {
+        let mut state = self.state.lock();
+        if level > 0.0 && state.members.contains_key(participant) {
+            state.levels.insert(participant.to_string(), level);
+        } else {
+            state.levels.remove(participant);
+        }
+        state.speakers_if_changed()
     }
 
     /// Updates a participant's subscriber peer (e.g. after it closed).

@@ -7,15 +7,22 @@
 use std::sync::Arc;
 
 use rand::Rng;
-use sfu::{CloseReason, EventSink, PeerEvent, PeerId, PeerSpec, SfuError};
+use std::collections::BTreeMap;
+
+use sfu::{
+    CloseReason, EventSink, PeerEvent, PeerId, PeerSpec, Quality, SfuError, TrackId, TrackKind,
+};
 use tracing::{debug, info, warn};
 
 use crate::AppState;
 use crate::auth::Grants;
 use crate::protocol::{
-    ClientMessage, ErrorCode, OfferedTrack, ParticipantInfo, PcTarget, Refusal, ServerMessage,
-    TrackInfo,
+    ClientMessage, ErrorCode, OfferedTrack, ParticipantInfo, PcTarget, QualityName, Refusal,
+    ServerMessage, TrackInfo,
 };
+
+/// Track sources a client may declare.
+const KNOWN_SOURCES: [&str; 4] = ["camera", "microphone", "screen", "screen_audio"];
 use crate::room::{NewMember, Outbox, Room, RoomTrack};
 
 /// Whether the session goes on after a message.
@@ -42,6 +49,8 @@ struct Joined {
     spec: PeerSpec,
     publisher: Option<PeerId>,
     subscriber: Option<PeerId>,
+    /// What the client said each of its publish mids carries.
+    sources: BTreeMap<String, String>,
 }
 
 impl Session {
@@ -89,12 +98,13 @@ impl Session {
                     "send a join message with your token first",
                 );
             }
-            ClientMessage::PublishOffer { sdp } => self.publish_offer(&sdp).await,
+            ClientMessage::PublishOffer { sdp, sources } => self.publish_offer(&sdp, sources).await,
             ClientMessage::SubscribeAnswer { sdp } => self.subscribe_answer(&sdp).await,
             ClientMessage::Candidate { target, candidate } => {
                 self.candidate(target, candidate.as_deref()).await;
             }
             ClientMessage::Mute { track, muted } => self.mute(&track, muted),
+            ClientMessage::SetQuality { track, quality } => self.set_quality(&track, quality).await,
             ClientMessage::Leave => {
                 self.leave("client left").await;
                 return Flow::Stop;
@@ -187,14 +197,21 @@ impl Session {
             spec,
             publisher: None,
             subscriber,
+            sources: BTreeMap::new(),
         });
         Ok(())
     }
 
-    async fn publish_offer(&mut self, sdp: &str) {
+    async fn publish_offer(&mut self, sdp: &str, sources: BTreeMap<String, String>) {
         let Some(joined) = &mut self.joined else {
             return;
         };
+        // Known before the answer, so the tracks the offer creates are announced with them.
+        for (mid, source) in sources {
+            if KNOWN_SOURCES.contains(&source.as_str()) {
+                joined.sources.insert(mid, source);
+            }
+        }
         if !joined.grants.may_publish() && has_media_sections(sdp) {
             self.error(
                 ErrorCode::PermissionDenied,
@@ -275,6 +292,29 @@ impl Session {
         }
     }
 
+    async fn set_quality(&mut self, track: &str, quality: QualityName) {
+        let Some(peer) = self.joined.as_ref().and_then(|j| j.subscriber) else {
+            self.error(ErrorCode::UnknownTrack, "you do not subscribe to anything");
+            return;
+        };
+        let Ok(id) = track.parse::<TrackId>() else {
+            self.error(
+                ErrorCode::UnknownTrack,
+                format!("{track:?} is not a track id"),
+            );
+            return;
+        };
+        let quality = match quality {
+            QualityName::Auto => Quality::Auto,
+            QualityName::High => Quality::High,
+            QualityName::Medium => Quality::Medium,
+            QualityName::Low => Quality::Low,
+        };
+        if let Err(e) = self.state.sfu.set_quality(peer, id, quality).await {
+            self.send(sfu_error(&e));
+        }
+    }
+
     /// Handles an event of one of this participant's peers.
     pub async fn on_peer_event(&mut self, event: PeerEvent) {
         let Some(joined) = &mut self.joined else {
@@ -283,6 +323,13 @@ impl Session {
         match event {
             PeerEvent::Connected { peer } => debug!(%peer, "media connected"),
             PeerEvent::Stats { peer, stats } => debug!(%peer, ?stats, "peer stats"),
+            PeerEvent::AudioLevel { peer, level, .. } if Some(peer) == joined.publisher => {
+                if let Some(speakers) = joined.room.update_speaker(&joined.me.id, level) {
+                    joined
+                        .room
+                        .broadcast(&ServerMessage::ActiveSpeakers { speakers }, None);
+                }
+            }
             PeerEvent::SubscriberOffer { peer, sdp, tracks } if Some(peer) == joined.subscriber => {
                 let tracks = tracks
                     .into_iter()
@@ -296,10 +343,18 @@ impl Session {
                 self.send(ServerMessage::SubscribeOffer { sdp, tracks });
             }
             PeerEvent::TrackPublished { peer, track } if Some(peer) == joined.publisher => {
+                let source = joined.sources.get(&track.mid).cloned().unwrap_or_else(|| {
+                    match track.kind {
+                        TrackKind::Audio => "microphone",
+                        TrackKind::Video => "camera",
+                    }
+                    .to_string()
+                });
                 let info = TrackInfo {
                     id: track.id.to_string(),
                     participant: joined.me.id.clone(),
                     kind: track.kind.as_str().to_string(),
+                    source,
                     mid: track.mid,
                     simulcast: track.simulcast,
                     muted: false,
@@ -370,6 +425,11 @@ impl Session {
                     },
                     None,
                 );
+            }
+            if let Some(speakers) = departure.speakers {
+                joined
+                    .room
+                    .broadcast(&ServerMessage::ActiveSpeakers { speakers }, None);
             }
             if !departure.hidden {
                 joined.room.broadcast(

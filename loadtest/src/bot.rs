@@ -12,7 +12,9 @@ use rand::{Rng, SeedableRng};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::channel::ChannelId;
 use str0m::format::Codec;
-use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Pt};
+use str0m::media::{
+    Direction, KeyframeRequestKind, MediaKind, Mid, Pt, Rid, Simulcast, SimulcastLayer,
+};
 use str0m::rtp::{ExtensionValues, RtpWrite, Ssrc};
 use str0m::{Event, RtcError};
 use tokio::sync::{Notify, mpsc};
@@ -41,6 +43,8 @@ pub struct BotConfig {
     pub video_packet_bytes: usize,
     /// A keyframe every this many frames.
     pub keyframe_interval: u32,
+    /// Publish video as three simulcast layers (`q`, `h`, `f`, lowest first).
+    pub simulcast: bool,
     /// Percentage of incoming RTP datagrams the subscriber drops before its WebRTC stack sees
     /// them (simulated loss, seeded by `tag`).
     pub drop_rtp_percent: u8,
@@ -60,6 +64,7 @@ impl BotConfig {
             video_packet_bytes: 1000,
             keyframe_interval: 60,
             drop_rtp_percent: 0,
+            simulcast: false,
         }
     }
 }
@@ -79,6 +84,11 @@ pub struct ReceivedStream {
     pub keyframes: u64,
     /// Whether the first packet received started a keyframe.
     pub starts_with_keyframe: bool,
+    /// Every change of simulcast layer: (sequence number, new layer, whether that packet
+    /// started a keyframe).
+    pub layer_changes: Vec<(u64, u8, bool)>,
+    /// Layer of the last packet.
+    pub layer: Option<u8>,
 }
 
 impl ReceivedStream {
@@ -162,6 +172,8 @@ pub enum BotError {
 }
 
 enum Command {
+    Signal(ClientMessage),
+    SetAudioLevel(i8),
     SendData(String),
     RequestKeyframes,
     Inject(Vec<u8>),
@@ -220,6 +232,17 @@ impl Bot {
         }
     }
 
+    /// Sends a signalling message as is.
+    pub fn signal(&self, message: ClientMessage) {
+        let _ = self.commands.send(Command::Signal(message));
+    }
+
+    /// Sets the audio level (-dBov, 0 loudest, -127 silence) written into outgoing audio
+    /// packets: the bot "speaks" or falls silent.
+    pub fn set_audio_level(&self, level: i8) {
+        let _ = self.commands.send(Command::SetAudioLevel(level));
+    }
+
     /// Sends a text message on the data channel.
     pub fn send_data(&self, text: &str) {
         let _ = self.commands.send(Command::SendData(text.to_string()));
@@ -266,12 +289,23 @@ struct Publisher {
     next_video: Instant,
     next_audio: Instant,
     frame: u32,
-    video_packet: u32,
+    /// One per simulcast layer, lowest first (one without simulcast).
+    layers: Vec<VideoLayer>,
     audio_packet: u32,
-    video_seq: u64,
     audio_seq: u64,
+}
+
+/// One video layer's RTP stream.
+struct VideoLayer {
+    rid: Option<Rid>,
+    packets_per_frame: u32,
+    packet: u32,
+    seq: u64,
     force_keyframe: bool,
 }
+
+/// RIDs of the bots' simulcast layers, lowest first.
+const SIMULCAST_RIDS: [&str; 3] = ["q", "h", "f"];
 
 struct Bots<'a> {
     config: &'a BotConfig,
@@ -281,6 +315,8 @@ struct Bots<'a> {
     subscriber: Option<ClientPeer>,
     events: Vec<Event>,
     leaving: bool,
+    /// Audio level written into outgoing audio (-dBov).
+    audio_level: i8,
 }
 
 async fn run(
@@ -317,6 +353,7 @@ async fn run_inner(
         subscriber: None,
         events: Vec::new(),
         leaving: false,
+        audio_level: -30,
     };
     let mut pub_buf = vec![0u8; 2048];
     let mut sub_buf = vec![0u8; 2048];
@@ -455,12 +492,19 @@ impl Bots<'_> {
         let mut peer = ClientPeer::new(now).await?;
         let tag = self.config.tag.to_string();
         let mut api = peer.rtc.sdp_api();
+        let simulcast = self.config.simulcast.then(|| {
+            let mut s = Simulcast::new();
+            for rid in SIMULCAST_RIDS {
+                s.add_send_layer(SimulcastLayer::new(rid));
+            }
+            s
+        });
         let video = api.add_media(
             MediaKind::Video,
             Direction::SendOnly,
             Some(tag.clone()),
             None,
-            None,
+            simulcast,
         );
         let audio = api.add_media(MediaKind::Audio, Direction::SendOnly, Some(tag), None, None);
         api.add_channel("data".to_string());
@@ -471,9 +515,34 @@ impl Bots<'_> {
         self.signal
             .send(&ClientMessage::PublishOffer {
                 sdp: offer.to_sdp_string(),
+                sources: Default::default(),
             })
             .await?;
         let start = u64::from(rand::random::<u16>() >> 2);
+        let ppf = self.config.packets_per_frame.max(1);
+        let layers = if self.config.simulcast {
+            // Packets per frame of the three layers: about a quarter, a half, all.
+            [(ppf / 4).max(1), (ppf / 2).max(1), ppf]
+                .into_iter()
+                .zip(SIMULCAST_RIDS)
+                .enumerate()
+                .map(|(i, (packets_per_frame, rid))| VideoLayer {
+                    rid: Some(Rid::from(rid)),
+                    packets_per_frame,
+                    packet: 0,
+                    seq: start + 20_000 * i as u64,
+                    force_keyframe: false,
+                })
+                .collect()
+        } else {
+            vec![VideoLayer {
+                rid: None,
+                packets_per_frame: ppf,
+                packet: 0,
+                seq: start,
+                force_keyframe: false,
+            }]
+        };
         self.publisher = Some(Publisher {
             peer,
             pending: Some(pending),
@@ -485,17 +554,17 @@ impl Bots<'_> {
             next_video: now,
             next_audio: now,
             frame: 0,
-            video_packet: 0,
+            layers,
             audio_packet: 0,
-            video_seq: start,
             audio_seq: start + 7,
-            force_keyframe: false,
         });
         Ok(())
     }
 
     async fn on_command(&mut self, command: Command) -> Result<(), BotError> {
         match command {
+            Command::Signal(message) => self.signal.send(&message).await?,
+            Command::SetAudioLevel(level) => self.audio_level = level,
             Command::SendData(text) => {
                 if let Some(p) = &mut self.publisher
                     && let Some(id) = p.data
@@ -544,9 +613,13 @@ impl Bots<'_> {
         for event in std::mem::take(&mut self.events) {
             match event {
                 Event::Connected => self.update(|s| s.publish_connected = true),
-                Event::KeyframeRequest(_) => {
+                Event::KeyframeRequest(request) => {
                     if let Some(p) = &mut self.publisher {
-                        p.force_keyframe = true;
+                        for layer in &mut p.layers {
+                            if request.rid.is_none() || layer.rid == request.rid {
+                                layer.force_keyframe = true;
+                            }
+                        }
                     }
                     self.update(|s| s.keyframe_requests += 1);
                 }
@@ -596,6 +669,8 @@ impl Bots<'_> {
                         seqs: Vec::new(),
                         keyframes: 0,
                         starts_with_keyframe: false,
+                        layer_changes: Vec::new(),
+                        layer: None,
                     });
                     stream.seqs.push(*packet.seq_no);
                     match Signature::verify(kind, &packet.payload) {
@@ -606,6 +681,13 @@ impl Bots<'_> {
                             stream.tags.insert(sig.tag);
                             if sig.keyframe && sig.frame_start {
                                 stream.keyframes += 1;
+                            }
+                            if stream.layer != Some(sig.layer) {
+                                stream.layer = Some(sig.layer);
+                                let started = sig.keyframe && sig.frame_start;
+                                stream
+                                    .layer_changes
+                                    .push((*packet.seq_no, sig.layer, started));
                             }
                         }
                         None => state.bad_payloads += 1,
@@ -646,6 +728,7 @@ impl Bots<'_> {
 
     fn send_media(&mut self, now: Instant) -> Result<(), BotError> {
         let config = self.config;
+        let audio_level = self.audio_level;
         let Some(p) = &mut self.publisher else {
             return Ok(());
         };
@@ -676,36 +759,35 @@ impl Bots<'_> {
         }
         let mut sent = 0;
         while p.next_video <= now {
-            let keyframe = p.force_keyframe || p.frame % config.keyframe_interval.max(1) == 0;
-            p.force_keyframe = false;
+            let periodic = p.frame % config.keyframe_interval.max(1) == 0;
             let ts = p.frame.wrapping_mul(90_000 / config.fps.max(1));
-            for i in 0..config.packets_per_frame {
-                let sig = Signature {
-                    tag: config.tag,
-                    kind: PayloadKind::Vp8,
-                    packet: p.video_packet,
-                    frame: p.frame,
-                    frame_start: i == 0,
-                    keyframe,
-                };
-                let last = i + 1 == config.packets_per_frame;
-                let write = RtpWrite::new(
-                    vp8,
-                    p.video_seq.into(),
-                    ts,
-                    now,
-                    sig.payload(config.video_packet_bytes),
-                )
-                .marker(last)
-                .nackable(true);
-                let mut api = p.peer.rtc.direct_api();
-                if let Some(tx) = api.stream_tx_by_mid(p.video, None) {
-                    tx.write_rtp(write);
+            for (index, layer) in p.layers.iter_mut().enumerate() {
+                let keyframe = periodic || layer.force_keyframe;
+                layer.force_keyframe = false;
+                let bytes = config.video_packet_bytes;
+                for i in 0..layer.packets_per_frame {
+                    let sig = Signature {
+                        tag: config.tag,
+                        kind: PayloadKind::Vp8,
+                        packet: layer.packet,
+                        frame: p.frame,
+                        frame_start: i == 0,
+                        keyframe,
+                        layer: u8::try_from(index).unwrap_or(0),
+                    };
+                    let last = i + 1 == layer.packets_per_frame;
+                    let write = RtpWrite::new(vp8, layer.seq.into(), ts, now, sig.payload(bytes))
+                        .marker(last)
+                        .nackable(true);
+                    let mut api = p.peer.rtc.direct_api();
+                    if let Some(tx) = api.stream_tx_by_mid(p.video, layer.rid) {
+                        tx.write_rtp(write);
+                    }
+                    p.peer.drain(&mut self.events)?;
+                    layer.seq += 1;
+                    layer.packet += 1;
+                    sent += 1;
                 }
-                p.peer.drain(&mut self.events)?;
-                p.video_seq += 1;
-                p.video_packet += 1;
-                sent += 1;
             }
             p.frame += 1;
             p.next_video += frame_interval;
@@ -718,11 +800,12 @@ impl Bots<'_> {
                 frame: 0,
                 frame_start: true,
                 keyframe: false,
+                layer: 0,
             };
             let ts = p.audio_packet.wrapping_mul(960);
             let ext = ExtensionValues {
-                audio_level: Some(-30),
-                voice_activity: Some(true),
+                audio_level: Some(audio_level),
+                voice_activity: Some(audio_level > -100),
                 ..ExtensionValues::default()
             };
             let write =

@@ -37,6 +37,8 @@ pub struct Signature {
     pub frame_start: bool,
     /// Part of a keyframe.
     pub keyframe: bool,
+    /// Simulcast layer (0 = lowest; 0 without simulcast).
+    pub layer: u8,
 }
 
 impl Signature {
@@ -56,7 +58,9 @@ impl Signature {
         });
         out.extend_from_slice(&self.packet.to_be_bytes());
         out.extend_from_slice(&self.frame.to_be_bytes());
-        out.push(u8::from(self.frame_start) | u8::from(self.keyframe) << 1);
+        out.push(
+            u8::from(self.frame_start) | u8::from(self.keyframe) << 1 | (self.layer & 0x0f) << 2,
+        );
         // The total length, so a truncated payload does not verify.
         let total = len.max(prefix.len() + SIGNATURE_LEN);
         out.extend_from_slice(&u16::try_from(total).unwrap_or(u16::MAX).to_be_bytes());
@@ -124,6 +128,7 @@ impl Signature {
             frame: u32_at(13)?,
             frame_start: flags & 1 != 0,
             keyframe: flags & 2 != 0,
+            layer: (flags >> 2) & 0x0f,
         };
         (parsed_kind == kind && signature.payload(payload.len()) == payload).then_some(signature)
     }
@@ -142,6 +147,7 @@ mod tests {
             frame: 99,
             frame_start: true,
             keyframe: true,
+            layer: 2,
         };
         let p = sig.payload(1000);
         assert_eq!(p.len(), 1000);

@@ -56,6 +56,13 @@ pub(crate) enum Command {
         track: TrackId,
         reply: Reply<()>,
     },
+    /// Set the quality a subscriber wants for one video track.
+    SetQuality {
+        peer: PeerId,
+        track: TrackId,
+        quality: crate::layer_choice::Quality,
+        reply: Reply<()>,
+    },
     /// A trickled remote ICE candidate.
     RemoteCandidate {
         peer: PeerId,

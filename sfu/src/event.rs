@@ -134,6 +134,16 @@ pub enum PeerEvent {
         /// Every track the session carries after this negotiation.
         tracks: Vec<OfferedTrack>,
     },
+    /// A publisher's audio track is speaking (`level` 0 to 1, a few times a second) or has
+    /// stopped (`level` 0, once).
+    AudioLevel {
+        /// The publishing peer.
+        peer: PeerId,
+        /// The audio track.
+        track: TrackId,
+        /// Smoothed loudness, 0 to 1.
+        level: f32,
+    },
     /// Periodic statistics (see [`crate::SfuConfig::stats_interval`]).
     Stats {
         /// The peer.

@@ -15,6 +15,7 @@ use parking_lot::RwLock;
 
 use crate::event::TrackKind;
 use crate::ids::{PeerId, RoomId, TrackId};
+use crate::layer_choice::{Quality, choose_layer};
 
 /// Where a peer lives: its worker thread and its id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -41,6 +42,8 @@ pub(crate) struct TrackRoute {
     /// The publisher's participant id (the subscriber's `msid` stream id).
     pub(crate) participant: Arc<str>,
     pub(crate) kind: TrackKind,
+    /// Number of simulcast layers (1 without simulcast).
+    pub(crate) layer_count: u8,
     /// Bit `i` set: the publisher is sending simulcast layer `i` (non-simulcast: bit 0).
     pub(crate) active_layers: AtomicU32,
     subscribers: RwLock<Arc<[Arc<SubscriberLink>]>>,
@@ -68,10 +71,12 @@ impl TrackRoute {
         }
     }
 
-    /// Highest layer index the publisher is sending, if any.
-    pub(crate) fn highest_active_layer(&self) -> Option<u8> {
-        let bits = self.active_layers.load(Ordering::Relaxed);
-        (bits != 0).then(|| (31 - bits.leading_zeros()) as u8)
+    /// The layer to forward to a subscriber asking for `quality`, among those being sent.
+    pub(crate) fn choose_layer(&self, quality: Quality) -> Option<u8> {
+        choose_layer(
+            self.active_layers.load(Ordering::Relaxed),
+            quality.cap(self.layer_count),
+        )
     }
 
     fn update(&self, f: impl FnOnce(&mut Vec<Arc<SubscriberLink>>)) {
@@ -110,6 +115,7 @@ impl ForwardingGraph {
         publisher: PeerLocation,
         kind: TrackKind,
         participant: Arc<str>,
+        layer_count: u8,
     ) -> Arc<TrackRoute> {
         let route = Arc::new(TrackRoute {
             id,
@@ -117,6 +123,7 @@ impl ForwardingGraph {
             publisher,
             participant,
             kind,
+            layer_count,
             active_layers: AtomicU32::new(0),
             subscribers: RwLock::new(Arc::from(Vec::new())),
         });
@@ -227,10 +234,13 @@ mod tests {
             TrackKind::Video,
             Arc::from("PA_1"),
         );
-        assert_eq!(route.highest_active_layer(), None);
+        assert_eq!(route.choose_layer(Quality::Auto), None);
         assert!(route.mark_layer_active(0));
         assert!(!route.mark_layer_active(0));
         assert!(route.mark_layer_active(2));
-        assert_eq!(route.highest_active_layer(), Some(2));
+        assert_eq!(route.choose_layer(Quality::Auto), Some(2));
+        assert_eq!(route.choose_layer(Quality::Medium), Some(0));
+        route.set_layer_active(2, false);
+        assert_eq!(route.choose_layer(Quality::High), Some(0));
     }
 }

@@ -266,6 +266,24 @@ impl Sfu {
             .await
     }
 
+    /// Sets the quality a subscriber wants for one of its video tracks; the switch happens on
+    /// the next keyframe of the chosen layer.
+    pub async fn set_quality(
+        &self,
+        peer: PeerId,
+        track: TrackId,
+        quality: crate::Quality,
+    ) -> Result<(), SfuError> {
+        let worker = self.worker_of(peer)?;
+        self.request(worker, |reply| Command::SetQuality {
+            peer,
+            track,
+            quality,
+            reply,
+        })
+        .await
+    }
+
     /// Adds a trickled remote ICE candidate (`candidate:...`, with or without `a=`).
     pub async fn add_remote_candidate(
         &self,

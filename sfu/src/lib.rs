@@ -14,6 +14,7 @@
     allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
 )]
 
+mod audio_level;
 mod codec_order;
 mod command;
 mod config;
@@ -27,6 +28,7 @@ mod handle;
 mod ids;
 mod keyframe;
 mod keyframe_throttle;
+mod layer_choice;
 mod packet;
 mod peer;
 mod rewrite;
@@ -43,3 +45,4 @@ pub use event::{
 pub use graph::TrackSnapshot;
 pub use handle::Sfu;
 pub use ids::{ParseIdError, PeerId, RoomId, TrackId};
+pub use layer_choice::Quality;

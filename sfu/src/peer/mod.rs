@@ -212,7 +212,7 @@ impl Peer {
         }
         self.drain(ctx);
         let mutated = match &mut self.role {
-            Role::Publisher(p) => p.handle_timeout(&mut self.rtc, ctx),
+            Role::Publisher(p) => p.handle_timeout(&mut self.rtc, &self.info, ctx),
             Role::Subscriber(s) => {
                 // Only queues keyframe requests for publishers; the state machine is untouched.
                 s.handle_timeout(ctx);

@@ -13,6 +13,7 @@ use str0m::{Event, Rtc};
 use tracing::{debug, info};
 
 use super::{Ctx, PeerInfo};
+use crate::audio_level::AudioLevelMeter;
 use crate::counters::WorkerCounters;
 use crate::data_relay;
 use crate::event::{PeerEvent, TrackInfo, TrackKind};
@@ -36,6 +37,8 @@ struct PublishedTrack {
     rids: Vec<Rid>,
     /// One per layer.
     throttles: Vec<KeyframeThrottle>,
+    /// Audio tracks only.
+    meter: Option<AudioLevelMeter>,
 }
 
 struct IngressStream {
@@ -56,7 +59,10 @@ impl Publisher {
     pub(crate) fn deadline(&self) -> Option<std::time::Instant> {
         self.tracks
             .iter()
-            .flat_map(|t| t.throttles.iter().filter_map(KeyframeThrottle::deadline))
+            .flat_map(|t| {
+                let throttles = t.throttles.iter().filter_map(KeyframeThrottle::deadline);
+                throttles.chain(t.meter.as_ref().and_then(AudioLevelMeter::deadline))
+            })
             .min()
     }
 
@@ -148,14 +154,15 @@ impl Publisher {
             MediaKind::Audio => TrackKind::Audio,
             MediaKind::Video => TrackKind::Video,
         };
+        let layers = rids.len().max(1);
         let route = ctx.shared.graph.publish(
             id,
             info.spec.room,
             ctx.here(info.id),
             kind,
             info.spec.participant.clone(),
+            u8::try_from(layers).unwrap_or(u8::MAX),
         );
-        let layers = rids.len().max(1);
         let interval = ctx.shared.config.keyframe_request_interval;
         info!(track = %id, mid = %added.mid, kind = kind.as_str(), layers, "track published");
         info.emit(PeerEvent::TrackPublished {
@@ -175,6 +182,7 @@ impl Publisher {
             throttles: (0..layers)
                 .map(|_| KeyframeThrottle::new(interval))
                 .collect(),
+            meter: (kind == TrackKind::Audio).then(AudioLevelMeter::default),
         });
     }
 
@@ -224,20 +232,23 @@ impl Publisher {
         };
         let keyframe = starts_keyframe(params.spec().codec, &packet.payload);
         let layer = stream.layer;
-        if keyframe
-            && let Some(track) = self
-                .tracks
-                .iter_mut()
-                .find(|t| Arc::ptr_eq(&t.route, &stream.route))
-            && let Some(throttle) = track.throttles.get_mut(usize::from(layer))
+        let ext = &packet.header.ext_vals;
+        if let Some(track) = self
+            .tracks
+            .iter_mut()
+            .find(|t| Arc::ptr_eq(&t.route, &stream.route))
         {
-            throttle.on_keyframe();
+            if keyframe && let Some(throttle) = track.throttles.get_mut(usize::from(layer)) {
+                throttle.on_keyframe();
+            }
+            if let Some(meter) = &mut track.meter {
+                meter.on_packet(ext.audio_level, ext.voice_activity, ctx.now);
+            }
         }
         let subscribers = stream.route.subscribers();
         if subscribers.is_empty() {
             return;
         }
-        let ext = &packet.header.ext_vals;
         let forwarded = Arc::new(ForwardedPacket {
             track: stream.route.id,
             layer,
@@ -297,11 +308,23 @@ impl Publisher {
         }
     }
 
-    /// Sends coalesced keyframe requests that are due. Returns whether it changed the state
-    /// machine (which must then be drained).
-    pub(crate) fn handle_timeout(&mut self, rtc: &mut Rtc, ctx: &mut Ctx<'_>) -> bool {
+    /// Sends coalesced keyframe requests and audio levels that are due. Returns whether it
+    /// changed the state machine (which must then be drained).
+    pub(crate) fn handle_timeout(
+        &mut self,
+        rtc: &mut Rtc,
+        info: &PeerInfo,
+        ctx: &mut Ctx<'_>,
+    ) -> bool {
         let mut mutated = false;
         for t in &mut self.tracks {
+            if let Some(level) = t.meter.as_mut().and_then(|m| m.poll(ctx.now)) {
+                info.emit(PeerEvent::AudioLevel {
+                    peer: info.id,
+                    track: t.route.id,
+                    level,
+                });
+            }
             for (layer, throttle) in t.throttles.iter_mut().enumerate() {
                 if throttle.poll(ctx.now) {
                     let rid = t.rids.get(layer).copied();

@@ -2,9 +2,10 @@
 //! remove them (the server offers, one negotiation at a time, changes queued meanwhile), the
 //! per-track layer choice and rewriting, and the room's data messages.
 //!
-//! Layer choice (until the bandwidth-driven selector lands): forward the highest layer the
-//! publisher is sending; start, and move up, only on a keyframe of that layer, asking the
-//! publisher for one and asking again if it does not come.
+//! Layer choice (until the bandwidth-driven selector lands): the best layer the publisher is
+//! sending within the quality the subscriber asked for (`set_quality`); start and switch only
+//! on a keyframe of that layer, asking the publisher for one and asking again if it does not
+//! come.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use crate::event::{OfferedTrack, PeerEvent, TrackKind};
 use crate::graph::{SubscriberLink, TrackRoute};
 use crate::ids::TrackId;
 use crate::keyframe::needs_keyframe;
+use crate::layer_choice::Quality;
 use crate::packet::{DataMessage, Delivery, ForwardedPacket};
 use crate::rewrite::{Rewritten, SeqTsRewriter};
 
@@ -67,6 +69,8 @@ struct Subscription {
     target: Option<u8>,
     /// Publisher payload type -> ours, for the last codec seen.
     pt_map: Option<(Pt, Pt)>,
+    /// What the subscriber asked for.
+    quality: Quality,
     keyframe_asked_at: Option<Instant>,
 }
 
@@ -81,21 +85,13 @@ impl Subscription {
         })
     }
 
-    /// Decides whether `packet` is forwarded, following the publisher's highest layer and
-    /// switching only on a keyframe of it. Returns the packet's outgoing numbers if it is
+    /// Decides whether `packet` is forwarded, following the chosen layer and switching only on
+    /// a keyframe of it. Returns the packet's outgoing numbers if it is
     /// forwarded, and whether the keyframe wait changed.
     fn admit(&mut self, packet: &ForwardedPacket, ctx: &mut Ctx<'_>) -> (Option<Rewritten>, bool) {
         let mut waits_changed = false;
         if needs_keyframe(packet.params.spec().codec) {
-            let highest = self.route.highest_active_layer().unwrap_or(packet.layer);
-            if self.target != Some(highest) {
-                self.target = Some(highest);
-                self.set_wanted_layers();
-                if self.current != self.target {
-                    ask_keyframe(self, highest, ctx);
-                }
-                waits_changed = true;
-            }
+            waits_changed = self.retarget(Some(packet.layer), ctx);
             if self.current != Some(packet.layer) {
                 if Some(packet.layer) != self.target || !packet.keyframe {
                     return (None, waits_changed); // Another layer, or the target before its keyframe.
@@ -117,6 +113,21 @@ impl Subscription {
                 .rewrite(packet.seq, packet.ts, ctx.now),
             waits_changed,
         )
+    }
+
+    /// Re-chooses the layer to forward (`fallback` if the publisher's layers are not known
+    /// yet); asks for a keyframe when it changes. Returns whether the keyframe wait changed.
+    fn retarget(&mut self, fallback: Option<u8>, ctx: &mut Ctx<'_>) -> bool {
+        let best = self.route.choose_layer(self.quality).or(fallback);
+        if best.is_none() || self.target == best {
+            return false;
+        }
+        self.target = best;
+        self.set_wanted_layers();
+        if let (Some(layer), true) = (best, self.current != best) {
+            ask_keyframe(self, layer, ctx);
+        }
+        true
     }
 
     fn set_wanted_layers(&self) {
@@ -169,10 +180,30 @@ impl Subscriber {
                 current: None,
                 target: None,
                 pt_map: None,
+                quality: Quality::Auto,
                 keyframe_asked_at: None,
             },
         );
         self.queued_adds.push(track);
+        Ok(())
+    }
+
+    /// Sets the quality wanted for a video track and moves towards its layer.
+    pub(crate) fn set_quality(
+        &mut self,
+        track: TrackId,
+        quality: Quality,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<(), SfuError> {
+        let sub = self
+            .subs
+            .get_mut(&track)
+            .ok_or(SfuError::UnknownTrack(track))?;
+        sub.quality = quality;
+        if sub.link.is_some() && sub.route.kind == TrackKind::Video && sub.retarget(None, ctx) {
+            self.next_retry = earliest_retry(&self.subs, ctx);
+        }
+        debug!(%track, ?quality, "quality set");
         Ok(())
     }
 
@@ -298,7 +329,7 @@ impl Subscriber {
         };
         let target = match sub.route.kind {
             TrackKind::Audio => Some(0),
-            TrackKind::Video => sub.route.highest_active_layer(),
+            TrackKind::Video => sub.route.choose_layer(sub.quality),
         };
         // Until the publisher has sent anything we do not know its layers: take them all.
         let layers = target.map_or(u32::MAX, |l| 1 << u32::from(l));

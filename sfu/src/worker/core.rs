@@ -356,6 +356,16 @@ impl WorkerCore {
                 });
                 let _ = reply.send(result);
             }
+            Command::SetQuality {
+                peer,
+                track,
+                quality,
+                reply,
+            } => {
+                let result = self
+                    .on_subscriber(peer, now, |s, _, _, ctx| s.set_quality(track, quality, ctx));
+                let _ = reply.send(result);
+            }
             Command::RemoteCandidate { peer, candidate } => {
                 self.with_peer(peer, now, |p, ctx| {
                     p.rtc.add_remote_candidate(*candidate);

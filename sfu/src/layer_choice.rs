@@ -1,0 +1,104 @@
+//! Which simulcast layer a subscriber should receive, given the layers the publisher is sending
+//! and the quality the subscriber asked for.
+//!
+//! Layers are indexed from 0 (lowest quality). The choice is the best layer being sent that
+//! does not exceed the cap; if every layer being sent is above the cap, the lowest of them (a
+//! subscriber that asked for "low" still gets video when only higher layers exist).
+
+/// The quality a subscriber asks for on one video track.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Quality {
+    /// The server decides (today: the best layer being sent).
+    #[default]
+    Auto,
+    /// At most the lowest layer.
+    Low,
+    /// At most the middle layer.
+    Medium,
+    /// At most the top layer.
+    High,
+}
+
+impl Quality {
+    /// The highest layer index allowed for a track with `layers` layers (`None`: no cap).
+    pub(crate) fn cap(self, layers: u8) -> Option<u8> {
+        let top = layers.saturating_sub(1);
+        match self {
+            Quality::Auto => None,
+            Quality::Low => Some(0),
+            Quality::Medium => Some(top / 2),
+            Quality::High => Some(top),
+        }
+    }
+}
+
+/// The layer to forward, from the bitmask of layers being sent (bit `i` = layer `i`) and an
+/// optional cap. `None` if nothing is being sent.
+pub(crate) fn choose_layer(active: u32, cap: Option<u8>) -> Option<u8> {
+    if active == 0 {
+        return None;
+    }
+    let cap = u32::from(cap.unwrap_or(31).min(31));
+    // Bits 0..=cap.
+    let allowed = if cap == 31 {
+        u32::MAX
+    } else {
+        (1u32 << (cap + 1)) - 1
+    };
+    let within = active & allowed;
+    let bits = if within != 0 { within } else { active };
+    let layer = if within != 0 {
+        31 - bits.leading_zeros()
+    } else {
+        bits.trailing_zeros()
+    };
+    u8::try_from(layer).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn best_within_cap_else_lowest_above() {
+        assert_eq!(choose_layer(0, None), None);
+        assert_eq!(choose_layer(0b111, None), Some(2));
+        assert_eq!(choose_layer(0b111, Some(0)), Some(0));
+        assert_eq!(choose_layer(0b111, Some(1)), Some(1));
+        assert_eq!(choose_layer(0b011, Some(2)), Some(1), "top layer not sent");
+        assert_eq!(
+            choose_layer(0b100, Some(0)),
+            Some(2),
+            "only a higher layer is sent"
+        );
+        assert_eq!(
+            choose_layer(0b110, Some(0)),
+            Some(1),
+            "the lowest of those above the cap"
+        );
+        assert_eq!(choose_layer(1 << 31, None), Some(31));
+    }
+
+    #[test]
+    fn quality_caps() {
+        assert_eq!(Quality::Auto.cap(3), None);
+        assert_eq!(
+            (
+                Quality::Low.cap(3),
+                Quality::Medium.cap(3),
+                Quality::High.cap(3)
+            ),
+            (Some(0), Some(1), Some(2))
+        );
+        assert_eq!(
+            (
+                Quality::Low.cap(2),
+                Quality::Medium.cap(2),
+                Quality::High.cap(2)
+            ),
+            (Some(0), Some(0), Some(1))
+        );
+        assert_eq!(Quality::High.cap(1), Some(0));
+        assert_eq!(Quality::High.cap(0), Some(0));
+    }
+}
