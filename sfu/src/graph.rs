@@ -206,6 +206,7 @@ mod tests {
             loc(0, 1),
             TrackKind::Video,
             Arc::from("PA_1"),
+            3,
         );
         let before = route.subscribers();
         assert!(g.subscribe(TrackId(1), loc(1, 2), 1).is_some());
@@ -233,6 +234,7 @@ mod tests {
             loc(0, 1),
             TrackKind::Video,
             Arc::from("PA_1"),
+            3,
         );
         assert_eq!(route.choose_layer(Quality::Auto), None);
         assert!(route.mark_layer_active(0));
