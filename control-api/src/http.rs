@@ -31,7 +31,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/dev/token", get(dev_token))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(|| async { "ready\n" }))
+        .route("/readyz", get(readiness))
         .fallback(get(static_file))
         .with_state(state)
 }
@@ -156,6 +156,19 @@ async fn dev_token(
         .map_or_else(|| state.http_addr.to_string(), str::to_string);
     Json(json!({ "token": token, "ws_url": format!("ws://{host}/rtc"), "identity": identity }))
         .into_response()
+}
+
+/// Ready unless draining (a load balancer then sends new participants elsewhere).
+async fn readiness(State(state): State<Arc<AppState>>) -> Response {
+    if state.is_draining() {
+        json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "this server is shutting down and takes no new participants",
+        )
+    } else {
+        "ready\n".into_response()
+    }
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {

@@ -20,6 +20,7 @@ pub mod session;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use sfu::{Sfu, SfuConfig, SfuError};
 use tokio::net::TcpListener;
@@ -74,6 +75,15 @@ pub struct AppState {
     pub rooms: Rooms,
     /// The bound HTTP address.
     pub http_addr: SocketAddr,
+    /// Set when the server drains: not ready, no new joins, existing rooms carry on.
+    pub draining: AtomicBool,
+}
+
+impl AppState {
+    /// Whether the server is draining.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
 }
 
 /// Why the server could not start.
@@ -123,6 +133,7 @@ impl Server {
             config,
             sfu,
             http_addr,
+            draining: AtomicBool::new(false),
         });
         tracing::info!(%http_addr, "HTTP API, signalling (/rtc) and web demo listening");
         let router = http::app(state.clone());
@@ -141,6 +152,38 @@ impl Server {
     /// The media core.
     pub fn sfu(&self) -> &Sfu {
         &self.state.sfu
+    }
+
+    /// Starts draining: `/readyz` fails and joins are refused, while the rooms in progress
+    /// carry on.
+    pub fn start_drain(&self) {
+        if !self.state.draining.swap(true, Ordering::Relaxed) {
+            let (rooms, participants) = self.state.rooms.counts();
+            tracing::info!(
+                rooms,
+                participants,
+                "draining: refusing new joins until the rooms empty"
+            );
+        }
+    }
+
+    /// Number of participants in all rooms.
+    pub fn participants(&self) -> usize {
+        self.state.rooms.counts().1
+    }
+
+    /// Waits until no participant is left, or `deadline` passes. Returns whether the rooms
+    /// emptied.
+    pub async fn drained(&self, deadline: tokio::time::Instant) -> bool {
+        loop {
+            if self.participants() == 0 {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
     }
 
     /// Stops the HTTP server and the media workers.

@@ -73,6 +73,10 @@ struct ServeArgs {
     /// Create a room when the first participant joins it.
     #[arg(long, env = "SFU_AUTO_CREATE_ROOMS", default_value_t = true, action = ArgAction::Set)]
     auto_create_rooms: bool,
+    /// Seconds a draining server (after SIGTERM or Ctrl-C) waits for its rooms to empty before
+    /// it exits; a second signal exits at once.
+    #[arg(long, env = "SFU_DRAIN_TIMEOUT", default_value_t = 600)]
+    drain_timeout: u64,
     /// Log filter (tracing syntax, e.g. "info" or "info,sfu=debug").
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     log: String,
@@ -199,6 +203,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             auto_create: args.auto_create_rooms,
         },
     };
+    let drain_timeout = args.drain_timeout;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -218,11 +223,66 @@ fn serve(args: ServeArgs) -> ExitCode {
             }
         };
         print_banner(&server);
-        let _ = tokio::signal::ctrl_c().await;
+        run_until_drained(&server, Duration::from_secs(drain_timeout)).await;
         tracing::info!("shutting down");
         server.shutdown();
         ExitCode::SUCCESS
     })
+}
+
+/// Serves until a termination signal (SIGTERM or Ctrl-C), then drains: not ready, no new
+/// joins, rooms carry on until they are empty or `timeout` passes. A second signal ends the
+/// drain at once.
+async fn run_until_drained(server: &Server, timeout: Duration) {
+    let mut signals = match Signals::new() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for signals; stop the server with SIGKILL");
+            std::future::pending::<()>().await;
+            return;
+        }
+    };
+    signals.next().await;
+    server.start_drain();
+    let participants = server.participants();
+    if participants > 0 {
+        eprintln!(
+            "draining: {participants} participant(s) still connected; exiting when they leave or in {} s (signal again to exit now)",
+            timeout.as_secs()
+        );
+    }
+    let deadline = tokio::time::Instant::now() + timeout;
+    tokio::select! {
+        emptied = server.drained(deadline) => {
+            if !emptied {
+                tracing::warn!(participants = server.participants(), "drain deadline reached");
+            }
+        }
+        () = signals.next() => tracing::info!("second signal: exiting now"),
+    }
+}
+
+/// SIGTERM and SIGINT as one stream.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }
 
 fn parse_keys(pairs: &[String]) -> Result<ApiKeys, String> {

@@ -171,6 +171,8 @@ pub enum ErrorCode {
     UnknownTrack,
     /// A media connection closed.
     MediaClosed,
+    /// The server is shutting down and takes no new participants.
+    Draining,
     /// Something failed on the server.
     Internal,
 }

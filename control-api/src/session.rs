@@ -115,6 +115,12 @@ impl Session {
     }
 
     async fn join(&mut self, token: &str) -> Result<(), Refusal> {
+        if self.state.is_draining() {
+            return Err(Refusal::new(
+                ErrorCode::Draining,
+                "this server is shutting down; join again to be placed on another server",
+            ));
+        }
         let claims = self
             .state
             .keys

@@ -1,0 +1,180 @@
+//! Graceful drain of the real server process: SIGTERM makes it unready and refuse new joins,
+//! the call in progress keeps flowing until its participants leave, and then the process
+//! exits 0.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{WAIT, token};
+use control_api::protocol::ErrorCode;
+use loadtest::bot::{Bot, BotConfig};
+use loadtest::server_probe::http_get;
+use loadtest::signal::ServerMessage;
+use loadtest::synthetic::PayloadKind;
+
+/// The `sfu-server` binary next to this test's own executable (built by `cargo test
+/// --workspace` or `cargo build -p control-api`).
+fn server_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir");
+    let bin = dir.join("sfu-server");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p control-api` first",
+        bin.display()
+    );
+    bin
+}
+
+/// Starts the server; returns it and its HTTP address.
+fn start() -> (Child, String) {
+    let mut child = Command::new(server_binary())
+        .args([
+            "--http-addr",
+            "127.0.0.1:0",
+            "--media-port",
+            "0",
+            "--workers",
+            "1",
+        ])
+        .args(["--log", "warn", "--drain-timeout", "60"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("server starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("server prints its address")
+            .expect("utf-8");
+        if let Some(url) = line.trim().strip_prefix("web demo") {
+            break url
+                .trim()
+                .trim_start_matches("http://")
+                .trim_end_matches('/')
+                .to_string();
+        }
+    };
+    // Keep reading so the server never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    (child, addr)
+}
+
+fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .args([name, &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+}
+
+/// Polls `/readyz` until it answers 503 (bounded by [`WAIT`]).
+async fn became_unready(addr: &str) -> bool {
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        if http_get(addr, "/readyz")
+            .await
+            .is_err_and(|e| e.to_string().contains("503"))
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+async fn exit_status(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return Some(status);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_then_exits_when_the_room_empties() {
+    let (mut child, addr) = start();
+    let url = format!("ws://{addr}/rtc");
+    let publisher = Bot::spawn(BotConfig::new(&url, token("drain", "pub"), true, 1));
+    let viewer = Bot::spawn(BotConfig::new(&url, token("drain", "viewer"), false, 2));
+    assert!(
+        viewer
+            .wait_for(WAIT, |s| s.packets_from(1, PayloadKind::Vp8) >= 30)
+            .await
+    );
+    assert!(
+        http_get(&addr, "/readyz").await.is_ok(),
+        "ready before the signal"
+    );
+
+    signal(&child, "-TERM");
+    assert!(became_unready(&addr).await, "readiness flips to 503");
+
+    let late = Bot::spawn(BotConfig::new(&url, token("drain", "late"), false, 3));
+    assert!(
+        late.wait_for(WAIT, |s| s.saw(|m| matches!(
+            m,
+            ServerMessage::Error {
+                code: ErrorCode::Draining,
+                ..
+            }
+        )))
+        .await,
+        "a new join is refused"
+    );
+    assert!(late.state().participant.is_none());
+
+    let before = viewer.state().packets_from(1, PayloadKind::Vp8);
+    assert!(
+        viewer
+            .wait_for(WAIT, |s| s.packets_from(1, PayloadKind::Vp8) >= before + 60)
+            .await,
+        "the call in progress keeps flowing"
+    );
+    assert!(
+        child.try_wait().expect("wait").is_none(),
+        "still running while the room is in use"
+    );
+
+    publisher.leave();
+    viewer.leave();
+    let status = exit_status(&mut child, Duration::from_secs(10)).await;
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "exits 0 once the room is empty: {status:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_exits_at_once() {
+    let (mut child, addr) = start();
+    let url = format!("ws://{addr}/rtc");
+    let viewer = Bot::spawn(BotConfig::new(&url, token("drain2", "viewer"), false, 2));
+    assert!(viewer.wait_for(WAIT, |s| s.participant.is_some()).await);
+    signal(&child, "-TERM");
+    assert!(became_unready(&addr).await, "draining");
+    assert!(
+        child.try_wait().expect("wait").is_none(),
+        "draining, not gone"
+    );
+    signal(&child, "-INT");
+    let status = exit_status(&mut child, Duration::from_secs(10)).await;
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "second signal exits: {status:?}"
+    );
+}
