@@ -46,6 +46,16 @@ cargo test -j "$jobs" --workspace
 step "cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc -j "$jobs" --workspace --no-deps --quiet
 
+# --- Helm chart ------------------------------------------------------------------------------
+# The Helm library and the Kubernetes schemas come from PyPI (no helm binary is installable).
+if [[ -z "${SKIP_INSTALL:-}" ]] && ! .venv/bin/python -c "import helm_python, kubernetes_validate, yaml" 2>/dev/null; then
+  step "installing helm-python-sdk and kubernetes-validate (PyPI)"
+  python3 -m venv .venv
+  .venv/bin/pip install -q -r helm/tests/requirements.txt
+fi
+step "Helm chart tests"
+.venv/bin/python -m unittest discover -s helm/tests
+
 # --- Browser ---------------------------------------------------------------------------------
 if [[ -z "${SKIP_BROWSER:-}" ]]; then
   step "browser tests (headless Chromium)"
