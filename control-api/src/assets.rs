@@ -1,26 +1,10 @@
-//! The web demo's files: embedded in the binary (so the server runs with no files beside it),
-//! or read from a directory given with `--web-root` (to edit the demo without rebuilding).
+//! The web demo's files: embedded in the binary by `build.rs` (so the server runs with no
+//! files beside it), or read from a directory given with `--web-root` (to edit the demo
+//! without rebuilding).
 
 use std::path::Path;
 
-/// Embedded files: (path, content type, bytes).
-const EMBEDDED: &[(&str, &str, &str)] = &[
-    (
-        "index.html",
-        "text/html; charset=utf-8",
-        include_str!("../../web-demo/index.html"),
-    ),
-    (
-        "app.js",
-        "text/javascript; charset=utf-8",
-        include_str!("../../web-demo/app.js"),
-    ),
-    (
-        "style.css",
-        "text/css; charset=utf-8",
-        include_str!("../../web-demo/style.css"),
-    ),
-];
+include!(concat!(env!("OUT_DIR"), "/web_assets.rs"));
 
 /// The content type for a file name.
 fn content_type(name: &str) -> &'static str {
@@ -51,10 +35,10 @@ pub async fn lookup(web_root: Option<&Path>, path: &str) -> Option<(&'static str
             .await
             .ok()
             .map(|bytes| (content_type(name), bytes)),
-        None => EMBEDDED
+        None => WEB_ASSETS
             .iter()
-            .find(|(n, _, _)| *n == name)
-            .map(|(_, ct, body)| (*ct, body.as_bytes().to_vec())),
+            .find(|(n, _)| *n == name)
+            .map(|(_, body)| (content_type(name), body.to_vec())),
     }
 }
 
