@@ -32,6 +32,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readiness))
+        .merge(crate::whip::routes())
         .fallback(get(static_file))
         .with_state(state)
 }

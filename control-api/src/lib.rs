@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod protocol;
 pub mod room;
 pub mod session;
+pub mod whip;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -77,6 +78,8 @@ pub struct AppState {
     pub http_addr: SocketAddr,
     /// Set when the server drains: not ready, no new joins, existing rooms carry on.
     pub draining: AtomicBool,
+    /// Live WHIP and WHEP resources.
+    pub resources: whip::Resources,
 }
 
 impl AppState {
@@ -134,6 +137,7 @@ impl Server {
             sfu,
             http_addr,
             draining: AtomicBool::new(false),
+            resources: whip::Resources::default(),
         });
         tracing::info!(%http_addr, "HTTP API, signalling (/rtc) and web demo listening");
         let router = http::app(state.clone());

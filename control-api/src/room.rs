@@ -58,6 +58,8 @@ struct Member {
     hidden: bool,
     outbox: Outbox,
     subscriber: Option<PeerId>,
+    /// Receives only this participant's tracks (a WHEP viewer of one publisher).
+    follows: Option<String>,
 }
 
 /// A track published in a room.
@@ -225,6 +227,7 @@ impl Room {
                 hidden: member.hidden,
                 outbox: member.outbox,
                 subscriber: member.subscriber,
+                follows: None,
             },
         );
         Ok(JoinSnapshot {
@@ -269,7 +272,9 @@ impl Room {
         state
             .members
             .iter()
-            .filter(|(id, _)| **id != publisher)
+            .filter(|(id, m)| {
+                **id != publisher && m.follows.as_ref().is_none_or(|f| *f == publisher)
+            })
             .filter_map(|(_, m)| m.subscriber)
             .collect()
     }
@@ -307,6 +312,13 @@ impl Room {
             state.levels.remove(participant);
         }
         state.speakers_if_changed()
+    }
+
+    /// Restricts which publishers' new tracks a participant receives.
+    pub fn set_follow(&self, participant: &str, follows: Option<String>) {
+        if let Some(m) = self.state.lock().members.get_mut(participant) {
+            m.follows = follows;
+        }
     }
 
     /// Updates a participant's subscriber peer (e.g. after it closed).

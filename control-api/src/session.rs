@@ -51,6 +51,19 @@ struct Joined {
     subscriber: Option<PeerId>,
     /// What the client said each of its publish mids carries.
     sources: BTreeMap<String, String>,
+    /// A peer connection has existed.
+    had_media: bool,
+}
+
+/// What a joining session will do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinMode {
+    /// A WebSocket participant: subscribes to everything (if allowed) and may publish.
+    Interactive,
+    /// A WHIP publisher: publishes only.
+    Publisher,
+    /// A WHEP viewer: subscribes from its own offer.
+    Viewer,
 }
 
 impl Session {
@@ -85,7 +98,7 @@ impl Session {
                     ErrorCode::AlreadyJoined,
                     "this session has already joined a room",
                 );
-            } else if let Err(e) = self.join(token).await {
+            } else if let Err(e) = self.join(token, JoinMode::Interactive, None).await {
                 self.send(e.into());
             }
             return Flow::Continue;
@@ -98,10 +111,16 @@ impl Session {
                     "send a join message with your token first",
                 );
             }
-            ClientMessage::PublishOffer { sdp, sources } => self.publish_offer(&sdp, sources).await,
+            ClientMessage::PublishOffer { sdp, sources } => match self.publish(&sdp, sources).await
+            {
+                Ok(sdp) => self.send(ServerMessage::PublishAnswer { sdp }),
+                Err(e) => self.send(e.into()),
+            },
             ClientMessage::SubscribeAnswer { sdp } => self.subscribe_answer(&sdp).await,
             ClientMessage::Candidate { target, candidate } => {
-                self.candidate(target, candidate.as_deref()).await;
+                if let Err(e) = self.add_candidate(target, candidate.as_deref()).await {
+                    self.send(e.into());
+                }
             }
             ClientMessage::Mute { track, muted } => self.mute(&track, muted),
             ClientMessage::SetQuality { track, quality } => self.set_quality(&track, quality).await,
@@ -114,7 +133,13 @@ impl Session {
         Flow::Continue
     }
 
-    async fn join(&mut self, token: &str) -> Result<(), Refusal> {
+    /// Joins the room named in `token` (which must be `room`, if given).
+    pub async fn join(
+        &mut self,
+        token: &str,
+        mode: JoinMode,
+        room: Option<&str>,
+    ) -> Result<(), Refusal> {
         if self.state.is_draining() {
             return Err(Refusal::new(
                 ErrorCode::Draining,
@@ -133,6 +158,27 @@ impl Session {
                 "the token does not grant roomJoin for a room",
             ));
         };
+        if room.is_some_and(|r| r != room_name) {
+            return Err(Refusal::new(
+                ErrorCode::PermissionDenied,
+                format!("the token is for room {room_name:?}, not this one"),
+            ));
+        }
+        match mode {
+            JoinMode::Publisher if !grants.may_publish() => {
+                return Err(Refusal::new(
+                    ErrorCode::PermissionDenied,
+                    "the token does not allow publishing (canPublish)",
+                ));
+            }
+            JoinMode::Viewer if !grants.may_subscribe() => {
+                return Err(Refusal::new(
+                    ErrorCode::PermissionDenied,
+                    "the token does not allow subscribing (canSubscribe)",
+                ));
+            }
+            _ => {}
+        }
         let room = self.state.rooms.open(&room_name)?;
         let me = ParticipantInfo {
             id: new_participant_id(),
@@ -145,7 +191,7 @@ impl Session {
             identity: Arc::from(me.identity.as_str()),
             can_publish_data: grants.may_publish_data(),
         };
-        let subscriber = if grants.may_subscribe() {
+        let subscriber = if mode == JoinMode::Interactive && grants.may_subscribe() {
             let tracks = room.tracks().into_iter().map(|t| t.id).collect();
             let peer = self
                 .state
@@ -204,13 +250,19 @@ impl Session {
             publisher: None,
             subscriber,
             sources: BTreeMap::new(),
+            had_media: subscriber.is_some(),
         });
         Ok(())
     }
 
-    async fn publish_offer(&mut self, sdp: &str, sources: BTreeMap<String, String>) {
+    /// Offers (or re-offers) the publish connection; returns the answer.
+    pub async fn publish(
+        &mut self,
+        sdp: &str,
+        sources: BTreeMap<String, String>,
+    ) -> Result<String, Refusal> {
         let Some(joined) = &mut self.joined else {
-            return;
+            return Err(not_joined());
         };
         // Known before the answer, so the tracks the offer creates are announced with them.
         for (mid, source) in sources {
@@ -219,11 +271,10 @@ impl Session {
             }
         }
         if !joined.grants.may_publish() && has_media_sections(sdp) {
-            self.error(
+            return Err(Refusal::new(
                 ErrorCode::PermissionDenied,
                 "the token does not allow publishing audio or video (canPublish)",
-            );
-            return;
+            ));
         }
         let result = match joined.publisher {
             Some(peer) => self.state.sfu.publisher_offer(peer, sdp).await,
@@ -235,14 +286,59 @@ impl Session {
                     .await;
                 added.map(|(peer, answer)| {
                     joined.publisher = Some(peer);
+                    joined.had_media = true;
                     answer
                 })
             }
         };
-        match result {
-            Ok(sdp) => self.send(ServerMessage::PublishAnswer { sdp }),
-            Err(e) => self.send(sfu_error(&e)),
+        result.map_err(|e| sfu_refusal(&e))
+    }
+
+    /// Subscribes from the client's offer (WHEP), to the tracks of `follow` (a participant id)
+    /// or, without one, of the first participant publishing video; returns the answer.
+    pub async fn whep(&mut self, offer: &str, follow: Option<&str>) -> Result<String, Refusal> {
+        let Some(joined) = &mut self.joined else {
+            return Err(not_joined());
+        };
+        let tracks = joined.room.tracks();
+        let follow = follow.map(str::to_string).or_else(|| {
+            tracks
+                .iter()
+                .find(|t| t.info.kind == "video")
+                .map(|t| t.info.participant.clone())
+        });
+        let chosen = tracks
+            .iter()
+            .filter(|t| follow.as_ref().is_none_or(|p| *p == t.info.participant))
+            .map(|t| t.id)
+            .collect();
+        let (peer, answer) = self
+            .state
+            .sfu
+            .add_offering_subscriber(joined.spec.clone(), offer, chosen, self.events.clone())
+            .await
+            .map_err(|e| sfu_refusal(&e))?;
+        joined.subscriber = Some(peer);
+        joined.had_media = true;
+        joined.room.set_subscriber(&joined.me.id, Some(peer));
+        joined.room.set_follow(&joined.me.id, follow);
+        Ok(answer)
+    }
+
+    /// The peer of one of this session's connections.
+    pub fn peer(&self, target: PcTarget) -> Option<PeerId> {
+        let joined = self.joined.as_ref()?;
+        match target {
+            PcTarget::Publish => joined.publisher,
+            PcTarget::Subscribe => joined.subscriber,
         }
+    }
+
+    /// Whether the session joined and every peer connection it had has closed.
+    pub fn media_gone(&self) -> bool {
+        self.joined
+            .as_ref()
+            .is_some_and(|j| j.publisher.is_none() && j.subscriber.is_none() && j.had_media)
     }
 
     async fn subscribe_answer(&mut self, sdp: &str) {
@@ -258,23 +354,25 @@ impl Session {
         }
     }
 
-    async fn candidate(&mut self, target: PcTarget, candidate: Option<&str>) {
-        let Some(joined) = &self.joined else {
-            return;
+    /// Adds a trickled ICE candidate to one of the connections (an empty one, or one for a
+    /// connection that does not exist yet, is ignored: an ICE-lite server learns addresses
+    /// from the connectivity checks).
+    pub async fn add_candidate(
+        &mut self,
+        target: PcTarget,
+        candidate: Option<&str>,
+    ) -> Result<(), Refusal> {
+        let (Some(peer), Some(candidate)) = (
+            self.peer(target),
+            candidate.filter(|c| !c.trim().is_empty()),
+        ) else {
+            return Ok(());
         };
-        let peer = match target {
-            PcTarget::Publish => joined.publisher,
-            PcTarget::Subscribe => joined.subscriber,
-        };
-        let (Some(peer), Some(candidate)) = (peer, candidate.filter(|c| !c.trim().is_empty()))
-        else {
-            // End of candidates, or a candidate before the connection exists: nothing to do
-            // for an ICE-lite server, which learns addresses from connectivity checks.
-            return;
-        };
-        if let Err(e) = self.state.sfu.add_remote_candidate(peer, candidate).await {
-            self.send(sfu_error(&e));
-        }
+        self.state
+            .sfu
+            .add_remote_candidate(peer, candidate)
+            .await
+            .map_err(|e| sfu_refusal(&e))
     }
 
     fn mute(&mut self, track: &str, muted: bool) {
@@ -473,16 +571,25 @@ fn has_media_sections(sdp: &str) -> bool {
         .any(|l| l.starts_with("m=audio") || l.starts_with("m=video"))
 }
 
+/// A media-core error as a refusal.
+fn sfu_refusal(e: &SfuError) -> Refusal {
+    match e {
+        SfuError::BadSdp(_) => Refusal::new(ErrorCode::BadSdp, e.to_string()),
+        SfuError::UnknownTrack(_) => Refusal::new(ErrorCode::UnknownTrack, e.to_string()),
+        SfuError::UnknownPeer(_) | SfuError::WrongPeerKind(..) => {
+            Refusal::new(ErrorCode::BadSdp, e.to_string())
+        }
+        _ => internal("do that", e),
+    }
+}
+
 /// A media-core error as a client message.
 fn sfu_error(e: &SfuError) -> ServerMessage {
-    match e {
-        SfuError::BadSdp(_) => ServerMessage::error(ErrorCode::BadSdp, e.to_string()),
-        SfuError::UnknownTrack(_) => ServerMessage::error(ErrorCode::UnknownTrack, e.to_string()),
-        SfuError::UnknownPeer(_) | SfuError::WrongPeerKind(..) => {
-            ServerMessage::error(ErrorCode::BadSdp, e.to_string())
-        }
-        _ => internal("do that", e).into(),
-    }
+    sfu_refusal(e).into()
+}
+
+fn not_joined() -> Refusal {
+    Refusal::new(ErrorCode::NotJoined, "join first")
 }
 
 fn internal(what: &str, e: &SfuError) -> Refusal {

@@ -21,13 +21,39 @@ use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
 use crate::client_peer::ClientPeer;
+use crate::server_probe::http_request;
 use crate::signal::{ClientMessage, ServerMessage, Signal, SignalError};
 use crate::synthetic::{PayloadKind, Signature};
+
+/// How a bot talks to the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transport {
+    /// The server's signalling WebSocket (`ws_url`): publishes and subscribes like a browser.
+    Signalling,
+    /// WHIP: publishes with one HTTP request to `http://{server}/whip/{room}`.
+    Whip {
+        /// `host:port` of the server.
+        server: String,
+        /// Room name.
+        room: String,
+    },
+    /// WHEP: watches with one HTTP request to `http://{server}/whep/{room}`.
+    Whep {
+        /// `host:port` of the server.
+        server: String,
+        /// Room name.
+        room: String,
+        /// Watch this participant (default: the server's choice).
+        participant: Option<String>,
+    },
+}
 
 /// What a bot does.
 #[derive(Debug, Clone)]
 pub struct BotConfig {
-    /// Signalling URL (`ws://host:port/rtc`).
+    /// How it reaches the server.
+    pub transport: Transport,
+    /// Signalling URL (`ws://host:port/rtc`), for [`Transport::Signalling`].
     pub ws_url: String,
     /// Access token.
     pub token: String,
@@ -55,6 +81,7 @@ impl BotConfig {
     /// 2 seconds, and Opus every 20 ms.
     pub fn new(ws_url: &str, token: String, publish: bool, tag: u32) -> Self {
         Self {
+            transport: Transport::Signalling,
             ws_url: ws_url.to_string(),
             token,
             publish,
@@ -136,6 +163,8 @@ pub struct BotState {
     pub subscribe_connected: bool,
     /// Why the bot stopped, once it has.
     pub ended: Option<String>,
+    /// The WHIP/WHEP resource URL path (`Location`), once created.
+    pub resource: Option<String>,
 }
 
 impl BotState {
@@ -169,6 +198,9 @@ pub enum BotError {
     /// The server sent SDP that could not be used.
     #[error("sdp: {0}")]
     Sdp(String),
+    /// A WHIP/WHEP request was refused.
+    #[error("HTTP {0}: {1}")]
+    Http(u16, String),
 }
 
 enum Command {
@@ -310,7 +342,11 @@ const SIMULCAST_RIDS: [&str; 3] = ["q", "h", "f"];
 struct Bots<'a> {
     config: &'a BotConfig,
     shared: &'a Shared,
-    signal: Signal,
+    signal: Option<Signal>,
+    /// `host:port` and resource path of a WHIP/WHEP session.
+    http: Option<(String, Option<String>)>,
+    /// Set when the session is over.
+    done: bool,
     publisher: Option<Publisher>,
     subscriber: Option<ClientPeer>,
     events: Vec<Event>,
@@ -339,16 +375,24 @@ async fn run_inner(
     shared: &Shared,
     commands: &mut mpsc::UnboundedReceiver<Command>,
 ) -> Result<(), BotError> {
-    let mut signal = Signal::connect(&config.ws_url).await?;
-    signal
-        .send(&ClientMessage::Join {
-            token: config.token.clone(),
-        })
-        .await?;
+    let signal = match config.transport {
+        Transport::Signalling => {
+            let mut signal = Signal::connect(&config.ws_url).await?;
+            signal
+                .send(&ClientMessage::Join {
+                    token: config.token.clone(),
+                })
+                .await?;
+            Some(signal)
+        }
+        _ => None,
+    };
     let mut bot = Bots {
         config,
         shared,
         signal,
+        http: None,
+        done: false,
         publisher: None,
         subscriber: None,
         events: Vec::new(),
@@ -358,10 +402,24 @@ async fn run_inner(
     let mut pub_buf = vec![0u8; 2048];
     let mut sub_buf = vec![0u8; 2048];
     let mut loss = rand::rngs::StdRng::seed_from_u64(u64::from(config.tag));
+    match &config.transport {
+        Transport::Signalling => {}
+        Transport::Whip { server, .. } => {
+            bot.http = Some((server.clone(), None));
+            bot.start_publishing().await?;
+        }
+        Transport::Whep { server, .. } => {
+            bot.http = Some((server.clone(), None));
+            bot.start_viewing().await?;
+        }
+    }
     loop {
+        if bot.done {
+            return Ok(());
+        }
         let deadline = bot.deadline();
         tokio::select! {
-            message = bot.signal.recv() => match message {
+            message = recv_signal(bot.signal.as_mut()) => match message {
                 None => return Ok(()),
                 Some(Err(e)) => return Err(e.into()),
                 Some(Ok(message)) => {
@@ -399,6 +457,13 @@ fn is_rtp(datagram: &[u8]) -> bool {
     match datagram {
         [b0, b1, ..] => b0 >> 6 == 2 && !(72..=79).contains(&(b1 & 0x7f)),
         _ => false,
+    }
+}
+
+async fn recv_signal(signal: Option<&mut Signal>) -> Option<Result<ServerMessage, SignalError>> {
+    match signal {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -443,21 +508,7 @@ impl Bots<'_> {
                     self.start_publishing().await?;
                 }
             }
-            ServerMessage::PublishAnswer { sdp } => {
-                let answer =
-                    SdpAnswer::from_sdp_string(sdp).map_err(|e| BotError::Sdp(e.to_string()))?;
-                if let Some(p) = &mut self.publisher
-                    && let Some(pending) = p.pending.take()
-                {
-                    p.peer.rtc.sdp_api().accept_answer(pending, answer)?;
-                    p.peer.drain(&mut self.events)?;
-                    p.ready = true;
-                    let now = Instant::now();
-                    p.next_video = now;
-                    p.next_audio = now;
-                    self.on_publisher_events()?;
-                }
-            }
+            ServerMessage::PublishAnswer { sdp } => self.apply_publish_answer(sdp)?,
             ServerMessage::SubscribeOffer { sdp, .. } => {
                 let offer =
                     SdpOffer::from_sdp_string(sdp).map_err(|e| BotError::Sdp(e.to_string()))?;
@@ -467,11 +518,13 @@ impl Bots<'_> {
                 if let Some(s) = &mut self.subscriber {
                     let answer = s.rtc.sdp_api().accept_offer(offer)?;
                     s.drain(&mut self.events)?;
-                    self.signal
-                        .send(&ClientMessage::SubscribeAnswer {
-                            sdp: answer.to_sdp_string(),
-                        })
-                        .await?;
+                    if let Some(signal) = &mut self.signal {
+                        signal
+                            .send(&ClientMessage::SubscribeAnswer {
+                                sdp: answer.to_sdp_string(),
+                            })
+                            .await?;
+                    }
                     self.on_subscriber_events()?;
                 }
             }
@@ -512,12 +565,6 @@ impl Bots<'_> {
             return Err(BotError::Sdp("nothing to offer".into()));
         };
         peer.drain(&mut self.events)?;
-        self.signal
-            .send(&ClientMessage::PublishOffer {
-                sdp: offer.to_sdp_string(),
-                sources: Default::default(),
-            })
-            .await?;
         let start = u64::from(rand::random::<u16>() >> 2);
         let ppf = self.config.packets_per_frame.max(1);
         let layers = if self.config.simulcast {
@@ -558,12 +605,96 @@ impl Bots<'_> {
             audio_packet: 0,
             audio_seq: start + 7,
         });
+        let sdp = offer.to_sdp_string();
+        match &mut self.signal {
+            Some(signal) => {
+                let sources = Default::default();
+                signal
+                    .send(&ClientMessage::PublishOffer { sdp, sources })
+                    .await?;
+            }
+            None => {
+                let answer = self.post_offer(&sdp).await?;
+                self.apply_publish_answer(&answer)?;
+            }
+        }
         Ok(())
+    }
+
+    fn apply_publish_answer(&mut self, sdp: &str) -> Result<(), BotError> {
+        let answer = SdpAnswer::from_sdp_string(sdp).map_err(|e| BotError::Sdp(e.to_string()))?;
+        if let Some(p) = &mut self.publisher
+            && let Some(pending) = p.pending.take()
+        {
+            p.peer.rtc.sdp_api().accept_answer(pending, answer)?;
+            p.peer.drain(&mut self.events)?;
+            p.ready = true;
+            let now = Instant::now();
+            p.next_video = now;
+            p.next_audio = now;
+            self.on_publisher_events()?;
+        }
+        Ok(())
+    }
+
+    /// WHEP: offers to receive one audio and one video track.
+    async fn start_viewing(&mut self) -> Result<(), BotError> {
+        let mut peer = ClientPeer::new(Instant::now()).await?;
+        let mut api = peer.rtc.sdp_api();
+        api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+        api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
+        let Some((offer, pending)) = api.apply() else {
+            return Err(BotError::Sdp("nothing to offer".into()));
+        };
+        peer.drain(&mut self.events)?;
+        self.subscriber = Some(peer);
+        let answer = self.post_offer(&offer.to_sdp_string()).await?;
+        let answer =
+            SdpAnswer::from_sdp_string(&answer).map_err(|e| BotError::Sdp(e.to_string()))?;
+        if let Some(s) = &mut self.subscriber {
+            s.rtc.sdp_api().accept_answer(pending, answer)?;
+            s.drain(&mut self.events)?;
+        }
+        self.on_subscriber_events()
+    }
+
+    /// POSTs an offer to the WHIP/WHEP endpoint; returns the answer.
+    async fn post_offer(&mut self, sdp: &str) -> Result<String, BotError> {
+        let path = match &self.config.transport {
+            Transport::Whip { room, .. } => format!("/whip/{room}"),
+            Transport::Whep {
+                room, participant, ..
+            } => match participant {
+                Some(p) => format!("/whep/{room}?participant={p}"),
+                None => format!("/whep/{room}"),
+            },
+            Transport::Signalling => return Err(BotError::Sdp("no HTTP endpoint".into())),
+        };
+        let Some((server, location)) = &mut self.http else {
+            return Err(BotError::Sdp("no HTTP endpoint".into()));
+        };
+        let auth = format!("Bearer {}", self.config.token);
+        let headers = [
+            ("Authorization", auth.as_str()),
+            ("Content-Type", "application/sdp"),
+        ];
+        let response = http_request(server, "POST", &path, &headers, sdp).await?;
+        if response.status != 201 {
+            return Err(BotError::Http(response.status, response.body));
+        }
+        *location = response.header("location").map(str::to_string);
+        let resource = location.clone();
+        self.update(|s| s.resource = resource);
+        Ok(response.body)
     }
 
     async fn on_command(&mut self, command: Command) -> Result<(), BotError> {
         match command {
-            Command::Signal(message) => self.signal.send(&message).await?,
+            Command::Signal(message) => {
+                if let Some(signal) = &mut self.signal {
+                    signal.send(&message).await?;
+                }
+            }
             Command::SetAudioLevel(level) => self.audio_level = level,
             Command::SendData(text) => {
                 if let Some(p) = &mut self.publisher
@@ -603,7 +734,15 @@ impl Bots<'_> {
             }
             Command::Leave => {
                 self.leaving = true;
-                self.signal.send(&ClientMessage::Leave).await?;
+                if let Some(signal) = &mut self.signal {
+                    signal.send(&ClientMessage::Leave).await?;
+                } else if let Some((server, Some(location))) = &self.http {
+                    let response = http_request(server, "DELETE", location, &[], "").await?;
+                    if response.status != 200 {
+                        return Err(BotError::Http(response.status, response.body));
+                    }
+                    self.done = true;
+                }
             }
         }
         Ok(())
@@ -653,7 +792,8 @@ impl Bots<'_> {
                         .map(|p| p.spec().codec);
                     let kind = match codec {
                         Some(Codec::Vp8) => PayloadKind::Vp8,
-                        _ => PayloadKind::Opus,
+                        Some(Codec::Opus) => PayloadKind::Opus,
+                        _ => PayloadKind::Foreign,
                     };
                     let ssrc = *packet.header.ssrc;
                     let mid = sub
@@ -673,6 +813,9 @@ impl Bots<'_> {
                         layer: None,
                     });
                     stream.seqs.push(*packet.seq_no);
+                    if kind == PayloadKind::Foreign {
+                        continue; // Real media from another encoder: counted, not verified.
+                    }
                     match Signature::verify(kind, &packet.payload) {
                         Some(sig) => {
                             if stream.seqs.len() == 1 {

@@ -28,6 +28,7 @@ impl ClientPeer {
             .set_rtp_mode(true)
             .clear_codecs()
             .enable_vp8(true)
+            .enable_h264(true)
             .enable_opus(true, false)
             .set_stats_interval(None)
             .build(now);

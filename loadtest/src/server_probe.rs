@@ -83,12 +83,45 @@ pub async fn scrape(host_port: &str) -> std::io::Result<ServerCounters> {
     })
 }
 
-/// A minimal HTTP/1.0 GET (the load tester needs nothing more).
-pub async fn http_get(host_port: &str, path: &str) -> std::io::Result<String> {
+/// An HTTP response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpResponse {
+    /// Status code.
+    pub status: u16,
+    /// Headers, names in lower case.
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: String,
+}
+
+impl HttpResponse {
+    /// The first header called `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A minimal HTTP/1.1 request with `Connection: close` (the load tester needs nothing more;
+/// no TLS).
+pub async fn http_request(
+    host_port: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> std::io::Result<HttpResponse> {
     let mut stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(host_port))
         .await
         .map_err(|_| std::io::Error::other("timed out connecting"))??;
-    let request = format!("GET {path} HTTP/1.0\r\nHost: {host_port}\r\nConnection: close\r\n\r\n");
+    let mut request =
+        format!("{method} {path} HTTP/1.1\r\nHost: {host_port}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
     stream.write_all(request.as_bytes()).await?;
     let mut response = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
@@ -96,9 +129,31 @@ pub async fn http_get(host_port: &str, path: &str) -> std::io::Result<String> {
         .map_err(|_| std::io::Error::other("timed out reading"))??;
     let text = String::from_utf8_lossy(&response);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
-        let status = head.lines().next().unwrap_or_default();
-        return Err(std::io::Error::other(format!("GET {path}: {status}")));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other("no HTTP status line"))?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Ok(HttpResponse {
+        status,
+        headers,
+        body: body.to_string(),
+    })
+}
+
+/// GETs a path; an error unless the status is 200.
+pub async fn http_get(host_port: &str, path: &str) -> std::io::Result<String> {
+    let response = http_request(host_port, "GET", path, &[], "").await?;
+    if response.status != 200 {
+        return Err(std::io::Error::other(format!(
+            "GET {path}: {}",
+            response.status
+        )));
     }
-    Ok(body.to_string())
+    Ok(response.body)
 }

@@ -20,6 +20,8 @@ pub enum PayloadKind {
     Opus,
     /// VP8.
     Vp8,
+    /// Media from an encoder other than this module (e.g. H264 from ffmpeg): not verifiable.
+    Foreign,
 }
 
 /// What a payload says about itself.
@@ -47,6 +49,7 @@ impl Signature {
         let prefix = match self.kind {
             PayloadKind::Opus => vec![0x78], // SILK-only, 20 ms, mono: any valid TOC would do.
             PayloadKind::Vp8 => self.vp8_prefix(),
+            PayloadKind::Foreign => Vec::new(),
         };
         let mut out = Vec::with_capacity(len.max(prefix.len() + SIGNATURE_LEN));
         out.extend_from_slice(&prefix);
@@ -55,6 +58,7 @@ impl Signature {
         out.push(match self.kind {
             PayloadKind::Opus => 1,
             PayloadKind::Vp8 => 2,
+            PayloadKind::Foreign => 0,
         });
         out.extend_from_slice(&self.packet.to_be_bytes());
         out.extend_from_slice(&self.frame.to_be_bytes());
@@ -103,6 +107,7 @@ impl Signature {
         let offset = match kind {
             PayloadKind::Opus => OPUS_PREFIX,
             PayloadKind::Vp8 => VP8_PREFIX,
+            PayloadKind::Foreign => return None,
         };
         let sig = payload.get(offset..offset + SIGNATURE_LEN)?;
         if sig.get(..4)? != MAGIC {

@@ -1,10 +1,14 @@
-//! Which video codec a publisher prefers, read from its SDP offer.
+//! What the media core reads from SDP text itself: which video codec a publisher prefers
+//! (from its offer), and which sections a client-offered subscriber may send on (from the
+//! answer).
 //!
 //! str0m answers with codecs in the order they were enabled, and the publisher sends the first
 //! codec of the answer. So a publisher's state machine enables codecs in the order its offer
 //! lists them: a browser asked to prefer H264 then really sends H264.
 
 use str0m::format::Codec;
+
+use crate::event::TrackKind;
 
 /// The video codecs the server forwards, in the order used when an offer says nothing.
 pub(crate) const DEFAULT_VIDEO_ORDER: [Codec; 4] =
@@ -57,6 +61,38 @@ pub(crate) fn video_codec_order(sdp: &str) -> Vec<Codec> {
     order
 }
 
+/// The `(kind, mid)` of each audio or video section of an SDP in which this side sends
+/// (`a=sendonly` or `a=sendrecv`).
+pub(crate) fn sending_sections(sdp: &str) -> Vec<(TrackKind, String)> {
+    let mut out = Vec::new();
+    let mut section: Option<(TrackKind, Option<String>, bool)> = None;
+    let flush = |s: Option<(TrackKind, Option<String>, bool)>, out: &mut Vec<_>| {
+        if let Some((kind, Some(mid), true)) = s {
+            out.push((kind, mid));
+        }
+    };
+    for line in sdp.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("m=") {
+            flush(section.take(), &mut out);
+            section = if rest.starts_with("audio ") {
+                Some((TrackKind::Audio, None, false))
+            } else if rest.starts_with("video ") {
+                Some((TrackKind::Video, None, false))
+            } else {
+                None
+            };
+        } else if let Some((_, mid, sending)) = &mut section {
+            if let Some(m) = line.strip_prefix("a=mid:") {
+                *mid = Some(m.to_string());
+            } else if line == "a=sendonly" || line == "a=sendrecv" {
+                *sending = true;
+            }
+        }
+    }
+    flush(section, &mut out);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -70,6 +106,25 @@ mod tests {
         assert_eq!(
             video_codec_order(sdp),
             vec![Codec::H264, Codec::Vp8, Codec::Av1, Codec::Vp9]
+        );
+    }
+
+    #[test]
+    fn sending_sections_of_an_answer() {
+        let sdp = "v=0\r\nm=video 9 X 96\r\na=mid:0\r\na=sendonly\r\n\
+                   m=audio 9 X 111\r\na=sendrecv\r\na=mid:1\r\n\
+                   m=audio 9 X 111\r\na=mid:2\r\na=recvonly\r\n\
+                   m=application 9 X\r\na=mid:3\r\na=sendrecv\r\n";
+        assert_eq!(
+            sending_sections(sdp),
+            vec![
+                (TrackKind::Video, "0".to_string()),
+                (TrackKind::Audio, "1".to_string())
+            ]
+        );
+        assert!(
+            sending_sections("m=video\r\na=sendonly").is_empty(),
+            "no mid"
         );
     }
 

@@ -32,6 +32,16 @@ pub(crate) enum Command {
         events: EventSink,
         reply: Reply<()>,
     },
+    /// Create a subscriber from the client's offer (WHEP), bound to those of `tracks` its
+    /// m-lines can carry; replies with the SDP answer.
+    AddOfferingSubscriber {
+        peer: PeerId,
+        spec: PeerSpec,
+        offer: Box<SdpOffer>,
+        tracks: Vec<TrackId>,
+        events: EventSink,
+        reply: Reply<String>,
+    },
     /// A publisher's client offers again (tracks added or removed); replies with the answer.
     PublisherOffer {
         peer: PeerId,

@@ -226,7 +226,35 @@ impl Sfu {
         Ok(peer)
     }
 
-    /// A publisher's client offers again; returns the answer.
+    /// Creates a subscriber from a client's SDP offer (WHEP): each of `tracks` that exists is
+    /// bound to a free m-line of its kind in the offer. Later [`Sfu::subscribe`] calls bind to
+    /// m-lines freed by ended tracks; there is never a renegotiation. Returns the answer.
+    pub async fn add_offering_subscriber(
+        &self,
+        spec: PeerSpec,
+        offer: &str,
+        tracks: Vec<TrackId>,
+        events: EventSink,
+    ) -> Result<(PeerId, String), SfuError> {
+        let offer =
+            SdpOffer::from_sdp_string(offer).map_err(|e| SfuError::BadSdp(e.to_string()))?;
+        let (peer, worker) = self.place(&spec)?;
+        let answer = self
+            .request(worker, |reply| Command::AddOfferingSubscriber {
+                peer,
+                spec,
+                offer: Box::new(offer),
+                tracks,
+                events,
+                reply,
+            })
+            .await
+            .inspect_err(|_| self.forget(peer, worker))?;
+        Ok((peer, answer))
+    }
+
+    /// A client offers again (a publisher adding or removing tracks, or any client-offering
+    /// peer restarting ICE); returns the answer.
     pub async fn publisher_offer(&self, peer: PeerId, offer: &str) -> Result<String, SfuError> {
         let offer =
             SdpOffer::from_sdp_string(offer).map_err(|e| SfuError::BadSdp(e.to_string()))?;

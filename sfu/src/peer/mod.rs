@@ -110,7 +110,7 @@ impl PeerInfo {
 /// A publisher or a subscriber.
 pub(crate) enum Role {
     Publisher(Publisher),
-    Subscriber(Subscriber),
+    Subscriber(Box<Subscriber>),
 }
 
 /// One peer connection.
@@ -182,6 +182,18 @@ impl Peer {
             closed: None,
             dirty: false,
         })
+    }
+
+    /// After an SDP exchange: an ICE restart gives the peer new local credentials, so its
+    /// new ufrag must route its connectivity checks.
+    pub(crate) fn sync_ufrag(&mut self, demux: &mut Demux) {
+        let ufrag = self.rtc.direct_api().local_ice_credentials().ufrag;
+        if ufrag != self.ufrag {
+            demux.remove_peer(self.info.id, &self.ufrag, &[]);
+            demux.add_peer(ufrag.clone(), self.info.id);
+            info!("ICE restarted");
+            self.ufrag = ufrag;
+        }
     }
 
     /// When this peer next needs [`Peer::handle_timeout`].

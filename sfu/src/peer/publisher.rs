@@ -299,7 +299,10 @@ impl Publisher {
     /// A subscriber wants a keyframe.
     pub(crate) fn handle_delivery(&mut self, rtc: &mut Rtc, delivery: Delivery, ctx: &mut Ctx<'_>) {
         if let Delivery::KeyframeRequest { track, layer, .. } = delivery
-            && let Some(t) = self.tracks.iter_mut().find(|t| t.route.id == track)
+            && let Some(t) = self
+                .tracks
+                .iter_mut()
+                .find(|t| t.route.id == track && t.route.kind == TrackKind::Video)
             && let Some(throttle) = t.throttles.get_mut(usize::from(layer))
             && throttle.request(ctx.now)
         {

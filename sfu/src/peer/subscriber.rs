@@ -48,6 +48,15 @@ pub(crate) struct Subscriber {
     backlog: VecDeque<Arc<DataMessage>>,
     /// Earliest keyframe re-request due.
     next_retry: Option<Instant>,
+    /// Set for a subscriber whose client made the offer (WHEP): its m-lines are fixed, and
+    /// subscribed tracks are bound to free ones of their kind, without renegotiation.
+    slots: Option<Vec<Slot>>,
+}
+
+/// An m-line a client offered to receive on.
+struct Slot {
+    mid: Mid,
+    kind: TrackKind,
 }
 
 struct PendingOffer {
@@ -75,8 +84,12 @@ struct Subscription {
 }
 
 impl Subscription {
+    /// A video subscription whose chosen layer has not started (audio never waits).
     fn waiting_for_keyframe(&self) -> bool {
-        self.link.is_some() && self.target.is_some() && self.current != self.target
+        self.route.kind == TrackKind::Video
+            && self.link.is_some()
+            && self.target.is_some()
+            && self.current != self.target
     }
 
     fn rewriter(&mut self, packet: &ForwardedPacket) -> &mut SeqTsRewriter {
@@ -153,15 +166,52 @@ impl Subscriber {
             channel: None,
             backlog: VecDeque::new(),
             next_retry: None,
+            slots: None,
         }
+    }
+
+    /// A subscriber whose client offers (WHEP). Its m-lines are set from the answer
+    /// ([`Self::set_slots`]) before any track is subscribed.
+    pub(crate) fn client_offered() -> Self {
+        Self {
+            channel_unoffered: false,
+            slots: Some(Vec::new()),
+            ..Self::new()
+        }
+    }
+
+    /// The m-lines this (client-offered) subscriber may send on, read from its SDP answer
+    /// (str0m announces them as events only once connected).
+    pub(crate) fn set_slots(&mut self, answer: &str) {
+        if let Some(slots) = &mut self.slots {
+            *slots = crate::codec_order::sending_sections(answer)
+                .into_iter()
+                .map(|(kind, mid)| Slot {
+                    mid: Mid::from(mid.as_str()),
+                    kind,
+                })
+                .collect();
+        }
+    }
+
+    /// Whether the client made the offer (WHEP).
+    pub(crate) fn is_client_offered(&self) -> bool {
+        self.slots.is_some()
     }
 
     pub(crate) fn deadline(&self) -> Option<Instant> {
         self.next_retry
     }
 
-    /// Adds a track (negotiated with the next offer). Subscribing twice is a no-op.
-    pub(crate) fn subscribe(&mut self, track: TrackId, ctx: &Ctx<'_>) -> Result<(), SfuError> {
+    /// Adds a track: negotiated with the next offer, or, for a client-offered subscriber, bound
+    /// at once to a free m-line of its kind (and ignored if there is none). Subscribing twice
+    /// is a no-op.
+    pub(crate) fn subscribe(
+        &mut self,
+        track: TrackId,
+        info: &PeerInfo,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<(), SfuError> {
         if self.subs.contains_key(&track) {
             return Ok(());
         }
@@ -170,11 +220,24 @@ impl Subscriber {
             .graph
             .get(track)
             .ok_or(SfuError::UnknownTrack(track))?;
+        let fixed_mid = match &self.slots {
+            None => None,
+            Some(slots) => {
+                let free = slots
+                    .iter()
+                    .find(|s| s.kind == route.kind && !self.by_mid.contains_key(&s.mid));
+                let Some(slot) = free else {
+                    debug!(%track, "no free m-line of this kind in the client's offer");
+                    return Ok(());
+                };
+                Some(slot.mid)
+            }
+        };
         self.subs.insert(
             track,
             Subscription {
                 route,
-                mid: None,
+                mid: fixed_mid,
                 link: None,
                 rewriter: None,
                 current: None,
@@ -184,7 +247,13 @@ impl Subscriber {
                 keyframe_asked_at: None,
             },
         );
-        self.queued_adds.push(track);
+        match fixed_mid {
+            Some(mid) => {
+                self.by_mid.insert(mid, track);
+                self.activate(track, info, ctx);
+            }
+            None => self.queued_adds.push(track),
+        }
         Ok(())
     }
 
@@ -217,7 +286,10 @@ impl Subscriber {
         }
         if let Some(mid) = sub.mid {
             self.by_mid.remove(&mid);
-            self.queued_stops.push(mid);
+            // A client-offered m-line stays, free for the next track of its kind.
+            if self.slots.is_none() {
+                self.queued_stops.push(mid);
+            }
         }
         self.queued_adds.retain(|t| *t != track);
         debug!(%track, "unsubscribed");
@@ -225,7 +297,8 @@ impl Subscriber {
 
     /// Starts a negotiation if changes are queued and none is under way.
     pub(crate) fn maybe_offer(&mut self, rtc: &mut Rtc, info: &PeerInfo) {
-        if self.pending.is_some()
+        if self.slots.is_some()
+            || self.pending.is_some()
             || (self.queued_adds.is_empty()
                 && self.queued_stops.is_empty()
                 && !self.channel_unoffered)
@@ -372,6 +445,7 @@ impl Subscriber {
                 }
             }
             Event::ChannelClose(id) if self.channel == Some(id) => self.channel = None,
+
             _ => {}
         }
     }

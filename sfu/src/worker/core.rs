@@ -302,7 +302,7 @@ impl WorkerCore {
                         peer,
                         spec,
                         events,
-                        Role::Subscriber(Subscriber::new()),
+                        Role::Subscriber(Box::new(Subscriber::new())),
                         &DEFAULT_VIDEO_ORDER,
                         now,
                     )
@@ -318,13 +318,48 @@ impl WorkerCore {
                             if let Role::Subscriber(s) = &mut p.role {
                                 for track in tracks {
                                     // A track unpublished meanwhile is simply skipped.
-                                    let _ = s.subscribe(track, ctx);
+                                    let _ = s.subscribe(track, &p.info, ctx);
                                 }
                                 s.maybe_offer(&mut p.rtc, &p.info);
                             }
                             p.drain(ctx);
                         });
                     });
+                if result.is_err() {
+                    self.abandon(peer, now);
+                }
+                let _ = reply.send(result);
+            }
+            Command::AddOfferingSubscriber {
+                peer,
+                spec,
+                offer,
+                tracks,
+                events,
+                reply,
+            } => {
+                let role = Role::Subscriber(Box::new(Subscriber::client_offered()));
+                let result = self
+                    .insert_peer(peer, spec, events, role, &DEFAULT_VIDEO_ORDER, now)
+                    .and_then(|()| {
+                        self.with_peer(peer, now, |p, ctx| {
+                            let answer = p.rtc.sdp_api().accept_offer(*offer);
+                            // Drained before binding: its m-lines arrive as events.
+                            p.drain(ctx);
+                            let answer = answer.map_err(|e| SfuError::BadSdp(e.to_string()))?;
+                            let answer = answer.to_sdp_string();
+                            if let Role::Subscriber(s) = &mut p.role {
+                                s.set_slots(&answer);
+                                for track in tracks {
+                                    let _ = s.subscribe(track, &p.info, ctx);
+                                }
+                            }
+                            p.drain(ctx);
+                            Ok(answer)
+                        })
+                        .unwrap_or(Err(SfuError::UnknownPeer(peer)))
+                    });
+                self.run_local(now);
                 if result.is_err() {
                     self.abandon(peer, now);
                 }
@@ -342,7 +377,7 @@ impl WorkerCore {
             }
             Command::Subscribe { peer, track, reply } => {
                 let result = self.on_subscriber(peer, now, |s, rtc, info, ctx| {
-                    s.subscribe(track, ctx)?;
+                    s.subscribe(track, info, ctx)?;
                     s.maybe_offer(rtc, info);
                     Ok(())
                 });
@@ -391,11 +426,19 @@ impl WorkerCore {
         now: Instant,
     ) -> Result<String, SfuError> {
         self.with_peer(id, now, |peer, ctx| {
-            if !matches!(peer.role, Role::Publisher(_)) {
-                return Err(SfuError::WrongPeerKind(id, "only a publisher takes offers"));
+            let offers = match &peer.role {
+                Role::Publisher(_) => true,
+                Role::Subscriber(s) => s.is_client_offered(),
+            };
+            if !offers {
+                return Err(SfuError::WrongPeerKind(
+                    id,
+                    "this peer's offers come from the server",
+                ));
             }
             let answer = peer.rtc.sdp_api().accept_offer(offer);
             peer.drain(ctx);
+            peer.sync_ufrag(ctx.demux);
             answer
                 .map(|a| a.to_sdp_string())
                 .map_err(|e| SfuError::BadSdp(e.to_string()))
