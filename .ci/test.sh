@@ -60,7 +60,7 @@ step "Helm chart tests"
 if [[ -z "${SKIP_BROWSER:-}" ]]; then
   step "browser tests (headless Chromium)"
   cargo build -j "$jobs" -p control-api --bin sfu-server
-  (cd web-demo/tests && SFU_SERVER_BIN="$root/target/debug/sfu-server" timeout 600 node --test)
+  (cd web-demo/tests && SFU_SERVER_BIN="$root/target/debug/sfu-server" timeout 600 npm test --silent)
 fi
 
 step "all tests passed"

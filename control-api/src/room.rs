@@ -321,6 +321,22 @@ impl Room {
         }
     }
 
+    /// Who is speaking now (what was last announced), for a participant who just joined.
+    pub fn speakers(&self) -> Vec<Speaker> {
+        let state = self.state.lock();
+        state
+            .announced
+            .iter()
+            .filter_map(|id| {
+                let level = *state.levels.get(id)?;
+                Some(Speaker {
+                    participant: id.clone(),
+                    level,
+                })
+            })
+            .collect()
+    }
+
     /// Updates a participant's subscriber peer (e.g. after it closed).
     pub fn set_subscriber(&self, participant: &str, subscriber: Option<PeerId>) {
         if let Some(m) = self.state.lock().members.get_mut(participant) {

@@ -226,6 +226,10 @@ impl Session {
             participants: snapshot.others,
             tracks: snapshot.tracks.iter().map(|t| t.info.clone()).collect(),
         });
+        let speakers = room.speakers();
+        if !speakers.is_empty() {
+            self.send(ServerMessage::ActiveSpeakers { speakers });
+        }
         if !grants.hidden {
             room.broadcast(
                 &ServerMessage::ParticipantJoined {

@@ -167,6 +167,14 @@ async fn active_speakers_follow_audio_levels() {
         "alice speaks: {:?}",
         speakers(&carol.state())
     );
+    // Someone joining while alice speaks is told at once, not at the next change.
+    let late = Bot::spawn(BotConfig::new(&url, token("talk", "late"), false, 4));
+    assert!(
+        late.wait_for(WAIT, |s| speakers(s) == Some(vec![alice_id.clone()]))
+            .await,
+        "a late joiner learns the current speakers: {:?}",
+        speakers(&late.state())
+    );
     let bob_id = bob.state().participant.unwrap();
     alice.set_audio_level(-127);
     bob.set_audio_level(-25);

@@ -2,19 +2,21 @@
 //! smoothed and reported a few times a second while someone speaks.
 //!
 //! The extension carries the level in -dBov (0 is the loudest, -127 silence). Each packet's
-//! level becomes a loudness in 0..1 and feeds an exponential moving average with a time
-//! constant of about 200 ms at 50 packets per second. Every report interval the meter says
-//! the smoothed loudness if the track is speaking, and once more (0) when it stops, so a
-//! silent room costs no events.
+//! level becomes a loudness in 0..1 and feeds a moving average that rises fast (speech is
+//! noticed within ~100 ms) and falls slowly (the pauses between words, ~1 s, do not end it).
+//! Every report interval the meter says the smoothed loudness if the track is speaking, and
+//! once more (0) when it stops, so a silent room costs no events.
 
 use std::time::{Duration, Instant};
 
 /// How often a speaking track reports its level.
 pub(crate) const REPORT_INTERVAL: Duration = Duration::from_millis(250);
-/// Loudness above which a track counts as speaking (about -55 dBov).
-const SPEAKING: f32 = 0.55;
-/// Weight of each packet in the moving average.
-const ALPHA: f32 = 0.1;
+/// Loudness above which a track counts as speaking (about -70 dBov).
+const SPEAKING: f32 = 0.45;
+/// Weight of a louder packet in the moving average (attack).
+const ATTACK: f32 = 0.2;
+/// Weight of a quieter packet in the moving average (release).
+const RELEASE: f32 = 0.02;
 
 /// The level meter of one audio track. Sans-IO: time comes in as `now`.
 #[derive(Debug, Default)]
@@ -40,7 +42,12 @@ impl AudioLevelMeter {
         if voice_activity == Some(false) {
             loudness = loudness.min(SPEAKING * 0.5);
         }
-        self.smoothed += ALPHA * (loudness - self.smoothed);
+        let alpha = if loudness > self.smoothed {
+            ATTACK
+        } else {
+            RELEASE
+        };
+        self.smoothed += alpha * (loudness - self.smoothed);
         if self.next_report.is_none() && (self.smoothed > SPEAKING || self.speaking) {
             self.next_report = Some(now);
         }
@@ -112,6 +119,22 @@ mod tests {
         assert_eq!(after.last(), Some(&0.0), "one final zero when speech stops");
         assert_eq!(after.iter().filter(|l| **l == 0.0).count(), 1);
         assert_eq!(m.deadline(), None);
+    }
+
+    #[test]
+    fn pauses_between_words_do_not_end_speech() {
+        let mut m = AudioLevelMeter::default();
+        let mut t = Instant::now();
+        let mut reports = Vec::new();
+        for _ in 0..4 {
+            reports.extend(run(&mut m, &mut t, 25, -30)); // 500 ms of words
+            reports.extend(run(&mut m, &mut t, 15, -127)); // 300 ms pause
+        }
+        assert!(!reports.is_empty());
+        assert!(
+            reports.iter().all(|l| *l > 0.0),
+            "never reported as stopped: {reports:?}"
+        );
     }
 
     #[test]

@@ -1,0 +1,249 @@
+// Publishing: the publish connection (we offer, the server answers) with our microphone, our
+// camera in three simulcast layers, the screen share when there is one, and our `data` channel.
+// Also what we tell the server about our tracks: `sources` per mid, and `mute`.
+
+import { state, isCurrent } from './state.js';
+import { getScreen } from './media.js';
+
+const ANSWER_TIMEOUT_MS = 15_000;
+
+/** Our transceivers by job, and the `source` each one's mid carries (PROTOCOL.md, publish_offer). */
+const SOURCES = { mic: 'microphone', camera: 'camera', screen: 'screen', screenAudio: 'screen_audio' };
+
+/**
+ * Camera simulcast, lowest first (q, h, f = 320x180, 640x360, 1280x720 from a 1280x720 capture).
+ * The SFU forwards one layer per subscriber.
+ */
+const CAMERA_ENCODINGS = [
+  { rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 150_000 },
+  { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500_000 },
+  { rid: 'f', scaleResolutionDownBy: 1, maxBitrate: 1_500_000 },
+];
+
+const SCREEN_ENCODINGS = [{ maxBitrate: 1_500_000 }];
+
+/** Hooks set by app.js: `onFailed(reason)` when the connection fails, `onChatReady(bool)`, `onError(text)`, `onChange()`. */
+const hooks = { onFailed: () => {}, onChatReady: () => {}, onError: () => {}, onChange: () => {} };
+
+export function setPublishHooks(h) {
+  Object.assign(hooks, h);
+}
+
+function send(msg) {
+  state.signalling?.send(msg);
+}
+
+/** Creates the publish connection with what we have (mic, camera, screen) and offers it. */
+export function startPublishing(session) {
+  const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle' });
+  state.pubPc = pc;
+  state.signalling.trickle(pc, 'publish');
+  pc.addEventListener('connectionstatechange', () => {
+    if (isCurrent(session) && pc.connectionState === 'failed') hooks.onFailed('the publish connection failed (ICE/DTLS)');
+  });
+
+  const stream = state.localStream;
+  const [audioTrack] = stream?.getAudioTracks() ?? [];
+  const [videoTrack] = stream?.getVideoTracks() ?? [];
+  if (audioTrack) {
+    state.tx.mic = pc.addTransceiver(audioTrack, { direction: 'sendonly', streams: [stream] });
+  }
+  if (videoTrack) {
+    state.tx.camera = pc.addTransceiver(videoTrack, {
+      direction: 'sendonly',
+      streams: [stream],
+      sendEncodings: CAMERA_ENCODINGS.map((e) => ({ ...e })),
+    });
+    preferVideoCodec(state.tx.camera, new URLSearchParams(location.search).get('codec'));
+  }
+  openDataChannel(pc, session);
+  // A screen shared before a reconnect is published again with the rest.
+  const screen = state.screenStream ? addScreenTransceivers(pc, state.screenStream) : Promise.resolve();
+  return screen
+    .catch((err) => hooks.onError(`Screen sharing failed: ${err.message ?? err}`))
+    .then(() => negotiate(session));
+}
+
+/** With `?codec=h264` (or vp8, vp9, av1) the camera is sent with that codec if the browser has it. */
+function preferVideoCodec(transceiver, codec) {
+  if (!codec || !RTCRtpSender.getCapabilities || !transceiver.setCodecPreferences) return;
+  const { codecs } = RTCRtpSender.getCapabilities('video');
+  const wanted = codecs.filter((c) => c.mimeType.toLowerCase() === `video/${codec.toLowerCase()}`);
+  if (wanted.length === 0) return;
+  transceiver.setCodecPreferences([...wanted, ...codecs.filter((c) => !wanted.includes(c))]);
+}
+
+/** Our `data` channel: chat messages we send go out on it. */
+function openDataChannel(pc, session) {
+  const channel = pc.createDataChannel('data');
+  state.dataChannel = channel;
+  channel.addEventListener('open', () => isCurrent(session) && hooks.onChatReady(true));
+  channel.addEventListener('close', () => isCurrent(session) && hooks.onChatReady(false));
+}
+
+/** mid -> source for each of our transceivers that has a mid. */
+function sourcesByMid() {
+  const sources = {};
+  for (const [job, source] of Object.entries(SOURCES)) {
+    const mid = state.tx[job]?.mid;
+    if (mid != null) sources[mid] = source;
+  }
+  return sources;
+}
+
+/**
+ * (Re)negotiates the publish connection: offer, `publish_offer` with `sources`, wait for the
+ * answer. Offers are strictly one after the other.
+ */
+export function negotiate(session) {
+  const next = state.pubChain.then(() => offerOnce(session));
+  state.pubChain = next.catch((err) => {
+    if (isCurrent(session)) hooks.onError(`Publishing failed: ${err.message ?? err}`);
+  });
+  return state.pubChain;
+}
+
+async function offerOnce(session) {
+  const pc = state.pubPc;
+  if (!pc || !isCurrent(session) || pc.signalingState === 'closed') return;
+  const offer = await pc.createOffer();
+  await pc.setLocalDescription(offer);
+  if (!isCurrent(session)) return;
+  const answer = waitForAnswer();
+  // The server is ICE-lite: no need to wait for gathering, candidates are trickled.
+  send({ type: 'publish_offer', sdp: pc.localDescription.sdp, sources: sourcesByMid() });
+  state.signalling.flushCandidates('publish');
+  const sdp = await answer;
+  if (!isCurrent(session) || pc.signalingState === 'closed') return;
+  await pc.setRemoteDescription({ type: 'answer', sdp });
+}
+
+function waitForAnswer() {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      state.pendingAnswer = null;
+      reject(new Error(`no publish_answer within ${ANSWER_TIMEOUT_MS / 1000} s`));
+    }, ANSWER_TIMEOUT_MS);
+    state.pendingAnswer = {
+      resolve: (sdp) => { clearTimeout(timer); state.pendingAnswer = null; resolve(sdp); },
+      reject: (err) => { clearTimeout(timer); state.pendingAnswer = null; reject(err); },
+    };
+  });
+}
+
+export function onPublishAnswer(msg) {
+  state.pendingAnswer?.resolve(msg.sdp);
+}
+
+/** A server `error` that refuses our latest offer (bad_sdp, permission_denied...). */
+export function failPendingOffer(message) {
+  state.pendingAnswer?.reject(new Error(message));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Screen share: an extra video (and maybe audio) track on the publish connection. Stopping
+// makes its transceivers inactive (the server unpublishes the track); sharing again reuses them.
+// ---------------------------------------------------------------------------------------------
+
+/** Puts the screen's tracks on `pc`: on the transceivers of an earlier share if there are some. */
+async function addScreenTransceivers(pc, stream) {
+  const [video] = stream.getVideoTracks();
+  const [audio] = stream.getAudioTracks();
+  if (video) {
+    if ('contentHint' in video) video.contentHint = 'detail';
+    state.tx.screen = await reuseOrAdd(pc, state.tx.screen, video, stream, SCREEN_ENCODINGS);
+  }
+  if (audio) state.tx.screenAudio = await reuseOrAdd(pc, state.tx.screenAudio, audio, stream);
+}
+
+async function reuseOrAdd(pc, transceiver, track, stream, sendEncodings) {
+  if (transceiver && transceiver.currentDirection !== 'stopped') {
+    await transceiver.sender.replaceTrack(track);
+    transceiver.sender.setStreams?.(stream);
+    transceiver.direction = 'sendonly';
+    return transceiver;
+  }
+  return pc.addTransceiver(track, { direction: 'sendonly', streams: [stream], ...(sendEncodings ? { sendEncodings } : {}) });
+}
+
+/** Asks which screen to share, and publishes it (or, while reconnecting, at the next join). */
+export async function startScreenShare() {
+  if (state.screenStream) return;
+  const stream = await getScreen();
+  if (state.phase === 'idle' || state.screenStream) {
+    // The user left the call (or shared twice) while the browser's picker was open.
+    stream.getTracks().forEach((t) => t.stop());
+    return;
+  }
+  state.screenStream = stream;
+  // The browser's own "Stop sharing" button ends the track.
+  stream.getVideoTracks()[0]?.addEventListener('ended', () => {
+    if (state.screenStream !== stream) return;
+    stopScreenShare().catch((err) => hooks.onError(`Could not stop sharing: ${err.message ?? err}`));
+  });
+  hooks.onChange();
+  if (state.pubPc) {
+    await addScreenTransceivers(state.pubPc, stream);
+    await negotiate(state.session);
+  }
+}
+
+export async function stopScreenShare() {
+  const stream = state.screenStream;
+  if (!stream) return;
+  state.screenStream = null;
+  stream.getTracks().forEach((t) => t.stop());
+  hooks.onChange();
+  const pc = state.pubPc;
+  if (!pc || pc.signalingState === 'closed') return;
+  for (const transceiver of [state.tx.screen, state.tx.screenAudio]) {
+    if (!transceiver || transceiver.currentDirection === 'stopped') continue;
+    await transceiver.sender.replaceTrack(null);
+    transceiver.direction = 'inactive';
+  }
+  await negotiate(state.session);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Mute: local track enabled flag, and `mute` so the others see it.
+// ---------------------------------------------------------------------------------------------
+
+/** Mutes or unmutes our microphone ('audio') or camera ('video') and tells the room. */
+export function setOwnMuted(kind, muted) {
+  const stream = state.localStream;
+  if (!stream) return;
+  const tracks = kind === 'audio' ? stream.getAudioTracks() : stream.getVideoTracks();
+  for (const track of tracks) track.enabled = !muted;
+  if (kind === 'audio') state.micMuted = muted;
+  else state.camMuted = muted;
+
+  const transceiver = kind === 'audio' ? state.tx.mic : state.tx.camera;
+  const trackId = transceiver?.mid != null ? state.ownTrackIds.get(transceiver.mid) : undefined;
+  // Not published yet? onOwnTrackPublished sends it when `track_published` gives the track id.
+  if (trackId) send({ type: 'mute', track: trackId, muted });
+  hooks.onChange();
+}
+
+/** `track_published` for one of our tracks: remember its id; tell the server if we muted it before. */
+export function onOwnTrackPublished(track) {
+  state.ownTrackIds.set(String(track.mid), track.id);
+  for (const [job, muted] of [['mic', state.micMuted], ['camera', state.camMuted]]) {
+    const mid = state.tx[job]?.mid;
+    if (mid == null || String(mid) !== String(track.mid)) continue;
+    if (muted !== !!track.muted) send({ type: 'mute', track: track.id, muted });
+  }
+}
+
+/** Closes the publish connection (the local media stays, for a rejoin). */
+export function closePublishing() {
+  state.pendingAnswer?.reject(new Error('the connection was closed'));
+  state.pubPc?.close();
+  Object.assign(state, {
+    pubPc: null,
+    dataChannel: null,
+    tx: { mic: null, camera: null, screen: null, screenAudio: null },
+    pubChain: Promise.resolve(),
+    pendingAnswer: null,
+  });
+  state.ownTrackIds.clear();
+}

@@ -1,0 +1,77 @@
+// Shared state of the call: one plain object that the other modules read and write.
+// `window.sfuDemo.state` exposes it to tests (see app.js).
+//
+// `session` is a generation counter: it goes up whenever a connection is opened or torn down,
+// and async work started for an older generation checks it and stops (see `isCurrent`).
+
+export const state = {
+  session: 0,
+  /** 'idle' (join screen), 'connecting', 'joined' or 'reconnecting'. */
+  phase: 'idle',
+  /** True once this call reached `joined` at least once: later drops reconnect instead of failing. */
+  everJoined: false,
+  /** True after the user pressed Leave, so the socket closing is not reported as an error. */
+  leaving: false,
+  /** The last join-refusing `error` from the server, quoted if the socket then closes. */
+  fatalError: null,
+  reconnectAttempts: 0,
+  reconnectTimer: null,
+
+  room: '',
+  displayName: '',
+  /** Our identity in tokens: one per page load, so a reconnect is the same person again. */
+  identity: '',
+  viewer: false,
+  /** Our own participant id (`PA_...`), from `joined`; new on every (re)join. */
+  participantId: null,
+
+  /** The signalling connection (a `Signalling` from signalling.js). */
+  signalling: null,
+
+  // Local media (media.js, publish.js).
+  /** Camera and microphone; kept across reconnects, stopped on leave. */
+  localStream: null,
+  /** The join screen's preview, handed over as `localStream` on join. */
+  previewStream: null,
+  /** The screen share (video and maybe audio), while sharing. */
+  screenStream: null,
+  micMuted: false,
+  camMuted: false,
+
+  // Publishing (publish.js).
+  pubPc: null,
+  /** Our `data` channel on the publish connection, used to send chat messages. */
+  dataChannel: null,
+  /** Our transceivers by job: mic, camera, screen, screenAudio. */
+  tx: { mic: null, camera: null, screen: null, screenAudio: null },
+  /** Our own mid -> track id, learned from `track_published` for our own tracks. */
+  ownTrackIds: new Map(),
+  /** Publish offers are made one after the other, each after the previous answer. */
+  pubChain: Promise.resolve(),
+  /** {resolve, reject} of the offer waiting for its `publish_answer`. */
+  pendingAnswer: null,
+
+  // Subscribing (subscribe.js).
+  subPc: null,
+  /** Subscribe-connection mid -> {mid, track, participant, kind}, from `subscribe_offer.tracks`. */
+  subMids: new Map(),
+  /** Subscribe offers are handled strictly one after the other on this promise chain. */
+  subChain: Promise.resolve(),
+
+  // The room (tiles.js).
+  /** Participant id -> {id, identity, name, tile, videoEl, audioEl, tracks: Map(trackId -> MediaStreamTrack)}. */
+  remoteParticipants: new Map(),
+  /** Screen-share track id -> {trackId, participant, tile, videoEl}. */
+  screenTiles: new Map(),
+  /** Track id -> {id, participant, kind, source, simulcast, muted}, from the server's track objects. */
+  trackInfo: new Map(),
+  /** Track id -> the quality chosen in its tile's menu ('auto' when absent). */
+  qualities: new Map(),
+  /** Participant ids in the latest `active_speakers`. */
+  speakers: new Set(),
+};
+
+/** Whether async work started in generation `session` is still wanted. */
+export function isCurrent(session) {
+  return session === state.session;
+}
