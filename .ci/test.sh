@@ -46,13 +46,16 @@ cargo test -j "$jobs" --workspace
 step "cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc -j "$jobs" --workspace --no-deps --quiet
 
-# --- Helm chart ------------------------------------------------------------------------------
-# The Helm library and the Kubernetes schemas come from PyPI (no helm binary is installable).
-if [[ -z "${SKIP_INSTALL:-}" ]] && ! .venv/bin/python -c "import helm_python, kubernetes_validate, yaml" 2>/dev/null; then
-  step "installing helm-python-sdk and kubernetes-validate (PyPI)"
+# --- Python tools (in .venv) -----------------------------------------------------------------
+# From PyPI: the Helm library and the Kubernetes schemas (no helm binary is installable), and
+# ffmpeg 9 with its WHIP muxer (imageio-ffmpeg) for the interop test.
+if [[ -z "${SKIP_INSTALL:-}" ]] && ! .venv/bin/python -c "import helm_python, kubernetes_validate, yaml, imageio_ffmpeg" 2>/dev/null; then
+  step "installing helm-python-sdk, kubernetes-validate and imageio-ffmpeg (PyPI)"
   python3 -m venv .venv
-  .venv/bin/pip install -q -r helm/tests/requirements.txt
+  .venv/bin/pip install -q -r helm/tests/requirements.txt -r web-demo/tests/requirements.txt
 fi
+
+# --- Helm chart ------------------------------------------------------------------------------
 step "Helm chart tests"
 .venv/bin/python -m unittest discover -s helm/tests
 
