@@ -24,6 +24,9 @@ use crate::auth::{Claims, Grants};
 use crate::protocol::{ErrorCode, ServerMessage, parse_client_message};
 use crate::session::{Flow, Session};
 
+/// Largest HTTP request body (an SDP offer with many m-lines is well under it).
+pub const MAX_BODY: usize = 1 << 20;
+
 /// The router of the server.
 pub fn app(state: Arc<AppState>) -> Router {
     Router::new()
@@ -33,6 +36,8 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readiness))
         .merge(crate::whip::routes())
+        .merge(crate::rooms_api::routes())
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .fallback(get(static_file))
         .with_state(state)
 }
@@ -42,6 +47,14 @@ async fn signalling(ws: WebSocketUpgrade, State(state): State<Arc<AppState>>) ->
     ws.max_message_size(limit)
         .max_frame_size(limit)
         .on_upgrade(move |socket| run_session(socket, state))
+}
+
+/// The next disconnection request, or never.
+pub async fn recv_kick(kicked: &mut Option<mpsc::UnboundedReceiver<String>>) -> Option<String> {
+    match kicked {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Drives one WebSocket: frames in -> session, session outbox -> frames out.
@@ -64,10 +77,15 @@ async fn run_session(socket: WebSocket, state: Arc<AppState>) {
         }
     });
     let mut session = Session::new(state, outbox, events);
+    let mut kicked = session.take_kick_receiver();
     let span = info_span!("session");
     async {
         loop {
             tokio::select! {
+                Some(reason) = recv_kick(&mut kicked) => {
+                    session.leave(&reason).await;
+                    break;
+                }
                 frame = stream.next() => match frame {
                     Some(Ok(Message::Text(text))) => match parse_client_message(&text) {
                         Ok(message) => {

@@ -15,6 +15,7 @@ pub mod http;
 pub mod metrics;
 pub mod protocol;
 pub mod room;
+pub mod rooms_api;
 pub mod session;
 pub mod whip;
 
@@ -59,6 +60,8 @@ impl Default for ServerConfig {
             rooms: RoomLimits {
                 max_participants: 0,
                 auto_create: true,
+                max_rooms: 0,
+                empty_timeout: std::time::Duration::from_secs(300),
             },
         }
     }
@@ -140,6 +143,16 @@ impl Server {
             resources: whip::Resources::default(),
         });
         tracing::info!(%http_addr, "HTTP API, signalling (/rtc) and web demo listening");
+        // Closes explicitly created rooms that stayed empty past their timeout.
+        let reaper = Arc::downgrade(&state);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let Some(state) = reaper.upgrade() else { break };
+                state.rooms.reap(std::time::Instant::now());
+            }
+        });
         let router = http::app(state.clone());
         let http = tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, router).await {

@@ -70,9 +70,17 @@ struct ServeArgs {
     /// Maximum participants per room (0: unlimited).
     #[arg(long, env = "SFU_MAX_PARTICIPANTS", default_value_t = 0)]
     max_participants: usize,
-    /// Create a room when the first participant joins it.
-    #[arg(long, env = "SFU_AUTO_CREATE_ROOMS", default_value_t = true, action = ArgAction::Set)]
-    auto_create_rooms: bool,
+    /// Create a room when the first participant joins it. [default: true with the development
+    /// key, false with --api-key (rooms are then created through the room service)]
+    #[arg(long, env = "SFU_AUTO_CREATE_ROOMS", action = ArgAction::Set)]
+    auto_create_rooms: Option<bool>,
+    /// Maximum number of rooms (0: unlimited).
+    #[arg(long, env = "SFU_MAX_ROOMS", default_value_t = 0)]
+    max_rooms: usize,
+    /// Seconds a room created through the room service may stay empty before it is closed
+    /// (the default when the request gives none).
+    #[arg(long, env = "SFU_EMPTY_TIMEOUT", default_value_t = 300)]
+    empty_timeout: u64,
     /// Seconds a draining server (after SIGTERM or Ctrl-C) waits for its rooms to empty before
     /// it exits; a second signal exits at once.
     #[arg(long, env = "SFU_DRAIN_TIMEOUT", default_value_t = 600)]
@@ -183,6 +191,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let dev_keys = keys.is_dev();
     let mut sfu = SfuConfig {
         bind_ip: args.media_ip,
         first_port: args.media_port,
@@ -200,7 +209,9 @@ fn serve(args: ServeArgs) -> ExitCode {
         ws_max_message: args.ws_max_message,
         rooms: RoomLimits {
             max_participants: args.max_participants,
-            auto_create: args.auto_create_rooms,
+            auto_create: args.auto_create_rooms.unwrap_or(dev_keys),
+            max_rooms: args.max_rooms,
+            empty_timeout: Duration::from_secs(args.empty_timeout),
         },
     };
     let drain_timeout = args.drain_timeout;

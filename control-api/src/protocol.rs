@@ -173,6 +173,12 @@ pub enum ErrorCode {
     MediaClosed,
     /// The server is shutting down and takes no new participants.
     Draining,
+    /// A room of that name already exists.
+    RoomExists,
+    /// The server has as many rooms as it may.
+    TooManyRooms,
+    /// The client sends messages too fast.
+    RateLimited,
     /// Something failed on the server.
     Internal,
 }

@@ -1,11 +1,14 @@
 //! Rooms and their participants, as the control plane sees them: who is in, which tracks they
-//! publish, and the outbox of each participant's WebSocket for broadcasts.
+//! publish, the outbox of each participant's WebSocket for broadcasts, and the way to
+//! disconnect them. Rooms are created explicitly (room service, with settings) or, if the
+//! server allows it, by the first join.
 //!
 //! Locks here are short and never held across an `.await`: methods copy out what the caller
 //! needs to await on (peer ids to subscribe) and return.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use sfu::{PeerId, RoomId, Sfu, TrackId};
@@ -16,13 +19,34 @@ use crate::protocol::{ErrorCode, ParticipantInfo, Refusal, ServerMessage, Speake
 /// Where a participant's messages go.
 pub type Outbox = mpsc::UnboundedSender<ServerMessage>;
 
+/// Where a participant's disconnection requests go (the reason is told to the client).
+pub type Kick = mpsc::UnboundedSender<String>;
+
 /// Room policy.
 #[derive(Debug, Clone, Copy)]
 pub struct RoomLimits {
-    /// Participants per room (0: unlimited).
+    /// Participants per room (0: unlimited), for rooms created by a join.
     pub max_participants: usize,
     /// Create a room when someone joins it.
     pub auto_create: bool,
+    /// Rooms on this server (0: unlimited).
+    pub max_rooms: usize,
+    /// How long an explicitly created room may stay empty before it is closed.
+    pub empty_timeout: Duration,
+}
+
+/// How a room was set up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomSettings {
+    /// Participants at most (0: unlimited).
+    pub max_participants: usize,
+    /// Closed after being empty this long (explicit rooms; rooms created by a join close
+    /// when their last participant leaves).
+    pub empty_timeout: Duration,
+    /// Application data, opaque to the server.
+    pub metadata: String,
+    /// Created through the room service (rather than by a join).
+    pub explicit: bool,
 }
 
 /// All rooms of this server.
@@ -38,6 +62,10 @@ pub struct Room {
     pub name: String,
     /// Its id in the media core.
     pub id: RoomId,
+    /// How it was set up.
+    pub settings: RoomSettings,
+    /// When it was created (seconds since the Unix epoch).
+    pub created_at: u64,
     state: Mutex<RoomState>,
 }
 
@@ -51,12 +79,20 @@ struct RoomState {
     announced: Vec<String>,
     /// Set when the last participant left; a closed room takes nobody new.
     closed: bool,
+    /// Since when the room has had nobody in it.
+    empty_since: Option<Instant>,
+    /// Join counter (orders participants by arrival).
+    joins: u64,
 }
 
 struct Member {
     info: ParticipantInfo,
     hidden: bool,
     outbox: Outbox,
+    kick: Kick,
+    joined_at: u64,
+    seq: u64,
+    via: &'static str,
     subscriber: Option<PeerId>,
     /// Receives only this participant's tracks (a WHEP viewer of one publisher).
     follows: Option<String>,
@@ -81,6 +117,25 @@ pub struct NewMember {
     pub outbox: Outbox,
     /// Its subscriber peer.
     pub subscriber: Option<PeerId>,
+    /// How to disconnect it.
+    pub kick: Kick,
+    /// `websocket`, `whip` or `whep`.
+    pub via: &'static str,
+}
+
+/// A participant, as the room service shows it.
+#[derive(Debug, Clone)]
+pub struct MemberSummary {
+    /// Who.
+    pub info: ParticipantInfo,
+    /// When it joined (seconds since the Unix epoch).
+    pub joined_at: u64,
+    /// `websocket`, `whip` or `whep`.
+    pub via: &'static str,
+    /// Its subscriber peer, if any.
+    pub subscriber: Option<PeerId>,
+    /// Hidden participants are listed for administrators.
+    pub hidden: bool,
 }
 
 /// What someone who just joined needs to know.
@@ -150,23 +205,121 @@ impl Rooms {
         if !self.limits.auto_create {
             return Err(Refusal::new(
                 ErrorCode::UnknownRoom,
-                format!("room {name:?} does not exist; create it first"),
+                format!("room {name:?} does not exist; create it first (room service)"),
+            ));
+        }
+        let settings = RoomSettings {
+            max_participants: self.limits.max_participants,
+            empty_timeout: Duration::ZERO,
+            metadata: String::new(),
+            explicit: false,
+        };
+        self.insert(&mut rooms, name, settings)
+    }
+
+    /// Creates a room through the room service.
+    pub fn create(&self, name: &str, settings: RoomSettings) -> Result<Arc<Room>, Refusal> {
+        let mut rooms = self.rooms.lock();
+        if rooms.get(name).is_some_and(|r| !r.state.lock().closed) {
+            return Err(Refusal::new(
+                ErrorCode::RoomExists,
+                format!("room {name:?} already exists"),
+            ));
+        }
+        let room = self.insert(&mut rooms, name, settings)?;
+        room.state.lock().empty_since = Some(Instant::now());
+        Ok(room)
+    }
+
+    fn insert(
+        &self,
+        rooms: &mut HashMap<String, Arc<Room>>,
+        name: &str,
+        settings: RoomSettings,
+    ) -> Result<Arc<Room>, Refusal> {
+        let max = self.limits.max_rooms;
+        if max > 0 && rooms.len() >= max {
+            return Err(Refusal::new(
+                ErrorCode::TooManyRooms,
+                format!("this server already has {max} rooms (its --max-rooms); try later"),
             ));
         }
         let room = Arc::new(Room {
             name: name.to_string(),
             id: self.sfu.create_room(),
+            settings,
+            created_at: crate::auth::unix_now(),
             state: Mutex::new(RoomState::default()),
         });
         rooms.insert(name.to_string(), room.clone());
-        tracing::info!(room = name, id = %room.id, "room created");
+        tracing::info!(room = name, id = %room.id, explicit = room.settings.explicit, "room created");
         Ok(room)
+    }
+
+    /// A room by name.
+    pub fn get(&self, name: &str) -> Option<Arc<Room>> {
+        self.rooms.lock().get(name).cloned()
+    }
+
+    /// Every room, by name.
+    pub fn list(&self) -> Vec<Arc<Room>> {
+        let mut rooms: Vec<Arc<Room>> = self.rooms.lock().values().cloned().collect();
+        rooms.sort_by(|a, b| a.name.cmp(&b.name));
+        rooms
+    }
+
+    /// Deletes a room: it takes nobody new, and everyone in it is disconnected. Returns
+    /// `false` if there is no such room.
+    pub fn delete(&self, name: &str) -> bool {
+        let Some(room) = self.rooms.lock().remove(name) else {
+            return false;
+        };
+        let kicks: Vec<Kick> = {
+            let mut state = room.state.lock();
+            state.closed = true;
+            state.members.values().map(|m| m.kick.clone()).collect()
+        };
+        for kick in kicks {
+            let _ = kick.send("the room was deleted".to_string());
+        }
+        if room.state.lock().members.is_empty() {
+            self.sfu.close_room(room.id);
+        }
+        tracing::info!(room = name, "room deleted");
+        true
+    }
+
+    /// Closes explicit rooms that have been empty for longer than their timeout.
+    pub fn reap(&self, now: Instant) {
+        let expired: Vec<String> = self
+            .rooms
+            .lock()
+            .values()
+            .filter(|r| {
+                let state = r.state.lock();
+                r.settings.explicit
+                    && state.members.is_empty()
+                    && state.empty_since.is_some_and(|t| {
+                        now.saturating_duration_since(t) >= r.settings.empty_timeout
+                    })
+            })
+            .map(|r| r.name.clone())
+            .collect();
+        for name in expired {
+            tracing::info!(room = %name, "empty timeout");
+            self.delete(&name);
+        }
     }
 
     /// Removes a room once it is empty.
     pub fn close_if_empty(&self, room: &Room) {
         let mut rooms = self.rooms.lock();
         let mut state = room.state.lock();
+        if state.members.is_empty() && room.settings.explicit && !state.closed {
+            // Kept for its empty timeout (see `reap`).
+            state.empty_since = Some(Instant::now());
+            return;
+        }
         if state.members.is_empty() {
             state.closed = true;
             if rooms.get(&room.name).is_some_and(|r| r.id == room.id) {
@@ -197,7 +350,8 @@ impl Room {
     }
 
     /// Adds a participant; tells the caller who else is here.
-    pub fn add_member(&self, member: NewMember, max: usize) -> Result<JoinSnapshot, Refusal> {
+    pub fn add_member(&self, member: NewMember) -> Result<JoinSnapshot, Refusal> {
+        let max = self.settings.max_participants;
         let mut state = self.state.lock();
         if state.closed {
             return Err(Refusal::new(
@@ -220,12 +374,18 @@ impl Room {
             .filter(|m| !m.hidden)
             .map(|m| m.info.clone())
             .collect();
+        state.joins += 1;
+        let seq = state.joins;
         state.members.insert(
             member.info.id.clone(),
             Member {
                 info: member.info,
                 hidden: member.hidden,
                 outbox: member.outbox,
+                kick: member.kick,
+                joined_at: crate::auth::unix_now(),
+                seq,
+                via: member.via,
                 subscriber: member.subscriber,
                 follows: None,
             },
@@ -240,6 +400,9 @@ impl Room {
     pub fn remove_member(&self, participant: &str) -> Option<Departure> {
         let mut state = self.state.lock();
         let member = state.members.remove(participant)?;
+        if state.members.is_empty() {
+            state.empty_since = Some(Instant::now());
+        }
         state.levels.remove(participant);
         let (gone, kept) = std::mem::take(&mut state.tracks)
             .into_iter()
@@ -312,6 +475,33 @@ impl Room {
             state.levels.remove(participant);
         }
         state.speakers_if_changed()
+    }
+
+    /// Every participant (hidden ones included), by join time.
+    pub fn members(&self) -> Vec<MemberSummary> {
+        let state = self.state.lock();
+        let mut members: Vec<&Member> = state.members.values().collect();
+        members.sort_by_key(|m| m.seq);
+        members
+            .into_iter()
+            .map(|m| MemberSummary {
+                info: m.info.clone(),
+                joined_at: m.joined_at,
+                via: m.via,
+                subscriber: m.subscriber,
+                hidden: m.hidden,
+            })
+            .collect()
+    }
+
+    /// Disconnects a participant (by id or identity). Returns `false` if it is not here.
+    pub fn kick(&self, participant: &str, reason: &str) -> bool {
+        let state = self.state.lock();
+        let member = state
+            .members
+            .values()
+            .find(|m| m.info.id == participant || m.info.identity == participant);
+        member.is_some_and(|m| m.kick.send(reason.to_string()).is_ok())
     }
 
     /// Restricts which publishers' new tracks a participant receives.

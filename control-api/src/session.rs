@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use sfu::{
     CloseReason, EventSink, PeerEvent, PeerId, PeerSpec, Quality, SfuError, TrackId, TrackKind,
 };
+use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::AppState;
@@ -23,7 +24,7 @@ use crate::protocol::{
 
 /// Track sources a client may declare.
 const KNOWN_SOURCES: [&str; 4] = ["camera", "microphone", "screen", "screen_audio"];
-use crate::room::{NewMember, Outbox, Room, RoomTrack};
+use crate::room::{Kick, NewMember, Outbox, Room, RoomTrack};
 
 /// Whether the session goes on after a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +41,8 @@ pub struct Session {
     outbox: Outbox,
     events: EventSink,
     joined: Option<Joined>,
+    kick: Kick,
+    kicked: Option<mpsc::UnboundedReceiver<String>>,
 }
 
 struct Joined {
@@ -69,12 +72,22 @@ pub enum JoinMode {
 impl Session {
     /// A session replying to `outbox`; its peers' events go to `events`.
     pub fn new(state: Arc<AppState>, outbox: Outbox, events: EventSink) -> Self {
+        let (kick, kicked) = mpsc::unbounded_channel();
         Self {
             state,
             outbox,
             events,
             joined: None,
+            kick,
+            kicked: Some(kicked),
         }
+    }
+
+    /// Where requests to disconnect this session arrive (the room service removing the
+    /// participant, or deleting the room). The driver takes it once and, on a message, calls
+    /// [`Session::leave`] with it as the reason.
+    pub fn take_kick_receiver(&mut self) -> Option<mpsc::UnboundedReceiver<String>> {
+        self.kicked.take()
     }
 
     fn send(&self, message: ServerMessage) {
@@ -208,8 +221,14 @@ impl Session {
             hidden: grants.hidden,
             outbox: self.outbox.clone(),
             subscriber,
+            kick: self.kick.clone(),
+            via: match mode {
+                JoinMode::Interactive => "websocket",
+                JoinMode::Publisher => "whip",
+                JoinMode::Viewer => "whep",
+            },
         };
-        let snapshot = match room.add_member(member, self.state.rooms.limits().max_participants) {
+        let snapshot = match room.add_member(member) {
             Ok(snapshot) => snapshot,
             Err(e) => {
                 if let Some(peer) = subscriber {

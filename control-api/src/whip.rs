@@ -316,8 +316,13 @@ impl ResourceTask {
         mut outgoing: mpsc::UnboundedReceiver<crate::protocol::ServerMessage>,
         mut commands: mpsc::Receiver<Command>,
     ) {
+        let mut kicked = self.session.take_kick_receiver();
         let reason = loop {
             tokio::select! {
+                Some(reason) = crate::http::recv_kick(&mut kicked) => {
+                    self.end(&reason).await;
+                    return;
+                }
                 Some(event) = peer_events.recv() => {
                     self.session.on_peer_event(event).await;
                     if self.session.media_gone() {

@@ -8,7 +8,7 @@
 //! `DashMap`, used on the control path only.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use dashmap::DashMap;
 use parking_lot::RwLock;
@@ -46,6 +46,8 @@ pub(crate) struct TrackRoute {
     pub(crate) layer_count: u8,
     /// Bit `i` set: the publisher is sending simulcast layer `i` (non-simulcast: bit 0).
     pub(crate) active_layers: AtomicU32,
+    /// Muted by the control plane: packets are not forwarded.
+    pub(crate) muted: AtomicBool,
     subscribers: RwLock<Arc<[Arc<SubscriberLink>]>>,
 }
 
@@ -125,6 +127,7 @@ impl ForwardingGraph {
             kind,
             layer_count,
             active_layers: AtomicU32::new(0),
+            muted: AtomicBool::new(false),
             subscribers: RwLock::new(Arc::from(Vec::new())),
         });
         self.tracks.insert(id, route.clone());

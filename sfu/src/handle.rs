@@ -339,6 +339,18 @@ impl Sfu {
             .await
     }
 
+    /// Mutes (or unmutes) a published track: while muted, none of its packets is forwarded.
+    /// Returns `false` if there is no such track.
+    pub fn set_track_muted(&self, track: TrackId, muted: bool) -> bool {
+        match self.shared().graph.get(track) {
+            Some(route) => {
+                route.muted.store(muted, Ordering::Relaxed);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Totals of the workers' counters.
     pub fn counters(&self) -> CounterSnapshot {
         self.shared().counters()

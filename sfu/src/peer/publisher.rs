@@ -245,6 +245,13 @@ impl Publisher {
                 meter.on_packet(ext.audio_level, ext.voice_activity, ctx.now);
             }
         }
+        if stream
+            .route
+            .muted
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return;
+        }
         let subscribers = stream.route.subscribers();
         if subscribers.is_empty() {
             return;
