@@ -22,6 +22,7 @@ use tracing::{Instrument, debug, info_span};
 use crate::AppState;
 use crate::auth::{Claims, Grants};
 use crate::protocol::{ErrorCode, ServerMessage, parse_client_message};
+use crate::rate_limit::TokenBucket;
 use crate::session::{Flow, Session};
 
 /// Largest HTTP request body (an SDP offer with many m-lines is well under it).
@@ -48,6 +49,13 @@ async fn signalling(ws: WebSocketUpgrade, State(state): State<Arc<AppState>>) ->
         .max_frame_size(limit)
         .on_upgrade(move |socket| run_session(socket, state))
 }
+
+/// Messages per second a client may send on its WebSocket, on average.
+pub const WS_RATE: f64 = 50.0;
+/// Messages a client may send at once.
+pub const WS_BURST: f64 = 200.0;
+/// Messages refused for rate before the socket is closed.
+const WS_MAX_REFUSED: u32 = 100;
 
 /// The next disconnection request, or never.
 pub async fn recv_kick(kicked: &mut Option<mpsc::UnboundedReceiver<String>>) -> Option<String> {
@@ -78,6 +86,8 @@ async fn run_session(socket: WebSocket, state: Arc<AppState>) {
     });
     let mut session = Session::new(state, outbox, events);
     let mut kicked = session.take_kick_receiver();
+    let mut bucket = TokenBucket::new(WS_RATE, WS_BURST);
+    let mut refused = 0u32;
     let span = info_span!("session");
     async {
         loop {
@@ -87,6 +97,17 @@ async fn run_session(socket: WebSocket, state: Arc<AppState>) {
                     break;
                 }
                 frame = stream.next() => match frame {
+                    Some(Ok(Message::Text(_) | Message::Binary(_))) if !bucket.allow(std::time::Instant::now()) => {
+                        refused += 1;
+                        if refused > WS_MAX_REFUSED {
+                            debug!("message flood; closing this socket");
+                            break;
+                        }
+                        session.reply(ServerMessage::error(
+                            ErrorCode::RateLimited,
+                            format!("more than {WS_RATE} messages per second; slow down"),
+                        ));
+                    }
                     Some(Ok(Message::Text(text))) => match parse_client_message(&text) {
                         Ok(message) => {
                             if session.handle(message).await == Flow::Stop {

@@ -14,6 +14,7 @@ pub mod auth;
 pub mod http;
 pub mod metrics;
 pub mod protocol;
+pub mod rate_limit;
 pub mod room;
 pub mod rooms_api;
 pub mod session;

@@ -205,3 +205,63 @@ async fn an_oversized_frame_closes_only_that_socket() {
     expect_pong(&mut bystander).await;
     server.shutdown();
 }
+
+#[tokio::test]
+async fn too_many_messages_are_refused_and_a_flood_closes_only_that_socket() {
+    let server = server(64 * 1024).await;
+    let mut client = connect(&server).await;
+    let mut bystander = connect(&server).await;
+
+    // Past the burst (200): the excess is refused with rate_limited, the socket stays open.
+    for _ in 0..260 {
+        send(&mut client, r#"{"type":"ping"}"#).await;
+    }
+    let (mut pongs, mut limited) = (0, 0);
+    while pongs + limited < 260 {
+        match recv(&mut client).await {
+            Some(ServerMessage::Pong) => pongs += 1,
+            Some(ServerMessage::Error {
+                code: ErrorCode::RateLimited,
+                ..
+            }) => limited += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(
+        limited >= 40 && pongs >= 200,
+        "pongs {pongs}, refused {limited}"
+    );
+    // The bucket refills: a ping is answered again within a second or so.
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut answered = false;
+    while !answered && std::time::Instant::now() < deadline {
+        send(&mut client, r#"{"type":"ping"}"#).await;
+        answered = recv(&mut client).await == Some(ServerMessage::Pong);
+        if !answered {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    assert!(answered, "usable again once the rate drops");
+
+    // A sustained flood closes the socket (reset or close), and only that one.
+    let mut flooder = connect(&server).await;
+    for _ in 0..2000 {
+        if flooder
+            .send(Message::Text(r#"{"type":"ping"}"#.into()))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let mut closed = false;
+    while let Ok(frame) = tokio::time::timeout(WAIT, flooder.next()).await {
+        if matches!(frame, None | Some(Err(_)) | Some(Ok(Message::Close(_)))) {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "a sustained flood closes the socket");
+    expect_pong(&mut bystander).await;
+    server.shutdown();
+}
