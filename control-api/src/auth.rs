@@ -152,6 +152,11 @@ impl ApiKeys {
             && self.secrets.get(DEV_API_KEY).map(String::as_str) == Some(DEV_API_SECRET)
     }
 
+    /// The secret of a key.
+    pub fn secret(&self, key: &str) -> Option<&str> {
+        self.secrets.get(key).map(String::as_str)
+    }
+
     /// One key name (for minting in dev mode).
     pub fn first_key(&self) -> Option<&str> {
         self.secrets.keys().min().map(String::as_str)

@@ -18,6 +18,7 @@ pub mod rate_limit;
 pub mod room;
 pub mod rooms_api;
 pub mod session;
+pub mod webhook;
 pub mod whip;
 
 use std::net::SocketAddr;
@@ -48,6 +49,8 @@ pub struct ServerConfig {
     pub ws_max_message: usize,
     /// Room policy.
     pub rooms: RoomLimits,
+    /// Webhook receivers (none by default).
+    pub webhooks: Option<webhook::WebhookConfig>,
 }
 
 impl Default for ServerConfig {
@@ -64,6 +67,7 @@ impl Default for ServerConfig {
                 max_rooms: 0,
                 empty_timeout: std::time::Duration::from_secs(300),
             },
+            webhooks: None,
         }
     }
 }
@@ -84,6 +88,8 @@ pub struct AppState {
     pub draining: AtomicBool,
     /// Live WHIP and WHEP resources.
     pub resources: whip::Resources,
+    /// Where room events go.
+    pub webhooks: webhook::Webhooks,
 }
 
 impl AppState {
@@ -134,9 +140,15 @@ impl Server {
             addr: config.http_addr,
             source,
         })?;
+        let webhooks = config
+            .webhooks
+            .clone()
+            .map(webhook::Webhooks::start)
+            .unwrap_or_default();
         let state = Arc::new(AppState {
             keys: config.keys.clone(),
-            rooms: Rooms::new(sfu.clone(), config.rooms),
+            rooms: Rooms::new(sfu.clone(), config.rooms, webhooks.clone()),
+            webhooks,
             config,
             sfu,
             http_addr,

@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::{ArgAction, Args, Parser, Subcommand};
 use control_api::auth::{ApiKeys, Claims, DEV_API_KEY, DEV_API_SECRET, Grants};
 use control_api::room::RoomLimits;
+use control_api::webhook::WebhookConfig;
 use control_api::{Server, ServerConfig};
 use sfu::SfuConfig;
 use tracing_subscriber::EnvFilter;
@@ -85,6 +86,10 @@ struct ServeArgs {
     /// it exits; a second signal exits at once.
     #[arg(long, env = "SFU_DRAIN_TIMEOUT", default_value_t = 600)]
     drain_timeout: u64,
+    /// URL to POST room events to (webhooks, signed with the first API key's secret);
+    /// repeat, or separate with commas, for several. [default: none]
+    #[arg(long = "webhook-url", env = "SFU_WEBHOOK_URLS", value_delimiter = ',')]
+    webhook_urls: Vec<String>,
     /// Log filter (tracing syntax, e.g. "info" or "info,sfu=debug").
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     log: String,
@@ -192,6 +197,20 @@ fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     let dev_keys = keys.is_dev();
+    let webhooks = (!args.webhook_urls.is_empty())
+        .then(|| {
+            let key = keys.first_key()?.to_string();
+            let secret = keys.secret(&key)?.to_string();
+            Some(WebhookConfig {
+                urls: args.webhook_urls.clone(),
+                key,
+                secret,
+                initial_backoff: Duration::from_secs(1),
+                attempts: 6,
+                timeout: Duration::from_secs(10),
+            })
+        })
+        .flatten();
     let mut sfu = SfuConfig {
         bind_ip: args.media_ip,
         first_port: args.media_port,
@@ -213,6 +232,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             max_rooms: args.max_rooms,
             empty_timeout: Duration::from_secs(args.empty_timeout),
         },
+        webhooks,
     };
     let drain_timeout = args.drain_timeout;
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -15,6 +15,7 @@ use sfu::{PeerId, RoomId, Sfu, TrackId};
 use tokio::sync::mpsc;
 
 use crate::protocol::{ErrorCode, ParticipantInfo, Refusal, ServerMessage, Speaker, TrackInfo};
+use crate::webhook::{EventKind, Webhooks};
 
 /// Where a participant's messages go.
 pub type Outbox = mpsc::UnboundedSender<ServerMessage>;
@@ -53,6 +54,7 @@ pub struct RoomSettings {
 pub struct Rooms {
     sfu: Sfu,
     limits: RoomLimits,
+    webhooks: Webhooks,
     rooms: Mutex<HashMap<String, Arc<Room>>>,
 }
 
@@ -83,6 +85,8 @@ struct RoomState {
     empty_since: Option<Instant>,
     /// Join counter (orders participants by arrival).
     joins: u64,
+    /// The room has been closed in the media core and announced as finished.
+    finished: bool,
 }
 
 struct Member {
@@ -186,10 +190,11 @@ impl RoomState {
 
 impl Rooms {
     /// No rooms yet.
-    pub fn new(sfu: Sfu, limits: RoomLimits) -> Self {
+    pub fn new(sfu: Sfu, limits: RoomLimits, webhooks: Webhooks) -> Self {
         Self {
             sfu,
             limits,
+            webhooks,
             rooms: Mutex::new(HashMap::new()),
         }
     }
@@ -253,6 +258,7 @@ impl Rooms {
         });
         rooms.insert(name.to_string(), room.clone());
         tracing::info!(room = name, id = %room.id, explicit = room.settings.explicit, "room created");
+        self.webhooks.emit(EventKind::RoomStarted, name, None, None);
         Ok(room)
     }
 
@@ -283,7 +289,7 @@ impl Rooms {
             let _ = kick.send("the room was deleted".to_string());
         }
         if room.state.lock().members.is_empty() {
-            self.sfu.close_room(room.id);
+            self.finish(&room);
         }
         tracing::info!(room = name, "room deleted");
         true
@@ -325,9 +331,26 @@ impl Rooms {
             if rooms.get(&room.name).is_some_and(|r| r.id == room.id) {
                 rooms.remove(&room.name);
             }
+            drop(state);
+            drop(rooms);
+            self.finish(room);
+        }
+    }
+
+    /// The room is gone for good: free it in the media core, tell the webhooks (once).
+    fn finish(&self, room: &Room) {
+        let first = !std::mem::replace(&mut room.state.lock().finished, true);
+        if first {
             self.sfu.close_room(room.id);
+            self.webhooks
+                .emit(EventKind::RoomFinished, &room.name, None, None);
             tracing::info!(room = %room.name, "room closed");
         }
+    }
+
+    /// Where room events go.
+    pub fn webhooks(&self) -> &Webhooks {
+        &self.webhooks
     }
 
     /// Number of rooms and participants.

@@ -25,6 +25,7 @@ use crate::protocol::{
 /// Track sources a client may declare.
 const KNOWN_SOURCES: [&str; 4] = ["camera", "microphone", "screen", "screen_audio"];
 use crate::room::{Kick, NewMember, Outbox, Room, RoomTrack};
+use crate::webhook::EventKind;
 
 /// Whether the session goes on after a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -239,6 +240,9 @@ impl Session {
             }
         };
         info!(room = %room.name, participant = %me.id, identity = %me.identity, "joined");
+        self.state
+            .webhooks
+            .emit(EventKind::ParticipantJoined, &room.name, Some(&me), None);
         self.send(ServerMessage::Joined {
             room: room.name.clone(),
             participant: me.clone(),
@@ -490,6 +494,12 @@ impl Session {
                     id: track.id,
                     info: info.clone(),
                 });
+                self.state.webhooks.emit(
+                    EventKind::TrackPublished,
+                    &joined.room.name,
+                    Some(&joined.me),
+                    Some(&info),
+                );
                 joined
                     .room
                     .broadcast(&ServerMessage::TrackPublished { track: info }, None);
@@ -499,9 +509,16 @@ impl Session {
                     }
                 }
             }
-            PeerEvent::TrackUnpublished { peer, track }
-                if Some(peer) == joined.publisher && joined.room.remove_track(track).is_some() =>
-            {
+            PeerEvent::TrackUnpublished { peer, track } if Some(peer) == joined.publisher => {
+                let Some(removed) = joined.room.remove_track(track) else {
+                    return;
+                };
+                self.state.webhooks.emit(
+                    EventKind::TrackUnpublished,
+                    &joined.room.name,
+                    Some(&joined.me),
+                    Some(&removed.info),
+                );
                 joined.room.broadcast(
                     &ServerMessage::TrackUnpublished {
                         track: track.to_string(),
@@ -545,6 +562,12 @@ impl Session {
         }
         if let Some(departure) = departure {
             for track in &departure.tracks {
+                self.state.webhooks.emit(
+                    EventKind::TrackUnpublished,
+                    &joined.room.name,
+                    Some(&joined.me),
+                    Some(&track.info),
+                );
                 joined.room.broadcast(
                     &ServerMessage::TrackUnpublished {
                         track: track.info.id.clone(),
@@ -566,6 +589,12 @@ impl Session {
                     None,
                 );
             }
+            self.state.webhooks.emit(
+                EventKind::ParticipantLeft,
+                &joined.room.name,
+                Some(&joined.me),
+                None,
+            );
             if departure.room_empty {
                 self.state.rooms.close_if_empty(&joined.room);
             }
