@@ -213,12 +213,15 @@ async fn readiness(State(state): State<Arc<AppState>>) -> Response {
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let (rooms, participants) = state.rooms.counts();
-    let body = crate::metrics::render(
-        &state.sfu.counters(),
+    let gauges = crate::metrics::Gauges {
         rooms,
         participants,
-        state.sfu.peer_count(),
-    );
+        peers: state.sfu.peer_count(),
+        tracks: state.sfu.tracks().len(),
+        worker_queues: state.sfu.worker_queues(),
+        webhooks_dropped: state.webhooks.dropped(),
+    };
+    let body = crate::metrics::render(&state.sfu.counters(), &gauges);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 

@@ -5,16 +5,35 @@ use std::fmt::Write;
 
 use sfu::CounterSnapshot;
 
+/// What the control plane adds to the media core's counters.
+#[derive(Debug, Clone, Default)]
+pub struct Gauges {
+    /// Rooms open.
+    pub rooms: usize,
+    /// Participants in rooms.
+    pub participants: usize,
+    /// Peer connections.
+    pub peers: usize,
+    /// Published tracks.
+    pub tracks: usize,
+    /// Per worker: (batches queued from other workers, queue capacity).
+    pub worker_queues: Vec<(usize, usize)>,
+    /// Webhook events dropped because a queue was full.
+    pub webhooks_dropped: u64,
+}
+
+/// Counters of the media core that are gauges (levels, not totals).
+const CORE_GAUGES: [&str; 2] = ["peers", "egress_estimate_bps"];
+
 /// Renders the metrics page.
-pub fn render(
-    counters: &CounterSnapshot,
-    rooms: usize,
-    participants: usize,
-    peers: usize,
-) -> String {
+pub fn render(counters: &CounterSnapshot, gauges: &Gauges) -> String {
     let mut out = String::new();
     for (name, value) in counters.fields() {
-        if name == "peers" {
+        if CORE_GAUGES.contains(&name) {
+            // `peers` is rendered below with the control plane's gauges.
+            if name != "peers" {
+                let _ = writeln!(out, "# TYPE sfu_{name} gauge\nsfu_{name} {value}");
+            }
             continue;
         }
         let _ = writeln!(
@@ -22,6 +41,26 @@ pub fn render(
             "# TYPE sfu_{name}_total counter\nsfu_{name}_total {value}"
         );
     }
+    let _ = writeln!(
+        out,
+        "# HELP sfu_worker_queue_depth Batches waiting in a media worker's queue from other workers.\n\
+         # TYPE sfu_worker_queue_depth gauge"
+    );
+    for (worker, (depth, _)) in gauges.worker_queues.iter().enumerate() {
+        let _ = writeln!(out, "sfu_worker_queue_depth{{worker=\"{worker}\"}} {depth}");
+    }
+    let _ = writeln!(out, "# TYPE sfu_worker_queue_capacity gauge");
+    for (worker, (_, capacity)) in gauges.worker_queues.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "sfu_worker_queue_capacity{{worker=\"{worker}\"}} {capacity}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# TYPE sfu_webhooks_dropped_total counter\nsfu_webhooks_dropped_total {}",
+        gauges.webhooks_dropped
+    );
     if let Some(process) = ProcessStats::read_self() {
         let _ = writeln!(
             out,
@@ -33,9 +72,18 @@ pub fn render(
         );
     }
     for (name, help, value) in [
-        ("sfu_rooms", "Rooms open.", rooms),
-        ("sfu_participants", "Participants in rooms.", participants),
-        ("sfu_peers", "Peer connections on the media workers.", peers),
+        ("sfu_rooms", "Rooms open.", gauges.rooms),
+        (
+            "sfu_participants",
+            "Participants in rooms.",
+            gauges.participants,
+        ),
+        (
+            "sfu_peers",
+            "Peer connections on the media workers.",
+            gauges.peers,
+        ),
+        ("sfu_tracks", "Published tracks.", gauges.tracks),
     ] {
         let _ = writeln!(
             out,
@@ -79,9 +127,22 @@ mod tests {
 
     #[test]
     fn renders_counters_and_process_stats() {
-        let text = render(&CounterSnapshot::default(), 1, 2, 3);
+        let gauges = Gauges {
+            rooms: 1,
+            participants: 2,
+            peers: 3,
+            tracks: 4,
+            worker_queues: vec![(0, 1024), (5, 1024)],
+            webhooks_dropped: 0,
+        };
+        let text = render(&CounterSnapshot::default(), &gauges);
         assert!(text.contains("sfu_rtp_forwarded_total 0"));
+        assert!(text.contains("sfu_nacks_received_total 0"));
+        assert!(text.contains("sfu_layer_switches_total 0"));
+        assert!(text.contains("sfu_egress_estimate_bps 0"));
         assert!(text.contains("sfu_participants 2"));
+        assert!(text.contains("sfu_tracks 4"));
+        assert!(text.contains("sfu_worker_queue_depth{worker=\"1\"} 5"));
         if cfg!(target_os = "linux") {
             assert!(text.contains("process_cpu_seconds_total "));
             assert!(ProcessStats::read_self().is_some_and(|p| p.rss_bytes > 0));

@@ -96,6 +96,10 @@ async fn subscriber_chooses_a_layer_and_switches_on_keyframes_without_gaps() {
         layers.ends_with(&[2, 0, 1, 2, 0, 2]),
         "switches happened in order: {layers:?}"
     );
+    assert!(
+        server.sfu().counters().layer_switches >= 5,
+        "switches are counted"
+    );
     for (seq, layer, keyframe) in &v.layer_changes {
         assert!(
             keyframe,

@@ -53,6 +53,14 @@ async fn subscriber_losses_are_repaired_from_the_egress_cache() {
         "audio (not retransmitted) shows the 5% loss, so the loss was real"
     );
     assert_eq!(state.bad_payloads, 0, "retransmitted payloads are intact");
+    let deadline = std::time::Instant::now() + WAIT;
+    while server.sfu().counters().nacks_received == 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        server.sfu().counters().nacks_received > 0,
+        "the subscriber's NACKs are counted"
+    );
     drop(publisher);
     server.shutdown();
 }

@@ -65,6 +65,12 @@ counters! {
     keyframe_requests_received,
     /// Keyframe requests sent to publishers, after coalescing.
     keyframe_requests_sent,
+    /// NACKs received from subscribers (answered from the egress RTX cache).
+    nacks_received,
+    /// Times a subscriber was switched to another simulcast layer.
+    layer_switches,
+    /// Sum of the latest egress bandwidth estimates of the peers (bits per second; a gauge).
+    egress_estimate_bps,
     /// Data channel messages relayed to a subscriber.
     data_relayed,
     /// Data channel messages dropped (no permission, not text, channel not open, congested).

@@ -356,6 +356,19 @@ impl Sfu {
         self.shared().counters()
     }
 
+    /// For each worker: batches waiting in its queue from other workers, and the queue's
+    /// capacity.
+    pub fn worker_queues(&self) -> Vec<(usize, usize)> {
+        self.shared()
+            .workers
+            .iter()
+            .map(|w| {
+                let capacity = w.media_tx.max_capacity();
+                (capacity - w.media_tx.capacity(), capacity)
+            })
+            .collect()
+    }
+
     /// Every published track and its subscribers.
     pub fn tracks(&self) -> Vec<TrackSnapshot> {
         self.shared().graph.snapshot()

@@ -21,6 +21,7 @@ pub async fn start_server(workers: usize) -> Server {
         sfu: SfuConfig {
             workers,
             first_port: 0,
+            stats_interval: Some(Duration::from_secs(1)),
             ..SfuConfig::default()
         },
         ..ServerConfig::default()

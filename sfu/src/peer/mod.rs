@@ -128,6 +128,8 @@ pub(crate) struct Peer {
     pub(crate) closed: Option<CloseReason>,
     /// Written to during this worker turn; the worker flushes it at the end of the turn.
     pub(crate) dirty: bool,
+    /// Latest egress bandwidth estimate (bits per second), as counted in the worker's gauge.
+    egress_estimate: u64,
 }
 
 impl Peer {
@@ -181,6 +183,7 @@ impl Peer {
             rtc_deadline: now,
             closed: None,
             dirty: false,
+            egress_estimate: 0,
         })
     }
 
@@ -274,19 +277,22 @@ impl Peer {
                 info!("connected");
                 self.info.emit(PeerEvent::Connected { peer: self.info.id });
             }
-            Event::PeerStats(s) => self.info.emit(PeerEvent::Stats {
-                peer: self.info.id,
-                stats: PeerStats {
-                    bytes_received: s.peer_bytes_rx,
-                    bytes_sent: s.peer_bytes_tx,
-                    media_bytes_received: s.bytes_rx,
-                    media_bytes_sent: s.bytes_tx,
-                    egress_loss: s.egress_loss_fraction,
-                    ingress_loss: s.ingress_loss_fraction,
-                    rtt: s.rtt,
-                    egress_estimate_bps: s.bwe_tx.map(|b| b.as_u64()),
-                },
-            }),
+            Event::PeerStats(s) => {
+                self.set_egress_estimate(s.bwe_tx.map_or(0, |b| b.as_u64()), ctx);
+                self.info.emit(PeerEvent::Stats {
+                    peer: self.info.id,
+                    stats: PeerStats {
+                        bytes_received: s.peer_bytes_rx,
+                        bytes_sent: s.peer_bytes_tx,
+                        media_bytes_received: s.bytes_rx,
+                        media_bytes_sent: s.bytes_tx,
+                        egress_loss: s.egress_loss_fraction,
+                        ingress_loss: s.ingress_loss_fraction,
+                        rtt: s.rtt,
+                        egress_estimate_bps: s.bwe_tx.map(|b| b.as_u64()),
+                    },
+                });
+            }
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) | Event::Closed => {
                 if self.closed.is_none() {
                     info!("remote side went away");
@@ -298,6 +304,14 @@ impl Peer {
                 Role::Subscriber(s) => s.on_event(&mut self.rtc, other, ctx),
             },
         }
+    }
+
+    /// Keeps the worker's gauge of egress estimates up to date.
+    fn set_egress_estimate(&mut self, estimate: u64, ctx: &Ctx<'_>) {
+        let gauge = &ctx.counters().egress_estimate_bps;
+        WorkerCounters::sub(gauge, self.egress_estimate);
+        WorkerCounters::add(gauge, estimate);
+        self.egress_estimate = estimate;
     }
 
     /// An address the state machine sends to has passed ICE: route its datagrams here.
@@ -347,6 +361,7 @@ impl Peer {
         }
         ctx.demux
             .remove_peer(self.info.id, &self.ufrag, &self.addrs);
+        self.set_egress_estimate(0, ctx);
         info!(?reason, "peer closed");
         self.info.emit(PeerEvent::Closed {
             peer: self.info.id,

@@ -80,6 +80,8 @@ struct Subscription {
     pt_map: Option<(Pt, Pt)>,
     /// What the subscriber asked for.
     quality: Quality,
+    /// NACKs from the subscriber counted so far (str0m reports a running total).
+    nacks_seen: u64,
     keyframe_asked_at: Option<Instant>,
 }
 
@@ -111,6 +113,9 @@ impl Subscription {
                 }
                 self.rewriter(packet)
                     .start_source(packet.seq, packet.ts, ctx.now);
+                if self.current.is_some() {
+                    WorkerCounters::add(&ctx.counters().layer_switches, 1);
+                }
                 self.current = Some(packet.layer);
                 self.keyframe_asked_at = None;
                 self.set_wanted_layers();
@@ -244,6 +249,7 @@ impl Subscriber {
                 target: None,
                 pt_map: None,
                 quality: Quality::Auto,
+                nacks_seen: 0,
                 keyframe_asked_at: None,
             },
         );
@@ -445,6 +451,17 @@ impl Subscriber {
                 }
             }
             Event::ChannelClose(id) if self.channel == Some(id) => self.channel = None,
+            Event::MediaEgressStats(stats) => {
+                if let Some(sub) = self
+                    .by_mid
+                    .get(&stats.mid)
+                    .and_then(|t| self.subs.get_mut(t))
+                {
+                    let new = stats.nacks.saturating_sub(sub.nacks_seen);
+                    sub.nacks_seen = sub.nacks_seen.max(stats.nacks);
+                    WorkerCounters::add(&ctx.counters().nacks_received, new);
+                }
+            }
 
             _ => {}
         }
