@@ -48,16 +48,23 @@ RUSTDOCFLAGS="-D warnings" cargo doc -j "$jobs" --workspace --no-deps --quiet
 
 # --- Python tools (in .venv) -----------------------------------------------------------------
 # From PyPI: the Helm library and the Kubernetes schemas (no helm binary is installable), and
-# ffmpeg 9 with its WHIP muxer (imageio-ffmpeg) for the interop test.
-if [[ -z "${SKIP_INSTALL:-}" ]] && ! .venv/bin/python -c "import helm_python, kubernetes_validate, yaml, imageio_ffmpeg" 2>/dev/null; then
-  step "installing helm-python-sdk, kubernetes-validate and imageio-ffmpeg (PyPI)"
+# ffmpeg 9 with its WHIP muxer (imageio-ffmpeg) for the interop test, and schemathesis for
+# fuzzing the REST API.
+if [[ -z "${SKIP_INSTALL:-}" ]] && ! .venv/bin/python -c "import helm_python, kubernetes_validate, yaml, imageio_ffmpeg, schemathesis" 2>/dev/null; then
+  step "installing helm-python-sdk, kubernetes-validate, imageio-ffmpeg and schemathesis (PyPI)"
   python3 -m venv .venv
-  .venv/bin/pip install -q -r helm/tests/requirements.txt -r web-demo/tests/requirements.txt
+  .venv/bin/pip install -q -r helm/tests/requirements.txt -r web-demo/tests/requirements.txt \
+    -r control-api/tests/requirements.txt
 fi
 
 # --- Helm chart ------------------------------------------------------------------------------
 step "Helm chart tests"
 .venv/bin/python -m unittest discover -s helm/tests
+
+# --- REST API fuzzing ------------------------------------------------------------------------
+step "fuzzing the room service from its OpenAPI document (no 5xx)"
+cargo build -j "$jobs" -p control-api --bin sfu-server
+control-api/tests/fuzz-rest-api.sh target/debug/sfu-server
 
 # --- Browser ---------------------------------------------------------------------------------
 if [[ -z "${SKIP_BROWSER:-}" ]]; then

@@ -16,8 +16,8 @@ pub struct Gauges {
     pub peers: usize,
     /// Published tracks.
     pub tracks: usize,
-    /// Per worker: (batches queued from other workers, queue capacity).
-    pub worker_queues: Vec<(usize, usize)>,
+    /// Per worker: (batches queued from other workers, queue capacity, batches dropped).
+    pub worker_queues: Vec<(usize, usize, u64)>,
     /// Webhook events dropped because a queue was full.
     pub webhooks_dropped: u64,
 }
@@ -46,14 +46,21 @@ pub fn render(counters: &CounterSnapshot, gauges: &Gauges) -> String {
         "# HELP sfu_worker_queue_depth Batches waiting in a media worker's queue from other workers.\n\
          # TYPE sfu_worker_queue_depth gauge"
     );
-    for (worker, (depth, _)) in gauges.worker_queues.iter().enumerate() {
+    for (worker, (depth, _, _)) in gauges.worker_queues.iter().enumerate() {
         let _ = writeln!(out, "sfu_worker_queue_depth{{worker=\"{worker}\"}} {depth}");
     }
     let _ = writeln!(out, "# TYPE sfu_worker_queue_capacity gauge");
-    for (worker, (_, capacity)) in gauges.worker_queues.iter().enumerate() {
+    for (worker, (_, capacity, _)) in gauges.worker_queues.iter().enumerate() {
         let _ = writeln!(
             out,
             "sfu_worker_queue_capacity{{worker=\"{worker}\"}} {capacity}"
+        );
+    }
+    let _ = writeln!(out, "# TYPE sfu_worker_queue_drops_total counter");
+    for (worker, (_, _, drops)) in gauges.worker_queues.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "sfu_worker_queue_drops_total{{worker=\"{worker}\"}} {drops}"
         );
     }
     let _ = writeln!(
@@ -132,7 +139,7 @@ mod tests {
             participants: 2,
             peers: 3,
             tracks: 4,
-            worker_queues: vec![(0, 1024), (5, 1024)],
+            worker_queues: vec![(0, 1024, 0), (5, 1024, 2)],
             webhooks_dropped: 0,
         };
         let text = render(&CounterSnapshot::default(), &gauges);
@@ -143,6 +150,7 @@ mod tests {
         assert!(text.contains("sfu_participants 2"));
         assert!(text.contains("sfu_tracks 4"));
         assert!(text.contains("sfu_worker_queue_depth{worker=\"1\"} 5"));
+        assert!(text.contains("sfu_worker_queue_drops_total{worker=\"1\"} 2"));
         if cfg!(target_os = "linux") {
             assert!(text.contains("process_cpu_seconds_total "));
             assert!(ProcessStats::read_self().is_some_and(|p| p.rss_bytes > 0));

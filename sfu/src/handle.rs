@@ -356,15 +356,16 @@ impl Sfu {
         self.shared().counters()
     }
 
-    /// For each worker: batches waiting in its queue from other workers, and the queue's
-    /// capacity.
-    pub fn worker_queues(&self) -> Vec<(usize, usize)> {
+    /// For each worker: batches waiting in its queue from other workers, the queue's capacity,
+    /// and batches this worker dropped because another's queue was full.
+    pub fn worker_queues(&self) -> Vec<(usize, usize, u64)> {
         self.shared()
             .workers
             .iter()
             .map(|w| {
                 let capacity = w.media_tx.max_capacity();
-                (capacity - w.media_tx.capacity(), capacity)
+                let drops = w.counters.queue_drops.load(Ordering::Relaxed);
+                (capacity - w.media_tx.capacity(), capacity, drops)
             })
             .collect()
     }
