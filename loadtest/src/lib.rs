@@ -10,6 +10,10 @@
 
 pub mod bot;
 mod client_peer;
+pub mod clip;
+pub mod media_encode;
+pub mod media_input;
 pub mod server_probe;
 pub mod signal;
 pub mod synthetic;
+pub mod vp8_rtp;
