@@ -23,7 +23,14 @@ pub struct Gauges {
 }
 
 /// Counters of the media core that are gauges (levels, not totals).
-const CORE_GAUGES: [&str; 2] = ["peers", "egress_estimate_bps"];
+const CORE_GAUGES: [&str; 6] = [
+    "peers",
+    "egress_estimate_bps",
+    "video_best",
+    "video_requested",
+    "video_bandwidth",
+    "video_unavailable",
+];
 
 /// Renders the metrics page.
 pub fn render(counters: &CounterSnapshot, gauges: &Gauges) -> String {

@@ -241,6 +241,19 @@ pub enum ServerMessage {
         /// Muted or not.
         muted: bool,
     },
+    /// Which layer of a subscribed video track is forwarded, which is wanted, and why.
+    LayerState {
+        /// Track id.
+        track: String,
+        /// Layer forwarded (index into the track's `simulcast` list; 0 = lowest).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        current: Option<u8>,
+        /// Layer wanted; differs from `current` while its keyframe is awaited.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        target: Option<u8>,
+        /// `best`, `requested`, `bandwidth` or `unavailable`.
+        reason: String,
+    },
     /// Who is speaking, loudest first (sent when the list changes).
     ActiveSpeakers {
         /// The speakers.

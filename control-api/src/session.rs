@@ -454,6 +454,20 @@ impl Session {
         match event {
             PeerEvent::Connected { peer } => debug!(%peer, "media connected"),
             PeerEvent::Stats { peer, stats } => debug!(%peer, ?stats, "peer stats"),
+            PeerEvent::LayerState {
+                peer,
+                track,
+                current,
+                target,
+                reason,
+            } if Some(peer) == joined.subscriber => {
+                self.send(ServerMessage::LayerState {
+                    track: track.to_string(),
+                    current,
+                    target,
+                    reason: reason.as_str().to_string(),
+                });
+            }
             PeerEvent::AudioLevel { peer, level, .. } if Some(peer) == joined.publisher => {
                 if let Some(speakers) = joined.room.update_speaker(&joined.me.id, level) {
                     joined

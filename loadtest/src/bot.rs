@@ -23,7 +23,7 @@ use tokio::task::JoinHandle;
 use crate::client_peer::ClientPeer;
 use crate::server_probe::http_request;
 use crate::signal::{ClientMessage, ServerMessage, Signal, SignalError};
-use crate::synthetic::{PayloadKind, Signature};
+use crate::synthetic::{self, PayloadKind, Signature};
 
 /// How a bot talks to the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,6 +116,10 @@ pub struct ReceivedStream {
     pub layer_changes: Vec<(u64, u8, bool)>,
     /// Layer of the last packet.
     pub layer: Option<u8>,
+    /// VP8 picture ID of the last frame start.
+    pub picture_id: Option<u16>,
+    /// Frame starts whose picture ID did not follow the previous one's (VP8).
+    pub picture_id_jumps: u32,
 }
 
 impl ReceivedStream {
@@ -811,6 +815,8 @@ impl Bots<'_> {
                         starts_with_keyframe: false,
                         layer_changes: Vec::new(),
                         layer: None,
+                        picture_id: None,
+                        picture_id_jumps: 0,
                     });
                     stream.seqs.push(*packet.seq_no);
                     if kind == PayloadKind::Foreign {
@@ -824,6 +830,15 @@ impl Bots<'_> {
                             stream.tags.insert(sig.tag);
                             if sig.keyframe && sig.frame_start {
                                 stream.keyframes += 1;
+                            }
+                            if let Some(id) = synthetic::vp8_picture_id(&packet.payload)
+                                .filter(|_| sig.frame_start)
+                            {
+                                let follows = stream
+                                    .picture_id
+                                    .is_none_or(|last| (last + 1) & 0x7fff == id);
+                                stream.picture_id_jumps += u32::from(!follows);
+                                stream.picture_id = Some(id);
                             }
                             if stream.layer != Some(sig.layer) {
                                 stream.layer = Some(sig.layer);

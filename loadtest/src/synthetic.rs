@@ -135,8 +135,33 @@ impl Signature {
             keyframe: flags & 2 != 0,
             layer: (flags >> 2) & 0x0f,
         };
-        (parsed_kind == kind && signature.payload(payload.len()) == payload).then_some(signature)
+        let expected = signature.payload(payload.len());
+        let same = match kind {
+            // The picture ID is the SFU's to rewrite (kept continuous across layer switches).
+            PayloadKind::Vp8 => {
+                expected.get(..VP8_PICTURE_ID.start) == payload.get(..VP8_PICTURE_ID.start)
+                    && expected.get(VP8_PICTURE_ID.end..) == payload.get(VP8_PICTURE_ID.end..)
+            }
+            _ => expected == payload,
+        };
+        (parsed_kind == kind && same).then_some(signature)
     }
+}
+
+/// Where the (15-bit) picture ID sits in a synthetic VP8 payload.
+const VP8_PICTURE_ID: std::ops::Range<usize> = 2..4;
+
+/// The picture ID of a VP8 payload (RFC 7741), if its descriptor carries one.
+pub fn vp8_picture_id(payload: &[u8]) -> Option<u16> {
+    let (&first, &ext) = (payload.first()?, payload.get(1)?);
+    if first & 0x80 == 0 || ext & 0x80 == 0 {
+        return None;
+    }
+    let high = *payload.get(2)?;
+    if high & 0x80 == 0 {
+        return Some(u16::from(high));
+    }
+    Some(u16::from(high & 0x7f) << 8 | u16::from(*payload.get(3)?))
 }
 
 #[cfg(test)]

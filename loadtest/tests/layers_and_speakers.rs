@@ -35,6 +35,23 @@ fn set_quality(bot: &Bot, track: &str, quality: &str) {
     bot.signal(message);
 }
 
+/// The `layer_state` messages received: (current, target, reason).
+fn layer_states(state: &BotState) -> Vec<(Option<u8>, Option<u8>, String)> {
+    state
+        .messages
+        .iter()
+        .filter_map(|m| match m {
+            ServerMessage::LayerState {
+                current,
+                target,
+                reason,
+                ..
+            } => Some((*current, *target, reason.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Waits until the subscriber's video is on `layer` and has received 30 packets since.
 async fn settles_on(bot: &Bot, layer: u8) -> bool {
     bot.wait_for(WAIT, |s| {
@@ -65,21 +82,33 @@ async fn subscriber_chooses_a_layer_and_switches_on_keyframes_without_gaps() {
 
     assert!(
         settles_on(&viewer, 2).await,
-        "auto quality forwards the top layer"
+        "auto quality forwards the top layer: {:?}",
+        layer_states(&viewer.state())
     );
     let track = video_track_of(&viewer.state());
-    for (quality, layer) in [
-        ("low", 0),
-        ("medium", 1),
-        ("high", 2),
-        ("low", 0),
-        ("auto", 2),
+    for (quality, layer, reason) in [
+        ("low", 0, "requested"),
+        ("medium", 1, "requested"),
+        ("high", 2, "best"),
+        ("low", 0, "requested"),
+        ("auto", 2, "best"),
     ] {
         set_quality(&viewer, &track, quality);
         assert!(
             settles_on(&viewer, layer).await,
-            "{quality} -> layer {layer}: {:?}",
-            video(&viewer.state()).map(|v| &v.layer_changes)
+            "{quality} -> layer {layer}: {:?} {:?}",
+            video(&viewer.state()).map(|v| &v.layer_changes),
+            layer_states(&viewer.state())
+        );
+        let reported = viewer
+            .wait_for(WAIT, |s| {
+                layer_states(s).last() == Some(&(Some(layer), Some(layer), reason.to_owned()))
+            })
+            .await;
+        assert!(
+            reported,
+            "{quality}: layer state reported: {:?}",
+            layer_states(&viewer.state())
         );
     }
 
@@ -88,6 +117,10 @@ async fn subscriber_chooses_a_layer_and_switches_on_keyframes_without_gaps() {
     assert!(
         v.seqs_continuous(),
         "one continuous sequence space across switches"
+    );
+    assert_eq!(
+        v.picture_id_jumps, 0,
+        "VP8 picture IDs continue across switches"
     );
     assert_eq!(v.tags.len(), 1);
     assert_eq!(state.bad_payloads, 0);

@@ -27,6 +27,9 @@ pub struct SfuConfig {
     pub keyframe_retry: Duration,
     /// UDP socket send and receive buffer size in bytes. Default 4 MiB.
     pub socket_buffer_bytes: usize,
+    /// Bandwidth a subscriber's estimator starts from, before it has measured anything
+    /// (bits per second). Default 1 Mbit/s.
+    pub initial_egress_bitrate: u64,
     /// How often each peer reports [`crate::PeerEvent::Stats`]; `None` turns them off.
     /// Default 5 s.
     pub stats_interval: Option<Duration>,
@@ -43,6 +46,7 @@ impl Default for SfuConfig {
             keyframe_request_interval: Duration::from_millis(500),
             keyframe_retry: Duration::from_secs(1),
             socket_buffer_bytes: 4 << 20,
+            initial_egress_bitrate: 1_000_000,
             stats_interval: Some(Duration::from_secs(5)),
         }
     }

@@ -77,6 +77,14 @@ counters! {
     data_dropped,
     /// Peers currently on the workers.
     peers,
+    /// Video subscriptions on the best layer being sent (a gauge).
+    video_best,
+    /// Video subscriptions held lower by the subscriber's request (a gauge).
+    video_requested,
+    /// Video subscriptions held lower by the subscriber's bandwidth (a gauge).
+    video_bandwidth,
+    /// Video subscriptions whose layer is not being sent (a gauge).
+    video_unavailable,
 }
 
 impl WorkerCounters {

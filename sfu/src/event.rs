@@ -144,6 +144,20 @@ pub enum PeerEvent {
         /// Smoothed loudness, 0 to 1.
         level: f32,
     },
+    /// A subscriber's video track changed layer, target or reason (reported at most every
+    /// half second): explains what the subscriber receives and why.
+    LayerState {
+        /// The subscribing peer.
+        peer: PeerId,
+        /// The track.
+        track: TrackId,
+        /// Layer being forwarded (0 = lowest).
+        current: Option<u8>,
+        /// Layer wanted (switched to on its next keyframe).
+        target: Option<u8>,
+        /// Why the target is what it is.
+        reason: crate::LayerReason,
+    },
     /// Periodic statistics (see [`crate::SfuConfig::stats_interval`]).
     Stats {
         /// The peer.

@@ -8,14 +8,17 @@
 //! `DashMap`, used on the control path only.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use dashmap::DashMap;
 use parking_lot::RwLock;
 
+use crate::allocator::MAX_LAYERS;
 use crate::event::TrackKind;
 use crate::ids::{PeerId, RoomId, TrackId};
-use crate::layer_choice::{Quality, choose_layer};
+#[cfg(test)]
+use crate::layer_choice::Quality;
+use crate::layer_choice::choose_layer;
 
 /// Where a peer lives: its worker thread and its id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -48,6 +51,8 @@ pub(crate) struct TrackRoute {
     pub(crate) active_layers: AtomicU32,
     /// Muted by the control plane: packets are not forwarded.
     pub(crate) muted: AtomicBool,
+    /// Measured bitrate of each layer, bits per second (0: not measured).
+    layer_bps: [AtomicU64; MAX_LAYERS],
     subscribers: RwLock<Arc<[Arc<SubscriberLink>]>>,
 }
 
@@ -73,12 +78,25 @@ impl TrackRoute {
         }
     }
 
-    /// The layer to forward to a subscriber asking for `quality`, among those being sent.
-    pub(crate) fn choose_layer(&self, quality: Quality) -> Option<u8> {
-        choose_layer(
-            self.active_layers.load(Ordering::Relaxed),
-            quality.cap(self.layer_count),
-        )
+    /// Records the measured bitrate of a layer.
+    pub(crate) fn set_layer_rate(&self, layer: usize, bps: u64) {
+        if let Some(slot) = self.layer_bps.get(layer) {
+            slot.store(bps, Ordering::Relaxed);
+        }
+    }
+
+    /// The measured bitrate of each layer.
+    pub(crate) fn layer_rates(&self) -> [u64; MAX_LAYERS] {
+        let mut rates = [0; MAX_LAYERS];
+        for (rate, slot) in rates.iter_mut().zip(&self.layer_bps) {
+            *rate = slot.load(Ordering::Relaxed);
+        }
+        rates
+    }
+
+    /// The best layer being sent at or below `cap`.
+    pub(crate) fn choose_layer_capped(&self, cap: Option<u8>) -> Option<u8> {
+        choose_layer(self.active_layers.load(Ordering::Relaxed), cap)
     }
 
     fn update(&self, f: impl FnOnce(&mut Vec<Arc<SubscriberLink>>)) {
@@ -128,6 +146,7 @@ impl ForwardingGraph {
             layer_count,
             active_layers: AtomicU32::new(0),
             muted: AtomicBool::new(false),
+            layer_bps: Default::default(),
             subscribers: RwLock::new(Arc::from(Vec::new())),
         });
         self.tracks.insert(id, route.clone());
@@ -239,13 +258,13 @@ mod tests {
             Arc::from("PA_1"),
             3,
         );
-        assert_eq!(route.choose_layer(Quality::Auto), None);
+        assert_eq!(route.choose_layer_capped(Quality::Auto.cap(3)), None);
         assert!(route.mark_layer_active(0));
         assert!(!route.mark_layer_active(0));
         assert!(route.mark_layer_active(2));
-        assert_eq!(route.choose_layer(Quality::Auto), Some(2));
-        assert_eq!(route.choose_layer(Quality::Medium), Some(0));
+        assert_eq!(route.choose_layer_capped(Quality::Auto.cap(3)), Some(2));
+        assert_eq!(route.choose_layer_capped(Quality::Medium.cap(3)), Some(0));
         route.set_layer_active(2, false);
-        assert_eq!(route.choose_layer(Quality::High), Some(0));
+        assert_eq!(route.choose_layer_capped(Quality::High.cap(3)), Some(0));
     }
 }

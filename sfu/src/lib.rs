@@ -14,6 +14,7 @@
     allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
 )]
 
+mod allocator;
 mod audio_level;
 mod codec_order;
 mod command;
@@ -29,13 +30,18 @@ mod ids;
 mod keyframe;
 mod keyframe_throttle;
 mod layer_choice;
+mod layer_switch;
 mod packet;
 mod peer;
 mod rewrite;
 mod shared;
+#[cfg(test)]
+mod simulation;
 mod stun;
+mod vp8_munger;
 mod worker;
 
+pub use allocator::LayerReason;
 pub use config::SfuConfig;
 pub use counters::CounterSnapshot;
 pub use error::SfuError;

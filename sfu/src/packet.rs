@@ -34,6 +34,9 @@ pub(crate) struct ForwardedPacket {
     pub(crate) video_orientation: Option<VideoOrientation>,
     /// When the packet arrived at the server.
     pub(crate) arrival: Instant,
+    /// When the publisher captured it (seconds since the Unix epoch), from its latest sender
+    /// report: lines up the layers of a simulcast track, and audio with video.
+    pub(crate) capture: Option<f64>,
 }
 
 /// A data channel message, already wrapped with its sender's identity.

@@ -70,19 +70,31 @@ impl SeqTsRewriter {
         Self::new(clock_rate, rand::random::<u16>() >> 1, rand::random())
     }
 
-    /// Whether a source has been started.
-    pub(crate) fn is_started(&self) -> bool {
-        self.mapping.is_some()
-    }
-
     /// Starts forwarding a (new) source whose next packet is `(in_seq, in_ts)`, arriving at
     /// `now`. Call it for the first packet and at every switch of source.
+    #[cfg(test)]
     pub(crate) fn start_source(&mut self, in_seq: u64, in_ts: u32, now: Instant) {
+        self.start_source_after(in_seq, in_ts, now, None);
+    }
+
+    /// Like [`Self::start_source`], with the time since the last packet sent known from the
+    /// media itself (`elapsed` seconds between capture times, from sender reports) rather than
+    /// from arrival times.
+    pub(crate) fn start_source_after(
+        &mut self,
+        in_seq: u64,
+        in_ts: u32,
+        now: Instant,
+        elapsed: Option<f64>,
+    ) {
         let (out_seq, out_ts) = match self.mapping {
             None => (u64::from(self.initial_seq), self.initial_ts),
             Some(m) => {
-                let elapsed = now.saturating_duration_since(m.last_arrival);
-                let ticks = (elapsed.as_secs_f64() * f64::from(self.clock_rate)).round();
+                let arrival = now.saturating_duration_since(m.last_arrival).as_secs_f64();
+                let seconds = elapsed
+                    .filter(|e| e.is_finite() && *e >= 0.0)
+                    .unwrap_or(arrival);
+                let ticks = (seconds * f64::from(self.clock_rate)).round();
                 // At least one tick, so the new source's first frame is a new frame.
                 let ticks = (ticks as u32).max(1);
                 (m.highest_out_seq + 1, m.last_out_ts.wrapping_add(ticks))

@@ -163,6 +163,11 @@ impl Peer {
                 _ => config,
             };
         }
+        if matches!(role, Role::Subscriber(_)) {
+            // Transport-wide congestion control: the estimate the layer allocator works from.
+            let initial = shared.config.initial_egress_bitrate;
+            config = config.enable_bwe(Some(str0m::bwe::Bitrate::bps(initial)));
+        }
         let mut rtc = config.build(now);
         for addr in shared
             .workers
@@ -228,11 +233,7 @@ impl Peer {
         self.drain(ctx);
         let mutated = match &mut self.role {
             Role::Publisher(p) => p.handle_timeout(&mut self.rtc, &self.info, ctx),
-            Role::Subscriber(s) => {
-                // Only queues keyframe requests for publishers; the state machine is untouched.
-                s.handle_timeout(ctx);
-                false
-            }
+            Role::Subscriber(s) => s.handle_timeout(&mut self.rtc, &self.info, ctx),
         };
         if mutated {
             self.drain(ctx);

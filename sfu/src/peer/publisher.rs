@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use str0m::format::PayloadParams;
 use str0m::media::{
@@ -13,6 +14,7 @@ use str0m::{Event, Rtc};
 use tracing::{debug, info};
 
 use super::{Ctx, PeerInfo};
+use crate::allocator::MAX_LAYERS;
 use crate::audio_level::AudioLevelMeter;
 use crate::counters::WorkerCounters;
 use crate::data_relay;
@@ -39,6 +41,10 @@ struct PublishedTrack {
     throttles: Vec<KeyframeThrottle>,
     /// Audio tracks only.
     meter: Option<AudioLevelMeter>,
+    /// Payload bytes per layer since the last rate sample.
+    layer_bytes: [u64; MAX_LAYERS],
+    /// When the rates were last sampled.
+    sampled_at: Option<Instant>,
 }
 
 struct IngressStream {
@@ -56,12 +62,15 @@ impl Publisher {
         }
     }
 
-    pub(crate) fn deadline(&self) -> Option<std::time::Instant> {
+    pub(crate) fn deadline(&self) -> Option<Instant> {
         self.tracks
             .iter()
             .flat_map(|t| {
                 let throttles = t.throttles.iter().filter_map(KeyframeThrottle::deadline);
-                throttles.chain(t.meter.as_ref().and_then(AudioLevelMeter::deadline))
+                let sample = t.sampled_at.map(|at| at + RATE_SAMPLE);
+                throttles
+                    .chain(t.meter.as_ref().and_then(AudioLevelMeter::deadline))
+                    .chain(sample)
             })
             .min()
     }
@@ -183,6 +192,8 @@ impl Publisher {
                 .map(|_| KeyframeThrottle::new(interval))
                 .collect(),
             meter: (kind == TrackKind::Audio).then(AudioLevelMeter::default),
+            layer_bytes: [0; MAX_LAYERS],
+            sampled_at: None,
         });
     }
 
@@ -244,6 +255,10 @@ impl Publisher {
             if let Some(meter) = &mut track.meter {
                 meter.on_packet(ext.audio_level, ext.voice_activity, ctx.now);
             }
+            if let Some(bytes) = track.layer_bytes.get_mut(usize::from(layer)) {
+                *bytes += packet.payload.len() as u64;
+            }
+            track.sampled_at.get_or_insert(ctx.now);
         }
         if stream
             .route
@@ -256,6 +271,17 @@ impl Publisher {
         if subscribers.is_empty() {
             return;
         }
+        let capture = packet.last_sender_info.map(|sr| {
+            let clock = params.spec().clock_rate;
+            let ntp = sr
+                .ntp_time
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            let sr_rtp = sr.rtp_time.rebase(clock).numer() as u32;
+            // Signed distance in the 32-bit RTP space: right within ~6 hours at 90 kHz.
+            let delta = packet.header.timestamp.wrapping_sub(sr_rtp) as i32;
+            ntp + f64::from(delta) / f64::from(clock.get())
+        });
         let forwarded = Arc::new(ForwardedPacket {
             track: stream.route.id,
             layer,
@@ -269,6 +295,7 @@ impl Publisher {
             voice_activity: ext.voice_activity,
             video_orientation: ext.video_orientation,
             arrival: packet.timestamp,
+            capture,
         });
         let bit = 1u32 << u32::from(layer.min(31));
         for link in subscribers.iter() {
@@ -328,6 +355,7 @@ impl Publisher {
     ) -> bool {
         let mut mutated = false;
         for t in &mut self.tracks {
+            sample_rates(t, ctx.now);
             if let Some(level) = t.meter.as_mut().and_then(|m| m.poll(ctx.now)) {
                 info.emit(PeerEvent::AudioLevel {
                     peer: info.id,
@@ -345,6 +373,35 @@ impl Publisher {
         }
         mutated
     }
+}
+
+/// Layer bitrates are measured over this period.
+const RATE_SAMPLE: Duration = Duration::from_millis(500);
+
+/// Updates a track's measured layer bitrates (smoothed) when a sample period has passed.
+fn sample_rates(t: &mut PublishedTrack, now: Instant) {
+    let Some(at) = t.sampled_at else {
+        return;
+    };
+    let elapsed = now.saturating_duration_since(at);
+    if elapsed < RATE_SAMPLE {
+        return;
+    }
+    let seconds = elapsed.as_secs_f64();
+    let previous = t.route.layer_rates();
+    for (layer, bytes) in t.layer_bytes.iter_mut().enumerate() {
+        let sample = (*bytes * 8) as f64 / seconds;
+        let old = previous.get(layer).copied().unwrap_or(0) as f64;
+        // Half the new sample: follows a layer's rate within a second or so.
+        let smoothed = if old == 0.0 {
+            sample
+        } else {
+            (old + sample) / 2.0
+        };
+        t.route.set_layer_rate(layer, smoothed as u64);
+        *bytes = 0;
+    }
+    t.sampled_at = Some(now);
 }
 
 fn request_keyframe(rtc: &mut Rtc, mid: Mid, rid: Option<Rid>, ctx: &mut Ctx<'_>) {

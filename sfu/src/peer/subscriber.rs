@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::channel::ChannelId;
 use str0m::media::{Direction, MediaKind, Mid, Pt};
@@ -20,6 +21,7 @@ use str0m::{Event, Rtc};
 use tracing::{debug, info};
 
 use super::{Ctx, PeerInfo};
+use crate::allocator::{Allocator, LayerReason, TrackNeeds, UP_FACTOR};
 use crate::counters::WorkerCounters;
 use crate::error::SfuError;
 use crate::event::{OfferedTrack, PeerEvent, TrackKind};
@@ -27,8 +29,8 @@ use crate::graph::{SubscriberLink, TrackRoute};
 use crate::ids::TrackId;
 use crate::keyframe::needs_keyframe;
 use crate::layer_choice::Quality;
+use crate::layer_switch::{Forward, LayerSwitcher};
 use crate::packet::{DataMessage, Delivery, ForwardedPacket};
-use crate::rewrite::{Rewritten, SeqTsRewriter};
 
 /// Label of the data channel the server opens on every subscriber connection.
 pub(crate) const DATA_CHANNEL_LABEL: &str = "data";
@@ -51,7 +53,18 @@ pub(crate) struct Subscriber {
     /// Set for a subscriber whose client made the offer (WHEP): its m-lines are fixed, and
     /// subscribed tracks are bound to free ones of their kind, without renegotiation.
     slots: Option<Vec<Slot>>,
+    /// Shares the bandwidth estimate among the video tracks.
+    allocator: Allocator,
+    /// Latest egress bandwidth estimate (bits per second).
+    estimate: Option<u64>,
+    /// When the allocator runs next (every [`ALLOCATION_PERIOD`] while tracks are received).
+    next_allocation: Option<Instant>,
 }
+
+/// How often the layers are re-allocated from the bandwidth estimate.
+const ALLOCATION_PERIOD: std::time::Duration = std::time::Duration::from_millis(500);
+/// Bandwidth set aside per audio track.
+const AUDIO_BPS: u64 = 50_000;
 
 /// An m-line a client offered to receive on.
 struct Slot {
@@ -71,78 +84,105 @@ struct Subscription {
     mid: Option<Mid>,
     /// Set when the client has accepted it: the publisher now sends to us.
     link: Option<Arc<SubscriberLink>>,
-    rewriter: Option<SeqTsRewriter>,
-    /// Layer being forwarded.
-    current: Option<u8>,
-    /// Layer we want to forward (switch on its next keyframe).
-    target: Option<u8>,
+    /// Which layer is forwarded, and the rewriting.
+    switcher: LayerSwitcher,
     /// Publisher payload type -> ours, for the last codec seen.
     pt_map: Option<(Pt, Pt)>,
     /// What the subscriber asked for.
     quality: Quality,
+    /// The highest layer the subscriber's bandwidth allows (set by the allocator).
+    bandwidth_cap: Option<u8>,
     /// NACKs from the subscriber counted so far (str0m reports a running total).
     nacks_seen: u64,
     keyframe_asked_at: Option<Instant>,
+    /// Why the target layer is what it is (video; set by the allocator).
+    reason: Option<LayerReason>,
+    /// The layer state last reported to the control plane.
+    reported: Option<(Option<u8>, Option<u8>, LayerReason)>,
 }
 
 impl Subscription {
-    /// A video subscription whose chosen layer has not started (audio never waits).
-    fn waiting_for_keyframe(&self) -> bool {
-        self.route.kind == TrackKind::Video
-            && self.link.is_some()
-            && self.target.is_some()
-            && self.current != self.target
+    fn new(route: Arc<TrackRoute>, mid: Option<Mid>) -> Self {
+        let video = route.kind == TrackKind::Video;
+        Self {
+            route,
+            mid,
+            link: None,
+            switcher: LayerSwitcher::new(video),
+            pt_map: None,
+            quality: Quality::Auto,
+            bandwidth_cap: None,
+            nacks_seen: 0,
+            keyframe_asked_at: None,
+            reason: None,
+            reported: None,
+        }
     }
 
-    fn rewriter(&mut self, packet: &ForwardedPacket) -> &mut SeqTsRewriter {
-        self.rewriter.get_or_insert_with(|| {
-            SeqTsRewriter::with_random_start(packet.params.spec().clock_rate.get())
-        })
+    /// Records why the target layer is what it is (and keeps the worker's gauges).
+    fn set_reason(&mut self, reason: Option<LayerReason>, ctx: &Ctx<'_>) {
+        if self.reason == reason {
+            return;
+        }
+        if let Some(old) = self.reason {
+            WorkerCounters::sub(reason_gauge(old, ctx), 1);
+        }
+        if let Some(new) = reason {
+            WorkerCounters::add(reason_gauge(new, ctx), 1);
+        }
+        self.reason = reason;
+    }
+
+    fn is_video(&self) -> bool {
+        self.route.kind == TrackKind::Video
+    }
+
+    /// A video subscription whose chosen layer has not started (audio never waits).
+    fn waiting_for_keyframe(&self) -> bool {
+        self.link.is_some() && self.switcher.waiting()
+    }
+
+    /// The highest layer allowed by the requested quality and the bandwidth.
+    fn cap(&self) -> Option<u8> {
+        let requested = self.quality.cap(self.route.layer_count);
+        match (requested, self.bandwidth_cap) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Decides whether `packet` is forwarded, following the chosen layer and switching only on
-    /// a keyframe of it. Returns the packet's outgoing numbers if it is
-    /// forwarded, and whether the keyframe wait changed.
-    fn admit(&mut self, packet: &ForwardedPacket, ctx: &mut Ctx<'_>) -> (Option<Rewritten>, bool) {
+    /// a keyframe of it. Returns the packet's outgoing numbers if it is forwarded, and whether
+    /// the keyframe wait changed.
+    fn admit(&mut self, packet: &ForwardedPacket, ctx: &mut Ctx<'_>) -> (Option<Forward>, bool) {
         let mut waits_changed = false;
-        if needs_keyframe(packet.params.spec().codec) {
+        if self.is_video() {
             waits_changed = self.retarget(Some(packet.layer), ctx);
-            if self.current != Some(packet.layer) {
-                if Some(packet.layer) != self.target || !packet.keyframe {
-                    return (None, waits_changed); // Another layer, or the target before its keyframe.
-                }
-                self.rewriter(packet)
-                    .start_source(packet.seq, packet.ts, ctx.now);
-                if self.current.is_some() {
-                    WorkerCounters::add(&ctx.counters().layer_switches, 1);
-                }
-                self.current = Some(packet.layer);
-                self.keyframe_asked_at = None;
-                self.set_wanted_layers();
-                waits_changed = true;
-                debug!(track = %packet.track, layer = packet.layer, "forwarding layer");
-            }
-        } else if !self.rewriter(packet).is_started() {
-            self.rewriter(packet)
-                .start_source(packet.seq, packet.ts, ctx.now);
         }
-        (
-            self.rewriter(packet)
-                .rewrite(packet.seq, packet.ts, ctx.now),
-            waits_changed,
-        )
+        let before = self.switcher.current();
+        let forward = self.switcher.on_packet(packet, ctx.now);
+        if self.switcher.current() != before {
+            if forward.as_ref().is_some_and(|f| f.switched) {
+                WorkerCounters::add(&ctx.counters().layer_switches, 1);
+            }
+            self.keyframe_asked_at = None;
+            self.set_wanted_layers();
+            waits_changed = true;
+            debug!(track = %packet.track, layer = packet.layer, "forwarding layer");
+        }
+        (forward, waits_changed)
     }
 
     /// Re-chooses the layer to forward (`fallback` if the publisher's layers are not known
     /// yet); asks for a keyframe when it changes. Returns whether the keyframe wait changed.
     fn retarget(&mut self, fallback: Option<u8>, ctx: &mut Ctx<'_>) -> bool {
-        let best = self.route.choose_layer(self.quality).or(fallback);
-        if best.is_none() || self.target == best {
+        let best = self.route.choose_layer_capped(self.cap()).or(fallback);
+        if best.is_none() || self.switcher.target() == best {
             return false;
         }
-        self.target = best;
+        let needs_keyframe = self.switcher.set_target(best);
         self.set_wanted_layers();
-        if let (Some(layer), true) = (best, self.current != best) {
+        if let (Some(layer), true) = (best, needs_keyframe) {
             ask_keyframe(self, layer, ctx);
         }
         true
@@ -150,11 +190,8 @@ impl Subscription {
 
     fn set_wanted_layers(&self) {
         if let Some(link) = &self.link {
-            let bits = [self.current, self.target]
-                .into_iter()
-                .flatten()
-                .fold(0u32, |acc, l| acc | 1 << u32::from(l.min(31)));
-            link.layers.store(bits, Ordering::Relaxed);
+            link.layers
+                .store(self.switcher.wanted_layers(), Ordering::Relaxed);
         }
     }
 }
@@ -172,6 +209,9 @@ impl Subscriber {
             backlog: VecDeque::new(),
             next_retry: None,
             slots: None,
+            allocator: Allocator::default(),
+            estimate: None,
+            next_allocation: None,
         }
     }
 
@@ -205,7 +245,10 @@ impl Subscriber {
     }
 
     pub(crate) fn deadline(&self) -> Option<Instant> {
-        self.next_retry
+        match (self.next_retry, self.next_allocation) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Adds a track: negotiated with the next offer, or, for a client-offered subscriber, bound
@@ -238,21 +281,7 @@ impl Subscriber {
                 Some(slot.mid)
             }
         };
-        self.subs.insert(
-            track,
-            Subscription {
-                route,
-                mid: fixed_mid,
-                link: None,
-                rewriter: None,
-                current: None,
-                target: None,
-                pt_map: None,
-                quality: Quality::Auto,
-                nacks_seen: 0,
-                keyframe_asked_at: None,
-            },
-        );
+        self.subs.insert(track, Subscription::new(route, fixed_mid));
         match fixed_mid {
             Some(mid) => {
                 self.by_mid.insert(mid, track);
@@ -275,8 +304,10 @@ impl Subscriber {
             .get_mut(&track)
             .ok_or(SfuError::UnknownTrack(track))?;
         sub.quality = quality;
-        if sub.link.is_some() && sub.route.kind == TrackKind::Video && sub.retarget(None, ctx) {
-            self.next_retry = earliest_retry(&self.subs, ctx);
+        // The allocator decides at once: down to the request, or up as far as the bandwidth
+        // allows.
+        if sub.link.is_some() && sub.route.kind == TrackKind::Video {
+            self.next_allocation = Some(ctx.now);
         }
         debug!(%track, ?quality, "quality set");
         Ok(())
@@ -284,9 +315,10 @@ impl Subscriber {
 
     /// Removes a track: forwarding stops now, the m-line is stopped with the next offer.
     pub(crate) fn unsubscribe(&mut self, track: TrackId, info: &PeerInfo, ctx: &Ctx<'_>) {
-        let Some(sub) = self.subs.remove(&track) else {
+        let Some(mut sub) = self.subs.remove(&track) else {
             return;
         };
+        sub.set_reason(None, ctx);
         if sub.link.is_some() {
             ctx.shared.graph.unsubscribe(track, ctx.here(info.id));
         }
@@ -408,14 +440,15 @@ impl Subscriber {
         };
         let target = match sub.route.kind {
             TrackKind::Audio => Some(0),
-            TrackKind::Video => sub.route.choose_layer(sub.quality),
+            TrackKind::Video => sub.route.choose_layer_capped(sub.cap()),
         };
         // Until the publisher has sent anything we do not know its layers: take them all.
         let layers = target.map_or(u32::MAX, |l| 1 << u32::from(l));
         match ctx.shared.graph.subscribe(track, here, layers) {
             Some(link) => {
                 sub.link = Some(link);
-                sub.target = target;
+                sub.switcher.set_target(target);
+                self.next_allocation.get_or_insert(ctx.now);
                 if sub.route.kind == TrackKind::Video
                     && let Some(layer) = target
                 {
@@ -439,7 +472,7 @@ impl Subscriber {
                     return;
                 };
                 if sub.link.is_some()
-                    && let Some(layer) = sub.current.or(sub.target)
+                    && let Some(layer) = sub.switcher.current().or(sub.switcher.target())
                 {
                     ask_keyframe(sub, layer, ctx);
                 }
@@ -451,6 +484,9 @@ impl Subscriber {
                 }
             }
             Event::ChannelClose(id) if self.channel == Some(id) => self.channel = None,
+            Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
+                self.estimate = Some(estimate.as_u64());
+            }
             Event::MediaEgressStats(stats) => {
                 if let Some(sub) = self
                     .by_mid
@@ -533,44 +569,140 @@ impl Subscriber {
             WorkerCounters::add(&ctx.counters().rtp_not_forwarded, 1);
             return;
         };
-        tx.write_rtp(
-            RtpWrite::new(
-                out_pt,
-                out.seq.into(),
-                out.ts,
-                packet.arrival,
-                packet.payload.clone(),
-            )
-            .marker(packet.marker)
-            .ext_vals(ext)
-            .nackable(needs_keyframe(packet.params.spec().codec)),
-        );
+        let mut write = RtpWrite::new(
+            out_pt,
+            out.seq.into(),
+            out.ts,
+            packet.arrival,
+            packet.payload.clone(),
+        )
+        .marker(packet.marker)
+        .ext_vals(ext)
+        .nackable(needs_keyframe(packet.params.spec().codec));
+        if let Some(patch) = out.vp8 {
+            write = write.vp8_patch(patch);
+        }
+        tx.write_rtp(write);
         let counters = ctx.counters();
         WorkerCounters::add(&counters.rtp_forwarded, 1);
         WorkerCounters::add(&counters.rtp_bytes_forwarded, packet.payload.len() as u64);
     }
 
-    /// Asks again for keyframes that have not come.
-    pub(crate) fn handle_timeout(&mut self, ctx: &mut Ctx<'_>) {
+    /// Runs the allocator and asks again for keyframes that have not come. Returns whether
+    /// it changed the state machine (which must then be drained).
+    pub(crate) fn handle_timeout(
+        &mut self,
+        rtc: &mut Rtc,
+        info: &PeerInfo,
+        ctx: &mut Ctx<'_>,
+    ) -> bool {
+        let mut mutated = false;
+        if self.next_allocation.is_some_and(|t| t <= ctx.now) {
+            mutated = self.allocate(rtc, ctx);
+            self.report_layers(info);
+            let receiving = self.subs.values().any(|s| s.link.is_some());
+            self.next_allocation = receiving.then_some(ctx.now + ALLOCATION_PERIOD);
+        }
         if self.next_retry.is_none_or(|t| t > ctx.now) {
-            return;
+            return mutated;
         }
         let retry = ctx.shared.config.keyframe_retry;
         for sub in self.subs.values_mut() {
             if sub.waiting_for_keyframe()
                 && sub.keyframe_asked_at.is_none_or(|t| t + retry <= ctx.now)
-                && let Some(target) = sub.target
+                && let Some(target) = sub.switcher.target()
             {
                 ask_keyframe(sub, target, ctx);
             }
         }
         self.next_retry = earliest_retry(&self.subs, ctx);
+        mutated
+    }
+
+    /// Shares the bandwidth estimate among the video tracks and applies the result. Returns
+    /// whether it told the estimator (the state machine) what to probe for.
+    fn allocate(&mut self, rtc: &mut Rtc, ctx: &mut Ctx<'_>) -> bool {
+        let video: Vec<(TrackId, TrackNeeds)> = self
+            .subs
+            .iter()
+            .filter(|(_, s)| s.is_video() && s.link.is_some())
+            .map(|(id, s)| {
+                let needs = TrackNeeds {
+                    active: s.route.active_layers.load(Ordering::Relaxed),
+                    rates: s.route.layer_rates(),
+                    cap: s.quality.cap(s.route.layer_count),
+                    current: s.switcher.target(),
+                };
+                (*id, needs)
+            })
+            .collect();
+        if video.is_empty() {
+            return false;
+        }
+        let audio = self
+            .subs
+            .values()
+            .filter(|s| !s.is_video() && s.link.is_some())
+            .count() as u64
+            * AUDIO_BPS;
+        // Without an estimate (no transport-wide feedback from this client) there is no
+        // bandwidth limit, only the requested quality.
+        let budget = self.estimate.map_or(u64::MAX, |e| e.saturating_sub(audio));
+        let allocation = self.allocator.allocate(ctx.now, budget, &video);
+        let mut waits_changed = false;
+        for (id, choice) in &allocation.choices {
+            if let Some(sub) = self.subs.get_mut(id) {
+                sub.bandwidth_cap = choice
+                    .layer
+                    .filter(|_| choice.reason == LayerReason::Bandwidth);
+                sub.set_reason(Some(choice.reason), ctx);
+                waits_changed |= sub.retarget(None, ctx);
+            }
+        }
+        if waits_changed {
+            self.next_retry = earliest_retry(&self.subs, ctx);
+        }
+        if self.estimate.is_none() {
+            return false;
+        }
+        // Sustain (media plus padding, which str0m caps by the estimate) the rate the next
+        // layer up needs, and probe towards what the tracks could use; both with the headroom
+        // an upgrade needs. An estimator that only proves what media carries would never
+        // allow a switch up.
+        let with_headroom = |bps: u64| (bps.saturating_add(audio) as f64 * UP_FACTOR) as u64;
+        let used = with_headroom(allocation.next_step);
+        let wanted = with_headroom(allocation.wanted).max(used);
+        rtc.bwe()
+            .set_bitrate(Bitrate::bps(used), Bitrate::bps(wanted));
+        true
+    }
+
+    /// Tells the control plane about video tracks whose layer state changed.
+    fn report_layers(&mut self, info: &PeerInfo) {
+        for (id, sub) in &mut self.subs {
+            let Some(reason) = sub.reason.filter(|_| sub.link.is_some()) else {
+                continue;
+            };
+            let state = (sub.switcher.current(), sub.switcher.target(), reason);
+            if sub.reported != Some(state) {
+                sub.reported = Some(state);
+                info.emit(PeerEvent::LayerState {
+                    peer: info.id,
+                    track: *id,
+                    current: state.0,
+                    target: state.1,
+                    reason,
+                });
+            }
+        }
     }
 
     /// Leaves every track and the room's data relay.
     pub(crate) fn teardown(&mut self, info: &PeerInfo, ctx: &mut Ctx<'_>) {
         let here = ctx.here(info.id);
-        for (track, sub) in self.subs.drain() {
+        let subs: Vec<(TrackId, Subscription)> = self.subs.drain().collect();
+        for (track, mut sub) in subs {
+            sub.set_reason(None, ctx);
             if sub.link.is_some() {
                 ctx.shared.graph.unsubscribe(track, here);
             }
@@ -586,6 +718,16 @@ impl Subscriber {
 fn negotiated_pt(rtc: &Rtc, mid: Mid, packet: &ForwardedPacket) -> Option<Pt> {
     let pt = rtc.codec_config().match_params(packet.params)?.pt();
     rtc.media(mid)?.remote_pts().contains(&pt).then_some(pt)
+}
+
+fn reason_gauge<'a>(reason: LayerReason, ctx: &'a Ctx<'_>) -> &'a std::sync::atomic::AtomicU64 {
+    let c = ctx.counters();
+    match reason {
+        LayerReason::Best => &c.video_best,
+        LayerReason::Requested => &c.video_requested,
+        LayerReason::Bandwidth => &c.video_bandwidth,
+        LayerReason::Unavailable => &c.video_unavailable,
+    }
 }
 
 fn ask_keyframe(sub: &mut Subscription, layer: u8, ctx: &mut Ctx<'_>) {

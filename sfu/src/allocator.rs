@@ -1,0 +1,446 @@
+//! Shares a subscriber's egress bandwidth estimate among its video tracks: per track, the best
+//! simulcast layer that fits, within what the subscriber asked for and what the publisher sends.
+//!
+//! Going down is immediate: a layer that no longer fits in the estimate is dropped at once.
+//! Going up needs headroom (the estimate must exceed the cost by [`UP_FACTOR`]); a track the
+//! bandwidth held back must also see that headroom for [`UP_HOLD`] first, so an estimate
+//! hovering at a boundary does not make the layer flap and the subscriber's bandwidth
+//! estimator gets time to probe before media follows. A track that was not held back by the
+//! bandwidth (starting, or the subscriber asked for more) goes up at once. Sans-IO: time and
+//! the estimate come in, choices (with the reason for each) go out.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use crate::ids::TrackId;
+
+/// Simulcast layers tracked per track.
+pub(crate) const MAX_LAYERS: usize = 4;
+/// An upgrade needs the estimate to exceed the new total by this factor.
+pub(crate) const UP_FACTOR: f64 = 1.15;
+/// ... continuously for this long.
+pub(crate) const UP_HOLD: Duration = Duration::from_secs(2);
+/// Bitrates assumed for a layer being sent whose rate is not measured yet, lowest first.
+const DEFAULT_RATES: [u64; MAX_LAYERS] = [150_000, 500_000, 1_500_000, 2_500_000];
+
+/// Why a track is on its layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LayerReason {
+    /// The best layer the publisher sends.
+    Best,
+    /// The subscriber asked for no more (quality request).
+    Requested,
+    /// The subscriber's bandwidth allows no more.
+    Bandwidth,
+    /// The layer the subscriber would get is not being sent by the publisher.
+    Unavailable,
+}
+
+impl LayerReason {
+    /// A lower-case name for logs, metrics and signalling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LayerReason::Best => "best",
+            LayerReason::Requested => "requested",
+            LayerReason::Bandwidth => "bandwidth",
+            LayerReason::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// What one video track could receive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TrackNeeds {
+    /// Bit `i`: layer `i` is being sent.
+    pub(crate) active: u32,
+    /// Measured bitrate of each layer (0: not measured yet).
+    pub(crate) rates: [u64; MAX_LAYERS],
+    /// Highest layer the subscriber asked for.
+    pub(crate) cap: Option<u8>,
+    /// The layer chosen last time.
+    pub(crate) current: Option<u8>,
+}
+
+impl TrackNeeds {
+    fn rate(&self, layer: u8) -> u64 {
+        let i = usize::from(layer).min(MAX_LAYERS - 1);
+        match self.rates.get(i).copied().unwrap_or(0) {
+            0 => DEFAULT_RATES.get(i).copied().unwrap_or(0),
+            r => r,
+        }
+    }
+
+    fn is_active(&self, layer: u8) -> bool {
+        layer < 32 && self.active & (1 << layer) != 0
+    }
+
+    /// Layers being sent within the cap, lowest first; if none is within the cap, the
+    /// lowest one being sent.
+    fn allowed(&self) -> Vec<u8> {
+        let cap = self.cap.unwrap_or(u8::MAX);
+        let within: Vec<u8> = (0..32u8)
+            .filter(|l| self.is_active(*l) && *l <= cap)
+            .collect();
+        if within.is_empty() {
+            (0..32u8).find(|l| self.is_active(*l)).into_iter().collect()
+        } else {
+            within
+        }
+    }
+}
+
+/// The allocator's decision for one track.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Choice {
+    /// The layer to forward (`None`: nothing is being sent).
+    pub(crate) layer: Option<u8>,
+    /// Why that one.
+    pub(crate) reason: LayerReason,
+}
+
+/// The allocator of one subscriber.
+#[derive(Debug, Default)]
+pub(crate) struct Allocator {
+    /// Per track: since when its next layer up has been affordable.
+    affordable_since: HashMap<TrackId, Instant>,
+    /// Tracks whose last choice was held down by the bandwidth.
+    limited: HashSet<TrackId>,
+}
+
+/// What an allocation decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Allocation {
+    /// Per track, in the order given.
+    pub(crate) choices: Vec<(TrackId, Choice)>,
+    /// Bitrate of the chosen layers.
+    pub(crate) used: u64,
+    /// Bitrate of the best allowed layers (what the estimator should probe towards).
+    pub(crate) wanted: u64,
+    /// Bitrate after the cheapest one-layer upgrade (`used` if none is possible): what
+    /// media and padding should carry so the estimate can grow into the next layer.
+    pub(crate) next_step: u64,
+}
+
+impl Allocator {
+    /// Chooses a layer per track for `budget` bits per second (the estimate, less audio).
+    pub(crate) fn allocate(
+        &mut self,
+        now: Instant,
+        budget: u64,
+        tracks: &[(TrackId, TrackNeeds)],
+    ) -> Allocation {
+        let allowed: Vec<Vec<u8>> = tracks.iter().map(|(_, n)| n.allowed()).collect();
+        // Index into `allowed` of each track's layer; start everyone at the bottom.
+        let mut pick: Vec<Option<usize>> = allowed
+            .iter()
+            .map(|a| (!a.is_empty()).then_some(0))
+            .collect();
+        let layer_of = |t: usize, pick: &[Option<usize>]| -> Option<u8> {
+            let i = pick.get(t).copied().flatten()?;
+            allowed.get(t)?.get(i).copied()
+        };
+        let cost = |pick: &[Option<usize>]| -> u64 {
+            (0..tracks.len())
+                .filter_map(|t| Some(tracks.get(t)?.1.rate(layer_of(t, pick)?)))
+                .sum()
+        };
+        // Keep what each track already has (or as close as fits): no headroom needed.
+        for t in 0..tracks.len() {
+            let Some(current) = tracks.get(t).and_then(|(_, n)| n.current) else {
+                continue;
+            };
+            while let (Some(i), Some(layers)) = (pick.get(t).copied().flatten(), allowed.get(t)) {
+                let Some(&next) = layers.get(i + 1) else {
+                    break;
+                };
+                if next > current {
+                    break;
+                }
+                let mut trial = pick.clone();
+                if let Some(slot) = trial.get_mut(t) {
+                    *slot = Some(i + 1);
+                }
+                if cost(&trial) > budget {
+                    break;
+                }
+                pick = trial;
+            }
+        }
+        // Go up where there is headroom, and has been for long enough.
+        let up_budget = (budget as f64 / UP_FACTOR) as u64;
+        for t in 0..tracks.len() {
+            let Some((id, _)) = tracks.get(t) else {
+                continue;
+            };
+            loop {
+                let (Some(i), Some(layers)) = (pick.get(t).copied().flatten(), allowed.get(t))
+                else {
+                    self.affordable_since.remove(id);
+                    break;
+                };
+                if layers.get(i + 1).is_none() {
+                    self.affordable_since.remove(id);
+                    break;
+                }
+                let mut trial = pick.clone();
+                if let Some(slot) = trial.get_mut(t) {
+                    *slot = Some(i + 1);
+                }
+                if cost(&trial) > up_budget {
+                    self.affordable_since.remove(id);
+                    break;
+                }
+                let since = *self.affordable_since.entry(*id).or_insert(now);
+                if self.limited.contains(id) && now.saturating_duration_since(since) < UP_HOLD {
+                    break;
+                }
+                self.affordable_since.insert(*id, now);
+                pick = trial;
+            }
+        }
+        self.affordable_since
+            .retain(|id, _| tracks.iter().any(|(t, _)| t == id));
+        self.limited.clear();
+
+        let mut choices = Vec::with_capacity(tracks.len());
+        let mut wanted = 0;
+        for (t, (id, needs)) in tracks.iter().enumerate() {
+            let layer = layer_of(t, &pick);
+            let best_allowed = allowed.get(t).and_then(|a| a.last().copied());
+            wanted += best_allowed.map_or(0, |l| needs.rate(l));
+            let top_active = (0..32u8).rev().find(|l| needs.is_active(*l));
+            let reason = match (layer, best_allowed, top_active) {
+                (None, _, _) => LayerReason::Unavailable,
+                (Some(l), Some(best), _) if l < best => LayerReason::Bandwidth,
+                (Some(l), _, _) if needs.cap.is_some_and(|c| c < l) => LayerReason::Unavailable,
+                (Some(l), _, Some(top)) if l < top && needs.cap.is_some_and(|c| c <= l) => {
+                    LayerReason::Requested
+                }
+                (Some(l), _, _) if needs.cap.is_some_and(|c| c > l && !needs.is_active(c)) => {
+                    LayerReason::Unavailable
+                }
+                _ => LayerReason::Best,
+            };
+            if reason == LayerReason::Bandwidth {
+                self.limited.insert(*id);
+            }
+            choices.push((*id, Choice { layer, reason }));
+        }
+        let used = cost(&pick);
+        let next_step = (0..tracks.len())
+            .filter_map(|t| {
+                let i = pick.get(t).copied().flatten()?;
+                allowed.get(t)?.get(i + 1)?;
+                let mut trial = pick.clone();
+                *trial.get_mut(t)? = Some(i + 1);
+                Some(cost(&trial))
+            })
+            .min()
+            .unwrap_or(used);
+        Allocation {
+            used,
+            choices,
+            wanted,
+            next_step,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn needs(current: Option<u8>, cap: Option<u8>) -> TrackNeeds {
+        TrackNeeds {
+            active: 0b111,
+            rates: [150_000, 500_000, 1_500_000, 0],
+            cap,
+            current,
+        }
+    }
+
+    fn one(a: &Allocation) -> Choice {
+        a.choices[0].1
+    }
+
+    #[test]
+    fn downgrade_is_immediate_upgrade_waits_for_headroom_and_hold() {
+        let t0 = Instant::now();
+        let mut alloc = Allocator::default();
+        let id = TrackId(1);
+        // On the top layer, the estimate drops to 700 kbit/s: down to the middle at once.
+        let a = alloc.allocate(t0, 700_000, &[(id, needs(Some(2), None))]);
+        assert_eq!(
+            one(&a),
+            Choice {
+                layer: Some(1),
+                reason: LayerReason::Bandwidth
+            }
+        );
+        // Enough for the top layer but without headroom: stays.
+        let a = alloc.allocate(t0 + 500 * MS, 1_600_000, &[(id, needs(Some(1), None))]);
+        assert_eq!(one(&a).layer, Some(1));
+        // With headroom: only after it has held for UP_HOLD.
+        let a = alloc.allocate(t0 + 1000 * MS, 2_000_000, &[(id, needs(Some(1), None))]);
+        assert_eq!(one(&a).layer, Some(1));
+        let a = alloc.allocate(t0 + 2900 * MS, 2_000_000, &[(id, needs(Some(1), None))]);
+        assert_eq!(one(&a).layer, Some(1), "not yet: {a:?}");
+        let a = alloc.allocate(t0 + 3000 * MS, 2_000_000, &[(id, needs(Some(1), None))]);
+        assert_eq!(
+            one(&a),
+            Choice {
+                layer: Some(2),
+                reason: LayerReason::Best
+            }
+        );
+        assert_eq!(a.wanted, 1_500_000);
+        assert_eq!(a.next_step, a.used, "nothing left to grow into");
+    }
+
+    #[test]
+    fn a_track_not_held_back_by_bandwidth_goes_up_at_once() {
+        let t0 = Instant::now();
+        let mut alloc = Allocator::default();
+        let id = TrackId(1);
+        // A new track with room for everything starts on the top layer.
+        let a = alloc.allocate(t0, 10_000_000, &[(id, needs(None, None))]);
+        assert_eq!(
+            one(&a),
+            Choice {
+                layer: Some(2),
+                reason: LayerReason::Best
+            }
+        );
+        // Asked for low, then for high again: no hold, the bandwidth never stood in the way.
+        let a = alloc.allocate(t0, 10_000_000, &[(id, needs(Some(2), Some(0)))]);
+        assert_eq!(
+            one(&a),
+            Choice {
+                layer: Some(0),
+                reason: LayerReason::Requested
+            }
+        );
+        let a = alloc.allocate(t0 + 100 * MS, 10_000_000, &[(id, needs(Some(0), None))]);
+        assert_eq!(
+            one(&a),
+            Choice {
+                layer: Some(2),
+                reason: LayerReason::Best
+            }
+        );
+        // Starting with too little for the top: as high as fits, and from then on held.
+        let mut fresh = Allocator::default();
+        let a = fresh.allocate(t0, 1_000_000, &[(id, needs(None, None))]);
+        assert_eq!(
+            one(&a),
+            Choice {
+                layer: Some(1),
+                reason: LayerReason::Bandwidth
+            }
+        );
+        assert_eq!((a.used, a.next_step), (500_000, 1_500_000));
+        let a = fresh.allocate(t0 + 100 * MS, 10_000_000, &[(id, needs(Some(1), None))]);
+        assert_eq!(
+            one(&a).layer,
+            Some(1),
+            "an upgrade after a bandwidth limit waits"
+        );
+    }
+
+    #[test]
+    fn an_estimate_hovering_at_a_boundary_does_not_flap() {
+        let t0 = Instant::now();
+        let mut alloc = Allocator::default();
+        let id = TrackId(1);
+        let mut layer = Some(2);
+        let mut changes = 0;
+        for i in 0..200u32 {
+            // 1.45 to 1.75 Mbit/s: around the top layer's 1.5 Mbit/s, never with headroom.
+            let estimate = 1_450_000 + u64::from(i % 7) * 50_000;
+            let a = alloc.allocate(t0 + i * 100 * MS, estimate, &[(id, needs(layer, None))]);
+            if one(&a).layer != layer {
+                changes += 1;
+                layer = one(&a).layer;
+            }
+        }
+        assert!(changes <= 1, "{changes} changes");
+    }
+
+    #[test]
+    fn requested_and_unavailable_reasons() {
+        let t0 = Instant::now();
+        let mut alloc = Allocator::default();
+        let a = alloc.allocate(t0, 10_000_000, &[(TrackId(1), needs(Some(0), Some(0)))]);
+        assert_eq!(
+            one(&a),
+            Choice {
+                layer: Some(0),
+                reason: LayerReason::Requested
+            }
+        );
+        // Top layer paused by the publisher: the best there is, but not what was wanted.
+        let mut paused = needs(Some(1), None);
+        paused.active = 0b011;
+        let a = alloc.allocate(t0, 10_000_000, &[(TrackId(1), paused)]);
+        assert_eq!(
+            one(&a),
+            Choice {
+                layer: Some(1),
+                reason: LayerReason::Best
+            }
+        );
+        let mut capped = needs(Some(1), Some(1));
+        capped.active = 0b101;
+        let a = alloc.allocate(t0, 10_000_000, &[(TrackId(1), capped)]);
+        assert_eq!(
+            one(&a),
+            Choice {
+                layer: Some(0),
+                reason: LayerReason::Unavailable
+            }
+        );
+        let mut nothing = needs(None, None);
+        nothing.active = 0;
+        let a = alloc.allocate(t0, 10_000_000, &[(TrackId(1), nothing)]);
+        assert_eq!(
+            one(&a),
+            Choice {
+                layer: None,
+                reason: LayerReason::Unavailable
+            }
+        );
+    }
+
+    #[test]
+    fn a_paused_layer_is_never_chosen() {
+        let t0 = Instant::now();
+        let mut alloc = Allocator::default();
+        let mut n = needs(Some(0), None);
+        n.active = 0b101; // middle paused
+        for i in 0..50u32 {
+            let a = alloc.allocate(t0 + i * 100 * MS, 1_000_000, &[(TrackId(1), n)]);
+            assert_ne!(one(&a).layer, Some(1));
+            n.current = one(&a).layer;
+        }
+    }
+
+    #[test]
+    fn bandwidth_is_shared_between_tracks() {
+        let t0 = Instant::now();
+        let mut alloc = Allocator::default();
+        let tracks = [
+            (TrackId(1), needs(Some(2), None)),
+            (TrackId(2), needs(Some(2), None)),
+        ];
+        // 2 Mbit/s cannot carry two top layers (3 Mbit/s): one keeps it, the other goes down.
+        let a = alloc.allocate(t0, 2_000_000, &tracks);
+        let layers: Vec<Option<u8>> = a.choices.iter().map(|(_, c)| c.layer).collect();
+        assert_eq!(layers, vec![Some(2), Some(1)]);
+        assert!(a.used <= 2_000_000);
+        // Even with far too little, each track keeps its lowest layer.
+        let a = alloc.allocate(t0, 100_000, &tracks);
+        assert!(a.choices.iter().all(|(_, c)| c.layer == Some(0)));
+    }
+}

@@ -1,0 +1,142 @@
+//! One subscriber track's forwarding state: the layer sent and the layer wanted, the switch on
+//! a keyframe of the wanted layer, and the rewriting that hides switches from the receiver.
+//!
+//! Sans-IO and free of the WebRTC stack, so simulations can drive it packet by packet: a
+//! packet goes in with the time, a verdict comes out (forward it with these numbers and this
+//! VP8 patch, or drop it). At a switch, sequence numbers continue from the last one sent,
+//! timestamps advance by the capture-time gap (from the publisher's sender reports; arrival
+//! time when there are none), and VP8 picture IDs, TL0PICIDX and KEYIDX continue.
+
+use std::time::Instant;
+
+use str0m::format::Codec;
+use str0m::rtp::Vp8Patch;
+
+use crate::packet::ForwardedPacket;
+use crate::rewrite::SeqTsRewriter;
+use crate::vp8_munger::Vp8Munger;
+
+/// What to do with one packet.
+#[derive(Debug)]
+pub(crate) struct Forward {
+    /// Outgoing extended sequence number.
+    pub(crate) seq: u64,
+    /// Outgoing RTP timestamp.
+    pub(crate) ts: u32,
+    /// VP8 descriptor rewrite, if any.
+    pub(crate) vp8: Option<Vp8Patch>,
+    /// This packet starts a new layer (not the first one).
+    pub(crate) switched: bool,
+}
+
+/// The forwarding state of one subscriber track.
+#[derive(Debug)]
+pub(crate) struct LayerSwitcher {
+    video: bool,
+    current: Option<u8>,
+    target: Option<u8>,
+    rewriter: Option<SeqTsRewriter>,
+    vp8: Vp8Munger,
+    /// Highest outgoing sequence number, and the capture time of that packet.
+    newest: Option<(u64, Option<f64>)>,
+}
+
+impl LayerSwitcher {
+    /// A switcher for a video track (which starts and switches only on keyframes) or an audio
+    /// track (which forwards everything).
+    pub(crate) fn new(video: bool) -> Self {
+        Self {
+            video,
+            current: None,
+            target: None,
+            rewriter: None,
+            vp8: Vp8Munger::default(),
+            newest: None,
+        }
+    }
+
+    /// The layer being forwarded.
+    pub(crate) fn current(&self) -> Option<u8> {
+        self.current
+    }
+
+    /// The layer wanted.
+    pub(crate) fn target(&self) -> Option<u8> {
+        self.target
+    }
+
+    /// Whether a keyframe of the wanted layer is awaited.
+    pub(crate) fn waiting(&self) -> bool {
+        self.video && self.target.is_some() && self.current != self.target
+    }
+
+    /// The layers whose packets are needed: the current one and the wanted one.
+    pub(crate) fn wanted_layers(&self) -> u32 {
+        [self.current, self.target]
+            .into_iter()
+            .flatten()
+            .fold(0, |acc, l| acc | 1 << u32::from(l.min(31)))
+    }
+
+    /// The VP8 picture ID of the newest packet sent (for tests).
+    #[cfg(test)]
+    pub(crate) fn last_picture_id(&self) -> Option<u16> {
+        self.vp8.last_picture_id()
+    }
+
+    /// Sets the wanted layer. Returns `true` if a keyframe of it is now needed.
+    pub(crate) fn set_target(&mut self, layer: Option<u8>) -> bool {
+        if self.target == layer {
+            return false;
+        }
+        self.target = layer;
+        self.video && layer.is_some() && self.current != layer
+    }
+
+    /// Decides about one packet of the track (any layer).
+    pub(crate) fn on_packet(&mut self, p: &ForwardedPacket, now: Instant) -> Option<Forward> {
+        let clock = p.params.spec().clock_rate.get();
+        let vp8 = p.params.spec().codec == Codec::Vp8;
+        let mut switched = false;
+        if !self.video {
+            // Audio: one layer, forwarded from the first packet on.
+            self.target = Some(p.layer);
+        }
+        if self.current != Some(p.layer) {
+            let starts = Some(p.layer) == self.target && (p.keyframe || !self.video);
+            if !starts {
+                return None; // Another layer, or the wanted one before its keyframe.
+            }
+            // Capture-time gap since the newest packet sent, when both are known.
+            let elapsed = match (self.newest.and_then(|(_, c)| c), p.capture) {
+                (Some(last), Some(now)) => Some(now - last),
+                _ => None,
+            };
+            let rewriter = self
+                .rewriter
+                .get_or_insert_with(|| SeqTsRewriter::with_random_start(clock));
+            rewriter.start_source_after(p.seq, p.ts, now, elapsed);
+            if vp8 {
+                self.vp8.start_source(&p.payload);
+            }
+            switched = self.current.is_some();
+            self.current = Some(p.layer);
+        }
+        let out = self.rewriter.as_mut()?.rewrite(p.seq, p.ts, now)?;
+        let newest = self.newest.is_none_or(|(seq, _)| out.seq > seq);
+        if newest {
+            self.newest = Some((out.seq, p.capture));
+        }
+        let vp8 = if vp8 {
+            self.vp8.rewrite(&p.payload, newest)
+        } else {
+            None
+        };
+        Some(Forward {
+            seq: out.seq,
+            ts: out.ts,
+            vp8,
+            switched,
+        })
+    }
+}
