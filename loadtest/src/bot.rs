@@ -1,7 +1,7 @@
 //! A bot: one participant built from str0m peers, speaking the server's real signalling
-//! protocol. It publishes synthetic audio and VP8 video (see [`crate::synthetic`]) if asked,
-//! subscribes to everything the server offers, and records what it receives so a test (or the
-//! swarm's report) can check it.
+//! protocol. It publishes audio and VP8 video if asked (synthetic payloads, the swarm's clip
+//! or live frames: see [`crate::media_out`]), subscribes to everything the server offers, and
+//! records what it receives so a test (or the swarm's report) can check it.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -21,9 +21,13 @@ use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
 use crate::client_peer::ClientPeer;
+pub use crate::media_out::MediaSource;
+use crate::media_out::{LiveFrame, MediaOut, Outgoing, SyntheticVideo};
+use crate::receive_quality::StreamQuality;
 use crate::server_probe::http_request;
 use crate::signal::{ClientMessage, ServerMessage, Signal, SignalError};
 use crate::synthetic::{self, PayloadKind, Signature};
+use crate::vp8_rtp::FrameAssembler;
 
 /// How a bot talks to the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,6 +78,20 @@ pub struct BotConfig {
     /// Percentage of incoming RTP datagrams the subscriber drops before its WebRTC stack sees
     /// them (simulated loss, seeded by `tag`).
     pub drop_rtp_percent: u8,
+    /// What to publish (default: synthetic payloads).
+    pub media: MediaSource,
+    /// Check received payloads against their [`Signature`] (only synthetic media has one);
+    /// otherwise count them as foreign media.
+    pub verify_payloads: bool,
+    /// Keep every received sequence number in [`ReceivedStream::seqs`] (tests); the swarm
+    /// keeps only counters.
+    pub record_seqs: bool,
+    /// Keep up to this many reassembled VP8 frames per received stream (for decoding).
+    pub keep_frames: usize,
+    /// Ask str0m for receive statistics (NACKs and PLIs sent) every second.
+    pub collect_stats: bool,
+    /// WHIP/WHEP: the path to POST to, instead of `/whip/{room}` or `/whep/{room}`.
+    pub http_path: Option<String>,
 }
 
 impl BotConfig {
@@ -92,6 +110,12 @@ impl BotConfig {
             keyframe_interval: 60,
             drop_rtp_percent: 0,
             simulcast: false,
+            media: MediaSource::Synthetic,
+            verify_payloads: true,
+            record_seqs: true,
+            keep_frames: 0,
+            collect_stats: false,
+            http_path: None,
         }
     }
 }
@@ -120,6 +144,10 @@ pub struct ReceivedStream {
     pub picture_id: Option<u16>,
     /// Frame starts whose picture ID did not follow the previous one's (VP8).
     pub picture_id_jumps: u32,
+    /// What a viewer would experience: frames, freezes, first frame, bytes, losses.
+    pub quality: StreamQuality,
+    /// Reassembled VP8 frames, the first [`BotConfig::keep_frames`] of them.
+    pub frames: Vec<Vec<u8>>,
 }
 
 impl ReceivedStream {
@@ -169,6 +197,18 @@ pub struct BotState {
     pub ended: Option<String>,
     /// The WHIP/WHEP resource URL path (`Location`), once created.
     pub resource: Option<String>,
+    /// When the bot was started.
+    pub started: Option<Instant>,
+    /// When the server accepted the bot: `joined`, or the WHIP/WHEP answer.
+    pub joined_at: Option<Instant>,
+    /// Which remote track each subscriber mid carries: mid -> (participant id, track id).
+    pub offered: HashMap<String, (String, String)>,
+    /// Latest receive statistics per (mid, rid): (NACKs sent, PLIs sent, FIRs sent).
+    pub feedback: HashMap<(String, Option<String>), (u64, u64, u64)>,
+    /// Our published tracks: (kind, track id).
+    pub own_tracks: Vec<(String, String)>,
+    /// Whether our microphone is muted.
+    pub audio_muted: bool,
 }
 
 impl BotState {
@@ -184,6 +224,23 @@ impl BotState {
     /// Whether a server message matching `f` has arrived.
     pub fn saw(&self, f: impl Fn(&ServerMessage) -> bool) -> bool {
         self.messages.iter().any(f)
+    }
+
+    /// NACKs and PLIs (FIRs counted as PLIs) this bot sent as a subscriber.
+    pub fn feedback_sent(&self) -> (u64, u64) {
+        self.feedback
+            .values()
+            .fold((0, 0), |(n, p), (nacks, plis, firs)| {
+                (n + nacks, p + plis + firs)
+            })
+    }
+
+    /// The server error that stopped or refused the bot, if any.
+    pub fn error(&self) -> Option<(control_api::protocol::ErrorCode, String)> {
+        self.messages.iter().find_map(|m| match m {
+            ServerMessage::Error { code, message } => Some((*code, message.clone())),
+            _ => None,
+        })
     }
 }
 
@@ -210,6 +267,7 @@ pub enum BotError {
 enum Command {
     Signal(ClientMessage),
     SetAudioLevel(i8),
+    SetAudioMuted(bool),
     SendData(String),
     RequestKeyframes,
     Inject(Vec<u8>),
@@ -232,7 +290,10 @@ impl Bot {
     /// Connects, joins and starts publishing/subscribing in the background.
     pub fn spawn(config: BotConfig) -> Bot {
         let shared = Arc::new(Shared {
-            state: Mutex::new(BotState::default()),
+            state: Mutex::new(BotState {
+                started: Some(Instant::now()),
+                ..BotState::default()
+            }),
             changed: Notify::new(),
         });
         let (commands, rx) = mpsc::unbounded_channel();
@@ -279,6 +340,11 @@ impl Bot {
         let _ = self.commands.send(Command::SetAudioLevel(level));
     }
 
+    /// Mutes or unmutes the microphone: audio stops (or resumes) and the room is told.
+    pub fn set_audio_muted(&self, muted: bool) {
+        let _ = self.commands.send(Command::SetAudioMuted(muted));
+    }
+
     /// Sends a text message on the data channel.
     pub fn send_data(&self, text: &str) {
         let _ = self.commands.send(Command::SendData(text.to_string()));
@@ -304,6 +370,11 @@ impl Bot {
         self.task.abort();
     }
 
+    /// A handle that stops the bot at once, usable after [`Bot::join`] took the bot.
+    pub fn abort_handle(&self) -> tokio::task::AbortHandle {
+        self.task.abort_handle()
+    }
+
     /// Waits for the bot to stop.
     pub async fn join(self) -> Result<(), BotError> {
         match self.task.await {
@@ -322,22 +393,9 @@ struct Publisher {
     data: Option<ChannelId>,
     ready: bool,
     pts: Option<(Pt, Pt)>,
-    next_video: Instant,
-    next_audio: Instant,
-    frame: u32,
-    /// One per simulcast layer, lowest first (one without simulcast).
-    layers: Vec<VideoLayer>,
-    audio_packet: u32,
-    audio_seq: u64,
-}
-
-/// One video layer's RTP stream.
-struct VideoLayer {
-    rid: Option<Rid>,
-    packets_per_frame: u32,
-    packet: u32,
-    seq: u64,
-    force_keyframe: bool,
+    /// RIDs of the video layers, lowest first (one `None` without simulcast).
+    rids: Vec<Option<Rid>>,
+    media: MediaOut,
 }
 
 /// RIDs of the bots' simulcast layers, lowest first.
@@ -357,6 +415,11 @@ struct Bots<'a> {
     leaving: bool,
     /// Audio level written into outgoing audio (-dBov).
     audio_level: i8,
+    /// Frames from a live encoder.
+    live: Option<mpsc::Receiver<LiveFrame>>,
+    /// Reassembly of received video, per SSRC (when frames are kept).
+    assemblers: HashMap<u32, FrameAssembler>,
+    outgoing: Vec<Outgoing>,
 }
 
 async fn run(
@@ -402,6 +465,12 @@ async fn run_inner(
         events: Vec::new(),
         leaving: false,
         audio_level: -30,
+        live: match &config.media {
+            MediaSource::Live(feed) => feed.take_receiver(),
+            _ => None,
+        },
+        assemblers: HashMap::new(),
+        outgoing: Vec::new(),
     };
     let mut pub_buf = vec![0u8; 2048];
     let mut sub_buf = vec![0u8; 2048];
@@ -441,6 +510,7 @@ async fn run_inner(
                     bot.on_publisher_events()?;
                 }
             }
+            Some(frame) = recv_live(bot.live.as_mut()) => bot.on_live_frame(frame)?,
             received = recv_on(bot.subscriber.as_ref(), &mut sub_buf) => {
                 let (len, source) = received?;
                 let data = sub_buf.get(..len).unwrap_or_default();
@@ -471,6 +541,13 @@ async fn recv_signal(signal: Option<&mut Signal>) -> Option<Result<ServerMessage
     }
 }
 
+async fn recv_live(live: Option<&mut mpsc::Receiver<LiveFrame>>) -> Option<LiveFrame> {
+    match live {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn recv_on(
     peer: Option<&ClientPeer>,
     buf: &mut [u8],
@@ -491,8 +568,10 @@ impl Bots<'_> {
         let mut deadline = Instant::now() + Duration::from_millis(100);
         if let Some(p) = &self.publisher {
             deadline = deadline.min(p.peer.timeout);
-            if p.ready {
-                deadline = deadline.min(p.next_video).min(p.next_audio);
+            if p.ready
+                && let Some(due) = p.media.next_due()
+            {
+                deadline = deadline.min(due);
             }
         }
         if let Some(s) = &self.subscriber {
@@ -507,17 +586,27 @@ impl Bots<'_> {
         match &message {
             ServerMessage::Joined { participant, .. } => {
                 let id = participant.id.clone();
-                self.update(|s| s.participant = Some(id));
+                self.update(|s| {
+                    s.participant = Some(id);
+                    s.joined_at = Some(Instant::now());
+                });
                 if self.config.publish {
                     self.start_publishing().await?;
                 }
             }
             ServerMessage::PublishAnswer { sdp } => self.apply_publish_answer(sdp)?,
-            ServerMessage::SubscribeOffer { sdp, .. } => {
+            ServerMessage::SubscribeOffer { sdp, tracks } => {
                 let offer =
                     SdpOffer::from_sdp_string(sdp).map_err(|e| BotError::Sdp(e.to_string()))?;
+                self.update(|s| {
+                    for t in tracks {
+                        s.offered
+                            .insert(t.mid.clone(), (t.participant.clone(), t.track.clone()));
+                    }
+                });
                 if self.subscriber.is_none() {
-                    self.subscriber = Some(ClientPeer::new(Instant::now()).await?);
+                    self.subscriber =
+                        Some(ClientPeer::new(Instant::now(), self.config.collect_stats).await?);
                 }
                 if let Some(s) = &mut self.subscriber {
                     let answer = s.rtc.sdp_api().accept_offer(offer)?;
@@ -533,6 +622,13 @@ impl Bots<'_> {
                 }
             }
             ServerMessage::Left { .. } => done = true,
+            ServerMessage::TrackPublished { track } => {
+                let own = self.shared.state.lock().participant.as_ref() == Some(&track.participant);
+                if own {
+                    let entry = (track.kind.clone(), track.id.clone());
+                    self.update(|s| s.own_tracks.push(entry));
+                }
+            }
             _ => {}
         }
         self.update(|s| s.messages.push(message));
@@ -546,7 +642,7 @@ impl Bots<'_> {
 
     async fn start_publishing(&mut self) -> Result<(), BotError> {
         let now = Instant::now();
-        let mut peer = ClientPeer::new(now).await?;
+        let mut peer = ClientPeer::new(now, self.config.collect_stats).await?;
         let tag = self.config.tag.to_string();
         let mut api = peer.rtc.sdp_api();
         let simulcast = self.config.simulcast.then(|| {
@@ -569,31 +665,19 @@ impl Bots<'_> {
             return Err(BotError::Sdp("nothing to offer".into()));
         };
         peer.drain(&mut self.events)?;
-        let start = u64::from(rand::random::<u16>() >> 2);
-        let ppf = self.config.packets_per_frame.max(1);
-        let layers = if self.config.simulcast {
-            // Packets per frame of the three layers: about a quarter, a half, all.
-            [(ppf / 4).max(1), (ppf / 2).max(1), ppf]
-                .into_iter()
-                .zip(SIMULCAST_RIDS)
-                .enumerate()
-                .map(|(i, (packets_per_frame, rid))| VideoLayer {
-                    rid: Some(Rid::from(rid)),
-                    packets_per_frame,
-                    packet: 0,
-                    seq: start + 20_000 * i as u64,
-                    force_keyframe: false,
-                })
-                .collect()
+        let rids: Vec<Option<Rid>> = if self.config.simulcast {
+            SIMULCAST_RIDS.iter().map(|r| Some(Rid::from(*r))).collect()
         } else {
-            vec![VideoLayer {
-                rid: None,
-                packets_per_frame: ppf,
-                packet: 0,
-                seq: start,
-                force_keyframe: false,
-            }]
+            vec![None]
         };
+        let synthetic = SyntheticVideo {
+            tag: self.config.tag,
+            fps: self.config.fps,
+            packets_per_frame: self.config.packets_per_frame,
+            packet_bytes: self.config.video_packet_bytes,
+            keyframe_interval: self.config.keyframe_interval,
+        };
+        let media = MediaOut::new(&self.config.media, synthetic, rids.len(), now);
         self.publisher = Some(Publisher {
             peer,
             pending: Some(pending),
@@ -602,12 +686,8 @@ impl Bots<'_> {
             data: None,
             ready: false,
             pts: None,
-            next_video: now,
-            next_audio: now,
-            frame: 0,
-            layers,
-            audio_packet: 0,
-            audio_seq: start + 7,
+            rids,
+            media,
         });
         let sdp = offer.to_sdp_string();
         match &mut self.signal {
@@ -633,9 +713,7 @@ impl Bots<'_> {
             p.peer.rtc.sdp_api().accept_answer(pending, answer)?;
             p.peer.drain(&mut self.events)?;
             p.ready = true;
-            let now = Instant::now();
-            p.next_video = now;
-            p.next_audio = now;
+            p.media.start(Instant::now());
             self.on_publisher_events()?;
         }
         Ok(())
@@ -643,7 +721,7 @@ impl Bots<'_> {
 
     /// WHEP: offers to receive one audio and one video track.
     async fn start_viewing(&mut self) -> Result<(), BotError> {
-        let mut peer = ClientPeer::new(Instant::now()).await?;
+        let mut peer = ClientPeer::new(Instant::now(), self.config.collect_stats).await?;
         let mut api = peer.rtc.sdp_api();
         api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
         api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
@@ -665,6 +743,9 @@ impl Bots<'_> {
     /// POSTs an offer to the WHIP/WHEP endpoint; returns the answer.
     async fn post_offer(&mut self, sdp: &str) -> Result<String, BotError> {
         let path = match &self.config.transport {
+            _ if self.config.http_path.is_some() => {
+                self.config.http_path.clone().unwrap_or_default()
+            }
             Transport::Whip { room, .. } => format!("/whip/{room}"),
             Transport::Whep {
                 room, participant, ..
@@ -688,7 +769,10 @@ impl Bots<'_> {
         }
         *location = response.header("location").map(str::to_string);
         let resource = location.clone();
-        self.update(|s| s.resource = resource);
+        self.update(|s| {
+            s.resource = resource;
+            s.joined_at = Some(Instant::now());
+        });
         Ok(response.body)
     }
 
@@ -700,6 +784,22 @@ impl Bots<'_> {
                 }
             }
             Command::SetAudioLevel(level) => self.audio_level = level,
+            Command::SetAudioMuted(muted) => {
+                if let Some(p) = &mut self.publisher {
+                    p.media.audio_muted = muted;
+                }
+                let track = self
+                    .shared
+                    .state
+                    .lock()
+                    .own_tracks
+                    .iter()
+                    .find_map(|(kind, id)| (kind == "audio").then(|| id.clone()));
+                if let (Some(signal), Some(track)) = (&mut self.signal, track) {
+                    signal.send(&ClientMessage::Mute { track, muted }).await?;
+                }
+                self.update(|s| s.audio_muted = muted);
+            }
             Command::SendData(text) => {
                 if let Some(p) = &mut self.publisher
                     && let Some(id) = p.data
@@ -758,11 +858,10 @@ impl Bots<'_> {
                 Event::Connected => self.update(|s| s.publish_connected = true),
                 Event::KeyframeRequest(request) => {
                     if let Some(p) = &mut self.publisher {
-                        for layer in &mut p.layers {
-                            if request.rid.is_none() || layer.rid == request.rid {
-                                layer.force_keyframe = true;
-                            }
-                        }
+                        let layer = request
+                            .rid
+                            .and_then(|rid| p.rids.iter().position(|r| *r == Some(rid)));
+                        p.media.request_keyframe(layer);
                     }
                     self.update(|s| s.keyframe_requests += 1);
                 }
@@ -795,36 +894,63 @@ impl Bots<'_> {
                         .find(|p| p.pt() == packet.header.payload_type)
                         .map(|p| p.spec().codec);
                     let kind = match codec {
-                        Some(Codec::Vp8) => PayloadKind::Vp8,
-                        Some(Codec::Opus) => PayloadKind::Opus,
+                        Some(Codec::Vp8) if self.config.verify_payloads => PayloadKind::Vp8,
+                        Some(Codec::Opus) if self.config.verify_payloads => PayloadKind::Opus,
                         _ => PayloadKind::Foreign,
                     };
                     let ssrc = *packet.header.ssrc;
-                    let mid = sub
-                        .rtc
-                        .direct_api()
-                        .stream_rx(&packet.header.ssrc)
-                        .map(|rx| rx.mid().to_string())
-                        .unwrap_or_default();
-                    let stream = state.streams.entry(ssrc).or_insert_with(|| ReceivedStream {
-                        kind,
-                        mid,
-                        tags: BTreeSet::new(),
-                        seqs: Vec::new(),
-                        keyframes: 0,
-                        starts_with_keyframe: false,
-                        layer_changes: Vec::new(),
-                        layer: None,
-                        picture_id: None,
-                        picture_id_jumps: 0,
-                    });
-                    stream.seqs.push(*packet.seq_no);
+                    let stream = match state.streams.entry(ssrc) {
+                        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                        std::collections::hash_map::Entry::Vacant(e) => {
+                            let mid = sub
+                                .rtc
+                                .direct_api()
+                                .stream_rx(&packet.header.ssrc)
+                                .map(|rx| rx.mid().to_string())
+                                .unwrap_or_default();
+                            e.insert(ReceivedStream {
+                                kind,
+                                mid,
+                                tags: BTreeSet::new(),
+                                seqs: Vec::new(),
+                                keyframes: 0,
+                                starts_with_keyframe: false,
+                                layer_changes: Vec::new(),
+                                layer: None,
+                                picture_id: None,
+                                picture_id_jumps: 0,
+                                quality: StreamQuality::default(),
+                                frames: Vec::new(),
+                            })
+                        }
+                    };
+                    let seq = *packet.seq_no;
+                    let video = codec == Some(Codec::Vp8);
+                    let first = stream.quality.packets == 0;
+                    stream.quality.on_packet(
+                        packet.timestamp,
+                        seq,
+                        &packet.payload,
+                        packet.header.marker,
+                        video,
+                    );
+                    if self.config.record_seqs {
+                        stream.seqs.push(seq);
+                    }
+                    if video && stream.frames.len() < self.config.keep_frames {
+                        let frame = self.assemblers.entry(ssrc).or_default().push(
+                            seq,
+                            &packet.payload,
+                            packet.header.marker,
+                        );
+                        stream.frames.extend(frame);
+                    }
                     if kind == PayloadKind::Foreign {
-                        continue; // Real media from another encoder: counted, not verified.
+                        continue; // Real media from an encoder: counted, not verified.
                     }
                     match Signature::verify(kind, &packet.payload) {
                         Some(sig) => {
-                            if stream.seqs.len() == 1 {
+                            if first {
                                 stream.starts_with_keyframe = sig.keyframe && sig.frame_start;
                             }
                             stream.tags.insert(sig.tag);
@@ -843,13 +969,17 @@ impl Bots<'_> {
                             if stream.layer != Some(sig.layer) {
                                 stream.layer = Some(sig.layer);
                                 let started = sig.keyframe && sig.frame_start;
-                                stream
-                                    .layer_changes
-                                    .push((*packet.seq_no, sig.layer, started));
+                                stream.layer_changes.push((seq, sig.layer, started));
                             }
                         }
                         None => state.bad_payloads += 1,
                     }
+                }
+                Event::MediaIngressStats(stats) => {
+                    let key = (stats.mid.to_string(), stats.rid.map(|r| r.to_string()));
+                    state
+                        .feedback
+                        .insert(key, (stats.nacks, stats.plis, stats.firs));
                 }
                 Event::ChannelData(data) if !data.binary => {
                     state
@@ -885,14 +1015,40 @@ impl Bots<'_> {
     }
 
     fn send_media(&mut self, now: Instant) -> Result<(), BotError> {
-        let config = self.config;
-        let audio_level = self.audio_level;
         let Some(p) = &mut self.publisher else {
             return Ok(());
         };
         if !p.ready {
             return Ok(());
         }
+        let mut out = std::mem::take(&mut self.outgoing);
+        p.media.due(now, &mut out);
+        let result = self.write_outgoing(now, &mut out);
+        self.outgoing = out;
+        result
+    }
+
+    /// A frame from the live encoder: sent at once.
+    fn on_live_frame(&mut self, frame: LiveFrame) -> Result<(), BotError> {
+        let now = Instant::now();
+        let Some(p) = self.publisher.as_mut().filter(|p| p.ready) else {
+            return Ok(()); // Not connected yet: the frame is dropped, as a camera's would be.
+        };
+        let mut out = std::mem::take(&mut self.outgoing);
+        p.media.live(frame, now, &mut out);
+        let result = self.write_outgoing(now, &mut out);
+        self.outgoing = out;
+        result?;
+        self.on_publisher_events()
+    }
+
+    /// Writes RTP packets through the publish connection (and empties `out`).
+    fn write_outgoing(&mut self, now: Instant, out: &mut Vec<Outgoing>) -> Result<(), BotError> {
+        let audio_level = self.audio_level;
+        let Some(p) = &mut self.publisher else {
+            out.clear();
+            return Ok(());
+        };
         if p.pts.is_none() {
             let find = |codec: Codec| {
                 p.peer
@@ -904,79 +1060,39 @@ impl Bots<'_> {
             p.pts = find(Codec::Vp8).zip(find(Codec::Opus));
         }
         let Some((vp8, opus)) = p.pts else {
+            out.clear();
             return Ok(());
         };
-        let frame_interval = Duration::from_secs(1) / config.fps.max(1);
-        let audio_interval = Duration::from_millis(20);
-        // After a stall, skip ahead rather than bursting.
-        if now.saturating_duration_since(p.next_video) > Duration::from_millis(500) {
-            p.next_video = now;
-        }
-        if now.saturating_duration_since(p.next_audio) > Duration::from_millis(500) {
-            p.next_audio = now;
-        }
-        let mut sent = 0;
-        while p.next_video <= now {
-            let periodic = p.frame % config.keyframe_interval.max(1) == 0;
-            let ts = p.frame.wrapping_mul(90_000 / config.fps.max(1));
-            for (index, layer) in p.layers.iter_mut().enumerate() {
-                let keyframe = periodic || layer.force_keyframe;
-                layer.force_keyframe = false;
-                let bytes = config.video_packet_bytes;
-                for i in 0..layer.packets_per_frame {
-                    let sig = Signature {
-                        tag: config.tag,
-                        kind: PayloadKind::Vp8,
-                        packet: layer.packet,
-                        frame: p.frame,
-                        frame_start: i == 0,
-                        keyframe,
-                        layer: u8::try_from(index).unwrap_or(0),
-                    };
-                    let last = i + 1 == layer.packets_per_frame;
-                    let write = RtpWrite::new(vp8, layer.seq.into(), ts, now, sig.payload(bytes))
-                        .marker(last)
-                        .nackable(true);
-                    let mut api = p.peer.rtc.direct_api();
-                    if let Some(tx) = api.stream_tx_by_mid(p.video, layer.rid) {
+        let sent = out.len() as u64;
+        for packet in out.drain(..) {
+            let mut api = p.peer.rtc.direct_api();
+            match packet.layer {
+                Some(layer) => {
+                    let rid = p.rids.get(layer).copied().flatten();
+                    let write =
+                        RtpWrite::new(vp8, packet.seq.into(), packet.ts, now, packet.payload)
+                            .marker(packet.marker)
+                            .nackable(true);
+                    if let Some(tx) = api.stream_tx_by_mid(p.video, rid) {
                         tx.write_rtp(write);
                     }
-                    p.peer.drain(&mut self.events)?;
-                    layer.seq += 1;
-                    layer.packet += 1;
-                    sent += 1;
+                }
+                None => {
+                    let level = packet.level.unwrap_or(audio_level);
+                    let ext = ExtensionValues {
+                        audio_level: Some(level),
+                        voice_activity: Some(level > -100),
+                        ..ExtensionValues::default()
+                    };
+                    let write =
+                        RtpWrite::new(opus, packet.seq.into(), packet.ts, now, packet.payload)
+                            .ext_vals(ext);
+                    if let Some(tx) = api.stream_tx_by_mid(p.audio, None) {
+                        tx.write_rtp(write);
+                    }
                 }
             }
-            p.frame += 1;
-            p.next_video += frame_interval;
-        }
-        while p.next_audio <= now {
-            let sig = Signature {
-                tag: config.tag,
-                kind: PayloadKind::Opus,
-                packet: p.audio_packet,
-                frame: 0,
-                frame_start: true,
-                keyframe: false,
-                layer: 0,
-            };
-            let ts = p.audio_packet.wrapping_mul(960);
-            let ext = ExtensionValues {
-                audio_level: Some(audio_level),
-                voice_activity: Some(audio_level > -100),
-                ..ExtensionValues::default()
-            };
-            let write =
-                RtpWrite::new(opus, p.audio_seq.into(), ts, now, sig.payload(80)).ext_vals(ext);
-            let mut api = p.peer.rtc.direct_api();
-            if let Some(tx) = api.stream_tx_by_mid(p.audio, None) {
-                tx.write_rtp(write);
-            }
             p.peer.drain(&mut self.events)?;
-            p.audio_seq += 1;
-            p.audio_packet += 1;
-            p.next_audio += audio_interval;
-            sent += 1;
         }
         if sent > 0 {
             p.peer.tick(now, &mut self.events)?;

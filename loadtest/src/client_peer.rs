@@ -2,7 +2,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, Input, Output, Rtc, RtcError};
@@ -20,8 +20,9 @@ pub(crate) struct ClientPeer {
 }
 
 impl ClientPeer {
-    /// A peer on a fresh loopback socket, with the codecs the bots use.
-    pub(crate) async fn new(now: Instant) -> io::Result<Self> {
+    /// A peer on a fresh loopback socket, with the codecs the bots use; with `stats`, str0m
+    /// reports receive statistics every second.
+    pub(crate) async fn new(now: Instant, stats: bool) -> io::Result<Self> {
         let socket = UdpSocket::bind("127.0.0.1:0").await?;
         let local = socket.local_addr()?;
         let mut rtc = Rtc::builder()
@@ -30,7 +31,7 @@ impl ClientPeer {
             .enable_vp8(true)
             .enable_h264(true)
             .enable_opus(true, false)
-            .set_stats_interval(None)
+            .set_stats_interval(stats.then_some(Duration::from_secs(1)))
             .build(now);
         let candidate = Candidate::host(local, "udp").map_err(io::Error::other)?;
         rtc.add_local_candidate(candidate);

@@ -131,7 +131,7 @@ impl Clip {
             let Some(picture) = input.next_frame()? else {
                 return Err(ClipError::Short(format!("the pattern ended at frame {i}")));
             };
-            for encoded in encoder.encode(&picture.frame, |_| i % keyframe_every == 0)? {
+            for encoded in encoder.encode(&picture.frame, |_| i.is_multiple_of(keyframe_every))? {
                 if let Some(layer) = out.get_mut(encoded.layer) {
                     layer.frames.push(ClipFrame {
                         data: encoded.data.into(),

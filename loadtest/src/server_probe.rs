@@ -59,6 +59,12 @@ pub struct ServerCounters {
     pub datagrams_sent: u64,
     /// Bytes written to the media sockets.
     pub bytes_sent: u64,
+    /// RTP packets received from publishers.
+    pub rtp_received: u64,
+    /// NACKs received from subscribers.
+    pub nacks_received: u64,
+    /// Keyframe requests (PLI/FIR) received from subscribers.
+    pub keyframe_requests_received: u64,
     /// The server process's CPU seconds, if it reports them.
     pub cpu_seconds: Option<f64>,
     /// The server process's resident memory, if it reports it.
@@ -78,6 +84,9 @@ pub async fn scrape(host_port: &str) -> std::io::Result<ServerCounters> {
         rtp_bytes_forwarded: value("sfu_rtp_bytes_forwarded_total"),
         datagrams_sent: value("sfu_datagrams_sent_total"),
         bytes_sent: value("sfu_bytes_sent_total"),
+        rtp_received: value("sfu_rtp_received_total"),
+        nacks_received: value("sfu_nacks_received_total"),
+        keyframe_requests_received: value("sfu_keyframe_requests_received_total"),
         cpu_seconds: float("process_cpu_seconds_total"),
         rss_bytes: float("process_resident_memory_bytes").map(|v| v as u64),
     })

@@ -1,60 +1,245 @@
-//! `sfu-swarm`: a swarm of bots against a running server, reporting what viewers received and,
-//! when the server runs on this machine, what it cost the server per forwarded packet.
+//! `sfu-swarm`: a swarm of WebRTC bots against a running server (this one over its signalling
+//! protocol, or any WHIP/WHEP server), reporting what viewers experienced and, when the server
+//! runs on this machine, what it cost the server per forwarded packet. Thresholds make it exit
+//! non-zero, so it can gate a deployment.
 
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-use clap::Parser;
-use control_api::auth::{ApiKeys, Claims, DEV_API_KEY, DEV_API_SECRET, Grants};
-use loadtest::bot::{Bot, BotConfig};
-use loadtest::server_probe::{ProcessSample, ServerCounters, sample_process, scrape};
-use loadtest::synthetic::PayloadKind;
+use clap::{Parser, ValueEnum};
+use control_api::auth::{DEV_API_KEY, DEV_API_SECRET};
+use loadtest::bot::MediaSource;
+use loadtest::clip::{Clip, ClipSpec};
+use loadtest::swarm::report::{MediaInfo, Report, Thresholds};
+use loadtest::swarm::run::{RunOptions, run};
+use loadtest::swarm::scenario::{Media, Protocol, Role, Scenario};
+
+/// Named scenarios.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Preset {
+    /// Everyone publishes and watches everyone else (`--publishers` participants per room,
+    /// default 5; no extra viewers).
+    Meeting,
+    /// One publisher, many viewers (`--subscribers`, default 50).
+    Livestream,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ProtocolArg {
+    /// The server's signalling WebSocket (`/rtc`).
+    Signalling,
+    /// Publishers over WHIP, viewers over WHEP (any WHIP/WHEP server).
+    WhipWhep,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum MediaArg {
+    /// A test pattern and a tone encoded once at start with ffmpeg (VP8 + Opus).
+    Clip,
+    /// Synthetic payloads verified byte for byte by the viewers.
+    Synthetic,
+}
 
 #[derive(Parser)]
 #[command(
     name = "sfu-swarm",
     version,
-    about = "Load-test an SFU with a swarm of WebRTC bots."
+    about = "Load-test an SFU with a swarm of WebRTC bots and report what viewers experienced."
 )]
 struct Args {
-    /// The server's HTTP address (host:port).
-    #[arg(long, default_value = "127.0.0.1:7880")]
+    /// The server: `host:port`, `http://host:port` or `ws://host:port/rtc` (no TLS).
+    #[arg(long, visible_alias = "url", default_value = "127.0.0.1:7880")]
     server: String,
+    /// A named scenario; explicit flags override its numbers.
+    #[arg(long, value_enum)]
+    preset: Option<Preset>,
     /// Number of rooms.
     #[arg(long, default_value_t = 1)]
     rooms: usize,
-    /// Publishing bots per room.
-    #[arg(long, default_value_t = 1)]
-    publishers: usize,
-    /// Subscribing-only bots per room.
-    #[arg(long, default_value_t = 20)]
-    subscribers: usize,
+    /// Publishing bots per room (in a meeting, participants per room). [default: 1; meeting: 5]
+    #[arg(long)]
+    publishers: Option<usize>,
+    /// Viewing-only bots per room. [default: 20; meeting: 0; livestream: 50]
+    #[arg(long)]
+    subscribers: Option<usize>,
+    /// Whether publishers also subscribe. [default: yes, except in a livestream]
+    #[arg(long)]
+    publishers_subscribe: Option<bool>,
     /// Seconds to measure, after everyone has joined and media flows.
-    #[arg(long, default_value_t = 20)]
-    duration: u64,
-    /// Video frames per second per publisher.
+    #[arg(long, default_value_t = 20.0)]
+    duration: f64,
+    /// Bots started per second (0: all at once).
+    #[arg(long, default_value_t = 20.0)]
+    join_rate: f64,
+    /// Seconds to wait for every viewer's first frames before measuring anyway.
+    #[arg(long, default_value_t = 30.0)]
+    join_timeout: f64,
+    /// Publishers send three simulcast layers (full, half and quarter size).
+    #[arg(long)]
+    simulcast: bool,
+    /// What publishers send.
+    #[arg(long, value_enum, default_value = "clip")]
+    media: MediaArg,
+    /// Top video size of the clip, WIDTHxHEIGHT.
+    #[arg(long, default_value = "1280x720", value_parser = parse_size)]
+    video_size: (u32, u32),
+    /// Video frames per second.
     #[arg(long, default_value_t = 30)]
     fps: u32,
-    /// RTP packets per video frame.
+    /// Synthetic media: RTP packets per video frame.
     #[arg(long, default_value_t = 8)]
     packets_per_frame: u32,
-    /// Bytes per video RTP payload.
+    /// Synthetic media: bytes per video RTP payload.
     #[arg(long, default_value_t = 1100)]
     packet_bytes: usize,
+    /// How bots reach the server.
+    #[arg(long, value_enum, default_value = "signalling")]
+    protocol: ProtocolArg,
+    /// WHIP endpoint path (`{room}` is replaced by the room name).
+    #[arg(long, default_value = "/whip/{room}")]
+    whip_path: String,
+    /// WHEP endpoint path (`{room}` is replaced by the room name).
+    #[arg(long, default_value = "/whep/{room}")]
+    whep_path: String,
+    /// Publishers talk and fall silent (the audio-level extension changes).
+    #[arg(long)]
+    speech: bool,
+    /// Publishers mute their microphone for a third of every period of this many seconds.
+    #[arg(long)]
+    mute_every: Option<f64>,
+    /// Room names are this prefix, a dash and a number.
+    #[arg(long, default_value = "swarm")]
+    room_prefix: String,
+    /// API key for minting tokens.
+    #[arg(long, env = "SFU_API_KEY", default_value = DEV_API_KEY)]
+    api_key: String,
+    /// API secret for minting tokens.
+    #[arg(long, env = "SFU_API_SECRET", default_value = DEV_API_SECRET, hide_default_value = true)]
+    api_secret: String,
+    /// A fixed bearer token for every bot instead of minted ones (other WHIP/WHEP servers).
+    #[arg(long)]
+    bearer: Option<String>,
     /// PID of the server process, to read its CPU time from /proc (same machine only).
     /// [default: the CPU time the server reports on /metrics]
     #[arg(long)]
     server_pid: Option<u32>,
-    /// API key for minting tokens.
-    #[arg(long, default_value = DEV_API_KEY)]
-    api_key: String,
-    /// API secret for minting tokens.
-    #[arg(long, default_value = DEV_API_SECRET, hide_default_value = true)]
-    api_secret: String,
+    /// Fail (exit 1) when viewers lose more than this percentage of packets.
+    #[arg(long)]
+    max_loss: Option<f64>,
+    /// Fail (exit 1) when the 95th percentile of join to first frame exceeds this (ms).
+    #[arg(long)]
+    max_ttff_p95: Option<f64>,
+    /// Print the report as JSON on stdout (the table then goes to stderr).
+    #[arg(long)]
+    json: bool,
+    /// No progress bars.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn parse_size(text: &str) -> Result<(u32, u32), String> {
+    let (w, h) = text
+        .split_once('x')
+        .ok_or_else(|| format!("`{text}` is not WIDTHxHEIGHT"))?;
+    let parse = |v: &str| v.parse::<u32>().map_err(|e| format!("`{text}`: {e}"));
+    let (w, h) = (parse(w)?, parse(h)?);
+    if w < 16 || h < 16 || w > 4096 || h > 4096 {
+        return Err(format!("`{text}`: sizes go from 16x16 to 4096x4096"));
+    }
+    Ok((w, h))
+}
+
+/// `host:port` from any of the accepted URL forms.
+fn host_port(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    rest.split('/').next().unwrap_or(rest).to_string()
+}
+
+fn scenario(args: &Args) -> Scenario {
+    let (publishers, subscribers, subscribe) = match args.preset {
+        Some(Preset::Meeting) => (5, 0, true),
+        Some(Preset::Livestream) => (1, 50, false),
+        None => (1, 20, true),
+    };
+    let subscribe = args.publishers_subscribe.unwrap_or(subscribe);
+    Scenario {
+        preset: args.preset.map(|p| format!("{p:?}").to_lowercase()),
+        server: host_port(&args.server),
+        rooms: args.rooms,
+        publishers: args.publishers.unwrap_or(publishers),
+        publisher_role: if subscribe {
+            Role::Both
+        } else {
+            Role::Publisher
+        },
+        subscribers: args.subscribers.unwrap_or(subscribers),
+        duration: Duration::from_secs_f64(args.duration.max(0.1)),
+        join_rate: args.join_rate.max(0.0),
+        join_timeout: Duration::from_secs_f64(args.join_timeout.max(0.0)),
+        simulcast: args.simulcast,
+        media: match args.media {
+            MediaArg::Clip => Media::Clip,
+            MediaArg::Synthetic => Media::Synthetic,
+        },
+        video_size: args.video_size,
+        fps: args.fps.clamp(1, 120),
+        packets_per_frame: args.packets_per_frame,
+        packet_bytes: args.packet_bytes,
+        protocol: match args.protocol {
+            ProtocolArg::Signalling => Protocol::Signalling,
+            ProtocolArg::WhipWhep => Protocol::WhipWhep,
+        },
+        whip_path: args.whip_path.clone(),
+        whep_path: args.whep_path.clone(),
+        speech: args.speech,
+        mute_every: args.mute_every.map(|s| Duration::from_secs_f64(s.max(0.3))),
+        room_prefix: args.room_prefix.clone(),
+        api_key: args.api_key.clone(),
+        api_secret: args.api_secret.clone(),
+        bearer: args.bearer.clone(),
+    }
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    let scenario = scenario(&args);
+    let (media, media_info) = match scenario.media {
+        Media::Synthetic => (MediaSource::Synthetic, None),
+        Media::Clip => {
+            let spec = ClipSpec {
+                width: scenario.video_size.0,
+                height: scenario.video_size.1,
+                fps: scenario.fps,
+                simulcast: scenario.simulcast,
+                ..ClipSpec::default()
+            };
+            let clip = match Clip::encode(&spec) {
+                Ok(clip) => clip,
+                Err(e) => {
+                    eprintln!("error: cannot encode the bots' media: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let info = MediaInfo {
+                layers: clip.layers.iter().map(|l| l.spec.size()).collect(),
+                layer_kbps: clip
+                    .layers
+                    .iter()
+                    .map(|l| (l.bitrate(clip.fps) / 100.0).round() / 10.0)
+                    .collect(),
+                encode_ms: clip.encode_time.as_secs_f64() * 1000.0,
+            };
+            eprintln!(
+                "media: {} s loop of VP8 {} (kbit/s {:?}) + Opus, encoded in {:.0} ms",
+                spec.seconds,
+                info.layers.join(" + "),
+                info.layer_kbps,
+                info.encode_ms
+            );
+            (MediaSource::Clip(Arc::new(clip)), Some(info))
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -65,142 +250,45 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run(args))
-}
-
-async fn run(args: Args) -> ExitCode {
-    let keys = ApiKeys::new([(args.api_key.clone(), args.api_secret.clone())]);
-    let ws_url = format!("ws://{}/rtc", args.server);
-    let mut bots = Vec::new();
-    let mut tag = 0u32;
-    for room in 0..args.rooms {
-        let room_name = format!("swarm-{room}");
-        for i in 0..args.publishers + args.subscribers {
-            tag += 1;
-            let publish = i < args.publishers;
-            let grants = Grants {
-                room: Some(room_name.clone()),
-                room_join: true,
-                ..Grants::default()
-            };
-            let claims = Claims::new(
-                &args.api_key,
-                &format!("bot-{tag}"),
-                Duration::from_secs(3600),
-                grants,
-            );
-            let token = match keys.mint(&claims) {
-                Ok(t) => t,
-                Err(e) => {
-                    eprintln!("error: cannot sign tokens: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            let mut config = BotConfig::new(&ws_url, token, publish, tag);
-            config.fps = args.fps;
-            config.packets_per_frame = args.packets_per_frame;
-            config.video_packet_bytes = args.packet_bytes;
-            bots.push((publish, Bot::spawn(config)));
-        }
-    }
-    let total = bots.len();
-    eprintln!("joining {total} bots in {} room(s)...", args.rooms);
-    let flowing = |b: &Bot| {
-        b.with_state(|s| {
-            s.streams
-                .values()
-                .any(|st| st.kind == PayloadKind::Vp8 && st.seqs.len() > 10)
-        })
-    };
-    let join_deadline = Instant::now() + Duration::from_secs(30);
-    for (publish, bot) in &bots {
-        if !*publish {
-            let left = join_deadline.saturating_duration_since(Instant::now());
-            bot.wait_for(left, |s| {
-                s.streams
-                    .values()
-                    .any(|st| st.kind == PayloadKind::Vp8 && st.seqs.len() > 10)
-            })
-            .await;
-        }
-    }
-    let receiving = bots.iter().filter(|(p, b)| !*p && flowing(b)).count();
-    let viewers = bots.iter().filter(|(p, _)| !*p).count();
     eprintln!(
-        "{receiving}/{viewers} viewers receive video; measuring for {} s...",
-        args.duration
+        "swarm: {} bots against {} ({} viewers)",
+        scenario.plans().len(),
+        scenario.server,
+        scenario.viewers()
     );
-
-    let before = measure(&args).await;
-    let received_before: Vec<usize> = bots.iter().map(|(_, b)| received(b)).collect();
-    let t0 = Instant::now();
-    tokio::time::sleep(Duration::from_secs(args.duration)).await;
-    let elapsed = t0.elapsed().as_secs_f64();
-    let after = measure(&args).await;
-    let received_after: Vec<usize> = bots.iter().map(|(_, b)| received(b)).collect();
-
-    let bad: u64 = bots
-        .iter()
-        .map(|(_, b)| b.with_state(|s| s.bad_payloads))
-        .sum();
-    let viewer_packets: usize = bots
-        .iter()
-        .zip(received_before.iter().zip(&received_after))
-        .filter(|((p, _), _)| !*p)
-        .map(|(_, (b, a))| a - b)
-        .sum();
-    println!(
-        "swarm: {} room(s) x ({} publishers + {} subscribers), {:.1} s measured",
-        args.rooms, args.publishers, args.subscribers, elapsed
-    );
-    println!(
-        "viewers receiving video: {receiving}/{viewers}; packets received by viewers: {viewer_packets} ({:.0}/s); bad payloads: {bad}",
-        viewer_packets as f64 / elapsed
-    );
-    if let (Some((c0, p0)), Some((c1, p1))) = (before, after) {
-        let forwarded = c1.rtp_forwarded.saturating_sub(c0.rtp_forwarded);
-        let bits = (c1.bytes_sent.saturating_sub(c0.bytes_sent) * 8) as f64;
-        println!(
-            "server: forwarded {forwarded} RTP packets ({:.0}/s), {:.1} Mbit/s sent",
-            forwarded as f64 / elapsed,
-            bits / elapsed / 1e6
-        );
-        if let (Some(p0), Some(p1)) = (p0, p1) {
-            let cpu = p1.cpu_seconds - p0.cpu_seconds;
-            println!(
-                "server cost: {cpu:.2} CPU-s = {:.0}% of one core; {:.0} forwarded packets per CPU-second; {:.3} CPU-seconds per forwarded Gbit; RSS {:.1} MiB",
-                cpu / elapsed * 100.0,
-                forwarded as f64 / cpu.max(1e-9),
-                cpu / (bits / 1e9).max(1e-12),
-                p1.rss_bytes as f64 / (1 << 20) as f64
-            );
-        }
-    }
-    for (_, bot) in &bots {
-        bot.leave();
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    ExitCode::SUCCESS
-}
-
-fn received(bot: &Bot) -> usize {
-    bot.with_state(|s| s.streams.values().map(|st| st.seqs.len()).sum())
-}
-
-async fn measure(args: &Args) -> Option<(ServerCounters, Option<ProcessSample>)> {
-    let counters = match scrape(&args.server).await {
-        Ok(c) => c,
+    let options = RunOptions {
+        server_pid: args.server_pid,
+        progress: !args.quiet,
+        media_info,
+    };
+    let run = match runtime.block_on(run(&scenario, &media, &options)) {
+        Ok(run) => run,
         Err(e) => {
-            eprintln!("warning: cannot read the server's metrics: {e}");
-            return None;
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
         }
     };
-    let process = match args.server_pid {
-        Some(pid) => sample_process(pid).ok(),
-        None => counters.cpu_seconds.map(|cpu_seconds| ProcessSample {
-            cpu_seconds,
-            rss_bytes: counters.rss_bytes.unwrap_or(0),
-        }),
+    let thresholds = Thresholds {
+        max_loss_percent: args.max_loss,
+        max_ttff_p95_ms: args.max_ttff_p95,
     };
-    Some((counters, process))
+    let report = Report::new(&run, thresholds);
+    if args.json {
+        eprint!("{}", report.table());
+        match serde_json::to_string_pretty(&report) {
+            Ok(json) => println!("{json}"),
+            Err(e) => {
+                eprintln!("error: cannot write the report as JSON: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        print!("{}", report.table());
+    }
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    if report.verdict.passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }

@@ -1,0 +1,187 @@
+//! The bot swarm end to end: `sfu-swarm` against a server started here, 2 rooms x 1 publisher
+//! x 3 viewers with the ffmpeg-encoded clip (simulcast), then WHIP/WHEP bots with synthetic
+//! media. Every viewer receives every publisher's audio and video, nothing is lost on
+//! loopback, and the JSON report parses and agrees with the server's own counters.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{run_binary, start_server};
+use serde_json::Value;
+
+const SWARM: &str = env!("CARGO_BIN_EXE_sfu-swarm");
+
+fn args(server: &str, extra: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = ["--server", server, "--json", "--quiet", "--join-rate", "0"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
+fn close(a: f64, b: f64, tolerance: f64) -> bool {
+    (a - b).abs() <= tolerance * a.max(b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_swarm_reports_what_the_server_forwarded() {
+    let server = start_server(2).await;
+    let addr = server.http_addr.to_string();
+    let output = run_binary(
+        SWARM,
+        &args(
+            &addr,
+            &[
+                "--rooms",
+                "2",
+                "--publishers",
+                "1",
+                "--subscribers",
+                "3",
+                "--publishers-subscribe",
+                "false",
+                "--simulcast",
+                "--video-size",
+                "640x360",
+                "--duration",
+                "6",
+                "--join-timeout",
+                "15",
+                "--max-loss",
+                "0",
+                "--max-ttff-p95",
+                "5000",
+                "--speech",
+            ],
+        ),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(
+        output.status.success(),
+        "the swarm passes its thresholds: {}",
+        output.stderr
+    );
+    let report: Value = serde_json::from_str(&output.stdout).expect("the report is JSON");
+    assert!(output.stderr.contains("first frame"), "a table on stderr");
+
+    assert_eq!(report["join"]["attempted"], 8);
+    assert_eq!(report["join"]["success_rate"], 1.0);
+    assert_eq!(
+        report["media"]["layers"],
+        serde_json::json!(["160x90", "320x180", "640x360"])
+    );
+    let viewers = &report["viewers"];
+    assert_eq!(viewers["count"], 6);
+    assert_eq!(viewers["receiving_everything"], 6, "{viewers}");
+    assert_eq!(viewers["packets_lost"], 0);
+    assert_eq!(viewers["loss_percent"], 0.0);
+    assert_eq!(viewers["freezes"], 0, "{viewers}");
+    let per_viewer = report["per_viewer"].as_array().unwrap();
+    assert_eq!(per_viewer.len(), 6);
+    for v in per_viewer {
+        assert_eq!(v["publishers_received"], 1, "{v}");
+        assert!(v["bitrate_kbps"].as_f64().unwrap() > 50.0, "{v}");
+        assert!(v["ttff_ms"].as_f64().unwrap() < 5000.0, "{v}");
+        assert_eq!(
+            v["layers"].as_array().unwrap().len(),
+            1,
+            "one video each: {v}"
+        );
+    }
+    assert!(report["ttff_ms"]["p95"].as_f64().is_some());
+
+    // The window's numbers agree with the server's counters over the same window...
+    let srv = &report["server"];
+    let forwarded = srv["rtp_forwarded"].as_f64().unwrap();
+    let received = viewers["packets_received"].as_f64().unwrap();
+    assert!(forwarded > 1000.0, "{srv}");
+    assert!(
+        close(forwarded, received, 0.02),
+        "server forwarded {forwarded}, viewers received {received}"
+    );
+    assert!(srv["forwarded_per_cpu_second"].as_f64().unwrap() > 0.0);
+    assert!(srv["cpu_seconds_per_gbit"].as_f64().unwrap() > 0.0);
+    // ... and everything received agrees with what the server says it forwarded in total.
+    let counters = server.sfu().counters();
+    let total = report["totals"]["packets_received"].as_f64().unwrap();
+    assert!(
+        close(counters.rtp_forwarded as f64, total, 0.02),
+        "server forwarded {} in all, bots received {total}",
+        counters.rtp_forwarded
+    );
+    assert_eq!(
+        counters.nacks_received,
+        viewers["nacks_sent"].as_u64().unwrap()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whip_and_whep_bots_verify_every_byte() {
+    let server = start_server(1).await;
+    let addr = server.http_addr.to_string();
+    let output = run_binary(
+        SWARM,
+        &args(
+            &addr,
+            &[
+                "--protocol",
+                "whip-whep",
+                "--media",
+                "synthetic",
+                "--publishers",
+                "1",
+                "--subscribers",
+                "2",
+                "--duration",
+                "2",
+                "--join-timeout",
+                "15",
+                "--max-loss",
+                "0",
+            ],
+        ),
+        Duration::from_secs(40),
+    )
+    .await;
+    assert!(output.status.success(), "{}", output.stderr);
+    let report: Value = serde_json::from_str(&output.stdout).expect("the report is JSON");
+    assert_eq!(report["scenario"]["protocol"], "whip-whep");
+    assert_eq!(report["viewers"]["receiving_everything"], 2, "{report}");
+    assert_eq!(report["bad_payloads"], 0);
+    assert!(report["viewers"]["packets_received"].as_u64().unwrap() > 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_threshold_fails_the_run() {
+    // Nothing listens here: no bot joins, no frame is seen, so the TTFF threshold fails.
+    let output = run_binary(
+        SWARM,
+        &args(
+            "127.0.0.1:9",
+            &[
+                "--media",
+                "synthetic",
+                "--subscribers",
+                "1",
+                "--duration",
+                "0.2",
+                "--join-timeout",
+                "1",
+                "--max-ttff-p95",
+                "1000",
+            ],
+        ),
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(!output.status.success());
+    let report: Value = serde_json::from_str(&output.stdout).expect("the report is JSON");
+    assert_eq!(report["join"]["joined"], 0);
+    assert_eq!(report["verdict"]["passed"], false);
+    assert!(output.stderr.contains("FAIL"), "{}", output.stderr);
+}
