@@ -86,7 +86,8 @@ pub struct BotConfig {
     /// Keep every received sequence number in [`ReceivedStream::seqs`] (tests); the swarm
     /// keeps only counters.
     pub record_seqs: bool,
-    /// Keep up to this many reassembled VP8 frames per received stream (for decoding).
+    /// Keep up to this many reassembled VP8 frames per received stream, from the latest
+    /// keyframe of a new size on (for decoding).
     pub keep_frames: usize,
     /// Ask str0m for receive statistics (NACKs and PLIs sent) every second.
     pub collect_stats: bool,
@@ -146,7 +147,8 @@ pub struct ReceivedStream {
     pub picture_id_jumps: u32,
     /// What a viewer would experience: frames, freezes, first frame, bytes, losses.
     pub quality: StreamQuality,
-    /// Reassembled VP8 frames, the first [`BotConfig::keep_frames`] of them.
+    /// Reassembled VP8 frames from the latest keyframe of a new size on, at most
+    /// [`BotConfig::keep_frames`].
     pub frames: Vec<Vec<u8>>,
 }
 
@@ -523,6 +525,22 @@ async fn run_inner(
             () = tokio::time::sleep_until(deadline.into()) => {}
         }
         bot.tick(Instant::now())?;
+    }
+}
+
+/// Keeps up to `limit` frames from the latest keyframe of a new size on (a layer switch
+/// starts the list again), so the list always decodes from its start.
+fn keep_frame(frames: &mut Vec<Vec<u8>>, frame: Option<Vec<u8>>, limit: usize) {
+    let Some(frame) = frame else {
+        return;
+    };
+    let size = crate::vp8_rtp::frame_size(&frame);
+    let current = frames.first().and_then(|f| crate::vp8_rtp::frame_size(f));
+    if size.is_some() && size != current {
+        frames.clear();
+    }
+    if frames.len() < limit && (!frames.is_empty() || size.is_some()) {
+        frames.push(frame);
     }
 }
 
@@ -937,13 +955,13 @@ impl Bots<'_> {
                     if self.config.record_seqs {
                         stream.seqs.push(seq);
                     }
-                    if video && stream.frames.len() < self.config.keep_frames {
+                    if video && self.config.keep_frames > 0 {
                         let frame = self.assemblers.entry(ssrc).or_default().push(
                             seq,
                             &packet.payload,
                             packet.header.marker,
                         );
-                        stream.frames.extend(frame);
+                        keep_frame(&mut stream.frames, frame, self.config.keep_frames);
                     }
                     if kind == PayloadKind::Foreign {
                         continue; // Real media from an encoder: counted, not verified.

@@ -11,9 +11,11 @@
 pub mod bot;
 mod client_peer;
 pub mod clip;
+pub mod devices;
 pub mod media_encode;
 pub mod media_input;
 pub mod media_out;
+pub mod publish;
 pub mod receive_quality;
 pub mod server_probe;
 pub mod signal;

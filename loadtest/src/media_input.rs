@@ -29,6 +29,15 @@ pub enum InputKind {
 }
 
 impl InputKind {
+    fn virtual_hint(self) -> &'static str {
+        match self {
+            InputKind::Video => {
+                "`--video lavfi:testsrc=size=1280x720:rate=30` for a test pattern (or `--video none`)"
+            }
+            InputKind::Audio => "`--audio lavfi:sine` for a test tone (or `--audio none`)",
+        }
+    }
+
     fn device_word(self) -> &'static str {
         match self {
             InputKind::Video => "camera",
@@ -151,7 +160,7 @@ pub enum InputError {
     UnknownFormat(String),
     /// The device does not exist.
     #[error(
-        "there is no {what} at {target}: run `sfu-publish --list-devices` to see the devices, or use {hint} for a test source"
+        "there is no {what} at {target}: run `sfu-publish --list-devices` to see the devices, or use {hint}"
     )]
     NotFound {
         /// "camera" or "microphone".
@@ -183,23 +192,32 @@ pub enum InputError {
     #[error("{0} has no {1} stream: choose another input")]
     NoStream(String, &'static str),
     /// Anything else ffmpeg reported.
-    #[error("cannot use the {what}: {error}: check the spec (run `sfu-publish --list-devices`)")]
+    #[error(
+        "cannot use the {what}: {error}: run `sfu-publish --list-devices` to see what works here, or use {hint}"
+    )]
     Other {
         /// The input, described.
         what: String,
         /// ffmpeg's error.
         error: ffmpeg::Error,
+        /// A virtual input to try instead.
+        hint: &'static str,
     },
 }
 
 impl InputError {
+    fn other(spec: &InputSpec, error: ffmpeg::Error) -> InputError {
+        InputError::Other {
+            what: spec.describe(),
+            error,
+            hint: spec.kind.virtual_hint(),
+        }
+    }
+
     fn from_open(spec: &InputSpec, error: ffmpeg::Error) -> InputError {
         let what = spec.kind.device_word();
         let target = spec.target.clone();
-        let hint = match spec.kind {
-            InputKind::Video => "`--video lavfi:testsrc=size=1280x720:rate=30`",
-            InputKind::Audio => "`--audio lavfi:sine`",
-        };
+        let hint = spec.kind.virtual_hint();
         match error {
             ffmpeg::Error::Other { errno } if !spec.is_virtual() => match errno {
                 ENOENT | ENODEV | ENXIO => InputError::NotFound { what, target, hint },
@@ -207,15 +225,9 @@ impl InputError {
                 EACCES | EPERM => InputError::Permission { what, target },
                 // v4l2 reports EIO for a path that is not a capture device.
                 EIO => InputError::NotFound { what, target, hint },
-                _ => InputError::Other {
-                    what: spec.describe(),
-                    error,
-                },
+                _ => InputError::other(spec, error),
             },
-            _ => InputError::Other {
-                what: spec.describe(),
-                error,
-            },
+            _ => InputError::other(spec, error),
         }
     }
 }
@@ -247,10 +259,7 @@ impl Demuxer {
         let context = format::open_with(&spec.target, &format, dict)
             .map_err(|e| InputError::from_open(spec, e))?;
         let format::context::Context::Input(input) = context else {
-            return Err(InputError::Other {
-                what: spec.describe(),
-                error: ffmpeg::Error::Bug,
-            });
+            return Err(InputError::other(spec, ffmpeg::Error::Bug));
         };
         let wanted = match spec.kind {
             InputKind::Video => media::Type::Video,
@@ -272,6 +281,15 @@ impl Demuxer {
             time_base,
             done: false,
         })
+    }
+
+    /// Names of the devices the format knows of: ffmpeg asks the device layer. (Descriptions
+    /// are left out: ffmpeg leaves some of them NULL, which ffmpeg-next cannot read safely.)
+    fn devices(&self) -> Vec<String> {
+        match self.input.devices() {
+            Ok(list) => list.map(|d| d.name().to_string()).collect(),
+            Err(_) => Vec::new(),
+        }
     }
 
     fn parameters(&self) -> Option<codec::Parameters> {
@@ -325,14 +343,16 @@ pub struct VideoInput {
 }
 
 impl VideoInput {
+    /// Names of the devices of the same format, where the format can list them.
+    pub fn devices(&self) -> Vec<String> {
+        self.demuxer.devices()
+    }
+
     /// Opens the input. `options` go to the device (`framerate`, `video_size`, ...).
     pub fn open(spec: &InputSpec, options: &[(&str, String)]) -> Result<VideoInput, InputError> {
         init();
         let demuxer = Demuxer::open(spec, options)?;
-        let other = |error| InputError::Other {
-            what: spec.describe(),
-            error,
-        };
+        let other = |error| InputError::other(spec, error);
         let parameters = demuxer
             .parameters()
             .ok_or(other(ffmpeg::Error::StreamNotFound))?;
@@ -365,10 +385,7 @@ impl VideoInput {
     /// The next frame; `None` at the end of the input.
     pub fn next_frame(&mut self) -> Result<Option<VideoFrame>, InputError> {
         let spec = &self.spec;
-        let other = |error| InputError::Other {
-            what: spec.describe(),
-            error,
-        };
+        let other = |error| InputError::other(spec, error);
         loop {
             let mut frame = frame::Video::empty();
             match self.decoder.receive_frame(&mut frame) {
@@ -409,14 +426,16 @@ pub struct AudioInput {
 }
 
 impl AudioInput {
+    /// Names of the devices of the same format, where the format can list them.
+    pub fn devices(&self) -> Vec<String> {
+        self.demuxer.devices()
+    }
+
     /// Opens the input. `options` go to the device (`sample_rate`, `channels`, ...).
     pub fn open(spec: &InputSpec, options: &[(&str, String)]) -> Result<AudioInput, InputError> {
         init();
         let demuxer = Demuxer::open(spec, options)?;
-        let other = |error| InputError::Other {
-            what: spec.describe(),
-            error,
-        };
+        let other = |error| InputError::other(spec, error);
         let parameters = demuxer
             .parameters()
             .ok_or(other(ffmpeg::Error::StreamNotFound))?;
@@ -439,10 +458,7 @@ impl AudioInput {
     /// The next frame; `None` at the end of the input.
     pub fn next_frame(&mut self) -> Result<Option<AudioFrame>, InputError> {
         let spec = &self.spec;
-        let other = |error| InputError::Other {
-            what: spec.describe(),
-            error,
-        };
+        let other = |error| InputError::other(spec, error);
         loop {
             let mut frame = frame::Audio::empty();
             match self.decoder.receive_frame(&mut frame) {

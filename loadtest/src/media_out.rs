@@ -214,6 +214,10 @@ impl MediaOut {
         self.next_video = now;
         self.next_audio = now;
         self.started = now;
+        if matches!(self.source, Source::Live { .. }) {
+            // Frames encoded before the connection was up were dropped: start on keyframes.
+            self.request_keyframe(None);
+        }
     }
 
     /// When the next paced packet is due (`None` for live media, which comes when it comes).

@@ -71,13 +71,18 @@ pub fn keyframe_size(payload: &[u8]) -> Option<(u16, u16)> {
     if !starts_keyframe(payload) {
         return None;
     }
-    let header = payload.get(descriptor_len(payload)?..)?;
-    // 3-byte frame tag, start code 9d 01 2a, then 14-bit width and height (2 scale bits each).
-    if header.get(3..6)? != [0x9d, 0x01, 0x2a] {
+    frame_size(payload.get(descriptor_len(payload)?..)?)
+}
+
+/// Width and height of a whole VP8 frame (without RTP descriptor), if it is a keyframe.
+pub fn frame_size(frame: &[u8]) -> Option<(u16, u16)> {
+    // 3-byte frame tag (P=0 for a keyframe), start code 9d 01 2a, then 14-bit width and
+    // height (2 scale bits each).
+    if frame.first()? & 0x01 != 0 || frame.get(3..6)? != [0x9d, 0x01, 0x2a] {
         return None;
     }
-    let w = u16::from_le_bytes([*header.get(6)?, *header.get(7)?]) & 0x3fff;
-    let h = u16::from_le_bytes([*header.get(8)?, *header.get(9)?]) & 0x3fff;
+    let w = u16::from_le_bytes([*frame.get(6)?, *frame.get(7)?]) & 0x3fff;
+    let h = u16::from_le_bytes([*frame.get(8)?, *frame.get(9)?]) & 0x3fff;
     Some((w, h))
 }
 

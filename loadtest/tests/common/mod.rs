@@ -72,9 +72,16 @@ pub struct Output {
     pub stderr: String,
 }
 
-/// Runs one of this crate's binaries to completion, at most `within` (killed after that, and
-/// the test fails). Its output is read on threads so it never blocks on a full pipe.
-pub async fn run_binary(binary: &str, args: &[String], within: Duration) -> Output {
+/// A running child whose output is read on threads (so it never blocks on a full pipe).
+pub struct Running {
+    pub child: std::process::Child,
+    name: String,
+    stdout: std::thread::JoinHandle<String>,
+    stderr: std::thread::JoinHandle<String>,
+}
+
+/// Starts one of this crate's binaries.
+pub fn spawn_binary(binary: &str, args: &[String]) -> Running {
     use std::io::Read;
     use std::process::{Command, Stdio};
     let mut child = Command::new(binary)
@@ -85,34 +92,59 @@ pub async fn run_binary(binary: &str, args: &[String], within: Duration) -> Outp
         .expect("the binary starts");
     let mut out = child.stdout.take().expect("stdout");
     let mut err = child.stderr.take().expect("stderr");
-    let stdout = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let stderr = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let deadline = std::time::Instant::now() + within;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "{binary} {args:?} still running after {within:?}; stderr: {}",
-                stderr.join().unwrap_or_default()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    Output {
-        status,
-        stdout: stdout.join().unwrap_or_default(),
-        stderr: stderr.join().unwrap_or_default(),
+    Running {
+        child,
+        name: format!("{binary} {args:?}"),
+        stdout: std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = out.read_to_string(&mut s);
+            s
+        }),
+        stderr: std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = err.read_to_string(&mut s);
+            s
+        }),
     }
+}
+
+impl Running {
+    /// Sends a signal (`"-INT"`, `"-TERM"`).
+    pub fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .args([name, &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    }
+
+    /// Waits for the exit, at most `within` (then kills it and fails the test).
+    pub async fn finish(mut self, within: Duration) -> Output {
+        let deadline = std::time::Instant::now() + within;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "{} still running after {within:?}; stderr: {}",
+                    self.name,
+                    self.stderr.join().unwrap_or_default()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        Output {
+            status,
+            stdout: self.stdout.join().unwrap_or_default(),
+            stderr: self.stderr.join().unwrap_or_default(),
+        }
+    }
+}
+
+/// Runs one of this crate's binaries to completion, at most `within`.
+pub async fn run_binary(binary: &str, args: &[String], within: Duration) -> Output {
+    spawn_binary(binary, args).finish(within).await
 }
