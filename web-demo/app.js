@@ -19,7 +19,7 @@ import {
 import { Signalling, fetchDevToken } from './signalling.js';
 import {
   setPublishHooks, startPublishing, onPublishAnswer, failPendingOffer, closePublishing,
-  startScreenShare, stopScreenShare, setOwnMuted, onOwnTrackPublished,
+  startScreenShare, stopScreenShare, setOwnMuted, onOwnTrackPublished, onLayersWanted,
 } from './publish.js';
 import { setSubscribeHooks, onSubscribeOffer, closeSubscribing } from './subscribe.js';
 import {
@@ -244,6 +244,10 @@ function handleMessage(msg, session) {
     case 'track_muted':
       return msg.participant === state.participantId ? undefined : onTrackMuted(msg.track, msg.participant, msg.muted);
     case 'active_speakers': return setSpeakers(msg.speakers);
+    case 'layer_state':
+      state.layerStates.set(msg.track, msg);
+      return undefined;
+    case 'layers_wanted': return onLayersWanted(msg);
     case 'error': return onServerError(msg);
     case 'left': return onLeft(msg.reason);
     case 'pong': return undefined;

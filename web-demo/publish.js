@@ -234,6 +234,36 @@ export function onOwnTrackPublished(track) {
   }
 }
 
+/**
+ * `layers_wanted` (dynacast): send only the camera layers someone receives. `active` follows
+ * the track's simulcast RIDs, lowest first, which name our encodings.
+ */
+export function onLayersWanted(msg) {
+  // One setParameters at a time: each needs the parameters the previous one left.
+  layersChain = layersChain.then(() => applyLayersWanted(msg));
+  return layersChain;
+}
+
+let layersChain = Promise.resolve();
+
+async function applyLayersWanted(msg) {
+  const sender = state.tx.camera?.sender;
+  const mid = state.tx.camera?.mid;
+  if (!sender || mid == null || state.ownTrackIds.get(String(mid)) !== msg.track) return;
+  const rids = CAMERA_ENCODINGS.map((e) => e.rid);
+  const params = sender.getParameters();
+  let changed = false;
+  for (const encoding of params.encodings ?? []) {
+    const index = rids.indexOf(encoding.rid);
+    const active = msg.active?.[index];
+    if (typeof active === 'boolean' && encoding.active !== active) {
+      encoding.active = active;
+      changed = true;
+    }
+  }
+  if (changed) await sender.setParameters(params).catch((err) => console.warn(`could not change the sent layers: ${err.message ?? err}`));
+}
+
 /** Closes the publish connection (the local media stays, for a rejoin). */
 export function closePublishing() {
   state.pendingAnswer?.reject(new Error('the connection was closed'));

@@ -67,6 +67,10 @@ export const state = {
   trackInfo: new Map(),
   /** Track id -> the quality chosen in its tile's menu ('auto' when absent). */
   qualities: new Map(),
+  /** Track id -> the last `set_quality` sent for it (JSON), so unchanged ones are not resent. */
+  sentPreferences: new Map(),
+  /** Track id -> the latest `layer_state` from the server: {current, target, reason, waiting_keyframe}. */
+  layerStates: new Map(),
   /** Participant ids in the latest `active_speakers`. */
   speakers: new Set(),
 };

@@ -89,13 +89,27 @@ async function updateRemote({ statsEl, track, trackId, simulcast }) {
     loss = lost + got > 0 ? (100 * lost) / (lost + got) : 0;
   }
   const layer = width > 0 && simulcast.length > 1 ? layerForWidth(width) : null;
+  const why = describeLayerState(state.layerStates.get(trackId), simulcast);
 
   statsEl.dataset.width = String(width);
   statsEl.dataset.layer = layer?.name ?? '';
   statsEl.textContent = width
     ? `${width}×${height} · ${fps} fps · ${formatRate(kbps)}\nloss ${loss.toFixed(1)}%` +
-      (layer ? ` · layer ${layer.name} (${layer.rid})` : ' · single layer')
+      (layer ? ` · layer ${layer.name} (${layer.rid})` : ' · single layer') + (why ? `\n${why}` : '')
     : 'waiting for video…';
+}
+
+/** The server's `layer_state` for a tile, as a line: why this layer, and any switch under way. */
+function describeLayerState(layerState, simulcast) {
+  if (!layerState || simulcast.length < 2) return '';
+  const name = (i) => LAYERS[i]?.name ?? `layer ${i}`;
+  const reasons = {
+    best: 'best sent', requested: 'as asked', bandwidth: 'bandwidth-limited', unavailable: 'layer not sent',
+  };
+  const reason = reasons[layerState.reason] ?? layerState.reason;
+  return layerState.waiting_keyframe && layerState.target != null
+    ? `${reason} · to ${name(layerState.target)} on next keyframe`
+    : reason;
 }
 
 async function updateLocal() {

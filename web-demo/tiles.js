@@ -105,6 +105,8 @@ export function clearRoom() {
   state.remoteParticipants.clear();
   state.trackInfo.clear();
   state.qualities.clear();
+  state.sentPreferences.clear();
+  state.layerStates.clear();
   state.speakers.clear();
   ui.localTile.classList.remove('speaking');
   renderPeopleCount();
@@ -141,9 +143,42 @@ function newTile(testid) {
     const trackId = select.dataset.track;
     if (!trackId) return;
     state.qualities.set(trackId, select.value);
-    state.signalling?.send({ type: 'set_quality', track: trackId, quality: select.value });
+    sendVideoPreference(trackId, tile.querySelector('video'));
   });
+  viewSizes.observe(tile.querySelector('video'));
   return tile;
+}
+
+/** How long a view's size must be stable before the server is told. */
+const RESIZE_SETTLE_MS = 500;
+
+/** Tells the server when a tile's video changes size (for `auto` quality). */
+const viewSizes = new ResizeObserver((entries) => {
+  for (const { target } of entries) {
+    clearTimeout(target.resizeTimer);
+    target.resizeTimer = setTimeout(() => sendVideoPreference(target.dataset.track, target), RESIZE_SETTLE_MS);
+  }
+});
+
+/**
+ * `set_quality` for a remote video track: the tile's menu choice and, in `auto`, the size the
+ * video is shown at (device pixels), so the server sends no larger layer than the tile needs.
+ * Not sent again while unchanged.
+ */
+export function sendVideoPreference(trackId, videoEl) {
+  if (!trackId) return;
+  const quality = state.qualities.get(trackId) ?? 'auto';
+  const msg = { type: 'set_quality', track: trackId, quality };
+  const scale = window.devicePixelRatio || 1;
+  const width = Math.round((videoEl?.clientWidth ?? 0) * scale);
+  const height = Math.round((videoEl?.clientHeight ?? 0) * scale);
+  if (quality === 'auto' && width > 0 && height > 0) Object.assign(msg, { width, height });
+  const json = JSON.stringify(msg);
+  if (state.sentPreferences.get(trackId) === json) return;
+  // Nothing to say yet for a track never asked about that has no size.
+  if (!state.sentPreferences.has(trackId) && quality === 'auto' && !msg.width) return;
+  state.sentPreferences.set(trackId, json);
+  state.signalling?.send(msg);
 }
 
 /**
@@ -220,7 +255,10 @@ function setQualityMenu(tile, trackId, off) {
   const layers = trackId ? state.trackInfo.get(trackId)?.simulcast?.length ?? 0 : 0;
   select.hidden = !trackId || off || layers < 2;
   select.dataset.track = trackId ?? '';
-  if (trackId) select.value = state.qualities.get(trackId) ?? 'auto';
+  if (trackId) {
+    select.value = state.qualities.get(trackId) ?? 'auto';
+    sendVideoPreference(trackId, tile.querySelector('video'));
+  }
 }
 
 function renderScreenTile(participant, { trackId, track }) {

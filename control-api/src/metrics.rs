@@ -23,19 +23,18 @@ pub struct Gauges {
 }
 
 /// Counters of the media core that are gauges (levels, not totals).
-const CORE_GAUGES: [&str; 6] = [
-    "peers",
-    "egress_estimate_bps",
-    "video_best",
-    "video_requested",
-    "video_bandwidth",
-    "video_unavailable",
-];
+/// (The `video_*` gauges are rendered as one labelled metric.)
+const CORE_GAUGES: [&str; 2] = ["peers", "egress_estimate_bps"];
 
 /// Renders the metrics page.
 pub fn render(counters: &CounterSnapshot, gauges: &Gauges) -> String {
     let mut out = String::new();
+    let mut video = Vec::new();
     for (name, value) in counters.fields() {
+        if let Some(state) = name.strip_prefix("video_") {
+            video.push((state, value));
+            continue;
+        }
         if CORE_GAUGES.contains(&name) {
             // `peers` is rendered below with the control plane's gauges.
             if name != "peers" {
@@ -47,6 +46,15 @@ pub fn render(counters: &CounterSnapshot, gauges: &Gauges) -> String {
             out,
             "# TYPE sfu_{name}_total counter\nsfu_{name}_total {value}"
         );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP sfu_video_subscriptions Video subscriptions by why their layer is what it is \
+         (best, requested, bandwidth, unavailable) and those waiting_keyframe for a switch.\n\
+         # TYPE sfu_video_subscriptions gauge"
+    );
+    for (state, value) in video {
+        let _ = writeln!(out, "sfu_video_subscriptions{{state=\"{state}\"}} {value}");
     }
     let _ = writeln!(
         out,

@@ -52,12 +52,20 @@ pub enum ClientMessage {
         /// Muted or not.
         muted: bool,
     },
-    /// Which layer of a remote video track the client wants.
+    /// What the client wants of a remote video track: a quality, and the size it shows the
+    /// video at (the server sends no layer larger than needed to cover it).
     SetQuality {
         /// Track id.
         track: String,
-        /// Wanted quality.
+        /// Wanted quality (`auto` if absent).
+        #[serde(default)]
         quality: QualityName,
+        /// Width of the largest view of the track, in device pixels (with `height`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        width: Option<u32>,
+        /// Height of that view, in device pixels (with `width`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        height: Option<u32>,
     },
     /// Keep-alive.
     Ping,
@@ -80,10 +88,11 @@ impl ClientMessage {
 }
 
 /// A quality a subscriber can ask for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum QualityName {
     /// The server chooses.
+    #[default]
     Auto,
     /// The top layer.
     High,
@@ -253,6 +262,16 @@ pub enum ServerMessage {
         target: Option<u8>,
         /// `best`, `requested`, `bandwidth` or `unavailable`.
         reason: String,
+        /// Whether the switch to `target` waits for that layer's next keyframe.
+        waiting_keyframe: bool,
+    },
+    /// Dynacast, to a publisher: which simulcast layers of one of its video tracks to send
+    /// (nobody receives the others). Set the other encodings inactive; resumed the same way.
+    LayersWanted {
+        /// Track id.
+        track: String,
+        /// Per layer, in the track's `simulcast` order (lowest first): send it or not.
+        active: Vec<bool>,
     },
     /// Who is speaking, loudest first (sent when the list changes).
     ActiveSpeakers {

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 
 use sfu::{
     CloseReason, EventSink, PeerEvent, PeerId, PeerSpec, Quality, SfuError, TrackId, TrackKind,
+    VideoPreference,
 };
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -26,6 +27,9 @@ use crate::protocol::{
 const KNOWN_SOURCES: [&str; 4] = ["camera", "microphone", "screen", "screen_audio"];
 use crate::room::{Kick, NewMember, Outbox, Room, RoomTrack};
 use crate::webhook::EventKind;
+
+/// The largest view size a client may report for a video track, per side.
+const MAX_VIEW_SIDE: u32 = 16_384;
 
 /// Whether the session goes on after a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,7 +141,12 @@ impl Session {
                 }
             }
             ClientMessage::Mute { track, muted } => self.mute(&track, muted),
-            ClientMessage::SetQuality { track, quality } => self.set_quality(&track, quality).await,
+            ClientMessage::SetQuality {
+                track,
+                quality,
+                width,
+                height,
+            } => self.set_quality(&track, quality, width, height).await,
             ClientMessage::Leave => {
                 self.leave("client left").await;
                 return Flow::Stop;
@@ -423,7 +432,28 @@ impl Session {
         }
     }
 
-    async fn set_quality(&mut self, track: &str, quality: QualityName) {
+    async fn set_quality(
+        &mut self,
+        track: &str,
+        quality: QualityName,
+        width: Option<u32>,
+        height: Option<u32>,
+    ) {
+        let max_size = match (width, height) {
+            (None, None) => None,
+            (Some(w), Some(h))
+                if (1..=MAX_VIEW_SIDE).contains(&w) && (1..=MAX_VIEW_SIDE).contains(&h) =>
+            {
+                Some((w, h))
+            }
+            _ => {
+                self.error(
+                    ErrorCode::BadMessage,
+                    format!("width and height go together, each 1 to {MAX_VIEW_SIDE}"),
+                );
+                return;
+            }
+        };
         let Some(peer) = self.joined.as_ref().and_then(|j| j.subscriber) else {
             self.error(ErrorCode::UnknownTrack, "you do not subscribe to anything");
             return;
@@ -441,7 +471,13 @@ impl Session {
             QualityName::Medium => Quality::Medium,
             QualityName::Low => Quality::Low,
         };
-        if let Err(e) = self.state.sfu.set_quality(peer, id, quality).await {
+        let preference = VideoPreference { quality, max_size };
+        if let Err(e) = self
+            .state
+            .sfu
+            .set_video_preference(peer, id, preference)
+            .await
+        {
             self.send(sfu_error(&e));
         }
     }
@@ -466,6 +502,17 @@ impl Session {
                     current,
                     target,
                     reason: reason.as_str().to_string(),
+                    waiting_keyframe: target.is_some() && current != target,
+                });
+            }
+            PeerEvent::LayersWanted {
+                peer,
+                track,
+                active,
+            } if Some(peer) == joined.publisher => {
+                self.send(ServerMessage::LayersWanted {
+                    track: track.to_string(),
+                    active,
                 });
             }
             PeerEvent::AudioLevel { peer, level, .. } if Some(peer) == joined.publisher => {

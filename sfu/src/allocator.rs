@@ -5,8 +5,10 @@
 //! Going up needs headroom (the estimate must exceed the cost by [`UP_FACTOR`]); a track the
 //! bandwidth held back must also see that headroom for [`UP_HOLD`] first, so an estimate
 //! hovering at a boundary does not make the layer flap and the subscriber's bandwidth
-//! estimator gets time to probe before media follows. A track that was not held back by the
-//! bandwidth (starting, or the subscriber asked for more) goes up at once. Sans-IO: time and
+//! estimator gets time to probe before media follows. An upgrade that has to be undone for
+//! bandwidth within [`UPGRADE_TRIAL`] doubles that track's hold (up to [`MAX_UP_HOLD`]); one that
+//! lasts resets it. A track that was not held back by the bandwidth (starting, or the
+//! subscriber asked for more) goes up at once. Sans-IO: time and
 //! the estimate come in, choices (with the reason for each) go out.
 
 use std::collections::{HashMap, HashSet};
@@ -18,8 +20,12 @@ use crate::ids::TrackId;
 pub(crate) const MAX_LAYERS: usize = 4;
 /// An upgrade needs the estimate to exceed the new total by this factor.
 pub(crate) const UP_FACTOR: f64 = 1.15;
-/// ... continuously for this long.
+/// ... continuously for this long (doubled after each failed upgrade).
 pub(crate) const UP_HOLD: Duration = Duration::from_secs(2);
+/// The longest hold after repeated failed upgrades.
+pub(crate) const MAX_UP_HOLD: Duration = Duration::from_secs(16);
+/// An upgrade undone for bandwidth within this long failed.
+pub(crate) const UPGRADE_TRIAL: Duration = Duration::from_secs(5);
 /// Bitrates assumed for a layer being sent whose rate is not measured yet, lowest first.
 const DEFAULT_RATES: [u64; MAX_LAYERS] = [150_000, 500_000, 1_500_000, 2_500_000];
 
@@ -105,6 +111,10 @@ pub(crate) struct Allocator {
     affordable_since: HashMap<TrackId, Instant>,
     /// Tracks whose last choice was held down by the bandwidth.
     limited: HashSet<TrackId>,
+    /// Per track: the hold before its next upgrade, if longer than [`UP_HOLD`].
+    hold: HashMap<TrackId, Duration>,
+    /// Per track: when it last went up for bandwidth, while that upgrade is on trial.
+    upgraded_at: HashMap<TrackId, Instant>,
 }
 
 /// What an allocation decided.
@@ -114,10 +124,11 @@ pub(crate) struct Allocation {
     pub(crate) choices: Vec<(TrackId, Choice)>,
     /// Bitrate of the chosen layers.
     pub(crate) used: u64,
-    /// Bitrate of the best allowed layers (what the estimator should probe towards).
+    /// Bitrate of the best allowed layers.
     pub(crate) wanted: u64,
-    /// Bitrate after the cheapest one-layer upgrade (`used` if none is possible): what
-    /// media and padding should carry so the estimate can grow into the next layer.
+    /// Bitrate after the cheapest one-layer upgrade (`used` if none is possible): what the
+    /// estimator should probe for next. Probing one step at a time keeps probes on a
+    /// constrained link small.
     pub(crate) next_step: u64,
 }
 
@@ -191,15 +202,21 @@ impl Allocator {
                     break;
                 }
                 let since = *self.affordable_since.entry(*id).or_insert(now);
-                if self.limited.contains(id) && now.saturating_duration_since(since) < UP_HOLD {
+                let hold = self.hold.get(id).copied().unwrap_or(UP_HOLD);
+                if self.limited.contains(id) && now.saturating_duration_since(since) < hold {
                     break;
+                }
+                if self.limited.contains(id) {
+                    self.upgraded_at.insert(*id, now);
                 }
                 self.affordable_since.insert(*id, now);
                 pick = trial;
             }
         }
-        self.affordable_since
-            .retain(|id, _| tracks.iter().any(|(t, _)| t == id));
+        let present = |id: &TrackId| tracks.iter().any(|(t, _)| t == id);
+        self.affordable_since.retain(|id, _| present(id));
+        self.hold.retain(|id, _| present(id));
+        self.upgraded_at.retain(|id, _| present(id));
         self.limited.clear();
 
         let mut choices = Vec::with_capacity(tracks.len());
@@ -224,6 +241,7 @@ impl Allocator {
             if reason == LayerReason::Bandwidth {
                 self.limited.insert(*id);
             }
+            self.judge_upgrade(*id, needs.current, layer, reason, now);
             choices.push((*id, Choice { layer, reason }));
         }
         let used = cost(&pick);
@@ -242,6 +260,32 @@ impl Allocator {
             choices,
             wanted,
             next_step,
+        }
+    }
+}
+
+impl Allocator {
+    /// Ends the trial of a track's last upgrade: undone for bandwidth in time, it failed and
+    /// the hold doubles; otherwise, once the trial is over, the hold is back to normal.
+    fn judge_upgrade(
+        &mut self,
+        id: TrackId,
+        before: Option<u8>,
+        now_on: Option<u8>,
+        reason: LayerReason,
+        now: Instant,
+    ) {
+        let Some(&at) = self.upgraded_at.get(&id) else {
+            return;
+        };
+        let went_down = matches!((before, now_on), (Some(b), Some(n)) if n < b);
+        if went_down && reason == LayerReason::Bandwidth {
+            let hold = self.hold.get(&id).copied().unwrap_or(UP_HOLD);
+            self.hold.insert(id, (hold * 2).min(MAX_UP_HOLD));
+            self.upgraded_at.remove(&id);
+        } else if now.saturating_duration_since(at) >= UPGRADE_TRIAL {
+            self.hold.remove(&id);
+            self.upgraded_at.remove(&id);
         }
     }
 }
@@ -347,6 +391,50 @@ mod tests {
             Some(1),
             "an upgrade after a bandwidth limit waits"
         );
+    }
+
+    #[test]
+    fn failed_upgrades_back_off_and_a_lasting_one_resets_the_hold() {
+        let t0 = Instant::now();
+        let mut alloc = Allocator::default();
+        let id = TrackId(1);
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        // Held at the middle layer by a 1 Mbit/s estimate.
+        let a = alloc.allocate(at(0), 1_000_000, &[(id, needs(Some(2), None))]);
+        assert_eq!(one(&a).layer, Some(1));
+        // Room for the top layer: up after 2 s...
+        alloc.allocate(at(500), 2_000_000, &[(id, needs(Some(1), None))]);
+        let a = alloc.allocate(at(2500), 2_000_000, &[(id, needs(Some(1), None))]);
+        assert_eq!(one(&a).layer, Some(2));
+        // ...but it does not last: down again a second later.
+        let a = alloc.allocate(at(3500), 1_000_000, &[(id, needs(Some(2), None))]);
+        assert_eq!(one(&a).layer, Some(1));
+        // The next attempt waits 4 s instead of 2.
+        alloc.allocate(at(4000), 2_000_000, &[(id, needs(Some(1), None))]);
+        let a = alloc.allocate(at(6500), 2_000_000, &[(id, needs(Some(1), None))]);
+        assert_eq!(one(&a).layer, Some(1), "still holding: {a:?}");
+        let a = alloc.allocate(at(8000), 2_000_000, &[(id, needs(Some(1), None))]);
+        assert_eq!(one(&a).layer, Some(2));
+        // This one lasts past its trial: the hold is back to 2 s for next time.
+        alloc.allocate(at(14_000), 2_000_000, &[(id, needs(Some(2), None))]);
+        let a = alloc.allocate(at(15_000), 1_000_000, &[(id, needs(Some(2), None))]);
+        assert_eq!(one(&a).layer, Some(1));
+        alloc.allocate(at(15_500), 2_000_000, &[(id, needs(Some(1), None))]);
+        let a = alloc.allocate(at(17_500), 2_000_000, &[(id, needs(Some(1), None))]);
+        assert_eq!(one(&a).layer, Some(2), "a lasting upgrade resets the hold");
+        // Repeated failures cap the hold at 16 s.
+        let mut t = 17_500;
+        for _ in 0..6 {
+            t += 500;
+            alloc.allocate(at(t), 1_000_000, &[(id, needs(Some(2), None))]);
+            let mut up = false;
+            while !up {
+                t += 500;
+                up = one(&alloc.allocate(at(t), 2_000_000, &[(id, needs(Some(1), None))])).layer
+                    == Some(2);
+            }
+        }
+        assert_eq!(alloc.hold.get(&id), Some(&MAX_UP_HOLD));
     }
 
     #[test]

@@ -66,11 +66,11 @@ pub(crate) enum Command {
         track: TrackId,
         reply: Reply<()>,
     },
-    /// Set the quality a subscriber wants for one video track.
-    SetQuality {
+    /// Set what a subscriber wants of one video track.
+    SetVideoPreference {
         peer: PeerId,
         track: TrackId,
-        quality: crate::layer_choice::Quality,
+        preference: crate::layer_choice::VideoPreference,
         reply: Reply<()>,
     },
     /// A trickled remote ICE candidate.

@@ -85,6 +85,12 @@ counters! {
     video_bandwidth,
     /// Video subscriptions whose layer is not being sent (a gauge).
     video_unavailable,
+    /// Video subscriptions waiting for a keyframe of the layer they switch to (a gauge).
+    video_waiting_keyframe,
+    /// Simulcast layers paused at their publisher because nobody receives them (dynacast).
+    layers_paused,
+    /// Dynacast-paused layers resumed because a subscriber wanted them.
+    layers_resumed,
 }
 
 impl WorkerCounters {

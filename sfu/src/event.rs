@@ -158,6 +158,17 @@ pub enum PeerEvent {
         /// Why the target is what it is.
         reason: crate::LayerReason,
     },
+    /// Dynacast: which simulcast layers of a published video track the publisher should send
+    /// (nobody receives the others). The client should set the other encodings inactive;
+    /// a client that does not is still served correctly, only less efficiently.
+    LayersWanted {
+        /// The publishing peer.
+        peer: PeerId,
+        /// The track.
+        track: TrackId,
+        /// Per layer, lowest first (the track's simulcast RIDs' order): send it or not.
+        active: Vec<bool>,
+    },
     /// Periodic statistics (see [`crate::SfuConfig::stats_interval`]).
     Stats {
         /// The peer.

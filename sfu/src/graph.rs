@@ -34,6 +34,10 @@ pub(crate) struct SubscriberLink {
     /// Bit `i` set: the subscriber wants packets of simulcast layer `i`. The subscriber's
     /// worker sets it; the publisher's worker reads it per packet.
     pub(crate) layers: AtomicU32,
+    /// Bit `i` set: the subscriber asks for up to layer `i` (its quality request, whatever
+    /// its bandwidth allows now). Dynacast keeps such layers sent, so a subscriber whose
+    /// bandwidth grows can switch up without waiting for the publisher.
+    pub(crate) demand: AtomicU32,
 }
 
 /// Everything the packet path needs to know about one published track.
@@ -53,6 +57,11 @@ pub(crate) struct TrackRoute {
     pub(crate) muted: AtomicBool,
     /// Measured bitrate of each layer, bits per second (0: not measured).
     layer_bps: [AtomicU64; MAX_LAYERS],
+    /// Frame size of each layer from its last keyframe, `width << 16 | height` (0: unknown).
+    layer_size: [AtomicU32; MAX_LAYERS],
+    /// Bit `i` set: layer `i` is paused by dynacast (the publisher was asked to stop it; it
+    /// resumes when a subscriber wants it, so it still counts as available).
+    pub(crate) paused_layers: AtomicU32,
     subscribers: RwLock<Arc<[Arc<SubscriberLink>]>>,
 }
 
@@ -94,9 +103,34 @@ impl TrackRoute {
         rates
     }
 
-    /// The best layer being sent at or below `cap`.
+    /// Records the frame size of a layer (from one of its keyframes).
+    pub(crate) fn set_layer_size(&self, layer: u8, (width, height): (u32, u32)) {
+        if let Some(slot) = self.layer_size.get(usize::from(layer)) {
+            slot.store(
+                width.min(0xffff) << 16 | height.min(0xffff),
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// The frame size of each layer (`(0, 0)`: unknown).
+    pub(crate) fn layer_sizes(&self) -> [(u32, u32); MAX_LAYERS] {
+        let mut sizes = [(0, 0); MAX_LAYERS];
+        for (size, slot) in sizes.iter_mut().zip(&self.layer_size) {
+            let packed = slot.load(Ordering::Relaxed);
+            *size = (packed >> 16, packed & 0xffff);
+        }
+        sizes
+    }
+
+    /// Layers a subscriber may be given: those being sent and those paused by dynacast.
+    pub(crate) fn available_layers(&self) -> u32 {
+        self.active_layers.load(Ordering::Relaxed) | self.paused_layers.load(Ordering::Relaxed)
+    }
+
+    /// The best available layer at or below `cap`.
     pub(crate) fn choose_layer_capped(&self, cap: Option<u8>) -> Option<u8> {
-        choose_layer(self.active_layers.load(Ordering::Relaxed), cap)
+        choose_layer(self.available_layers(), cap)
     }
 
     fn update(&self, f: impl FnOnce(&mut Vec<Arc<SubscriberLink>>)) {
@@ -147,6 +181,8 @@ impl ForwardingGraph {
             active_layers: AtomicU32::new(0),
             muted: AtomicBool::new(false),
             layer_bps: Default::default(),
+            layer_size: Default::default(),
+            paused_layers: AtomicU32::new(0),
             subscribers: RwLock::new(Arc::from(Vec::new())),
         });
         self.tracks.insert(id, route.clone());
@@ -175,6 +211,7 @@ impl ForwardingGraph {
         let link = Arc::new(SubscriberLink {
             at,
             layers: AtomicU32::new(layers),
+            demand: AtomicU32::new(0),
         });
         let added = link.clone();
         route.update(|list| {

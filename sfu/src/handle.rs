@@ -294,19 +294,19 @@ impl Sfu {
             .await
     }
 
-    /// Sets the quality a subscriber wants for one of its video tracks; the switch happens on
-    /// the next keyframe of the chosen layer.
-    pub async fn set_quality(
+    /// Sets what a subscriber wants of one of its video tracks (quality, view size). The
+    /// layer is re-chosen at once; the switch happens on the next keyframe of the new layer.
+    pub async fn set_video_preference(
         &self,
         peer: PeerId,
         track: TrackId,
-        quality: crate::Quality,
+        preference: crate::VideoPreference,
     ) -> Result<(), SfuError> {
         let worker = self.worker_of(peer)?;
-        self.request(worker, |reply| Command::SetQuality {
+        self.request(worker, |reply| Command::SetVideoPreference {
             peer,
             track,
-            quality,
+            preference,
             reply,
         })
         .await

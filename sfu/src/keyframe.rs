@@ -29,6 +29,44 @@ pub(crate) fn needs_keyframe(codec: Codec) -> bool {
     )
 }
 
+/// The frame size a VP8 keyframe's first packet announces (RFC 6386 section 9.1), after the
+/// RTP payload descriptor (RFC 7741). `None` if the payload does not start a keyframe or is
+/// too short.
+pub(crate) fn vp8_keyframe_size(payload: &[u8]) -> Option<(u32, u32)> {
+    let first = *payload.first()?;
+    let mut offset = 1;
+    if first & 0x80 != 0 {
+        let ext = *payload.get(1)?;
+        offset = 2;
+        if ext & 0x80 != 0 {
+            // Picture ID: 15 bits when its first byte has M set, else 7.
+            offset += if *payload.get(offset)? & 0x80 != 0 {
+                2
+            } else {
+                1
+            };
+        }
+        if ext & 0x40 != 0 {
+            offset += 1; // TL0PICIDX
+        }
+        if ext & 0x30 != 0 {
+            offset += 1; // TID / Y / KEYIDX
+        }
+    }
+    let starts_partition = first & 0x10 != 0 && first & 0x07 == 0;
+    let header = payload.get(offset..offset + 10)?;
+    let key = header.first()? & 0x01 == 0;
+    if !starts_partition || !key || header.get(3..6)? != [0x9d, 0x01, 0x2a] {
+        return None;
+    }
+    let dimension = |i: usize| -> Option<u32> {
+        let raw = u16::from_le_bytes([*header.get(i)?, *header.get(i + 1)?]);
+        Some(u32::from(raw & 0x3fff))
+    };
+    let (width, height) = (dimension(6)?, dimension(8)?);
+    (width > 0 && height > 0).then_some((width, height))
+}
+
 fn vp8(payload: &[u8]) -> bool {
     Vp8Descriptor::parse(payload).is_ok_and(|d| d.starts_keyframe(payload))
 }
@@ -114,6 +152,36 @@ mod tests {
         assert!(!starts_keyframe(Codec::Vp8, &not_start));
         assert!(!starts_keyframe(Codec::Vp8, &[]));
         assert!(!starts_keyframe(Codec::Vp8, &[0x90, 0x80]));
+    }
+
+    #[test]
+    fn vp8_keyframe_sizes() {
+        // Descriptor with a 15-bit picture ID, TL0PICIDX and TID; then a keyframe header
+        // (frame tag, start code) announcing 1280x720 with a scaling field set.
+        let mut key = vec![0x90, 0xe0, 0x81, 0x23, 0x05, 0x40];
+        key.extend_from_slice(&[0x50, 0x2c, 0x01, 0x9d, 0x01, 0x2a, 0x00, 0x45, 0xd0, 0x02]);
+        assert_eq!(vp8_keyframe_size(&key), Some((1280, 720)));
+        // The same without descriptor extensions, 320x180.
+        let short = [
+            0x10, 0x50, 0x2c, 0x01, 0x9d, 0x01, 0x2a, 0x40, 0x01, 0xb4, 0x00,
+        ];
+        assert_eq!(vp8_keyframe_size(&short), Some((320, 180)));
+        // A delta frame, a continuation packet, a bad start code, truncations: no size.
+        let mut delta = short;
+        delta[1] |= 0x01;
+        assert_eq!(vp8_keyframe_size(&delta), None);
+        let mut middle = short;
+        middle[0] = 0x00;
+        assert_eq!(vp8_keyframe_size(&middle), None);
+        let mut bad = short;
+        bad[4] = 0x9c;
+        assert_eq!(vp8_keyframe_size(&bad), None);
+        for len in 0..short.len() {
+            assert_eq!(vp8_keyframe_size(&short[..len]), None, "{len} bytes");
+        }
+        for len in 0..key.len() {
+            assert_eq!(vp8_keyframe_size(&key[..len]), None, "{len} bytes");
+        }
     }
 
     #[test]

@@ -32,6 +32,45 @@ impl Quality {
     }
 }
 
+/// What a subscriber wants of one video track: a quality, and the largest size it shows the
+/// video at (a 320-pixel-wide tile needs no 1280-wide layer).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VideoPreference {
+    /// The quality asked for.
+    pub quality: Quality,
+    /// Width and height, in device pixels, of the largest view of the track (`None`: any).
+    pub max_size: Option<(u32, u32)>,
+}
+
+impl VideoPreference {
+    /// The highest layer index allowed, from the quality and (where the layers' sizes are
+    /// known) the size: the smallest layer that covers the view. `None`: no cap.
+    pub(crate) fn cap(&self, layers: u8, sizes: &[(u32, u32)]) -> Option<u8> {
+        let by_quality = self.quality.cap(layers);
+        let by_size = self.max_size.and_then(|max| size_cap(max, sizes));
+        match (by_quality, by_size) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+/// The lowest layer whose known size covers `max` (as wide and as high), or
+/// the largest known layer if none does. Unknown sizes (`(0, 0)`) are skipped; `None` if no
+/// size is known.
+fn size_cap((width, height): (u32, u32), sizes: &[(u32, u32)]) -> Option<u8> {
+    let known = || {
+        sizes
+            .iter()
+            .enumerate()
+            .filter(|(_, (w, h))| *w > 0 && *h > 0)
+    };
+    let covering = known()
+        .find(|(_, (w, h))| *w >= width && *h >= height)
+        .or_else(|| known().max_by_key(|(_, (w, _))| *w))?;
+    u8::try_from(covering.0).ok()
+}
+
 /// The layer to forward, from the bitmask of layers being sent (bit `i` = layer `i`) and an
 /// optional cap. `None` if nothing is being sent.
 pub(crate) fn choose_layer(active: u32, cap: Option<u8>) -> Option<u8> {
@@ -77,6 +116,52 @@ mod tests {
             "the lowest of those above the cap"
         );
         assert_eq!(choose_layer(1 << 31, None), Some(31));
+    }
+
+    #[test]
+    fn size_caps_pick_the_smallest_layer_covering_the_view() {
+        let sizes = [(320, 180), (640, 360), (1280, 720), (0, 0)];
+        let pref = |quality, max_size| VideoPreference { quality, max_size };
+        assert_eq!(pref(Quality::Auto, None).cap(3, &sizes), None);
+        assert_eq!(
+            pref(Quality::Auto, Some((300, 170))).cap(3, &sizes),
+            Some(0)
+        );
+        assert_eq!(
+            pref(Quality::Auto, Some((400, 225))).cap(3, &sizes),
+            Some(1)
+        );
+        assert_eq!(
+            pref(Quality::Auto, Some((640, 360))).cap(3, &sizes),
+            Some(1)
+        );
+        assert_eq!(
+            pref(Quality::Auto, Some((1920, 1080))).cap(3, &sizes),
+            Some(2)
+        );
+        // A tall view: the height decides.
+        assert_eq!(
+            pref(Quality::Auto, Some((200, 700))).cap(3, &sizes),
+            Some(2)
+        );
+        // The quality asked for caps further; the size never raises it.
+        assert_eq!(
+            pref(Quality::Low, Some((1920, 1080))).cap(3, &sizes),
+            Some(0)
+        );
+        assert_eq!(
+            pref(Quality::High, Some((300, 170))).cap(3, &sizes),
+            Some(0)
+        );
+        // Sizes not known (yet): only the quality counts.
+        assert_eq!(
+            pref(Quality::Auto, Some((300, 170))).cap(3, &[(0, 0); 4]),
+            None
+        );
+        assert_eq!(
+            pref(Quality::Auto, Some((300, 170))).cap(3, &[(0, 0), (640, 360), (0, 0)]),
+            Some(1)
+        );
     }
 
     #[test]

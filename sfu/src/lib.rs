@@ -22,6 +22,7 @@ mod config;
 mod counters;
 mod data_relay;
 mod demux;
+mod dynacast;
 mod error;
 mod event;
 mod graph;
@@ -51,4 +52,4 @@ pub use event::{
 pub use graph::TrackSnapshot;
 pub use handle::Sfu;
 pub use ids::{ParseIdError, PeerId, RoomId, TrackId};
-pub use layer_choice::Quality;
+pub use layer_choice::{Quality, VideoPreference};

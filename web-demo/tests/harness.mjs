@@ -5,10 +5,11 @@
 // Environment:
 //   SFU_SERVER_BIN   server binary (default ../../target/debug/sfu-server, relative to this file)
 //   SFU_SERVER_ARGS  extra arguments for the server, space separated (optional)
+//   SFU_SERVER_LOG   file to append the server's whole output to (optional)
 //   CHROMIUM_BIN     browser binary (default /usr/bin/chromium)
 
 import { spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { appendFileSync, existsSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -61,14 +62,14 @@ export function serverLogTail(lines = 40) {
 
 /**
  * Starts the server (serving the web demo from this checkout's web-demo/ directory) and
- * resolves with the demo URL it prints.
+ * resolves with the demo URL it prints. HTTP and media listen on `host` (a free port each).
  */
-export function startServer(extraArgs = []) {
+export function startServer(extraArgs = [], { host = '127.0.0.1' } = {}) {
   if (!existsSync(SERVER_BIN)) {
     return Promise.reject(new Error(
       `server binary not found at ${SERVER_BIN} (build it with cargo build, or set SFU_SERVER_BIN)`));
   }
-  const args = ['--http-addr', '127.0.0.1:0', '--media-port', '0', '--web-root', WEB_ROOT, ...extraArgs,
+  const args = ['--http-addr', `${host}:0`, '--media-ip', host, '--media-port', '0', '--web-root', WEB_ROOT, ...extraArgs,
     ...(process.env.SFU_SERVER_ARGS ?? '').split(/\s+/).filter(Boolean)];
   server.log = [];
   return new Promise((resolve, reject) => {
@@ -90,6 +91,7 @@ export function startServer(extraArgs = []) {
           const line = raw.replace(/\x1b\[[0-9;]*m/g, ''); // strip colours
           server.log.push(line);
           if (server.log.length > 500) server.log.shift();
+          if (process.env.SFU_SERVER_LOG) appendFileSync(process.env.SFU_SERVER_LOG, `${line}\n`);
           const match = /web demo\s+(http:\/\/\S+)/.exec(line);
           if (match && !found) {
             found = true;
@@ -162,13 +164,16 @@ export function startWatchdog(ms) {
 /**
  * Launches a participant's browser. With `speaks`, its fake microphone plays synthetic speech
  * (3 s of talking, 2 s of silence, looped) instead of Chromium's default short beeps, which
- * are too brief to count as speaking.
+ * are too brief to count as speaking. `executablePath` replaces the browser binary (e.g. a
+ * wrapper that runs it in a network namespace); `args` are added to its flags.
  */
-export async function launchParticipant(name, { defaultTimeout = 15_000, speaks = false } = {}) {
+export async function launchParticipant(name, {
+  defaultTimeout = 15_000, speaks = false, executablePath = CHROMIUM_BIN, args: extraArgs = [],
+} = {}) {
   if (!existsSync(CHROMIUM_BIN)) throw new Error(`Chromium not found at ${CHROMIUM_BIN} (set CHROMIUM_BIN)`);
   const userDataDir = await mkdtemp(path.join(tmpdir(), `sfu-demo-${name}-`));
   const participant = { name, userDataDir, context: null, page: null, errors: [] };
-  const args = [...CHROMIUM_ARGS];
+  const args = [...CHROMIUM_ARGS, ...extraArgs];
   try {
     if (speaks) {
       const wav = path.join(userDataDir, 'speech.wav');
@@ -176,7 +181,7 @@ export async function launchParticipant(name, { defaultTimeout = 15_000, speaks 
       args.push(`--use-file-for-fake-audio-capture=${wav}`);
     }
     participant.context = await chromium.launchPersistentContext(userDataDir, {
-      executablePath: CHROMIUM_BIN,
+      executablePath,
       headless: true,
       args,
       timeout: 30_000,

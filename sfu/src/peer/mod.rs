@@ -243,7 +243,7 @@ impl Peer {
     /// Handles a delivery from another peer.
     pub(crate) fn handle_delivery(&mut self, delivery: Delivery, ctx: &mut Ctx<'_>) {
         match &mut self.role {
-            Role::Publisher(p) => p.handle_delivery(&mut self.rtc, delivery, ctx),
+            Role::Publisher(p) => p.handle_delivery(&mut self.rtc, &self.info, delivery, ctx),
             Role::Subscriber(s) => s.handle_delivery(&mut self.rtc, &self.info, delivery, ctx),
         }
         self.drain(ctx);

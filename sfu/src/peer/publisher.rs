@@ -1,11 +1,14 @@
 //! The publishing side of a peer: tracks the client sends, each RTP packet fanned out to the
-//! track's subscribers, and keyframe requests from subscribers coalesced per layer.
+//! track's subscribers, keyframe requests from subscribers coalesced per layer, per-layer
+//! bitrates and frame sizes measured for the subscribers' layer choice, and simulcast layers
+//! nobody receives paused (dynacast).
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use str0m::format::PayloadParams;
+use str0m::format::{Codec, PayloadParams};
 use str0m::media::{
     KeyframeRequestKind, MediaAdded, MediaKind, Mid, Pt, Rid, Rids, Simulcast, SimulcastLayer,
 };
@@ -18,10 +21,11 @@ use crate::allocator::MAX_LAYERS;
 use crate::audio_level::AudioLevelMeter;
 use crate::counters::WorkerCounters;
 use crate::data_relay;
+use crate::dynacast::Dynacast;
 use crate::event::{PeerEvent, TrackInfo, TrackKind};
 use crate::graph::TrackRoute;
 use crate::ids::TrackId;
-use crate::keyframe::starts_keyframe;
+use crate::keyframe::{starts_keyframe, vp8_keyframe_size};
 use crate::keyframe_throttle::KeyframeThrottle;
 use crate::packet::{Delivery, ForwardedPacket};
 
@@ -45,6 +49,8 @@ struct PublishedTrack {
     layer_bytes: [u64; MAX_LAYERS],
     /// When the rates were last sampled.
     sampled_at: Option<Instant>,
+    /// Simulcast video only: pauses the layers nobody receives.
+    dynacast: Option<Dynacast>,
 }
 
 struct IngressStream {
@@ -71,6 +77,7 @@ impl Publisher {
                 throttles
                     .chain(t.meter.as_ref().and_then(AudioLevelMeter::deadline))
                     .chain(sample)
+                    .chain(t.dynacast.as_ref().map(Dynacast::deadline))
             })
             .min()
     }
@@ -194,6 +201,8 @@ impl Publisher {
             meter: (kind == TrackKind::Audio).then(AudioLevelMeter::default),
             layer_bytes: [0; MAX_LAYERS],
             sampled_at: None,
+            dynacast: (kind == TrackKind::Video && layers > 1)
+                .then(|| Dynacast::new(u8::try_from(layers).unwrap_or(u8::MAX), ctx.now)),
         });
     }
 
@@ -251,6 +260,11 @@ impl Publisher {
         {
             if keyframe && let Some(throttle) = track.throttles.get_mut(usize::from(layer)) {
                 throttle.on_keyframe();
+                if params.spec().codec == Codec::Vp8
+                    && let Some(size) = vp8_keyframe_size(&packet.payload)
+                {
+                    track.route.set_layer_size(layer, size);
+                }
             }
             if let Some(meter) = &mut track.meter {
                 meter.on_packet(ext.audio_level, ext.voice_activity, ctx.now);
@@ -260,11 +274,7 @@ impl Publisher {
             }
             track.sampled_at.get_or_insert(ctx.now);
         }
-        if stream
-            .route
-            .muted
-            .load(std::sync::atomic::Ordering::Relaxed)
-        {
+        if stream.route.muted.load(Ordering::Relaxed) {
             return;
         }
         let subscribers = stream.route.subscribers();
@@ -299,7 +309,7 @@ impl Publisher {
         });
         let bit = 1u32 << u32::from(layer.min(31));
         for link in subscribers.iter() {
-            if link.layers.load(std::sync::atomic::Ordering::Relaxed) & bit != 0 {
+            if link.layers.load(Ordering::Relaxed) & bit != 0 {
                 ctx.deliver(
                     link.at,
                     Delivery::Rtp {
@@ -330,14 +340,29 @@ impl Publisher {
         })
     }
 
-    /// A subscriber wants a keyframe.
-    pub(crate) fn handle_delivery(&mut self, rtc: &mut Rtc, delivery: Delivery, ctx: &mut Ctx<'_>) {
-        if let Delivery::KeyframeRequest { track, layer, .. } = delivery
-            && let Some(t) = self
-                .tracks
-                .iter_mut()
-                .find(|t| t.route.id == track && t.route.kind == TrackKind::Video)
-            && let Some(throttle) = t.throttles.get_mut(usize::from(layer))
+    /// A subscriber wants a keyframe (of a layer it wants: resumed if dynacast paused it).
+    pub(crate) fn handle_delivery(
+        &mut self,
+        rtc: &mut Rtc,
+        info: &PeerInfo,
+        delivery: Delivery,
+        ctx: &mut Ctx<'_>,
+    ) {
+        let Delivery::KeyframeRequest { track, layer, .. } = delivery else {
+            return;
+        };
+        let Some(t) = self
+            .tracks
+            .iter_mut()
+            .find(|t| t.route.id == track && t.route.kind == TrackKind::Video)
+        else {
+            return;
+        };
+        if let Some(paused) = t.dynacast.as_mut().and_then(|d| d.demand(layer, ctx.now)) {
+            WorkerCounters::add(&ctx.counters().layers_resumed, 1);
+            announce_layers(t, paused, info);
+        }
+        if let Some(throttle) = t.throttles.get_mut(usize::from(layer))
             && throttle.request(ctx.now)
         {
             let rid = t.rids.get(usize::from(layer)).copied();
@@ -356,6 +381,7 @@ impl Publisher {
         let mut mutated = false;
         for t in &mut self.tracks {
             sample_rates(t, ctx.now);
+            run_dynacast(t, info, ctx);
             if let Some(level) = t.meter.as_mut().and_then(|m| m.poll(ctx.now)) {
                 info.emit(PeerEvent::AudioLevel {
                     peer: info.id,
@@ -375,8 +401,46 @@ impl Publisher {
     }
 }
 
+/// Pauses the layers of a simulcast track that nobody has wanted for a while.
+fn run_dynacast(t: &mut PublishedTrack, info: &PeerInfo, ctx: &Ctx<'_>) {
+    let Some(dynacast) = t.dynacast.as_mut() else {
+        return;
+    };
+    if dynacast.deadline() > ctx.now {
+        return;
+    }
+    let wanted = t.route.subscribers().iter().fold(0, |all, link| {
+        all | link.layers.load(Ordering::Relaxed) | link.demand.load(Ordering::Relaxed)
+    });
+    let before = dynacast.paused();
+    if let Some(paused) = dynacast.poll(ctx.now, wanted) {
+        let newly = u64::from((paused & !before).count_ones());
+        WorkerCounters::add(&ctx.counters().layers_paused, newly);
+        announce_layers(t, paused, info);
+    }
+}
+
+/// Records which layers are paused and asks the publisher (through the control plane) to
+/// send only the others.
+fn announce_layers(t: &PublishedTrack, paused: u32, info: &PeerInfo) {
+    t.route.paused_layers.store(paused, Ordering::Relaxed);
+    let active = t
+        .dynacast
+        .as_ref()
+        .map(Dynacast::active_list)
+        .unwrap_or_default();
+    debug!(track = %t.route.id, ?active, "dynacast: layers wanted");
+    info.emit(PeerEvent::LayersWanted {
+        peer: info.id,
+        track: t.route.id,
+        active,
+    });
+}
+
 /// Layer bitrates are measured over this period.
 const RATE_SAMPLE: Duration = Duration::from_millis(500);
+/// Weight of a new sample in a layer's smoothed bitrate.
+const RATE_SMOOTHING: f64 = 0.25;
 
 /// Updates a track's measured layer bitrates (smoothed) when a sample period has passed.
 fn sample_rates(t: &mut PublishedTrack, now: Instant) {
@@ -390,13 +454,18 @@ fn sample_rates(t: &mut PublishedTrack, now: Instant) {
     let seconds = elapsed.as_secs_f64();
     let previous = t.route.layer_rates();
     for (layer, bytes) in t.layer_bytes.iter_mut().enumerate() {
+        if *bytes == 0 {
+            // Paused or not sent: its last rate is the best guess of what it costs.
+            continue;
+        }
         let sample = (*bytes * 8) as f64 / seconds;
         let old = previous.get(layer).copied().unwrap_or(0) as f64;
-        // Half the new sample: follows a layer's rate within a second or so.
+        // A moving average over about two seconds: keyframes and encoder bursts do not make
+        // the allocator's costs (and so its choices) jump.
         let smoothed = if old == 0.0 {
             sample
         } else {
-            (old + sample) / 2.0
+            old + RATE_SMOOTHING * (sample - old)
         };
         t.route.set_layer_rate(layer, smoothed as u64);
         *bytes = 0;

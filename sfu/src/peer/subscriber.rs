@@ -2,10 +2,12 @@
 //! remove them (the server offers, one negotiation at a time, changes queued meanwhile), the
 //! per-track layer choice and rewriting, and the room's data messages.
 //!
-//! Layer choice (until the bandwidth-driven selector lands): the best layer the publisher is
-//! sending within the quality the subscriber asked for (`set_quality`); start and switch only
-//! on a keyframe of that layer, asking the publisher for one and asking again if it does not
-//! come.
+//! Layer choice: every half second the [`Allocator`] shares the egress bandwidth estimate
+//! among the video tracks, within what the subscriber asked for (quality, view size) and the
+//! layers the publisher sends or can resume; each track then moves to its layer through its
+//! [`LayerSwitcher`], which starts and switches only on a keyframe of the new layer (asked
+//! for, and asked for again if it does not come). The state and the reason for it are
+//! reported to the control plane ([`PeerEvent::LayerState`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -18,7 +20,7 @@ use str0m::channel::ChannelId;
 use str0m::media::{Direction, MediaKind, Mid, Pt};
 use str0m::rtp::{ExtensionValues, RtpWrite};
 use str0m::{Event, Rtc};
-use tracing::{debug, info};
+use tracing::{debug, info, trace};
 
 use super::{Ctx, PeerInfo};
 use crate::allocator::{Allocator, LayerReason, TrackNeeds, UP_FACTOR};
@@ -28,7 +30,7 @@ use crate::event::{OfferedTrack, PeerEvent, TrackKind};
 use crate::graph::{SubscriberLink, TrackRoute};
 use crate::ids::TrackId;
 use crate::keyframe::needs_keyframe;
-use crate::layer_choice::Quality;
+use crate::layer_choice::VideoPreference;
 use crate::layer_switch::{Forward, LayerSwitcher};
 use crate::packet::{DataMessage, Delivery, ForwardedPacket};
 
@@ -88,8 +90,8 @@ struct Subscription {
     switcher: LayerSwitcher,
     /// Publisher payload type -> ours, for the last codec seen.
     pt_map: Option<(Pt, Pt)>,
-    /// What the subscriber asked for.
-    quality: Quality,
+    /// What the subscriber asked for (quality, view size).
+    preference: VideoPreference,
     /// The highest layer the subscriber's bandwidth allows (set by the allocator).
     bandwidth_cap: Option<u8>,
     /// NACKs from the subscriber counted so far (str0m reports a running total).
@@ -110,7 +112,7 @@ impl Subscription {
             link: None,
             switcher: LayerSwitcher::new(video),
             pt_map: None,
-            quality: Quality::Auto,
+            preference: VideoPreference::default(),
             bandwidth_cap: None,
             nacks_seen: 0,
             keyframe_asked_at: None,
@@ -133,6 +135,14 @@ impl Subscription {
         self.reason = reason;
     }
 
+    /// Takes the subscription out of the worker's gauges (it is going away).
+    fn clear_gauges(&mut self, ctx: &Ctx<'_>) {
+        self.set_reason(None, ctx);
+        if self.reported.take().is_some_and(awaits_keyframe) {
+            WorkerCounters::sub(&ctx.counters().video_waiting_keyframe, 1);
+        }
+    }
+
     fn is_video(&self) -> bool {
         self.route.kind == TrackKind::Video
     }
@@ -142,9 +152,15 @@ impl Subscription {
         self.link.is_some() && self.switcher.waiting()
     }
 
-    /// The highest layer allowed by the requested quality and the bandwidth.
+    /// The highest layer the subscriber asked for (by quality or view size).
+    fn requested_cap(&self) -> Option<u8> {
+        self.preference
+            .cap(self.route.layer_count, &self.route.layer_sizes())
+    }
+
+    /// The highest layer allowed by the request and the bandwidth.
     fn cap(&self) -> Option<u8> {
-        let requested = self.quality.cap(self.route.layer_count);
+        let requested = self.requested_cap();
         match (requested, self.bandwidth_cap) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -186,6 +202,14 @@ impl Subscription {
             ask_keyframe(self, layer, ctx);
         }
         true
+    }
+
+    /// Tells the publisher's dynacast the best layer this subscriber asks for.
+    fn publish_demand(&self) {
+        let best = self.route.choose_layer_capped(self.requested_cap());
+        if let (Some(link), Some(layer)) = (&self.link, best) {
+            link.demand.store(1 << layer.min(31), Ordering::Relaxed);
+        }
     }
 
     fn set_wanted_layers(&self) {
@@ -292,24 +316,24 @@ impl Subscriber {
         Ok(())
     }
 
-    /// Sets the quality wanted for a video track and moves towards its layer.
-    pub(crate) fn set_quality(
+    /// Sets what the subscriber wants of a video track; the allocator applies it at once.
+    pub(crate) fn set_preference(
         &mut self,
         track: TrackId,
-        quality: Quality,
+        preference: VideoPreference,
         ctx: &mut Ctx<'_>,
     ) -> Result<(), SfuError> {
         let sub = self
             .subs
             .get_mut(&track)
             .ok_or(SfuError::UnknownTrack(track))?;
-        sub.quality = quality;
+        sub.preference = preference;
         // The allocator decides at once: down to the request, or up as far as the bandwidth
         // allows.
         if sub.link.is_some() && sub.route.kind == TrackKind::Video {
             self.next_allocation = Some(ctx.now);
         }
-        debug!(%track, ?quality, "quality set");
+        debug!(%track, ?preference, "video preference set");
         Ok(())
     }
 
@@ -318,7 +342,7 @@ impl Subscriber {
         let Some(mut sub) = self.subs.remove(&track) else {
             return;
         };
-        sub.set_reason(None, ctx);
+        sub.clear_gauges(ctx);
         if sub.link.is_some() {
             ctx.shared.graph.unsubscribe(track, ctx.here(info.id));
         }
@@ -599,7 +623,7 @@ impl Subscriber {
         let mut mutated = false;
         if self.next_allocation.is_some_and(|t| t <= ctx.now) {
             mutated = self.allocate(rtc, ctx);
-            self.report_layers(info);
+            self.report_layers(info, ctx);
             let receiving = self.subs.values().any(|s| s.link.is_some());
             self.next_allocation = receiving.then_some(ctx.now + ALLOCATION_PERIOD);
         }
@@ -628,9 +652,9 @@ impl Subscriber {
             .filter(|(_, s)| s.is_video() && s.link.is_some())
             .map(|(id, s)| {
                 let needs = TrackNeeds {
-                    active: s.route.active_layers.load(Ordering::Relaxed),
+                    active: s.route.available_layers(),
                     rates: s.route.layer_rates(),
-                    cap: s.quality.cap(s.route.layer_count),
+                    cap: s.requested_cap(),
                     current: s.switcher.target(),
                 };
                 (*id, needs)
@@ -649,9 +673,11 @@ impl Subscriber {
         // bandwidth limit, only the requested quality.
         let budget = self.estimate.map_or(u64::MAX, |e| e.saturating_sub(audio));
         let allocation = self.allocator.allocate(ctx.now, budget, &video);
+        trace!(estimate = ?self.estimate, audio, ?allocation, "allocated");
         let mut waits_changed = false;
         for (id, choice) in &allocation.choices {
             if let Some(sub) = self.subs.get_mut(id) {
+                sub.publish_demand();
                 sub.bandwidth_cap = choice
                     .layer
                     .filter(|_| choice.reason == LayerReason::Bandwidth);
@@ -665,26 +691,36 @@ impl Subscriber {
         if self.estimate.is_none() {
             return false;
         }
-        // Sustain (media plus padding, which str0m caps by the estimate) the rate the next
-        // layer up needs, and probe towards what the tracks could use; both with the headroom
-        // an upgrade needs. An estimator that only proves what media carries would never
-        // allow a switch up.
-        let with_headroom = |bps: u64| (bps.saturating_add(audio) as f64 * UP_FACTOR) as u64;
-        let used = with_headroom(allocation.next_step);
-        let wanted = with_headroom(allocation.wanted).max(used);
+        // Sustain what is allocated, and let the estimator probe (str0m's probe controller:
+        // on each increase, and every few seconds while media sends less than the estimate)
+        // for the next layer up, with the headroom an upgrade needs. No padding: on a link
+        // that is already full, padding up to the estimate causes the losses and freezes it
+        // is meant to avoid.
+        let used = allocation.used.saturating_add(audio);
+        let wanted = if allocation.next_step > allocation.used {
+            (allocation.next_step.saturating_add(audio) as f64 * UP_FACTOR) as u64
+        } else {
+            used
+        };
         rtc.bwe()
             .set_bitrate(Bitrate::bps(used), Bitrate::bps(wanted));
         true
     }
 
     /// Tells the control plane about video tracks whose layer state changed.
-    fn report_layers(&mut self, info: &PeerInfo) {
+    fn report_layers(&mut self, info: &PeerInfo, ctx: &Ctx<'_>) {
         for (id, sub) in &mut self.subs {
             let Some(reason) = sub.reason.filter(|_| sub.link.is_some()) else {
                 continue;
             };
             let state = (sub.switcher.current(), sub.switcher.target(), reason);
             if sub.reported != Some(state) {
+                let was_waiting = sub.reported.is_some_and(awaits_keyframe);
+                match (was_waiting, awaits_keyframe(state)) {
+                    (false, true) => WorkerCounters::add(&ctx.counters().video_waiting_keyframe, 1),
+                    (true, false) => WorkerCounters::sub(&ctx.counters().video_waiting_keyframe, 1),
+                    _ => {}
+                }
                 sub.reported = Some(state);
                 info.emit(PeerEvent::LayerState {
                     peer: info.id,
@@ -702,7 +738,7 @@ impl Subscriber {
         let here = ctx.here(info.id);
         let subs: Vec<(TrackId, Subscription)> = self.subs.drain().collect();
         for (track, mut sub) in subs {
-            sub.set_reason(None, ctx);
+            sub.clear_gauges(ctx);
             if sub.link.is_some() {
                 ctx.shared.graph.unsubscribe(track, here);
             }
@@ -718,6 +754,11 @@ impl Subscriber {
 fn negotiated_pt(rtc: &Rtc, mid: Mid, packet: &ForwardedPacket) -> Option<Pt> {
     let pt = rtc.codec_config().match_params(packet.params)?.pt();
     rtc.media(mid)?.remote_pts().contains(&pt).then_some(pt)
+}
+
+/// A reported layer state `(current, target, reason)` that waits for the target's keyframe.
+fn awaits_keyframe(state: (Option<u8>, Option<u8>, LayerReason)) -> bool {
+    state.1.is_some() && state.0 != state.1
 }
 
 fn reason_gauge<'a>(reason: LayerReason, ctx: &'a Ctx<'_>) -> &'a std::sync::atomic::AtomicU64 {

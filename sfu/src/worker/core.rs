@@ -391,14 +391,15 @@ impl WorkerCore {
                 });
                 let _ = reply.send(result);
             }
-            Command::SetQuality {
+            Command::SetVideoPreference {
                 peer,
                 track,
-                quality,
+                preference,
                 reply,
             } => {
-                let result = self
-                    .on_subscriber(peer, now, |s, _, _, ctx| s.set_quality(track, quality, ctx));
+                let result = self.on_subscriber(peer, now, |s, _, _, ctx| {
+                    s.set_preference(track, preference, ctx)
+                });
                 let _ = reply.send(result);
             }
             Command::RemoteCandidate { peer, candidate } => {

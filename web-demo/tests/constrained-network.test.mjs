@@ -1,0 +1,313 @@
+// Simulcast under real network constraints: a Chromium publisher (1280x720, three layers) and
+// two Chromium viewers. The publisher and one viewer sit in their own network namespaces, so
+// the test can limit that viewer's downlink (tc tbf) and drop packets at random (nftables) on
+// either link; the other viewer is on the host, unconstrained.
+//
+// Checked: quality requests give the layer asked for (low = 320 wide, high = 1280 wide); a layer
+// nobody receives is paused at the publisher (dynacast) and resumed when wanted; the limited
+// viewer drops to a lower layer within 10 s and keeps playing, and returns to the top layer
+// within 30 s of the limit being lifted, while the other viewer is unaffected; with 5% loss on
+// the viewer's downlink or the publisher's uplink, NACKs are answered and video keeps playing.
+// The measured figures are printed and written to artifacts/constrained-network.json (see
+// BENCHMARKS.md). Needs root for the namespaces; skipped, saying why, where the kernel cannot.
+
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import {
+  ARTIFACTS, CHROMIUM_BIN, startServer, stopServer, startWatchdog, launchParticipant, closeParticipant,
+  callUrl, waitUntil, describeTiles, withTimeout, sleep, serverLogTail,
+} from './harness.mjs';
+import * as netns from './netns.mjs';
+
+const TOTAL_BUDGET_MS = 300_000;
+const JOIN_MS = 20_000;
+const TOP_LAYER_MS = 45_000;
+const SWITCH_MS = 10_000;
+const DOWNGRADE_MS = 10_000;
+const RECOVER_MS = 30_000;
+const CONSTRAINED_MS = 15_000;
+const LOSS_MS = 10_000;
+const LIMIT_KBIT = 400;
+const LOSS_PERCENT = 5;
+
+const skip = netns.unsupportedReason();
+const stopWatchdog = startWatchdog(TOTAL_BUDGET_MS);
+after(() => stopWatchdog());
+
+// ---------------------------------------------------------------------------------------------
+// In-page probes.
+// ---------------------------------------------------------------------------------------------
+
+/** The viewer's only remote video: decoded size and counters, and the server's layer_state. */
+function videoIn() {
+  return (async () => {
+    const { state } = window.sfuDemo;
+    const tile = document.querySelector('[data-testid="tile"]');
+    const video = tile?.querySelector('video');
+    const trackId = video?.dataset.track;
+    const remote = state.remoteParticipants.get(tile?.dataset.participantId);
+    const track = remote?.tracks.get(trackId);
+    const receiver = track && state.subPc?.getReceivers().find((r) => r.track === track);
+    const out = { trackId, layerState: state.layerStates.get(trackId) ?? null, now: performance.now() };
+    if (!receiver) return out;
+    (await receiver.getStats()).forEach((r) => {
+      if (r.type !== 'inbound-rtp' || r.kind !== 'video') return;
+      Object.assign(out, {
+        width: r.frameWidth ?? 0,
+        framesDecoded: r.framesDecoded ?? 0,
+        freezeCount: r.freezeCount ?? 0,
+        freezeSeconds: r.totalFreezesDuration ?? 0,
+        nackCount: r.nackCount ?? 0,
+        packetsLost: r.packetsLost ?? 0,
+        retransmitted: r.retransmittedPacketsReceived ?? null,
+      });
+    });
+    return out;
+  })();
+}
+
+/** The publisher's camera: which encodings are active, and NACKs/retransmissions over all. */
+function videoOut() {
+  return (async () => {
+    const sender = window.sfuDemo.state.tx.camera?.sender;
+    if (!sender) return null;
+    const active = Object.fromEntries(sender.getParameters().encodings.map((e) => [e.rid, e.active !== false]));
+    const out = { active, nackCount: 0, retransmitted: 0, layers: {} };
+    (await sender.getStats()).forEach((r) => {
+      if (r.type !== 'outbound-rtp' || r.kind !== 'video') return;
+      out.nackCount += r.nackCount ?? 0;
+      out.retransmitted += r.retransmittedPacketsSent ?? 0;
+      out.layers[r.rid] = { width: r.frameWidth ?? 0, packetsSent: r.packetsSent ?? 0, limitation: r.qualityLimitationReason };
+    });
+    return out;
+  })();
+}
+
+/**
+ * Makes the publisher keep its resolution under CPU load (it lowers the frame rate instead):
+ * on a busy two-core test machine Chromium would otherwise stop its top layer now and then,
+ * which is the publisher's choice, not what this test is about.
+ */
+function keepResolution() {
+  return (async () => {
+    const sender = window.sfuDemo.state.tx.camera?.sender;
+    if (!sender) return false;
+    const params = sender.getParameters();
+    params.degradationPreference = 'maintain-resolution';
+    await sender.setParameters(params);
+    return true;
+  })();
+}
+
+/** Picks a quality in the menu of the (only) remote tile. */
+function chooseQuality(quality) {
+  const select = document.querySelector('[data-testid="tile"] select.quality');
+  select.value = quality;
+  select.dispatchEvent(new Event('change'));
+}
+
+// ---------------------------------------------------------------------------------------------
+
+const probe = (p) => withTimeout(p.page.evaluate(videoIn), 5_000, `reading ${p.name}'s stats`);
+const probeOut = (p) => withTimeout(p.page.evaluate(videoOut), 5_000, `reading ${p.name}'s stats`);
+
+/** Polls `read` every 250 ms until `done(value)`; resolves {value, ms}, or fails with `what`. */
+async function pollUntil(read, done, timeoutMs, what) {
+  const start = Date.now();
+  let value;
+  while (Date.now() - start < timeoutMs) {
+    value = await read();
+    if (done(value)) return { value, ms: Date.now() - start };
+    await sleep(250);
+  }
+  throw new Error(`${what}: not within ${timeoutMs} ms; last seen ${JSON.stringify(value)}\n${serverLogTail(15)}`);
+}
+
+/** Counters of `b` minus those of `a` (video playing between two probes). */
+function delta(a, b) {
+  return {
+    seconds: (b.now - a.now) / 1000,
+    frames: b.framesDecoded - a.framesDecoded,
+    freezes: b.freezeCount - a.freezeCount,
+    freezeSeconds: +(b.freezeSeconds - a.freezeSeconds).toFixed(2),
+    nacks: b.nackCount - a.nackCount,
+    retransmitted: b.retransmitted == null ? null : b.retransmitted - a.retransmitted,
+  };
+}
+
+/**
+ * Samples `viewers` every 500 ms for `ms`: the counters' deltas, the smallest decoded width and
+ * server-side layer seen, and the reasons the server gave.
+ */
+async function watch(viewers, ms) {
+  const first = await Promise.all(viewers.map(probe));
+  const seen = first.map((s) => ({ minWidth: s.width, minLayer: s.layerState?.current ?? -1, reasons: new Set(), samples: 0, onTop: 0 }));
+  const start = Date.now();
+  while (Date.now() - start < ms) {
+    await sleep(500);
+    const now = await Promise.all(viewers.map(probe));
+    now.forEach((s, i) => {
+      seen[i].minWidth = Math.min(seen[i].minWidth, s.width);
+      seen[i].minLayer = Math.min(seen[i].minLayer, s.layerState?.current ?? -1);
+      if (s.layerState) seen[i].reasons.add(s.layerState.reason);
+      seen[i].samples += 1;
+      if (s.layerState?.current === 2) seen[i].onTop += 1;
+    });
+  }
+  const last = await Promise.all(viewers.map(probe));
+  return viewers.map((_, i) => ({
+    ...delta(first[i], last[i]), minWidth: seen[i].minWidth, width: last[i].width,
+    minLayer: seen[i].minLayer, reasons: [...seen[i].reasons], topShare: +(seen[i].onTop / Math.max(1, seen[i].samples)).toFixed(2),
+  }));
+}
+
+async function metric(base, name) {
+  const text = await withTimeout(fetch(new URL('/metrics', base)).then((r) => r.text()), 5_000, 'reading /metrics');
+  const line = text.split('\n').find((l) => l.startsWith(`${name} `));
+  return line ? Number(line.split(' ')[1]) : NaN;
+}
+
+describe('simulcast under constrained networks', { skip: skip ?? false }, () => {
+  const room = `net-${randomBytes(4).toString('hex')}`;
+  const subnet = 1 + (randomBytes(1)[0] % 250);
+  const figures = { limitKbit: LIMIT_KBIT, lossPercent: LOSS_PERCENT };
+  let viewNs;
+  let pubNs;
+  let scratch;
+  let base;
+  let publisher;
+  let limited; // viewer in a namespace
+  let free; // viewer on the host
+
+  before(async () => {
+    scratch = await mkdtemp(path.join(tmpdir(), 'sfu-netns-'));
+    viewNs = netns.createNamespace('view', subnet, 0);
+    pubNs = netns.createNamespace('pub', subnet, 1);
+    base = await startServer([], { host: viewNs.hostIp });
+    const origin = new URL(base).origin;
+    const args = [`--unsafely-treat-insecure-origin-as-secure=${origin}`];
+    const [pubBin, viewBin] = await Promise.all([
+      netns.wrapperIn(pubNs, CHROMIUM_BIN, scratch), netns.wrapperIn(viewNs, CHROMIUM_BIN, scratch),
+    ]);
+    [publisher, limited, free] = await Promise.all([
+      launchParticipant('publisher', { executablePath: pubBin, args }),
+      launchParticipant('limited', { executablePath: viewBin, args }),
+      launchParticipant('free', { args }),
+    ]);
+  }, { timeout: 60_000 });
+
+  after(async () => {
+    await Promise.all([publisher, limited, free].map(closeParticipant));
+    await stopServer();
+    netns.remove(viewNs);
+    netns.remove(pubNs);
+    if (scratch) await rm(scratch, { recursive: true, force: true });
+    if (Object.keys(figures).length > 2) {
+      console.log(`constrained-network figures: ${JSON.stringify(figures)}`);
+      await mkdir(ARTIFACTS, { recursive: true });
+      await writeFile(path.join(ARTIFACTS, 'constrained-network.json'), `${JSON.stringify(figures, null, 2)}\n`);
+    }
+  }, { timeout: 30_000 });
+
+  it('viewers get the layer they ask for: low is 320 wide, high 1280 wide', { timeout: JOIN_MS + TOP_LAYER_MS + 10_000 }, async () => {
+    await publisher.page.goto(callUrl(base, room, 'publisher'), { waitUntil: 'load' });
+    await waitUntil(publisher, 'the camera is being published', keepResolution, null, { timeout: JOIN_MS });
+    await Promise.all([limited, free].map((p) => p.page.goto(callUrl(base, room, p.name, { role: 'viewer' }), { waitUntil: 'load' })));
+    await Promise.all([limited, free].map((p) => waitUntil(p, 'the publisher\'s video plays',
+      () => document.querySelector('[data-testid="tile"] video')?.videoWidth > 0, null, { timeout: JOIN_MS, describe: describeTiles })));
+    await limited.page.evaluate(chooseQuality, 'high');
+    await free.page.evaluate(chooseQuality, 'low');
+    const low = await pollUntil(() => probe(free), (s) => s.width === 320 && s.layerState?.current === 0, SWITCH_MS, 'the viewer asking for low decodes 320 wide');
+    const high = await pollUntil(() => probe(limited), (s) => s.width === 1280 && s.layerState?.current === 2, TOP_LAYER_MS, 'the viewer asking for high decodes 1280 wide');
+    figures.topLayerAfterJoinMs = high.ms + low.ms;
+  });
+
+  it('the layer nobody receives is paused at the publisher and resumed when wanted', { timeout: 3 * SWITCH_MS + 5_000 }, async () => {
+    // Low and high are received; the middle layer is not.
+    const paused = await pollUntil(() => probeOut(publisher), (o) => o?.active.h === false && o.active.q && o.active.f,
+      SWITCH_MS, 'the publisher stops sending the middle layer (dynacast)');
+    figures.dynacastPauseMs = paused.ms;
+    await free.page.evaluate(chooseQuality, 'medium');
+    const resumed = await pollUntil(() => probe(free), (s) => s.width === 640 && s.layerState?.current === 1, SWITCH_MS,
+      'the viewer asking for medium gets the resumed middle layer (640 wide)');
+    figures.dynacastResumeMs = resumed.ms;
+    assert.equal((await probeOut(publisher)).active.h, true, 'the middle layer is sent again');
+    await free.page.evaluate(chooseQuality, 'high');
+    await pollUntil(() => probe(free), (s) => s.width === 1280 && s.layerState?.current === 2, TOP_LAYER_MS, 'the free viewer gets 1280 wide');
+  });
+
+  it(`a viewer limited to ${LIMIT_KBIT} kbit/s drops a layer within 10 s, keeps playing, and recovers within 30 s`, { timeout: DOWNGRADE_MS + CONSTRAINED_MS + RECOVER_MS + 20_000 }, async () => {
+    const [before] = await Promise.all([probe(limited)]);
+    netns.limitDownlink(viewNs, LIMIT_KBIT);
+    let down;
+    try {
+      down = await pollUntil(() => probe(limited), (s) => s.width > 0 && s.width < 1280 && s.layerState?.current < 2, DOWNGRADE_MS,
+        'the limited viewer drops below the top layer');
+      figures.downgradeMs = down.ms;
+      figures.downgradeReason = down.value.layerState?.reason;
+      const [limitedRun, freeRun] = await watch([limited, free], CONSTRAINED_MS);
+      figures.whileLimited = { limited: limitedRun, free: freeRun };
+      figures.limitedFreezesFromLimit = delta(before, await probe(limited));
+      assert.ok(limitedRun.frames >= 5 * limitedRun.seconds, `the limited viewer keeps decoding: ${JSON.stringify(limitedRun)}`);
+      assert.ok(limitedRun.freezeSeconds <= 2, `the limited viewer barely freezes once on its new layer: ${JSON.stringify(limitedRun)}`);
+      figures.publisherWhileLimited = await probeOut(publisher);
+      // The free viewer's own estimate is not affected by the other's link; on a loaded
+      // two-core machine it still dips now and then (the receiving browser is starved of CPU),
+      // so it must be on the top layer most of the time, not every instant.
+      assert.ok(freeRun.topShare >= 0.7, `the free viewer stays on the top layer: ${JSON.stringify(freeRun)}`);
+      assert.ok(freeRun.frames >= 10 * freeRun.seconds && freeRun.freezes <= 1, `the free viewer is unaffected: ${JSON.stringify(freeRun)}`);
+    } finally {
+      netns.clearDownlink(viewNs);
+    }
+    const up = await pollUntil(() => probe(limited), (s) => s.width === 1280 && s.layerState?.current === 2, RECOVER_MS,
+      'the viewer returns to the top layer once the limit is lifted');
+    figures.recoverMs = up.ms;
+    const total = delta(before, up.value);
+    figures.limitedTotal = total;
+    assert.ok(total.freezeSeconds <= 5, `freezes over the whole episode stay short: ${JSON.stringify(total)}`);
+  });
+
+  it(`with ${LOSS_PERCENT}% loss on the viewer's downlink, NACKs are answered and video keeps playing`, { timeout: LOSS_MS + 15_000 }, async () => {
+    const nacksBefore = await metric(base, 'sfu_nacks_received_total');
+    netns.setLoss(viewNs, 'downlink', LOSS_PERCENT);
+    let run;
+    try {
+      [run] = await watch([limited], LOSS_MS);
+    } finally {
+      netns.clearLoss(viewNs);
+    }
+    const nacksAfter = await metric(base, 'sfu_nacks_received_total');
+    figures.downlinkLoss = { ...run, serverNacks: nacksAfter - nacksBefore };
+    assert.ok(run.nacks > 0, `the viewer sends NACKs: ${JSON.stringify(run)}`);
+    assert.ok(nacksAfter > nacksBefore, 'the server receives them');
+    if (run.retransmitted != null) assert.ok(run.retransmitted > 0, `retransmissions arrive: ${JSON.stringify(run)}`);
+    assert.ok(run.frames >= 10 * run.seconds, `video keeps playing: ${JSON.stringify(run)}`);
+    assert.ok(run.freezeSeconds <= 2, `without long freezes: ${JSON.stringify(run)}`);
+  });
+
+  it(`with ${LOSS_PERCENT}% loss on the publisher's uplink, the server's NACKs are answered and viewers keep playing`, { timeout: LOSS_MS + 15_000 }, async () => {
+    const outBefore = await probeOut(publisher);
+    netns.setLoss(pubNs, 'uplink', LOSS_PERCENT);
+    let runs;
+    try {
+      runs = await watch([limited, free], LOSS_MS);
+    } finally {
+      netns.clearLoss(pubNs);
+    }
+    const outAfter = await probeOut(publisher);
+    const upstream = { nacks: outAfter.nackCount - outBefore.nackCount, retransmitted: outAfter.retransmitted - outBefore.retransmitted };
+    figures.uplinkLoss = { publisher: upstream, limited: runs[0], free: runs[1] };
+    assert.ok(upstream.nacks > 0, `the server NACKs the publisher: ${JSON.stringify(upstream)}`);
+    assert.ok(upstream.retransmitted > 0, `the publisher retransmits: ${JSON.stringify(upstream)}`);
+    for (const run of runs) {
+      assert.ok(run.frames >= 10 * run.seconds, `viewers keep playing: ${JSON.stringify(runs)}`);
+      assert.ok(run.freezeSeconds <= 2, `without long freezes: ${JSON.stringify(runs)}`);
+    }
+  });
+});
+
+if (skip) console.log(`skipping the constrained-network tests: ${skip}`);
