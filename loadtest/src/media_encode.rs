@@ -50,7 +50,7 @@ impl LayerSpec {
                     width: w,
                     height: h,
                     // ~1.6 bits per pixel per second at 720p: 1.5 Mbit/s, 0.45, 0.15.
-                    bitrate: ((u64::from(w) * u64::from(h) * 163 / 100).clamp(100_000, 4_000_000))
+                    bitrate: ((u64::from(w) * u64::from(h) * 163 / 100).clamp(30_000, 4_000_000))
                         as u32,
                 }
             })

@@ -81,7 +81,7 @@ function videoOut() {
       if (r.type !== 'outbound-rtp' || r.kind !== 'video') return;
       out.nackCount += r.nackCount ?? 0;
       out.retransmitted += r.retransmittedPacketsSent ?? 0;
-      out.layers[r.rid] = { width: r.frameWidth ?? 0, packetsSent: r.packetsSent ?? 0, limitation: r.qualityLimitationReason };
+      out.layers[r.rid] = { width: r.frameWidth ?? 0, packetsSent: r.packetsSent ?? 0, limitation: r.qualityLimitationReason, mode: r.scalabilityMode };
     });
     return out;
   })();

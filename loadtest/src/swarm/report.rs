@@ -440,6 +440,13 @@ impl Report {
 
     fn check(&self) -> Verdict {
         let mut violations = Vec::new();
+        if self.join.joined < self.join.attempted {
+            violations.push(format!(
+                "{} of {} bots could not join",
+                self.join.attempted - self.join.joined,
+                self.join.attempted
+            ));
+        }
         if let Some(max) = self.thresholds.max_loss_percent
             && self.viewers.loss_percent > max
         {
