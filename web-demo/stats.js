@@ -106,7 +106,8 @@ function describeLayerState(layerState, simulcast) {
   const reasons = {
     best: 'best sent', requested: 'as asked', bandwidth: 'bandwidth-limited', unavailable: 'layer not sent',
   };
-  const reason = reasons[layerState.reason] ?? layerState.reason;
+  const thinned = layerState.max_temporal != null ? ` · frame rate /${layerState.max_temporal === 0 ? 4 : 2}` : '';
+  const reason = (reasons[layerState.reason] ?? layerState.reason) + thinned;
   return layerState.waiting_keyframe && layerState.target != null
     ? `${reason} · to ${name(layerState.target)} on next keyframe`
     : reason;

@@ -264,6 +264,10 @@ pub enum ServerMessage {
         reason: String,
         /// Whether the switch to `target` waits for that layer's next keyframe.
         waiting_keyframe: bool,
+        /// Highest temporal layer forwarded when upper ones are dropped for bandwidth (lower
+        /// frame rate); absent when all are.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_temporal: Option<u8>,
     },
     /// Dynacast, to a publisher: which simulcast layers of one of its video tracks to send
     /// (nobody receives the others). Set the other encodings inactive; resumed the same way.

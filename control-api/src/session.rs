@@ -496,6 +496,7 @@ impl Session {
                 current,
                 target,
                 reason,
+                max_temporal,
             } if Some(peer) == joined.subscriber => {
                 self.send(ServerMessage::LayerState {
                     track: track.to_string(),
@@ -503,6 +504,7 @@ impl Session {
                     target,
                     reason: reason.as_str().to_string(),
                     waiting_keyframe: target.is_some() && current != target,
+                    max_temporal,
                 });
             }
             PeerEvent::LayersWanted {

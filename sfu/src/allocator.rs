@@ -8,7 +8,11 @@
 //! estimator gets time to probe before media follows. An upgrade that has to be undone for
 //! bandwidth within [`UPGRADE_TRIAL`] doubles that track's hold (up to [`MAX_UP_HOLD`]); one that
 //! lasts resets it. A track that was not held back by the bandwidth (starting, or the
-//! subscriber asked for more) goes up at once. Sans-IO: time and
+//! subscriber asked for more) goes up at once.
+//!
+//! When even the lowest layer does not fit, a track sent with VP8 temporal layers is thinned:
+//! its upper temporal layers are dropped (half, then a quarter of the frame rate), with the
+//! same headroom rule for coming back. Sans-IO: time and
 //! the estimate come in, choices (with the reason for each) go out.
 
 use std::collections::{HashMap, HashSet};
@@ -26,6 +30,9 @@ pub(crate) const UP_HOLD: Duration = Duration::from_secs(2);
 pub(crate) const MAX_UP_HOLD: Duration = Duration::from_secs(16);
 /// An upgrade undone for bandwidth within this long failed.
 pub(crate) const UPGRADE_TRIAL: Duration = Duration::from_secs(5);
+/// Share of a layer's bitrate carried by its temporal layers up to 1 and up to 0 (libwebrtc's
+/// split for three temporal layers: 40%, +20%, +40%).
+const TEMPORAL_SHARES: [(Option<u8>, f64); 3] = [(None, 1.0), (Some(1), 0.6), (Some(0), 0.4)];
 /// Bitrates assumed for a layer being sent whose rate is not measured yet, lowest first.
 const DEFAULT_RATES: [u64; MAX_LAYERS] = [150_000, 500_000, 1_500_000, 2_500_000];
 
@@ -65,6 +72,10 @@ pub(crate) struct TrackNeeds {
     pub(crate) cap: Option<u8>,
     /// The layer chosen last time.
     pub(crate) current: Option<u8>,
+    /// The publisher sends VP8 temporal layers.
+    pub(crate) temporal: bool,
+    /// The highest temporal layer chosen last time (`None`: all).
+    pub(crate) max_temporal: Option<u8>,
 }
 
 impl TrackNeeds {
@@ -126,6 +137,8 @@ pub(crate) struct Allocation {
     pub(crate) used: u64,
     /// Bitrate of the best allowed layers.
     pub(crate) wanted: u64,
+    /// Per track, in the order given: the highest temporal layer to forward (`None`: all).
+    pub(crate) max_temporal: Vec<Option<u8>>,
     /// Bitrate after the cheapest one-layer upgrade (`used` if none is possible): what the
     /// estimator should probe for next. Probing one step at a time keeps probes on a
     /// constrained link small.
@@ -219,6 +232,8 @@ impl Allocator {
         self.upgraded_at.retain(|id, _| present(id));
         self.limited.clear();
 
+        let (max_temporal, used) = self.thin_temporal(tracks, &pick, &allowed, budget);
+
         let mut choices = Vec::with_capacity(tracks.len());
         let mut wanted = 0;
         for (t, (id, needs)) in tracks.iter().enumerate() {
@@ -238,13 +253,18 @@ impl Allocator {
                 }
                 _ => LayerReason::Best,
             };
+            let thinned = max_temporal.get(t).copied().flatten().is_some();
+            let reason = if thinned {
+                LayerReason::Bandwidth
+            } else {
+                reason
+            };
             if reason == LayerReason::Bandwidth {
                 self.limited.insert(*id);
             }
             self.judge_upgrade(*id, needs.current, layer, reason, now);
             choices.push((*id, Choice { layer, reason }));
         }
-        let used = cost(&pick);
         let next_step = (0..tracks.len())
             .filter_map(|t| {
                 let i = pick.get(t).copied().flatten()?;
@@ -255,16 +275,80 @@ impl Allocator {
             })
             .min()
             .unwrap_or(used);
+        // A thinned track grows back into its full frame rate first.
+        let next_step = if max_temporal.iter().any(Option::is_some) {
+            cost(&pick)
+        } else {
+            next_step
+        };
         Allocation {
             used,
             choices,
             wanted,
+            max_temporal,
             next_step,
         }
     }
 }
 
 impl Allocator {
+    /// Chooses the highest temporal layer of each track on its lowest layer, so the total
+    /// fits `budget` (raising one needs the upgrade headroom). Returns the choices and the
+    /// total cost with them.
+    fn thin_temporal(
+        &self,
+        tracks: &[(TrackId, TrackNeeds)],
+        pick: &[Option<usize>],
+        allowed: &[Vec<u8>],
+        budget: u64,
+    ) -> (Vec<Option<u8>>, u64) {
+        let rates: Vec<u64> = (0..tracks.len())
+            .map(|t| {
+                let layer = pick
+                    .get(t)
+                    .copied()
+                    .flatten()
+                    .and_then(|i| allowed.get(t)?.get(i).copied());
+                match (tracks.get(t), layer) {
+                    (Some((_, needs)), Some(l)) => needs.rate(l),
+                    _ => 0,
+                }
+            })
+            .collect();
+        let mut total: u64 = rates.iter().sum();
+        let mut chosen = vec![None; tracks.len()];
+        for (t, (_, needs)) in tracks.iter().enumerate() {
+            let on_lowest = pick.get(t).copied().flatten() == Some(0);
+            if !needs.temporal || !on_lowest {
+                continue;
+            }
+            let rate = rates.get(t).copied().unwrap_or(0);
+            let others = total.saturating_sub(rate);
+            let raises = |cap: Option<u8>| match (needs.max_temporal, cap) {
+                (Some(_), None) => true,
+                (Some(now), Some(new)) => new > now,
+                (None, _) => false,
+            };
+            let (cap, share) = TEMPORAL_SHARES
+                .iter()
+                .copied()
+                .find(|&(cap, share)| {
+                    let cost = others as f64 + rate as f64 * share;
+                    let limit = if raises(cap) {
+                        budget as f64 / UP_FACTOR
+                    } else {
+                        budget as f64
+                    };
+                    cost <= limit
+                })
+                .unwrap_or((Some(0), 0.4));
+            if let Some(slot) = chosen.get_mut(t) {
+                *slot = cap;
+            }
+            total = others + (rate as f64 * share) as u64;
+        }
+        (chosen, total)
+    }
     /// Ends the trial of a track's last upgrade: undone for bandwidth in time, it failed and
     /// the hold doubles; otherwise, once the trial is over, the hold is back to normal.
     fn judge_upgrade(
@@ -302,6 +386,8 @@ mod tests {
             rates: [150_000, 500_000, 1_500_000, 0],
             cap,
             current,
+            temporal: false,
+            max_temporal: None,
         }
     }
 
@@ -435,6 +521,43 @@ mod tests {
             }
         }
         assert_eq!(alloc.hold.get(&id), Some(&MAX_UP_HOLD));
+    }
+
+    #[test]
+    fn temporal_layers_are_thinned_when_even_the_lowest_layer_does_not_fit() {
+        let t0 = Instant::now();
+        let mut alloc = Allocator::default();
+        let id = TrackId(1);
+        let mut n = needs(Some(0), None);
+        n.temporal = true;
+        let run = |alloc: &mut Allocator, n: &mut TrackNeeds, budget: u64| {
+            let a = alloc.allocate(t0, budget, &[(id, *n)]);
+            n.current = one(&a).layer;
+            n.max_temporal = a.max_temporal[0];
+            (a.max_temporal[0], one(&a).reason, a.used)
+        };
+        // The lowest layer costs 150 kbit/s.
+        assert_eq!(run(&mut alloc, &mut n, 200_000).0, None);
+        assert_eq!(
+            run(&mut alloc, &mut n, 100_000),
+            (Some(1), LayerReason::Bandwidth, 90_000)
+        );
+        assert_eq!(
+            run(&mut alloc, &mut n, 70_000),
+            (Some(0), LayerReason::Bandwidth, 60_000)
+        );
+        // Back up only with headroom: 95 kbit/s carries 90 but not 90 * 1.15.
+        assert_eq!(run(&mut alloc, &mut n, 95_000).0, Some(0));
+        assert_eq!(run(&mut alloc, &mut n, 110_000).0, Some(1));
+        assert_eq!(
+            run(&mut alloc, &mut n, 160_000).0,
+            Some(1),
+            "150 needs 172.5"
+        );
+        assert_eq!(run(&mut alloc, &mut n, 180_000).0, None);
+        // Without temporal layers nothing is thinned.
+        let mut plain = needs(Some(0), None);
+        assert_eq!(run(&mut alloc, &mut plain, 70_000).0, None);
     }
 
     #[test]

@@ -157,6 +157,9 @@ pub enum PeerEvent {
         target: Option<u8>,
         /// Why the target is what it is.
         reason: crate::LayerReason,
+        /// Highest VP8 temporal layer forwarded, when upper ones are dropped for bandwidth
+        /// (`None`: all of them).
+        max_temporal: Option<u8>,
     },
     /// Dynacast: which simulcast layers of a published video track the publisher should send
     /// (nobody receives the others). The client should set the other encodings inactive;

@@ -62,6 +62,8 @@ pub(crate) struct TrackRoute {
     /// Bit `i` set: layer `i` is paused by dynacast (the publisher was asked to stop it; it
     /// resumes when a subscriber wants it, so it still counts as available).
     pub(crate) paused_layers: AtomicU32,
+    /// The publisher sends VP8 temporal layers (seen on its packets).
+    pub(crate) has_temporal: AtomicBool,
     subscribers: RwLock<Arc<[Arc<SubscriberLink>]>>,
 }
 
@@ -183,6 +185,7 @@ impl ForwardingGraph {
             layer_bps: Default::default(),
             layer_size: Default::default(),
             paused_layers: AtomicU32::new(0),
+            has_temporal: AtomicBool::new(false),
             subscribers: RwLock::new(Arc::from(Vec::new())),
         });
         self.tracks.insert(id, route.clone());

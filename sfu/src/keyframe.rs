@@ -1,4 +1,5 @@
-//! Does this RTP payload start a keyframe? One small parser per video codec.
+//! What a video RTP payload says about its frame: does it start a keyframe (one small parser
+//! per codec), and for VP8 the frame size of a keyframe and the temporal layer.
 //!
 //! A subscriber can only start decoding (or switch layers) at a keyframe, so the forwarding
 //! path asks this once per ingress packet. Every function reads the payload defensively: a
@@ -65,6 +66,47 @@ pub(crate) fn vp8_keyframe_size(payload: &[u8]) -> Option<(u32, u32)> {
     };
     let (width, height) = (dimension(6)?, dimension(8)?);
     (width > 0 && height > 0).then_some((width, height))
+}
+
+/// The temporal layer of a VP8 packet (RFC 7741 `TID`, and `Y`, layer sync), if its
+/// descriptor carries one, and whether the packet starts a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Vp8Temporal {
+    /// Temporal layer index (0 = base).
+    pub(crate) tid: u8,
+    /// The frame depends only on the base layer.
+    pub(crate) layer_sync: bool,
+    /// First packet of a frame (`S` set, partition 0).
+    pub(crate) frame_start: bool,
+}
+
+/// Reads the temporal layer fields of a VP8 payload descriptor.
+pub(crate) fn vp8_temporal(payload: &[u8]) -> Option<Vp8Temporal> {
+    let first = *payload.first()?;
+    if first & 0x80 == 0 {
+        return None;
+    }
+    let ext = *payload.get(1)?;
+    if ext & 0x20 == 0 {
+        return None; // No T: no temporal layers.
+    }
+    let mut offset = 2;
+    if ext & 0x80 != 0 {
+        offset += if *payload.get(offset)? & 0x80 != 0 {
+            2
+        } else {
+            1
+        };
+    }
+    if ext & 0x40 != 0 {
+        offset += 1;
+    }
+    let byte = *payload.get(offset)?;
+    Some(Vp8Temporal {
+        tid: byte >> 6,
+        layer_sync: byte & 0x20 != 0,
+        frame_start: first & 0x10 != 0 && first & 0x07 == 0,
+    })
 }
 
 fn vp8(payload: &[u8]) -> bool {
@@ -181,6 +223,37 @@ mod tests {
         }
         for len in 0..key.len() {
             assert_eq!(vp8_keyframe_size(&key[..len]), None, "{len} bytes");
+        }
+    }
+
+    #[test]
+    fn vp8_temporal_layers() {
+        // X, S; I (15-bit picture ID), L, T; TL0PICIDX; TID=2, Y=1.
+        let p = [0x90, 0xe0, 0x81, 0x23, 0x05, 0xa0, 0x00];
+        assert_eq!(
+            vp8_temporal(&p),
+            Some(Vp8Temporal {
+                tid: 2,
+                layer_sync: true,
+                frame_start: true
+            })
+        );
+        // A continuation packet with only T (no picture ID, no TL0PICIDX), TID=1.
+        let p = [0x80, 0x20, 0x40, 0x00];
+        assert_eq!(
+            vp8_temporal(&p),
+            Some(Vp8Temporal {
+                tid: 1,
+                layer_sync: false,
+                frame_start: false
+            })
+        );
+        // No T bit, no extension, truncations: none.
+        assert_eq!(vp8_temporal(&[0x90, 0x80, 0x81, 0x23]), None);
+        assert_eq!(vp8_temporal(&[0x10, 0x00]), None);
+        let full = [0x90, 0xe0, 0x81, 0x23, 0x05, 0xa0];
+        for len in 0..full.len() {
+            assert_eq!(vp8_temporal(&full[..len]), None, "{len} bytes");
         }
     }
 

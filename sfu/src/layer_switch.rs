@@ -6,6 +6,11 @@
 //! VP8 patch, or drop it). At a switch, sequence numbers continue from the last one sent,
 //! timestamps advance by the capture-time gap (from the publisher's sender reports; arrival
 //! time when there are none), and VP8 picture IDs, TL0PICIDX and KEYIDX continue.
+//!
+//! With VP8 temporal layers, frames above a maximum temporal layer can be dropped (when the
+//! bandwidth cannot carry the full frame rate of even the lowest layer): sequence numbers and
+//! picture IDs close up behind them. The maximum changes at frame starts only, and goes up
+//! only at a base-layer frame (or keyframe), whose successors reference nothing dropped.
 
 use std::time::Instant;
 
@@ -39,6 +44,10 @@ pub(crate) struct LayerSwitcher {
     vp8: Vp8Munger,
     /// Highest outgoing sequence number, and the capture time of that packet.
     newest: Option<(u64, Option<f64>)>,
+    /// Highest temporal layer wanted (`None`: all).
+    max_temporal: Option<u8>,
+    /// Highest temporal layer in force (changes at frame starts).
+    temporal_in_force: Option<u8>,
 }
 
 impl LayerSwitcher {
@@ -52,7 +61,43 @@ impl LayerSwitcher {
             rewriter: None,
             vp8: Vp8Munger::default(),
             newest: None,
+            max_temporal: None,
+            temporal_in_force: None,
         }
+    }
+
+    /// Sets the highest temporal layer to forward (`None`: all).
+    pub(crate) fn set_max_temporal(&mut self, max: Option<u8>) {
+        self.max_temporal = max;
+    }
+
+    /// The highest temporal layer being forwarded (`None`: all).
+    pub(crate) fn temporal_in_force(&self) -> Option<u8> {
+        self.temporal_in_force
+    }
+
+    /// The highest temporal layer wanted (`None`: all).
+    pub(crate) fn wanted_max_temporal(&self) -> Option<u8> {
+        self.max_temporal
+    }
+
+    /// Whether this packet (of the current layer) is an upper temporal layer to drop, after
+    /// moving the maximum in force towards the wanted one at a frame start.
+    fn drops_temporal(&mut self, p: &ForwardedPacket) -> bool {
+        let Some(t) = p.temporal else {
+            return false;
+        };
+        if t.frame_start && self.temporal_in_force != self.max_temporal {
+            let lowering = match (self.temporal_in_force, self.max_temporal) {
+                (None, Some(_)) => true,
+                (Some(now), Some(wanted)) => wanted < now,
+                (_, None) => false,
+            };
+            if lowering || t.tid == 0 || p.keyframe {
+                self.temporal_in_force = self.max_temporal;
+            }
+        }
+        self.temporal_in_force.is_some_and(|max| t.tid > max)
     }
 
     /// The layer being forwarded.
@@ -121,6 +166,12 @@ impl LayerSwitcher {
             }
             switched = self.current.is_some();
             self.current = Some(p.layer);
+        }
+        if self.drops_temporal(p) && self.rewriter.as_mut()?.drop_packet(p.seq) {
+            if vp8 {
+                self.vp8.drop_packet(&p.payload);
+            }
+            return None;
         }
         let out = self.rewriter.as_mut()?.rewrite(p.seq, p.ts, now)?;
         let newest = self.newest.is_none_or(|(seq, _)| out.seq > seq);

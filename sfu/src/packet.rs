@@ -28,6 +28,8 @@ pub(crate) struct ForwardedPacket {
     pub(crate) marker: bool,
     /// The packet starts a keyframe (always true for audio).
     pub(crate) keyframe: bool,
+    /// VP8 temporal layer information, when the publisher sends temporal layers.
+    pub(crate) temporal: Option<crate::keyframe::Vp8Temporal>,
     pub(crate) payload: Arc<[u8]>,
     pub(crate) audio_level: Option<i8>,
     pub(crate) voice_activity: Option<bool>,

@@ -14,6 +14,11 @@
 //!
 //! Packets older than the first one forwarded from the current source are refused: they belong
 //! to a stretch this subscriber never received, and numbering them would collide.
+//!
+//! A packet may also be dropped on purpose (an upper temporal layer the subscriber's bandwidth
+//! cannot carry): the packets after it move down by one, so the receiver sees no gap. Only a
+//! packet newer than every one forwarded so far can be dropped that way; an older one is
+//! forwarded (renumbering what was already sent is impossible).
 
 use std::time::Instant;
 
@@ -24,6 +29,8 @@ pub(crate) struct SeqTsRewriter {
     initial_seq: u16,
     initial_ts: u32,
     mapping: Option<Mapping>,
+    /// Incoming sequence numbers dropped on purpose in the current source, ascending.
+    dropped: std::collections::VecDeque<u64>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -40,7 +47,13 @@ struct Mapping {
     last_out_ts: u32,
     /// Arrival time of that packet.
     last_arrival: Instant,
+    /// Highest incoming sequence number seen (forwarded or dropped).
+    highest_in_seq: u64,
 }
+
+/// Dropped incoming sequence numbers remembered (for late packets); older drops are folded
+/// into the offset and packets older than them refused.
+const DROPS_KEPT: usize = 512;
 
 /// An outgoing (sequence number, timestamp) pair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +73,7 @@ impl SeqTsRewriter {
             initial_seq,
             initial_ts,
             mapping: None,
+            dropped: std::collections::VecDeque::new(),
         }
     }
 
@@ -108,7 +122,30 @@ impl SeqTsRewriter {
             highest_out_seq: out_seq.wrapping_sub(1),
             last_out_ts: out_ts,
             last_arrival: now,
+            highest_in_seq: in_seq.wrapping_sub(1),
         });
+        self.dropped.clear();
+    }
+
+    /// Drops the packet `in_seq` of the current source on purpose: later packets move down by
+    /// one. Returns `false` (nothing done; forward it) if it is not newer than every packet
+    /// seen, or if no source is started.
+    pub(crate) fn drop_packet(&mut self, in_seq: u64) -> bool {
+        let Some(m) = self.mapping.as_mut() else {
+            return false;
+        };
+        if in_seq <= m.highest_in_seq {
+            return false;
+        }
+        m.highest_in_seq = in_seq;
+        self.dropped.push_back(in_seq);
+        if self.dropped.len() > DROPS_KEPT
+            && let Some(oldest) = self.dropped.pop_front()
+        {
+            m.seq_offset = m.seq_offset.wrapping_sub(1);
+            m.first_in_seq = m.first_in_seq.max(oldest + 1);
+        }
+        true
     }
 
     /// Rewrites one packet of the current source. `None` if no source is started or the packet
@@ -118,7 +155,21 @@ impl SeqTsRewriter {
         if in_seq < m.first_in_seq {
             return None;
         }
-        let seq = in_seq.wrapping_add(m.seq_offset);
+        // Dropped ones before it: all but those after it, counted from the newest end (for
+        // the usual packet, newer than every drop, that is none).
+        let mut after = 0;
+        for &d in self.dropped.iter().rev() {
+            if d == in_seq {
+                return None; // A retransmission of a packet dropped on purpose.
+            }
+            if d < in_seq {
+                break;
+            }
+            after += 1;
+        }
+        let before = (self.dropped.len() - after) as u64;
+        m.highest_in_seq = m.highest_in_seq.max(in_seq);
+        let seq = in_seq.wrapping_add(m.seq_offset).wrapping_sub(before);
         let ts = in_ts.wrapping_add(m.ts_offset);
         if seq > m.highest_out_seq || m.highest_out_seq == u64::MAX {
             m.highest_out_seq = seq;
@@ -172,6 +223,41 @@ mod tests {
         let c = r.rewrite(502, 3000, at(t0, 33)).map(|x| x.seq);
         let b = r.rewrite(501, 0, at(t0, 60)).map(|x| x.seq);
         assert_eq!((a, b, c), (Some(10), Some(11), Some(12)));
+    }
+
+    #[test]
+    fn dropped_packets_leave_no_gap_and_late_packets_keep_their_numbers() {
+        let t0 = Instant::now();
+        let mut r = SeqTsRewriter::new(90_000, 100, 0);
+        r.start_source(10, 0, t0);
+        let seq = |r: &mut SeqTsRewriter, s: u64| r.rewrite(s, 0, t0).map(|x| x.seq);
+        assert_eq!(seq(&mut r, 10), Some(100));
+        // 12 arrives before 11; then 13 is dropped.
+        assert_eq!(seq(&mut r, 12), Some(102));
+        assert!(r.drop_packet(13));
+        assert_eq!(seq(&mut r, 14), Some(103), "no gap where 13 was");
+        // 11 comes late: it keeps its place.
+        assert_eq!(seq(&mut r, 11), Some(101));
+        // A late packet cannot be dropped any more: it is forwarded.
+        assert!(!r.drop_packet(11));
+        // A retransmission of the dropped packet is not forwarded.
+        assert_eq!(seq(&mut r, 13), None);
+        assert!(r.drop_packet(15));
+        assert!(r.drop_packet(16));
+        assert_eq!(seq(&mut r, 17), Some(104));
+        // Many drops: the oldest are folded into the offset, numbering stays continuous.
+        let mut next_in = 18;
+        let mut last_out = 104;
+        for _ in 0..2000 {
+            assert!(r.drop_packet(next_in));
+            let out = seq(&mut r, next_in + 1).unwrap();
+            assert_eq!(out, last_out + 1);
+            last_out = out;
+            next_in += 2;
+        }
+        // Starting another source forgets the drops.
+        r.start_source(50_000, 0, t0);
+        assert_eq!(seq(&mut r, 50_000), Some(last_out + 1));
     }
 
     #[test]

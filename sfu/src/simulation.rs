@@ -13,7 +13,7 @@ use str0m::media::{Frequency, Pt};
 
 use crate::allocator::{Allocator, LayerReason, MAX_LAYERS, TrackNeeds};
 use crate::ids::TrackId;
-use crate::keyframe::starts_keyframe;
+use crate::keyframe::{starts_keyframe, vp8_temporal};
 use crate::keyframe_throttle::KeyframeThrottle;
 use crate::layer_choice::{Quality, choose_layer};
 use crate::layer_switch::LayerSwitcher;
@@ -35,14 +35,18 @@ fn vp8_params() -> PayloadParams {
     PayloadParams::new(Pt::from(96), None, spec)
 }
 
-/// A VP8 payload: 15-bit picture ID, S bit on the first packet, P=0 on a keyframe's first.
-fn vp8_payload(picture_id: u16, first: bool, key: bool) -> Arc<[u8]> {
+/// A VP8 payload: 15-bit picture ID, S bit on the first packet, P=0 on a keyframe's first,
+/// and the temporal layer index if there are temporal layers.
+fn vp8_payload(picture_id: u16, first: bool, key: bool, tid: Option<u8>) -> Arc<[u8]> {
     let mut p = vec![
         if first { 0x90 } else { 0x80 },
-        0x80,
+        if tid.is_some() { 0xa0 } else { 0x80 },
         0x80 | (picture_id >> 8) as u8,
         picture_id as u8,
     ];
+    if let Some(tid) = tid {
+        p.push(tid << 6);
+    }
     p.push(if first && !key { 0x01 } else { 0x00 });
     p.extend_from_slice(&[0; 20]);
     p.into()
@@ -56,6 +60,8 @@ struct Publisher {
     picture: [u16; 3],
     frames: u64,
     keyframe_every: u64,
+    /// Send three temporal layers (pattern 0, 2, 1, 2), as Chromium does.
+    temporal: bool,
     force: [bool; 3],
     active: u32,
     throttles: Vec<KeyframeThrottle>,
@@ -74,6 +80,7 @@ impl Publisher {
             picture: [10, 2000, 32_760],
             frames: 0,
             keyframe_every,
+            temporal: false,
             force: [false; 3],
             active: 0b111,
             throttles: (0..3).map(|_| KeyframeThrottle::new(THROTTLE)).collect(),
@@ -117,8 +124,16 @@ impl Publisher {
             }
             for i in 0..*packets {
                 self.seq[layer] += 1;
-                let payload = vp8_payload(self.picture[layer], i == 0, key);
+                let tid = self.temporal.then(|| {
+                    if key {
+                        0
+                    } else {
+                        [0, 2, 1, 2][(self.frames % 4) as usize]
+                    }
+                });
+                let payload = vp8_payload(self.picture[layer], i == 0, key, tid);
                 let keyframe = starts_keyframe(Codec::Vp8, &payload);
+                let temporal = vp8_temporal(&payload);
                 out.push(ForwardedPacket {
                     track: TrackId(1),
                     layer: l,
@@ -127,6 +142,7 @@ impl Publisher {
                     ts: self.ts[layer],
                     marker: i + 1 == *packets,
                     keyframe,
+                    temporal,
                     payload,
                     audio_level: None,
                     voice_activity: None,
@@ -156,6 +172,8 @@ struct Received {
     picture_id: Option<u16>,
     layer: u8,
     keyframe: bool,
+    /// Temporal layer, if any.
+    tid: Option<u8>,
     at: Instant,
 }
 
@@ -194,11 +212,14 @@ impl Subscriber {
             rates: publisher.rates(),
             cap: self.quality.cap(3),
             current: self.switcher.target(),
+            temporal: publisher.temporal,
+            max_temporal: self.switcher.wanted_max_temporal(),
         };
         let allocation = self
             .allocator
             .allocate(now, estimate, &[(TrackId(1), needs)]);
         let (_, choice) = allocation.choices[0];
+        self.switcher.set_max_temporal(allocation.max_temporal[0]);
         self.reasons.push((now, choice.reason));
         let requested = self.quality.cap(3);
         let cap = match (requested, choice.layer) {
@@ -224,6 +245,7 @@ impl Subscriber {
                 picture_id: self.switcher.last_picture_id(),
                 layer: p.layer,
                 keyframe: p.keyframe,
+                tid: p.temporal.map(|t| t.tid),
                 at: now,
             });
         }
@@ -459,4 +481,58 @@ fn requested_quality_caps_the_layer() {
             .iter()
             .any(|(_, r)| *r == LayerReason::Requested)
     );
+}
+
+#[test]
+fn temporal_layers_are_dropped_when_the_lowest_layer_does_not_fit_and_come_back() {
+    // Plenty; 100 kbit/s (the lowest layer needs 150) from 10 s; 50 kbit/s from 20 s;
+    // plenty again from 25 s.
+    let script = |_: usize, t: Duration| -> u64 {
+        match t.as_secs() {
+            10..=19 => 100_000,
+            20..=24 => 50_000,
+            _ => 5_000_000,
+        }
+    };
+    let (_, subs, start) = run(35, 90, 1, script, |elapsed, publisher, _| {
+        if elapsed.is_zero() {
+            publisher.temporal = true;
+        }
+    });
+    let sub = &subs[0];
+    // Seqs and picture IDs close up behind dropped frames; switches on keyframes.
+    assert_receiver_invariants(sub);
+    let frames_between = |from: u64, to: u64| -> BTreeMap<u8, usize> {
+        let mut by_tid = BTreeMap::new();
+        for r in &sub.received {
+            let t = r.at - start;
+            if t >= Duration::from_secs(from) && t < Duration::from_secs(to) {
+                *by_tid.entry(r.tid.unwrap_or(9)).or_default() += 1;
+            }
+        }
+        by_tid
+    };
+    // Settled on the lowest layer with everything, then without TL2, then base layer only.
+    let limited = frames_between(11, 20);
+    assert!(
+        !limited.contains_key(&2) && limited.get(&1).is_some_and(|n| *n > 0),
+        "{limited:?}"
+    );
+    let scarce = frames_between(21, 25);
+    assert_eq!(
+        scarce.keys().copied().collect::<Vec<_>>(),
+        vec![0],
+        "{scarce:?}"
+    );
+    // Back to every temporal layer (and up the layers) once the bandwidth is back.
+    let restored = frames_between(30, 35);
+    assert!(restored.contains_key(&2), "{restored:?}");
+    assert_eq!(sub.layer_at(start + Duration::from_secs(34)), Some(2));
+    // The frame rate halves and halves again: 30, 15, 7.5 frames per second (one packet per
+    // frame on the lowest layer).
+    let per_second = |n: usize, secs: u64| n as f64 / secs as f64;
+    let limited_rate = per_second(limited.values().sum(), 9);
+    let scarce_rate = per_second(scarce.values().sum(), 4);
+    assert!((13.0..=17.0).contains(&limited_rate), "{limited_rate} fps");
+    assert!((6.0..=9.0).contains(&scarce_rate), "{scarce_rate} fps");
 }

@@ -4,8 +4,12 @@
 //! Each simulcast layer numbers its pictures independently; a receiver that sees the picture
 //! ID jump at a switch may treat frames as lost or out of order. At a switch the offsets are
 //! re-based so the new layer's first picture follows the last one sent; within a layer every
-//! value is shifted by the same offset. The rewrite is a patch applied when the packet is
+//! value is shifted by the same offset. A picture dropped on purpose (an upper temporal layer)
+//! moves the pictures after it down by one: libwebrtc's VP8 reference finder would wait for a
+//! missing picture ID before decoding the frames after it. The rewrite is a patch applied when the packet is
 //! serialized: the shared payload is never copied.
+
+use std::collections::VecDeque;
 
 use str0m::rtp::{Vp8Descriptor, Vp8Patch};
 
@@ -30,6 +34,21 @@ pub(crate) struct Vp8Munger {
     key_offset: u8,
     /// The values last sent (of the newest packet).
     last_out: Fields,
+    /// Since the source started, per picture dropped: (first incoming picture ID after it,
+    /// the offset that applied before it), oldest first. Late packets of earlier pictures
+    /// keep the offset of their time.
+    drops: VecDeque<(u16, u16)>,
+    /// The incoming picture ID last dropped.
+    last_dropped: Option<u16>,
+}
+
+/// Picture drops remembered for late packets.
+const DROPS_KEPT: usize = 64;
+
+/// Whether picture ID `a` comes before `b` (15-bit serial arithmetic).
+fn picture_before(a: u16, b: u16) -> bool {
+    let diff = b.wrapping_sub(a) % PICTURE_ID_SPACE;
+    diff != 0 && diff < PICTURE_ID_SPACE / 2
 }
 
 impl Vp8Munger {
@@ -48,6 +67,41 @@ impl Vp8Munger {
         if let (Some(last), Some(now)) = (self.last_out.key_idx, d.key_idx()) {
             self.key_offset = last.wrapping_add(1).wrapping_sub(now) % KEY_IDX_SPACE;
         }
+        self.drops.clear();
+        self.last_dropped = None;
+    }
+
+    /// A packet of this source is dropped on purpose (newer than every packet sent): its
+    /// picture is removed from the numbering.
+    pub(crate) fn drop_packet(&mut self, payload: &[u8]) {
+        let Some(picture) = Vp8Descriptor::parse(payload)
+            .ok()
+            .and_then(|d| d.picture_id())
+        else {
+            return;
+        };
+        if self.last_dropped == Some(picture) {
+            return; // Another packet of a picture already dropped.
+        }
+        self.last_dropped = Some(picture);
+        let next = picture.wrapping_add(1) % PICTURE_ID_SPACE;
+        self.drops.push_back((next, self.picture_offset));
+        if self.drops.len() > DROPS_KEPT {
+            self.drops.pop_front();
+        }
+        self.picture_offset = self.picture_offset.wrapping_sub(1) % PICTURE_ID_SPACE;
+    }
+
+    /// The picture offset that applies to incoming picture `picture`.
+    fn picture_offset_for(&self, picture: u16) -> u16 {
+        let mut offset = self.picture_offset;
+        for &(from, before) in self.drops.iter().rev() {
+            if !picture_before(picture, from) {
+                break;
+            }
+            offset = before;
+        }
+        offset
     }
 
     /// The picture ID of the newest packet sent (for tests).
@@ -60,10 +114,13 @@ impl Vp8Munger {
     /// says whether it is the newest packet sent so far (its values are remembered).
     pub(crate) fn rewrite(&mut self, payload: &[u8], newest: bool) -> Option<Vp8Patch> {
         let d = Vp8Descriptor::parse(payload).ok()?;
+        let picture_offset = d
+            .picture_id()
+            .map_or(self.picture_offset, |p| self.picture_offset_for(p));
         let out = Fields {
             picture_id: d
                 .picture_id()
-                .map(|p| p.wrapping_add(self.picture_offset) % PICTURE_ID_SPACE),
+                .map(|p| p.wrapping_add(picture_offset) % PICTURE_ID_SPACE),
             tl0: d.tl0_pic_idx().map(|t| t.wrapping_add(self.tl0_offset)),
             key_idx: d
                 .key_idx()
@@ -72,7 +129,7 @@ impl Vp8Munger {
         if newest {
             self.last_out = out;
         }
-        if self.picture_offset == 0 && self.tl0_offset == 0 && self.key_offset == 0 {
+        if picture_offset == 0 && self.tl0_offset == 0 && self.key_offset == 0 {
             return None;
         }
         let mut builder = d.patch();
@@ -157,6 +214,31 @@ mod tests {
                 "keyidx continuous"
             );
         }
+    }
+
+    #[test]
+    fn dropped_pictures_leave_no_gap_and_late_packets_keep_their_ids() {
+        let mut m = Vp8Munger::default();
+        let out = |m: &mut Vp8Munger, pid: u16, newest: bool| {
+            m.rewrite(&payload(pid, 0, 0, false), newest);
+            m.last_out.picture_id
+        };
+        assert_eq!(out(&mut m, 32_766, true), Some(32_766));
+        // 32767 is dropped (two packets of it): 0 becomes 32767, and so on across the wrap.
+        m.drop_packet(&payload(32_767, 0, 0, false));
+        m.drop_packet(&payload(32_767, 0, 0, false));
+        assert_eq!(out(&mut m, 0, true), Some(32_767));
+        m.drop_packet(&payload(1, 0, 0, false));
+        assert_eq!(out(&mut m, 2, true), Some(0));
+        // A late packet of picture 0 keeps the number its picture got (read back through
+        // `last_out`, as if it were the newest).
+        assert!(m.rewrite(&payload(0, 0, 0, false), false).is_some());
+        assert_eq!(out(&mut m, 0, true), Some(32_767));
+        assert_eq!(out(&mut m, 2, true), Some(0));
+        // A switch starts afresh.
+        m.start_source(&payload(500, 0, 0, true));
+        assert_eq!(out(&mut m, 500, true), Some(1));
+        assert_eq!(out(&mut m, 501, true), Some(2));
     }
 
     #[test]

@@ -6,7 +6,8 @@
 // Checked: quality requests give the layer asked for (low = 320 wide, high = 1280 wide); layers
 // nobody receives are paused at the publisher (dynacast) and resumed when wanted; the limited
 // viewer drops to a lower layer within 10 s and keeps playing, and returns to the top layer
-// within 30 s of the limit being lifted, while the other viewer is unaffected; with 5% loss on
+// within 30 s of the limit being lifted, while the other viewer is unaffected; on a link too
+// thin for the lowest layer, its upper temporal layers are dropped; with 5% loss on
 // the viewer's downlink or the publisher's uplink, NACKs are answered and video keeps playing.
 // The measured figures are printed and written to artifacts/constrained-network.json (see
 // BENCHMARKS.md). Needs root for the namespaces; skipped, saying why, where the kernel cannot.
@@ -32,6 +33,9 @@ const RECOVER_MS = 30_000;
 const CONSTRAINED_MS = 15_000;
 const LOSS_MS = 10_000;
 const LIMIT_KBIT = 400;
+/** Too little for the lowest layer's full frame rate (about 150 kbit/s with audio on top). */
+const SCARCE_KBIT = 150;
+const THIN_MS = 20_000;
 const LOSS_PERCENT = 5;
 
 const skip = netns.unsupportedReason();
@@ -59,6 +63,7 @@ function videoIn() {
       Object.assign(out, {
         width: r.frameWidth ?? 0,
         framesDecoded: r.framesDecoded ?? 0,
+        fps: r.framesPerSecond ?? 0,
         freezeCount: r.freezeCount ?? 0,
         freezeSeconds: r.totalFreezesDuration ?? 0,
         nackCount: r.nackCount ?? 0,
@@ -279,6 +284,24 @@ describe('simulcast under constrained networks', { skip: skip ?? false }, () => 
     const total = delta(before, up.value);
     figures.limitedTotal = total;
     assert.ok(total.freezeSeconds <= 5, `freezes over the whole episode stay short: ${JSON.stringify(total)}`);
+  });
+
+  it(`at ${SCARCE_KBIT} kbit/s the lowest layer's upper temporal layers are dropped: lower frame rate, still playing`, { timeout: THIN_MS + RECOVER_MS + 10_000 }, async () => {
+    netns.limitDownlink(viewNs, SCARCE_KBIT);
+    let thin;
+    try {
+      thin = await pollUntil(() => probe(limited), (s) => s.layerState?.current === 0 && s.layerState.max_temporal != null && s.fps > 0 && s.fps <= 20,
+        THIN_MS, 'the viewer gets the lowest layer at a reduced frame rate');
+      figures.thinnedAfterMs = thin.ms;
+      const [run] = await watch([limited], 8_000);
+      figures.whileThinned = { ...run, fps: (await probe(limited)).fps, maxTemporal: thin.value.layerState.max_temporal };
+      assert.ok(run.frames >= 3 * run.seconds, `video keeps playing at the lower frame rate: ${JSON.stringify(run)}`);
+    } finally {
+      netns.clearDownlink(viewNs);
+    }
+    const full = await pollUntil(() => probe(limited), (s) => s.layerState && s.layerState.max_temporal == null && s.fps >= 20, RECOVER_MS,
+      'the full frame rate comes back once the limit is lifted');
+    figures.fullRateBackMs = full.ms;
   });
 
   it(`with ${LOSS_PERCENT}% loss on the viewer's downlink, NACKs are answered and video keeps playing`, { timeout: LOSS_MS + 15_000 }, async () => {

@@ -25,7 +25,7 @@ use crate::dynacast::Dynacast;
 use crate::event::{PeerEvent, TrackInfo, TrackKind};
 use crate::graph::TrackRoute;
 use crate::ids::TrackId;
-use crate::keyframe::{starts_keyframe, vp8_keyframe_size};
+use crate::keyframe::{starts_keyframe, vp8_keyframe_size, vp8_temporal};
 use crate::keyframe_throttle::KeyframeThrottle;
 use crate::packet::{Delivery, ForwardedPacket};
 
@@ -250,7 +250,14 @@ impl Publisher {
                 params
             }
         };
-        let keyframe = starts_keyframe(params.spec().codec, &packet.payload);
+        let codec = params.spec().codec;
+        let keyframe = starts_keyframe(codec, &packet.payload);
+        let temporal = (codec == Codec::Vp8)
+            .then(|| vp8_temporal(&packet.payload))
+            .flatten();
+        if temporal.is_some() && !stream.route.has_temporal.load(Ordering::Relaxed) {
+            stream.route.has_temporal.store(true, Ordering::Relaxed);
+        }
         let layer = stream.layer;
         let ext = &packet.header.ext_vals;
         if let Some(track) = self
@@ -260,7 +267,7 @@ impl Publisher {
         {
             if keyframe && let Some(throttle) = track.throttles.get_mut(usize::from(layer)) {
                 throttle.on_keyframe();
-                if params.spec().codec == Codec::Vp8
+                if codec == Codec::Vp8
                     && let Some(size) = vp8_keyframe_size(&packet.payload)
                 {
                     track.route.set_layer_size(layer, size);
@@ -300,6 +307,7 @@ impl Publisher {
             ts: packet.header.timestamp,
             marker: packet.header.marker,
             keyframe,
+            temporal,
             payload: packet.payload,
             audio_level: ext.audio_level,
             voice_activity: ext.voice_activity,

@@ -100,7 +100,7 @@ struct Subscription {
     /// Why the target layer is what it is (video; set by the allocator).
     reason: Option<LayerReason>,
     /// The layer state last reported to the control plane.
-    reported: Option<(Option<u8>, Option<u8>, LayerReason)>,
+    reported: Option<ReportedLayers>,
 }
 
 impl Subscription {
@@ -656,6 +656,8 @@ impl Subscriber {
                     rates: s.route.layer_rates(),
                     cap: s.requested_cap(),
                     current: s.switcher.target(),
+                    temporal: s.route.has_temporal.load(Ordering::Relaxed),
+                    max_temporal: s.switcher.wanted_max_temporal(),
                 };
                 (*id, needs)
             })
@@ -675,8 +677,10 @@ impl Subscriber {
         let allocation = self.allocator.allocate(ctx.now, budget, &video);
         trace!(estimate = ?self.estimate, audio, ?allocation, "allocated");
         let mut waits_changed = false;
-        for (id, choice) in &allocation.choices {
+        for ((id, choice), max_temporal) in allocation.choices.iter().zip(&allocation.max_temporal)
+        {
             if let Some(sub) = self.subs.get_mut(id) {
+                sub.switcher.set_max_temporal(*max_temporal);
                 sub.publish_demand();
                 sub.bandwidth_cap = choice
                     .layer
@@ -713,7 +717,12 @@ impl Subscriber {
             let Some(reason) = sub.reason.filter(|_| sub.link.is_some()) else {
                 continue;
             };
-            let state = (sub.switcher.current(), sub.switcher.target(), reason);
+            let state = ReportedLayers {
+                current: sub.switcher.current(),
+                target: sub.switcher.target(),
+                reason,
+                max_temporal: sub.switcher.temporal_in_force(),
+            };
             if sub.reported != Some(state) {
                 let was_waiting = sub.reported.is_some_and(awaits_keyframe);
                 match (was_waiting, awaits_keyframe(state)) {
@@ -725,9 +734,10 @@ impl Subscriber {
                 info.emit(PeerEvent::LayerState {
                     peer: info.id,
                     track: *id,
-                    current: state.0,
-                    target: state.1,
+                    current: state.current,
+                    target: state.target,
                     reason,
+                    max_temporal: state.max_temporal,
                 });
             }
         }
@@ -756,9 +766,18 @@ fn negotiated_pt(rtc: &Rtc, mid: Mid, packet: &ForwardedPacket) -> Option<Pt> {
     rtc.media(mid)?.remote_pts().contains(&pt).then_some(pt)
 }
 
-/// A reported layer state `(current, target, reason)` that waits for the target's keyframe.
-fn awaits_keyframe(state: (Option<u8>, Option<u8>, LayerReason)) -> bool {
-    state.1.is_some() && state.0 != state.1
+/// What was last reported about a video subscription's layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ReportedLayers {
+    current: Option<u8>,
+    target: Option<u8>,
+    reason: LayerReason,
+    max_temporal: Option<u8>,
+}
+
+/// A reported layer state that waits for the target's keyframe.
+fn awaits_keyframe(state: ReportedLayers) -> bool {
+    state.target.is_some() && state.current != state.target
 }
 
 fn reason_gauge<'a>(reason: LayerReason, ctx: &'a Ctx<'_>) -> &'a std::sync::atomic::AtomicU64 {
