@@ -231,7 +231,7 @@ describe('simulcast under constrained networks', { skip: skip ?? false }, () => 
     figures.topLayerAfterJoinMs = high.ms + low.ms;
   });
 
-  it('layers nobody receives are paused at the publisher and resumed when wanted', { timeout: 2 * SWITCH_MS + 2 * TOP_LAYER_MS + 5_000 }, async () => {
+  it('layers nobody receives are paused at the publisher and resumed when wanted', { timeout: 3 * SWITCH_MS + 5_000 }, async () => {
     // Both viewers on the low layer: the middle and top layers are not received.
     await limited.page.evaluate(chooseQuality, 'low');
     const paused = await pollUntil(() => probeOut(publisher), (o) => o?.active.q && o.active.h === false && o.active.f === false,
@@ -243,9 +243,12 @@ describe('simulcast under constrained networks', { skip: skip ?? false }, () => 
     figures.dynacastResumeMs = resumed.ms;
     const out = await probeOut(publisher);
     assert.ok(out.active.h && !out.active.f, `only the middle layer is resumed: ${JSON.stringify(out)}`);
+    // Asking for high resumes the top layer at once, whatever the viewers' bandwidth allows
+    // at the moment (their requests count as demand).
     await Promise.all([free, limited].map((p) => p.page.evaluate(chooseQuality, 'high')));
-    await Promise.all([free, limited].map((p) => pollUntil(() => probe(p), (s) => s.width === 1280 && s.layerState?.current === 2,
-      TOP_LAYER_MS, `${p.name} gets the resumed top layer (1280 wide)`)));
+    const all = await pollUntil(() => probeOut(publisher), (o) => o?.active.q && o.active.h && o.active.f, SWITCH_MS,
+      'the publisher sends the top layer again');
+    figures.dynacastResumeTopMs = all.ms;
   });
 
   it(`a viewer limited to ${LIMIT_KBIT} kbit/s drops a layer within 10 s, keeps playing, and recovers within 30 s`, { timeout: TOP_LAYER_MS + DOWNGRADE_MS + 2 * CONSTRAINED_MS + RECOVER_MS + 20_000 }, async () => {

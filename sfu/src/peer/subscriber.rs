@@ -508,7 +508,13 @@ impl Subscriber {
                 }
             }
             Event::ChannelClose(id) if self.channel == Some(id) => self.channel = None,
-            Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
+            Event::EgressBitrateEstimate(BweKind::Twcc {
+                estimate,
+                can_probe,
+            }) => {
+                if !can_probe {
+                    debug!(%estimate, "egress estimate frozen: the estimator cannot probe");
+                }
                 self.estimate = Some(estimate.as_u64());
             }
             Event::MediaEgressStats(stats) => {
@@ -695,19 +701,23 @@ impl Subscriber {
         if self.estimate.is_none() {
             return false;
         }
-        // Sustain what is allocated, and let the estimator probe (str0m's probe controller:
-        // on each increase, and every few seconds while media sends less than the estimate)
-        // for the next layer up, with the headroom an upgrade needs. No padding: on a link
-        // that is already full, padding up to the estimate causes the losses and freezes it
-        // is meant to avoid.
+        // While a track is held back by the bandwidth, sustain (media plus padding) the rate
+        // of the next layer up with its headroom, but at most PAD_SHARE of the estimate, and
+        // ask the estimator to probe for it. Without padding the estimate cannot grow past
+        // 1.5 times what media carries (str0m's AIMD cap) and probes are rare, so a viewer
+        // that once dropped a layer stays down; padding up to the whole estimate instead fills
+        // a constrained link and causes the losses and freezes it should avoid (measured).
         let used = allocation.used.saturating_add(audio);
-        let wanted = if allocation.next_step > allocation.used {
-            (allocation.next_step.saturating_add(audio) as f64 * UP_FACTOR) as u64
+        let (minimum, wanted) = if allocation.next_step > allocation.used {
+            let next = (allocation.next_step.saturating_add(audio) as f64 * UP_FACTOR) as u64;
+            let estimate = self.estimate.unwrap_or(0) as f64;
+            let padded = next.min((estimate * PAD_SHARE) as u64).max(used);
+            (padded, next)
         } else {
-            used
+            (used, used)
         };
         rtc.bwe()
-            .set_bitrate(Bitrate::bps(used), Bitrate::bps(wanted));
+            .set_bitrate(Bitrate::bps(minimum), Bitrate::bps(wanted));
         true
     }
 
@@ -765,6 +775,9 @@ fn negotiated_pt(rtc: &Rtc, mid: Mid, packet: &ForwardedPacket) -> Option<Pt> {
     let pt = rtc.codec_config().match_params(packet.params)?.pt();
     rtc.media(mid)?.remote_pts().contains(&pt).then_some(pt)
 }
+
+/// Share of the egress estimate that padding may fill while a track waits to go up a layer.
+const PAD_SHARE: f64 = 0.85;
 
 /// What was last reported about a video subscription's layers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
