@@ -90,6 +90,10 @@ struct ServeArgs {
     /// repeat, or separate with commas, for several. [default: none]
     #[arg(long = "webhook-url", env = "SFU_WEBHOOK_URLS", value_delimiter = ',')]
     webhook_urls: Vec<String>,
+    /// Estimate each subscriber's downlink (transport-wide congestion control) and fit its
+    /// simulcast layers to it. false: layers follow only the subscriber's requests.
+    #[arg(long, env = "SFU_CONGESTION_CONTROL", default_value_t = true, action = ArgAction::Set)]
+    congestion_control: bool,
     /// Log filter (tracing syntax, e.g. "info" or "info,sfu=debug").
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     log: String,
@@ -215,6 +219,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         bind_ip: args.media_ip,
         first_port: args.media_port,
         advertise_ips: args.advertise_ips.clone(),
+        congestion_control: args.congestion_control,
         ..SfuConfig::default()
     };
     if let Some(workers) = args.workers {

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{WAIT, start_server, token, ws_url};
+use common::{WAIT, start_server, start_server_with, token, ws_url};
 use loadtest::bot::{Bot, BotConfig, BotState, ReceivedStream};
 use loadtest::signal::{ClientMessage, ServerMessage};
 use loadtest::synthetic::PayloadKind;
@@ -52,6 +52,30 @@ fn layer_states(state: &BotState) -> Vec<(Option<u8>, Option<u8>, String)> {
         .collect()
 }
 
+/// Whether `layers` (every layer the subscriber was switched to) visits `expected` in order,
+/// allowing intermediate steps on the way from one expected layer to the next (an upgrade may
+/// pass through a layer the publisher resumes first) and a ramp up to the first one.
+fn switched_in_order(layers: &[u8], expected: &[u8]) -> bool {
+    let mut from: Option<u8> = None;
+    let mut next = expected.iter().copied().peekable();
+    for &layer in layers {
+        let Some(to) = next.peek().copied() else {
+            return false;
+        };
+        let on_the_way = match from {
+            None => layer < to,
+            Some(from) => from.min(to) < layer && layer < from.max(to),
+        };
+        if layer == to {
+            from = Some(to);
+            next.next();
+        } else if !on_the_way {
+            return false;
+        }
+    }
+    next.peek().is_none()
+}
+
 /// Waits until the subscriber's video is on `layer` and has received 30 packets since.
 async fn settles_on(bot: &Bot, layer: u8) -> bool {
     bot.wait_for(WAIT, |s| {
@@ -67,7 +91,10 @@ async fn settles_on(bot: &Bot, layer: u8) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscriber_chooses_a_layer_and_switches_on_keyframes_without_gaps() {
-    let server = start_server(2).await;
+    // Requests alone decide here: a CPU-starved test machine delays the bots' feedback, which
+    // the estimator reads as congestion. Bandwidth-driven choices are proven by the allocator
+    // simulation (fake clock) and the browser tests under tc limits.
+    let server = start_server_with(2, |sfu| sfu.congestion_control = false).await;
     let mut publisher = BotConfig::new(&ws_url(&server), token("layers", "pub"), true, 1);
     publisher.simulcast = true;
     publisher.packets_per_frame = 4;
@@ -126,7 +153,7 @@ async fn subscriber_chooses_a_layer_and_switches_on_keyframes_without_gaps() {
     assert_eq!(state.bad_payloads, 0);
     let layers: Vec<u8> = v.layer_changes.iter().map(|(_, l, _)| *l).collect();
     assert!(
-        layers.ends_with(&[2, 0, 1, 2, 0, 2]),
+        switched_in_order(&layers, &[2, 0, 1, 2, 0, 2]),
         "switches happened in order: {layers:?}"
     );
     assert!(
@@ -228,4 +255,14 @@ async fn active_speakers_follow_audio_levels() {
         "silence"
     );
     server.shutdown();
+}
+
+#[test]
+fn switch_order_allows_only_steps_on_the_way() {
+    let expected = [2, 0, 1, 2, 0, 2];
+    assert!(switched_in_order(&[2, 0, 1, 2, 0, 2], &expected));
+    assert!(switched_in_order(&[0, 2, 0, 1, 2, 0, 1, 2], &expected));
+    assert!(!switched_in_order(&[2, 0, 1, 2, 0], &expected));
+    assert!(!switched_in_order(&[2, 0, 1, 2, 0, 1, 0, 2], &expected));
+    assert!(!switched_in_order(&[2, 0, 1, 2, 0, 2, 1], &expected));
 }

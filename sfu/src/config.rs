@@ -30,6 +30,10 @@ pub struct SfuConfig {
     /// Bandwidth a subscriber's estimator starts from, before it has measured anything
     /// (bits per second). Default 1 Mbit/s.
     pub initial_egress_bitrate: u64,
+    /// Estimate each subscriber's downlink (transport-wide congestion control) and fit its
+    /// simulcast layers to the estimate. Off, layers follow only what the subscriber asks for
+    /// and what the publisher sends: for networks whose capacity is known. Default on.
+    pub congestion_control: bool,
     /// How often each peer reports [`crate::PeerEvent::Stats`]; `None` turns them off.
     /// Default 5 s.
     pub stats_interval: Option<Duration>,
@@ -47,6 +51,7 @@ impl Default for SfuConfig {
             keyframe_retry: Duration::from_secs(1),
             socket_buffer_bytes: 4 << 20,
             initial_egress_bitrate: 1_000_000,
+            congestion_control: true,
             stats_interval: Some(Duration::from_secs(5)),
         }
     }

@@ -15,15 +15,22 @@ pub const WAIT: Duration = Duration::from_secs(15);
 
 /// A server on 127.0.0.1 with ephemeral HTTP and media ports and `workers` media workers.
 pub async fn start_server(workers: usize) -> Server {
+    start_server_with(workers, |_| {}).await
+}
+
+/// [`start_server`] with the media core's configuration adjusted by `adjust`.
+pub async fn start_server_with(workers: usize, adjust: impl FnOnce(&mut SfuConfig)) -> Server {
     init_logs();
+    let mut sfu = SfuConfig {
+        workers,
+        first_port: 0,
+        stats_interval: Some(Duration::from_secs(1)),
+        ..SfuConfig::default()
+    };
+    adjust(&mut sfu);
     let config = ServerConfig {
         http_addr: "127.0.0.1:0".parse().expect("literal address"),
-        sfu: SfuConfig {
-            workers,
-            first_port: 0,
-            stats_interval: Some(Duration::from_secs(1)),
-            ..SfuConfig::default()
-        },
+        sfu,
         ..ServerConfig::default()
     };
     Server::start(config).await.expect("server starts")

@@ -163,7 +163,7 @@ impl Peer {
                 _ => config,
             };
         }
-        if matches!(role, Role::Subscriber(_)) {
+        if matches!(role, Role::Subscriber(_)) && shared.config.congestion_control {
             // Transport-wide congestion control: the estimate the layer allocator works from.
             let initial = shared.config.initial_egress_bitrate;
             config = config.enable_bwe(Some(str0m::bwe::Bitrate::bps(initial)));
