@@ -139,7 +139,7 @@ pub async fn run(
     })
 }
 
-/// Asks every bot to leave and waits for them, at most [`LEAVE_TIMEOUT`] in all.
+/// Asks every bot to leave and waits for them, at most five seconds in all.
 pub async fn leave_all(bots: Vec<Bot>) {
     for bot in &bots {
         bot.leave();
