@@ -1,7 +1,8 @@
 //! `sfu-publish` end to end: with virtual (lavfi) inputs it publishes simulcast VP8 and Opus
 //! into a room, where a bot viewer reassembles frames that ffmpeg decodes at the expected sizes;
-//! Ctrl-C leaves the room at once. `--list-devices` runs, and a missing camera, an unreachable
-//! server or a refused token each give one sentence and a non-zero exit.
+//! Ctrl-C leaves the room at once. The same over WHIP, ending after `--duration`.
+//! `--list-devices` runs, and a missing camera, an unreachable server or a refused token each
+//! give one sentence and a non-zero exit.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
@@ -141,6 +142,64 @@ async fn virtual_camera_and_microphone_reach_a_viewer_that_decodes_every_layer()
                 .saw(|m| matches!(m, ServerMessage::ParticipantLeft { .. })))
             .await,
         "the viewer sees the publisher leave"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whip_publishing_reaches_a_viewer_and_ends_after_its_duration() {
+    let server = start_server_with(1, |sfu| sfu.congestion_control = false).await;
+    let mut config = BotConfig::new(&ws_url(&server), token("whip-cam", "viewer"), false, 2);
+    config.verify_payloads = false;
+    config.keep_frames = 8;
+    let viewer = Bot::spawn(config);
+    assert!(viewer.wait_for(WAIT, |s| s.participant.is_some()).await);
+
+    let url = server.http_addr.to_string();
+    let publisher = spawn_binary(
+        PUBLISH,
+        &strings(&[
+            "--url",
+            &url,
+            "--room",
+            "whip-cam",
+            "--protocol",
+            "whip",
+            "--no-simulcast",
+            "--video",
+            "lavfi:testsrc=size=320x180:rate=15",
+            "--audio",
+            "lavfi:sine",
+            "--duration",
+            "5",
+        ]),
+    );
+    assert!(
+        viewer
+            .wait_for(WAIT, |s| holds_frames(s, (320, 180), 8))
+            .await,
+        "frames of 320x180 over WHIP: {:?}",
+        video(&viewer.state()).map(|v| (v.quality.size, v.frames.len()))
+    );
+    let frames = video(&viewer.state()).unwrap().frames.clone();
+    assert!(decode(&frames).iter().all(|&size| size == (320, 180)));
+    assert!(
+        viewer
+            .wait_for(WAIT, |s| s
+                .streams
+                .values()
+                .any(|a| !a.quality.video && a.quality.packets >= 25))
+            .await,
+        "Opus arrives too"
+    );
+    // --duration ends the session (WHIP DELETE): the viewer sees the publisher leave.
+    let output = publisher.finish(Duration::from_secs(20)).await;
+    assert!(output.status.success(), "{}", output.stderr);
+    assert!(
+        viewer
+            .wait_for(Duration::from_secs(3), |s| s
+                .saw(|m| matches!(m, ServerMessage::ParticipantLeft { .. })))
+            .await,
+        "the viewer sees the WHIP publisher leave"
     );
 }
 
