@@ -10,7 +10,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{WAIT, run_binary, spawn_binary, start_server, start_server_with, token, ws_url};
+use common::{
+    Running, WAIT, run_binary, spawn_binary, start_server, start_server_with, token, ws_url,
+};
+use control_api::Server;
 use ffmpeg_next as ffmpeg;
 use loadtest::bot::{Bot, BotConfig, BotState, ReceivedStream};
 use loadtest::signal::{ClientMessage, ServerMessage};
@@ -57,30 +60,39 @@ fn holds_frames(state: &BotState, size: (u16, u16), n: usize) -> bool {
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn virtual_camera_and_microphone_reach_a_viewer_that_decodes_every_layer() {
-    // The viewer's requests alone pick the layer (no bandwidth estimate to dent on a busy
-    // machine): this test is about what the publisher sends.
+/// A server, and a viewer in `room` that keeps frames for decoding. The viewer's requests
+/// alone pick the layer (no bandwidth estimate to dent on a busy machine): these tests are
+/// about what the publisher sends.
+async fn server_and_viewer(room: &str) -> (Server, Bot) {
     let server = start_server_with(2, |sfu| sfu.congestion_control = false).await;
-    let mut config = BotConfig::new(&ws_url(&server), token("cam", "viewer"), false, 2);
+    let mut config = BotConfig::new(&ws_url(&server), token(room, "viewer"), false, 2);
     config.verify_payloads = false;
     config.keep_frames = 8;
     let viewer = Bot::spawn(config);
     assert!(viewer.wait_for(WAIT, |s| s.participant.is_some()).await);
+    (server, viewer)
+}
 
+/// `sfu-publish` into `room` on `server` with `extra` arguments.
+fn spawn_publisher(server: &Server, room: &str, extra: &[&str]) -> Running {
     let url = server.http_addr.to_string();
-    let publisher = spawn_binary(
-        PUBLISH,
-        &strings(&[
-            "--url",
-            &url,
-            "--room",
-            "cam",
+    let mut args = strings(&["--url", &url, "--room", room]);
+    args.extend(strings(extra));
+    spawn_binary(PUBLISH, &args)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn virtual_camera_and_microphone_reach_a_viewer_that_decodes_every_layer() {
+    let (server, viewer) = server_and_viewer("cam").await;
+    let publisher = spawn_publisher(
+        &server,
+        "cam",
+        &[
             "--video",
             "lavfi:testsrc=size=640x360:rate=15",
             "--audio",
             "lavfi:sine",
-        ]),
+        ],
     );
 
     // Ask for the top layer, then the lowest: both decode at their sizes.
@@ -147,21 +159,11 @@ async fn virtual_camera_and_microphone_reach_a_viewer_that_decodes_every_layer()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whip_publishing_reaches_a_viewer_and_ends_after_its_duration() {
-    let server = start_server_with(1, |sfu| sfu.congestion_control = false).await;
-    let mut config = BotConfig::new(&ws_url(&server), token("whip-cam", "viewer"), false, 2);
-    config.verify_payloads = false;
-    config.keep_frames = 8;
-    let viewer = Bot::spawn(config);
-    assert!(viewer.wait_for(WAIT, |s| s.participant.is_some()).await);
-
-    let url = server.http_addr.to_string();
-    let publisher = spawn_binary(
-        PUBLISH,
-        &strings(&[
-            "--url",
-            &url,
-            "--room",
-            "whip-cam",
+    let (server, viewer) = server_and_viewer("whip-cam").await;
+    let publisher = spawn_publisher(
+        &server,
+        "whip-cam",
+        &[
             "--protocol",
             "whip",
             "--no-simulcast",
@@ -171,7 +173,7 @@ async fn whip_publishing_reaches_a_viewer_and_ends_after_its_duration() {
             "lavfi:sine",
             "--duration",
             "5",
-        ]),
+        ],
     );
     assert!(
         viewer
