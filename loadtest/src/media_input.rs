@@ -246,6 +246,8 @@ struct Demuxer {
     stream: usize,
     time_base: Rational,
     done: bool,
+    /// Presentation time of the first decoded frame.
+    start: Option<Duration>,
 }
 
 impl Demuxer {
@@ -280,6 +282,7 @@ impl Demuxer {
             stream: index,
             time_base,
             done: false,
+            start: None,
         })
     }
 
@@ -324,6 +327,34 @@ impl Demuxer {
         let secs = pts as f64 * f64::from(self.time_base);
         (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
     }
+
+    /// Decodes the next frame of our stream into `frame`, feeding `decoder` packets as it
+    /// needs them. `None` at the end of the input; otherwise the frame's time since the first
+    /// frame, if the input says.
+    fn decode_next(
+        &mut self,
+        decoder: &mut ffmpeg::decoder::Opened,
+        frame: &mut ffmpeg::Frame,
+    ) -> Result<Option<Option<Duration>>, ffmpeg::Error> {
+        loop {
+            match decoder.receive_frame(frame) {
+                Ok(()) => {
+                    let at = self.seconds(frame.timestamp().or(frame.pts())).map(|t| {
+                        let start = *self.start.get_or_insert(t);
+                        t.saturating_sub(start)
+                    });
+                    return Ok(Some(at));
+                }
+                Err(ffmpeg::Error::Other { errno: EAGAIN }) => {}
+                Err(ffmpeg::Error::Eof) => return Ok(None),
+                Err(e) => return Err(e),
+            }
+            match self.next_packet()? {
+                Some(packet) => decoder.send_packet(&packet)?,
+                None => decoder.send_eof()?,
+            }
+        }
+    }
 }
 
 /// A decoded video frame and when it should be shown, from the start of the input.
@@ -338,7 +369,6 @@ pub struct VideoFrame {
 pub struct VideoInput {
     demuxer: Demuxer,
     decoder: ffmpeg::decoder::Video,
-    start: Option<Duration>,
     spec: InputSpec,
 }
 
@@ -362,7 +392,6 @@ impl VideoInput {
         Ok(VideoInput {
             demuxer,
             decoder,
-            start: None,
             spec: spec.clone(),
         })
     }
@@ -384,28 +413,12 @@ impl VideoInput {
 
     /// The next frame; `None` at the end of the input.
     pub fn next_frame(&mut self) -> Result<Option<VideoFrame>, InputError> {
-        let spec = &self.spec;
-        let other = |error| InputError::other(spec, error);
-        loop {
-            let mut frame = frame::Video::empty();
-            match self.decoder.receive_frame(&mut frame) {
-                Ok(()) => {
-                    let pts = self.demuxer.seconds(frame.timestamp().or(frame.pts()));
-                    let at = pts.map(|t| {
-                        let start = *self.start.get_or_insert(t);
-                        t.saturating_sub(start)
-                    });
-                    return Ok(Some(VideoFrame { frame, at }));
-                }
-                Err(ffmpeg::Error::Other { errno: EAGAIN }) => {}
-                Err(ffmpeg::Error::Eof) => return Ok(None),
-                Err(e) => return Err(other(e)),
-            }
-            match self.demuxer.next_packet().map_err(other)? {
-                Some(packet) => self.decoder.send_packet(&packet).map_err(other)?,
-                None => self.decoder.send_eof().map_err(other)?,
-            }
-        }
+        let mut frame = frame::Video::empty();
+        let at = self
+            .demuxer
+            .decode_next(&mut self.decoder, &mut frame)
+            .map_err(|e| InputError::other(&self.spec, e))?;
+        Ok(at.map(|at| VideoFrame { frame, at }))
     }
 }
 
@@ -421,7 +434,6 @@ pub struct AudioFrame {
 pub struct AudioInput {
     demuxer: Demuxer,
     decoder: ffmpeg::decoder::Audio,
-    start: Option<Duration>,
     spec: InputSpec,
 }
 
@@ -445,7 +457,6 @@ impl AudioInput {
         Ok(AudioInput {
             demuxer,
             decoder,
-            start: None,
             spec: spec.clone(),
         })
     }
@@ -457,28 +468,12 @@ impl AudioInput {
 
     /// The next frame; `None` at the end of the input.
     pub fn next_frame(&mut self) -> Result<Option<AudioFrame>, InputError> {
-        let spec = &self.spec;
-        let other = |error| InputError::other(spec, error);
-        loop {
-            let mut frame = frame::Audio::empty();
-            match self.decoder.receive_frame(&mut frame) {
-                Ok(()) => {
-                    let pts = self.demuxer.seconds(frame.timestamp().or(frame.pts()));
-                    let at = pts.map(|t| {
-                        let start = *self.start.get_or_insert(t);
-                        t.saturating_sub(start)
-                    });
-                    return Ok(Some(AudioFrame { frame, at }));
-                }
-                Err(ffmpeg::Error::Other { errno: EAGAIN }) => {}
-                Err(ffmpeg::Error::Eof) => return Ok(None),
-                Err(e) => return Err(other(e)),
-            }
-            match self.demuxer.next_packet().map_err(other)? {
-                Some(packet) => self.decoder.send_packet(&packet).map_err(other)?,
-                None => self.decoder.send_eof().map_err(other)?,
-            }
-        }
+        let mut frame = frame::Audio::empty();
+        let at = self
+            .demuxer
+            .decode_next(&mut self.decoder, &mut frame)
+            .map_err(|e| InputError::other(&self.spec, e))?;
+        Ok(at.map(|at| AudioFrame { frame, at }))
     }
 }
 

@@ -324,9 +324,6 @@ impl MediaOut {
     }
 
     fn audio_packet(&mut self, out: &mut Vec<Outgoing>) {
-        let ts = self
-            .audio_ts_base
-            .wrapping_add(self.audio_packet.wrapping_mul(960));
         let payload = match &self.source {
             Source::Synthetic(params) => Signature {
                 tag: params.tag,
@@ -345,6 +342,15 @@ impl MediaOut {
                 .unwrap_or_else(|| vec![0xf8, 0xff, 0xfe]), // Opus silence
             Source::Live { .. } => return,
         };
+        self.push_audio(payload, None, out);
+    }
+
+    /// Stamps the next 20 ms audio packet and sends it unless the microphone is muted (a
+    /// muted one still moves the clock on).
+    fn push_audio(&mut self, payload: Vec<u8>, level: Option<i8>, out: &mut Vec<Outgoing>) {
+        let ts = self
+            .audio_ts_base
+            .wrapping_add(self.audio_packet.wrapping_mul(960));
         self.audio_packet = self.audio_packet.wrapping_add(1);
         if self.audio_muted {
             return;
@@ -355,7 +361,7 @@ impl MediaOut {
             ts,
             marker: false,
             payload,
-            level: None,
+            level,
         });
         self.audio_seq += 1;
     }
@@ -375,24 +381,7 @@ impl MediaOut {
                     push_frame(layer, video.layer, ts, &video.data, out);
                 }
             }
-            LiveFrame::Audio(audio) => {
-                let ts = self
-                    .audio_ts_base
-                    .wrapping_add(self.audio_packet.wrapping_mul(960));
-                self.audio_packet = self.audio_packet.wrapping_add(1);
-                if self.audio_muted {
-                    return;
-                }
-                out.push(Outgoing {
-                    layer: None,
-                    seq: self.audio_seq,
-                    ts,
-                    marker: false,
-                    payload: audio.data,
-                    level: Some(audio.level),
-                });
-                self.audio_seq += 1;
-            }
+            LiveFrame::Audio(audio) => self.push_audio(audio.data, Some(audio.level), out),
         }
     }
 }

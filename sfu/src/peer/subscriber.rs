@@ -594,7 +594,13 @@ impl Subscriber {
                 o
             }
         };
-        let size_rtx_cache = !sub.rtx_cache_sized;
+        if !sub.rtx_cache_sized
+            && let Some(tx) = rtc.direct_api().stream_tx_by_mid(mid, None)
+        {
+            // Before its first packet, so nothing cached is dropped.
+            tx.set_rtx_cache(RTX_CACHE_PACKETS, RTX_CACHE_AGE, RTX_RATIO_CAP);
+            sub.rtx_cache_sized = true;
+        }
         if waits_changed {
             self.next_retry = earliest_retry(&self.subs, ctx);
         }
@@ -613,13 +619,6 @@ impl Subscriber {
             WorkerCounters::add(&ctx.counters().rtp_not_forwarded, 1);
             return;
         };
-        if size_rtx_cache {
-            // Before the first packet, so nothing cached is dropped.
-            tx.set_rtx_cache(RTX_CACHE_PACKETS, RTX_CACHE_AGE, RTX_RATIO_CAP);
-            if let Some(sub) = self.subs.get_mut(&packet.track) {
-                sub.rtx_cache_sized = true;
-            }
-        }
         let mut write = RtpWrite::new(
             out_pt,
             out.seq.into(),
