@@ -658,7 +658,8 @@ async fn mute_track(
             format!("{participant:?} publishes no track {track:?}"),
         ));
     }
-    state.sfu.set_track_muted(id, request.muted);
+    // Ended meanwhile: the room is told anyway, and the track lookup below answers 404.
+    let _ = state.sfu.set_track_muted(id, request.muted).await;
     room.broadcast(
         &ServerMessage::TrackMuted {
             track: track.clone(),

@@ -141,6 +141,9 @@ pub struct ReceivedStream {
     pub layer_changes: Vec<(u64, u8, bool)>,
     /// Layer of the last packet.
     pub layer: Option<u8>,
+    /// The highest packet counter of the verified synthetic payloads received (what their
+    /// publisher numbered them; see [`BotState::last_written`]).
+    pub highest_packet: Option<u32>,
     /// VP8 picture ID of the last frame start.
     pub picture_id: Option<u16>,
     /// Frame starts whose picture ID did not follow the previous one's (VP8).
@@ -189,6 +192,9 @@ pub struct BotState {
     pub keyframe_requests: u64,
     /// Media packets sent.
     pub packets_sent: u64,
+    /// Per kind: the packet counter of the newest synthetic payload written, updated before
+    /// the packet goes out (so no packet with a higher counter has been sent yet).
+    pub last_written: HashMap<PayloadKind, u32>,
     /// ICE + DTLS up on the publish connection.
     pub publish_connected: bool,
     /// Our data channel (on the publish connection) is open.
@@ -221,6 +227,16 @@ impl BotState {
             .filter(|s| s.kind == kind && s.tags.contains(&tag))
             .map(|s| s.seqs.len())
             .sum()
+    }
+
+    /// The highest packet counter received from the publisher with `tag`, of `kind` (for a
+    /// publisher without simulcast, whose counter runs over one stream).
+    pub fn highest_packet_from(&self, tag: u32, kind: PayloadKind) -> Option<u32> {
+        self.streams
+            .values()
+            .filter(|s| s.kind == kind && s.tags.contains(&tag))
+            .filter_map(|s| s.highest_packet)
+            .max()
     }
 
     /// Whether a server message matching `f` has arrived.
@@ -935,6 +951,7 @@ impl Bots<'_> {
                                 starts_with_keyframe: false,
                                 layer_changes: Vec::new(),
                                 layer: None,
+                                highest_packet: None,
                                 picture_id: None,
                                 picture_id_jumps: 0,
                                 quality: StreamQuality::default(),
@@ -972,6 +989,7 @@ impl Bots<'_> {
                                 stream.starts_with_keyframe = sig.keyframe && sig.frame_start;
                             }
                             stream.tags.insert(sig.tag);
+                            stream.highest_packet = stream.highest_packet.max(Some(sig.packet));
                             if sig.keyframe && sig.frame_start {
                                 stream.keyframes += 1;
                             }
@@ -1062,6 +1080,25 @@ impl Bots<'_> {
 
     /// Writes RTP packets through the publish connection (and empties `out`).
     fn write_outgoing(&mut self, now: Instant, out: &mut Vec<Outgoing>) -> Result<(), BotError> {
+        // Before anything goes out: no packet with a higher counter has been sent.
+        let written: Vec<(PayloadKind, u32)> = out
+            .iter()
+            .filter_map(|p| {
+                let kind = if p.layer.is_some() {
+                    PayloadKind::Vp8
+                } else {
+                    PayloadKind::Opus
+                };
+                Some((kind, Signature::packet_counter(kind, &p.payload)?))
+            })
+            .collect();
+        if self.publisher.is_some() && !written.is_empty() {
+            self.update(|s| {
+                for (kind, counter) in written {
+                    s.last_written.insert(kind, counter);
+                }
+            });
+        }
         let audio_level = self.audio_level;
         let Some(p) = &mut self.publisher else {
             out.clear();

@@ -148,6 +148,23 @@ impl Signature {
     }
 }
 
+impl Signature {
+    /// The packet counter of a synthetic payload of `kind`, read without checking the rest
+    /// (cheap enough for every packet a bot sends).
+    pub fn packet_counter(kind: PayloadKind, payload: &[u8]) -> Option<u32> {
+        let offset = match kind {
+            PayloadKind::Opus => OPUS_PREFIX,
+            PayloadKind::Vp8 => VP8_PREFIX,
+            PayloadKind::Foreign => return None,
+        };
+        let sig = payload.get(offset..offset + SIGNATURE_LEN)?;
+        if sig.get(..4)? != MAGIC {
+            return None;
+        }
+        Some(u32::from_be_bytes(sig.get(9..13)?.try_into().ok()?))
+    }
+}
+
 /// Where the (15-bit) picture ID sits in a synthetic VP8 payload.
 const VP8_PICTURE_ID: std::ops::Range<usize> = 2..4;
 
@@ -182,6 +199,8 @@ mod tests {
         let p = sig.payload(1000);
         assert_eq!(p.len(), 1000);
         assert_eq!(Signature::verify(PayloadKind::Vp8, &p), Some(sig));
+        assert_eq!(Signature::packet_counter(PayloadKind::Vp8, &p), Some(1234));
+        assert_eq!(Signature::packet_counter(PayloadKind::Opus, &p), None);
         assert_eq!(Signature::verify(PayloadKind::Opus, &p), None);
         let mut bad = p.clone();
         bad[500] ^= 1;

@@ -16,6 +16,7 @@ use loadtest::server_probe::{HttpResponse, http_request};
 use loadtest::signal::ServerMessage;
 use loadtest::synthetic::PayloadKind;
 use serde_json::{Value, json};
+use sfu::TrackId;
 
 async fn server(max_rooms: usize) -> Server {
     let mut config = ServerConfig {
@@ -197,6 +198,11 @@ async fn bad_tokens_are_refused_with_stable_codes() {
     server.shutdown();
 }
 
+/// The packet counter of the newest payload of `kind` the bot has written (before sending).
+fn last_written(bot: &Bot, kind: PayloadKind) -> u32 {
+    bot.with_state(|s| s.last_written.get(&kind).copied().unwrap_or(0))
+}
+
 fn left(bot: &Bot) -> bool {
     bot.with_state(|s| s.saw(|m| matches!(m, ServerMessage::Left { .. })))
 }
@@ -283,6 +289,10 @@ async fn room_lifecycle_with_participants() {
         .to_string();
 
     // Server-side mute: the track stops being forwarded, everyone is told; unmute resumes it.
+    // Decided by the publisher's worker, which applies the mute before the API answers: its
+    // forwarded count must not move after that, and no packet the publisher writes after the
+    // answer may reach the viewer.
+    let video_id: TrackId = video.parse().unwrap();
     let r = call(
         &server,
         "POST",
@@ -293,23 +303,34 @@ async fn room_lifecycle_with_participants() {
     .await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(json(&r)["muted"], true);
+    let at_mute = server.sfu().track_counters(video_id).await.unwrap();
+    let written_at_mute = last_written(&publisher, PayloadKind::Vp8);
+    assert!(at_mute.muted);
     assert!(viewer.wait_for(WAIT, |s| s.saw(|m| matches!(m, ServerMessage::TrackMuted { track, muted: true, .. } if *track == video))).await);
-    let frozen = viewer.state().packets_from(1, PayloadKind::Vp8);
-    let sent = publisher.state().packets_sent;
     assert!(
         publisher
-            .wait_for(WAIT, |s| s.packets_sent > sent + 150)
+            .wait_for(WAIT, |s| s.last_written.get(&PayloadKind::Vp8)
+                > Some(&(written_at_mute + 150)))
             .await
     );
+    let muted = server.sfu().track_counters(video_id).await.unwrap();
     assert!(
-        viewer.state().packets_from(1, PayloadKind::Vp8) <= frozen + 5,
+        muted.received_packets >= at_mute.received_packets + 100,
+        "the publisher kept sending: {at_mute:?} -> {muted:?}"
+    );
+    assert_eq!(
+        muted.forwarded_packets, at_mute.forwarded_packets,
         "a muted track is not forwarded"
+    );
+    assert!(
+        viewer.state().highest_packet_from(1, PayloadKind::Vp8) <= Some(written_at_mute),
+        "nothing written after the mute reaches the viewer"
     );
     assert!(
         viewer.state().packets_from(1, PayloadKind::Opus) > 30,
         "audio still flows"
     );
-    call(
+    let r = call(
         &server,
         "POST",
         &format!("/api/rooms/meet/participants/alice/tracks/{video}/mute"),
@@ -317,14 +338,29 @@ async fn room_lifecycle_with_participants() {
         Some(json!({"muted": false})),
     )
     .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let written_at_unmute = last_written(&publisher, PayloadKind::Vp8);
     assert!(
         viewer
-            .wait_for(WAIT, |s| s.packets_from(1, PayloadKind::Vp8) > frozen + 30)
+            .wait_for(WAIT, |s| s.highest_packet_from(1, PayloadKind::Vp8)
+                > Some(written_at_unmute + 30))
             .await,
         "unmuted: flows again"
     );
+    assert!(
+        server
+            .sfu()
+            .track_counters(video_id)
+            .await
+            .unwrap()
+            .forwarded_packets
+            > muted.forwarded_packets
+    );
 
-    // Subscriptions: bob leaves alice's audio, then takes it again.
+    // Subscriptions: bob leaves alice's audio, then takes it again. The subscriber's worker
+    // drops the subscription before the API answers: the graph no longer lists bob, and no
+    // audio written after the answer reaches him.
+    let audio_id: TrackId = audio.parse().unwrap();
     let r = call(
         &server,
         "POST",
@@ -334,15 +370,28 @@ async fn room_lifecycle_with_participants() {
     )
     .await;
     assert_eq!(r.status, 204, "{}", r.body);
-    let audio_then = viewer.state().packets_from(1, PayloadKind::Opus);
-    let sent = publisher.state().packets_sent;
+    let written_at_unsubscribe = last_written(&publisher, PayloadKind::Opus);
+    let audio_subscribers = |server: &Server| {
+        server
+            .sfu()
+            .tracks()
+            .into_iter()
+            .find(|t| t.track == audio_id)
+            .map(|t| t.subscribers.len())
+    };
+    assert_eq!(
+        audio_subscribers(&server),
+        Some(0),
+        "bob left the audio track"
+    );
     assert!(
         publisher
-            .wait_for(WAIT, |s| s.packets_sent > sent + 150)
+            .wait_for(WAIT, |s| s.last_written.get(&PayloadKind::Opus)
+                > Some(&(written_at_unsubscribe + 150)))
             .await
     );
     assert!(
-        viewer.state().packets_from(1, PayloadKind::Opus) <= audio_then + 5,
+        viewer.state().highest_packet_from(1, PayloadKind::Opus) <= Some(written_at_unsubscribe),
         "unsubscribed audio stops"
     );
     let r = call(
@@ -354,10 +403,11 @@ async fn room_lifecycle_with_participants() {
     )
     .await;
     assert_eq!(r.status, 204);
+    let written_at_subscribe = last_written(&publisher, PayloadKind::Opus);
     assert!(
         viewer
-            .wait_for(WAIT, |s| s.packets_from(1, PayloadKind::Opus)
-                > audio_then + 30)
+            .wait_for(WAIT, |s| s.highest_packet_from(1, PayloadKind::Opus)
+                > Some(written_at_subscribe + 30))
             .await,
         "subscribed again"
     );

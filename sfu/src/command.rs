@@ -5,7 +5,7 @@ use str0m::change::{SdpAnswer, SdpOffer};
 use tokio::sync::oneshot;
 
 use crate::error::SfuError;
-use crate::event::{EventSink, PeerSpec};
+use crate::event::{EventSink, PeerSpec, TrackCounters};
 use crate::ids::{PeerId, TrackId};
 
 /// Where a command's result goes.
@@ -72,6 +72,17 @@ pub(crate) enum Command {
         track: TrackId,
         preference: crate::layer_choice::VideoPreference,
         reply: Reply<()>,
+    },
+    /// Mute (or unmute) a published track; replies with its counters once it took effect.
+    SetTrackMuted {
+        track: TrackId,
+        muted: bool,
+        reply: Reply<TrackCounters>,
+    },
+    /// Read a published track's counters.
+    TrackCounters {
+        track: TrackId,
+        reply: Reply<TrackCounters>,
     },
     /// A trickled remote ICE candidate.
     RemoteCandidate {

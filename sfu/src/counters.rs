@@ -91,6 +91,12 @@ counters! {
     layers_paused,
     /// Dynacast-paused layers resumed because a subscriber wanted them.
     layers_resumed,
+    /// Subscriber bandwidth estimators restarted because they were stuck below what the
+    /// subscriber's tracks want on a link without loss.
+    estimator_restarts,
+    /// Keyframe requests sent at once for a subscriber that stopped a layer its bandwidth
+    /// no longer carries (not held back by the throttle).
+    urgent_keyframe_requests,
 }
 
 impl WorkerCounters {

@@ -101,6 +101,19 @@ pub struct PeerStats {
     pub egress_estimate_bps: Option<u64>,
 }
 
+/// What the publisher's worker counted for one published track. Read from the worker that
+/// owns the track, so a value read after a command (a mute, say) took effect is exact.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TrackCounters {
+    /// RTP packets received from the publisher (every layer).
+    pub received_packets: u64,
+    /// Of those, packets handed to at least one subscriber (each counted once, however many
+    /// subscribers got it).
+    pub forwarded_packets: u64,
+    /// Whether the control plane has muted the track (nothing is forwarded).
+    pub muted: bool,
+}
+
 /// Events about one peer, delivered to the sink given when the peer was created. None of them
 /// is per packet.
 #[derive(Debug, Clone, PartialEq)]

@@ -53,8 +53,6 @@ pub(crate) struct TrackRoute {
     pub(crate) layer_count: u8,
     /// Bit `i` set: the publisher is sending simulcast layer `i` (non-simulcast: bit 0).
     pub(crate) active_layers: AtomicU32,
-    /// Muted by the control plane: packets are not forwarded.
-    pub(crate) muted: AtomicBool,
     /// Measured bitrate of each layer, bits per second (0: not measured).
     layer_bps: [AtomicU64; MAX_LAYERS],
     /// Frame size of each layer from its last keyframe, `width << 16 | height` (0: unknown).
@@ -181,7 +179,6 @@ impl ForwardingGraph {
             kind,
             layer_count,
             active_layers: AtomicU32::new(0),
-            muted: AtomicBool::new(false),
             layer_bps: Default::default(),
             layer_size: Default::default(),
             paused_layers: AtomicU32::new(0),

@@ -18,7 +18,7 @@ use crate::command::Command;
 use crate::config::SfuConfig;
 use crate::counters::{CounterSnapshot, WorkerCounters};
 use crate::error::SfuError;
-use crate::event::{EventSink, PeerSpec};
+use crate::event::{EventSink, PeerSpec, TrackCounters};
 use crate::graph::{ForwardingGraph, TrackSnapshot};
 use crate::ids::{IdAllocator, PeerId, RoomId, TrackId};
 use crate::shared::{RoomMembers, Shared, WorkerShared};
@@ -340,15 +340,27 @@ impl Sfu {
     }
 
     /// Mutes (or unmutes) a published track: while muted, none of its packets is forwarded.
-    /// Returns `false` if there is no such track.
-    pub fn set_track_muted(&self, track: TrackId, muted: bool) -> bool {
-        match self.shared().graph.get(track) {
-            Some(route) => {
-                route.muted.store(muted, Ordering::Relaxed);
-                true
-            }
-            None => false,
-        }
+    /// The publisher's worker applies it before replying, so every packet it handles after
+    /// this returns is held back; the counters returned are those at that moment.
+    pub async fn set_track_muted(
+        &self,
+        track: TrackId,
+        muted: bool,
+    ) -> Result<TrackCounters, SfuError> {
+        let worker = self.worker_of_track(track)?;
+        self.request(worker, |reply| Command::SetTrackMuted {
+            track,
+            muted,
+            reply,
+        })
+        .await
+    }
+
+    /// A published track's counters, read from the worker that owns it.
+    pub async fn track_counters(&self, track: TrackId) -> Result<TrackCounters, SfuError> {
+        let worker = self.worker_of_track(track)?;
+        self.request(worker, |reply| Command::TrackCounters { track, reply })
+            .await
     }
 
     /// Totals of the workers' counters.
@@ -429,6 +441,15 @@ impl Sfu {
             .get(&peer)
             .map(|w| *w)
             .ok_or(SfuError::UnknownPeer(peer))
+    }
+
+    /// The worker of a track's publisher.
+    fn worker_of_track(&self, track: TrackId) -> Result<usize, SfuError> {
+        self.shared()
+            .graph
+            .get(track)
+            .map(|route| route.publisher.worker)
+            .ok_or(SfuError::UnknownTrack(track))
     }
 
     fn commands(&self, worker: usize) -> Result<&mpsc::Sender<Command>, SfuError> {

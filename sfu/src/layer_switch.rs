@@ -7,6 +7,11 @@
 //! timestamps advance by the capture-time gap (from the publisher's sender reports; arrival
 //! time when there are none), and VP8 picture IDs, TL0PICIDX and KEYIDX continue.
 //!
+//! A layer the subscriber's bandwidth no longer carries can be stopped at once, after the frame
+//! under way ([`LayerSwitcher::set_stop_current`]): on a saturated link its packets would
+//! otherwise queue ahead of the new layer's keyframe. A stopped layer restarts only on a
+//! keyframe, like any other.
+//!
 //! With VP8 temporal layers, frames above a maximum temporal layer can be dropped (when the
 //! bandwidth cannot carry the full frame rate of even the lowest layer): sequence numbers and
 //! picture IDs close up behind them. The maximum changes at frame starts only, and goes up
@@ -48,6 +53,13 @@ pub(crate) struct LayerSwitcher {
     max_temporal: Option<u8>,
     /// Highest temporal layer in force (changes at frame starts).
     temporal_in_force: Option<u8>,
+    /// Stop forwarding the current layer after the frame under way, while the target's
+    /// keyframe is awaited.
+    stop_current: bool,
+    /// The current layer was stopped mid-stream: it continues only from a keyframe.
+    stalled: bool,
+    /// Incoming RTP timestamp of the last packet forwarded (the frame under way).
+    frame_ts: Option<u32>,
 }
 
 impl LayerSwitcher {
@@ -63,6 +75,9 @@ impl LayerSwitcher {
             newest: None,
             max_temporal: None,
             temporal_in_force: None,
+            stop_current: false,
+            stalled: false,
+            frame_ts: None,
         }
     }
 
@@ -112,15 +127,29 @@ impl LayerSwitcher {
 
     /// Whether a keyframe of the wanted layer is awaited.
     pub(crate) fn waiting(&self) -> bool {
-        self.video && self.target.is_some() && self.current != self.target
+        self.video && self.target.is_some() && (self.current != self.target || self.stalled)
     }
 
-    /// The layers whose packets are needed: the current one and the wanted one.
+    /// Whether the current layer has been stopped (nothing is forwarded until the target's
+    /// keyframe).
+    pub(crate) fn stalled(&self) -> bool {
+        self.stalled
+    }
+
+    /// The layers whose packets are needed: the current one (unless stopped) and the wanted
+    /// one.
     pub(crate) fn wanted_layers(&self) -> u32 {
-        [self.current, self.target]
+        let current = self.current.filter(|_| !self.stalled);
+        [current, self.target]
             .into_iter()
             .flatten()
             .fold(0, |acc, l| acc | 1 << u32::from(l.min(31)))
+    }
+
+    /// Stops (or keeps) forwarding the current layer while the target's keyframe is awaited.
+    /// Stopping takes effect after the frame under way; it ends at the switch.
+    pub(crate) fn set_stop_current(&mut self, stop: bool) {
+        self.stop_current = stop;
     }
 
     /// The VP8 picture ID of the newest packet sent (for tests).
@@ -135,7 +164,7 @@ impl LayerSwitcher {
             return false;
         }
         self.target = layer;
-        self.video && layer.is_some() && self.current != layer
+        self.video && layer.is_some() && (self.current != layer || self.stalled)
     }
 
     /// Decides about one packet of the track (any layer).
@@ -147,7 +176,17 @@ impl LayerSwitcher {
             // Audio: one layer, forwarded from the first packet on.
             self.target = Some(p.layer);
         }
-        if self.current != Some(p.layer) {
+        let flowing = self.current == Some(p.layer) && !self.stalled;
+        if flowing
+            && self.stop_current
+            && self.current != self.target
+            && self.frame_ts != Some(p.ts)
+        {
+            // The frame under way is complete: nothing more of this layer.
+            self.stalled = true;
+            return None;
+        }
+        if !flowing {
             let starts = Some(p.layer) == self.target && (p.keyframe || !self.video);
             if !starts {
                 return None; // Another layer, or the wanted one before its keyframe.
@@ -164,8 +203,10 @@ impl LayerSwitcher {
             if vp8 {
                 self.vp8.start_source(&p.payload);
             }
-            switched = self.current.is_some();
+            switched = self.current.is_some_and(|c| c != p.layer);
             self.current = Some(p.layer);
+            self.stalled = false;
+            self.stop_current = false;
         }
         if self.drops_temporal(p) && self.rewriter.as_mut()?.drop_packet(p.seq) {
             if vp8 {
@@ -174,6 +215,7 @@ impl LayerSwitcher {
             return None;
         }
         let out = self.rewriter.as_mut()?.rewrite(p.seq, p.ts, now)?;
+        self.frame_ts = Some(p.ts);
         let newest = self.newest.is_none_or(|(seq, _)| out.seq > seq);
         if newest {
             self.newest = Some((out.seq, p.capture));

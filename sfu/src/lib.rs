@@ -24,6 +24,7 @@ mod data_relay;
 mod demux;
 mod dynacast;
 mod error;
+mod estimator_restart;
 mod event;
 mod graph;
 mod handle;
@@ -47,7 +48,8 @@ pub use config::SfuConfig;
 pub use counters::CounterSnapshot;
 pub use error::SfuError;
 pub use event::{
-    CloseReason, EventSink, OfferedTrack, PeerEvent, PeerSpec, PeerStats, TrackInfo, TrackKind,
+    CloseReason, EventSink, OfferedTrack, PeerEvent, PeerSpec, PeerStats, TrackCounters, TrackInfo,
+    TrackKind,
 };
 pub use graph::TrackSnapshot;
 pub use handle::Sfu;

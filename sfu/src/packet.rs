@@ -66,6 +66,10 @@ pub(crate) enum Delivery {
         to: PeerId,
         track: TrackId,
         layer: u8,
+        /// The subscriber shows nothing until the keyframe comes (a downgrade for bandwidth):
+        /// not held back by the throttle unless a request is already answered by a keyframe
+        /// on its way.
+        urgent: bool,
     },
     /// A track a subscriber receives has been unpublished.
     TrackEnded { to: PeerId, track: TrackId },

@@ -62,7 +62,11 @@ struct Publisher {
     keyframe_every: u64,
     /// Send three temporal layers (pattern 0, 2, 1, 2), as Chromium does.
     temporal: bool,
-    force: [bool; 3],
+    /// Per layer: the frame number at which a requested keyframe is sent.
+    force: [Option<u64>; 3],
+    /// Frames between a keyframe request reaching the publisher and the keyframe (the
+    /// request's trip and the encoder's reaction).
+    keyframe_delay: u64,
     active: u32,
     throttles: Vec<KeyframeThrottle>,
     /// Keyframe requests that reached the encoder, per layer, with their time.
@@ -81,7 +85,8 @@ impl Publisher {
             frames: 0,
             keyframe_every,
             temporal: false,
-            force: [false; 3],
+            force: [None; 3],
+            keyframe_delay: 0,
             active: 0b111,
             throttles: (0..3).map(|_| KeyframeThrottle::new(THROTTLE)).collect(),
             requests: Vec::new(),
@@ -90,12 +95,20 @@ impl Publisher {
     }
 
     /// A subscriber asks for a keyframe on `layer`: coalesced by the throttle.
-    fn request_keyframe(&mut self, layer: u8, now: Instant) {
+    fn request_keyframe(&mut self, layer: u8, urgent: bool, now: Instant) {
         if let Some(t) = self.throttles.get_mut(usize::from(layer))
-            && t.request(now)
+            && t.request(now, urgent)
         {
             self.requests.push((layer, now));
-            self.force[usize::from(layer)] = true;
+            self.force_keyframe(layer);
+        }
+    }
+
+    /// Makes a keyframe of `layer` come after the publisher's reaction time.
+    fn force_keyframe(&mut self, layer: u8) {
+        let at = self.frames + self.keyframe_delay;
+        if let Some(slot) = self.force.get_mut(usize::from(layer)) {
+            *slot = Some(slot.map_or(at, |s| s.min(at)));
         }
     }
 
@@ -104,7 +117,7 @@ impl Publisher {
         for layer in 0..3u8 {
             if self.throttles[usize::from(layer)].poll(now) {
                 self.requests.push((layer, now));
-                self.force[usize::from(layer)] = true;
+                self.force_keyframe(layer);
             }
         }
         let periodic = self.frames.is_multiple_of(self.keyframe_every);
@@ -118,7 +131,11 @@ impl Publisher {
             if self.active & (1 << layer) == 0 {
                 continue;
             }
-            let key = periodic || std::mem::take(&mut self.force[layer]);
+            let forced = self.force[layer].is_some_and(|at| at <= self.frames);
+            if forced {
+                self.force[layer] = None;
+            }
+            let key = periodic || forced;
             if key {
                 self.throttles[layer].on_keyframe();
             }
@@ -230,10 +247,17 @@ impl Subscriber {
         if self.switcher.target() != best {
             self.targets.push((now, best));
         }
+        // As a subscriber peer does: a current layer above what the bandwidth allows stops.
+        let bandwidth_cap = choice
+            .layer
+            .filter(|_| choice.reason == LayerReason::Bandwidth);
+        let too_big =
+            matches!((self.switcher.current(), bandwidth_cap), (Some(c), Some(b)) if c > b);
+        self.switcher.set_stop_current(too_big);
         if self.switcher.set_target(best)
             && let Some(layer) = best
         {
-            publisher.request_keyframe(layer, now);
+            publisher.request_keyframe(layer, too_big, now);
         }
     }
 
@@ -535,4 +559,127 @@ fn temporal_layers_are_dropped_when_the_lowest_layer_does_not_fit_and_come_back(
     let scarce_rate = per_second(scarce.values().sum(), 4);
     assert!((13.0..=17.0).contains(&limited_rate), "{limited_rate} fps");
     assert!((6.0..=9.0).contains(&scarce_rate), "{scarce_rate} fps");
+}
+
+#[test]
+fn a_drop_stops_the_old_layer_at_once_and_goes_straight_to_the_layer_that_fits() {
+    // On the top layer with plenty; from 10 s the estimate falls to 350 kbit/s, which only
+    // the lowest layer (150 kbit/s) fits.
+    let script = |_: usize, t: Duration| -> u64 {
+        if t >= Duration::from_secs(10) {
+            350_000
+        } else {
+            5_000_000
+        }
+    };
+    let (publisher, subs, start) = run(20, 300, 1, script, |t, p, _| {
+        if t.is_zero() {
+            p.keyframe_delay = 3; // ~100 ms from request to keyframe
+        }
+    });
+    let sub = &subs[0];
+    assert_receiver_invariants(sub);
+    assert_eq!(sub.layer_at(start + Duration::from_millis(9_900)), Some(2));
+    // One decision, straight to the lowest layer (no stop on the middle one).
+    let after: Vec<(Instant, Option<u8>)> = sub
+        .targets
+        .iter()
+        .copied()
+        .filter(|(t, _)| *t >= start + Duration::from_secs(10))
+        .collect();
+    assert_eq!(
+        after.iter().map(|(_, l)| *l).collect::<Vec<_>>(),
+        vec![Some(0)],
+        "{after:?}"
+    );
+    let decided = after[0].0;
+    // The top layer stops after the frame under way: nothing of it is sent while the
+    // lowest layer's keyframe is awaited, so that keyframe does not queue behind it.
+    let last_top = sub
+        .received
+        .iter()
+        .filter(|r| r.layer == 2)
+        .map(|r| r.at)
+        .max()
+        .unwrap();
+    assert!(
+        last_top < decided,
+        "top layer sent at {last_top:?}, decided at {decided:?}"
+    );
+    let first_low = sub
+        .received
+        .iter()
+        .find(|r| r.layer == 0 && r.at >= decided)
+        .unwrap();
+    assert!(first_low.keyframe, "switched on a keyframe");
+    assert!(
+        first_low.at - decided <= 4 * FRAME,
+        "the keyframe was asked for at once: {:?}",
+        first_low.at - decided
+    );
+    assert!(
+        publisher
+            .requests
+            .iter()
+            .any(|(l, t)| *l == 0 && *t == decided),
+        "keyframe requested at the decision"
+    );
+    assert_eq!(sub.layer_at(start + Duration::from_secs(19)), Some(0));
+}
+
+#[test]
+fn a_layer_stopped_for_bandwidth_restarts_only_on_a_keyframe() {
+    let t0 = Instant::now();
+    let mut publisher = Publisher::new(1000, t0);
+    let mut switcher = LayerSwitcher::new(true);
+    switcher.set_target(Some(2));
+    let mut out = Vec::new();
+    let feed = |publisher: &mut Publisher,
+                switcher: &mut LayerSwitcher,
+                out: &mut Vec<(u8, bool, u64)>,
+                frames: u32| {
+        for f in 0..frames {
+            let now = t0 + FRAME * (publisher.frames as u32 + f);
+            for p in publisher.frame(now) {
+                if let Some(fwd) = switcher.on_packet(&p, now) {
+                    out.push((p.layer, p.keyframe, fwd.seq));
+                }
+            }
+        }
+    };
+    feed(&mut publisher, &mut switcher, &mut out, 5);
+    assert!(out.iter().all(|(l, _, _)| *l == 2) && !out.is_empty());
+    let before = out.len();
+    // Target the lowest layer and stop the top one: nothing more until layer 0's keyframe,
+    // which does not come (no request reaches this publisher).
+    switcher.set_stop_current(true);
+    assert!(switcher.set_target(Some(0)));
+    feed(&mut publisher, &mut switcher, &mut out, 5);
+    assert_eq!(
+        out.len(),
+        before,
+        "nothing forwarded while stopped: {:?}",
+        &out[before..]
+    );
+    assert!(switcher.stalled() && switcher.waiting());
+    assert_eq!(
+        switcher.wanted_layers(),
+        0b001,
+        "the stopped layer is no longer wanted"
+    );
+    // The bandwidth comes back before the switch: the top layer is wanted again, but it
+    // restarts only on one of its keyframes (the frames in between were never sent).
+    assert!(switcher.set_target(Some(2)), "a keyframe is needed");
+    feed(&mut publisher, &mut switcher, &mut out, 3);
+    assert_eq!(out.len(), before);
+    publisher.force_keyframe(2);
+    feed(&mut publisher, &mut switcher, &mut out, 2);
+    let (layer, keyframe, seq) = out[before];
+    assert_eq!((layer, keyframe), (2, true));
+    assert_eq!(
+        seq,
+        out[before - 1].2 + 1,
+        "sequence numbers continue without a hole"
+    );
+    assert!(!switcher.stalled() && !switcher.waiting());
 }

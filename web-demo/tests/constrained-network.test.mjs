@@ -271,11 +271,14 @@ describe('simulcast under constrained networks', { skip: skip ?? false }, () => 
       assert.ok(limitedRun.frames >= 5 * limitedRun.seconds, `the limited viewer keeps decoding: ${JSON.stringify(limitedRun)}`);
       assert.ok(limitedRun.freezeSeconds <= 2, `the limited viewer barely freezes once on its new layer: ${JSON.stringify(limitedRun)}`);
       figures.publisherWhileLimited = await probeOut(publisher);
-      // The free viewer's own estimate is not affected by the other's link. On a loaded
-      // two-core machine it dips now and then anyway (the receiving browser is starved of
-      // CPU), so it is held to what it did in the same watch without the limit.
-      const expected = Math.min(0.7, freeBase.topShare) - 0.15;
-      assert.ok(freeRun.topShare >= expected, `the free viewer stays on the top layer as much as without the limit: ${JSON.stringify({ freeRun, freeBase })}`);
+      // The other viewer's link cannot reach the free viewer: its layer follows its own
+      // estimate only (reason best or bandwidth, never a layer the publisher stopped), and
+      // the publisher keeps sending the top layer it asked for. (How often its own estimate
+      // dips depends on how starved of CPU its browser is on this machine, so its share of
+      // time on the top layer is recorded, not compared: figures.whileLimited.free.)
+      assert.deepEqual(freeRun.reasons.filter((r) => r !== 'best' && r !== 'bandwidth'), [],
+        `the free viewer's layer follows its own estimate: ${JSON.stringify(freeRun)}`);
+      assert.ok(figures.publisherWhileLimited?.active.f, `the publisher keeps sending the top layer the free viewer wants: ${JSON.stringify(figures.publisherWhileLimited)}`);
       assert.ok(freeRun.freezeSeconds <= freeBase.freezeSeconds + 1, `the free viewer does not freeze more than without the limit: ${JSON.stringify({ freeRun, freeBase })}`);
       assert.ok(freeRun.frames >= 10 * freeRun.seconds, `the free viewer keeps its frame rate: ${JSON.stringify(freeRun)}`);
     } finally {

@@ -11,7 +11,7 @@ pub(crate) mod subscriber;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use str0m::format::Codec;
 use str0m::net::Transmit;
@@ -31,6 +31,11 @@ use self::subscriber::Subscriber;
 
 /// At most this many remote addresses are remembered per peer (ICE may try several).
 const MAX_REMOTE_ADDRS: usize = 8;
+/// How often a subscriber's state machine reports its raw egress bandwidth estimate (in its
+/// statistics). str0m's `EgressBitrateEstimate` event carries a three-second average, which
+/// trails a congested link by seconds; the layer allocator reacts to the raw estimate, the
+/// one str0m's own pacer follows.
+pub(crate) const ESTIMATE_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Output of a worker's peers, collected during one turn of the worker loop.
 #[derive(Debug)]
@@ -130,6 +135,9 @@ pub(crate) struct Peer {
     pub(crate) dirty: bool,
     /// Latest egress bandwidth estimate (bits per second), as counted in the worker's gauge.
     egress_estimate: u64,
+    /// How often [`PeerEvent::Stats`] goes to the control plane, and when it is next due
+    /// (the state machine may report more often, for the allocator).
+    stats_report: Option<(Duration, Instant)>,
 }
 
 impl Peer {
@@ -146,6 +154,12 @@ impl Peer {
     ) -> Result<Self, RtcError> {
         let creds = IceCreds::new();
         let ufrag = creds.ufrag.clone();
+        let estimates = matches!(role, Role::Subscriber(_)) && shared.config.congestion_control;
+        let stats_interval = match shared.config.stats_interval {
+            Some(report) if estimates => Some(report.min(ESTIMATE_INTERVAL)),
+            None if estimates => Some(ESTIMATE_INTERVAL),
+            report => report,
+        };
         let mut config = Rtc::builder()
             .set_ice_lite(true)
             .set_rtp_mode(true)
@@ -153,7 +167,7 @@ impl Peer {
             .set_local_ice_credentials(creds)
             .clear_codecs()
             .enable_opus(true, false)
-            .set_stats_interval(shared.config.stats_interval);
+            .set_stats_interval(stats_interval);
         for codec in video_codecs {
             config = match codec {
                 Codec::Vp8 => config.enable_vp8(true),
@@ -163,7 +177,7 @@ impl Peer {
                 _ => config,
             };
         }
-        if matches!(role, Role::Subscriber(_)) && shared.config.congestion_control {
+        if estimates {
             // Transport-wide congestion control: the estimate the layer allocator works from.
             let initial = shared.config.initial_egress_bitrate;
             config = config.enable_bwe(Some(str0m::bwe::Bitrate::bps(initial)));
@@ -189,6 +203,10 @@ impl Peer {
             closed: None,
             dirty: false,
             egress_estimate: 0,
+            stats_report: shared
+                .config
+                .stats_interval
+                .map(|every| (every, now + every)),
         })
     }
 
@@ -279,7 +297,18 @@ impl Peer {
                 self.info.emit(PeerEvent::Connected { peer: self.info.id });
             }
             Event::PeerStats(s) => {
-                self.set_egress_estimate(s.bwe_tx.map_or(0, |b| b.as_u64()), ctx);
+                let estimate = s.bwe_tx.map(|b| b.as_u64());
+                self.set_egress_estimate(estimate.unwrap_or(0), ctx);
+                if let (Role::Subscriber(sub), Some(estimate)) = (&mut self.role, estimate) {
+                    sub.on_estimate(estimate, s.egress_loss_fraction, ctx);
+                }
+                let Some((every, due)) = self.stats_report else {
+                    return;
+                };
+                if ctx.now < due {
+                    return;
+                }
+                self.stats_report = Some((every, ctx.now + every));
                 self.info.emit(PeerEvent::Stats {
                     peer: self.info.id,
                     stats: PeerStats {

@@ -22,7 +22,7 @@ use crate::audio_level::AudioLevelMeter;
 use crate::counters::WorkerCounters;
 use crate::data_relay;
 use crate::dynacast::Dynacast;
-use crate::event::{PeerEvent, TrackInfo, TrackKind};
+use crate::event::{PeerEvent, TrackCounters, TrackInfo, TrackKind};
 use crate::graph::TrackRoute;
 use crate::ids::TrackId;
 use crate::keyframe::{starts_keyframe, vp8_keyframe_size, vp8_temporal};
@@ -51,6 +51,21 @@ struct PublishedTrack {
     sampled_at: Option<Instant>,
     /// Simulcast video only: pauses the layers nobody receives.
     dynacast: Option<Dynacast>,
+    /// Muted by the control plane: nothing is forwarded.
+    muted: bool,
+    /// Packets received, and packets handed to at least one subscriber.
+    received_packets: u64,
+    forwarded_packets: u64,
+}
+
+impl PublishedTrack {
+    fn counters(&self) -> TrackCounters {
+        TrackCounters {
+            received_packets: self.received_packets,
+            forwarded_packets: self.forwarded_packets,
+            muted: self.muted,
+        }
+    }
 }
 
 struct IngressStream {
@@ -203,6 +218,9 @@ impl Publisher {
             sampled_at: None,
             dynacast: (kind == TrackKind::Video && layers > 1)
                 .then(|| Dynacast::new(u8::try_from(layers).unwrap_or(u8::MAX), ctx.now)),
+            muted: false,
+            received_packets: 0,
+            forwarded_packets: 0,
         });
     }
 
@@ -260,10 +278,13 @@ impl Publisher {
         }
         let layer = stream.layer;
         let ext = &packet.header.ext_vals;
-        if let Some(track) = self
+        let Some(track) = self
             .tracks
             .iter_mut()
             .find(|t| Arc::ptr_eq(&t.route, &stream.route))
+        else {
+            return;
+        };
         {
             if keyframe && let Some(throttle) = track.throttles.get_mut(usize::from(layer)) {
                 throttle.on_keyframe();
@@ -281,7 +302,8 @@ impl Publisher {
             }
             track.sampled_at.get_or_insert(ctx.now);
         }
-        if stream.route.muted.load(Ordering::Relaxed) {
+        track.received_packets += 1;
+        if track.muted {
             return;
         }
         let subscribers = stream.route.subscribers();
@@ -316,8 +338,10 @@ impl Publisher {
             capture,
         });
         let bit = 1u32 << u32::from(layer.min(31));
+        let mut delivered = false;
         for link in subscribers.iter() {
             if link.layers.load(Ordering::Relaxed) & bit != 0 {
+                delivered = true;
                 ctx.deliver(
                     link.at,
                     Delivery::Rtp {
@@ -327,6 +351,26 @@ impl Publisher {
                 );
             }
         }
+        track.forwarded_packets += u64::from(delivered);
+    }
+
+    /// Mutes (or unmutes) a track: from the next packet on, nothing of it is forwarded.
+    /// Returns its counters at this moment, or `None` if this peer does not publish it.
+    pub(crate) fn set_muted(&mut self, track: TrackId, muted: bool) -> Option<TrackCounters> {
+        let t = self.tracks.iter_mut().find(|t| t.route.id == track)?;
+        if t.muted != muted {
+            info!(%track, muted, "track mute set by the control plane");
+        }
+        t.muted = muted;
+        Some(t.counters())
+    }
+
+    /// A published track's counters.
+    pub(crate) fn counters(&self, track: TrackId) -> Option<TrackCounters> {
+        self.tracks
+            .iter()
+            .find(|t| t.route.id == track)
+            .map(PublishedTrack::counters)
     }
 
     /// Finds the track and layer of a new incoming SSRC.
@@ -356,7 +400,13 @@ impl Publisher {
         delivery: Delivery,
         ctx: &mut Ctx<'_>,
     ) {
-        let Delivery::KeyframeRequest { track, layer, .. } = delivery else {
+        let Delivery::KeyframeRequest {
+            track,
+            layer,
+            urgent,
+            ..
+        } = delivery
+        else {
             return;
         };
         let Some(t) = self
@@ -371,8 +421,11 @@ impl Publisher {
             announce_layers(t, paused, info);
         }
         if let Some(throttle) = t.throttles.get_mut(usize::from(layer))
-            && throttle.request(ctx.now)
+            && throttle.request(ctx.now, urgent)
         {
+            if urgent {
+                WorkerCounters::add(&ctx.counters().urgent_keyframe_requests, 1);
+            }
             let rid = t.rids.get(usize::from(layer)).copied();
             request_keyframe(rtc, t.mid, rid, ctx);
         }

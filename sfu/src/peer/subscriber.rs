@@ -26,10 +26,12 @@ use super::{Ctx, PeerInfo};
 use crate::allocator::{Allocator, LayerReason, TrackNeeds, UP_FACTOR};
 use crate::counters::WorkerCounters;
 use crate::error::SfuError;
+use crate::estimator_restart::EstimatorRestart;
 use crate::event::{OfferedTrack, PeerEvent, TrackKind};
 use crate::graph::{SubscriberLink, TrackRoute};
 use crate::ids::TrackId;
 use crate::keyframe::needs_keyframe;
+use crate::keyframe_throttle::URGENT_RETRY;
 use crate::layer_choice::VideoPreference;
 use crate::layer_switch::{Forward, LayerSwitcher};
 use crate::packet::{DataMessage, Delivery, ForwardedPacket};
@@ -59,6 +61,16 @@ pub(crate) struct Subscriber {
     allocator: Allocator,
     /// Latest egress bandwidth estimate (bits per second).
     estimate: Option<u64>,
+    /// Whether `estimate` is the raw one from the state machine's statistics (then the
+    /// smoothed estimate events are ignored).
+    raw_estimate: bool,
+    /// What the last allocation sends (media plus audio allowance), bits per second: an
+    /// estimate below it re-allocates at once.
+    in_use: u64,
+    /// Egress loss fraction over the last second (transport-wide feedback).
+    loss: Option<f32>,
+    /// Restarts the estimator when it is stuck below what the tracks want.
+    restart: EstimatorRestart,
     /// When the allocator runs next (every [`ALLOCATION_PERIOD`] while tracks are received).
     next_allocation: Option<Instant>,
 }
@@ -188,23 +200,37 @@ impl Subscription {
         if self.is_video() {
             waits_changed = self.retarget(Some(packet.layer), ctx);
         }
-        let before = self.switcher.current();
+        let before = (self.switcher.current(), self.switcher.stalled());
         let forward = self.switcher.on_packet(packet, ctx.now);
-        if self.switcher.current() != before {
+        let after = (self.switcher.current(), self.switcher.stalled());
+        if after != before {
             if forward.as_ref().is_some_and(|f| f.switched) {
                 WorkerCounters::add(&ctx.counters().layer_switches, 1);
             }
-            self.keyframe_asked_at = None;
+            if !after.1 {
+                self.keyframe_asked_at = None;
+                debug!(track = %packet.track, layer = packet.layer, "forwarding layer");
+            } else {
+                debug!(track = %packet.track, layer = packet.layer, "layer stopped for bandwidth");
+            }
             self.set_wanted_layers();
             waits_changed = true;
-            debug!(track = %packet.track, layer = packet.layer, "forwarding layer");
         }
         (forward, waits_changed)
     }
 
     /// Re-chooses the layer to forward (`fallback` if the publisher's layers are not known
     /// yet); asks for a keyframe when it changes. Returns whether the keyframe wait changed.
+    ///
+    /// A current layer above what the bandwidth allows is stopped at once rather than
+    /// forwarded until the new layer's keyframe (which would queue behind it on the saturated
+    /// link), and that keyframe is asked for urgently.
     fn retarget(&mut self, fallback: Option<u8>, ctx: &mut Ctx<'_>) -> bool {
+        let too_big = match (self.switcher.current(), self.bandwidth_cap) {
+            (Some(current), Some(cap)) => current > cap,
+            _ => false,
+        };
+        self.switcher.set_stop_current(too_big);
         let best = self.route.choose_layer_capped(self.cap()).or(fallback);
         if best.is_none() || self.switcher.target() == best {
             return false;
@@ -212,9 +238,22 @@ impl Subscription {
         let needs_keyframe = self.switcher.set_target(best);
         self.set_wanted_layers();
         if let (Some(layer), true) = (best, needs_keyframe) {
-            ask_keyframe(self, layer, ctx);
+            ask_keyframe(self, layer, too_big, ctx);
         }
         true
+    }
+
+    /// How long to wait for a requested keyframe before asking again: soon while nothing is
+    /// forwarded (the current layer was stopped for bandwidth), since a publisher may ignore
+    /// a request that follows another within [`URGENT_RETRY`] (Chromium ignores those within
+    /// 300 ms).
+    fn keyframe_retry(&self, ctx: &Ctx<'_>) -> std::time::Duration {
+        let normal = ctx.shared.config.keyframe_retry;
+        if self.switcher.stalled() {
+            normal.min(URGENT_RETRY)
+        } else {
+            normal
+        }
     }
 
     /// Tells the publisher's dynacast the best layer this subscriber asks for.
@@ -248,6 +287,10 @@ impl Subscriber {
             slots: None,
             allocator: Allocator::default(),
             estimate: None,
+            raw_estimate: false,
+            in_use: 0,
+            loss: None,
+            restart: EstimatorRestart::default(),
             next_allocation: None,
         }
     }
@@ -489,7 +532,7 @@ impl Subscriber {
                 if sub.route.kind == TrackKind::Video
                     && let Some(layer) = target
                 {
-                    ask_keyframe(sub, layer, ctx);
+                    ask_keyframe(sub, layer, false, ctx);
                     self.next_retry = earliest_retry(&self.subs, ctx);
                 }
                 info!(%track, "subscription active");
@@ -511,7 +554,7 @@ impl Subscriber {
                 if sub.link.is_some()
                     && let Some(layer) = sub.switcher.current().or(sub.switcher.target())
                 {
-                    ask_keyframe(sub, layer, ctx);
+                    ask_keyframe(sub, layer, false, ctx);
                 }
             }
             Event::ChannelOpen(id, label) if label == DATA_CHANNEL_LABEL => {
@@ -528,7 +571,11 @@ impl Subscriber {
                 if !can_probe {
                     debug!(%estimate, "egress estimate frozen: the estimator cannot probe");
                 }
-                self.estimate = Some(estimate.as_u64());
+                // This event is a three-second average: only the first estimate, until the
+                // raw one arrives with the statistics.
+                if !self.raw_estimate {
+                    self.on_estimate_value(estimate.as_u64(), ctx.now);
+                }
             }
             Event::MediaEgressStats(stats) => {
                 if let Some(sub) = self
@@ -543,6 +590,23 @@ impl Subscriber {
             }
 
             _ => {}
+        }
+    }
+
+    /// The raw egress bandwidth estimate and the egress loss fraction, from the state
+    /// machine's statistics.
+    pub(crate) fn on_estimate(&mut self, bps: u64, loss: Option<f32>, ctx: &Ctx<'_>) {
+        self.raw_estimate = true;
+        self.loss = loss;
+        self.on_estimate_value(bps, ctx.now);
+    }
+
+    /// A new estimate: if what is being sent no longer fits, the layers are re-allocated now
+    /// rather than at the next period (a congested link should not wait).
+    fn on_estimate_value(&mut self, bps: u64, now: Instant) {
+        self.estimate = Some(bps);
+        if bps < self.in_use && self.next_allocation.is_some() {
+            self.next_allocation = Some(now);
         }
     }
 
@@ -656,13 +720,14 @@ impl Subscriber {
         if self.next_retry.is_none_or(|t| t > ctx.now) {
             return mutated;
         }
-        let retry = ctx.shared.config.keyframe_retry;
         for sub in self.subs.values_mut() {
+            let retry = sub.keyframe_retry(ctx);
             if sub.waiting_for_keyframe()
                 && sub.keyframe_asked_at.is_none_or(|t| t + retry <= ctx.now)
                 && let Some(target) = sub.switcher.target()
             {
-                ask_keyframe(sub, target, ctx);
+                let urgent = sub.switcher.stalled();
+                ask_keyframe(sub, target, urgent, ctx);
             }
         }
         self.next_retry = earliest_retry(&self.subs, ctx);
@@ -728,6 +793,7 @@ impl Subscriber {
         // that once dropped a layer stays down; padding up to the whole estimate instead fills
         // a constrained link and causes the losses and freezes it should avoid (measured).
         let used = allocation.used.saturating_add(audio);
+        self.in_use = used;
         let (minimum, wanted) = if allocation.next_step > allocation.used {
             let next = (allocation.next_step.saturating_add(audio) as f64 * UP_FACTOR) as u64;
             let estimate = self.estimate.unwrap_or(0) as f64;
@@ -738,6 +804,18 @@ impl Subscriber {
         };
         rtc.bwe()
             .set_bitrate(Bitrate::bps(minimum), Bitrate::bps(wanted));
+        let held_back = allocation.next_step > allocation.used;
+        if let Some(estimate) = self.estimate
+            && self.restart.check(ctx.now, estimate, held_back, self.loss)
+        {
+            // Stuck below what the tracks want on a link without loss: probe afresh.
+            rtc.bwe().reset(Bitrate::bps(estimate));
+            WorkerCounters::add(&ctx.counters().estimator_restarts, 1);
+            debug!(
+                estimate,
+                "bandwidth estimator restarted: stuck below the demand"
+            );
+        }
         true
     }
 
@@ -823,7 +901,9 @@ fn reason_gauge<'a>(reason: LayerReason, ctx: &'a Ctx<'_>) -> &'a std::sync::ato
     }
 }
 
-fn ask_keyframe(sub: &mut Subscription, layer: u8, ctx: &mut Ctx<'_>) {
+/// Asks the publisher for a keyframe of `layer`; `urgent` when the subscriber sees nothing
+/// until it comes (the publisher's throttle lets it through unless one is already on its way).
+fn ask_keyframe(sub: &mut Subscription, layer: u8, urgent: bool, ctx: &mut Ctx<'_>) {
     sub.keyframe_asked_at = Some(ctx.now);
     let publisher = sub.route.publisher;
     ctx.deliver(
@@ -832,15 +912,18 @@ fn ask_keyframe(sub: &mut Subscription, layer: u8, ctx: &mut Ctx<'_>) {
             to: publisher.peer,
             track: sub.route.id,
             layer,
+            urgent,
         },
     );
 }
 
 fn earliest_retry(subs: &HashMap<TrackId, Subscription>, ctx: &Ctx<'_>) -> Option<Instant> {
-    let retry = ctx.shared.config.keyframe_retry;
     subs.values()
         .filter(|s| s.waiting_for_keyframe())
-        .map(|s| s.keyframe_asked_at.map_or(ctx.now, |t| t + retry))
+        .map(|s| {
+            s.keyframe_asked_at
+                .map_or(ctx.now, |t| t + s.keyframe_retry(ctx))
+        })
         .min()
 }
 

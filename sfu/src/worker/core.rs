@@ -26,7 +26,7 @@ use crate::counters::WorkerCounters;
 use crate::demux::Demux;
 use crate::error::SfuError;
 use crate::event::{CloseReason, EventSink, PeerSpec};
-use crate::ids::PeerId;
+use crate::ids::{PeerId, TrackId};
 use crate::packet::Delivery;
 use crate::peer::publisher::Publisher;
 use crate::peer::subscriber::Subscriber;
@@ -402,6 +402,18 @@ impl WorkerCore {
                 });
                 let _ = reply.send(result);
             }
+            Command::SetTrackMuted {
+                track,
+                muted,
+                reply,
+            } => {
+                let result = self.on_publisher_of(track, now, |p| p.set_muted(track, muted));
+                let _ = reply.send(result);
+            }
+            Command::TrackCounters { track, reply } => {
+                let result = self.on_publisher_of(track, now, |p| p.counters(track));
+                let _ = reply.send(result);
+            }
             Command::RemoteCandidate { peer, candidate } => {
                 self.with_peer(peer, now, |p, ctx| {
                     p.rtc.add_remote_candidate(*candidate);
@@ -458,6 +470,26 @@ impl WorkerCore {
             s.maybe_offer(rtc, info);
             result
         })
+    }
+
+    /// Runs `f` on the publisher of `track` (a peer of this worker).
+    fn on_publisher_of<R>(
+        &mut self,
+        track: TrackId,
+        now: Instant,
+        f: impl FnOnce(&mut Publisher) -> Option<R>,
+    ) -> Result<R, SfuError> {
+        let route = self
+            .shared
+            .graph
+            .get(track)
+            .ok_or(SfuError::UnknownTrack(track))?;
+        self.with_peer(route.publisher.peer, now, |peer, _| match &mut peer.role {
+            Role::Publisher(p) => f(p),
+            Role::Subscriber(_) => None,
+        })
+        .flatten()
+        .ok_or(SfuError::UnknownTrack(track))
     }
 
     /// Runs `f` on a subscriber peer's state, then drains its state machine.

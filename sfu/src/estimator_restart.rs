@@ -1,0 +1,128 @@
+//! Decides when a subscriber's bandwidth estimator is stuck below what its tracks want, and
+//! should be restarted so it probes again.
+//!
+//! str0m's estimator (a port of libwebrtc's GoogCC) can stop growing on a link with plenty of
+//! room: after one spurious loss or delay spike (a busy receiver is enough), its loss-based
+//! part holds the estimate at 1.5 times the acknowledged rate and forbids probing, and the
+//! padding the allocator asks for does not lift the acknowledged rate far enough to get out.
+//! Measured in the browser tests: a viewer on an open link held at the middle layer for 30 s.
+//! Restarting the estimator from its current value clears that state; its start-up probes
+//! then find the real capacity within a second, or confirm the limit.
+//!
+//! A restart is due when the allocator has wanted more than the estimate allows for
+//! [`STUCK_AFTER`] without the estimate rising by [`RISE`], and the link shows no real loss.
+//! Each restart that does not end the wait doubles the next wait (up to [`MAX_WAIT`]), so a
+//! link that really is narrow sees a short probe now and then, not a stream of them. Sans-IO:
+//! time, estimate and loss come in, a yes or no goes out.
+
+use std::time::{Duration, Instant};
+
+/// How long the estimate may stay flat while the allocator wants more, before a restart.
+pub(crate) const STUCK_AFTER: Duration = Duration::from_secs(3);
+/// The longest wait between two restarts.
+pub(crate) const MAX_WAIT: Duration = Duration::from_secs(48);
+/// An estimate this much above the one at the start of the wait is moving: no restart.
+pub(crate) const RISE: f64 = 1.1;
+/// Egress loss above this fraction is a narrow link, not a stuck estimator.
+pub(crate) const MAX_LOSS: f32 = 0.02;
+
+/// Restart decisions for one subscriber's estimator.
+#[derive(Debug)]
+pub(crate) struct EstimatorRestart {
+    /// Since when the allocator has been held back, and the estimate then.
+    held_since: Option<(Instant, u64)>,
+    /// How long to wait before the next restart.
+    wait: Duration,
+}
+
+impl Default for EstimatorRestart {
+    fn default() -> Self {
+        Self {
+            held_since: None,
+            wait: STUCK_AFTER,
+        }
+    }
+}
+
+impl EstimatorRestart {
+    /// After an allocation: `held_back` if the tracks want more than `estimate` allows,
+    /// `loss` the recent egress loss fraction. Returns `true` if the estimator should be
+    /// restarted now.
+    pub(crate) fn check(
+        &mut self,
+        now: Instant,
+        estimate: u64,
+        held_back: bool,
+        loss: Option<f32>,
+    ) -> bool {
+        if !held_back {
+            *self = Self::default();
+            return false;
+        }
+        let (since, at) = match self.held_since {
+            Some((since, at)) if (estimate as f64) < at as f64 * RISE => (since, at),
+            _ => {
+                // Starting to wait, or the estimate is climbing by itself: wait from here.
+                self.held_since = Some((now, estimate));
+                return false;
+            }
+        };
+        let lossy = loss.is_some_and(|l| l > MAX_LOSS);
+        if lossy || now.saturating_duration_since(since) < self.wait {
+            return false;
+        }
+        self.held_since = Some((now, at.min(estimate)));
+        self.wait = (self.wait * 2).min(MAX_WAIT);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn a_flat_estimate_below_the_demand_restarts_with_backoff() {
+        let t0 = Instant::now();
+        let mut r = EstimatorRestart::default();
+        let mut restarts = Vec::new();
+        for ms in (0..120_000u64).step_by(500) {
+            let now = t0 + Duration::from_millis(ms);
+            if r.check(now, 800_000, true, Some(0.0)) {
+                restarts.push(ms / 1000);
+            }
+        }
+        assert_eq!(restarts, vec![3, 9, 21, 45, 93]);
+    }
+
+    #[test]
+    fn no_restart_while_the_estimate_climbs_or_the_link_loses_packets() {
+        let t0 = Instant::now();
+        let mut r = EstimatorRestart::default();
+        let mut estimate = 500_000u64;
+        for s in 0..20u32 {
+            estimate = estimate * 12 / 10;
+            assert!(!r.check(t0 + s * S, estimate, true, None), "climbing");
+        }
+        let mut r = EstimatorRestart::default();
+        for s in 0..20u32 {
+            assert!(!r.check(t0 + s * S, 400_000, true, Some(0.05)), "lossy");
+        }
+    }
+
+    #[test]
+    fn no_longer_held_back_resets_the_backoff() {
+        let t0 = Instant::now();
+        let mut r = EstimatorRestart::default();
+        assert!(!r.check(t0, 800_000, true, None));
+        assert!(r.check(t0 + 3 * S, 800_000, true, None));
+        assert!(!r.check(t0 + 4 * S, 2_000_000, false, None));
+        assert!(!r.check(t0 + 5 * S, 800_000, true, None));
+        assert!(
+            r.check(t0 + 8 * S, 800_000, true, None),
+            "back to the first wait"
+        );
+    }
+}
