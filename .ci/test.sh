@@ -63,13 +63,15 @@ step "Helm chart tests"
 
 # --- REST API fuzzing ------------------------------------------------------------------------
 step "fuzzing the room service from its OpenAPI document (no 5xx)"
-cargo build -j "$jobs" -p control-api --bin sfu-server
+# The same features as `cargo test` (dev-dependencies included): a no-op after it, where
+# `-p control-api --bin sfu-server` would rebuild half the dependency tree.
+cargo build -j "$jobs" --workspace --all-targets
 control-api/tests/fuzz-rest-api.sh target/debug/sfu-server
 
 # --- Browser ---------------------------------------------------------------------------------
 if [[ -z "${SKIP_BROWSER:-}" ]]; then
   step "browser tests (headless Chromium)"
-  cargo build -j "$jobs" -p control-api --bin sfu-server
+  cargo build -j "$jobs" --workspace --all-targets
   (cd web-demo/tests && SFU_SERVER_BIN="$root/target/debug/sfu-server" timeout 600 npm test --silent)
 fi
 

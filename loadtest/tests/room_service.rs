@@ -313,7 +313,13 @@ async fn room_lifecycle_with_participants() {
                 > Some(&(written_at_mute + 150)))
             .await
     );
-    let muted = server.sfu().track_counters(video_id).await.unwrap();
+    // The worker may still have datagrams to read: wait until it has counted 100 more.
+    let deadline = Instant::now() + WAIT;
+    let mut muted = server.sfu().track_counters(video_id).await.unwrap();
+    while muted.received_packets < at_mute.received_packets + 100 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        muted = server.sfu().track_counters(video_id).await.unwrap();
+    }
     assert!(
         muted.received_packets >= at_mute.received_packets + 100,
         "the publisher kept sending: {at_mute:?} -> {muted:?}"
