@@ -259,7 +259,12 @@ function handleMessage(msg, session) {
 
 function onJoined(msg, session) {
   const wasReconnecting = state.phase === 'reconnecting';
-  Object.assign(state, { phase: 'joined', everJoined: true, participantId: msg.participant?.id ?? null });
+  Object.assign(state, {
+    phase: 'joined',
+    everJoined: true,
+    participantId: msg.participant?.id ?? null,
+    iceServers: Array.isArray(msg.ice_servers) ? msg.ice_servers : [],
+  });
   ui.localTile.dataset.participantId = state.participantId ?? '';
   setStatus('connected', 'ok');
   if (wasReconnecting) {

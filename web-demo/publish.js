@@ -35,7 +35,7 @@ function send(msg) {
 
 /** Creates the publish connection with what we have (mic, camera, screen) and offers it. */
 export function startPublishing(session) {
-  const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle' });
+  const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle', iceServers: state.iceServers });
   state.pubPc = pc;
   state.signalling.trickle(pc, 'publish');
   pc.addEventListener('connectionstatechange', () => {

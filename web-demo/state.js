@@ -24,6 +24,8 @@ export const state = {
   viewer: false,
   /** Our own participant id (`PA_...`), from `joined`; new on every (re)join. */
   participantId: null,
+  /** TURN relays and their time-limited credentials, from `joined`; fresh on every (re)join. */
+  iceServers: [],
 
   /** The signalling connection (a `Signalling` from signalling.js). */
   signalling: null,

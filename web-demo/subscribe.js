@@ -37,7 +37,7 @@ async function answerOffer(msg, session) {
 }
 
 function createSubscribePc(session) {
-  const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle' });
+  const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle', iceServers: state.iceServers });
   state.subPc = pc;
   state.signalling.trickle(pc, 'subscribe');
   pc.addEventListener('connectionstatechange', () => {

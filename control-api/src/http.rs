@@ -9,7 +9,7 @@ use axum::Json;
 use axum::Router;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -36,7 +36,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readiness))
-        .merge(crate::whip::routes())
+        .merge(crate::whip::routes(state.clone()))
         .merge(crate::rooms_api::routes())
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .fallback(get(static_file))
@@ -157,6 +157,7 @@ struct DevTokenQuery {
 /// development credentials.
 async fn dev_token(
     State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
     query: Result<Query<DevTokenQuery>, QueryRejection>,
 ) -> Response {
@@ -196,12 +197,9 @@ async fn dev_token(
             "cannot sign a token",
         );
     };
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map_or_else(|| state.http_addr.to_string(), str::to_string);
-    Json(json!({ "token": token, "ws_url": format!("ws://{host}/rtc"), "identity": identity }))
-        .into_response()
+    let origin = state.origin(&headers, Some(peer));
+    let ws_url = format!("{}/rtc", origin.ws_url());
+    Json(json!({ "token": token, "ws_url": ws_url, "identity": identity })).into_response()
 }
 
 /// Ready unless draining (a load balancer then sends new participants elsewhere).
@@ -226,6 +224,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         tracks: state.sfu.tracks().len(),
         worker_queues: state.sfu.worker_queues(),
         webhooks_dropped: state.webhooks.dropped(),
+        tcp_connections: state.sfu.tcp_connections(),
     };
     let body = crate::metrics::render(&state.sfu.counters(), &gauges);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()

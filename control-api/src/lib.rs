@@ -13,11 +13,15 @@ pub mod assets;
 pub mod auth;
 pub mod http;
 pub mod metrics;
+pub mod origin;
 pub mod protocol;
 pub mod rate_limit;
 pub mod room;
 pub mod rooms_api;
+pub mod serve;
 pub mod session;
+pub mod tls;
+pub mod turn;
 pub mod webhook;
 pub mod whip;
 
@@ -51,6 +55,13 @@ pub struct ServerConfig {
     pub rooms: RoomLimits,
     /// Webhook receivers (none by default).
     pub webhooks: Option<webhook::WebhookConfig>,
+    /// Serve HTTPS (and WSS) with this certificate instead of plain HTTP. Default: none.
+    pub tls: Option<tls::TlsSource>,
+    /// Proxies whose `X-Forwarded-Proto`/`Forwarded` headers are believed (a TLS-terminating
+    /// reverse proxy in front of the server). Default: none.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// TURN relays to hand clients credentials for. Default: none.
+    pub turn: Option<turn::TurnConfig>,
 }
 
 impl Default for ServerConfig {
@@ -68,6 +79,9 @@ impl Default for ServerConfig {
                 empty_timeout: std::time::Duration::from_secs(300),
             },
             webhooks: None,
+            tls: None,
+            trusted_proxies: Vec::new(),
+            turn: None,
         }
     }
 }
@@ -90,12 +104,38 @@ pub struct AppState {
     pub resources: whip::Resources,
     /// Where room events go.
     pub webhooks: webhook::Webhooks,
+    /// The HTTPS certificate, when the server speaks TLS.
+    pub tls: Option<Arc<tls::Tls>>,
 }
 
 impl AppState {
     /// Whether the server is draining.
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
+    }
+
+    /// The scheme and host a request's client used (see [`origin`]).
+    pub fn origin(
+        &self,
+        headers: &axum::http::HeaderMap,
+        peer: Option<SocketAddr>,
+    ) -> origin::Origin {
+        origin::of_request(
+            headers,
+            peer,
+            self.tls.is_some(),
+            &self.config.trusted_proxies,
+            &self.http_addr.to_string(),
+        )
+    }
+
+    /// TURN credentials for a participant (none without `--turn-secret`).
+    pub fn ice_servers(&self, identity: &str) -> Vec<turn::IceServer> {
+        self.config
+            .turn
+            .as_ref()
+            .map(|t| vec![t.credentials(identity, auth::unix_now())])
+            .unwrap_or_default()
     }
 }
 
@@ -105,6 +145,12 @@ pub enum StartError {
     /// The media core did not start.
     #[error("media: {0}")]
     Media(#[from] SfuError),
+    /// The TLS certificate could not be loaded.
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
+    /// The TURN configuration is not usable.
+    #[error("TURN: {0}")]
+    Turn(String),
     /// The HTTP port could not be bound.
     #[error(
         "cannot listen for HTTP on {addr}: {source} (is another server running? use --http-addr)"
@@ -115,6 +161,34 @@ pub enum StartError {
         /// The operating system's reason.
         source: std::io::Error,
     },
+}
+
+/// How often the certificate files are checked for a renewal.
+const CERTIFICATE_CHECK: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Reloads the certificate files when they change (checked every [`CERTIFICATE_CHECK`]) or
+/// when the process gets SIGHUP, until the server is gone.
+async fn watch_certificate(tls: std::sync::Weak<tls::Tls>) {
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut tick = tokio::time::interval(CERTIFICATE_CHECK);
+    loop {
+        let forced = tokio::select! {
+            _ = tick.tick() => false,
+            Some(()) = async { hangup.as_mut()?.recv().await } => true,
+        };
+        let Some(tls) = tls.upgrade() else { break };
+        match tls.reload(forced) {
+            Ok(true) => tracing::info!(
+                fingerprint = %tls.fingerprint(),
+                "TLS certificate reloaded"
+            ),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(
+                error = %e,
+                "the TLS certificate files changed but cannot be used; keeping the current one"
+            ),
+        }
+    }
 }
 
 /// A running server.
@@ -129,6 +203,16 @@ pub struct Server {
 impl Server {
     /// Starts the media workers and the HTTP server.
     pub async fn start(config: ServerConfig) -> Result<Server, StartError> {
+        if let Some(turn) = &config.turn {
+            turn.validate().map_err(StartError::Turn)?;
+        }
+        let tls = config
+            .tls
+            .clone()
+            .map(tls::Tls::new)
+            .transpose()?
+            .map(Arc::new);
+        let tls_config = tls.as_ref().map(|t| t.server_config()).transpose()?;
         let sfu = Sfu::start(config.sfu.clone())?;
         let listener = TcpListener::bind(config.http_addr)
             .await
@@ -154,8 +238,13 @@ impl Server {
             http_addr,
             draining: AtomicBool::new(false),
             resources: whip::Resources::default(),
+            tls: tls.clone(),
         });
-        tracing::info!(%http_addr, "HTTP API, signalling (/rtc) and web demo listening");
+        tracing::info!(
+            %http_addr,
+            tls = tls.is_some(),
+            "HTTP API, signalling (/rtc) and web demo listening"
+        );
         // Closes explicitly created rooms that stayed empty past their timeout.
         let reaper = Arc::downgrade(&state);
         tokio::spawn(async move {
@@ -167,11 +256,17 @@ impl Server {
             }
         });
         let router = http::app(state.clone());
-        let http = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, router).await {
-                tracing::error!(error = %e, "HTTP server stopped");
-            }
-        });
+        let http = match tls_config {
+            Some(config) => tokio::spawn(serve::tls(listener, router, config)),
+            None => tokio::spawn(async move {
+                if let Err(e) = serve::plain(listener, router).await {
+                    tracing::error!(error = %e, "HTTP server stopped");
+                }
+            }),
+        };
+        if let Some(tls) = tls.filter(|t| t.files().is_some()) {
+            tokio::spawn(watch_certificate(Arc::downgrade(&tls)));
+        }
         Ok(Server {
             http_addr,
             state,

@@ -9,6 +9,8 @@ use std::time::Duration;
 use clap::{ArgAction, Args, Parser, Subcommand};
 use control_api::auth::{ApiKeys, Claims, DEV_API_KEY, DEV_API_SECRET, Grants};
 use control_api::room::RoomLimits;
+use control_api::tls::TlsSource;
+use control_api::turn::TurnConfig;
 use control_api::webhook::WebhookConfig;
 use control_api::{Server, ServerConfig};
 use sfu::SfuConfig;
@@ -46,6 +48,10 @@ struct ServeArgs {
     /// UDP port of the first media worker; worker N uses this port + N. 0 picks free ports.
     #[arg(long, env = "SFU_MEDIA_PORT", default_value_t = 7882)]
     media_port: u16,
+    /// TCP port for ICE over TCP (passive candidates next to the UDP ones, for networks that
+    /// block UDP); 0 turns it off. [default: 7881, or a free port with --media-port 0]
+    #[arg(long, env = "SFU_ICE_TCP_PORT")]
+    ice_tcp_port: Option<u16>,
     /// Address clients must reach for media (the ICE candidate). Repeat for several.
     /// [default: the --media-ip address]
     #[arg(
@@ -94,6 +100,46 @@ struct ServeArgs {
     /// simulcast layers to it. false: layers follow only the subscriber's requests.
     #[arg(long, env = "SFU_CONGESTION_CONTROL", default_value_t = true, action = ArgAction::Set)]
     congestion_control: bool,
+    /// TLS certificate chain (PEM) for HTTPS and WSS on the HTTP port; needs --tls-key.
+    /// Reloaded when the file changes (checked every 10 s) or on SIGHUP. [default: plain HTTP]
+    #[arg(long, env = "SFU_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, env = "SFU_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve HTTPS with a certificate generated at start for --tls-name, the advertised
+    /// addresses and localhost (browsers warn about it; for LANs and tests). Prints its
+    /// SHA-256 fingerprint.
+    #[arg(long, env = "SFU_TLS_SELF_SIGNED", conflicts_with = "tls_cert")]
+    tls_self_signed: bool,
+    /// Extra host name for the --tls-self-signed certificate; repeat for several.
+    #[arg(long = "tls-name", env = "SFU_TLS_NAMES", value_delimiter = ',')]
+    tls_names: Vec<String>,
+    /// Address or network (CIDR) of a TLS-terminating proxy in front of the server whose
+    /// X-Forwarded-Proto/-Host and Forwarded headers are believed; repeat for several.
+    /// [default: none]
+    #[arg(
+        long = "trusted-proxy",
+        env = "SFU_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    trusted_proxies: Vec<String>,
+    /// TURN relay URL handed to clients (turn:HOST:3478?transport=udp,
+    /// turn:HOST:3478?transport=tcp, turns:HOST:5349?transport=tcp); repeat for several.
+    /// Needs --turn-secret. [default: none]
+    #[arg(long = "turn-server", env = "SFU_TURN_SERVERS", value_delimiter = ',')]
+    turn_servers: Vec<String>,
+    /// The relay's shared secret (coturn: use-auth-secret, static-auth-secret=SECRET): the
+    /// server mints time-limited TURN credentials per participant with it.
+    #[arg(long, env = "SFU_TURN_SECRET", hide_env_values = true)]
+    turn_secret: Option<String>,
+    /// Seconds the minted TURN credentials stay valid.
+    #[arg(long, env = "SFU_TURN_TTL", default_value_t = 4 * 3600)]
+    turn_ttl: u64,
+    /// Allow the public development key on a non-loopback --http-addr (anyone who can reach
+    /// the server can then mint tokens). Never in production.
+    #[arg(long, env = "SFU_DEV")]
+    dev: bool,
     /// Log filter (tracing syntax, e.g. "info" or "info,sfu=debug").
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     log: String,
@@ -201,6 +247,53 @@ fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     let dev_keys = keys.is_dev();
+    if dev_keys && !args.http_addr.ip().is_loopback() {
+        if !args.dev {
+            eprintln!(
+                "error: --http-addr {} is reachable from other machines, and without --api-key \
+                 the server would use the public development key (anyone could mint tokens).\n\
+                 Pass your own key: --api-key mykey:$(head -c 24 /dev/urandom | base64)\n\
+                 (or --dev to run with the development key anyway, on a network you trust)",
+                args.http_addr
+            );
+            return ExitCode::from(2);
+        }
+        tracing::warn!(
+            http_addr = %args.http_addr,
+            "--dev: the public development key on a non-loopback address; anyone who can \
+             reach this server can mint tokens and join any room"
+        );
+    }
+    let trusted_proxies = match args
+        .trusted_proxies
+        .iter()
+        .map(|p| control_api::origin::parse_proxy(p))
+        .collect::<Result<Vec<_>, _>>()
+    {
+        Ok(proxies) => proxies,
+        Err(message) => {
+            eprintln!("error: --trusted-proxy {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let tls = match (&args.tls_cert, &args.tls_key, args.tls_self_signed) {
+        (Some(cert), Some(key), _) => Some(TlsSource::Files {
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+        (_, _, true) => Some(TlsSource::SelfSigned {
+            names: self_signed_names(&args),
+        }),
+        _ => None,
+    };
+    let turn = match (&args.turn_secret, args.turn_servers.is_empty()) {
+        (None, true) => None,
+        (secret, _) => Some(TurnConfig {
+            servers: args.turn_servers.clone(),
+            secret: secret.clone().unwrap_or_default(),
+            ttl: Duration::from_secs(args.turn_ttl),
+        }),
+    };
     let webhooks = (!args.webhook_urls.is_empty())
         .then(|| {
             let key = keys.first_key()?.to_string();
@@ -220,6 +313,12 @@ fn serve(args: ServeArgs) -> ExitCode {
         first_port: args.media_port,
         advertise_ips: args.advertise_ips.clone(),
         congestion_control: args.congestion_control,
+        ice_tcp_port: match args.ice_tcp_port {
+            Some(0) => None,
+            Some(port) => Some(port),
+            None if args.media_port == 0 => Some(0),
+            None => Some(7881),
+        },
         ..SfuConfig::default()
     };
     if let Some(workers) = args.workers {
@@ -238,6 +337,9 @@ fn serve(args: ServeArgs) -> ExitCode {
             empty_timeout: Duration::from_secs(args.empty_timeout),
         },
         webhooks,
+        tls,
+        trusted_proxies,
+        turn,
     };
     let drain_timeout = args.drain_timeout;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -341,8 +443,35 @@ fn parse_keys(pairs: &[String]) -> Result<ApiKeys, String> {
     Ok(ApiKeys::new(parsed))
 }
 
+/// Names the self-signed certificate is valid for: those given, the advertised media
+/// addresses, the HTTP address if it is a specific one, and localhost.
+fn self_signed_names(args: &ServeArgs) -> Vec<String> {
+    let mut names = args.tls_names.clone();
+    names.extend(args.advertise_ips.iter().map(ToString::to_string));
+    let http_ip = args.http_addr.ip();
+    if !http_ip.is_unspecified() {
+        names.push(http_ip.to_string());
+    }
+    names.extend([
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ]);
+    let mut unique = Vec::new();
+    for name in names {
+        if !unique.contains(&name) {
+            unique.push(name);
+        }
+    }
+    unique
+}
+
 fn print_banner(server: &Server) {
     let http = server.http_addr;
+    let (web, ws) = match &server.state.tls {
+        Some(_) => ("https", "wss"),
+        None => ("http", "ws"),
+    };
     let media: Vec<String> = server
         .sfu()
         .advertised_addrs()
@@ -351,10 +480,32 @@ fn print_banner(server: &Server) {
         .collect();
     let workers = server.sfu().media_addrs().len();
     println!("sfu-server {} ready", env!("CARGO_PKG_VERSION"));
-    println!("  web demo    http://{http}/");
-    println!("  signalling  ws://{http}/rtc");
-    println!("  metrics     http://{http}/metrics");
+    println!("  web demo    {web}://{http}/");
+    println!("  signalling  {ws}://{http}/rtc");
+    println!("  metrics     {web}://{http}/metrics");
+    if let Some(tls) = &server.state.tls {
+        match tls.files() {
+            Some((cert, _)) => println!(
+                "  tls         {} (reloaded when it changes)",
+                cert.display()
+            ),
+            None => println!("  tls         self-signed certificate"),
+        }
+        println!("  sha-256     {}", tls.fingerprint());
+    }
+    if let Some(turn) = &server.state.config.turn {
+        println!("  turn        {}", turn.servers.join(", "));
+    }
     println!("  media       udp {} ({workers} workers)", media.join(", "));
+    let tcp: Vec<String> = server
+        .sfu()
+        .tcp_addrs()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    if !tcp.is_empty() {
+        println!("  ice-tcp     tcp {}", tcp.join(", "));
+    }
     if server.state.keys.is_dev() {
         println!("  api key     {DEV_API_KEY}");
         println!("  api secret  {DEV_API_SECRET}");
@@ -362,5 +513,5 @@ fn print_banner(server: &Server) {
             "  (development credentials: anyone can get a token from /dev/token; pass --api-key KEY:SECRET in production)"
         );
     }
-    println!("Open http://{http}/ in two browser tabs to start a call.");
+    println!("Open {web}://{http}/ in two browser tabs to start a call.");
 }

@@ -20,6 +20,8 @@ pub struct Gauges {
     pub worker_queues: Vec<(usize, usize, u64)>,
     /// Webhook events dropped because a queue was full.
     pub webhooks_dropped: u64,
+    /// ICE-TCP connections open.
+    pub tcp_connections: usize,
 }
 
 /// Counters of the media core that are gauges (levels, not totals).
@@ -106,6 +108,11 @@ pub fn render(counters: &CounterSnapshot, gauges: &Gauges) -> String {
             gauges.peers,
         ),
         ("sfu_tracks", "Published tracks.", gauges.tracks),
+        (
+            "sfu_ice_tcp_connections",
+            "ICE-TCP connections open.",
+            gauges.tcp_connections,
+        ),
     ] {
         let _ = writeln!(
             out,
@@ -156,6 +163,7 @@ mod tests {
             tracks: 4,
             worker_queues: vec![(0, 1024, 0), (5, 1024, 2)],
             webhooks_dropped: 0,
+            tcp_connections: 0,
         };
         let text = render(&CounterSnapshot::default(), &gauges);
         assert!(text.contains("sfu_rtp_forwarded_total 0"));

@@ -206,6 +206,10 @@ pub enum ServerMessage {
         participants: Vec<ParticipantInfo>,
         /// Tracks already published.
         tracks: Vec<TrackInfo>,
+        /// TURN relays and credentials for both peer connections (`RTCConfiguration`'s
+        /// `iceServers`); empty when the server has none configured.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        ice_servers: Vec<crate::turn::IceServer>,
     },
     /// Answer for the publish connection.
     PublishAnswer {

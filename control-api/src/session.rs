@@ -257,6 +257,7 @@ impl Session {
             participant: me.clone(),
             participants: snapshot.others,
             tracks: snapshot.tracks.iter().map(|t| t.info.clone()).collect(),
+            ice_servers: self.state.ice_servers(&me.identity),
         });
         let speakers = room.speakers();
         if !speakers.is_empty() {
@@ -368,6 +369,11 @@ impl Session {
             PcTarget::Publish => joined.publisher,
             PcTarget::Subscribe => joined.subscriber,
         }
+    }
+
+    /// The participant's identity, once joined.
+    pub fn identity(&self) -> Option<&str> {
+        self.joined.as_ref().map(|j| j.me.identity.as_str())
     }
 
     /// Whether the session joined and every peer connection it had has closed.

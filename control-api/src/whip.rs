@@ -99,7 +99,7 @@ impl Resources {
 }
 
 /// The WHIP and WHEP routes, with CORS for browser clients.
-pub fn routes() -> Router<Arc<AppState>> {
+pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
     let cors = CorsLayer::new()
         .allow_origin(Any)
         .allow_methods([Method::POST, Method::PATCH, Method::DELETE, Method::OPTIONS])
@@ -134,16 +134,27 @@ pub fn routes() -> Router<Arc<AppState>> {
                 .delete(|s, p| delete(Kind::Whep, s, p)),
         )
         .layer(cors)
-        .layer(middleware::from_fn(options_headers))
+        .layer(middleware::from_fn_with_state(state, options_headers))
 }
 
 /// `OPTIONS` (answered by the CORS layer) also says what the endpoint or resource accepts,
 /// as RFC 9725 asks: `Accept-Post` on an endpoint, `Accept-Patch` on a resource.
-async fn options_headers(request: Request, next: Next) -> Response {
+async fn options_headers(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
     if request.method() != Method::OPTIONS {
         return next.run(request).await;
     }
     let resource = request.uri().path().trim_matches('/').split('/').count() == 3;
+    // RFC 9725 lets OPTIONS carry the ICE servers, so a client can gather relay candidates
+    // before it offers. Only with a valid token: TURN credentials are relay bandwidth, not
+    // for anyone who asks (a browser's CORS preflight carries none and gets none).
+    let ice_servers = bearer(request.headers())
+        .and_then(|token| state.keys.verify(token).ok())
+        .map(|claims| state.ice_servers(&claims.sub))
+        .unwrap_or_default();
     let mut response = next.run(request).await;
     *response.status_mut() = StatusCode::NO_CONTENT;
     let (allow, accept, accepted) = if resource {
@@ -157,6 +168,9 @@ async fn options_headers(request: Request, next: Next) -> Response {
         header::HeaderName::from_static(accept),
         HeaderValue::from_static(accepted),
     );
+    for link in crate::turn::link_headers(&ice_servers) {
+        h.append(header::LINK, link);
+    }
     response
 }
 
@@ -222,6 +236,7 @@ async fn create(
             commands,
         },
     );
+    let ice_servers = state.ice_servers(session.identity().unwrap_or_default());
     let etag = etag_of(&answer);
     let location = format!("/{}/{}/{}", kind.path(), room, id);
     info!(%location, "{} resource created", kind.path());
@@ -245,6 +260,9 @@ async fn create(
         if let Ok(value) = HeaderValue::from_str(&value) {
             h.insert(name, value);
         }
+    }
+    for link in crate::turn::link_headers(&ice_servers) {
+        h.append(header::LINK, link);
     }
     response
 }

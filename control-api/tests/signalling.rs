@@ -26,6 +26,7 @@ async fn server(ws_max_message: usize) -> Server {
         ..ServerConfig::default()
     };
     config.sfu.first_port = 0;
+    config.sfu.ice_tcp_port = Some(0);
     config.sfu.workers = 1;
     Server::start(config).await.expect("server starts")
 }

@@ -111,6 +111,15 @@ impl HttpResponse {
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_str())
     }
+
+    /// Every header called `name` (lower case), in order.
+    pub fn headers_named(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
 }
 
 /// A minimal HTTP/1.1 request with `Connection: close` (the load tester needs nothing more;

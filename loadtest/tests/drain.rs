@@ -7,33 +7,15 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{WAIT, token};
+use common::{WAIT, server_binary, token};
 use control_api::protocol::ErrorCode;
 use loadtest::bot::{Bot, BotConfig};
 use loadtest::server_probe::http_get;
 use loadtest::signal::ServerMessage;
 use loadtest::synthetic::PayloadKind;
-
-/// The `sfu-server` binary next to this test's own executable (built by `cargo test
-/// --workspace` or `cargo build -p control-api`).
-fn server_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target dir");
-    let bin = dir.join("sfu-server");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build -p control-api` first",
-        bin.display()
-    );
-    bin
-}
 
 /// Starts the server; returns it and its HTTP address.
 fn start() -> (Child, String) {

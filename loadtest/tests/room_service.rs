@@ -24,6 +24,7 @@ async fn server(max_rooms: usize) -> Server {
         ..ServerConfig::default()
     };
     config.sfu.first_port = 0;
+    config.sfu.ice_tcp_port = Some(0);
     config.sfu.workers = 2;
     config.rooms.max_rooms = max_rooms;
     Server::start(config).await.unwrap()

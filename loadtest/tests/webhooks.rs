@@ -75,6 +75,7 @@ async fn room_events_arrive_signed_and_in_order_despite_failures() {
         ..ServerConfig::default()
     };
     config.sfu.first_port = 0;
+    config.sfu.ice_tcp_port = Some(0);
     config.sfu.workers = 1;
     let server = Server::start(config).await.unwrap();
 

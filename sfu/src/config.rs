@@ -37,6 +37,10 @@ pub struct SfuConfig {
     /// How often each peer reports [`crate::PeerEvent::Stats`]; `None` turns them off.
     /// Default 5 s.
     pub stats_interval: Option<Duration>,
+    /// TCP port for ICE over TCP (RFC 6544 passive candidates, for clients whose network
+    /// blocks UDP), on `bind_ip`, advertised on every advertised address. `Some(0)` lets the
+    /// operating system choose (tests); `None` turns ICE-TCP off. Default `Some(7881)`.
+    pub ice_tcp_port: Option<u16>,
 }
 
 impl Default for SfuConfig {
@@ -53,6 +57,7 @@ impl Default for SfuConfig {
             initial_egress_bitrate: 1_000_000,
             congestion_control: true,
             stats_interval: Some(Duration::from_secs(5)),
+            ice_tcp_port: Some(7881),
         }
     }
 }

@@ -97,6 +97,14 @@ counters! {
     /// Keyframe requests sent at once for a subscriber that stopped a layer its bandwidth
     /// no longer carries (not held back by the throttle).
     urgent_keyframe_requests,
+    /// ICE-TCP connections handed to a worker.
+    tcp_accepted,
+    /// ICE-TCP connections refused at accept: too many open in all or from one address.
+    tcp_refused,
+    /// ICE-TCP connections closed because their first STUN check did not come in time.
+    tcp_timed_out,
+    /// Packets not sent over ICE-TCP: the connection's queue was full or it was gone.
+    tcp_send_dropped,
 }
 
 impl WorkerCounters {

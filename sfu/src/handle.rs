@@ -26,6 +26,8 @@ use crate::worker::driver::{self, Inboxes};
 
 /// Capacity of each worker's command queue.
 const COMMAND_QUEUE: usize = 1024;
+/// ICE-TCP connections waiting for a worker to take them.
+const TCP_HANDOFF_QUEUE: usize = 64;
 
 /// The running media core. Cheap to clone; the workers stop when the last clone is dropped
 /// (or at [`Sfu::shutdown`]).
@@ -68,6 +70,27 @@ impl Sfu {
             .generate_certificate()
             .ok_or_else(|| SfuError::Config("cannot generate a DTLS certificate".into()))?;
 
+        // ICE-TCP: one listener for the whole server, advertised on every address.
+        let tcp_listener = match config.ice_tcp_port {
+            Some(port) => Some(bind_tcp(SocketAddr::new(config.bind_ip, port))?),
+            None => None,
+        };
+        let tcp_candidates: Vec<SocketAddr> = match &tcp_listener {
+            Some(listener) => {
+                let port = listener
+                    .local_addr()
+                    .map_err(|source| SfuError::Bind {
+                        addr: SocketAddr::new(config.bind_ip, 0),
+                        source,
+                    })?
+                    .port();
+                advertised
+                    .iter()
+                    .map(|ip| SocketAddr::new(*ip, port))
+                    .collect()
+            }
+            None => Vec::new(),
+        };
         let mut sockets = Vec::new();
         let mut slots = Vec::new();
         let mut inboxes = Vec::new();
@@ -94,6 +117,7 @@ impl Sfu {
             let (commands, commands_rx) = mpsc::channel(COMMAND_QUEUE);
             let (media_tx, media_rx) = mpsc::channel(config.worker_queue_batches.max(1));
             let (control_tx, control_rx) = mpsc::unbounded_channel();
+            let (tcp_tx, tcp_rx) = mpsc::channel(TCP_HANDOFF_QUEUE);
             receive_addrs.push(candidates.first().copied().unwrap_or(local));
             slots.push(Arc::new(WorkerShared {
                 counters: WorkerCounters::default(),
@@ -101,10 +125,11 @@ impl Sfu {
                 media_tx,
                 control_tx,
                 commands,
+                tcp_tx,
                 local_addr: local,
                 candidates,
             }));
-            inboxes.push((commands_rx, media_rx, control_rx));
+            inboxes.push((commands_rx, media_rx, control_rx, tcp_rx));
             sockets.push(socket);
         }
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -116,10 +141,16 @@ impl Sfu {
             workers: slots,
             ids: IdAllocator::new(),
             cert,
+            ufrags: Arc::new(DashMap::new()),
+            tcp_limits: Arc::default(),
+            tcp_candidates: tcp_candidates.clone(),
+            tcp_counters: WorkerCounters::default(),
         });
         let mut threads = Vec::new();
         let workers = sockets.into_iter().zip(inboxes).zip(receive_addrs);
-        for (index, ((socket, (commands, media, control)), receive_addr)) in workers.enumerate() {
+        for (index, ((socket, (commands, media, control, tcp)), receive_addr)) in
+            workers.enumerate()
+        {
             let Some(slot) = shared.workers.get(index).cloned() else {
                 break;
             };
@@ -127,6 +158,7 @@ impl Sfu {
                 commands,
                 media,
                 control,
+                tcp,
                 shutdown: shutdown_rx.clone(),
             };
             let thread = driver::spawn(index, socket, receive_addr, shared.clone(), slot, inboxes)
@@ -135,9 +167,20 @@ impl Sfu {
                 })?;
             threads.push(thread);
         }
+        if let Some(listener) = tcp_listener {
+            let thread = crate::ice_tcp::listener::spawn(
+                listener,
+                tcp_candidates,
+                shared.clone(),
+                shutdown_rx.clone(),
+            )
+            .map_err(|e| SfuError::Config(format!("cannot start the ICE-TCP thread: {e}")))?;
+            threads.push(thread);
+        }
         info!(
             workers = shared.workers.len(),
             addrs = ?shared.workers.iter().map(|w| w.local_addr).collect::<Vec<_>>(),
+            ice_tcp = ?shared.tcp_candidates,
             "media workers started"
         );
         Ok(Sfu {
@@ -156,6 +199,16 @@ impl Sfu {
     /// The address each worker's socket is bound to.
     pub fn media_addrs(&self) -> Vec<SocketAddr> {
         self.shared().workers.iter().map(|w| w.local_addr).collect()
+    }
+
+    /// ICE-TCP connections open now (accepted, not yet closed).
+    pub fn tcp_connections(&self) -> usize {
+        self.shared().tcp_limits.open()
+    }
+
+    /// The ICE-TCP passive candidates advertised (empty when ICE-TCP is off).
+    pub fn tcp_addrs(&self) -> Vec<SocketAddr> {
+        self.shared().tcp_candidates.clone()
     }
 
     /// The ICE candidates advertised for each worker.
@@ -491,6 +544,18 @@ fn advertised_ips(config: &SfuConfig) -> Result<Vec<IpAddr>, SfuError> {
         ));
     }
     Ok(vec![config.bind_ip])
+}
+
+fn bind_tcp(addr: SocketAddr) -> Result<std::net::TcpListener, SfuError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let map = |source| SfuError::Bind { addr, source };
+    let socket =
+        Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(map)?;
+    // A restarted server takes its port back while old connections linger in TIME_WAIT.
+    let _ = socket.set_reuse_address(true);
+    socket.bind(&addr.into()).map_err(map)?;
+    socket.listen(1024).map_err(map)?;
+    Ok(socket.into())
 }
 
 fn bind_udp(addr: SocketAddr, buffer: usize) -> Result<UdpSocket, SfuError> {

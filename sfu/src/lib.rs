@@ -28,6 +28,7 @@ mod estimator_restart;
 mod event;
 mod graph;
 mod handle;
+mod ice_tcp;
 mod ids;
 mod keyframe;
 mod keyframe_throttle;

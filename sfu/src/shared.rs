@@ -12,7 +12,9 @@ use tokio::sync::mpsc;
 use crate::command::Command;
 use crate::config::SfuConfig;
 use crate::counters::{CounterSnapshot, WorkerCounters};
+use crate::demux::UfragRegistry;
 use crate::graph::{ForwardingGraph, PeerLocation};
+use crate::ice_tcp::listener::{TcpHandoff, TcpLimits};
 use crate::ids::{IdAllocator, PeerId, RoomId};
 use crate::packet::Delivery;
 
@@ -27,6 +29,14 @@ pub(crate) struct Shared {
     pub(crate) ids: IdAllocator,
     /// One DTLS certificate for every peer: building one costs milliseconds of CPU.
     pub(crate) cert: DtlsCert,
+    /// Which worker owns each local ICE ufrag (for ICE-TCP connections).
+    pub(crate) ufrags: UfragRegistry,
+    /// Open ICE-TCP connections, bounded.
+    pub(crate) tcp_limits: Arc<TcpLimits>,
+    /// The ICE-TCP passive candidates every peer advertises (empty: ICE-TCP is off).
+    pub(crate) tcp_candidates: Vec<SocketAddr>,
+    /// Counters of the ICE-TCP listener thread.
+    pub(crate) tcp_counters: WorkerCounters,
 }
 
 /// What other threads need to reach one worker.
@@ -40,6 +50,8 @@ pub(crate) struct WorkerShared {
     pub(crate) control_tx: mpsc::UnboundedSender<Delivery>,
     /// Commands from the control plane.
     pub(crate) commands: mpsc::Sender<Command>,
+    /// ICE-TCP connections from the listener.
+    pub(crate) tcp_tx: mpsc::Sender<TcpHandoff>,
     /// The worker socket's address.
     pub(crate) local_addr: SocketAddr,
     /// The ICE host candidates advertised for this worker.
@@ -66,6 +78,7 @@ impl Shared {
         for w in &self.workers {
             snapshot.add(&w.counters);
         }
+        snapshot.add(&self.tcp_counters);
         snapshot
     }
 }

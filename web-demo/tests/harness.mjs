@@ -69,7 +69,9 @@ export function startServer(extraArgs = [], { host = '127.0.0.1' } = {}) {
     return Promise.reject(new Error(
       `server binary not found at ${SERVER_BIN} (build it with cargo build, or set SFU_SERVER_BIN)`));
   }
-  const args = ['--http-addr', `${host}:0`, '--media-ip', host, '--media-port', '0', '--web-root', WEB_ROOT, ...extraArgs,
+  // The development key is refused on a non-loopback address unless asked for (--dev).
+  const dev = /^(127\.|::1$|localhost$)/.test(host) ? [] : ['--dev'];
+  const args = ['--http-addr', `${host}:0`, '--media-ip', host, '--media-port', '0', '--web-root', WEB_ROOT, ...dev, ...extraArgs,
     ...(process.env.SFU_SERVER_ARGS ?? '').split(/\s+/).filter(Boolean)];
   server.log = [];
   return new Promise((resolve, reject) => {

@@ -64,6 +64,76 @@ export function createNamespace(label, subnet, index) {
   return { name, hostIf, hostIp, nsIp };
 }
 
+/**
+ * A client namespace behind a router namespace: host <-> router <-> client. The router can
+ * translate addresses (`nat`: 'cone' = nftables masquerade, which keeps the source port and
+ * drops unsolicited packets; 'symmetric' = masquerade fully-random, a new port per
+ * destination), drop all UDP it forwards (`blockUdp`), and route IPv6 (`ipv6`; with `v4:
+ * false` the client has IPv6 only). Addresses: 198.18.<subnet>.<4i+1|2> between host and
+ * router, 198.19.<subnet>.<4i+1|2> between router and client, 2001:db8:<subnet>:<2i|2i+1>::1|2
+ * for IPv6. Without NAT the host routes the client's networks through the router. Returns
+ * {name, router, hostIf, hostIp, hostIp6, nsIp, nsIp6}; `remove()` takes it all down.
+ */
+export function createRoutedClient(label, subnet, index, { nat = 'none', blockUdp = false, ipv6 = false, v4 = true } = {}) {
+  const tag = randomBytes(3).toString('hex');
+  const router = `sfu-r${label}-${tag}`;
+  const name = `sfu-c${label}-${tag}`;
+  const hostIf = `srh${index}${tag}`;
+  const upIf = `sru${index}${tag}`;
+  const downIf = `srd${index}${tag}`;
+  const clientIf = `src${index}${tag}`;
+  const base = 4 * index;
+  const hex = subnet.toString(16);
+  const v4net = { host: `198.18.${subnet}.${base + 1}`, up: `198.18.${subnet}.${base + 2}`, down: `198.19.${subnet}.${base + 1}`, client: `198.19.${subnet}.${base + 2}` };
+  const v6net = { host: `2001:db8:${hex}:${2 * index}::1`, up: `2001:db8:${hex}:${2 * index}::2`, down: `2001:db8:${hex}:${2 * index + 1}::1`, client: `2001:db8:${hex}:${2 * index + 1}::2`, clientNet: `2001:db8:${hex}:${2 * index + 1}::/64` };
+  const inR = (args) => run('ip', ['netns', 'exec', router, ...args]);
+  const inC = (args) => run('ip', ['netns', 'exec', name, ...args]);
+  run('ip', ['netns', 'add', router]);
+  made.set(router, { name: router, hostIf });
+  run('ip', ['netns', 'add', name]);
+  made.set(name, { name, hostIf: null, hostRoutes: [] });
+  run('ip', ['link', 'add', hostIf, 'type', 'veth', 'peer', 'name', upIf]);
+  run('ip', ['link', 'set', upIf, 'netns', router]);
+  run('ip', ['link', 'set', hostIf, 'up']);
+  inR(['ip', 'link', 'add', downIf, 'type', 'veth', 'peer', 'name', clientIf]);
+  inR(['ip', 'link', 'set', clientIf, 'netns', name]);
+  for (const [ns, ifs] of [[router, ['lo', upIf, downIf]], [name, ['lo', clientIf]]]) {
+    for (const i of ifs) run('ip', ['netns', 'exec', ns, 'ip', 'link', 'set', i, 'up']);
+  }
+  inR(['sysctl', '-q', '-w', 'net.ipv4.ip_forward=1']);
+  if (v4) {
+    run('ip', ['addr', 'add', `${v4net.host}/30`, 'dev', hostIf]);
+    inR(['ip', 'addr', 'add', `${v4net.up}/30`, 'dev', upIf]);
+    inR(['ip', 'addr', 'add', `${v4net.down}/30`, 'dev', downIf]);
+    inC(['ip', 'addr', 'add', `${v4net.client}/30`, 'dev', clientIf]);
+    inR(['ip', 'route', 'add', 'default', 'via', v4net.host]);
+    inC(['ip', 'route', 'add', 'default', 'via', v4net.down]);
+  }
+  if (ipv6) {
+    inR(['sysctl', '-q', '-w', 'net.ipv6.conf.all.forwarding=1']);
+    run('ip', ['-6', 'addr', 'add', `${v6net.host}/64`, 'dev', hostIf, 'nodad']);
+    inR(['ip', '-6', 'addr', 'add', `${v6net.up}/64`, 'dev', upIf, 'nodad']);
+    inR(['ip', '-6', 'addr', 'add', `${v6net.down}/64`, 'dev', downIf, 'nodad']);
+    inC(['ip', '-6', 'addr', 'add', `${v6net.client}/64`, 'dev', clientIf, 'nodad']);
+    inR(['ip', '-6', 'route', 'add', 'default', 'via', v6net.host]);
+    inC(['ip', '-6', 'route', 'add', 'default', 'via', v6net.down]);
+  }
+  const hostRoutes = [];
+  if (nat === 'none') {
+    if (v4) hostRoutes.push(['198.19.' + subnet + '.' + base + '/30', v4net.up]);
+    if (ipv6) hostRoutes.push([v6net.clientNet, v6net.up]);
+    for (const [net, via] of hostRoutes) run('ip', ['route', 'add', net, 'via', via]);
+  } else {
+    const random = nat === 'symmetric' ? ' fully-random' : '';
+    nft(router, ['-f', '-'], `table ip nat { chain post { type nat hook postrouting priority 100; oifname "${upIf}" masquerade${random}; } }`);
+  }
+  if (blockUdp) {
+    nft(router, ['-f', '-'], 'table inet block { chain fwd { type filter hook forward priority 0; policy accept; meta l4proto udp drop; } }');
+  }
+  made.get(name).hostRoutes = hostRoutes;
+  return { name, router, hostIf, hostIp: v4 ? v4net.host : null, hostIp6: ipv6 ? v6net.host : null, nsIp: v4 ? v4net.client : null, nsIp6: ipv6 ? v6net.client : null };
+}
+
 /** A shell script that runs `binary` with its arguments inside namespace `ns`. */
 export async function wrapperIn(ns, binary, dir) {
   const file = path.join(dir, `in-${ns.name}.sh`);
@@ -111,24 +181,46 @@ export function clearLoss(ns) {
 /** The host's nftables table for a namespace's uplink loss. */
 const hostTable = (ns) => `sfuloss_${ns.hostIf}`;
 
-/** Runs nft in namespace `name` (or on the host for `null`). */
-function nft(name, args) {
-  return name ? run('ip', ['netns', 'exec', name, 'nft', ...args]) : run('nft', args);
+/** Runs nft in namespace `name` (or on the host for `null`), with `input` on its stdin. */
+function nft(name, args, input) {
+  const cmd = name ? ['ip', ['netns', 'exec', name, 'nft', ...args]] : ['nft', args];
+  if (input === undefined) return run(...cmd);
+  return execFileSync(cmd[0], cmd[1], { timeout: COMMAND_MS, input, stdio: ['pipe', 'pipe', 'pipe'] }).toString();
 }
 
-/** Deletes the namespace (and with it its veth pair, limits and rules). */
+/** Deletes the namespace (and with it its veth pair, limits and rules; for a routed client,
+ * its router and the host's routes to it too). */
 export function remove(ns) {
-  if (!ns || !made.has(ns.name)) return;
-  clearLoss(ns);
-  try {
-    run('ip', ['netns', 'del', ns.name]);
-  } catch { /* already gone */ }
-  try {
-    run('ip', ['link', 'del', ns.hostIf]);
-  } catch { /* went with the namespace */ }
-  made.delete(ns.name);
+  if (!ns) return;
+  for (const [net] of made.get(ns.name)?.hostRoutes ?? []) {
+    try { run('ip', ['route', 'del', net]); } catch { /* already gone */ }
+  }
+  for (const name of [ns.name, ns.router].filter(Boolean)) {
+    const entry = made.get(name);
+    if (!entry) continue;
+    if (entry.hostIf && name === ns.name) clearLoss(ns);
+    try {
+      run('ip', ['netns', 'del', name]);
+    } catch { /* already gone */ }
+    if (entry.hostIf) {
+      try {
+        run('ip', ['link', 'del', entry.hostIf]);
+      } catch { /* went with the namespace */ }
+    }
+    made.delete(name);
+  }
 }
 
 process.on('exit', () => {
   for (const ns of [...made.values()]) remove(ns);
 });
+
+/** Whether `tool` is on the PATH. */
+export function have(tool) {
+  try {
+    run('sh', ['-c', `command -v ${tool}`]);
+    return true;
+  } catch {
+    return false;
+  }
+}

@@ -24,6 +24,7 @@ pub async fn start_server_with(workers: usize, adjust: impl FnOnce(&mut SfuConfi
     let mut sfu = SfuConfig {
         workers,
         first_port: 0,
+        ice_tcp_port: Some(0),
         stats_interval: Some(Duration::from_secs(1)),
         ..SfuConfig::default()
     };
@@ -154,4 +155,21 @@ impl Running {
 /// Runs one of this crate's binaries to completion, at most `within`.
 pub async fn run_binary(binary: &str, args: &[String], within: Duration) -> Output {
     spawn_binary(binary, args).finish(within).await
+}
+
+/// The `sfu-server` binary next to this test's own executable (built by `cargo test
+/// --workspace` or `cargo build -p control-api`).
+pub fn server_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir");
+    let bin = dir.join("sfu-server");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p control-api` first",
+        bin.display()
+    );
+    bin
 }

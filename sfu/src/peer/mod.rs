@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use str0m::format::Codec;
-use str0m::net::Transmit;
+use str0m::net::{TcpType, Transmit};
 use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc, RtcError};
 use tracing::{Span, debug, info, warn};
 
@@ -190,6 +190,14 @@ impl Peer {
             .unwrap_or_default()
         {
             let candidate = Candidate::host(*addr, "udp")?;
+            rtc.add_local_candidate(candidate);
+        }
+        for addr in &shared.tcp_candidates {
+            let candidate = Candidate::builder()
+                .tcp()
+                .host(*addr)
+                .tcptype(TcpType::Passive)
+                .build()?;
             rtc.add_local_candidate(candidate);
         }
         Ok(Self {

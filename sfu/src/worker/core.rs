@@ -51,6 +51,8 @@ pub(crate) struct WorkerCore {
     pub(crate) out: WorkerOutput,
     /// Peers that were written to this turn and need a timeout to send it.
     dirty: Vec<PeerId>,
+    /// ICE-TCP connections (by remote address) and the peer each one's STUN check named.
+    tcp_routes: HashMap<SocketAddr, PeerId>,
 }
 
 impl WorkerCore {
@@ -63,14 +65,15 @@ impl WorkerCore {
         let workers = shared.workers.len();
         Self {
             index,
-            shared,
             slot,
             receive_addr,
             peers: HashMap::new(),
-            demux: Demux::default(),
+            demux: Demux::new(index, shared.ufrags.clone()),
             timers: TimerQueue::default(),
             out: WorkerOutput::new(workers),
             dirty: Vec::new(),
+            tcp_routes: HashMap::new(),
+            shared,
         }
     }
 
@@ -142,6 +145,48 @@ impl WorkerCore {
         }
         self.with_peer(id, now, |peer, ctx| peer.handle_input(input, ctx));
         self.run_local(now);
+    }
+
+    /// One frame from an ICE-TCP connection (`local`: our candidate it reached). A STUN
+    /// check binds the connection to the peer it names; everything else on that connection
+    /// goes to that peer, still gated by its state machine's `accepts`.
+    pub(crate) fn handle_tcp_frame(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        local: SocketAddr,
+        data: &[u8],
+    ) {
+        let counters = &self.slot.counters;
+        WorkerCounters::add(&counters.datagrams_received, 1);
+        WorkerCounters::add(&counters.bytes_received, data.len() as u64);
+        let id = if crate::stun::is_stun(data) {
+            self.demux.route_stun(data)
+        } else {
+            self.tcp_routes.get(&remote).copied()
+        };
+        let Some(id) = id else {
+            WorkerCounters::add(&counters.dropped_unroutable, 1);
+            return;
+        };
+        let Ok(input) =
+            Receive::new(Protocol::Tcp, remote, local, data).map(|r| Input::Receive(now, r))
+        else {
+            WorkerCounters::add(&counters.dropped_malformed, 1);
+            return;
+        };
+        if !self.peers.get(&id).is_some_and(|p| p.rtc.accepts(&input)) {
+            WorkerCounters::add(&counters.dropped_rejected, 1);
+            return;
+        }
+        self.tcp_routes.insert(remote, id);
+        self.with_peer(id, now, |peer, ctx| peer.handle_input(input, ctx));
+        self.run_local(now);
+    }
+
+    /// An ICE-TCP connection closed.
+    pub(crate) fn forget_tcp(&mut self, remote: SocketAddr) {
+        self.tcp_routes.remove(&remote);
     }
 
     /// Deliveries from other workers.
@@ -220,6 +265,7 @@ impl WorkerCore {
             demux: &mut self.demux,
         };
         peer.teardown(reason, &mut ctx);
+        self.tcp_routes.retain(|_, p| *p != id);
         self.timers.remove(id);
         self.shared.peers.remove(&id);
         self.slot.load.fetch_sub(1, Ordering::Relaxed);

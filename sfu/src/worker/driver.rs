@@ -13,9 +13,13 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info};
 
+use str0m::net::Protocol;
+
 use super::core::WorkerCore;
 use crate::command::Command;
 use crate::counters::WorkerCounters;
+use crate::ice_tcp::connections::{TcpConnections, TcpEvent};
+use crate::ice_tcp::listener::TcpHandoff;
 use crate::packet::Delivery;
 use crate::shared::{Shared, WorkerShared};
 
@@ -29,6 +33,7 @@ pub(crate) struct Inboxes {
     pub(crate) commands: mpsc::Receiver<Command>,
     pub(crate) media: mpsc::Receiver<Vec<Delivery>>,
     pub(crate) control: mpsc::UnboundedReceiver<Delivery>,
+    pub(crate) tcp: mpsc::Receiver<TcpHandoff>,
     pub(crate) shutdown: watch::Receiver<bool>,
 }
 
@@ -74,6 +79,7 @@ async fn run(
     socket.set_nonblocking(true)?;
     let socket = UdpSocket::from_std(socket)?;
     let mut core = WorkerCore::new(index, shared.clone(), slot.clone(), receive_addr);
+    let (mut tcp, mut tcp_events) = TcpConnections::new();
     let mut buf = vec![0u8; RECV_BUFFER];
     debug!(worker = index, addr = %receive_addr, "media worker running");
     loop {
@@ -91,6 +97,12 @@ async fn run(
                 core.handle_deliveries(Instant::now(), vec![delivery]);
             }
             Some(batch) = inboxes.media.recv() => core.handle_deliveries(Instant::now(), batch),
+            Some(handoff) = inboxes.tcp.recv() => {
+                for event in tcp.adopt(handoff) {
+                    on_tcp_event(&mut core, &mut tcp, event);
+                }
+            }
+            Some(event) = tcp_events.recv() => on_tcp_event(&mut core, &mut tcp, event),
             readable = socket.readable() => {
                 readable?;
                 for _ in 0..DATAGRAMS_PER_TURN {
@@ -115,18 +127,48 @@ async fn run(
         core.flush(now);
         core.handle_timers(now);
         core.flush(now);
-        send_transmits(&socket, &mut core, &slot.counters);
+        send_transmits(&socket, &tcp, &mut core, &slot.counters);
         pass_deliveries(&mut core, &shared, &slot.counters);
     }
     core.shutdown(Instant::now());
-    send_transmits(&socket, &mut core, &slot.counters);
+    send_transmits(&socket, &tcp, &mut core, &slot.counters);
     let (peers, _) = core.sizes();
     info!(worker = index, peers, "media worker stopped");
     Ok(())
 }
 
-fn send_transmits(socket: &UdpSocket, core: &mut WorkerCore, counters: &WorkerCounters) {
+/// A frame read from, or the end of, an ICE-TCP connection.
+fn on_tcp_event(core: &mut WorkerCore, tcp: &mut TcpConnections, event: TcpEvent) {
+    match event {
+        TcpEvent::Frame {
+            remote,
+            local,
+            data,
+        } => core.handle_tcp_frame(Instant::now(), remote, local, &data),
+        TcpEvent::Closed { remote, id } => {
+            if tcp.closed(remote, id) {
+                core.forget_tcp(remote);
+            }
+        }
+    }
+}
+
+fn send_transmits(
+    socket: &UdpSocket,
+    tcp: &TcpConnections,
+    core: &mut WorkerCore,
+    counters: &WorkerCounters,
+) {
     for t in core.out.transmits.drain(..) {
+        if t.proto == Protocol::Tcp {
+            if tcp.send(t.destination, &t.contents) {
+                WorkerCounters::add(&counters.datagrams_sent, 1);
+                WorkerCounters::add(&counters.bytes_sent, t.contents.len() as u64);
+            } else {
+                WorkerCounters::add(&counters.tcp_send_dropped, 1);
+            }
+            continue;
+        }
         match socket.try_send_to(&t.contents, t.destination) {
             Ok(n) => {
                 WorkerCounters::add(&counters.datagrams_sent, 1);
