@@ -13,7 +13,7 @@ step() { printf '\n==> %s (%ss)\n' "$*" "$(( $(date +%s) - start ))"; }
 
 # --- System packages -----------------------------------------------------------------------
 apt_packages=(chromium pkg-config clang libclang-dev libavcodec-dev libavformat-dev libavutil-dev
-  libavdevice-dev libavfilter-dev libswscale-dev libswresample-dev nftables iproute2)
+  libavdevice-dev libavfilter-dev libswscale-dev libswresample-dev nftables iproute2 coturn)
 if [[ -z "${SKIP_INSTALL:-}" ]]; then
   missing=()
   for p in "${apt_packages[@]}"; do

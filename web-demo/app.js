@@ -16,7 +16,7 @@ import {
   getLocalMedia, chosenDevices, describeMediaError, startPreview, stopPreview, takePreview,
   initDevicePickers, fillDevicePickers,
 } from './media.js';
-import { Signalling, fetchDevToken } from './signalling.js';
+import { Signalling, fetchDevToken, signallingUrl, tokenClaims } from './signalling.js';
 import {
   setPublishHooks, startPublishing, onPublishAnswer, failPendingOffer, closePublishing,
   startScreenShare, stopScreenShare, setOwnMuted, onOwnTrackPublished, onLayersWanted,
@@ -44,6 +44,14 @@ const NAME_STORE = 'sfu-demo.name';
 
 function initJoinForm() {
   const params = new URLSearchParams(location.search);
+  // A sign-in link (`sfu-server token --join-url`) carries the token in the fragment, which
+  // never reaches a server log; take it and clean the address bar.
+  const fragment = new URLSearchParams(location.hash.slice(1));
+  if (fragment.get('token')) {
+    ui.tokenInput.value = fragment.get('token');
+    history.replaceState(null, '', location.pathname + location.search);
+  }
+  ui.tokenInput.addEventListener('input', applyToken);
   ui.roomInput.value = params.get('room') ?? '';
   ui.nameInput.value = params.get('name') ?? localStorage.getItem(NAME_STORE) ?? '';
   ui.viewerInput.checked = params.get('role') === 'viewer';
@@ -54,11 +62,31 @@ function initJoinForm() {
     startJoin();
   });
 
+  applyToken();
   if (params.get('autojoin') === '1' && ui.roomInput.value && ui.nameInput.value) {
     startJoin();
   } else {
     fillDevicePickers().then(() => startPreview());
   }
+}
+
+/** A token in the form fixes the room and the identity (and names us, unless we say). */
+function applyToken() {
+  const token = ui.tokenInput.value.trim();
+  const claims = token ? tokenClaims(token) : null;
+  ui.roomInput.readOnly = Boolean(claims?.room);
+  ui.tokenInfo.hidden = !token;
+  if (!token) return;
+  if (!claims) {
+    ui.tokenInfo.textContent = 'This does not look like an access token.';
+    return;
+  }
+  if (claims.room) ui.roomInput.value = claims.room;
+  if (claims.name && !ui.nameInput.value) ui.nameInput.value = claims.name;
+  const expired = claims.exp && claims.exp * 1000 < Date.now();
+  ui.tokenInfo.textContent = expired
+    ? 'This token has expired: ask for a new link.'
+    : `Signed in as ${claims.identity}${claims.room ? ` for room “${claims.room}”` : ''}.`;
 }
 
 /** A random identity for tokens: identities must be unique in a room, names need not be. */
@@ -77,7 +105,8 @@ async function startJoin() {
   if (state.phase !== 'idle') return;
   localStorage.setItem(NAME_STORE, displayName);
   hideBanner();
-  state.identity ||= randomIdentity();
+  state.token = ui.tokenInput.value.trim();
+  state.identity = tokenClaims(state.token)?.identity || state.identity || randomIdentity();
   Object.assign(state, {
     room, displayName, viewer: ui.viewerInput.checked, phase: 'connecting',
     leaving: false, everJoined: false, reconnectAttempts: 0,
@@ -128,7 +157,9 @@ function enterCallView() {
 async function connect() {
   const session = ++state.session;
   setStatus(state.everJoined ? 'Reconnecting…' : 'connecting…', state.everJoined ? 'bad' : 'busy');
-  const { token, wsUrl } = await fetchDevToken(state.room, state.identity, state.displayName);
+  const { token, wsUrl } = state.token
+    ? { token: state.token, wsUrl: signallingUrl() }
+    : await fetchDevToken(state.room, state.identity, state.displayName);
   if (!isCurrent(session)) return;
   const signalling = new Signalling(wsUrl, {
     onOpen: () => {

@@ -29,8 +29,24 @@ export async function fetchDevToken(room, identity, name) {
   return { token: body.token, wsUrl: signallingUrl(body.ws_url) };
 }
 
+/**
+ * What a token says about itself (its payload, not verified: the server does that): room,
+ * identity and name. `null` if it is not a JWT.
+ */
+export function tokenClaims(token) {
+  const payload = token.split('.')[1];
+  if (!payload) return null;
+  try {
+    const json = atob(payload.replace(/-/g, '+').replace(/_/g, '/').padEnd(Math.ceil(payload.length / 4) * 4, '='));
+    const claims = JSON.parse(new TextDecoder().decode(Uint8Array.from(json, (c) => c.charCodeAt(0))));
+    return { room: claims.video?.room ?? '', identity: claims.sub ?? '', name: claims.name ?? '', exp: claims.exp ?? 0 };
+  } catch {
+    return null;
+  }
+}
+
 /** The WebSocket URL: the server's `ws_url` if given, else `ws(s)://<this host>/rtc`. */
-function signallingUrl(wsUrl) {
+export function signallingUrl(wsUrl) {
   const fallback = `${location.protocol === 'https:' ? 'wss:' : 'ws:'}//${location.host}/rtc`;
   if (!wsUrl) return fallback;
   try {

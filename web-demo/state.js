@@ -21,6 +21,8 @@ export const state = {
   displayName: '',
   /** Our identity in tokens: one per page load, so a reconnect is the same person again. */
   identity: '',
+  /** An access token given by a link or pasted (production); empty: ask /dev/token. */
+  token: '',
   viewer: false,
   /** Our own participant id (`PA_...`), from `joined`; new on every (re)join. */
   participantId: null,

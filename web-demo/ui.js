@@ -14,6 +14,8 @@ export const ui = {
   roomInput: $('room-input'),
   nameInput: $('name-input'),
   viewerInput: $('viewer-input'),
+  tokenInput: $('token-input'),
+  tokenInfo: $('token-info'),
   cameraSelect: $('camera-select'),
   micSelect: $('mic-select'),
   preview: $('preview'),

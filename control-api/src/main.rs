@@ -32,7 +32,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server (the default when no command is given).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print a signed access token.
     Token(TokenArgs),
 }
@@ -189,13 +189,17 @@ struct TokenArgs {
     /// Admin grant: may administer the room.
     #[arg(long, default_value_t = false, action = ArgAction::Set)]
     room_admin: bool,
+    /// Print a link to the web demo at this address that opens it signed in with the token
+    /// (in the URL fragment, which browsers never send to a server), instead of the token.
+    #[arg(long, value_name = "URL")]
+    join_url: Option<String>,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Token(args)) => token(args),
-        Some(Command::Serve(args)) => serve(args),
+        Some(Command::Serve(args)) => serve(*args),
         None => serve(cli.serve),
     }
 }
@@ -222,7 +226,17 @@ fn token(args: TokenArgs) -> ExitCode {
     let keys = ApiKeys::new([(args.api_key, args.api_secret)]);
     match keys.mint(&claims) {
         Ok(token) => {
-            println!("{token}");
+            match &args.join_url {
+                Some(url) => {
+                    let base = url.split('#').next().unwrap_or_default();
+                    if !(base.starts_with("https://") || base.starts_with("http://")) {
+                        eprintln!("error: --join-url must be an http:// or https:// address");
+                        return ExitCode::from(2);
+                    }
+                    println!("{base}#token={token}");
+                }
+                None => println!("{token}"),
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

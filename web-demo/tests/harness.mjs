@@ -19,7 +19,7 @@ import { chromium } from 'playwright-core';
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 export const WEB_ROOT = path.resolve(HERE, '..');
 export const ARTIFACTS = path.join(HERE, 'artifacts');
-const SERVER_BIN = process.env.SFU_SERVER_BIN
+export const SERVER_BIN = process.env.SFU_SERVER_BIN
   ? path.resolve(process.env.SFU_SERVER_BIN)
   : path.resolve(HERE, '../../target/debug/sfu-server');
 export const CHROMIUM_BIN = process.env.CHROMIUM_BIN ?? '/usr/bin/chromium';
@@ -71,7 +71,8 @@ export function startServer(extraArgs = [], { host = '127.0.0.1' } = {}) {
   }
   // The development key is refused on a non-loopback address unless asked for (--dev).
   const dev = /^(127\.|::1$|localhost$)/.test(host) ? [] : ['--dev'];
-  const args = ['--http-addr', `${host}:0`, '--media-ip', host, '--media-port', '0', '--web-root', WEB_ROOT, ...dev, ...extraArgs,
+  const http = host.includes(':') ? `[${host}]:0` : `${host}:0`;
+  const args = ['--http-addr', http, '--media-ip', host, '--media-port', '0', '--web-root', WEB_ROOT, ...dev, ...extraArgs,
     ...(process.env.SFU_SERVER_ARGS ?? '').split(/\s+/).filter(Boolean)];
   server.log = [];
   return new Promise((resolve, reject) => {
@@ -94,7 +95,7 @@ export function startServer(extraArgs = [], { host = '127.0.0.1' } = {}) {
           server.log.push(line);
           if (server.log.length > 500) server.log.shift();
           if (process.env.SFU_SERVER_LOG) appendFileSync(process.env.SFU_SERVER_LOG, `${line}\n`);
-          const match = /web demo\s+(http:\/\/\S+)/.exec(line);
+          const match = /web demo\s+(https?:\/\/\S+)/.exec(line);
           if (match && !found) {
             found = true;
             clearTimeout(timer);

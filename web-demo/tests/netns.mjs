@@ -54,6 +54,7 @@ export function createNamespace(label, subnet, index) {
   made.set(name, { name, hostIf });
   run('ip', ['link', 'add', hostIf, 'type', 'veth', 'peer', 'name', nsIf]);
   run('ip', ['link', 'set', nsIf, 'netns', name]);
+  quietHostSide(hostIf, false);
   run('ip', ['addr', 'add', `${hostIp}/30`, 'dev', hostIf]);
   run('ip', ['link', 'set', hostIf, 'up']);
   const inside = (args) => run('ip', ['netns', 'exec', name, ...args]);
@@ -94,6 +95,7 @@ export function createRoutedClient(label, subnet, index, { nat = 'none', blockUd
   made.set(name, { name, hostIf: null, hostRoutes: [] });
   run('ip', ['link', 'add', hostIf, 'type', 'veth', 'peer', 'name', upIf]);
   run('ip', ['link', 'set', upIf, 'netns', router]);
+  quietHostSide(hostIf, ipv6);
   run('ip', ['link', 'set', hostIf, 'up']);
   inR(['ip', 'link', 'add', downIf, 'type', 'veth', 'peer', 'name', clientIf]);
   inR(['ip', 'link', 'set', clientIf, 'netns', name]);
@@ -125,13 +127,27 @@ export function createRoutedClient(label, subnet, index, { nat = 'none', blockUd
     for (const [net, via] of hostRoutes) run('ip', ['route', 'add', net, 'via', via]);
   } else {
     const random = nat === 'symmetric' ? ' fully-random' : '';
-    nft(router, ['-f', '-'], `table ip nat { chain post { type nat hook postrouting priority 100; oifname "${upIf}" masquerade${random}; } }`);
+    nft(router, ['-f', '-'], `table ip nat {\n chain post {\n  type nat hook postrouting priority 100;\n  oifname "${upIf}" masquerade${random}\n }\n}\n`);
   }
   if (blockUdp) {
-    nft(router, ['-f', '-'], 'table inet block { chain fwd { type filter hook forward priority 0; policy accept; meta l4proto udp drop; } }');
+    nft(router, ['-f', '-'], 'table inet block {\n chain forward_udp {\n  type filter hook forward priority 0; policy accept;\n  meta l4proto udp drop\n }\n}\n');
   }
   made.get(name).hostRoutes = hostRoutes;
   return { name, router, hostIf, hostIp: v4 ? v4net.host : null, hostIp6: ipv6 ? v6net.host : null, nsIp: v4 ? v4net.client : null, nsIp6: ipv6 ? v6net.client : null };
+}
+
+/**
+ * Keeps a new host-side interface from changing the host's addresses later on its own: no
+ * IPv6 at all unless asked for, and no automatic link-local address when IPv6 is wanted (the
+ * test gives it a global one). A Chromium on the host aborts page loads with
+ * ERR_NETWORK_CHANGED when an address appears while it loads.
+ */
+function quietHostSide(hostIf, ipv6) {
+  const sysctl = (key, value) => {
+    try { run('sysctl', ['-q', '-w', `net.ipv6.conf.${hostIf}.${key}=${value}`]); } catch { /* no IPv6 */ }
+  };
+  if (ipv6) sysctl('addr_gen_mode', 1);
+  else sysctl('disable_ipv6', 1);
 }
 
 /** A shell script that runs `binary` with its arguments inside namespace `ns`. */
