@@ -109,7 +109,7 @@ async function startJoin() {
   state.identity = tokenClaims(state.token)?.identity || state.identity || randomIdentity();
   Object.assign(state, {
     room, displayName, viewer: ui.viewerInput.checked, phase: 'connecting',
-    leaving: false, everJoined: false, reconnectAttempts: 0,
+    leaving: false, everJoined: false, reconnectAttempts: 0, mediaEverConnected: false,
   });
   ui.joinButton.disabled = true;
 
@@ -195,6 +195,22 @@ async function connect() {
  * connections and the socket, wait (1 s, 2 s, 4 s... up to 30 s), then get a new token, rejoin
  * and republish. Local media and the chat log stay.
  */
+/**
+ * A media connection failed. If media never got through in this call while signalling works,
+ * the network blocks it: say so, and what was tried, instead of reconnecting forever.
+ */
+function mediaFailed(reason, pc) {
+  if (state.mediaEverConnected) return connectionLost(reason);
+  const sdp = pc?.remoteDescription?.sdp ?? '';
+  const tried = ['UDP'];
+  if (/tcptype passive/i.test(sdp)) tried.push('TCP (ICE-TCP)');
+  if (state.iceServers.length) tried.push('the TURN relay');
+  const list = tried.length > 1 ? `${tried.slice(0, -1).join(', ')} and ${tried.at(-1)}` : tried[0];
+  return endCall(`Connected to the server, but audio and video cannot get through: this network ` +
+    `seems to block the media (tried ${list}). Try another network, or ask the server's operator ` +
+    `${state.iceServers.length ? 'to check the TURN relay' : 'to set up a TURN relay'}.`);
+}
+
 function connectionLost(reason) {
   if (state.phase === 'idle' || state.leaving || state.reconnectTimer) return;
   dropConnection();
@@ -381,7 +397,7 @@ function initControls() {
   initAudioUnlock();
 
   setPublishHooks({
-    onFailed: connectionLost,
+    onFailed: mediaFailed,
     onChatReady: setChatEnabled,
     onError: (text) => showBanner(text),
     onChange: () => {
@@ -390,7 +406,7 @@ function initControls() {
     },
   });
   setSubscribeHooks({
-    onFailed: connectionLost,
+    onFailed: mediaFailed,
     onDataChannel: listenForChat,
     onError: (text) => showBanner(text),
   });

@@ -39,7 +39,8 @@ export function startPublishing(session) {
   state.pubPc = pc;
   state.signalling.trickle(pc, 'publish');
   pc.addEventListener('connectionstatechange', () => {
-    if (isCurrent(session) && pc.connectionState === 'failed') hooks.onFailed('the publish connection failed (ICE/DTLS)');
+    if (isCurrent(session) && pc.connectionState === 'connected') state.mediaEverConnected = true;
+    if (isCurrent(session) && pc.connectionState === 'failed') hooks.onFailed('the publish connection failed (ICE/DTLS)', pc);
   });
 
   const stream = state.localStream;

@@ -28,6 +28,9 @@ export const state = {
   participantId: null,
   /** TURN relays and their time-limited credentials, from `joined`; fresh on every (re)join. */
   iceServers: [],
+  /** A media connection reached `connected` in this call (else a failure means the network
+   * blocks media, and reconnecting would not help). */
+  mediaEverConnected: false,
 
   /** The signalling connection (a `Signalling` from signalling.js). */
   signalling: null,

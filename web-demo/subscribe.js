@@ -41,7 +41,8 @@ function createSubscribePc(session) {
   state.subPc = pc;
   state.signalling.trickle(pc, 'subscribe');
   pc.addEventListener('connectionstatechange', () => {
-    if (isCurrent(session) && pc.connectionState === 'failed') hooks.onFailed('the subscribe connection failed (ICE/DTLS)');
+    if (isCurrent(session) && pc.connectionState === 'connected') state.mediaEverConnected = true;
+    if (isCurrent(session) && pc.connectionState === 'failed') hooks.onFailed('the subscribe connection failed (ICE/DTLS)', pc);
   });
   pc.addEventListener('track', (event) => {
     if (isCurrent(session)) onRemoteTrack(event);

@@ -149,6 +149,14 @@ async fn bad_messages_get_errors_and_the_socket_stays_usable() {
     )
     .await;
     expect_error(&mut ws, ErrorCode::BadSdp).await;
+    // An mDNS host candidate (a browser page without camera permission) is ignored quietly:
+    // the next answer is the pong, not an error.
+    send(
+        &mut ws,
+        r#"{"type":"candidate","target":"subscribe","candidate":"candidate:1 1 udp 2122260223 3f2a9c1e-7b1d-4c2e-9a55-0d7e6f1b2c3d.local 54321 typ host"}"#,
+    )
+    .await;
+    expect_pong(&mut ws).await;
     send(&mut ws, r#"{"type":"mute","track":"TR_1","muted":true}"#).await;
     expect_error(&mut ws, ErrorCode::UnknownTrack).await;
     expect_pong(&mut ws).await;

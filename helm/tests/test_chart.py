@@ -49,8 +49,50 @@ def one(docs, kind):
 
 
 def container(docs):
-    workload = next(d for d in docs if d["kind"] in ("Deployment", "DaemonSet"))
+    """The SFU workload and its container (not the coturn Deployment)."""
+    workload = next(
+        d
+        for d in docs
+        if d["kind"] in ("Deployment", "DaemonSet")
+        and d["spec"]["template"]["spec"]["containers"][0]["name"] == "sfu-server"
+    )
     return workload, workload["spec"]["template"]["spec"]["containers"][0]
+
+
+def coturn(docs):
+    """The coturn Deployment and its container."""
+    workload = next(
+        d
+        for d in docs
+        if d["kind"] == "Deployment"
+        and d["spec"]["template"]["spec"]["containers"][0]["name"] == "coturn"
+    )
+    return workload, workload["spec"]["template"]["spec"]["containers"][0]
+
+
+def env(c):
+    return {e["name"]: e for e in c.get("env", [])}
+
+
+def secret_value(docs, key):
+    import base64
+
+    return base64.b64decode(one(docs, "Secret")["data"][key]).decode()
+
+
+# Variants rendered (and validated) on top of the default values.
+TLS_FROM_SECRET = {"tls": {"enabled": True, "secretName": "sfu-cert"}}
+TLS_SELF_SIGNED = {"tls": {"enabled": True, "selfSigned": True}}
+COTURN = {"turn": {"coturn": {"enabled": True, "host": "turn.example.com"}}}
+EXTERNAL_TURN = {
+    "turn": {
+        "servers": [
+            "turn:relay.example.net:3478?transport=udp",
+            "turns:relay.example.net:5349?transport=tcp",
+        ],
+        "secret": "shared-secret-of-the-relay",
+    }
+}
 
 
 class Lint(unittest.TestCase):
@@ -65,6 +107,11 @@ class Lint(unittest.TestCase):
 
     def test_all_on_values_lint_strictly(self):
         self.lint(ALL_ON)
+
+    def test_tls_and_turn_variants_lint_strictly(self):
+        for values in (TLS_FROM_SECRET, TLS_SELF_SIGNED, COTURN, EXTERNAL_TURN):
+            with self.subTest(values=values):
+                self.lint(values)
 
 
 class Validate(unittest.TestCase):
@@ -85,6 +132,12 @@ class Validate(unittest.TestCase):
         self.assertEqual(monitor["apiVersion"], "monitoring.coreos.com/v1")
         self.assertEqual(monitor["spec"]["endpoints"][0]["path"], "/metrics")
         self.assertEqual(monitor["metadata"]["labels"]["release"], "prometheus")
+        self.assertEqual(monitor["spec"]["endpoints"][0]["scheme"], "https")
+
+    def test_tls_and_turn_variants_are_valid_kubernetes(self):
+        for values in (TLS_FROM_SECRET, TLS_SELF_SIGNED, COTURN, EXTERNAL_TURN):
+            with self.subTest(values=values):
+                self.validate(render(values))
 
 
 class Defaults(unittest.TestCase):
@@ -137,11 +190,35 @@ class Defaults(unittest.TestCase):
         self.assertTrue(c["securityContext"]["readOnlyRootFilesystem"])
         self.assertEqual(c["image"], "ghcr.io/example/sfu-server:0.1.0")
 
+    def test_ice_tcp_on_and_rooms_not_created_on_join(self):
+        config = one(self.docs, "ConfigMap")["data"]
+        self.assertEqual(config["SFU_ICE_TCP_PORT"], "7881")
+        self.assertEqual(config["SFU_AUTO_CREATE_ROOMS"], "false")
+        _, c = container(self.docs)
+        tcp = [(p["name"], p["containerPort"]) for p in c["ports"] if p["protocol"] == "TCP"]
+        self.assertEqual(tcp, [("http", 7880), ("ice-tcp", 7881)])
+
+    def test_no_tls_no_turn_by_default(self):
+        config = one(self.docs, "ConfigMap")["data"]
+        for key in ("SFU_TLS_CERT", "SFU_TLS_KEY", "SFU_TLS_SELF_SIGNED", "SFU_TRUSTED_PROXIES",
+                    "SFU_TURN_SERVERS", "SFU_DEV"):
+            self.assertNotIn(key, config)
+        _, c = container(self.docs)
+        self.assertNotIn("SFU_TURN_SECRET", env(c))
+        self.assertNotIn("volumeMounts", c)
+        self.assertEqual(c["livenessProbe"]["httpGet"].get("scheme"), "HTTP")
+        self.assertEqual(c["readinessProbe"]["httpGet"].get("scheme"), "HTTP")
+        self.assertEqual(list(one(self.docs, "Secret")["data"]), ["SFU_API_KEYS"])
+
     def test_notes_tell_how_to_reach_it(self):
         text = notes()
         self.assertIn("port-forward svc/media-sfu 7880:7880", text)
         self.assertIn("UDP ports 7882-7883", text)
+        self.assertIn("TCP port 7881", text)
         self.assertIn("get secret media-sfu", text)
+        self.assertIn("HTTPS", text)
+        self.assertIn("tls.enabled", text)
+        self.assertIn("POST /api/rooms", text)
 
 
 class AllOn(unittest.TestCase):
@@ -153,7 +230,16 @@ class AllOn(unittest.TestCase):
         kinds = sorted(d["kind"] for d in self.docs)
         self.assertEqual(
             kinds,
-            ["ConfigMap", "DaemonSet", "Ingress", "PodDisruptionBudget", "Service", "Service", "ServiceMonitor"],
+            [
+                "ConfigMap",
+                "DaemonSet",
+                "Deployment",
+                "Ingress",
+                "PodDisruptionBudget",
+                "Service",
+                "Service",
+                "ServiceMonitor",
+            ],
         )
 
     def test_existing_secret_and_media_service(self):
@@ -162,8 +248,34 @@ class AllOn(unittest.TestCase):
         self.assertEqual((ref["name"], ref["key"]), ("sfu-api-keys", "keys"))
         self.assertEqual({e["name"]: e for e in c["env"]}["SFU_ADVERTISE_IPS"]["value"], "203.0.113.10")
         media = next(s for s in by_kind(self.docs, "Service") if s["metadata"]["name"].endswith("-media"))
-        self.assertEqual([p["port"] for p in media["spec"]["ports"]], [40000, 40001, 40002, 40003])
-        self.assertTrue(all(p["protocol"] == "UDP" for p in media["spec"]["ports"]))
+        ports = [(p["port"], p["protocol"]) for p in media["spec"]["ports"]]
+        self.assertEqual(
+            ports,
+            [(40000, "UDP"), (40001, "UDP"), (40002, "UDP"), (40003, "UDP"), (40443, "TCP")],
+        )
+        self.assertIn({"name": "ice-tcp", "containerPort": 40443, "protocol": "TCP"}, c["ports"])
+
+    def test_tls_trusted_proxies_and_turn(self):
+        workload, c = container(self.docs)
+        config = one(self.docs, "ConfigMap")["data"]
+        self.assertEqual(config["SFU_TLS_CERT"], "/etc/sfu/tls/tls.crt")
+        self.assertEqual(config["SFU_TRUSTED_PROXIES"], "10.244.0.0/16,10.96.0.10")
+        self.assertEqual(config["SFU_AUTO_CREATE_ROOMS"], "true")
+        self.assertEqual(c["readinessProbe"]["httpGet"]["scheme"], "HTTPS")
+        volumes = workload["spec"]["template"]["spec"]["volumes"]
+        self.assertEqual(volumes, [{"name": "tls", "secret": {"secretName": "sfu-server-tls"}}])
+        self.assertEqual(
+            config["SFU_TURN_SERVERS"],
+            "turn:turn.example.com:3479?transport=udp,turn:turn.example.com:3479?transport=tcp",
+        )
+        self.assertEqual(config["SFU_TURN_TTL"], "3600")
+        ref = env(c)["SFU_TURN_SECRET"]["valueFrom"]["secretKeyRef"]
+        self.assertEqual((ref["name"], ref["key"]), ("sfu-turn", "static-auth-secret"))
+        _, relay = coturn(self.docs)
+        self.assertEqual(env(relay)["TURN_SECRET"]["valueFrom"]["secretKeyRef"], ref)
+        self.assertIn("--external-ip=203.0.113.20/10.0.0.20", relay["args"])
+        self.assertIn("--denied-peer-ip=10.0.0.0-10.255.255.255", relay["args"])
+        self.assertEqual(relay["args"][-1], "--verbose")
 
     def test_workload_settings(self):
         workload, c = container(self.docs)
@@ -174,11 +286,178 @@ class AllOn(unittest.TestCase):
         self.assertEqual(c["image"], "registry.example.com/media/sfu-server:1.2.3")
 
 
+class Tls(unittest.TestCase):
+    def test_certificate_from_a_secret(self):
+        docs = render(TLS_FROM_SECRET)
+        workload, c = container(docs)
+        config = one(docs, "ConfigMap")["data"]
+        self.assertEqual(config["SFU_TLS_CERT"], "/etc/sfu/tls/tls.crt")
+        self.assertEqual(config["SFU_TLS_KEY"], "/etc/sfu/tls/tls.key")
+        self.assertNotIn("SFU_TLS_SELF_SIGNED", config)
+        self.assertEqual(
+            c["volumeMounts"], [{"name": "tls", "mountPath": "/etc/sfu/tls", "readOnly": True}]
+        )
+        volumes = workload["spec"]["template"]["spec"]["volumes"]
+        self.assertEqual(volumes, [{"name": "tls", "secret": {"secretName": "sfu-cert"}}])
+        self.assertEqual(c["livenessProbe"]["httpGet"]["scheme"], "HTTPS")
+        self.assertEqual(c["readinessProbe"]["httpGet"]["scheme"], "HTTPS")
+        http = next(s for s in by_kind(docs, "Service") if s["metadata"]["name"] == "media-sfu")
+        self.assertEqual(http["spec"]["ports"][0]["appProtocol"], "https")
+        text = notes(TLS_FROM_SECRET)
+        self.assertIn("https://127.0.0.1:7880/", text)
+        self.assertIn("Secret sfu-cert", text)
+
+    def test_self_signed(self):
+        docs = render(TLS_SELF_SIGNED)
+        _, c = container(docs)
+        config = one(docs, "ConfigMap")["data"]
+        self.assertEqual(config["SFU_TLS_SELF_SIGNED"], "true")
+        self.assertNotIn("SFU_TLS_CERT", config)
+        self.assertNotIn("volumeMounts", c)
+        self.assertEqual(c["livenessProbe"]["httpGet"]["scheme"], "HTTPS")
+        self.assertEqual(c["readinessProbe"]["httpGet"]["scheme"], "HTTPS")
+
+    def test_trusted_proxies(self):
+        docs = render({"config": {"trustedProxies": ["10.244.0.0/16", "192.0.2.7"]}})
+        self.assertEqual(
+            one(docs, "ConfigMap")["data"]["SFU_TRUSTED_PROXIES"], "10.244.0.0/16,192.0.2.7"
+        )
+
+
+class Turn(unittest.TestCase):
+    def test_bundled_coturn(self):
+        docs = render(COTURN)
+        relay_workload, relay = coturn(docs)
+        spec = relay_workload["spec"]["template"]["spec"]
+        self.assertTrue(spec["hostNetwork"])
+        self.assertEqual(relay_workload["spec"]["replicas"], 1)
+        self.assertEqual(relay["image"], "coturn/coturn:4.6")
+        self.assertEqual(relay["command"], ["turnserver"])
+        args = relay["args"]
+        for arg in (
+            "-n",
+            "--use-auth-secret",
+            "--static-auth-secret=$(TURN_SECRET)",
+            "--realm=sfu",
+            "--no-cli",
+            "--no-tls",
+            "--no-dtls",
+            "--fingerprint",
+            "--no-multicast-peers",
+            "--listening-port=3478",
+            "--min-port=49152",
+            "--max-port=49999",
+        ):
+            self.assertIn(arg, args)
+        self.assertFalse(any(a.startswith("--external-ip") for a in args))
+        ports = {(p["containerPort"], p["protocol"]) for p in relay["ports"]}
+        self.assertEqual(ports, {(3478, "UDP"), (3478, "TCP")})
+        # The relay pod must not be selected by the SFU's Services or PodDisruptionBudget.
+        sfu_selector = one(docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"]
+        labels = relay_workload["spec"]["template"]["metadata"]["labels"]
+        self.assertFalse(all(labels.get(k) == v for k, v in sfu_selector.items()))
+
+        _, c = container(docs)
+        config = one(docs, "ConfigMap")["data"]
+        self.assertEqual(
+            config["SFU_TURN_SERVERS"],
+            "turn:turn.example.com:3478?transport=udp,turn:turn.example.com:3478?transport=tcp",
+        )
+        self.assertEqual(config["SFU_TURN_TTL"], "14400")
+        self.assertNotIn("SFU_TURN_SECRET", config)
+        secret = one(docs, "Secret")
+        ref = env(c)["SFU_TURN_SECRET"]["valueFrom"]["secretKeyRef"]
+        self.assertEqual(ref, {"name": secret["metadata"]["name"], "key": "SFU_TURN_SECRET"})
+        self.assertEqual(env(relay)["TURN_SECRET"]["valueFrom"]["secretKeyRef"], ref)
+        generated = secret_value(docs, "SFU_TURN_SECRET")
+        self.assertGreaterEqual(len(generated), 32)
+        self.assertIn(":", secret_value(docs, "SFU_API_KEYS"))
+
+        text = notes(COTURN)
+        self.assertIn("turn:turn.example.com:3478?transport=udp", text)
+        self.assertIn("49152-49999", text)
+
+    def test_external_ip(self):
+        coturn_values = {"enabled": True, "host": "198.51.100.4", "externalIp": "198.51.100.4"}
+        values = {"turn": {"coturn": coturn_values}}
+        _, relay = coturn(render(values))
+        self.assertIn("--external-ip=198.51.100.4", relay["args"])
+
+    def test_external_relay_passed_through(self):
+        docs = render(EXTERNAL_TURN)
+        self.assertEqual([d["kind"] for d in docs if d["kind"] == "Deployment"], ["Deployment"])
+        container(docs)  # the one Deployment is the SFU's
+        config = one(docs, "ConfigMap")["data"]
+        self.assertEqual(config["SFU_TURN_SERVERS"], ",".join(EXTERNAL_TURN["turn"]["servers"]))
+        self.assertEqual(secret_value(docs, "SFU_TURN_SECRET"), "shared-secret-of-the-relay")
+        _, c = container(docs)
+        ref = env(c)["SFU_TURN_SECRET"]["valueFrom"]["secretKeyRef"]
+        self.assertEqual(ref["key"], "SFU_TURN_SECRET")
+
+    def test_existing_turn_secret_with_existing_api_keys_creates_no_secret(self):
+        docs = render(
+            {
+                "apiKeys": {"existingSecret": "keys"},
+                "turn": {
+                    "servers": ["turn:relay.example.net:3478"],
+                    "existingSecret": "relay",
+                    "existingSecretKey": "s",
+                },
+            }
+        )
+        self.assertEqual(by_kind(docs, "Secret"), [])
+        _, c = container(docs)
+        ref = env(c)["SFU_TURN_SECRET"]["valueFrom"]["secretKeyRef"]
+        self.assertEqual(ref, {"name": "relay", "key": "s"})
+
+    def test_ice_tcp_off(self):
+        media_values = {"iceTcpPort": 0, "hostNetwork": False, "service": {"enabled": True}}
+        docs = render({"media": media_values})
+        self.assertEqual(one(docs, "ConfigMap")["data"]["SFU_ICE_TCP_PORT"], "0")
+        _, c = container(docs)
+        self.assertFalse(any(p["name"] == "ice-tcp" for p in c["ports"]))
+        media = next(s for s in by_kind(docs, "Service") if s["metadata"]["name"] == "media-sfu-media")
+        self.assertTrue(all(p["protocol"] == "UDP" for p in media["spec"]["ports"]))
+
+
 class BadValues(unittest.TestCase):
     def test_short_secret_is_refused(self):
         with self.assertRaises(helm.HelmError) as e:
             render({"apiKeys": {"keys": {"k": "short"}}})
         self.assertIn("at least 16 characters", str(e.exception))
+
+    def test_no_api_key_is_refused_never_the_development_key(self):
+        with self.assertRaises(helm.HelmError) as e:
+            render({"apiKeys": {"generate": False}})
+        message = str(e.exception)
+        self.assertIn("no API key configured", message)
+        for value in ("apiKeys.generate", "apiKeys.keys", "apiKeys.existingSecret"):
+            self.assertIn(value, message)
+
+    def test_explicit_keys_without_generate_are_fine(self):
+        docs = render({"apiKeys": {"generate": False, "keys": {"app": "0123456789abcdef0123"}}})
+        self.assertEqual(secret_value(docs, "SFU_API_KEYS"), "app:0123456789abcdef0123")
+
+    def test_tls_without_a_certificate_is_refused(self):
+        with self.assertRaises(helm.HelmError) as e:
+            render({"tls": {"enabled": True}})
+        self.assertIn("tls.secretName", str(e.exception))
+        self.assertIn("tls.selfSigned", str(e.exception))
+
+    def test_tls_with_both_sources_is_refused(self):
+        with self.assertRaises(helm.HelmError) as e:
+            render({"tls": {"enabled": True, "secretName": "c", "selfSigned": True}})
+        self.assertIn("not both", str(e.exception))
+
+    def test_coturn_without_host_is_refused(self):
+        with self.assertRaises(helm.HelmError) as e:
+            render({"turn": {"coturn": {"enabled": True}}})
+        self.assertIn("turn.coturn.host", str(e.exception))
+
+    def test_ice_tcp_port_on_the_http_port_is_refused(self):
+        with self.assertRaises(helm.HelmError) as e:
+            render({"media": {"iceTcpPort": 7880}})
+        self.assertIn("media.iceTcpPort", str(e.exception))
 
     def test_unknown_kind_is_refused(self):
         with self.assertRaises(helm.HelmError):

@@ -365,13 +365,20 @@ impl Sfu {
         .await
     }
 
-    /// Adds a trickled remote ICE candidate (`candidate:...`, with or without `a=`).
+    /// Adds a trickled remote ICE candidate (`candidate:...`, with or without `a=`). An mDNS
+    /// host candidate (`<uuid>.local`, which browsers trickle from pages without camera
+    /// permission) is ignored: an ICE-lite server learns the client's addresses from its
+    /// connectivity checks and has no use for a name it cannot resolve.
     pub async fn add_remote_candidate(
         &self,
         peer: PeerId,
         candidate: &str,
     ) -> Result<(), SfuError> {
         let line = candidate.trim().trim_start_matches("a=");
+        if is_mdns_candidate(line) {
+            tracing::debug!(%peer, "mDNS candidate ignored");
+            return Ok(());
+        }
         let candidate = Candidate::from_sdp_string(line)
             .map_err(|e| SfuError::BadSdp(format!("bad ICE candidate: {e}")))?;
         let worker = self.worker_of(peer)?;
@@ -524,6 +531,13 @@ impl Sfu {
     }
 }
 
+/// Whether a candidate line names its address with an mDNS `.local` host name.
+fn is_mdns_candidate(line: &str) -> bool {
+    line.split_whitespace()
+        .nth(4)
+        .is_some_and(|address| address.to_ascii_lowercase().ends_with(".local"))
+}
+
 /// The addresses to advertise as ICE candidates.
 fn advertised_ips(config: &SfuConfig) -> Result<Vec<IpAddr>, SfuError> {
     if !config.advertise_ips.is_empty() {
@@ -568,4 +582,20 @@ fn bind_udp(addr: SocketAddr, buffer: usize) -> Result<UdpSocket, SfuError> {
     let _ = socket.set_send_buffer_size(buffer);
     socket.bind(&addr.into()).map_err(map)?;
     Ok(socket.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mdns_candidates_are_recognised() {
+        assert!(is_mdns_candidate(
+            "candidate:1 1 udp 2122260223 3f2a9c1e-7b1d-4c2e-9a55-0d7e6f1b2c3d.local 54321 typ host"
+        ));
+        assert!(!is_mdns_candidate(
+            "candidate:1 1 udp 2122260223 198.18.0.2 54321 typ host"
+        ));
+        assert!(!is_mdns_candidate("candidate:nope"));
+    }
 }

@@ -338,6 +338,27 @@ describe('calls across real networks', { skip: skip ?? false }, () => {
       }
     });
 
+    it('media that cannot get through (UDP blocked, ICE-TCP off, TURN over UDP only) is explained, not retried forever', { timeout: 90_000 }, async () => {
+      const relay = `turn:${ns.hostIp}:${coturn.port}?transport=udp`;
+      const base = await startServer(['--ice-tcp-port', '0', '--turn-server', relay, '--turn-secret', secret], { host: ns.hostIp });
+      const insecure = [`--unsafely-treat-insecure-origin-as-secure=${new URL(base).origin}`];
+      let blocked;
+      try {
+        blocked = await launchParticipant('blocked', { executablePath: await netns.wrapperIn(ns, CHROMIUM_BIN, scratch), args: insecure });
+        const started = Date.now();
+        await blocked.page.goto(callUrl(base, `blocked-${randomBytes(3).toString('hex')}`, 'blocked'), { waitUntil: 'load' });
+        await waitUntil(blocked, 'the page says the network blocks the media',
+          () => /block the media/.test(document.getElementById('banner')?.textContent ?? ''), null, { timeout: 60_000 });
+        const banner = await blocked.page.evaluate(() => document.getElementById('banner').textContent);
+        figures.mediaBlocked = { banner, ms: Date.now() - started };
+        assert.match(banner, /tried UDP and the TURN relay/);
+        assert.equal(await blocked.page.isVisible('#join-view'), true, 'back on the join screen, not reconnecting');
+      } finally {
+        await closeParticipant(blocked);
+        await stopServer();
+      }
+    });
+
     it('coturn refuses expired credentials and accepts fresh ones', { timeout: 60_000 }, async () => {
       const browser = await launchParticipant('turn-probe', { executablePath: await netns.wrapperIn(ns, CHROMIUM_BIN, scratch) });
       try {

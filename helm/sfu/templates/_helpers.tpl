@@ -44,3 +44,90 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "sfu.secretKey" -}}
 {{- if .Values.apiKeys.existingSecret }}{{ .Values.apiKeys.existingSecretKey }}{{ else }}SFU_API_KEYS{{ end }}
 {{- end }}
+
+{{/* "true" when the release creates the Secret holding SFU_API_KEYS. */}}
+{{- define "sfu.apiKeysManaged" -}}
+{{- if and (not .Values.apiKeys.existingSecret) (or .Values.apiKeys.keys .Values.apiKeys.generate) }}true{{ end }}
+{{- end }}
+
+{{/* "true" when clients get a TURN relay (external servers or the bundled coturn). */}}
+{{- define "sfu.turnEnabled" -}}
+{{- if or .Values.turn.servers .Values.turn.coturn.enabled }}true{{ end }}
+{{- end }}
+
+{{/* "true" when the release's Secret holds the TURN shared secret (given or generated). */}}
+{{- define "sfu.turnSecretManaged" -}}
+{{- if and (include "sfu.turnEnabled" .) (not .Values.turn.existingSecret) }}true{{ end }}
+{{- end }}
+
+{{/* The Secret holding the TURN shared secret. */}}
+{{- define "sfu.turnSecretName" -}}
+{{- .Values.turn.existingSecret | default (include "sfu.fullname" .) }}
+{{- end }}
+
+{{/* The key in that Secret. */}}
+{{- define "sfu.turnSecretKey" -}}
+{{- if .Values.turn.existingSecret }}{{ .Values.turn.existingSecretKey }}{{ else }}SFU_TURN_SECRET{{ end }}
+{{- end }}
+
+{{/* TURN URLs handed to clients: turn.servers, or the bundled coturn at turn.coturn.host. */}}
+{{- define "sfu.turnServers" -}}
+{{- if .Values.turn.servers }}
+{{- join "," .Values.turn.servers }}
+{{- else if .Values.turn.coturn.enabled }}
+{{- $c := .Values.turn.coturn }}
+{{- printf "turn:%s:%v?transport=udp,turn:%s:%v?transport=tcp" $c.host $c.port $c.host $c.port }}
+{{- end }}
+{{- end }}
+
+{{/* Name of the coturn resources. */}}
+{{- define "sfu.coturnName" -}}
+{{- printf "%s-turn" (include "sfu.fullname" . | trunc 58 | trimSuffix "-") }}
+{{- end }}
+
+{{/* Labels that select the coturn pod. */}}
+{{- define "sfu.coturnSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "sfu.name" . }}-turn
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: turn
+{{- end }}
+
+{{/* Checks of value combinations the server or the chart cannot run with; fails the render. */}}
+{{- define "sfu.validate" -}}
+{{- if not (has .Values.kind (list "Deployment" "DaemonSet")) }}
+{{- fail "kind must be Deployment or DaemonSet" }}
+{{- end }}
+{{- if not (or .Values.apiKeys.existingSecret .Values.apiKeys.keys .Values.apiKeys.generate) }}
+{{- fail "apiKeys: no API key configured, and the server refuses to start on 0.0.0.0 without one (the chart never runs the public development key). Set apiKeys.generate=true (a random key kept across upgrades), apiKeys.keys (KEY: SECRET pairs) or apiKeys.existingSecret." }}
+{{- end }}
+{{- if .Values.tls.enabled }}
+{{- if and .Values.tls.secretName .Values.tls.selfSigned }}
+{{- fail "tls: set either tls.secretName or tls.selfSigned, not both" }}
+{{- end }}
+{{- if not (or .Values.tls.secretName .Values.tls.selfSigned) }}
+{{- fail "tls.enabled needs a certificate: set tls.secretName to an existing kubernetes.io/tls Secret (e.g. from cert-manager), or tls.selfSigned=true" }}
+{{- end }}
+{{- end }}
+{{- $ice := int .Values.media.iceTcpPort }}
+{{- if or (lt $ice 0) (gt $ice 65535) }}
+{{- fail "media.iceTcpPort must be a port number (0 turns ICE over TCP off)" }}
+{{- end }}
+{{- if eq $ice (int .Values.http.port) }}
+{{- fail "media.iceTcpPort must differ from http.port (both are TCP ports)" }}
+{{- end }}
+{{- if .Values.turn.coturn.enabled }}
+{{- if and (not .Values.turn.servers) (not .Values.turn.coturn.host) }}
+{{- fail "turn.coturn.enabled needs turn.coturn.host: the public name or IP clients use to reach the relay (or list the relay's URLs in turn.servers)" }}
+{{- end }}
+{{- if gt (int .Values.turn.coturn.minPort) (int .Values.turn.coturn.maxPort) }}
+{{- fail "turn.coturn.minPort must not be above turn.coturn.maxPort" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Labels on the coturn resources (not the server's selector labels). */}}
+{{- define "sfu.coturnLabels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{ include "sfu.coturnSelectorLabels" . }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
