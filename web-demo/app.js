@@ -348,7 +348,8 @@ function onServerError(msg) {
       failPendingOffer(detail);
       return showBanner(`Not allowed: ${detail}.`);
     case 'media_closed':
-      return connectionLost(detail);
+      // The server gave up on a connection: before media ever flowed, the network blocks it.
+      return mediaFailed(detail, state.subPc ?? state.pubPc);
     case 'bad_sdp':
       failPendingOffer(detail);
       return showBanner(`Server error: ${detail} (${msg.code}).`);

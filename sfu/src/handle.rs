@@ -23,6 +23,7 @@ use crate::graph::{ForwardingGraph, TrackSnapshot};
 use crate::ids::{IdAllocator, PeerId, RoomId, TrackId};
 use crate::shared::{RoomMembers, Shared, WorkerShared};
 use crate::worker::driver::{self, Inboxes};
+use crate::worker::local_addrs::LocalAddrs;
 
 /// Capacity of each worker's command queue.
 const COMMAND_QUEUE: usize = 1024;
@@ -94,7 +95,7 @@ impl Sfu {
         let mut sockets = Vec::new();
         let mut slots = Vec::new();
         let mut inboxes = Vec::new();
-        let mut receive_addrs = Vec::new();
+        let mut locals = Vec::new();
         for i in 0..config.workers {
             let port = if config.first_port == 0 {
                 0
@@ -118,7 +119,7 @@ impl Sfu {
             let (media_tx, media_rx) = mpsc::channel(config.worker_queue_batches.max(1));
             let (control_tx, control_rx) = mpsc::unbounded_channel();
             let (tcp_tx, tcp_rx) = mpsc::channel(TCP_HANDOFF_QUEUE);
-            receive_addrs.push(candidates.first().copied().unwrap_or(local));
+            locals.push(LocalAddrs::new(local, candidates.clone()));
             slots.push(Arc::new(WorkerShared {
                 counters: WorkerCounters::default(),
                 load: AtomicUsize::new(0),
@@ -147,10 +148,8 @@ impl Sfu {
             tcp_counters: WorkerCounters::default(),
         });
         let mut threads = Vec::new();
-        let workers = sockets.into_iter().zip(inboxes).zip(receive_addrs);
-        for (index, ((socket, (commands, media, control, tcp)), receive_addr)) in
-            workers.enumerate()
-        {
+        let workers = sockets.into_iter().zip(inboxes).zip(locals);
+        for (index, ((socket, (commands, media, control, tcp)), local)) in workers.enumerate() {
             let Some(slot) = shared.workers.get(index).cloned() else {
                 break;
             };
@@ -161,7 +160,7 @@ impl Sfu {
                 tcp,
                 shutdown: shutdown_rx.clone(),
             };
-            let thread = driver::spawn(index, socket, receive_addr, shared.clone(), slot, inboxes)
+            let thread = driver::spawn(index, socket, local, shared.clone(), slot, inboxes)
                 .map_err(|e| {
                     SfuError::Config(format!("cannot start a media worker thread: {e}"))
                 })?;
@@ -541,12 +540,22 @@ fn is_mdns_candidate(line: &str) -> bool {
 /// The addresses to advertise as ICE candidates.
 fn advertised_ips(config: &SfuConfig) -> Result<Vec<IpAddr>, SfuError> {
     if !config.advertise_ips.is_empty() {
-        if config.bind_ip.is_unspecified() && config.advertise_ips.len() > 1 {
-            return Err(SfuError::Config(
-                "with the media socket bound to all interfaces, advertise exactly one address \
-                 (or bind to a specific address)"
-                    .into(),
-            ));
+        let v6 = config.bind_ip.is_ipv6();
+        if let Some(ip) = config.advertise_ips.iter().find(|ip| ip.is_ipv6() && !v6) {
+            return Err(SfuError::Config(format!(
+                "{ip} is an IPv6 address but the media sockets bind to IPv4 {}: bind to :: \
+                 (IPv4 and IPv6) or to an IPv6 address",
+                config.bind_ip
+            )));
+        }
+        if !config.bind_ip.is_unspecified()
+            && let Some(ip) = config.advertise_ips.iter().find(|ip| ip.is_ipv4() && v6)
+        {
+            return Err(SfuError::Config(format!(
+                "{ip} is an IPv4 address but the media sockets bind to IPv6 {}: bind to :: \
+                 for both",
+                config.bind_ip
+            )));
         }
         return Ok(config.advertise_ips.clone());
     }
@@ -565,6 +574,9 @@ fn bind_tcp(addr: SocketAddr) -> Result<std::net::TcpListener, SfuError> {
     let map = |source| SfuError::Bind { addr, source };
     let socket =
         Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(map)?;
+    if addr.ip() == IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED) {
+        socket.set_only_v6(false).map_err(map)?;
+    }
     // A restarted server takes its port back while old connections linger in TIME_WAIT.
     let _ = socket.set_reuse_address(true);
     socket.bind(&addr.into()).map_err(map)?;
@@ -577,6 +589,10 @@ fn bind_udp(addr: SocketAddr, buffer: usize) -> Result<UdpSocket, SfuError> {
     let map = |source| SfuError::Bind { addr, source };
     let socket =
         Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(map)?;
+    if addr.ip() == IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED) {
+        // `::` serves IPv4 (as mapped addresses) and IPv6 alike.
+        socket.set_only_v6(false).map_err(map)?;
+    }
     // Larger buffers absorb bursts (a keyframe to many subscribers); the OS may cap them.
     let _ = socket.set_recv_buffer_size(buffer);
     let _ = socket.set_send_buffer_size(buffer);

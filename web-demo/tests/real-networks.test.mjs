@@ -427,6 +427,38 @@ describe('calls across real networks', { skip: skip ?? false }, () => {
     assert.ok(pairs.publish, 'the camera was published (a secure context without any flag faking one)');
   });
 
+  it('a multi-homed dual-stack server (media on ::, an address on each network): an IPv4 and an IPv6-only client call each other', { timeout: 60_000 }, async () => {
+    const v4 = client('direct');
+    const v6 = client('ipv6');
+    const advertised = [v4.hostIp, client('cone').hostIp, v6.hostIp6];
+    const base = await startServer(['--advertise-ip', advertised.join(',')], { host: '::' });
+    const port = new URL(base).port;
+    const pageFor = (ip) => `http://${ip.includes(':') ? `[${ip}]` : ip}:${port}/`;
+    const room = `multi-${randomBytes(3).toString('hex')}`;
+    let a;
+    let b;
+    try {
+      [a, b] = await Promise.all([
+        launchParticipant('multi-v4', { executablePath: await netns.wrapperIn(v4, CHROMIUM_BIN, scratch),
+          args: [`--unsafely-treat-insecure-origin-as-secure=${pageFor(v4.hostIp).slice(0, -1)}`] }),
+        launchParticipant('multi-v6', { executablePath: await netns.wrapperIn(v6, CHROMIUM_BIN, scratch),
+          args: [`--unsafely-treat-insecure-origin-as-secure=${pageFor(v6.hostIp6).slice(0, -1)}`] }),
+      ]);
+      await a.page.goto(callUrl(pageFor(v4.hostIp), room, a.name), { waitUntil: 'load' });
+      await b.page.goto(callUrl(pageFor(v6.hostIp6), room, b.name), { waitUntil: 'load' });
+      await assertBothWays(a, b);
+      const [pa, pb] = await Promise.all([a, b].map((p) => withTimeout(p.page.evaluate(selectedPairs), 5_000, 'pairs')));
+      figures.multiHomed = { v4: pa, v6: pb };
+      // Each reached one of the server's IPv4 addresses (either is routed to it) or its IPv6
+      // one, and got its answers from that same address (or ICE would not have succeeded).
+      for (const pair of [pa.publish, pa.subscribe]) assert.ok(advertised.slice(0, 2).includes(pair?.remote.address), JSON.stringify(pa));
+      for (const pair of [pb.publish, pb.subscribe]) assert.equal(pair?.remote.address, v6.hostIp6, JSON.stringify(pb));
+    } finally {
+      await Promise.all([a, b].map(closeParticipant));
+      await stopServer();
+    }
+  });
+
   it('an IPv6-only client', { timeout: 60_000 }, async () => {
     const ns = client('ipv6');
     const { pairs } = await callThrough('ipv6', ns, { serverHost: ns.hostIp6, scratch });

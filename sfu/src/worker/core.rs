@@ -17,6 +17,7 @@ use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::net::{Protocol, Receive};
 use tracing::info_span;
 
+use super::local_addrs::LocalAddrs;
 use super::timers::TimerQueue;
 use str0m::format::Codec;
 
@@ -42,8 +43,8 @@ pub(crate) struct WorkerCore {
     shared: Arc<Shared>,
     /// This worker's slot in the shared state (counters, load).
     slot: Arc<WorkerShared>,
-    /// The address datagrams are received on, as the peers' ICE agents know it.
-    receive_addr: SocketAddr,
+    /// This worker's candidates: which one a datagram reached, where replies leave from.
+    local: LocalAddrs,
     peers: HashMap<PeerId, Peer>,
     demux: Demux,
     timers: TimerQueue,
@@ -60,13 +61,13 @@ impl WorkerCore {
         index: usize,
         shared: Arc<Shared>,
         slot: Arc<WorkerShared>,
-        receive_addr: SocketAddr,
+        local: LocalAddrs,
     ) -> Self {
         let workers = shared.workers.len();
         Self {
             index,
             slot,
-            receive_addr,
+            local,
             peers: HashMap::new(),
             demux: Demux::new(index, shared.ufrags.clone()),
             timers: TimerQueue::default(),
@@ -123,8 +124,21 @@ impl WorkerCore {
         }
     }
 
-    /// One datagram from the socket.
-    pub(crate) fn handle_datagram(&mut self, now: Instant, source: SocketAddr, data: &[u8]) {
+    /// The local address replies from `candidate` must leave from (for a socket bound to
+    /// every address).
+    pub(crate) fn source_ip(&self, candidate: SocketAddr) -> Option<std::net::IpAddr> {
+        self.local.source_ip(candidate)
+    }
+
+    /// One datagram from the socket, sent to `dst_ip` (when the socket reports it).
+    pub(crate) fn handle_datagram(
+        &mut self,
+        now: Instant,
+        source: SocketAddr,
+        dst_ip: Option<std::net::IpAddr>,
+        data: &[u8],
+    ) {
+        let destination = self.local.receive(dst_ip);
         let counters = self.counters();
         WorkerCounters::add(&counters.datagrams_received, 1);
         WorkerCounters::add(&counters.bytes_received, data.len() as u64);
@@ -132,8 +146,8 @@ impl WorkerCore {
             WorkerCounters::add(&counters.dropped_unroutable, 1);
             return;
         };
-        let Ok(input) = Receive::new(Protocol::Udp, source, self.receive_addr, data)
-            .map(|r| Input::Receive(now, r))
+        let Ok(input) =
+            Receive::new(Protocol::Udp, source, destination, data).map(|r| Input::Receive(now, r))
         else {
             WorkerCounters::add(&counters.dropped_malformed, 1);
             return;

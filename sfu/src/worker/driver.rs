@@ -3,12 +3,14 @@
 //! [`WorkerCore`], then sends what it produced. The only place that reads the clock or
 //! touches the socket.
 
-use std::io;
+use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use quinn_udp::{RecvMeta, UdpSocketState};
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info};
@@ -16,6 +18,7 @@ use tracing::{debug, error, info};
 use str0m::net::Protocol;
 
 use super::core::WorkerCore;
+use super::local_addrs::LocalAddrs;
 use crate::command::Command;
 use crate::counters::WorkerCounters;
 use crate::ice_tcp::connections::{TcpConnections, TcpEvent};
@@ -23,10 +26,13 @@ use crate::ice_tcp::listener::TcpHandoff;
 use crate::packet::Delivery;
 use crate::shared::{Shared, WorkerShared};
 
-/// Datagrams read per wake-up before other work gets a turn.
-const DATAGRAMS_PER_TURN: usize = 256;
-/// Largest datagram read; WebRTC keeps datagrams under the path MTU, so this is plenty.
-const RECV_BUFFER: usize = 4096;
+/// Receive calls per wake-up before other work gets a turn (each reads up to
+/// [`RECV_BATCH`] datagrams, or more with GRO).
+const RECEIVES_PER_TURN: usize = 32;
+/// Buffers per receive call (`recvmmsg`).
+const RECV_BATCH: usize = 8;
+/// Largest datagram; WebRTC keeps datagrams under the path MTU.
+const MAX_DATAGRAM: usize = 1500;
 
 /// The receiving ends of a worker's inboxes.
 pub(crate) struct Inboxes {
@@ -41,7 +47,7 @@ pub(crate) struct Inboxes {
 pub(crate) fn spawn(
     index: usize,
     socket: std::net::UdpSocket,
-    receive_addr: SocketAddr,
+    local: LocalAddrs,
     shared: Arc<Shared>,
     slot: Arc<WorkerShared>,
     inboxes: Inboxes,
@@ -61,7 +67,7 @@ pub(crate) fn spawn(
                 }
             };
             runtime.block_on(async move {
-                if let Err(e) = run(index, socket, receive_addr, shared, slot, inboxes).await {
+                if let Err(e) = run(index, socket, local, shared, slot, inboxes).await {
                     error!(worker = index, error = %e, "media worker stopped");
                 }
             });
@@ -71,17 +77,21 @@ pub(crate) fn spawn(
 async fn run(
     index: usize,
     socket: std::net::UdpSocket,
-    receive_addr: SocketAddr,
+    local: LocalAddrs,
     shared: Arc<Shared>,
     slot: Arc<WorkerShared>,
     mut inboxes: Inboxes,
 ) -> io::Result<()> {
     socket.set_nonblocking(true)?;
+    // quinn-udp: recvmmsg batches, GRO, and each datagram's destination address (a socket
+    // bound to every address answers from the address it was reached at).
+    let udp = UdpSocketState::new((&socket).into())?;
     let socket = UdpSocket::from_std(socket)?;
-    let mut core = WorkerCore::new(index, shared.clone(), slot.clone(), receive_addr);
+    let v6_socket = socket.local_addr()?.is_ipv6();
+    let mut core = WorkerCore::new(index, shared.clone(), slot.clone(), local);
     let (mut tcp, mut tcp_events) = TcpConnections::new();
-    let mut buf = vec![0u8; RECV_BUFFER];
-    debug!(worker = index, addr = %receive_addr, "media worker running");
+    let mut receiver = Receiver::new(udp.gro_segments());
+    debug!(worker = index, addr = %socket.local_addr()?, "media worker running");
     loop {
         let deadline = core
             .next_deadline()
@@ -105,17 +115,9 @@ async fn run(
             Some(event) = tcp_events.recv() => on_tcp_event(&mut core, &mut tcp, event),
             readable = socket.readable() => {
                 readable?;
-                for _ in 0..DATAGRAMS_PER_TURN {
-                    match socket.try_recv_from(&mut buf) {
-                        Ok((len, source)) => {
-                            let data = buf.get(..len).unwrap_or_default();
-                            core.handle_datagram(Instant::now(), source, data);
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(e) => {
-                            debug!(error = %e, "receive error");
-                            break;
-                        }
+                for _ in 0..RECEIVES_PER_TURN {
+                    if !receiver.receive(&socket, &udp, &mut core) {
+                        break;
                     }
                 }
             }
@@ -127,11 +129,11 @@ async fn run(
         core.flush(now);
         core.handle_timers(now);
         core.flush(now);
-        send_transmits(&socket, &tcp, &mut core, &slot.counters);
+        send_transmits(&socket, &udp, v6_socket, &tcp, &mut core, &slot.counters);
         pass_deliveries(&mut core, &shared, &slot.counters);
     }
     core.shutdown(Instant::now());
-    send_transmits(&socket, &tcp, &mut core, &slot.counters);
+    send_transmits(&socket, &udp, v6_socket, &tcp, &mut core, &slot.counters);
     let (peers, _) = core.sizes();
     info!(worker = index, peers, "media worker stopped");
     Ok(())
@@ -153,13 +155,65 @@ fn on_tcp_event(core: &mut WorkerCore, tcp: &mut TcpConnections, event: TcpEvent
     }
 }
 
+/// Reads datagrams with `recvmmsg` (and GRO where the kernel coalesces them) into buffers
+/// kept from one turn to the next.
+struct Receiver {
+    buffers: Vec<Vec<u8>>,
+    meta: Vec<RecvMeta>,
+}
+
+impl Receiver {
+    fn new(gro_segments: usize) -> Self {
+        // With GRO a buffer must hold every segment the kernel may coalesce into it.
+        let size = MAX_DATAGRAM * gro_segments.max(1);
+        Self {
+            buffers: (0..RECV_BATCH).map(|_| vec![0u8; size]).collect(),
+            meta: vec![RecvMeta::default(); RECV_BATCH],
+        }
+    }
+
+    /// One receive call; hands every datagram to the core. Returns `false` when nothing more
+    /// is waiting (or the socket failed).
+    fn receive(&mut self, socket: &UdpSocket, udp: &UdpSocketState, core: &mut WorkerCore) -> bool {
+        let mut slices: Vec<IoSliceMut<'_>> = self
+            .buffers
+            .iter_mut()
+            .map(|b| IoSliceMut::new(b))
+            .collect();
+        let meta = &mut self.meta;
+        let received = socket.try_io(Interest::READABLE, || {
+            udp.recv((&*socket).into(), &mut slices, meta)
+        });
+        let count = match received {
+            Ok(count) => count,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+            Err(e) => {
+                debug!(error = %e, "receive error");
+                return false;
+            }
+        };
+        let now = Instant::now();
+        for (meta, buf) in self.meta.iter().zip(&self.buffers).take(count) {
+            let source = SocketAddr::new(meta.addr.ip().to_canonical(), meta.addr.port());
+            let data = buf.get(..meta.len).unwrap_or_default();
+            for datagram in data.chunks(meta.stride.max(1)) {
+                core.handle_datagram(now, source, meta.dst_ip, datagram);
+            }
+        }
+        true
+    }
+}
+
 fn send_transmits(
     socket: &UdpSocket,
+    udp: &UdpSocketState,
+    v6_socket: bool,
     tcp: &TcpConnections,
     core: &mut WorkerCore,
     counters: &WorkerCounters,
 ) {
-    for t in core.out.transmits.drain(..) {
+    let mut transmits = std::mem::take(&mut core.out.transmits);
+    for t in &transmits {
         if t.proto == Protocol::Tcp {
             if tcp.send(t.destination, &t.contents) {
                 WorkerCounters::add(&counters.datagrams_sent, 1);
@@ -169,10 +223,27 @@ fn send_transmits(
             }
             continue;
         }
-        match socket.try_send_to(&t.contents, t.destination) {
-            Ok(n) => {
+        // A dual-stack socket sends to IPv4 destinations as IPv4-mapped IPv6 addresses.
+        let destination = match t.destination {
+            SocketAddr::V4(v4) if v6_socket => {
+                SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port())
+            }
+            other => other,
+        };
+        let transmit = quinn_udp::Transmit {
+            destination,
+            ecn: None,
+            contents: &t.contents,
+            segment_size: None,
+            src_ip: core.source_ip(t.source),
+        };
+        let sent = socket.try_io(Interest::WRITABLE, || {
+            udp.try_send(socket.into(), &transmit)
+        });
+        match sent {
+            Ok(()) => {
                 WorkerCounters::add(&counters.datagrams_sent, 1);
-                WorkerCounters::add(&counters.bytes_sent, n as u64);
+                WorkerCounters::add(&counters.bytes_sent, t.contents.len() as u64);
             }
             Err(e) => {
                 WorkerCounters::add(&counters.dropped_send, 1);
@@ -180,6 +251,9 @@ fn send_transmits(
             }
         }
     }
+    // Keep the buffer's capacity for the next turn.
+    transmits.clear();
+    core.out.transmits = transmits;
 }
 
 /// Hands this turn's deliveries for other workers to their inboxes: media batches are dropped

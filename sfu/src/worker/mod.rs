@@ -5,4 +5,5 @@
 
 pub(crate) mod core;
 pub(crate) mod driver;
+pub(crate) mod local_addrs;
 pub(crate) mod timers;
