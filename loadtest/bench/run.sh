@@ -8,6 +8,7 @@
 #   loadtest/bench/run.sh --preset meeting --publishers 5 --simulcast --duration 20 --json
 #   WORKERS=1 loadtest/bench/run.sh ...      (media workers of the server; default: cores)
 #   NO_BUILD=1 loadtest/bench/run.sh ...     (use the binaries already built)
+#   TRANSPORT=tcp loadtest/bench/run.sh ...  (bots carry media over ICE-TCP instead of UDP)
 #
 # Binaries come from ${CARGO_TARGET_DIR:-target}/release.
 set -euo pipefail
@@ -16,16 +17,19 @@ cd "$(dirname "$0")/../.."
 bin="${CARGO_TARGET_DIR:-target}/release"
 http_port=$(( 20000 + RANDOM % 10000 ))
 media_port=$(( http_port + 1 ))
+tcp_port=$(( http_port + 100 ))
 workers_flag=()
 [[ -n "${WORKERS:-}" ]] && workers_flag=(--workers "$WORKERS")
 log=$(mktemp /tmp/sfu-bench-server.XXXXXX.log)
 "$bin/sfu-server" --http-addr "127.0.0.1:$http_port" --media-port "$media_port" \
-  --log warn "${workers_flag[@]}" >"$log" 2>&1 &
+  --ice-tcp-port "$tcp_port" --log warn "${workers_flag[@]}" >"$log" 2>&1 &
 server=$!
 trap 'kill "$server" 2>/dev/null; wait "$server" 2>/dev/null || true; rm -f "$log"' EXIT
 for _ in $(seq 100); do
   grep -q "ready" "$log" 2>/dev/null && break
   sleep 0.1
 done
-echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); server workers: ${WORKERS:-$(nproc)}" >&2
-"$bin/sfu-swarm" --server "127.0.0.1:$http_port" --server-pid "$server" "$@"
+transport=()
+[[ "${TRANSPORT:-udp}" == tcp ]] && transport=(--ice-tcp "127.0.0.1:$tcp_port")
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); server workers: ${WORKERS:-$(nproc)}; transport: ${TRANSPORT:-udp}" >&2
+"$bin/sfu-swarm" --server "127.0.0.1:$http_port" --server-pid "$server" "${transport[@]}" "$@"

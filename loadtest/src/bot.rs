@@ -93,6 +93,8 @@ pub struct BotConfig {
     pub collect_stats: bool,
     /// WHIP/WHEP: the path to POST to, instead of `/whip/{room}` or `/whep/{room}`.
     pub http_path: Option<String>,
+    /// Carry media over one ICE-TCP connection to this server address instead of UDP.
+    pub ice_tcp: Option<std::net::SocketAddr>,
 }
 
 impl BotConfig {
@@ -117,6 +119,7 @@ impl BotConfig {
             keep_frames: 0,
             collect_stats: false,
             http_path: None,
+            ice_tcp: None,
         }
     }
 }
@@ -520,7 +523,7 @@ async fn run_inner(
                 }
             },
             Some(command) = commands.recv() => bot.on_command(command).await?,
-            received = recv_on(bot.publisher.as_ref().map(|p| &p.peer), &mut pub_buf) => {
+            received = recv_on(bot.publisher.as_mut().map(|p| &mut p.peer), &mut pub_buf) => {
                 let (len, source) = received?;
                 if let Some(p) = &mut bot.publisher {
                     let data = pub_buf.get(..len).unwrap_or_default();
@@ -529,7 +532,7 @@ async fn run_inner(
                 }
             }
             Some(frame) = recv_live(bot.live.as_mut()) => bot.on_live_frame(frame)?,
-            received = recv_on(bot.subscriber.as_ref(), &mut sub_buf) => {
+            received = recv_on(bot.subscriber.as_mut(), &mut sub_buf) => {
                 let (len, source) = received?;
                 let data = sub_buf.get(..len).unwrap_or_default();
                 let dropped = is_rtp(data) && loss.random_range(0..100) < config.drop_rtp_percent;
@@ -583,11 +586,11 @@ async fn recv_live(live: Option<&mut mpsc::Receiver<LiveFrame>>) -> Option<LiveF
 }
 
 async fn recv_on(
-    peer: Option<&ClientPeer>,
+    peer: Option<&mut ClientPeer>,
     buf: &mut [u8],
 ) -> std::io::Result<(usize, std::net::SocketAddr)> {
     match peer {
-        Some(p) => p.socket.recv_from(buf).await,
+        Some(p) => p.recv(buf).await,
         None => std::future::pending().await,
     }
 }
@@ -639,8 +642,14 @@ impl Bots<'_> {
                     }
                 });
                 if self.subscriber.is_none() {
-                    self.subscriber =
-                        Some(ClientPeer::new(Instant::now(), self.config.collect_stats).await?);
+                    self.subscriber = Some(
+                        ClientPeer::new(
+                            Instant::now(),
+                            self.config.collect_stats,
+                            self.config.ice_tcp,
+                        )
+                        .await?,
+                    );
                 }
                 if let Some(s) = &mut self.subscriber {
                     let answer = s.rtc.sdp_api().accept_offer(offer)?;
@@ -676,7 +685,7 @@ impl Bots<'_> {
 
     async fn start_publishing(&mut self) -> Result<(), BotError> {
         let now = Instant::now();
-        let mut peer = ClientPeer::new(now, self.config.collect_stats).await?;
+        let mut peer = ClientPeer::new(now, self.config.collect_stats, self.config.ice_tcp).await?;
         let tag = self.config.tag.to_string();
         let mut api = peer.rtc.sdp_api();
         let simulcast = self.config.simulcast.then(|| {
@@ -755,7 +764,12 @@ impl Bots<'_> {
 
     /// WHEP: offers to receive one audio and one video track.
     async fn start_viewing(&mut self) -> Result<(), BotError> {
-        let mut peer = ClientPeer::new(Instant::now(), self.config.collect_stats).await?;
+        let mut peer = ClientPeer::new(
+            Instant::now(),
+            self.config.collect_stats,
+            self.config.ice_tcp,
+        )
+        .await?;
         let mut api = peer.rtc.sdp_api();
         api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
         api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
@@ -867,7 +881,7 @@ impl Bots<'_> {
                 if let Some(p) = &self.publisher
                     && let Some(server) = p.peer.server
                 {
-                    let _ = p.peer.socket.send_to(&datagram, server).await;
+                    p.peer.send_raw(&datagram, server).await;
                 }
             }
             Command::Leave => {

@@ -1,4 +1,10 @@
-//! One client-side WebRTC peer: a str0m `Rtc` (full ICE, RTP mode) on its own UDP socket.
+//! One client-side WebRTC peer: a str0m `Rtc` (full ICE, RTP mode) on its own UDP socket, or
+//! with everything carried over one ICE-TCP connection to the server (RFC 4571 framing).
+//!
+//! Over TCP the client's state machine still believes it speaks UDP to the server's first
+//! candidate: the connection carries those packets both ways, and the server sees a real
+//! ICE-TCP client (STUN check first, then DTLS and SRTP over the framed stream). That is what
+//! the load tests need to measure the server's TCP path.
 
 use std::io;
 use std::net::SocketAddr;
@@ -6,25 +12,54 @@ use std::time::{Duration, Instant};
 
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, Input, Output, Rtc, RtcError};
-use tokio::net::UdpSocket;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::sync::mpsc;
+
+/// How a client peer's packets travel.
+enum Link {
+    Udp(UdpSocket),
+    /// One ICE-TCP connection: frames to write, frames read.
+    Tcp {
+        out: mpsc::UnboundedSender<Vec<u8>>,
+        frames: mpsc::Receiver<Vec<u8>>,
+    },
+}
 
 /// A client peer and its socket.
 pub(crate) struct ClientPeer {
     pub(crate) rtc: Rtc,
-    pub(crate) socket: UdpSocket,
+    link: Link,
     local: SocketAddr,
     /// When the state machine next wants a timeout.
     pub(crate) timeout: Instant,
-    /// The server address this peer last sent to.
+    /// The server address this peer last sent to (over TCP: the one it believes it reaches).
     pub(crate) server: Option<SocketAddr>,
 }
 
 impl ClientPeer {
-    /// A peer on a fresh loopback socket, with the codecs the bots use; with `stats`, str0m
-    /// reports receive statistics every second.
-    pub(crate) async fn new(now: Instant, stats: bool) -> io::Result<Self> {
-        let socket = UdpSocket::bind("127.0.0.1:0").await?;
-        let local = socket.local_addr()?;
+    /// A peer on a fresh loopback socket (or, with `ice_tcp`, a TCP connection to the server's
+    /// ICE-TCP address), with the codecs the bots use; with `stats`, str0m reports receive
+    /// statistics every second.
+    pub(crate) async fn new(
+        now: Instant,
+        stats: bool,
+        ice_tcp: Option<SocketAddr>,
+    ) -> io::Result<Self> {
+        let (link, local) = match ice_tcp {
+            None => {
+                let socket = UdpSocket::bind("127.0.0.1:0").await?;
+                let local = socket.local_addr()?;
+                (Link::Udp(socket), local)
+            }
+            Some(server) => {
+                let stream = TcpStream::connect(server).await?;
+                stream.set_nodelay(true)?;
+                let local = stream.local_addr()?;
+                let (out, frames) = tcp_link(stream);
+                (Link::Tcp { out, frames }, local)
+            }
+        };
         let mut rtc = Rtc::builder()
             .set_rtp_mode(true)
             .clear_codecs()
@@ -37,11 +72,42 @@ impl ClientPeer {
         rtc.add_local_candidate(candidate);
         Ok(Self {
             rtc,
-            socket,
+            link,
             local,
             timeout: now,
             server: None,
         })
+    }
+
+    /// The next datagram (or frame) from the server: its length in `buf`, and where it came
+    /// from.
+    pub(crate) async fn recv(&mut self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        match &mut self.link {
+            Link::Udp(socket) => socket.recv_from(buf).await,
+            Link::Tcp { frames, .. } => {
+                let frame = frames.recv().await.ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::ConnectionReset, "ICE-TCP closed")
+                })?;
+                let len = frame.len().min(buf.len());
+                buf.get_mut(..len)
+                    .unwrap_or_default()
+                    .copy_from_slice(frame.get(..len).unwrap_or_default());
+                let from = self.server.unwrap_or(self.local);
+                Ok((len, from))
+            }
+        }
+    }
+
+    /// Sends raw bytes to the server (for malformed-input tests).
+    pub(crate) async fn send_raw(&self, datagram: &[u8], to: SocketAddr) {
+        match &self.link {
+            Link::Udp(socket) => {
+                let _ = socket.send_to(datagram, to).await;
+            }
+            Link::Tcp { out, .. } => {
+                let _ = out.send(frame(datagram));
+            }
+        }
     }
 
     /// Polls until only a timeout is left: sends datagrams, collects events.
@@ -52,11 +118,20 @@ impl ClientPeer {
                     self.timeout = t;
                     return Ok(());
                 }
-                Output::Transmit(t) => {
-                    self.server = Some(t.destination);
-                    // A full socket buffer loses the datagram, as the network would.
-                    let _ = self.socket.try_send_to(&t.contents, t.destination);
-                }
+                Output::Transmit(t) => match &self.link {
+                    Link::Udp(socket) => {
+                        self.server = Some(t.destination);
+                        // A full socket buffer loses the datagram, as the network would.
+                        let _ = socket.try_send_to(&t.contents, t.destination);
+                    }
+                    Link::Tcp { out, .. } => {
+                        // The connection stands for the first server address tried.
+                        let server = *self.server.get_or_insert(t.destination);
+                        if t.destination == server {
+                            let _ = out.send(frame(&t.contents));
+                        }
+                    }
+                },
                 Output::Event(e) => events.push(e),
             }
         }
@@ -81,4 +156,50 @@ impl ClientPeer {
         self.rtc.handle_input(Input::Timeout(now))?;
         self.drain(events)
     }
+}
+
+/// A packet as an RFC 4571 frame.
+fn frame(packet: &[u8]) -> Vec<u8> {
+    let len = u16::try_from(packet.len()).unwrap_or(u16::MAX);
+    let mut out = Vec::with_capacity(packet.len() + 2);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(packet.get(..usize::from(len)).unwrap_or_default());
+    out
+}
+
+/// Writer and reader tasks for an ICE-TCP connection: frames to send, frames read.
+fn tcp_link(stream: TcpStream) -> (mpsc::UnboundedSender<Vec<u8>>, mpsc::Receiver<Vec<u8>>) {
+    let (mut read, mut write) = stream.into_split();
+    let (out, mut to_write) = mpsc::unbounded_channel::<Vec<u8>>();
+    let (frames_tx, frames) = mpsc::channel(1024);
+    tokio::spawn(async move {
+        while let Some(bytes) = to_write.recv().await {
+            if write.write_all(&bytes).await.is_err() {
+                break;
+            }
+        }
+    });
+    tokio::spawn(async move {
+        let mut pending: Vec<u8> = Vec::new();
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = match read.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            pending.extend_from_slice(buf.get(..n).unwrap_or_default());
+            while let (Some(&a), Some(&b)) = (pending.first(), pending.get(1)) {
+                let len = usize::from(u16::from_be_bytes([a, b]));
+                let Some(body) = pending.get(2..2 + len) else {
+                    break;
+                };
+                let body = body.to_vec();
+                pending.drain(..2 + len);
+                if frames_tx.send(body).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    (out, frames)
 }

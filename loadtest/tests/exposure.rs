@@ -17,6 +17,7 @@ use control_api::turn::{TurnConfig, password};
 use control_api::{Server, ServerConfig};
 use loadtest::server_probe::{HttpResponse, http_request};
 use loadtest::signal::ServerMessage;
+use loadtest::synthetic::PayloadKind;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
@@ -357,4 +358,41 @@ async fn read_until_closed(stream: &mut TcpStream) -> usize {
             Err(_) => panic!("the server kept the connection open past {WAIT:?}"),
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bots_call_over_ice_tcp_byte_for_byte() {
+    let server = server(|c| c.sfu.workers = 2).await;
+    let tcp = server.sfu().tcp_addrs()[0];
+    let over_tcp = |identity: &str, publish: bool, tag: u32| {
+        let mut config = loadtest::bot::BotConfig::new(
+            &common::ws_url(&server),
+            token("tcp-call", identity),
+            publish,
+            tag,
+        );
+        config.keyframe_interval = 30;
+        config.ice_tcp = Some(tcp);
+        loadtest::bot::Bot::spawn(config)
+    };
+    let publisher = over_tcp("pub", true, 7);
+    let viewer = over_tcp("view", false, 8);
+    assert!(
+        viewer
+            .wait_for(WAIT, |s| s.packets_from(7, PayloadKind::Vp8) >= 100
+                && s.packets_from(7, PayloadKind::Opus) >= 50)
+            .await,
+        "media over ICE-TCP both ways through the server"
+    );
+    let state = viewer.state();
+    assert_eq!(state.bad_payloads, 0, "payloads arrive byte for byte");
+    assert!(publisher.state().publish_connected);
+    let counters = server.sfu().counters();
+    // At least the publisher's publish connection and the viewer's subscribe connection
+    // (the publisher's own subscribe connection may still be waiting for its first check).
+    assert!(counters.tcp_accepted >= 2, "{counters:?}");
+    assert!(server.sfu().tcp_connections() >= 2);
+    assert_eq!(counters.tcp_send_dropped, 0);
+    drop((publisher, viewer));
+    server.shutdown();
 }

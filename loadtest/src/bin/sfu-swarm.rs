@@ -96,6 +96,10 @@ struct Args {
     /// How bots reach the server.
     #[arg(long, value_enum, default_value = "signalling")]
     protocol: ProtocolArg,
+    /// Carry every bot's media over one ICE-TCP connection each to this address (the
+    /// server's --ice-tcp-port) instead of UDP. [default: UDP]
+    #[arg(long, value_name = "HOST:PORT")]
+    ice_tcp: Option<std::net::SocketAddr>,
     /// WHIP endpoint path (`{room}` is replaced by the room name).
     #[arg(long, default_value = "/whip/{room}")]
     whip_path: String,
@@ -198,6 +202,7 @@ fn scenario(args: &Args) -> Scenario {
         api_key: args.api_key.clone(),
         api_secret: args.api_secret.clone(),
         bearer: args.bearer.clone(),
+        ice_tcp: args.ice_tcp,
     }
 }
 

@@ -109,6 +109,8 @@ pub struct Scenario {
     /// A fixed bearer token for every bot instead of minted ones (other servers).
     #[serde(skip)]
     pub bearer: Option<String>,
+    /// Carry every bot's media over ICE-TCP to this server address instead of UDP.
+    pub ice_tcp: Option<std::net::SocketAddr>,
 }
 
 fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -237,6 +239,7 @@ impl Scenario {
         config.verify_payloads = self.media == Media::Synthetic;
         config.record_seqs = false;
         config.collect_stats = true;
+        config.ice_tcp = self.ice_tcp;
         if self.media == Media::Synthetic {
             config.keyframe_interval = self.fps.max(1) * 4;
         }
@@ -296,6 +299,7 @@ pub(crate) mod tests {
             api_key: control_api::auth::DEV_API_KEY.into(),
             api_secret: control_api::auth::DEV_API_SECRET.into(),
             bearer: None,
+            ice_tcp: None,
         }
     }
 
