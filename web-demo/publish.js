@@ -36,10 +36,14 @@ function send(msg) {
 /** Creates the publish connection with what we have (mic, camera, screen) and offers it. */
 export function startPublishing(session) {
   const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle', iceServers: state.iceServers });
+  const created = performance.now();
   state.pubPc = pc;
   state.signalling.trickle(pc, 'publish');
   pc.addEventListener('connectionstatechange', () => {
-    if (isCurrent(session) && pc.connectionState === 'connected') state.mediaEverConnected = true;
+    if (isCurrent(session) && pc.connectionState === 'connected') {
+      state.mediaEverConnected = true;
+      state.connectMs.publish ??= Math.round(performance.now() - created);
+    }
     if (isCurrent(session) && pc.connectionState === 'failed') hooks.onFailed('the publish connection failed (ICE/DTLS)', pc);
   });
 

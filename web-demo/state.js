@@ -31,6 +31,9 @@ export const state = {
   /** A media connection reached `connected` in this call (else a failure means the network
    * blocks media, and reconnecting would not help). */
   mediaEverConnected: false,
+  /** Milliseconds from creating each peer connection to `connected` (first time), for tests
+   * and the connection figures in BENCHMARKS.md. */
+  connectMs: {},
 
   /** The signalling connection (a `Signalling` from signalling.js). */
   signalling: null,

@@ -38,10 +38,14 @@ async function answerOffer(msg, session) {
 
 function createSubscribePc(session) {
   const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle', iceServers: state.iceServers });
+  const created = performance.now();
   state.subPc = pc;
   state.signalling.trickle(pc, 'subscribe');
   pc.addEventListener('connectionstatechange', () => {
-    if (isCurrent(session) && pc.connectionState === 'connected') state.mediaEverConnected = true;
+    if (isCurrent(session) && pc.connectionState === 'connected') {
+      state.mediaEverConnected = true;
+      state.connectMs.subscribe ??= Math.round(performance.now() - created);
+    }
     if (isCurrent(session) && pc.connectionState === 'failed') hooks.onFailed('the subscribe connection failed (ICE/DTLS)', pc);
   });
   pc.addEventListener('track', (event) => {

@@ -53,11 +53,11 @@ impl ClientPeer {
                 (Link::Udp(socket), local)
             }
             Some(server) => {
-                let stream = TcpStream::connect(server).await?;
-                stream.set_nodelay(true)?;
-                let local = stream.local_addr()?;
-                let (out, frames) = tcp_link(stream);
-                (Link::Tcp { out, frames }, local)
+                // Connected at the first packet, as an active ICE-TCP client does: a
+                // connection that sent no STUN check for a while would be dropped.
+                let (out, frames) = tcp_link(server);
+                // The local address is only this agent's own idea (Chromium says port 9).
+                (Link::Tcp { out, frames }, SocketAddr::from(([127, 0, 0, 1], 9)))
             }
         };
         let mut rtc = Rtc::builder()
@@ -167,19 +167,35 @@ fn frame(packet: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Writer and reader tasks for an ICE-TCP connection: frames to send, frames read.
-fn tcp_link(stream: TcpStream) -> (mpsc::UnboundedSender<Vec<u8>>, mpsc::Receiver<Vec<u8>>) {
-    let (mut read, mut write) = stream.into_split();
+/// An ICE-TCP connection to `server`, opened when the first frame is to be sent: frames to
+/// send, frames read.
+fn tcp_link(server: SocketAddr) -> (mpsc::UnboundedSender<Vec<u8>>, mpsc::Receiver<Vec<u8>>) {
     let (out, mut to_write) = mpsc::unbounded_channel::<Vec<u8>>();
     let (frames_tx, frames) = mpsc::channel(1024);
     tokio::spawn(async move {
-        while let Some(bytes) = to_write.recv().await {
+        let Some(first) = to_write.recv().await else {
+            return;
+        };
+        let Ok(stream) = TcpStream::connect(server).await else {
+            return;
+        };
+        let _ = stream.set_nodelay(true);
+        let (read, mut write) = stream.into_split();
+        tokio::spawn(read_frames(read, frames_tx));
+        let mut next = Some(first);
+        while let Some(bytes) = next {
             if write.write_all(&bytes).await.is_err() {
                 break;
             }
+            next = to_write.recv().await;
         }
     });
-    tokio::spawn(async move {
+    (out, frames)
+}
+
+/// Reads RFC 4571 frames until the connection closes.
+async fn read_frames(mut read: tokio::net::tcp::OwnedReadHalf, frames_tx: mpsc::Sender<Vec<u8>>) {
+    {
         let mut pending: Vec<u8> = Vec::new();
         let mut buf = vec![0u8; 16 * 1024];
         loop {
@@ -200,6 +216,5 @@ fn tcp_link(stream: TcpStream) -> (mpsc::UnboundedSender<Vec<u8>>, mpsc::Receive
                 }
             }
         }
-    });
-    (out, frames)
+    }
 }

@@ -61,7 +61,8 @@ function selectedPairs() {
     return { local: side(pair.localCandidateId), remote: side(pair.remoteCandidateId), rtt: pair.currentRoundTripTime ?? null };
   };
   const { state } = window.sfuDemo;
-  return Promise.all([describe(state.pubPc), describe(state.subPc)]).then(([publish, subscribe]) => ({ publish, subscribe }));
+  return Promise.all([describe(state.pubPc), describe(state.subPc)])
+    .then(([publish, subscribe]) => ({ publish, subscribe, connectMs: { ...state.connectMs } }));
 }
 
 // ---------------------------------------------------------------------------------------------
