@@ -57,7 +57,10 @@ impl ClientPeer {
                 // connection that sent no STUN check for a while would be dropped.
                 let (out, frames) = tcp_link(server);
                 // The local address is only this agent's own idea (Chromium says port 9).
-                (Link::Tcp { out, frames }, SocketAddr::from(([127, 0, 0, 1], 9)))
+                (
+                    Link::Tcp { out, frames },
+                    SocketAddr::from(([127, 0, 0, 1], 9)),
+                )
             }
         };
         let mut rtc = Rtc::builder()
