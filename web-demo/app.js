@@ -109,7 +109,7 @@ async function startJoin() {
   state.identity = tokenClaims(state.token)?.identity || state.identity || randomIdentity();
   Object.assign(state, {
     room, displayName, viewer: ui.viewerInput.checked, phase: 'connecting',
-    leaving: false, everJoined: false, reconnectAttempts: 0, mediaEverConnected: false,
+    leaving: false, everJoined: false, reconnectAttempts: 0, mediaEverConnected: false, mediaFailures: 0,
   });
   ui.joinButton.disabled = true;
 
@@ -200,7 +200,9 @@ async function connect() {
  * the network blocks it: say so, and what was tried, instead of reconnecting forever.
  */
 function mediaFailed(reason, pc) {
-  if (state.mediaEverConnected) return connectionLost(reason);
+  // Once through is not proof (the server may have restarted): the second failure is.
+  state.mediaFailures += 1;
+  if (state.mediaEverConnected || state.mediaFailures < 2) return connectionLost(reason);
   const sdp = pc?.remoteDescription?.sdp ?? '';
   const tried = ['UDP'];
   if (/tcptype passive/i.test(sdp)) tried.push('TCP (ICE-TCP)');

@@ -31,6 +31,8 @@ export const state = {
   /** A media connection reached `connected` in this call (else a failure means the network
    * blocks media, and reconnecting would not help). */
   mediaEverConnected: false,
+  /** Media connections that failed in this call before any got through. */
+  mediaFailures: 0,
   /** Milliseconds from creating each peer connection to `connected` (first time), for tests
    * and the connection figures in BENCHMARKS.md. */
   connectMs: {},

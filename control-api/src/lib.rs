@@ -129,12 +129,13 @@ impl AppState {
         )
     }
 
-    /// TURN credentials for a participant (none without `--turn-secret`).
-    pub fn ice_servers(&self, identity: &str) -> Vec<turn::IceServer> {
+    /// TURN credentials for a participant whose token expires at `until` (none without
+    /// `--turn-secret`).
+    pub fn ice_servers(&self, identity: &str, until: u64) -> Vec<turn::IceServer> {
         self.config
             .turn
             .as_ref()
-            .map(|t| vec![t.credentials(identity, auth::unix_now())])
+            .map(|t| vec![t.credentials(identity, auth::unix_now(), until)])
             .unwrap_or_default()
     }
 }

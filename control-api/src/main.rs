@@ -261,14 +261,29 @@ fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     let dev_keys = keys.is_dev();
-    if dev_keys && !args.http_addr.ip().is_loopback() {
+    // Signs that the server is meant for others: a public address, TLS, a proxy in front of
+    // it (which may make a loopback address public), or a TURN relay to hand out.
+    let exposed = if !args.http_addr.ip().is_loopback() {
+        Some(format!(
+            "--http-addr {} is reachable from other machines",
+            args.http_addr
+        ))
+    } else if args.tls_cert.is_some() || args.tls_self_signed {
+        Some("TLS is configured".to_string())
+    } else if !args.trusted_proxies.is_empty() {
+        Some("a reverse proxy is configured (--trusted-proxy)".to_string())
+    } else if args.turn_secret.is_some() || !args.turn_servers.is_empty() {
+        Some("a TURN relay is configured (its credentials would go to anyone)".to_string())
+    } else {
+        None
+    };
+    if let (true, Some(why)) = (dev_keys, exposed) {
         if !args.dev {
             eprintln!(
-                "error: --http-addr {} is reachable from other machines, and without --api-key \
-                 the server would use the public development key (anyone could mint tokens).\n\
+                "error: {why}, and without --api-key the server would use the public \
+                 development key (anyone could mint tokens).\n\
                  Pass your own key: --api-key mykey:$(head -c 24 /dev/urandom | base64)\n\
-                 (or --dev to run with the development key anyway, on a network you trust)",
-                args.http_addr
+                 (or --dev to run with the development key anyway, on a network you trust)"
             );
             return ExitCode::from(2);
         }

@@ -67,8 +67,8 @@ pub fn of_request(
     let (proto, host) = match header_str(headers, "forwarded") {
         Some(forwarded) => forwarded_pair(forwarded),
         None => (
-            header_str(headers, "x-forwarded-proto").map(|p| first_item(p).to_string()),
-            header_str(headers, "x-forwarded-host").map(|h| first_item(h).to_string()),
+            header_str(headers, "x-forwarded-proto").map(|p| last_item(p).to_string()),
+            header_str(headers, "x-forwarded-host").map(|h| last_item(h).to_string()),
         ),
     };
     match proto.as_deref().map(str::to_ascii_lowercase).as_deref() {
@@ -86,16 +86,17 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name)?.to_str().ok().map(str::trim)
 }
 
-/// The first of a comma-separated list (the hop nearest the client).
-fn first_item(value: &str) -> &str {
-    value.split(',').next().unwrap_or_default().trim()
+/// The last of a comma-separated list: the one our trusted proxy wrote (a proxy that appends
+/// keeps whatever the client sent before it).
+fn last_item(value: &str) -> &str {
+    value.rsplit(',').next().unwrap_or_default().trim()
 }
 
-/// `proto` and `host` of the first element of an RFC 7239 `Forwarded` header.
+/// `proto` and `host` of the last element of an RFC 7239 `Forwarded` header.
 fn forwarded_pair(value: &str) -> (Option<String>, Option<String>) {
     let mut proto = None;
     let mut host = None;
-    for pair in first_item(value).split(';') {
+    for pair in last_item(value).split(';') {
         let Some((name, val)) = pair.split_once('=') else {
             continue;
         };
@@ -139,6 +140,10 @@ mod tests {
 
     #[test]
     fn forwarding_headers_count_only_from_trusted_proxies() {
+        // What a client put first is ignored: the trusted proxy appends its own last.
+        let appended = headers(&[("host", "h"), ("x-forwarded-proto", "http, https")]);
+        let t = vec![parse_proxy("127.0.0.1").unwrap()];
+        assert!(of_request(&appended, peer("127.0.0.1"), false, &t, "x").secure);
         let trusted = vec![
             parse_proxy("198.18.0.0/24").unwrap(),
             parse_proxy("::1").unwrap(),
@@ -165,7 +170,7 @@ mod tests {
             ("host", "inner:7880"),
             (
                 "forwarded",
-                "for=192.0.2.60;proto=https;host=\"a.example:443\", for=x",
+                "for=198.51.100.1;proto=http;host=evil, for=192.0.2.60;proto=https;host=\"a.example:443\"",
             ),
             ("x-forwarded-proto", "http"),
         ]);

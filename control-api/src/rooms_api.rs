@@ -651,6 +651,11 @@ async fn mute_track(
         .find(|m| m.info.id == participant || m.info.identity == participant)
         .ok_or_else(|| ApiError::no_participant(&participant))?;
     let id = parse_track(&track)?;
+    let was_muted = room
+        .tracks()
+        .into_iter()
+        .find(|t| t.info.id == track)
+        .is_some_and(|t| t.info.muted);
     if !room.set_muted(&member.info.id, &track, request.muted) {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -658,8 +663,16 @@ async fn mute_track(
             format!("{participant:?} publishes no track {track:?}"),
         ));
     }
-    // Ended meanwhile: the room is told anyway, and the track lookup below answers 404.
-    let _ = state.sfu.set_track_muted(id, request.muted).await;
+    if let Err(e) = state.sfu.set_track_muted(id, request.muted).await {
+        // The media core did not apply it (the track just ended, or the server stops): undo
+        // the room's record rather than tell everyone something untrue.
+        room.set_muted(&member.info.id, &track, was_muted);
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_track",
+            format!("the track cannot be muted now: {e}"),
+        ));
+    }
     room.broadcast(
         &ServerMessage::TrackMuted {
             track: track.clone(),

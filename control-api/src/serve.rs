@@ -14,7 +14,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
@@ -22,6 +22,9 @@ use tracing::{debug, warn};
 
 /// How long a client may take to complete the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to send a request's headers (a connection that sends nothing
+/// after the handshake is closed then).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serves `router` on `listener` over plain HTTP.
 pub async fn plain(listener: TcpListener, router: Router) -> std::io::Result<()> {
@@ -67,6 +70,8 @@ pub async fn tls(listener: TcpListener, router: Router, config: Arc<rustls::Serv
                     router.clone().oneshot(request)
                 });
             let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service)
                 .with_upgrades();
             if let Err(e) = connection.await {

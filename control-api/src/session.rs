@@ -61,6 +61,8 @@ struct Joined {
     sources: BTreeMap<String, String>,
     /// A peer connection has existed.
     had_media: bool,
+    /// When the access token expires (TURN credentials end with it).
+    expires: u64,
 }
 
 /// What a joining session will do.
@@ -257,7 +259,7 @@ impl Session {
             participant: me.clone(),
             participants: snapshot.others,
             tracks: snapshot.tracks.iter().map(|t| t.info.clone()).collect(),
-            ice_servers: self.state.ice_servers(&me.identity),
+            ice_servers: self.state.ice_servers(&me.identity, claims.exp),
         });
         let speakers = room.speakers();
         if !speakers.is_empty() {
@@ -288,6 +290,7 @@ impl Session {
             subscriber,
             sources: BTreeMap::new(),
             had_media: subscriber.is_some(),
+            expires: claims.exp,
         });
         Ok(())
     }
@@ -371,9 +374,12 @@ impl Session {
         }
     }
 
-    /// The participant's identity, once joined.
-    pub fn identity(&self) -> Option<&str> {
-        self.joined.as_ref().map(|j| j.me.identity.as_str())
+    /// TURN credentials for this participant, once joined (see [`AppState::ice_servers`]).
+    pub fn ice_servers(&self) -> Vec<crate::turn::IceServer> {
+        self.joined
+            .as_ref()
+            .map(|j| self.state.ice_servers(&j.me.identity, j.expires))
+            .unwrap_or_default()
     }
 
     /// Whether the session joined and every peer connection it had has closed.

@@ -63,9 +63,10 @@ impl TurnConfig {
         Ok(())
     }
 
-    /// Credentials for `identity`, valid from `now_unix` (seconds) for the configured time.
-    pub fn credentials(&self, identity: &str, now_unix: u64) -> IceServer {
-        let expiry = now_unix.saturating_add(self.ttl.as_secs());
+    /// Credentials for `identity`, valid from `now_unix` (seconds) for the configured time,
+    /// but not past `until` (the access token's own expiry: relay access ends with it).
+    pub fn credentials(&self, identity: &str, now_unix: u64, until: u64) -> IceServer {
+        let expiry = now_unix.saturating_add(self.ttl.as_secs()).min(until);
         // coturn reads the expiry up to the first ':'; keep the identity from adding any.
         let user: String = identity
             .chars()
@@ -128,12 +129,17 @@ mod tests {
 
     #[test]
     fn credentials_follow_the_turn_rest_scheme() {
-        let c = config().credentials("ali:ce", 1_700_000_000);
+        let c = config().credentials("ali:ce", 1_700_000_000, u64::MAX);
         assert_eq!(c.username, "1700003600:ali_ce");
         // Reference value: printf '1700003600:ali_ce' | openssl dgst -sha1 -hmac north -binary | base64
         assert_eq!(c.credential, password("north", "1700003600:ali_ce"));
         assert_eq!(c.credential.len(), 28, "20 bytes in base64");
         assert_eq!(c.urls.len(), 2);
+        let short = config().credentials("eve", 1_700_000_000, 1_700_000_600);
+        assert!(
+            short.username.starts_with("1700000600:"),
+            "capped by the token"
+        );
     }
 
     #[test]
@@ -147,7 +153,7 @@ mod tests {
 
     #[test]
     fn link_headers_per_url_and_bad_urls_are_refused() {
-        let links = link_headers(&[config().credentials("bob", 0)]);
+        let links = link_headers(&[config().credentials("bob", 0, u64::MAX)]);
         assert_eq!(links.len(), 2);
         let first = links[0].to_str().unwrap();
         assert!(first.starts_with("<turn:198.18.0.1:3478?transport=udp>; rel=\"ice-server\""));

@@ -147,13 +147,17 @@ async fn options_headers(
     if request.method() != Method::OPTIONS {
         return next.run(request).await;
     }
-    let resource = request.uri().path().trim_matches('/').split('/').count() == 3;
+    let segments: Vec<&str> = request.uri().path().trim_matches('/').split('/').collect();
+    let resource = segments.len() == 3;
     // RFC 9725 lets OPTIONS carry the ICE servers, so a client can gather relay candidates
-    // before it offers. Only with a valid token: TURN credentials are relay bandwidth, not
-    // for anyone who asks (a browser's CORS preflight carries none and gets none).
+    // before it offers. Only with a token that may join this room: TURN credentials are relay
+    // bandwidth, not for anyone who asks (a browser's CORS preflight carries none and gets
+    // none), and they end when the token does.
+    let room = segments.get(1).copied().unwrap_or_default();
     let ice_servers = bearer(request.headers())
         .and_then(|token| state.keys.verify(token).ok())
-        .map(|claims| state.ice_servers(&claims.sub))
+        .filter(|claims| claims.video.room_join && claims.video.room.as_deref() == Some(room))
+        .map(|claims| state.ice_servers(&claims.sub, claims.exp))
         .unwrap_or_default();
     let mut response = next.run(request).await;
     *response.status_mut() = StatusCode::NO_CONTENT;
@@ -236,7 +240,7 @@ async fn create(
             commands,
         },
     );
-    let ice_servers = state.ice_servers(session.identity().unwrap_or_default());
+    let ice_servers = session.ice_servers();
     let etag = etag_of(&answer);
     let location = format!("/{}/{}/{}", kind.path(), room, id);
     info!(%location, "{} resource created", kind.path());

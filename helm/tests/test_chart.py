@@ -350,6 +350,11 @@ class Turn(unittest.TestCase):
         ):
             self.assertIn(arg, args)
         self.assertFalse(any(a.startswith("--external-ip") for a in args))
+        # The relay reaches the SFU and nothing else: every peer denied, the node allowed.
+        self.assertIn("--denied-peer-ip=0.0.0.0-255.255.255.255", args)
+        self.assertIn("--allowed-peer-ip=$(NODE_IP)", args)
+        node_ip = {e["name"]: e for e in relay["env"]}["NODE_IP"]
+        self.assertEqual(node_ip["valueFrom"]["fieldRef"]["fieldPath"], "status.hostIP")
         ports = {(p["containerPort"], p["protocol"]) for p in relay["ports"]}
         self.assertEqual(ports, {(3478, "UDP"), (3478, "TCP")})
         # The relay pod must not be selected by the SFU's Services or PodDisruptionBudget.

@@ -119,7 +119,7 @@ impl Sfu {
             let (media_tx, media_rx) = mpsc::channel(config.worker_queue_batches.max(1));
             let (control_tx, control_rx) = mpsc::unbounded_channel();
             let (tcp_tx, tcp_rx) = mpsc::channel(TCP_HANDOFF_QUEUE);
-            locals.push(LocalAddrs::new(local, candidates.clone()));
+            locals.push(LocalAddrs::new(local, &candidates));
             slots.push(Arc::new(WorkerShared {
                 counters: WorkerCounters::default(),
                 load: AtomicUsize::new(0),
@@ -167,9 +167,13 @@ impl Sfu {
             threads.push(thread);
         }
         if let Some(listener) = tcp_listener {
+            let bound = listener.local_addr().map_err(|source| SfuError::Bind {
+                addr: SocketAddr::new(shared.config.bind_ip, 0),
+                source,
+            })?;
             let thread = crate::ice_tcp::listener::spawn(
                 listener,
-                tcp_candidates,
+                LocalAddrs::new(bound, &tcp_candidates),
                 shared.clone(),
                 shutdown_rx.clone(),
             )

@@ -3,7 +3,9 @@
 //! slow worker slows its readers, it does not buffer without end); frames to send go to the
 //! connection's bounded queue, and a full queue drops the frame, as a full UDP socket buffer
 //! would. A connection that reads nothing for [`IDLE_TIMEOUT`] is closed (ICE consent checks
-//! arrive every few seconds on a live one).
+//! arrive every few seconds on a live one), as is one whose client stops reading
+//! ([`WRITE_TIMEOUT`]) or sends something that is not ICE-TCP; either task ending ends the
+//! other, and the connection's place in the limits is given back when both are gone.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -19,6 +21,9 @@ use super::listener::TcpHandoff;
 
 /// A connection that has read nothing for this long is closed.
 pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A connection whose client takes longer than this to accept one frame (it stopped reading)
+/// is closed.
+pub(crate) const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Frames waiting to be written on one connection.
 const WRITE_QUEUE: usize = 512;
 /// Frames read and not yet handled by the worker, over all its connections.
@@ -40,10 +45,17 @@ pub(crate) enum TcpEvent {
 /// The connections of one worker.
 #[derive(Debug)]
 pub(crate) struct TcpConnections {
-    /// Per remote address: the connection's number and its write queue.
-    writers: HashMap<SocketAddr, (u64, mpsc::Sender<Vec<u8>>)>,
+    /// Per remote address: the connection's number, its write queue and its writer task.
+    writers: HashMap<SocketAddr, Writer>,
     events: mpsc::Sender<TcpEvent>,
     next_id: u64,
+}
+
+#[derive(Debug)]
+struct Writer {
+    id: u64,
+    queue: mpsc::Sender<Vec<u8>>,
+    task: tokio::task::AbortHandle,
 }
 
 impl TcpConnections {
@@ -86,25 +98,51 @@ impl TcpConnections {
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
         let id = self.next_id;
         self.next_id += 1;
-        // A connection from the same address that is still open is replaced.
-        self.writers.insert(remote, (id, tx));
-        tokio::spawn(async move {
+        // Both tasks hold the connection's place in the limits.
+        let slot = std::sync::Arc::new(slot);
+        let writer_slot = slot.clone();
+        let writer = tokio::spawn(async move {
+            let _slot = writer_slot;
             while let Some(bytes) = rx.recv().await {
-                if write.write_all(&bytes).await.is_err() {
-                    break;
+                match tokio::time::timeout(WRITE_TIMEOUT, write.write_all(&bytes)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => break,
+                    Err(_) => {
+                        debug!(%remote, "ICE-TCP client stopped reading; closed");
+                        break;
+                    }
                 }
             }
             let _ = write.shutdown().await;
         });
+        // A connection from the same address that is still open is replaced.
+        let replaced = self.writers.insert(
+            remote,
+            Writer {
+                id,
+                queue: tx,
+                task: writer.abort_handle(),
+            },
+        );
+        if let Some(old) = replaced {
+            old.task.abort();
+        }
         let events = self.events.clone();
         tokio::spawn(async move {
-            // The connection's place in the limits is given back when this task ends.
             let _slot = slot;
             let mut reader = FrameReader::default();
             reader.push(&pending);
             let mut buf = vec![0u8; 4096];
-            loop {
-                while let Some(data) = reader.next_frame() {
+            'read: loop {
+                loop {
+                    let data = match reader.next_frame() {
+                        Ok(Some(data)) => data,
+                        Ok(None) => break,
+                        Err(_) => {
+                            debug!(%remote, "not ICE-TCP; closed");
+                            break 'read;
+                        }
+                    };
                     let frame = TcpEvent::Frame {
                         remote,
                         local,
@@ -138,21 +176,19 @@ impl TcpConnections {
     /// Queues a packet for `remote`. Returns `false` if it was dropped (no such connection,
     /// its queue is full, or the packet is too long to frame).
     pub(crate) fn send(&self, remote: SocketAddr, packet: &[u8]) -> bool {
-        let (Some((_, writer)), Some(bytes)) = (self.writers.get(&remote), frame(packet)) else {
+        let (Some(writer), Some(bytes)) = (self.writers.get(&remote), frame(packet)) else {
             return false;
         };
-        writer.try_send(bytes).is_ok()
+        writer.queue.try_send(bytes).is_ok()
     }
 
-    /// Forgets a connection that closed (its writer stops once its queue is empty). Returns
-    /// whether it was the current connection from that address.
+    /// Forgets a connection whose reader ended, and ends its writer. Returns whether it was
+    /// the current connection from that address.
     pub(crate) fn closed(&mut self, remote: SocketAddr, id: u64) -> bool {
-        if self
-            .writers
-            .get(&remote)
-            .is_some_and(|(current, _)| *current == id)
-        {
-            self.writers.remove(&remote);
+        if self.writers.get(&remote).is_some_and(|w| w.id == id) {
+            if let Some(writer) = self.writers.remove(&remote) {
+                writer.task.abort();
+            }
             return true;
         }
         false

@@ -25,13 +25,18 @@ use super::framing::FrameReader;
 use crate::counters::WorkerCounters;
 use crate::shared::Shared;
 use crate::stun;
+use crate::worker::local_addrs::LocalAddrs;
 
 /// How long a new connection has to deliver its first (STUN) frame.
 pub(crate) const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(5);
 /// Open ICE-TCP connections at most, in all.
 pub(crate) const MAX_CONNECTIONS: usize = 4096;
-/// Open ICE-TCP connections at most from one client address.
-pub(crate) const MAX_PER_ADDRESS: usize = 32;
+/// Open ICE-TCP connections at most from one client address (an IPv4 address or an IPv6
+/// /64): an office behind one NAT address, two connections per participant.
+pub(crate) const MAX_PER_ADDRESS: usize = 256;
+/// Connections at most that have not yet delivered their STUN check, in all: what a flood of
+/// silent connections can hold.
+pub(crate) const MAX_PENDING: usize = 512;
 
 /// A connection whose first frame named a peer, on its way to that peer's worker.
 #[derive(Debug)]
@@ -51,29 +56,56 @@ pub(crate) struct TcpHandoff {
 /// Counts open connections, in total and per client address.
 #[derive(Debug, Default)]
 pub(crate) struct TcpLimits {
-    open: Mutex<(usize, HashMap<IpAddr, usize>)>,
+    open: Mutex<OpenConnections>,
+}
+
+#[derive(Debug, Default)]
+struct OpenConnections {
+    total: usize,
+    /// Per address (IPv6: per /64); entries removed when their count is back to 0.
+    per_address: HashMap<IpAddr, usize>,
+    /// Accepted, first frame not read yet.
+    pending: usize,
+}
+
+/// The key a client address counts under: itself for IPv4, its /64 for IPv6 (one host usually
+/// has a whole /64 to pick addresses from).
+fn address_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let mut octets = v6.octets();
+            for b in octets.iter_mut().skip(8) {
+                *b = 0;
+            }
+            IpAddr::V6(octets.into())
+        }
+        v4 => v4,
+    }
 }
 
 impl TcpLimits {
-    /// Takes a place for a connection from `ip`, if the limits allow one.
+    /// Takes a place for a new connection from `ip` (counted as pending until
+    /// [`ConnectionSlot::established`]), if the limits allow one.
     pub(crate) fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<ConnectionSlot> {
+        let key = address_key(ip);
         let mut open = self.open.lock();
-        let (total, per_ip) = &mut *open;
-        let mine = per_ip.entry(ip).or_insert(0);
-        if *total >= MAX_CONNECTIONS || *mine >= MAX_PER_ADDRESS {
+        let mine = open.per_address.get(&key).copied().unwrap_or(0);
+        if open.total >= MAX_CONNECTIONS || open.pending >= MAX_PENDING || mine >= MAX_PER_ADDRESS {
             return None;
         }
-        *total += 1;
-        *mine += 1;
+        open.total += 1;
+        open.pending += 1;
+        open.per_address.insert(key, mine + 1);
         Some(ConnectionSlot {
             limits: self.clone(),
-            ip,
+            key,
+            pending: true,
         })
     }
 
     /// Connections open now.
     pub(crate) fn open(&self) -> usize {
-        self.open.lock().0
+        self.open.lock().total
     }
 }
 
@@ -81,27 +113,40 @@ impl TcpLimits {
 #[derive(Debug)]
 pub(crate) struct ConnectionSlot {
     limits: Arc<TcpLimits>,
-    ip: IpAddr,
+    key: IpAddr,
+    pending: bool,
+}
+
+impl ConnectionSlot {
+    /// The connection delivered its STUN check: no longer pending.
+    pub(crate) fn established(&mut self) {
+        if std::mem::take(&mut self.pending) {
+            let mut open = self.limits.open.lock();
+            open.pending = open.pending.saturating_sub(1);
+        }
+    }
 }
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         let mut open = self.limits.open.lock();
-        let (total, per_ip) = &mut *open;
-        *total = total.saturating_sub(1);
-        if let Some(mine) = per_ip.get_mut(&self.ip) {
+        open.total = open.total.saturating_sub(1);
+        if self.pending {
+            open.pending = open.pending.saturating_sub(1);
+        }
+        if let Some(mine) = open.per_address.get_mut(&self.key) {
             *mine = mine.saturating_sub(1);
             if *mine == 0 {
-                per_ip.remove(&self.ip);
+                open.per_address.remove(&self.key);
             }
         }
     }
 }
 
-/// Starts the accept thread on `listener`. `advertised` are our TCP candidate addresses.
+/// Starts the accept thread on `listener`, whose candidates are `advertised`.
 pub(crate) fn spawn(
     listener: std::net::TcpListener,
-    advertised: Vec<SocketAddr>,
+    advertised: LocalAddrs,
     shared: Arc<Shared>,
     shutdown: watch::Receiver<bool>,
 ) -> io::Result<JoinHandle<()>> {
@@ -129,7 +174,7 @@ pub(crate) fn spawn(
 
 async fn accept_loop(
     listener: std::net::TcpListener,
-    advertised: Vec<SocketAddr>,
+    advertised: LocalAddrs,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) -> io::Result<()> {
@@ -161,10 +206,10 @@ async fn accept_loop(
             let local = stream.local_addr().ok();
             match tokio::time::timeout(FIRST_FRAME_TIMEOUT, first_frame(stream)).await {
                 Ok(Some((stream, frame, rest))) => {
-                    let local = candidate_for(local, &advertised);
+                    let local = advertised.candidate_for(local.map(|l| l.ip())).candidate;
                     hand_off(&shared, stream, remote, local, frame, rest, slot);
                 }
-                Ok(None) => debug!(%remote, "ICE-TCP connection closed before a STUN check"),
+                Ok(None) => debug!(%remote, "ICE-TCP connection closed without a STUN check"),
                 Err(_) => {
                     WorkerCounters::add(&shared.tcp_counters.tcp_timed_out, 1);
                     debug!(%remote, "ICE-TCP connection sent no STUN check in time; dropped");
@@ -174,32 +219,18 @@ async fn accept_loop(
     }
 }
 
-/// Reads until the first frame; it must be a STUN message. Returns the stream, the frame and
-/// what was read after it.
+/// Reads until the first frame; it must be a STUN message (anything else closes the
+/// connection at once). Returns the stream, the frame and what was read after it.
 async fn first_frame(mut stream: TcpStream) -> Option<(TcpStream, Vec<u8>, FrameReader)> {
     let mut reader = FrameReader::default();
     let mut buf = [0u8; 2048];
     loop {
         let n = stream.read(&mut buf).await.ok().filter(|n| *n > 0)?;
         reader.push(buf.get(..n)?);
-        if let Some(frame) = reader.next_frame() {
+        if let Some(frame) = reader.next_frame().ok()? {
             return stun::is_stun(&frame).then_some((stream, frame, reader));
         }
     }
-}
-
-/// The advertised candidate a connection to our `local` address belongs to.
-fn candidate_for(local: Option<SocketAddr>, advertised: &[SocketAddr]) -> SocketAddr {
-    let exact = local.and_then(|l| {
-        advertised
-            .iter()
-            .find(|a| a.ip() == l.ip().to_canonical())
-            .copied()
-    });
-    exact
-        .or_else(|| advertised.first().copied())
-        .or(local)
-        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
 }
 
 /// Gives the connection to the worker of the peer its STUN check names (dropped if none).
@@ -224,7 +255,11 @@ fn hand_off(
         return;
     };
     let mut frames = vec![first];
-    frames.extend(std::iter::from_fn(|| rest.next_frame()));
+    while let Ok(Some(frame)) = rest.next_frame() {
+        frames.push(frame);
+    }
+    let mut slot = slot;
+    slot.established();
     let handoff = TcpHandoff {
         stream,
         remote,
@@ -236,5 +271,41 @@ fn hand_off(
     match target.tcp_tx.try_send(handoff) {
         Ok(()) => WorkerCounters::add(&shared.tcp_counters.tcp_accepted, 1),
         Err(_) => debug!(%remote, worker, "worker cannot take the ICE-TCP connection now"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_count_ipv6_by_64_refuse_past_the_caps_and_leave_nothing_behind() {
+        let limits = Arc::new(TcpLimits::default());
+        // One host picking addresses from its /64 counts as one address.
+        let mut slots = Vec::new();
+        for i in 0..MAX_PER_ADDRESS {
+            let ip = IpAddr::V6(std::net::Ipv6Addr::new(
+                0x2001, 0xdb8, 0, 1, 0, 0, 0, i as u16,
+            ));
+            let mut slot = limits.admit(ip).expect("within the cap");
+            slot.established();
+            slots.push(slot);
+        }
+        let same_64 = "2001:db8:0:1::ffff".parse().unwrap();
+        assert!(limits.admit(same_64).is_none(), "the /64 is full");
+        assert!(limits.admit("2001:db8:0:2::1".parse().unwrap()).is_some());
+        // Pending (no STUN check yet) connections have their own, smaller cap in all.
+        let pending: Vec<_> = (0..MAX_PENDING)
+            .filter_map(|i| {
+                limits.admit(IpAddr::V4(std::net::Ipv4Addr::from(0xc612_0000 + i as u32)))
+            })
+            .collect();
+        assert_eq!(pending.len(), MAX_PENDING);
+        assert!(limits.admit("198.19.0.1".parse().unwrap()).is_none());
+        drop(pending);
+        drop(slots);
+        let open = limits.open.lock();
+        assert_eq!((open.total, open.pending), (0, 0));
+        assert!(open.per_address.is_empty(), "no entry left behind");
     }
 }

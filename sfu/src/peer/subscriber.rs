@@ -119,6 +119,9 @@ struct Subscription {
     /// NACKs from the subscriber counted so far (str0m reports a running total).
     nacks_seen: u64,
     keyframe_asked_at: Option<Instant>,
+    /// When this subscription last asked urgently (at most one per [`URGENT_BUDGET`]: the
+    /// downgrades that make a request urgent follow the client's own feedback).
+    urgent_asked_at: Option<Instant>,
     /// Why the target layer is what it is (video; set by the allocator).
     reason: Option<LayerReason>,
     /// The layer state last reported to the control plane.
@@ -140,6 +143,7 @@ impl Subscription {
             bandwidth_cap: None,
             nacks_seen: 0,
             keyframe_asked_at: None,
+            urgent_asked_at: None,
             reason: None,
             reported: None,
             rtx_cache_sized: false,
@@ -874,6 +878,10 @@ fn negotiated_pt(rtc: &Rtc, mid: Mid, packet: &ForwardedPacket) -> Option<Pt> {
     rtc.media(mid)?.remote_pts().contains(&pt).then_some(pt)
 }
 
+/// A subscription asks urgently at most once per this long; more often, its requests wait
+/// for the publisher's throttle like any other.
+const URGENT_BUDGET: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Share of the egress estimate that padding may fill while a track waits to go up a layer.
 const PAD_SHARE: f64 = 0.85;
 
@@ -905,6 +913,13 @@ fn reason_gauge<'a>(reason: LayerReason, ctx: &'a Ctx<'_>) -> &'a std::sync::ato
 /// until it comes (the publisher's throttle lets it through unless one is already on its way).
 fn ask_keyframe(sub: &mut Subscription, layer: u8, urgent: bool, ctx: &mut Ctx<'_>) {
     sub.keyframe_asked_at = Some(ctx.now);
+    let urgent = urgent
+        && sub
+            .urgent_asked_at
+            .is_none_or(|t| ctx.now.saturating_duration_since(t) >= URGENT_BUDGET);
+    if urgent {
+        sub.urgent_asked_at = Some(ctx.now);
+    }
     let publisher = sub.route.publisher;
     ctx.deliver(
         publisher,

@@ -138,7 +138,6 @@ impl WorkerCore {
         dst_ip: Option<std::net::IpAddr>,
         data: &[u8],
     ) {
-        let destination = self.local.receive(dst_ip);
         let counters = self.counters();
         WorkerCounters::add(&counters.datagrams_received, 1);
         WorkerCounters::add(&counters.bytes_received, data.len() as u64);
@@ -146,19 +145,11 @@ impl WorkerCore {
             WorkerCounters::add(&counters.dropped_unroutable, 1);
             return;
         };
-        let Ok(input) =
-            Receive::new(Protocol::Udp, source, destination, data).map(|r| Input::Receive(now, r))
-        else {
-            WorkerCounters::add(&counters.dropped_malformed, 1);
-            return;
-        };
-        let accepted = self.peers.get(&id).is_some_and(|p| p.rtc.accepts(&input));
-        if !accepted {
-            WorkerCounters::add(&counters.dropped_rejected, 1);
-            return;
+        let reached = self.local.candidate_for(dst_ip);
+        if self.feed(now, id, Protocol::Udp, source, reached.candidate, data) {
+            // Only what the peer accepted says where its replies must leave from.
+            self.local.confirm(reached);
         }
-        self.with_peer(id, now, |peer, ctx| peer.handle_input(input, ctx));
-        self.run_local(now);
     }
 
     /// One frame from an ICE-TCP connection (`local`: our candidate it reached). A STUN
@@ -174,7 +165,8 @@ impl WorkerCore {
         let counters = &self.slot.counters;
         WorkerCounters::add(&counters.datagrams_received, 1);
         WorkerCounters::add(&counters.bytes_received, data.len() as u64);
-        let id = if crate::stun::is_stun(data) {
+        let stun = crate::stun::is_stun(data);
+        let id = if stun {
             self.demux.route_stun(data)
         } else {
             self.tcp_routes.get(&remote).copied()
@@ -183,19 +175,34 @@ impl WorkerCore {
             WorkerCounters::add(&counters.dropped_unroutable, 1);
             return;
         };
-        let Ok(input) =
-            Receive::new(Protocol::Tcp, remote, local, data).map(|r| Input::Receive(now, r))
+        if self.feed(now, id, Protocol::Tcp, remote, local, data) && stun {
+            self.tcp_routes.insert(remote, id);
+        }
+    }
+
+    /// Gives a packet to peer `id` if its state machine accepts it. Returns whether it did.
+    fn feed(
+        &mut self,
+        now: Instant,
+        id: PeerId,
+        proto: Protocol,
+        remote: SocketAddr,
+        local: SocketAddr,
+        data: &[u8],
+    ) -> bool {
+        let counters = &self.slot.counters;
+        let Ok(input) = Receive::new(proto, remote, local, data).map(|r| Input::Receive(now, r))
         else {
             WorkerCounters::add(&counters.dropped_malformed, 1);
-            return;
+            return false;
         };
         if !self.peers.get(&id).is_some_and(|p| p.rtc.accepts(&input)) {
             WorkerCounters::add(&counters.dropped_rejected, 1);
-            return;
+            return false;
         }
-        self.tcp_routes.insert(remote, id);
         self.with_peer(id, now, |peer, ctx| peer.handle_input(input, ctx));
         self.run_local(now);
+        true
     }
 
     /// An ICE-TCP connection closed.

@@ -3,22 +3,19 @@
 //! [`WorkerCore`], then sends what it produced. The only place that reads the clock or
 //! touches the socket.
 
-use std::io::{self, IoSliceMut};
-use std::net::SocketAddr;
+use std::io;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use quinn_udp::{RecvMeta, UdpSocketState};
-use tokio::io::Interest;
+use quinn_udp::UdpSocketState;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info};
 
-use str0m::net::Protocol;
-
 use super::core::WorkerCore;
 use super::local_addrs::LocalAddrs;
+use super::udp_io::{Receiver, send_transmits};
 use crate::command::Command;
 use crate::counters::WorkerCounters;
 use crate::ice_tcp::connections::{TcpConnections, TcpEvent};
@@ -27,12 +24,10 @@ use crate::packet::Delivery;
 use crate::shared::{Shared, WorkerShared};
 
 /// Receive calls per wake-up before other work gets a turn (each reads up to
-/// [`RECV_BATCH`] datagrams, or more with GRO).
+/// [`super::udp_io::RECV_BATCH`] datagrams, or more with GRO).
 const RECEIVES_PER_TURN: usize = 32;
-/// Buffers per receive call (`recvmmsg`).
-const RECV_BATCH: usize = 8;
-/// Largest datagram; WebRTC keeps datagrams under the path MTU.
-const MAX_DATAGRAM: usize = 1500;
+/// ICE-TCP frames handled per turn at most.
+const TCP_EVENTS_PER_TURN: usize = 256;
 
 /// The receiving ends of a worker's inboxes.
 pub(crate) struct Inboxes {
@@ -107,18 +102,26 @@ async fn run(
                 core.handle_deliveries(Instant::now(), vec![delivery]);
             }
             Some(batch) = inboxes.media.recv() => core.handle_deliveries(Instant::now(), batch),
-            Some(handoff) = inboxes.tcp.recv() => {
-                for event in tcp.adopt(handoff) {
-                    on_tcp_event(&mut core, &mut tcp, event);
-                }
-            }
-            Some(event) = tcp_events.recv() => on_tcp_event(&mut core, &mut tcp, event),
+            // The socket before ICE-TCP: a busy (or hostile) TCP client must not starve it.
             readable = socket.readable() => {
                 readable?;
                 for _ in 0..RECEIVES_PER_TURN {
                     if !receiver.receive(&socket, &udp, &mut core) {
                         break;
                     }
+                }
+            }
+            Some(handoff) = inboxes.tcp.recv() => {
+                for event in tcp.adopt(handoff) {
+                    on_tcp_event(&mut core, &mut tcp, event);
+                }
+            }
+            Some(event) = tcp_events.recv() => {
+                // As many as the socket gets per turn, then the rest waits its turn.
+                on_tcp_event(&mut core, &mut tcp, event);
+                for _ in 1..TCP_EVENTS_PER_TURN {
+                    let Ok(event) = tcp_events.try_recv() else { break };
+                    on_tcp_event(&mut core, &mut tcp, event);
                 }
             }
             () = tokio::time::sleep_until(deadline.into()) => {}
@@ -153,107 +156,6 @@ fn on_tcp_event(core: &mut WorkerCore, tcp: &mut TcpConnections, event: TcpEvent
             }
         }
     }
-}
-
-/// Reads datagrams with `recvmmsg` (and GRO where the kernel coalesces them) into buffers
-/// kept from one turn to the next.
-struct Receiver {
-    buffers: Vec<Vec<u8>>,
-    meta: Vec<RecvMeta>,
-}
-
-impl Receiver {
-    fn new(gro_segments: usize) -> Self {
-        // With GRO a buffer must hold every segment the kernel may coalesce into it.
-        let size = MAX_DATAGRAM * gro_segments.max(1);
-        Self {
-            buffers: (0..RECV_BATCH).map(|_| vec![0u8; size]).collect(),
-            meta: vec![RecvMeta::default(); RECV_BATCH],
-        }
-    }
-
-    /// One receive call; hands every datagram to the core. Returns `false` when nothing more
-    /// is waiting (or the socket failed).
-    fn receive(&mut self, socket: &UdpSocket, udp: &UdpSocketState, core: &mut WorkerCore) -> bool {
-        let mut slices: Vec<IoSliceMut<'_>> = self
-            .buffers
-            .iter_mut()
-            .map(|b| IoSliceMut::new(b))
-            .collect();
-        let meta = &mut self.meta;
-        let received = socket.try_io(Interest::READABLE, || {
-            udp.recv((&*socket).into(), &mut slices, meta)
-        });
-        let count = match received {
-            Ok(count) => count,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
-            Err(e) => {
-                debug!(error = %e, "receive error");
-                return false;
-            }
-        };
-        let now = Instant::now();
-        for (meta, buf) in self.meta.iter().zip(&self.buffers).take(count) {
-            let source = SocketAddr::new(meta.addr.ip().to_canonical(), meta.addr.port());
-            let data = buf.get(..meta.len).unwrap_or_default();
-            for datagram in data.chunks(meta.stride.max(1)) {
-                core.handle_datagram(now, source, meta.dst_ip, datagram);
-            }
-        }
-        true
-    }
-}
-
-fn send_transmits(
-    socket: &UdpSocket,
-    udp: &UdpSocketState,
-    v6_socket: bool,
-    tcp: &TcpConnections,
-    core: &mut WorkerCore,
-    counters: &WorkerCounters,
-) {
-    let mut transmits = std::mem::take(&mut core.out.transmits);
-    for t in &transmits {
-        if t.proto == Protocol::Tcp {
-            if tcp.send(t.destination, &t.contents) {
-                WorkerCounters::add(&counters.datagrams_sent, 1);
-                WorkerCounters::add(&counters.bytes_sent, t.contents.len() as u64);
-            } else {
-                WorkerCounters::add(&counters.tcp_send_dropped, 1);
-            }
-            continue;
-        }
-        // A dual-stack socket sends to IPv4 destinations as IPv4-mapped IPv6 addresses.
-        let destination = match t.destination {
-            SocketAddr::V4(v4) if v6_socket => {
-                SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port())
-            }
-            other => other,
-        };
-        let transmit = quinn_udp::Transmit {
-            destination,
-            ecn: None,
-            contents: &t.contents,
-            segment_size: None,
-            src_ip: core.source_ip(t.source),
-        };
-        let sent = socket.try_io(Interest::WRITABLE, || {
-            udp.try_send(socket.into(), &transmit)
-        });
-        match sent {
-            Ok(()) => {
-                WorkerCounters::add(&counters.datagrams_sent, 1);
-                WorkerCounters::add(&counters.bytes_sent, t.contents.len() as u64);
-            }
-            Err(e) => {
-                WorkerCounters::add(&counters.dropped_send, 1);
-                debug!(error = %e, destination = %t.destination, "send failed");
-            }
-        }
-    }
-    // Keep the buffer's capacity for the next turn.
-    transmits.clear();
-    core.out.transmits = transmits;
 }
 
 /// Hands this turn's deliveries for other workers to their inboxes: media batches are dropped

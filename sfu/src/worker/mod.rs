@@ -7,3 +7,4 @@ pub(crate) mod core;
 pub(crate) mod driver;
 pub(crate) mod local_addrs;
 pub(crate) mod timers;
+pub(crate) mod udp_io;
