@@ -47,7 +47,7 @@ impl VideoPreference {
     /// known) the size: the smallest layer that covers the view. `None`: no cap.
     pub(crate) fn cap(&self, layers: u8, sizes: &[(u32, u32)]) -> Option<u8> {
         let by_quality = self.quality.cap(layers);
-        let by_size = self.max_size.and_then(|max| size_cap(max, sizes));
+        let by_size = self.max_size.and_then(|max| size_cap(max, sizes, layers));
         match (by_quality, by_size) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -55,20 +55,27 @@ impl VideoPreference {
     }
 }
 
-/// The lowest layer whose known size covers `max` (as wide and as high), or
-/// the largest known layer if none does. Unknown sizes (`(0, 0)`) are skipped; `None` if no
-/// size is known.
-fn size_cap((width, height): (u32, u32), sizes: &[(u32, u32)]) -> Option<u8> {
+/// The lowest layer whose known size covers `max` (as wide and as high), or the largest
+/// known layer if none does. Unknown sizes (`(0, 0)`) are skipped; `None` if no size is known,
+/// or if none covers the view while a layer above the largest known one (of `layers`) is
+/// still unknown: it may be the one that covers it, and capping below it would keep it from
+/// ever being wanted, so never sent and never measured (a call pinned low for its whole length).
+fn size_cap((width, height): (u32, u32), sizes: &[(u32, u32)], layers: u8) -> Option<u8> {
     let known = || {
         sizes
             .iter()
             .enumerate()
+            .take(usize::from(layers.max(1)))
             .filter(|(_, (w, h))| *w > 0 && *h > 0)
     };
-    let covering = known()
-        .find(|(_, (w, h))| *w >= width && *h >= height)
-        .or_else(|| known().max_by_key(|(_, (w, _))| *w))?;
-    u8::try_from(covering.0).ok()
+    if let Some((covering, _)) = known().find(|(_, (w, h))| *w >= width && *h >= height) {
+        return u8::try_from(covering).ok();
+    }
+    let (largest, _) = known().max_by_key(|(i, _)| *i)?;
+    if largest + 1 < usize::from(layers) {
+        return None;
+    }
+    u8::try_from(largest).ok()
 }
 
 /// The layer to forward, from the bitmask of layers being sent (bit `i` = layer `i`) and an
@@ -160,6 +167,25 @@ mod tests {
         );
         assert_eq!(
             pref(Quality::Auto, Some((300, 170))).cap(3, &[(0, 0), (640, 360), (0, 0)]),
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn a_view_larger_than_the_known_layers_does_not_cap_below_an_unknown_one() {
+        let pref = VideoPreference {
+            quality: Quality::Auto,
+            max_size: Some((1280, 720)),
+        };
+        // The top layer has not started yet: its size is unknown, so nothing caps it away.
+        assert_eq!(pref.cap(3, &[(320, 180), (640, 360), (0, 0), (0, 0)]), None);
+        // Once known (or when there is no layer above), the largest covers what it can.
+        assert_eq!(
+            pref.cap(3, &[(320, 180), (640, 360), (960, 540), (0, 0)]),
+            Some(2)
+        );
+        assert_eq!(
+            pref.cap(2, &[(320, 180), (640, 360), (0, 0), (0, 0)]),
             Some(1)
         );
     }
