@@ -1,0 +1,193 @@
+//! A subscriber's bandwidth: the egress estimate (str0m's raw one, every 250 ms; its
+//! `EgressBitrateEstimate` event is a 3 s average used only until the first raw one), the
+//! [`Allocator`] that shares it among the video tracks every half second or at once when the
+//! estimate falls below what is sent, the padding and probing target given back to the
+//! estimator, and the [`EstimatorRestart`] for an estimator stuck below the demand.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use str0m::Rtc;
+use str0m::bwe::Bitrate;
+use tracing::{debug, trace};
+
+use super::subscription::Subscription;
+use crate::allocator::{Allocator, LayerReason, TrackNeeds, UP_FACTOR};
+use crate::counters::WorkerCounters;
+use crate::estimator_restart::EstimatorRestart;
+use crate::ids::TrackId;
+use crate::peer::Ctx;
+
+/// How often the layers are re-allocated from the bandwidth estimate.
+const ALLOCATION_PERIOD: Duration = Duration::from_millis(500);
+/// Bandwidth set aside per audio track.
+const AUDIO_BPS: u64 = 50_000;
+/// Share of the egress estimate that padding may fill while a track waits to go up a layer.
+const PAD_SHARE: f64 = 0.85;
+
+/// The bandwidth side of one subscriber.
+#[derive(Debug, Default)]
+pub(super) struct Bandwidth {
+    /// Shares the estimate among the video tracks.
+    allocator: Allocator,
+    /// Latest egress bandwidth estimate (bits per second).
+    estimate: Option<u64>,
+    /// Whether `estimate` is the raw one from the statistics.
+    raw_estimate: bool,
+    /// What the last allocation sends (media plus audio allowance): an estimate below it
+    /// re-allocates at once.
+    in_use: u64,
+    /// Egress loss fraction over the last second.
+    loss: Option<f32>,
+    restart: EstimatorRestart,
+    /// When the allocator runs next (while tracks are received).
+    next_allocation: Option<Instant>,
+}
+
+/// What an allocation did.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Allocated {
+    /// It told the state machine what to probe for (which must then be drained).
+    pub(super) mutated: bool,
+    /// A track's keyframe wait changed (the retry schedule must be recomputed).
+    pub(super) waits_changed: bool,
+}
+
+impl Bandwidth {
+    /// When the allocator runs next.
+    pub(super) fn deadline(&self) -> Option<Instant> {
+        self.next_allocation
+    }
+
+    /// Run the allocator at `now` (a track started flowing: at once, unless already due).
+    pub(super) fn start(&mut self, now: Instant) {
+        self.next_allocation.get_or_insert(now);
+    }
+
+    /// Run the allocator now (the subscriber's request changed).
+    pub(super) fn allocate_now(&mut self, now: Instant) {
+        self.next_allocation = Some(now);
+    }
+
+    /// The smoothed estimate event: taken only until the raw one arrives.
+    pub(super) fn on_smoothed(&mut self, bps: u64, now: Instant) {
+        if !self.raw_estimate {
+            self.on_estimate(bps, now);
+        }
+    }
+
+    /// The raw estimate and the egress loss fraction, from the statistics.
+    pub(super) fn on_raw(&mut self, bps: u64, loss: Option<f32>, now: Instant) {
+        self.raw_estimate = true;
+        self.loss = loss;
+        self.on_estimate(bps, now);
+    }
+
+    /// If what is being sent no longer fits, the layers are re-allocated now rather than at
+    /// the next period (a congested link should not wait).
+    fn on_estimate(&mut self, bps: u64, now: Instant) {
+        self.estimate = Some(bps);
+        if bps < self.in_use && self.next_allocation.is_some() {
+            self.next_allocation = Some(now);
+        }
+    }
+
+    /// Runs the allocator if it is due: shares the estimate among the video tracks and
+    /// applies the result to each subscription.
+    pub(super) fn run(
+        &mut self,
+        rtc: &mut Rtc,
+        subs: &mut HashMap<TrackId, Subscription>,
+        ctx: &mut Ctx<'_>,
+    ) -> Option<Allocated> {
+        if self.next_allocation.is_none_or(|t| t > ctx.now) {
+            return None;
+        }
+        let allocated = self.allocate(rtc, subs, ctx);
+        let receiving = subs.values().any(|s| s.link.is_some());
+        self.next_allocation = receiving.then_some(ctx.now + ALLOCATION_PERIOD);
+        Some(allocated)
+    }
+
+    fn allocate(
+        &mut self,
+        rtc: &mut Rtc,
+        subs: &mut HashMap<TrackId, Subscription>,
+        ctx: &mut Ctx<'_>,
+    ) -> Allocated {
+        let mut done = Allocated::default();
+        let video: Vec<(TrackId, TrackNeeds)> = subs
+            .iter()
+            .filter(|(_, s)| s.is_video() && s.link.is_some())
+            .map(|(id, s)| {
+                let needs = TrackNeeds {
+                    active: s.route.available_layers(),
+                    rates: s.route.layer_rates(),
+                    cap: s.requested_cap(),
+                    current: s.switcher.target(),
+                    temporal: s.route.has_temporal.load(Ordering::Relaxed),
+                    max_temporal: s.switcher.wanted_max_temporal(),
+                };
+                (*id, needs)
+            })
+            .collect();
+        if video.is_empty() {
+            return done;
+        }
+        let audio = subs
+            .values()
+            .filter(|s| !s.is_video() && s.link.is_some())
+            .count() as u64
+            * AUDIO_BPS;
+        // Without an estimate (no transport-wide feedback from this client) there is no
+        // bandwidth limit, only the requested quality.
+        let budget = self.estimate.map_or(u64::MAX, |e| e.saturating_sub(audio));
+        let allocation = self.allocator.allocate(ctx.now, budget, &video);
+        trace!(estimate = ?self.estimate, audio, ?allocation, "allocated");
+        for ((id, choice), max_temporal) in allocation.choices.iter().zip(&allocation.max_temporal)
+        {
+            if let Some(sub) = subs.get_mut(id) {
+                sub.switcher.set_max_temporal(*max_temporal);
+                sub.publish_demand();
+                sub.bandwidth_cap = choice
+                    .layer
+                    .filter(|_| choice.reason == LayerReason::Bandwidth);
+                sub.set_reason(Some(choice.reason), ctx);
+                done.waits_changed |= sub.retarget(None, ctx);
+            }
+        }
+        let Some(estimate) = self.estimate else {
+            return done;
+        };
+        // While a track is held back by the bandwidth, sustain (media plus padding) the rate
+        // of the next layer up with its headroom, but at most PAD_SHARE of the estimate, and
+        // ask the estimator to probe for it. Without padding the estimate cannot grow past
+        // 1.5 times what media carries (str0m's AIMD cap) and probes are rare, so a viewer
+        // that once dropped a layer stays down; padding up to the whole estimate instead fills
+        // a constrained link and causes the losses and freezes it should avoid (measured).
+        let used = allocation.used.saturating_add(audio);
+        self.in_use = used;
+        let held_back = allocation.next_step > allocation.used;
+        let (minimum, wanted) = if held_back {
+            let next = (allocation.next_step.saturating_add(audio) as f64 * UP_FACTOR) as u64;
+            let padded = next.min((estimate as f64 * PAD_SHARE) as u64).max(used);
+            (padded, next)
+        } else {
+            (used, used)
+        };
+        rtc.bwe()
+            .set_bitrate(Bitrate::bps(minimum), Bitrate::bps(wanted));
+        done.mutated = true;
+        if self.restart.check(ctx.now, estimate, held_back, self.loss) {
+            // Stuck below what the tracks want on a link without loss: probe afresh.
+            rtc.bwe().reset(Bitrate::bps(estimate));
+            WorkerCounters::add(&ctx.counters().estimator_restarts, 1);
+            debug!(
+                estimate,
+                "bandwidth estimator restarted: stuck below the demand"
+            );
+        }
+        done
+    }
+}

@@ -1,0 +1,347 @@
+//! One track a subscriber receives (its "down track"): the layer it follows and switches on
+//! keyframes, the rewriting that hides the switches, the keyframe requests it sends upstream,
+//! the payload-type mapping and the retransmission cache of its outgoing stream. Written to
+//! by the subscriber's worker only.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use str0m::Rtc;
+use str0m::media::{Mid, Pt};
+use str0m::rtp::{ExtensionValues, RtpWrite};
+use tracing::debug;
+
+use crate::allocator::LayerReason;
+use crate::counters::WorkerCounters;
+use crate::event::TrackKind;
+use crate::graph::{SubscriberLink, TrackRoute};
+use crate::ids::TrackId;
+use crate::keyframe::needs_keyframe;
+use crate::keyframe_throttle::URGENT_RETRY;
+use crate::layer_choice::VideoPreference;
+use crate::layer_switch::{Forward, LayerSwitcher};
+use crate::packet::{Delivery, ForwardedPacket};
+use crate::peer::Ctx;
+
+/// How long sent video packets are kept to answer NACKs. str0m keeps 3 s by default; a NACK
+/// later than 1.5 s (several round trips even on a 300 ms path) comes too late to help the
+/// picture, and the cache is the largest per-subscriber allocation (~260 KiB per 1.5 Mbit/s
+/// stream at 3 s, measured with heaptrack).
+const RTX_CACHE_AGE: std::time::Duration = std::time::Duration::from_millis(1500);
+/// At most this many packets in that cache (str0m's default).
+const RTX_CACHE_PACKETS: usize = 1000;
+/// Share of a stream's bytes that may be retransmissions before queued resends are dropped
+/// (str0m's default): what bounds one subscriber's NACK storm.
+const RTX_RATIO_CAP: Option<f32> = Some(0.15);
+
+/// One track this peer receives.
+pub(super) struct Subscription {
+    pub(super) route: Arc<TrackRoute>,
+    /// Set when the track is put in an offer.
+    pub(super) mid: Option<Mid>,
+    /// Set when the client has accepted it: the publisher now sends to us.
+    pub(super) link: Option<Arc<SubscriberLink>>,
+    /// Which layer is forwarded, and the rewriting.
+    pub(super) switcher: LayerSwitcher,
+    /// Publisher payload type -> ours, for the last codec seen.
+    pub(super) pt_map: Option<(Pt, Pt)>,
+    /// What the subscriber asked for (quality, view size).
+    pub(super) preference: VideoPreference,
+    /// The highest layer the subscriber's bandwidth allows (set by the allocator).
+    pub(super) bandwidth_cap: Option<u8>,
+    /// NACKs from the subscriber counted so far (str0m reports a running total).
+    pub(super) nacks_seen: u64,
+    pub(super) keyframe_asked_at: Option<Instant>,
+    /// When this subscription last asked urgently (at most one per [`URGENT_BUDGET`]: the
+    /// downgrades that make a request urgent follow the client's own feedback).
+    pub(super) urgent_asked_at: Option<Instant>,
+    /// Why the target layer is what it is (video; set by the allocator).
+    pub(super) reason: Option<LayerReason>,
+    /// The layer state last reported to the control plane.
+    pub(super) reported: Option<ReportedLayers>,
+    /// Whether our stream's retransmission cache has been sized ([`RTX_CACHE_AGE`]).
+    pub(super) rtx_cache_sized: bool,
+}
+
+impl Subscription {
+    pub(super) fn new(route: Arc<TrackRoute>, mid: Option<Mid>) -> Self {
+        let video = route.kind == TrackKind::Video;
+        Self {
+            route,
+            mid,
+            link: None,
+            switcher: LayerSwitcher::new(video),
+            pt_map: None,
+            preference: VideoPreference::default(),
+            bandwidth_cap: None,
+            nacks_seen: 0,
+            keyframe_asked_at: None,
+            urgent_asked_at: None,
+            reason: None,
+            reported: None,
+            rtx_cache_sized: false,
+        }
+    }
+
+    /// Records why the target layer is what it is (and keeps the worker's gauges).
+    pub(super) fn set_reason(&mut self, reason: Option<LayerReason>, ctx: &Ctx<'_>) {
+        if self.reason == reason {
+            return;
+        }
+        if let Some(old) = self.reason {
+            WorkerCounters::sub(reason_gauge(old, ctx), 1);
+        }
+        if let Some(new) = reason {
+            WorkerCounters::add(reason_gauge(new, ctx), 1);
+        }
+        self.reason = reason;
+    }
+
+    /// Takes the subscription out of the worker's gauges (it is going away).
+    pub(super) fn clear_gauges(&mut self, ctx: &Ctx<'_>) {
+        self.set_reason(None, ctx);
+        if self.reported.take().is_some_and(awaits_keyframe) {
+            WorkerCounters::sub(&ctx.counters().video_waiting_keyframe, 1);
+        }
+    }
+
+    pub(super) fn is_video(&self) -> bool {
+        self.route.kind == TrackKind::Video
+    }
+
+    /// A video subscription whose chosen layer has not started (audio never waits).
+    pub(super) fn waiting_for_keyframe(&self) -> bool {
+        self.link.is_some() && self.switcher.waiting()
+    }
+
+    /// The highest layer the subscriber asked for (by quality or view size).
+    pub(super) fn requested_cap(&self) -> Option<u8> {
+        self.preference
+            .cap(self.route.layer_count, &self.route.layer_sizes())
+    }
+
+    /// The highest layer allowed by the request and the bandwidth.
+    pub(super) fn cap(&self) -> Option<u8> {
+        let requested = self.requested_cap();
+        match (requested, self.bandwidth_cap) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Decides whether `packet` is forwarded, following the chosen layer and switching only on
+    /// a keyframe of it. Returns the packet's outgoing numbers if it is forwarded, and whether
+    /// the keyframe wait changed.
+    pub(super) fn admit(
+        &mut self,
+        packet: &ForwardedPacket,
+        ctx: &mut Ctx<'_>,
+    ) -> (Option<Forward>, bool) {
+        let mut waits_changed = false;
+        if self.is_video() {
+            waits_changed = self.retarget(Some(packet.layer), ctx);
+        }
+        let before = (self.switcher.current(), self.switcher.stalled());
+        let forward = self.switcher.on_packet(packet, ctx.now);
+        let after = (self.switcher.current(), self.switcher.stalled());
+        if after != before {
+            if forward.as_ref().is_some_and(|f| f.switched) {
+                WorkerCounters::add(&ctx.counters().layer_switches, 1);
+            }
+            if !after.1 {
+                self.keyframe_asked_at = None;
+                debug!(track = %packet.track, layer = packet.layer, "forwarding layer");
+            } else {
+                debug!(track = %packet.track, layer = packet.layer, "layer stopped for bandwidth");
+            }
+            self.set_wanted_layers();
+            waits_changed = true;
+        }
+        (forward, waits_changed)
+    }
+
+    /// Re-chooses the layer to forward (`fallback` if the publisher's layers are not known
+    /// yet); asks for a keyframe when it changes. Returns whether the keyframe wait changed.
+    ///
+    /// A current layer above what the bandwidth allows is stopped at once rather than
+    /// forwarded until the new layer's keyframe (which would queue behind it on the saturated
+    /// link), and that keyframe is asked for urgently.
+    pub(super) fn retarget(&mut self, fallback: Option<u8>, ctx: &mut Ctx<'_>) -> bool {
+        let too_big = match (self.switcher.current(), self.bandwidth_cap) {
+            (Some(current), Some(cap)) => current > cap,
+            _ => false,
+        };
+        self.switcher.set_stop_current(too_big);
+        let best = self.route.choose_layer_capped(self.cap()).or(fallback);
+        if best.is_none() || self.switcher.target() == best {
+            return false;
+        }
+        let needs_keyframe = self.switcher.set_target(best);
+        self.set_wanted_layers();
+        if let (Some(layer), true) = (best, needs_keyframe) {
+            ask_keyframe(self, layer, too_big, ctx);
+        }
+        true
+    }
+
+    /// How long to wait for a requested keyframe before asking again: soon while nothing is
+    /// forwarded (the current layer was stopped for bandwidth), since a publisher may ignore
+    /// a request that follows another within [`URGENT_RETRY`] (Chromium ignores those within
+    /// 300 ms).
+    pub(super) fn keyframe_retry(&self, ctx: &Ctx<'_>) -> std::time::Duration {
+        let normal = ctx.shared.config.keyframe_retry;
+        if self.switcher.stalled() {
+            normal.min(URGENT_RETRY)
+        } else {
+            normal
+        }
+    }
+
+    /// Tells the publisher's dynacast the best layer this subscriber asks for.
+    pub(super) fn publish_demand(&self) {
+        let best = self.route.choose_layer_capped(self.requested_cap());
+        if let (Some(link), Some(layer)) = (&self.link, best) {
+            link.demand.store(1 << layer.min(31), Ordering::Relaxed);
+        }
+    }
+
+    pub(super) fn set_wanted_layers(&self) {
+        if let Some(link) = &self.link {
+            link.layers
+                .store(self.switcher.wanted_layers(), Ordering::Relaxed);
+        }
+    }
+
+    /// The hot path's second half: rewrites an admitted packet for this subscriber (payload
+    /// type, numbers, VP8 patch) and writes it to the subscriber's state machine.
+    pub(super) fn write(
+        &mut self,
+        rtc: &mut Rtc,
+        mid: Mid,
+        packet: &ForwardedPacket,
+        out: Forward,
+        ctx: &mut Ctx<'_>,
+    ) {
+        let in_pt = packet.params.pt();
+        let out_pt = match self.pt_map {
+            Some((i, o)) if i == in_pt => Some(o),
+            _ => {
+                let o = negotiated_pt(rtc, mid, packet);
+                self.pt_map = o.map(|o| (in_pt, o));
+                o
+            }
+        };
+        if !self.rtx_cache_sized
+            && let Some(tx) = rtc.direct_api().stream_tx_by_mid(mid, None)
+        {
+            // Before its first packet, so nothing cached is dropped.
+            tx.set_rtx_cache(RTX_CACHE_PACKETS, RTX_CACHE_AGE, RTX_RATIO_CAP);
+            self.rtx_cache_sized = true;
+        }
+        let Some(out_pt) = out_pt else {
+            WorkerCounters::add(&ctx.counters().rtp_not_forwarded, 1);
+            return;
+        };
+        let ext = ExtensionValues {
+            audio_level: packet.audio_level,
+            voice_activity: packet.voice_activity,
+            video_orientation: packet.video_orientation,
+            ..ExtensionValues::default()
+        };
+        let mut api = rtc.direct_api();
+        let Some(tx) = api.stream_tx_by_mid(mid, None) else {
+            WorkerCounters::add(&ctx.counters().rtp_not_forwarded, 1);
+            return;
+        };
+        let mut write = RtpWrite::new(
+            out_pt,
+            out.seq.into(),
+            out.ts,
+            packet.arrival,
+            packet.payload.clone(),
+        )
+        .marker(packet.marker)
+        .ext_vals(ext)
+        .nackable(needs_keyframe(packet.params.spec().codec));
+        if let Some(patch) = out.vp8 {
+            write = write.vp8_patch(patch);
+        }
+        tx.write_rtp(write);
+        let counters = ctx.counters();
+        WorkerCounters::add(&counters.rtp_forwarded, 1);
+        WorkerCounters::add(&counters.rtp_bytes_forwarded, packet.payload.len() as u64);
+    }
+}
+
+/// Our payload type for the publisher's codec, if the subscriber accepted that codec on this
+/// m-line.
+fn negotiated_pt(rtc: &Rtc, mid: Mid, packet: &ForwardedPacket) -> Option<Pt> {
+    let pt = rtc.codec_config().match_params(packet.params)?.pt();
+    rtc.media(mid)?.remote_pts().contains(&pt).then_some(pt)
+}
+
+/// A subscription asks urgently at most once per this long; more often, its requests wait
+/// for the publisher's throttle like any other.
+const URGENT_BUDGET: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// What was last reported about a video subscription's layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct ReportedLayers {
+    pub(super) current: Option<u8>,
+    pub(super) target: Option<u8>,
+    pub(super) reason: LayerReason,
+    pub(super) max_temporal: Option<u8>,
+}
+
+/// A reported layer state that waits for the target's keyframe.
+pub(super) fn awaits_keyframe(state: ReportedLayers) -> bool {
+    state.target.is_some() && state.current != state.target
+}
+
+fn reason_gauge<'a>(reason: LayerReason, ctx: &'a Ctx<'_>) -> &'a std::sync::atomic::AtomicU64 {
+    let c = ctx.counters();
+    match reason {
+        LayerReason::Best => &c.video_best,
+        LayerReason::Requested => &c.video_requested,
+        LayerReason::Bandwidth => &c.video_bandwidth,
+        LayerReason::Unavailable => &c.video_unavailable,
+    }
+}
+
+/// Asks the publisher for a keyframe of `layer`; `urgent` when the subscriber sees nothing
+/// until it comes (the publisher's throttle lets it through unless one is already on its way).
+pub(super) fn ask_keyframe(sub: &mut Subscription, layer: u8, urgent: bool, ctx: &mut Ctx<'_>) {
+    sub.keyframe_asked_at = Some(ctx.now);
+    let urgent = urgent
+        && sub
+            .urgent_asked_at
+            .is_none_or(|t| ctx.now.saturating_duration_since(t) >= URGENT_BUDGET);
+    if urgent {
+        sub.urgent_asked_at = Some(ctx.now);
+    }
+    let publisher = sub.route.publisher;
+    ctx.deliver(
+        publisher,
+        Delivery::KeyframeRequest {
+            to: publisher.peer,
+            track: sub.route.id,
+            layer,
+            urgent,
+        },
+    );
+}
+
+pub(super) fn earliest_retry(
+    subs: &HashMap<TrackId, Subscription>,
+    ctx: &Ctx<'_>,
+) -> Option<Instant> {
+    subs.values()
+        .filter(|s| s.waiting_for_keyframe())
+        .map(|s| {
+            s.keyframe_asked_at
+                .map_or(ctx.now, |t| t + s.keyframe_retry(ctx))
+        })
+        .min()
+}
