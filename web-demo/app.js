@@ -19,7 +19,7 @@ import {
 import { Signalling, fetchDevToken, signallingUrl, tokenClaims } from './signalling.js';
 import {
   setPublishHooks, startPublishing, onPublishAnswer, failPendingOffer, closePublishing,
-  startScreenShare, stopScreenShare, setOwnMuted, onOwnTrackPublished, onLayersWanted,
+  startScreenShare, stopScreenShare, setOwnMuted, onOwnTrackPublished, onOwnTrackMuted, onLayersWanted,
 } from './publish.js';
 import { setSubscribeHooks, onSubscribeOffer, closeSubscribing } from './subscribe.js';
 import {
@@ -291,7 +291,7 @@ function handleMessage(msg, session) {
     case 'track_unpublished':
       return msg.participant === state.participantId ? undefined : onTrackUnpublished(msg.track, msg.participant);
     case 'track_muted':
-      return msg.participant === state.participantId ? undefined : onTrackMuted(msg.track, msg.participant, msg.muted);
+      return msg.participant === state.participantId ? onOwnTrackMuted(msg.track, msg.muted) : onTrackMuted(msg.track, msg.participant, msg.muted);
     case 'active_speakers': return setSpeakers(msg.speakers);
     case 'layer_state':
       state.layerStates.set(msg.track, msg);

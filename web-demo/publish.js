@@ -240,6 +240,18 @@ export function onOwnTrackPublished(track) {
 }
 
 /**
+ * `track_muted` about one of our own tracks. We announce our own mutes, so a mute we did not
+ * make is the room service's: say so (it stops forwarding the track, and only it can undo it).
+ */
+export function onOwnTrackMuted(trackId, muted) {
+  for (const [job, label, ownMute] of [['mic', 'microphone', state.micMuted], ['camera', 'camera', state.camMuted]]) {
+    const mid = state.tx[job]?.mid;
+    if (mid == null || state.ownTrackIds.get(String(mid)) !== trackId) continue;
+    if (muted && !ownMute) hooks.onError(`The room's host muted your ${label}; the others cannot ${job === 'mic' ? 'hear' : 'see'} it until they unmute it.`);
+  }
+}
+
+/**
  * `layers_wanted` (dynacast): send only the camera layers someone receives. `active` follows
  * the track's simulcast RIDs, lowest first, which name our encodings.
  */

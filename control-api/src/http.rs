@@ -74,7 +74,8 @@ pub async fn recv_kick(kicked: &mut Option<mpsc::UnboundedReceiver<String>>) -> 
 /// Drives one WebSocket: frames in -> session, session outbox -> frames out.
 async fn run_session(socket: WebSocket, state: Arc<AppState>) {
     let (mut sink, mut stream) = socket.split();
-    let (outbox, mut outgoing) = mpsc::unbounded_channel::<ServerMessage>();
+    let (outbox, mut outgoing) = crate::outbox::outbox();
+    let overflow = outbox.clone();
     let (events, mut peer_events) = mpsc::unbounded_channel();
     let writer = tokio::spawn(async move {
         while let Some(message) = outgoing.recv().await {
@@ -100,6 +101,10 @@ async fn run_session(socket: WebSocket, state: Arc<AppState>) {
             tokio::select! {
                 Some(reason) = recv_kick(&mut kicked) => {
                     session.leave(&reason).await;
+                    break;
+                }
+                () = overflow.overflowed() => {
+                    debug!("the client does not read its messages; closing its socket");
                     break;
                 }
                 frame = stream.next() => match frame {
@@ -141,6 +146,7 @@ async fn run_session(socket: WebSocket, state: Arc<AppState>) {
     }
     .instrument(span)
     .await;
+    drop(overflow);
     drop(session);
     // The writer ends when the last outbox sender (ours, the room's) is gone.
     let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;

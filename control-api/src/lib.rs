@@ -14,6 +14,7 @@ pub mod auth;
 pub mod http;
 pub mod metrics;
 pub mod origin;
+pub mod outbox;
 pub mod protocol;
 pub mod rate_limit;
 pub mod room;
@@ -246,16 +247,6 @@ impl Server {
             tls = tls.is_some(),
             "HTTP API, signalling (/rtc) and web demo listening"
         );
-        // Closes explicitly created rooms that stayed empty past their timeout.
-        let reaper = Arc::downgrade(&state);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-            loop {
-                tick.tick().await;
-                let Some(state) = reaper.upgrade() else { break };
-                state.rooms.reap(std::time::Instant::now());
-            }
-        });
         let router = http::app(state.clone());
         let http = match tls_config {
             Some(config) => tokio::spawn(serve::tls(listener, router, config)),

@@ -20,8 +20,8 @@ use utoipa::{OpenApi, ToSchema};
 use crate::AppState;
 use crate::auth::{Claims, Grants};
 use crate::http::json_error;
-use crate::protocol::{ServerMessage, TrackInfo};
-use crate::room::{Room, RoomSettings};
+use crate::protocol::TrackInfo;
+use crate::room::{MutedBy, Room, RoomError, RoomSettings, RoomSnapshot};
 
 /// The OpenAPI description of the room service.
 #[derive(OpenApi)]
@@ -379,7 +379,7 @@ fn track_body(t: &TrackInfo) -> TrackBody {
     }
 }
 
-fn room_body(room: &Room) -> RoomBody {
+fn room_body(room: &Room, snapshot: &RoomSnapshot) -> RoomBody {
     RoomBody {
         name: room.name.clone(),
         created_at: room.created_at,
@@ -387,8 +387,8 @@ fn room_body(room: &Room) -> RoomBody {
         empty_timeout: u32::try_from(room.settings.empty_timeout.as_secs()).unwrap_or(u32::MAX),
         metadata: room.settings.metadata.clone(),
         explicit: room.settings.explicit,
-        num_participants: u32::try_from(room.members().len()).unwrap_or(u32::MAX),
-        num_tracks: u32::try_from(room.tracks().len()).unwrap_or(u32::MAX),
+        num_participants: u32::try_from(snapshot.members.len()).unwrap_or(u32::MAX),
+        num_tracks: u32::try_from(snapshot.tracks.len()).unwrap_or(u32::MAX),
     }
 }
 
@@ -450,7 +450,8 @@ async fn create_room(
         .rooms
         .create(&request.name, settings)
         .map_err(|r| ApiError::new(StatusCode::CONFLICT, code_of(&r), r.message))?;
-    Ok((StatusCode::CREATED, Json(room_body(&room))).into_response())
+    let body = room_body(&room, &RoomSnapshot::default());
+    Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
 fn code_of(refusal: &crate::protocol::Refusal) -> &'static str {
@@ -474,7 +475,10 @@ async fn list_rooms(
     admin: Admin,
 ) -> Result<Json<RoomList>, ApiError> {
     admin.may_list()?;
-    let rooms = state.rooms.list().iter().map(|r| room_body(r)).collect();
+    let mut rooms = Vec::new();
+    for room in state.rooms.list() {
+        rooms.push(room_body(&room, &room.snapshot().await));
+    }
     Ok(Json(RoomList { rooms }))
 }
 
@@ -494,7 +498,7 @@ async fn get_room(
 ) -> Result<Json<RoomBody>, ApiError> {
     admin.may_view(&room)?;
     let room = room_of(&state, &room)?;
-    Ok(Json(room_body(&room)))
+    Ok(Json(room_body(&room, &room.snapshot().await)))
 }
 
 /// Delete a room, disconnecting everyone in it.
@@ -512,16 +516,16 @@ async fn delete_room(
     Path(room): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     admin.may_create()?;
-    if state.rooms.delete(&room) {
+    if state.rooms.delete(&room).await {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::no_room(&room))
     }
 }
 
-fn participant_bodies(room: &Room) -> Vec<ParticipantBody> {
-    let tracks = room.tracks();
-    room.members()
+async fn participant_bodies(room: &Room) -> Vec<ParticipantBody> {
+    let RoomSnapshot { members, tracks } = room.snapshot().await;
+    members
         .into_iter()
         .map(|m| ParticipantBody {
             tracks: tracks
@@ -533,7 +537,7 @@ fn participant_bodies(room: &Room) -> Vec<ParticipantBody> {
             identity: m.info.identity,
             name: m.info.name,
             joined_at: m.joined_at,
-            via: m.via.to_string(),
+            via: m.via.as_str().to_string(),
             hidden: m.hidden,
         })
         .collect()
@@ -556,7 +560,7 @@ async fn list_participants(
     admin.may_admin(&room)?;
     let room = room_of(&state, &room)?;
     Ok(Json(ParticipantList {
-        participants: participant_bodies(&room),
+        participants: participant_bodies(&room).await,
     }))
 }
 
@@ -580,6 +584,7 @@ async fn get_participant(
     admin.may_admin(&room)?;
     let room = room_of(&state, &room)?;
     participant_bodies(&room)
+        .await
         .into_iter()
         .find(|p| p.id == participant || p.identity == participant)
         .map(Json)
@@ -605,11 +610,28 @@ async fn remove_participant(
 ) -> Result<StatusCode, ApiError> {
     admin.may_admin(&room)?;
     let room = room_of(&state, &room)?;
-    if room.kick(&participant, "removed by the room service") {
+    if room.kick(&participant, "removed by the room service").await {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::no_participant(&participant))
     }
+}
+
+/// A room's refusal as an HTTP error.
+fn room_error(e: RoomError) -> ApiError {
+    let (status, code) = match &e {
+        RoomError::NoSuchParticipant(_) => (StatusCode::NOT_FOUND, "unknown_participant"),
+        RoomError::NoSuchTrack { .. } | RoomError::UnknownTrack(_) => {
+            (StatusCode::NOT_FOUND, "unknown_track")
+        }
+        RoomError::NotSubscribing => (StatusCode::BAD_REQUEST, "not_subscribing"),
+        RoomError::Closing => (StatusCode::NOT_FOUND, "unknown_room"),
+        RoomError::Full { .. } => (StatusCode::CONFLICT, "room_full"),
+        RoomError::MutedByAdmin => (StatusCode::FORBIDDEN, "permission_denied"),
+        // The track ended while the media core applied the change.
+        RoomError::Media(_) => (StatusCode::NOT_FOUND, "unknown_track"),
+    };
+    ApiError::new(status, code, e.to_string())
 }
 
 fn parse_track(id: &str) -> Result<TrackId, ApiError> {
@@ -645,54 +667,12 @@ async fn mute_track(
 ) -> Result<Json<TrackBody>, ApiError> {
     admin.may_admin(&room)?;
     let room = room_of(&state, &room)?;
-    let member = room
-        .members()
-        .into_iter()
-        .find(|m| m.info.id == participant || m.info.identity == participant)
-        .ok_or_else(|| ApiError::no_participant(&participant))?;
-    let id = parse_track(&track)?;
-    let was_muted = room
-        .tracks()
-        .into_iter()
-        .find(|t| t.info.id == track)
-        .is_some_and(|t| t.info.muted);
-    if !room.set_muted(&member.info.id, &track, request.muted) {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "unknown_track",
-            format!("{participant:?} publishes no track {track:?}"),
-        ));
-    }
-    if let Err(e) = state.sfu.set_track_muted(id, request.muted).await {
-        // The media core did not apply it (the track just ended, or the server stops): undo
-        // the room's record rather than tell everyone something untrue.
-        room.set_muted(&member.info.id, &track, was_muted);
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "unknown_track",
-            format!("the track cannot be muted now: {e}"),
-        ));
-    }
-    room.broadcast(
-        &ServerMessage::TrackMuted {
-            track: track.clone(),
-            participant: member.info.id.clone(),
-            muted: request.muted,
-        },
-        None,
-    );
+    parse_track(&track)?;
     let info = room
-        .tracks()
-        .into_iter()
-        .find(|t| t.info.id == track)
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "unknown_track",
-                "the track just ended",
-            )
-        })?;
-    Ok(Json(track_body(&info.info)))
+        .set_muted(&participant, &track, request.muted, MutedBy::Admin)
+        .await
+        .map_err(room_error)?;
+    Ok(Json(track_body(&info)))
 }
 
 /// Subscribe a participant to tracks, or unsubscribe it from them.
@@ -717,37 +697,9 @@ async fn update_subscriptions(
 ) -> Result<StatusCode, ApiError> {
     admin.may_admin(&room)?;
     let room = room_of(&state, &room)?;
-    let member = room
-        .members()
-        .into_iter()
-        .find(|m| m.info.id == participant || m.info.identity == participant)
-        .ok_or_else(|| ApiError::no_participant(&participant))?;
-    let Some(peer) = member.subscriber else {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "not_subscribing",
-            "this participant has no subscribe connection",
-        ));
-    };
-    let known = room.tracks();
-    for track in &request.tracks {
-        if !known.iter().any(|t| t.info.id == *track) {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "unknown_track",
-                format!("room has no track {track:?}"),
-            ));
-        }
-    }
-    for track in &request.tracks {
-        let id = parse_track(track)?;
-        let result = if request.subscribe {
-            state.sfu.subscribe(peer, id).await
-        } else {
-            state.sfu.unsubscribe(peer, id).await
-        };
-        result.map_err(|e| ApiError::new(StatusCode::NOT_FOUND, "unknown_track", e.to_string()))?;
-    }
+    room.update_subscriptions(&participant, request.tracks, request.subscribe)
+        .await
+        .map_err(room_error)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -767,6 +719,11 @@ async fn list_tracks(
 ) -> Result<Json<TrackList>, ApiError> {
     admin.may_view(&room)?;
     let room = room_of(&state, &room)?;
-    let tracks = room.tracks().iter().map(|t| track_body(&t.info)).collect();
+    let tracks = room
+        .tracks()
+        .await
+        .iter()
+        .map(|t| track_body(&t.info))
+        .collect();
     Ok(Json(TrackList { tracks }))
 }

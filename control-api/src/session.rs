@@ -25,8 +25,8 @@ use crate::protocol::{
 
 /// Track sources a client may declare.
 const KNOWN_SOURCES: [&str; 4] = ["camera", "microphone", "screen", "screen_audio"];
-use crate::room::{Kick, NewMember, Outbox, Room, RoomTrack};
-use crate::webhook::EventKind;
+use crate::outbox::Outbox;
+use crate::room::{Join, Kick, MutedBy, Room, RoomError, RoomTrack, Via};
 
 /// The largest view size a client may report for a video track, per side.
 const MAX_VIEW_SIDE: u32 = 16_384;
@@ -98,7 +98,7 @@ impl Session {
     }
 
     fn send(&self, message: ServerMessage) {
-        let _ = self.outbox.send(message);
+        self.outbox.send(message);
     }
 
     /// Sends a message to this participant (e.g. an error about a frame that did not parse).
@@ -142,7 +142,7 @@ impl Session {
                     self.send(e.into());
                 }
             }
-            ClientMessage::Mute { track, muted } => self.mute(&track, muted),
+            ClientMessage::Mute { track, muted } => self.mute(&track, muted).await,
             ClientMessage::SetQuality {
                 track,
                 quality,
@@ -204,83 +204,14 @@ impl Session {
             }
             _ => {}
         }
-        let room = self.state.rooms.open(&room_name)?;
         let me = ParticipantInfo {
             id: new_participant_id(),
             identity: claims.sub.clone(),
             name: claims.name.clone().unwrap_or_else(|| claims.sub.clone()),
         };
-        let spec = PeerSpec {
-            room: room.id,
-            participant: Arc::from(me.id.as_str()),
-            identity: Arc::from(me.identity.as_str()),
-            can_publish_data: grants.may_publish_data(),
-        };
-        let subscriber = if mode == JoinMode::Interactive && grants.may_subscribe() {
-            let tracks = room.tracks().into_iter().map(|t| t.id).collect();
-            let peer = self
-                .state
-                .sfu
-                .add_subscriber(spec.clone(), tracks, self.events.clone())
-                .await
-                .map_err(|e| internal("create the subscriber connection", &e))?;
-            Some(peer)
-        } else {
-            None
-        };
-        let member = NewMember {
-            info: me.clone(),
-            hidden: grants.hidden,
-            outbox: self.outbox.clone(),
-            subscriber,
-            kick: self.kick.clone(),
-            via: match mode {
-                JoinMode::Interactive => "websocket",
-                JoinMode::Publisher => "whip",
-                JoinMode::Viewer => "whep",
-            },
-        };
-        let snapshot = match room.add_member(member) {
-            Ok(snapshot) => snapshot,
-            Err(e) => {
-                if let Some(peer) = subscriber {
-                    let _ = self.state.sfu.remove_peer(peer).await;
-                }
-                self.state.rooms.close_if_empty(&room);
-                return Err(e);
-            }
-        };
-        info!(room = %room.name, participant = %me.id, identity = %me.identity, "joined");
-        self.state
-            .webhooks
-            .emit(EventKind::ParticipantJoined, &room.name, Some(&me), None);
-        self.send(ServerMessage::Joined {
-            room: room.name.clone(),
-            participant: me.clone(),
-            participants: snapshot.others,
-            tracks: snapshot.tracks.iter().map(|t| t.info.clone()).collect(),
-            ice_servers: self.state.ice_servers(&me.identity, claims.exp),
-        });
-        let speakers = room.speakers();
-        if !speakers.is_empty() {
-            self.send(ServerMessage::ActiveSpeakers { speakers });
-        }
-        if !grants.hidden {
-            room.broadcast(
-                &ServerMessage::ParticipantJoined {
-                    participant: me.clone(),
-                },
-                Some(&me.id),
-            );
-        }
-        // Tracks published between the snapshot given to the subscriber and our registration.
-        if let Some(peer) = subscriber {
-            for track in room.tracks() {
-                if track.info.participant != me.id {
-                    let _ = self.state.sfu.subscribe(peer, track.id).await;
-                }
-            }
-        }
+        let (room, spec, subscriber) = self
+            .enter(&room_name, &me, &grants, mode, claims.exp)
+            .await?;
         self.joined = Some(Joined {
             room,
             me,
@@ -293,6 +224,55 @@ impl Session {
             expires: claims.exp,
         });
         Ok(())
+    }
+
+    /// Joins `room_name` as `me`: opens the room (again, if it was ending as we came) and asks
+    /// it to admit us; the room sends `joined`. Returns the room, our media-core identity and
+    /// our subscriber peer.
+    async fn enter(
+        &mut self,
+        room_name: &str,
+        me: &ParticipantInfo,
+        grants: &Grants,
+        mode: JoinMode,
+        expires: u64,
+    ) -> Result<(Arc<Room>, PeerSpec, Option<PeerId>), Refusal> {
+        /// A room may end between being opened and admitting us; it is then opened anew.
+        const ATTEMPTS: usize = 3;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let room = self.state.rooms.open(room_name)?;
+            let spec = PeerSpec {
+                room: room.id,
+                participant: Arc::from(me.id.as_str()),
+                identity: Arc::from(me.identity.as_str()),
+                can_publish_data: grants.may_publish_data(),
+            };
+            let subscribe = (mode == JoinMode::Interactive && grants.may_subscribe())
+                .then(|| (spec.clone(), self.events.clone()));
+            let join = Join {
+                info: me.clone(),
+                hidden: grants.hidden,
+                via: match mode {
+                    JoinMode::Interactive => Via::WebSocket,
+                    JoinMode::Publisher => Via::Whip,
+                    JoinMode::Viewer => Via::Whep,
+                },
+                outbox: self.outbox.clone(),
+                kick: self.kick.clone(),
+                ice_servers: self.state.ice_servers(&me.identity, expires),
+                subscribe,
+            };
+            match room.join(join).await {
+                Ok(subscriber) => return Ok((room, spec, subscriber)),
+                Err(RoomError::Closing) if attempt < ATTEMPTS => continue,
+                Err(RoomError::Media(e)) => {
+                    return Err(internal("create the subscriber connection", &e));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// Offers (or re-offers) the publish connection; returns the answer.
@@ -340,28 +320,22 @@ impl Session {
         let Some(joined) = &mut self.joined else {
             return Err(not_joined());
         };
-        let tracks = joined.room.tracks();
-        let follow = follow.map(str::to_string).or_else(|| {
-            tracks
-                .iter()
-                .find(|t| t.info.kind == "video")
-                .map(|t| t.info.participant.clone())
-        });
-        let chosen = tracks
-            .iter()
-            .filter(|t| follow.as_ref().is_none_or(|p| *p == t.info.participant))
-            .map(|t| t.id)
-            .collect();
-        let (peer, answer) = self
-            .state
-            .sfu
-            .add_offering_subscriber(joined.spec.clone(), offer, chosen, self.events.clone())
+        let (peer, answer) = joined
+            .room
+            .subscribe_from_offer(
+                &joined.me.id,
+                joined.spec.clone(),
+                offer,
+                follow,
+                self.events.clone(),
+            )
             .await
-            .map_err(|e| sfu_refusal(&e))?;
+            .map_err(|e| match e {
+                RoomError::Media(e) => sfu_refusal(&e),
+                e => e.into(),
+            })?;
         joined.subscriber = Some(peer);
         joined.had_media = true;
-        joined.room.set_subscriber(&joined.me.id, Some(peer));
-        joined.room.set_follow(&joined.me.id, follow);
         Ok(answer)
     }
 
@@ -423,24 +397,16 @@ impl Session {
             .map_err(|e| sfu_refusal(&e))
     }
 
-    fn mute(&mut self, track: &str, muted: bool) {
+    async fn mute(&mut self, track: &str, muted: bool) {
         let Some(joined) = &self.joined else {
             return;
         };
-        if joined.room.set_muted(&joined.me.id, track, muted) {
-            joined.room.broadcast(
-                &ServerMessage::TrackMuted {
-                    track: track.to_string(),
-                    participant: joined.me.id.clone(),
-                    muted,
-                },
-                None,
-            );
-        } else {
-            self.error(
-                ErrorCode::UnknownTrack,
-                format!("you publish no track {track:?}"),
-            );
+        let result = joined
+            .room
+            .set_muted(&joined.me.id, track, muted, MutedBy::Publisher)
+            .await;
+        if let Err(e) = result {
+            self.send(Refusal::from(e).into());
         }
     }
 
@@ -530,11 +496,7 @@ impl Session {
                 });
             }
             PeerEvent::AudioLevel { peer, level, .. } if Some(peer) == joined.publisher => {
-                if let Some(speakers) = joined.room.update_speaker(&joined.me.id, level) {
-                    joined
-                        .room
-                        .broadcast(&ServerMessage::ActiveSpeakers { speakers }, None);
-                }
+                joined.room.audio_level(&joined.me.id, level).await;
             }
             PeerEvent::SubscriberOffer { peer, sdp, tracks } if Some(peer) == joined.subscriber => {
                 let tracks = tracks
@@ -565,42 +527,13 @@ impl Session {
                     simulcast: track.simulcast,
                     muted: false,
                 };
-                let subscribers = joined.room.add_track(RoomTrack {
-                    id: track.id,
-                    info: info.clone(),
-                });
-                self.state.webhooks.emit(
-                    EventKind::TrackPublished,
-                    &joined.room.name,
-                    Some(&joined.me),
-                    Some(&info),
-                );
                 joined
                     .room
-                    .broadcast(&ServerMessage::TrackPublished { track: info }, None);
-                for subscriber in subscribers {
-                    if let Err(e) = self.state.sfu.subscribe(subscriber, track.id).await {
-                        debug!(%subscriber, error = %e, "auto-subscribe failed");
-                    }
-                }
+                    .publish_track(RoomTrack { id: track.id, info })
+                    .await;
             }
             PeerEvent::TrackUnpublished { peer, track } if Some(peer) == joined.publisher => {
-                let Some(removed) = joined.room.remove_track(track) else {
-                    return;
-                };
-                self.state.webhooks.emit(
-                    EventKind::TrackUnpublished,
-                    &joined.room.name,
-                    Some(&joined.me),
-                    Some(&removed.info),
-                );
-                joined.room.broadcast(
-                    &ServerMessage::TrackUnpublished {
-                        track: track.to_string(),
-                        participant: joined.me.id.clone(),
-                    },
-                    None,
-                );
+                joined.room.unpublish_track(track).await;
             }
             PeerEvent::Closed { peer, reason } => {
                 let which = if Some(peer) == joined.publisher {
@@ -608,7 +541,7 @@ impl Session {
                     "publish"
                 } else if Some(peer) == joined.subscriber {
                     joined.subscriber = None;
-                    joined.room.set_subscriber(&joined.me.id, None);
+                    joined.room.subscriber_closed(&joined.me.id).await;
                     "subscribe"
                 } else {
                     return;
@@ -631,49 +564,11 @@ impl Session {
         let Some(joined) = self.joined.take() else {
             return;
         };
-        let departure = joined.room.remove_member(&joined.me.id);
-        for peer in [joined.publisher, joined.subscriber].into_iter().flatten() {
-            let _ = self.state.sfu.remove_peer(peer).await;
-        }
-        if let Some(departure) = departure {
-            for track in &departure.tracks {
-                self.state.webhooks.emit(
-                    EventKind::TrackUnpublished,
-                    &joined.room.name,
-                    Some(&joined.me),
-                    Some(&track.info),
-                );
-                joined.room.broadcast(
-                    &ServerMessage::TrackUnpublished {
-                        track: track.info.id.clone(),
-                        participant: joined.me.id.clone(),
-                    },
-                    None,
-                );
-            }
-            if let Some(speakers) = departure.speakers {
-                joined
-                    .room
-                    .broadcast(&ServerMessage::ActiveSpeakers { speakers }, None);
-            }
-            if !departure.hidden {
-                joined.room.broadcast(
-                    &ServerMessage::ParticipantLeft {
-                        participant: joined.me.id.clone(),
-                    },
-                    None,
-                );
-            }
-            self.state.webhooks.emit(
-                EventKind::ParticipantLeft,
-                &joined.room.name,
-                Some(&joined.me),
-                None,
-            );
-            if departure.room_empty {
-                self.state.rooms.close_if_empty(&joined.room);
-            }
-        }
+        let peers = [joined.publisher, joined.subscriber]
+            .into_iter()
+            .flatten()
+            .collect();
+        joined.room.leave(&joined.me.id, peers).await;
         info!(room = %joined.room.name, participant = %joined.me.id, reason, "left");
         self.send(ServerMessage::Left {
             reason: reason.to_string(),

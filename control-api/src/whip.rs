@@ -209,7 +209,7 @@ async fn create(
             "the SDP offer is not UTF-8",
         );
     };
-    let (outbox, outgoing) = mpsc::unbounded_channel();
+    let (outbox, outgoing) = crate::outbox::outbox();
     let (events, peer_events) = mpsc::unbounded_channel();
     let mut session = Session::new(state.clone(), outbox, events);
     let mode = match kind {
@@ -335,7 +335,7 @@ impl ResourceTask {
     async fn run(
         mut self,
         mut peer_events: mpsc::UnboundedReceiver<sfu::PeerEvent>,
-        mut outgoing: mpsc::UnboundedReceiver<crate::protocol::ServerMessage>,
+        mut outgoing: crate::outbox::OutboxReceiver,
         mut commands: mpsc::Receiver<Command>,
     ) {
         let mut kicked = self.session.take_kick_receiver();

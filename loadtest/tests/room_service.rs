@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 
 use common::{WAIT, bot, token};
 use control_api::auth::{ApiKeys, Claims, DEV_API_KEY, DEV_API_SECRET, Grants, unix_now};
+use control_api::protocol::ErrorCode;
 use control_api::{Server, ServerConfig};
 use loadtest::bot::Bot;
 use loadtest::server_probe::{HttpResponse, http_request};
-use loadtest::signal::ServerMessage;
+use loadtest::signal::{ClientMessage, ServerMessage};
 use loadtest::synthetic::PayloadKind;
 use serde_json::{Value, json};
 use sfu::TrackId;
@@ -336,6 +337,29 @@ async fn room_lifecycle_with_participants() {
     assert!(
         viewer.state().packets_from(1, PayloadKind::Opus) > 30,
         "audio still flows"
+    );
+    // One mute model: the publisher cannot lift the administrator's mute.
+    publisher.signal(ClientMessage::Mute {
+        track: video.clone(),
+        muted: false,
+    });
+    assert!(
+        publisher
+            .wait_for(WAIT, |s| s
+                .error()
+                .is_some_and(|(code, _)| code == ErrorCode::PermissionDenied))
+            .await,
+        "a publisher's unmute of an administrator's mute is refused"
+    );
+    assert!(
+        server.sfu().track_counters(video_id).await.unwrap().muted,
+        "still muted where packets are forwarded"
+    );
+    assert!(
+        !viewer.state().saw(
+            |m| matches!(m, ServerMessage::TrackMuted { track, muted: false, .. } if *track == video)
+        ),
+        "nobody was told it is unmuted"
     );
     let r = call(
         &server,
