@@ -1,6 +1,7 @@
-// Entry point of the group-call demo: the join form, the call's lifecycle (join, leave, and
-// automatic reconnect with backoff when the connection drops), dispatching the server's
-// signalling messages (control-api/PROTOCOL.md) to the other modules, and the call controls.
+// Entry point of the group-call demo: the join form, the call's lifecycle (join, leave, resume
+// on a new socket when the signalling socket drops, ICE restarts when the network changes, and
+// rejoining with backoff when nothing else works), dispatching the server's signalling messages
+// (control-api/PROTOCOL.md) to the other modules, and the call controls.
 //
 // Other modules, one job each: ui.js (page), media.js (devices), signalling.js (token and
 // WebSocket), publish.js and subscribe.js (the two peer connections), tiles.js (the grid),
@@ -16,9 +17,9 @@ import {
   getLocalMedia, chosenDevices, describeMediaError, startPreview, stopPreview, takePreview,
   initDevicePickers, fillDevicePickers,
 } from './media.js';
-import { Signalling, fetchDevToken, signallingUrl, tokenClaims } from './signalling.js';
+import { Journal, Signalling, fetchDevToken, signallingUrl, tokenClaims } from './signalling.js';
 import {
-  setPublishHooks, startPublishing, onPublishAnswer, failPendingOffer, closePublishing,
+  setPublishHooks, startPublishing, onPublishAnswer, failPendingOffer, closePublishing, restartPublishIce,
   startScreenShare, stopScreenShare, setOwnMuted, onOwnTrackPublished, onOwnTrackMuted, onLayersWanted,
 } from './publish.js';
 import { setSubscribeHooks, onSubscribeOffer, closeSubscribing } from './subscribe.js';
@@ -36,6 +37,15 @@ const MAX_BACKOFF_MS = 30_000;
 const JOIN_TIMEOUT_MS = 15_000;
 /** After this long in the room, the next drop starts the backoff from 1 s again. */
 const STABLE_MS = 10_000;
+/** How long after the socket dropped we try to resume on a new one; below the server's 20 s
+ * grace (`--resume-grace`), after which we would have been removed anyway. */
+const RESUME_WINDOW_MS = 15_000;
+/** Delays between attempts to open a socket for a resume. */
+const RESUME_RETRY_MS = [0, 500, 1000, 2000, 4000];
+/** At most one ICE restart this often (a connection flapping between states asks repeatedly). */
+const ICE_RESTART_EVERY_MS = 5_000;
+/** A restarted connection not connected again after this long counts as failed. */
+const ICE_RESTART_LIMIT_MS = 15_000;
 const NAME_STORE = 'sfu-demo.name';
 
 // ---------------------------------------------------------------------------------------------
@@ -110,6 +120,7 @@ async function startJoin() {
   Object.assign(state, {
     room, displayName, viewer: ui.viewerInput.checked, phase: 'connecting',
     leaving: false, everJoined: false, reconnectAttempts: 0, mediaEverConnected: false, mediaFailures: 0,
+    resumes: 0, iceRestarts: 0, lastIceRestart: 0, messageCounts: {},
   });
   ui.joinButton.disabled = true;
 
@@ -161,18 +172,23 @@ async function connect() {
     ? { token: state.token, wsUrl: signallingUrl() }
     : await fetchDevToken(state.room, state.identity, state.displayName);
   if (!isCurrent(session)) return;
+  state.journal = new Journal();
+  state.resumeToken = null;
   const signalling = new Signalling(wsUrl, {
+    journal: state.journal,
     onOpen: () => {
       setStatus(state.everJoined ? 'Reconnecting…' : 'joining…', state.everJoined ? 'bad' : 'busy');
-      signalling.send({ type: 'join', token });
+      signalling.sendUnnumbered({ type: 'join', token });
     },
     onMessage: (msg) => {
       if (isCurrent(session)) handleMessage(msg, session);
     },
     onClose: ({ code, reason, opened }) => {
-      if (!isCurrent(session) || state.leaving) return;
+      if (!isCurrent(session) || state.leaving || state.signalling !== signalling) return;
       const why = `code ${code}${reason ? `: ${reason}` : ''}`;
-      if (state.everJoined) {
+      if (state.phase === 'joined' && state.resumeToken) {
+        signallingLost(`the signalling connection closed (${why})`);
+      } else if (state.everJoined) {
         connectionLost(`the signalling connection closed (${why})`);
       } else if (!opened) {
         endCall(`Could not connect to the signalling server at ${wsUrl} (${why}).`);
@@ -191,7 +207,99 @@ async function connect() {
 }
 
 /**
- * The connection dropped (socket closed, `media_closed`, ICE failure): tear down both peer
+ * The signalling socket dropped while we were in the room: the server keeps our session (and
+ * our media flowing) for a grace period. Open a new socket and `resume` on it, retrying for
+ * up to RESUME_WINDOW_MS; the peer connections stay as they are.
+ */
+function signallingLost(reason) {
+  state.phase = 'resuming';
+  state.resumeDeadline = Date.now() + RESUME_WINDOW_MS;
+  setStatus('Reconnecting…', 'bad');
+  console.info(`${reason}; resuming the session on a new socket`);
+  openResumeSocket(state.session, reason, 0);
+}
+
+function openResumeSocket(session, reason, attempt) {
+  if (!isCurrent(session) || state.phase !== 'resuming' || state.leaving) return;
+  if (Date.now() > state.resumeDeadline) {
+    return connectionLost(`${reason}; could not resume the session`);
+  }
+  const previous = state.signalling;
+  const signalling = new Signalling(previous?.url ?? signallingUrl(), {
+    journal: state.journal,
+    onOpen: () => signalling.sendUnnumbered({
+      type: 'resume', token: state.resumeToken, last_seq: state.journal.lastReceived,
+    }),
+    onMessage: (msg) => {
+      if (isCurrent(session) && state.signalling === signalling) handleMessage(msg, session);
+    },
+    onClose: ({ code, reason: closeReason }) => {
+      if (!isCurrent(session) || state.leaving || state.signalling !== signalling) return;
+      const why = `the signalling connection closed (code ${code}${closeReason ? `: ${closeReason}` : ''})`;
+      if (state.phase === 'joined') return signallingLost(why);
+      const delay = RESUME_RETRY_MS[Math.min(attempt + 1, RESUME_RETRY_MS.length - 1)];
+      setTimeout(() => openResumeSocket(session, reason, attempt + 1), delay);
+      return undefined;
+    },
+  });
+  previous?.replaceWith(signalling);
+  previous?.close();
+  state.signalling = signalling;
+  return undefined;
+}
+
+/** The session carries on on the new socket: send what the server did not handle, restart ICE. */
+function onResumed(msg) {
+  if (state.phase !== 'resuming') return;
+  state.phase = 'joined';
+  state.resumes += 1;
+  for (const sent of state.journal.unhandled(Number(msg.last_seq) || 0)) state.signalling.sendUnnumbered(sent);
+  setStatus('connected', 'ok');
+  hideBanner();
+  // The socket dropped: the network may have changed under the media connections too.
+  restartIce('the session resumed');
+}
+
+/**
+ * Restarts ICE on both media connections (the network changed): a new publish offer with new
+ * credentials, and `restart_ice` for the server's subscribe offer. If a connection is not
+ * connected again within ICE_RESTART_LIMIT_MS, it has failed.
+ */
+function restartIce(reason) {
+  if (state.phase !== 'joined') return;
+  const now = Date.now();
+  if (now - state.lastIceRestart < ICE_RESTART_EVERY_MS) return;
+  state.lastIceRestart = now;
+  state.iceRestarts += 1;
+  console.info(`restarting ICE: ${reason}`);
+  const session = state.session;
+  restartPublishIce(session);
+  if (state.subPc) state.signalling?.send({ type: 'restart_ice' });
+  setTimeout(() => {
+    if (!isCurrent(session) || state.phase !== 'joined') return;
+    for (const [which, pc] of [['publish', state.pubPc], ['subscribe', state.subPc]]) {
+      if (pc && pc.connectionState !== 'connected') {
+        mediaFailed(`the ${which} connection did not come back after an ICE restart`, pc);
+        return;
+      }
+    }
+  }, ICE_RESTART_LIMIT_MS);
+}
+
+/**
+ * A media connection lost its path (`disconnected`) or gave up (`failed`): restart ICE once
+ * the call has had media (a connection that never got through is a blocked network).
+ */
+function iceTrouble(which, pc) {
+  if (!state.mediaEverConnected) {
+    if (pc.connectionState === 'failed') mediaFailed(`the ${which} connection failed (ICE/DTLS)`, pc);
+    return undefined;
+  }
+  return restartIce(`the ${which} connection is ${pc.iceConnectionState}`);
+}
+
+/**
+ * The connection dropped (`media_closed`, a failed ICE restart, no resume): tear down both peer
  * connections and the socket, wait (1 s, 2 s, 4 s... up to 30 s), then get a new token, rejoin
  * and republish. Local media and the chat log stay.
  */
@@ -279,8 +387,10 @@ function leave() {
 // ---------------------------------------------------------------------------------------------
 
 function handleMessage(msg, session) {
+  state.messageCounts[msg.type] = (state.messageCounts[msg.type] ?? 0) + 1;
   switch (msg.type) {
     case 'joined': return onJoined(msg, session);
+    case 'resumed': return onResumed(msg);
     case 'publish_answer': return onPublishAnswer(msg);
     case 'subscribe_offer': return onSubscribeOffer(msg, session);
     case 'participant_joined': return addParticipant(msg.participant);
@@ -313,6 +423,7 @@ function onJoined(msg, session) {
     everJoined: true,
     participantId: msg.participant?.id ?? null,
     iceServers: Array.isArray(msg.ice_servers) ? msg.ice_servers : [],
+    resumeToken: typeof msg.resume_token === 'string' ? msg.resume_token : null,
   });
   ui.localTile.dataset.participantId = state.participantId ?? '';
   setStatus('connected', 'ok');
@@ -349,6 +460,8 @@ function onServerError(msg) {
       if (!joinedNow) return endCall(`You may not join “${state.room}”: ${detail}.`);
       failPendingOffer(detail);
       return showBanner(`Not allowed: ${detail}.`);
+    case 'resume_failed':
+      return connectionLost(`could not resume the session (${detail})`);
     case 'media_closed':
       // The server gave up on a connection: before media ever flowed, the network blocks it.
       return mediaFailed(detail, state.subPc ?? state.pubPc);
@@ -401,6 +514,7 @@ function initControls() {
 
   setPublishHooks({
     onFailed: mediaFailed,
+    onIceTrouble: iceTrouble,
     onChatReady: setChatEnabled,
     onError: (text) => showBanner(text),
     onChange: () => {
@@ -409,7 +523,7 @@ function initControls() {
     },
   });
   setSubscribeHooks({
-    onFailed: mediaFailed,
+    onIceTrouble: iceTrouble,
     onDataChannel: listenForChat,
     onError: (text) => showBanner(text),
   });

@@ -22,8 +22,13 @@ const CAMERA_ENCODINGS = [
 
 const SCREEN_ENCODINGS = [{ maxBitrate: 1_500_000 }];
 
-/** Hooks set by app.js: `onFailed(reason)` when the connection fails, `onChatReady(bool)`, `onError(text)`, `onChange()`. */
-const hooks = { onFailed: () => {}, onChatReady: () => {}, onError: () => {}, onChange: () => {} };
+/**
+ * Hooks set by app.js: `onFailed(reason, pc)` when the connection fails, `onIceTrouble(which, pc)`
+ * when it loses its path or fails, `onChatReady(bool)`, `onError(text)`, `onChange()`.
+ */
+const hooks = {
+  onFailed: () => {}, onIceTrouble: () => {}, onChatReady: () => {}, onError: () => {}, onChange: () => {},
+};
 
 export function setPublishHooks(h) {
   Object.assign(hooks, h);
@@ -44,7 +49,10 @@ export function startPublishing(session) {
       state.mediaEverConnected = true;
       state.connectMs.publish ??= Math.round(performance.now() - created);
     }
-    if (isCurrent(session) && pc.connectionState === 'failed') hooks.onFailed('the publish connection failed (ICE/DTLS)', pc);
+    if (isCurrent(session) && pc.connectionState === 'failed') hooks.onIceTrouble('publish', pc);
+  });
+  pc.addEventListener('iceconnectionstatechange', () => {
+    if (isCurrent(session) && pc.iceConnectionState === 'disconnected') hooks.onIceTrouble('publish', pc);
   });
 
   const stream = state.localStream;
@@ -67,6 +75,14 @@ export function startPublishing(session) {
   return screen
     .catch((err) => hooks.onError(`Screen sharing failed: ${err.message ?? err}`))
     .then(() => negotiate(session));
+}
+
+/** Restarts ICE on the publish connection: an offer with new credentials. */
+export function restartPublishIce(session) {
+  const pc = state.pubPc;
+  if (!pc || pc.signalingState === 'closed') return;
+  pc.restartIce();
+  negotiate(session);
 }
 
 /** With `?codec=h264` (or vp8, vp9, av1) the camera is sent with that codec if the browser has it. */

@@ -1,6 +1,8 @@
 // The signalling connection (control-api/PROTOCOL.md): getting a dev-mode token, the WebSocket
 // with its JSON messages and keep-alive pings, and trickling our ICE candidates once the
-// matching offer or answer has been sent. One `Signalling` per connection attempt.
+// matching offer or answer has been sent. One `Signalling` per socket; a `Journal` per session
+// numbers what we send and remembers what we received, so a session outlives its socket
+// (`resume`).
 
 const PING_EVERY_MS = 10_000;
 /** No message at all (not even a `pong`) for this long means the connection is dead. */
@@ -59,14 +61,52 @@ export function signallingUrl(wsUrl) {
   }
 }
 
+/** Client messages kept for sending again after a resume; more means we rejoin instead. */
+const JOURNAL_LIMIT = 256;
+
+/**
+ * One session's numbering, across its sockets: every message we send (but `join`, `resume` and
+ * `ping`) gets a `seq` and is kept until the server says it handled it (`resumed.last_seq`);
+ * `lastReceived` is the highest `seq` the server sent us.
+ */
+export class Journal {
+  constructor() {
+    this.next = 1;
+    this.kept = [];
+    this.lastReceived = 0;
+  }
+
+  /** Numbers `msg` and keeps it; returns the numbered copy. */
+  record(msg) {
+    const numbered = { ...msg, seq: this.next++ };
+    this.kept.push(numbered);
+    if (this.kept.length > JOURNAL_LIMIT) this.kept.shift();
+    return numbered;
+  }
+
+  /** A server message arrived. */
+  received(msg) {
+    if (Number.isSafeInteger(msg.seq) && msg.seq > this.lastReceived) this.lastReceived = msg.seq;
+  }
+
+  /** The server handled our messages up to `lastSeq`: the ones after it, to send again. */
+  unhandled(lastSeq) {
+    this.kept = this.kept.filter((m) => m.seq > lastSeq);
+    return this.kept;
+  }
+}
+
 export class Signalling {
   /**
    * Opens the socket. `onOpen()`, `onMessage(msg)` and `onClose({code, reason, opened})` are
-   * called until `close()` is called; after that, nothing.
+   * called until `close()` is called; after that, nothing. Messages go through `journal`.
    */
-  constructor(url, { onOpen, onMessage, onClose }) {
+  constructor(url, { onOpen, onMessage, onClose, journal }) {
     this.url = url;
     this.onClose = onClose;
+    this.journal = journal;
+    /** The socket that replaced this one after a resume (candidates go there). */
+    this.successor = null;
     this.opened = false;
     this.closed = false;
     this.lastHeard = Date.now();
@@ -94,6 +134,7 @@ export class Signalling {
         console.warn('ignoring a non-JSON signalling message');
         return;
       }
+      this.journal.received(msg);
       onMessage(msg);
     });
     ws.addEventListener('close', (event) => {
@@ -103,9 +144,35 @@ export class Signalling {
     });
   }
 
-  /** Sends one message if the socket is open. */
+  /**
+   * Sends one message: numbered and kept in the journal, so that one sent while the socket is
+   * down goes out after a resume.
+   */
   send(msg) {
+    this.sendUnnumbered(this.journal.record(msg));
+  }
+
+  /** Sends `msg` as it is, if the socket is open (`join`, `resume`, `ping`, resent messages). */
+  sendUnnumbered(msg) {
     if (!this.closed && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(msg));
+  }
+
+  /** The socket that carries the session now (this one, or the one that resumed it). */
+  current() {
+    let signalling = this;
+    while (signalling.successor) signalling = signalling.successor;
+    return signalling;
+  }
+
+  /** After a resume on `next`: candidates not yet sent go there, and their state too. */
+  replaceWith(next) {
+    this.successor = next;
+    for (const target of ['publish', 'subscribe']) {
+      const mine = this.candidates[target];
+      const theirs = next.candidates[target];
+      theirs.ready = theirs.ready || mine.ready;
+      theirs.queue.push(...mine.queue.splice(0));
+    }
   }
 
   keepAlive() {
@@ -116,7 +183,7 @@ export class Signalling {
       this.onClose({ code: 4000, reason: 'no reply from the server', opened: true });
       return;
     }
-    this.send({ type: 'ping' });
+    this.sendUnnumbered({ type: 'ping' });
   }
 
   /** Closes the socket; no callback is called any more. */
@@ -145,9 +212,10 @@ export class Signalling {
         if (endSent) return;
         endSent = true;
       }
-      const slot = this.candidates[target];
+      const signalling = this.current();
+      const slot = signalling.candidates[target];
       const msg = { type: 'candidate', target, candidate };
-      if (slot.ready) this.send(msg);
+      if (slot.ready) signalling.send(msg);
       else slot.queue.push(msg);
     });
   }

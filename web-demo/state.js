@@ -6,7 +6,8 @@
 
 export const state = {
   session: 0,
-  /** 'idle' (join screen), 'connecting', 'joined' or 'reconnecting'. */
+  /** 'idle' (join screen), 'connecting', 'joined', 'resuming' (new socket, same session) or
+   * 'reconnecting' (joining again). */
   phase: 'idle',
   /** True once this call reached `joined` at least once: later drops reconnect instead of failing. */
   everJoined: false,
@@ -39,6 +40,18 @@ export const state = {
 
   /** The signalling connection (a `Signalling` from signalling.js). */
   signalling: null,
+  /** The session's numbering of messages, across its sockets (a `Journal`); new on every join. */
+  journal: null,
+  /** From `joined`: lets a new socket carry on the session (`resume`) if the socket drops. */
+  resumeToken: null,
+  /** While resuming: give up and rejoin after this time (ms since the epoch). */
+  resumeDeadline: 0,
+  /** Sessions resumed on a new socket, and ICE restarts, in this call (for tests). */
+  resumes: 0,
+  iceRestarts: 0,
+  lastIceRestart: 0,
+  /** Server message type -> how many arrived in this call (for tests). */
+  messageCounts: {},
 
   // Local media (media.js, publish.js).
   /** Camera and microphone; kept across reconnects, stopped on leave. */

@@ -5,8 +5,8 @@
 import { state, isCurrent } from './state.js';
 import { attachRemoteTrack } from './tiles.js';
 
-/** Hooks set by app.js: `onFailed(reason)`, `onDataChannel(channel)`, `onError(text)`. */
-const hooks = { onFailed: () => {}, onDataChannel: () => {}, onError: () => {} };
+/** Hooks set by app.js: `onIceTrouble(which, pc)`, `onDataChannel(channel)`, `onError(text)`. */
+const hooks = { onIceTrouble: () => {}, onDataChannel: () => {}, onError: () => {} };
 
 export function setSubscribeHooks(h) {
   Object.assign(hooks, h);
@@ -46,7 +46,10 @@ function createSubscribePc(session) {
       state.mediaEverConnected = true;
       state.connectMs.subscribe ??= Math.round(performance.now() - created);
     }
-    if (isCurrent(session) && pc.connectionState === 'failed') hooks.onFailed('the subscribe connection failed (ICE/DTLS)', pc);
+    if (isCurrent(session) && pc.connectionState === 'failed') hooks.onIceTrouble('subscribe', pc);
+  });
+  pc.addEventListener('iceconnectionstatechange', () => {
+    if (isCurrent(session) && pc.iceConnectionState === 'disconnected') hooks.onIceTrouble('subscribe', pc);
   });
   pc.addEventListener('track', (event) => {
     if (isCurrent(session)) onRemoteTrack(event);

@@ -8,22 +8,17 @@ use std::time::Duration;
 use axum::Json;
 use axum::Router;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::mpsc;
-use tracing::{Instrument, debug, info_span};
 
 use crate::AppState;
 use crate::auth::{Claims, Grants};
-use crate::protocol::{ErrorCode, ServerMessage, parse_client_message};
-use crate::rate_limit::TokenBucket;
-use crate::session::{Flow, Session};
 
 /// Largest HTTP request body (an SDP offer with many m-lines is well under it).
 pub const MAX_BODY: usize = 1 << 20;
@@ -53,15 +48,8 @@ async fn signalling(ws: WebSocketUpgrade, State(state): State<Arc<AppState>>) ->
     ws.max_message_size(limit)
         .max_frame_size(limit)
         .read_buffer_size(SIGNALLING_READ_BUFFER)
-        .on_upgrade(move |socket| run_session(socket, state))
+        .on_upgrade(move |socket| crate::signalling::run(socket, state))
 }
-
-/// Messages per second a client may send on its WebSocket, on average.
-pub const WS_RATE: f64 = 50.0;
-/// Messages a client may send at once.
-pub const WS_BURST: f64 = 200.0;
-/// Messages refused for rate before the socket is closed.
-const WS_MAX_REFUSED: u32 = 100;
 
 /// The next disconnection request, or never.
 pub async fn recv_kick(kicked: &mut Option<mpsc::UnboundedReceiver<String>>) -> Option<String> {
@@ -69,87 +57,6 @@ pub async fn recv_kick(kicked: &mut Option<mpsc::UnboundedReceiver<String>>) -> 
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
-}
-
-/// Drives one WebSocket: frames in -> session, session outbox -> frames out.
-async fn run_session(socket: WebSocket, state: Arc<AppState>) {
-    let (mut sink, mut stream) = socket.split();
-    let (outbox, mut outgoing) = crate::outbox::outbox();
-    let overflow = outbox.clone();
-    let (events, mut peer_events) = mpsc::unbounded_channel();
-    let writer = tokio::spawn(async move {
-        while let Some(message) = outgoing.recv().await {
-            let Ok(text) = serde_json::to_string(&message) else {
-                continue;
-            };
-            if sink.send(Message::Text(text.into())).await.is_err() {
-                break;
-            }
-            if matches!(message, ServerMessage::Left { .. }) {
-                let _ = sink.close().await;
-                break;
-            }
-        }
-    });
-    let mut session = Session::new(state, outbox, events);
-    let mut kicked = session.take_kick_receiver();
-    let mut bucket = TokenBucket::new(WS_RATE, WS_BURST);
-    let mut refused = 0u32;
-    let span = info_span!("session");
-    async {
-        loop {
-            tokio::select! {
-                Some(reason) = recv_kick(&mut kicked) => {
-                    session.leave(&reason).await;
-                    break;
-                }
-                () = overflow.overflowed() => {
-                    debug!("the client does not read its messages; closing its socket");
-                    break;
-                }
-                frame = stream.next() => match frame {
-                    Some(Ok(Message::Text(_) | Message::Binary(_))) if !bucket.allow(std::time::Instant::now()) => {
-                        refused += 1;
-                        if refused > WS_MAX_REFUSED {
-                            debug!("message flood; closing this socket");
-                            break;
-                        }
-                        session.reply(ServerMessage::error(
-                            ErrorCode::RateLimited,
-                            format!("more than {WS_RATE} messages per second; slow down"),
-                        ));
-                    }
-                    Some(Ok(Message::Text(text))) => match parse_client_message(&text) {
-                        Ok(message) => {
-                            if session.handle(message).await == Flow::Stop {
-                                break;
-                            }
-                        }
-                        Err(refusal) => session.reply(refusal.into()),
-                    },
-                    Some(Ok(Message::Binary(_))) => session.reply(ServerMessage::error(
-                        ErrorCode::BadMessage,
-                        "send JSON in text frames",
-                    )),
-                    Some(Ok(Message::Close(_))) | None => break,
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => {
-                        // Oversized frames and protocol violations end this socket only.
-                        debug!(error = %e, "websocket error; closing it");
-                        break;
-                    }
-                },
-                Some(event) = peer_events.recv() => session.on_peer_event(event).await,
-            }
-        }
-        session.leave("connection closed").await;
-    }
-    .instrument(span)
-    .await;
-    drop(overflow);
-    drop(session);
-    // The writer ends when the last outbox sender (ours, the room's) is gone.
-    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
 }
 
 #[derive(Deserialize)]

@@ -21,6 +21,7 @@ pub mod room;
 pub mod rooms_api;
 pub mod serve;
 pub mod session;
+pub mod signalling;
 pub mod tls;
 pub mod turn;
 pub mod webhook;
@@ -63,6 +64,8 @@ pub struct ServerConfig {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// TURN relays to hand clients credentials for. Default: none.
     pub turn: Option<turn::TurnConfig>,
+    /// Join deadline, liveness and resume grace of signalling sockets.
+    pub signalling: signalling::SignallingTimeouts,
 }
 
 impl Default for ServerConfig {
@@ -83,6 +86,7 @@ impl Default for ServerConfig {
             tls: None,
             trusted_proxies: Vec::new(),
             turn: None,
+            signalling: signalling::SignallingTimeouts::default(),
         }
     }
 }
@@ -107,6 +111,8 @@ pub struct AppState {
     pub webhooks: webhook::Webhooks,
     /// The HTTPS certificate, when the server speaks TLS.
     pub tls: Option<Arc<tls::Tls>>,
+    /// Signalling sessions a new socket may resume.
+    pub resumable: signalling::Resumable,
 }
 
 impl AppState {
@@ -241,6 +247,7 @@ impl Server {
             draining: AtomicBool::new(false),
             resources: whip::Resources::default(),
             tls: tls.clone(),
+            resumable: signalling::Resumable::default(),
         });
         tracing::info!(
             %http_addr,

@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::{ArgAction, Args, Parser, Subcommand};
 use control_api::auth::{ApiKeys, Claims, DEV_API_KEY, DEV_API_SECRET, Grants};
 use control_api::room::RoomLimits;
+use control_api::signalling::SignallingTimeouts;
 use control_api::tls::TlsSource;
 use control_api::turn::TurnConfig;
 use control_api::webhook::WebhookConfig;
@@ -74,6 +75,18 @@ struct ServeArgs {
     /// client's socket.
     #[arg(long, env = "SFU_WS_MAX_MESSAGE", default_value_t = 256 * 1024)]
     ws_max_message: usize,
+    /// Seconds a participant whose signalling socket dropped may reconnect and resume its
+    /// session (same participant, tracks and subscriptions; the others see no leave) before
+    /// it is removed from its room (0: removed at once).
+    #[arg(long, env = "SFU_RESUME_GRACE", default_value_t = 20)]
+    resume_grace: u64,
+    /// Seconds a new signalling socket has to send `join` (or `resume`) before it is closed.
+    #[arg(long, env = "SFU_JOIN_TIMEOUT", default_value_t = 10)]
+    join_timeout: u64,
+    /// Seconds a peer connection (or WHIP/WHEP resource) has to complete ICE and DTLS, after
+    /// it is created or restarts ICE, before it is closed.
+    #[arg(long, env = "SFU_CONNECT_TIMEOUT", default_value_t = 15)]
+    connect_timeout: u64,
     /// Maximum participants per room (0: unlimited).
     #[arg(long, env = "SFU_MAX_PARTICIPANTS", default_value_t = 0)]
     max_participants: usize,
@@ -342,6 +355,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         first_port: args.media_port,
         advertise_ips: args.advertise_ips.clone(),
         congestion_control: args.congestion_control,
+        connect_timeout: Duration::from_secs(args.connect_timeout.max(1)),
         ice_tcp_port: match args.ice_tcp_port {
             Some(0) => None,
             Some(port) => Some(port),
@@ -369,6 +383,11 @@ fn serve(args: ServeArgs) -> ExitCode {
         tls,
         trusted_proxies,
         turn,
+        signalling: SignallingTimeouts {
+            join: Duration::from_secs(args.join_timeout.max(1)),
+            resume_grace: Duration::from_secs(args.resume_grace),
+            ..SignallingTimeouts::default()
+        },
     };
     let drain_timeout = args.drain_timeout;
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -71,11 +71,24 @@ pub enum ClientMessage {
     Ping,
     /// Leave the room.
     Leave,
+    /// First message of a new socket after the previous one dropped: carry on the session of
+    /// `token` (from `joined`) instead of joining again.
+    Resume {
+        /// The `resume_token` of `joined`.
+        token: String,
+        /// The highest `seq` received from the server (0 if none).
+        #[serde(default)]
+        last_seq: u64,
+    },
+    /// Restart ICE on the subscribe connection (the client's network changed): the server
+    /// sends a `subscribe_offer` with new ICE credentials. The publish connection restarts
+    /// with a `publish_offer` carrying new credentials.
+    RestartIce,
 }
 
 impl ClientMessage {
     /// The `type` values clients may send.
-    pub const TYPES: [&'static str; 8] = [
+    pub const TYPES: [&'static str; 10] = [
         "join",
         "publish_offer",
         "subscribe_answer",
@@ -84,6 +97,8 @@ impl ClientMessage {
         "set_quality",
         "ping",
         "leave",
+        "resume",
+        "restart_ice",
     ];
 }
 
@@ -188,6 +203,9 @@ pub enum ErrorCode {
     TooManyRooms,
     /// The client sends messages too fast.
     RateLimited,
+    /// A `resume` could not be honoured (unknown or expired token, or messages it missed are
+    /// gone): join again.
+    ResumeFailed,
     /// Something failed on the server.
     Internal,
 }
@@ -210,6 +228,16 @@ pub enum ServerMessage {
         /// `iceServers`); empty when the server has none configured.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         ice_servers: Vec<crate::turn::IceServer>,
+        /// Secret that lets a new socket carry on this session (`resume`) if this one drops;
+        /// absent when the server does not resume sessions.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume_token: Option<String>,
+    },
+    /// Reply to `resume`: the session carries on; the messages the client missed follow.
+    Resumed {
+        /// The highest `seq` of the client's messages the server has handled (0 if none or
+        /// unnumbered): the client sends again those after it.
+        last_seq: u64,
     },
     /// Answer for the publish connection.
     PublishAnswer {
@@ -342,6 +370,12 @@ impl From<Refusal> for ServerMessage {
 
 /// Parses a client frame, telling malformed JSON apart from an unknown `type`.
 pub fn parse_client_message(text: &str) -> Result<ClientMessage, Refusal> {
+    parse_numbered_client_message(text).map(|(message, _)| message)
+}
+
+/// Parses a client frame and its optional `seq` (a positive integer the client numbers its
+/// messages with, so a resumed session knows which ones arrived).
+pub fn parse_numbered_client_message(text: &str) -> Result<(ClientMessage, Option<u64>), Refusal> {
     let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
         Refusal::new(
             ErrorCode::BadMessage,
@@ -367,8 +401,10 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage, Refusal> {
             ),
         ));
     }
-    serde_json::from_value(value)
-        .map_err(|e| Refusal::new(ErrorCode::BadMessage, format!("bad {kind:?} message: {e}")))
+    let seq = value.get("seq").and_then(serde_json::Value::as_u64);
+    let message = serde_json::from_value(value)
+        .map_err(|e| Refusal::new(ErrorCode::BadMessage, format!("bad {kind:?} message: {e}")))?;
+    Ok((message, seq))
 }
 
 #[cfg(test)]
@@ -394,6 +430,21 @@ mod tests {
         assert_eq!(code(r#"{"type":7}"#), Some(ErrorCode::BadMessage));
         assert_eq!(code(r#"{"type":"dance"}"#), Some(ErrorCode::UnknownType));
         assert_eq!(code(r#"{"type":"join"}"#), Some(ErrorCode::BadMessage));
+        assert_eq!(
+            parse_numbered_client_message(r#"{"type":"ping","seq":7}"#),
+            Ok((ClientMessage::Ping, Some(7)))
+        );
+        assert_eq!(
+            parse_numbered_client_message(r#"{"type":"ping","seq":"x"}"#),
+            Ok((ClientMessage::Ping, None))
+        );
+        assert_eq!(
+            parse_client_message(r#"{"type":"resume","token":"r"}"#),
+            Ok(ClientMessage::Resume {
+                token: "r".into(),
+                last_seq: 0
+            })
+        );
     }
 
     #[test]

@@ -48,6 +48,8 @@ pub struct Session {
     joined: Option<Joined>,
     kick: Kick,
     kicked: Option<mpsc::UnboundedReceiver<String>>,
+    /// Handed to the client in `joined`, if its connection may resume.
+    resume_token: Option<String>,
 }
 
 struct Joined {
@@ -87,7 +89,18 @@ impl Session {
             joined: None,
             kick,
             kicked: Some(kicked),
+            resume_token: None,
         }
+    }
+
+    /// The session may be resumed with `token`, which `joined` hands to the client.
+    pub fn offer_resume(&mut self, token: String) {
+        self.resume_token = Some(token);
+    }
+
+    /// Whether the session has joined a room.
+    pub fn is_joined(&self) -> bool {
+        self.joined.is_some()
     }
 
     /// Where requests to disconnect this session arrive (the room service removing the
@@ -153,6 +166,11 @@ impl Session {
                 self.leave("client left").await;
                 return Flow::Stop;
             }
+            ClientMessage::RestartIce => self.restart_ice().await,
+            ClientMessage::Resume { .. } => self.error(
+                ErrorCode::AlreadyJoined,
+                "send resume as the first message of a new socket",
+            ),
             ClientMessage::Join { .. } => {}
         }
         Flow::Continue
@@ -262,6 +280,7 @@ impl Session {
                 outbox: self.outbox.clone(),
                 kick: self.kick.clone(),
                 ice_servers: self.state.ice_servers(&me.identity, expires),
+                resume_token: self.resume_token.clone(),
                 subscribe,
             };
             match room.join(join).await {
@@ -407,6 +426,19 @@ impl Session {
             .await;
         if let Err(e) = result {
             self.send(Refusal::from(e).into());
+        }
+    }
+
+    async fn restart_ice(&mut self) {
+        let Some(peer) = self.joined.as_ref().and_then(|j| j.subscriber) else {
+            self.error(
+                ErrorCode::BadSdp,
+                "there is no subscribe connection to restart",
+            );
+            return;
+        };
+        if let Err(e) = self.state.sfu.restart_ice(peer).await {
+            self.send(sfu_error(&e));
         }
     }
 

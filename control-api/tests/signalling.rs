@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use control_api::auth::{ApiKeys, Claims, DEV_API_KEY, Grants};
-use control_api::http::{WS_BURST, WS_RATE};
 use control_api::protocol::{ErrorCode, ServerMessage};
+use control_api::signalling::{WS_BURST, WS_RATE};
 use control_api::{Server, ServerConfig};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;

@@ -16,7 +16,7 @@ use str0m::media::{
     Direction, KeyframeRequestKind, MediaKind, Mid, Pt, Rid, Simulcast, SimulcastLayer,
 };
 use str0m::rtp::{ExtensionValues, RtpWrite, Ssrc};
-use str0m::{Event, RtcError};
+use str0m::{Event, IceConnectionState, RtcError};
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
@@ -220,6 +220,12 @@ pub struct BotState {
     pub own_tracks: Vec<(String, String)>,
     /// Whether our microphone is muted.
     pub audio_muted: bool,
+    /// The token that resumes our session on a new socket (from `joined`).
+    pub resume_token: Option<String>,
+    /// Every ICE connection state the publish connection went through, in order.
+    pub publish_ice: Vec<IceConnectionState>,
+    /// Every ICE connection state the subscribe connection went through, in order.
+    pub subscribe_ice: Vec<IceConnectionState>,
 }
 
 impl BotState {
@@ -293,6 +299,9 @@ enum Command {
     RequestKeyframes,
     Inject(Vec<u8>),
     Leave,
+    DropSignalling,
+    Resume,
+    RestartIce,
 }
 
 struct Shared {
@@ -381,6 +390,23 @@ impl Bot {
         let _ = self.commands.send(Command::Inject(datagram));
     }
 
+    /// Closes the signalling socket without a word (a network drop); media goes on.
+    pub fn drop_signalling(&self) {
+        let _ = self.commands.send(Command::DropSignalling);
+    }
+
+    /// Opens a new signalling socket and resumes the session on it (after
+    /// [`Bot::drop_signalling`], or to replace a live socket).
+    pub fn resume(&self) {
+        let _ = self.commands.send(Command::Resume);
+    }
+
+    /// Restarts ICE on both connections, as a client whose network changed: a new publish
+    /// offer with new credentials, and `restart_ice` for the server's subscribe offer.
+    pub fn restart_ice(&self) {
+        let _ = self.commands.send(Command::RestartIce);
+    }
+
     /// Leaves the room; the bot stops when the server confirms.
     pub fn leave(&self) {
         let _ = self.commands.send(Command::Leave);
@@ -441,6 +467,8 @@ struct Bots<'a> {
     /// Reassembly of received video, per SSRC (when frames are kept).
     assemblers: HashMap<u32, FrameAssembler>,
     outgoing: Vec<Outgoing>,
+    /// The highest `seq` received on earlier signalling sockets.
+    last_seq: u64,
 }
 
 async fn run(
@@ -492,6 +520,7 @@ async fn run_inner(
         },
         assemblers: HashMap::new(),
         outgoing: Vec::new(),
+        last_seq: 0,
     };
     let mut pub_buf = vec![0u8; 2048];
     let mut sub_buf = vec![0u8; 2048];
@@ -621,11 +650,17 @@ impl Bots<'_> {
     async fn on_message(&mut self, message: ServerMessage) -> Result<bool, BotError> {
         let mut done = false;
         match &message {
-            ServerMessage::Joined { participant, .. } => {
+            ServerMessage::Joined {
+                participant,
+                resume_token,
+                ..
+            } => {
                 let id = participant.id.clone();
+                let token = resume_token.clone();
                 self.update(|s| {
                     s.participant = Some(id);
                     s.joined_at = Some(Instant::now());
+                    s.resume_token = token;
                 });
                 if self.config.publish {
                     self.start_publishing().await?;
@@ -748,6 +783,29 @@ impl Bots<'_> {
         Ok(())
     }
 
+    /// A new publish offer with new ICE credentials, and `restart_ice` for the subscribe
+    /// connection (whose offers come from the server).
+    async fn restart_ice(&mut self) -> Result<(), BotError> {
+        let Some(signal) = &mut self.signal else {
+            return Ok(());
+        };
+        if let Some(p) = &mut self.publisher {
+            let mut api = p.peer.rtc.sdp_api();
+            api.ice_restart(true);
+            if let Some((offer, pending)) = api.apply() {
+                p.peer.drain(&mut self.events)?;
+                p.pending = Some(pending);
+                let sdp = offer.to_sdp_string();
+                let sources = Default::default();
+                signal
+                    .send(&ClientMessage::PublishOffer { sdp, sources })
+                    .await?;
+            }
+        }
+        signal.send(&ClientMessage::RestartIce).await?;
+        self.on_publisher_events()
+    }
+
     fn apply_publish_answer(&mut self, sdp: &str) -> Result<(), BotError> {
         let answer = SdpAnswer::from_sdp_string(sdp).map_err(|e| BotError::Sdp(e.to_string()))?;
         if let Some(p) = &mut self.publisher
@@ -755,8 +813,10 @@ impl Bots<'_> {
         {
             p.peer.rtc.sdp_api().accept_answer(pending, answer)?;
             p.peer.drain(&mut self.events)?;
-            p.ready = true;
-            p.media.start(Instant::now());
+            if !p.ready {
+                p.ready = true;
+                p.media.start(Instant::now());
+            }
             self.on_publisher_events()?;
         }
         Ok(())
@@ -831,6 +891,32 @@ impl Bots<'_> {
                     signal.send(&message).await?;
                 }
             }
+            Command::DropSignalling => {
+                if let Some(signal) = self.signal.take() {
+                    self.last_seq = self.last_seq.max(signal.last_seq());
+                }
+            }
+            Command::Resume => {
+                if let Some(signal) = self.signal.take() {
+                    self.last_seq = self.last_seq.max(signal.last_seq());
+                }
+                let token = self
+                    .shared
+                    .state
+                    .lock()
+                    .resume_token
+                    .clone()
+                    .unwrap_or_default();
+                let mut signal = Signal::connect(&self.config.ws_url).await?;
+                signal
+                    .send(&ClientMessage::Resume {
+                        token,
+                        last_seq: self.last_seq,
+                    })
+                    .await?;
+                self.signal = Some(signal);
+            }
+            Command::RestartIce => self.restart_ice().await?,
             Command::SetAudioLevel(level) => self.audio_level = level,
             Command::SetAudioMuted(muted) => {
                 if let Some(p) = &mut self.publisher {
@@ -904,6 +990,7 @@ impl Bots<'_> {
         for event in std::mem::take(&mut self.events) {
             match event {
                 Event::Connected => self.update(|s| s.publish_connected = true),
+                Event::IceConnectionStateChange(ice) => self.update(|s| s.publish_ice.push(ice)),
                 Event::KeyframeRequest(request) => {
                     if let Some(p) = &mut self.publisher {
                         let layer = request
@@ -935,6 +1022,7 @@ impl Bots<'_> {
         for event in events {
             match event {
                 Event::Connected => state.subscribe_connected = true,
+                Event::IceConnectionStateChange(ice) => state.subscribe_ice.push(ice),
                 Event::RtpPacket(packet) => {
                     let codec = sub
                         .rtc

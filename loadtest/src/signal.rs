@@ -21,13 +21,19 @@ pub enum SignalError {
 /// An open signalling connection.
 pub struct Signal {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    last_seq: u64,
 }
 
 impl Signal {
     /// Connects to `ws://host:port/rtc`.
     pub async fn connect(url: &str) -> Result<Self, SignalError> {
         let (ws, _) = connect_async(url).await?;
-        Ok(Self { ws })
+        Ok(Self { ws, last_seq: 0 })
+    }
+
+    /// The highest `seq` received (what a `resume` on a new socket starts after).
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
     }
 
     /// Sends a message.
@@ -48,8 +54,15 @@ impl Signal {
         loop {
             match self.ws.next().await? {
                 Ok(Message::Text(text)) => {
+                    let value: serde_json::Value = match serde_json::from_str(&text) {
+                        Ok(value) => value,
+                        Err(e) => return Some(Err(SignalError::Protocol(format!("{e}: {text}")))),
+                    };
+                    if let Some(seq) = value.get("seq").and_then(serde_json::Value::as_u64) {
+                        self.last_seq = self.last_seq.max(seq);
+                    }
                     return Some(
-                        serde_json::from_str(&text)
+                        serde_json::from_value(value)
                             .map_err(|e| SignalError::Protocol(format!("{e}: {text}"))),
                     );
                 }

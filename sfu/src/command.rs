@@ -66,6 +66,8 @@ pub(crate) enum Command {
         track: TrackId,
         reply: Reply<()>,
     },
+    /// Offer the subscriber new ICE credentials with its next offer.
+    RestartIce { peer: PeerId, reply: Reply<()> },
     /// Set what a subscriber wants of one video track.
     SetVideoPreference {
         peer: PeerId,

@@ -41,6 +41,10 @@ pub struct SfuConfig {
     /// blocks UDP), on `bind_ip`, advertised on every advertised address. `Some(0)` lets the
     /// operating system choose (tests); `None` turns ICE-TCP off. Default `Some(7881)`.
     pub ice_tcp_port: Option<u16>,
+    /// A peer whose ICE and DTLS have not completed this long after it was created, or after
+    /// an ICE restart, is closed ([`crate::CloseReason::NeverConnected`]). Default 15 s (a
+    /// connected peer is declared gone after 15 s without connectivity checks, too).
+    pub connect_timeout: Duration,
 }
 
 impl Default for SfuConfig {
@@ -58,6 +62,7 @@ impl Default for SfuConfig {
             congestion_control: true,
             stats_interval: Some(Duration::from_secs(5)),
             ice_tcp_port: Some(7881),
+            connect_timeout: Duration::from_secs(15),
         }
     }
 }

@@ -76,6 +76,9 @@ pub enum CloseReason {
     Disconnected,
     /// The peer's WebRTC state machine failed (a bug or hostile input); only it is closed.
     Failed(String),
+    /// ICE and DTLS did not complete within [`crate::SfuConfig::connect_timeout`] of the
+    /// peer's creation or of an ICE restart.
+    NeverConnected,
     /// The media core is shutting down.
     Shutdown,
 }

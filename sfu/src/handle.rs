@@ -350,6 +350,16 @@ impl Sfu {
             .await
     }
 
+    /// Restarts ICE on a subscriber whose offers come from the server (the client's network
+    /// changed): the next offer carries new ICE credentials (after the one under way, if
+    /// any), and checks on the new credentials are answered once the client's answer
+    /// arrives. A client that made the offer itself (WHEP) restarts ICE with a new offer.
+    pub async fn restart_ice(&self, peer: PeerId) -> Result<(), SfuError> {
+        let worker = self.worker_of(peer)?;
+        self.request(worker, |reply| Command::RestartIce { peer, reply })
+            .await
+    }
+
     /// Sets what a subscriber wants of one of its video tracks (quality, view size). The
     /// layer is re-chosen at once; the switch happens on the next keyframe of the new layer.
     pub async fn set_video_preference(

@@ -139,6 +139,8 @@ pub struct Join {
     pub kick: Kick,
     /// TURN credentials for its `joined` message.
     pub ice_servers: Vec<IceServer>,
+    /// Its resume token, for its `joined` message.
+    pub resume_token: Option<String>,
     /// Give it a subscriber peer that receives every track in the room (the media core's
     /// identity of the participant, and where the peer's events go).
     pub subscribe: Option<(PeerSpec, EventSink)>,

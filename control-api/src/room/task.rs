@@ -268,6 +268,7 @@ impl RoomTask {
             participants: self.state.visible_others(&me),
             tracks: self.state.tracks().into_iter().map(|t| t.info).collect(),
             ice_servers: join.ice_servers,
+            resume_token: join.resume_token,
         });
         let speakers = self.state.speakers();
         if !speakers.is_empty() {

@@ -20,20 +20,28 @@ pub async fn start_server(workers: usize) -> Server {
 
 /// [`start_server`] with the media core's configuration adjusted by `adjust`.
 pub async fn start_server_with(workers: usize, adjust: impl FnOnce(&mut SfuConfig)) -> Server {
+    start_server_configured(workers, |config| adjust(&mut config.sfu)).await
+}
+
+/// [`start_server`] with the whole server configuration adjusted by `adjust`.
+pub async fn start_server_configured(
+    workers: usize,
+    adjust: impl FnOnce(&mut ServerConfig),
+) -> Server {
     init_logs();
-    let mut sfu = SfuConfig {
+    let sfu = SfuConfig {
         workers,
         first_port: 0,
         ice_tcp_port: Some(0),
         stats_interval: Some(Duration::from_secs(1)),
         ..SfuConfig::default()
     };
-    adjust(&mut sfu);
-    let config = ServerConfig {
+    let mut config = ServerConfig {
         http_addr: "127.0.0.1:0".parse().expect("literal address"),
         sfu,
         ..ServerConfig::default()
     };
+    adjust(&mut config);
     Server::start(config).await.expect("server starts")
 }
 

@@ -131,6 +131,10 @@ pub(crate) struct Peer {
     rtc_deadline: Instant,
     /// Set once the peer must be removed.
     pub(crate) closed: Option<CloseReason>,
+    /// ICE and DTLS must complete by then (after creation or an ICE restart).
+    connect_by: Option<Instant>,
+    /// DTLS has completed once (str0m reports `Connected` only once).
+    dtls_done: bool,
     /// Written to during this worker turn; the worker flushes it at the end of the turn.
     pub(crate) dirty: bool,
     /// Latest egress bandwidth estimate (bits per second), as counted in the worker's gauge.
@@ -209,6 +213,8 @@ impl Peer {
             last_destination: None,
             rtc_deadline: now,
             closed: None,
+            connect_by: Some(now + shared.config.connect_timeout),
+            dtls_done: false,
             dirty: false,
             egress_estimate: 0,
             stats_report: shared
@@ -220,13 +226,15 @@ impl Peer {
 
     /// After an SDP exchange: an ICE restart gives the peer new local credentials, so its
     /// new ufrag must route its connectivity checks.
-    pub(crate) fn sync_ufrag(&mut self, demux: &mut Demux) {
+    /// It has [`crate::SfuConfig::connect_timeout`] to connect again.
+    pub(crate) fn sync_ufrag(&mut self, ctx: &mut Ctx<'_>) {
         let ufrag = self.rtc.direct_api().local_ice_credentials().ufrag;
         if ufrag != self.ufrag {
-            demux.remove_peer(self.info.id, &self.ufrag, &[]);
-            demux.add_peer(ufrag.clone(), self.info.id);
+            ctx.demux.remove_peer(self.info.id, &self.ufrag, &[]);
+            ctx.demux.add_peer(ufrag.clone(), self.info.id);
             info!("ICE restarted");
             self.ufrag = ufrag;
+            self.connect_by = Some(ctx.now + ctx.shared.config.connect_timeout);
         }
     }
 
@@ -236,7 +244,8 @@ impl Peer {
             Role::Publisher(p) => p.deadline(),
             Role::Subscriber(s) => s.deadline(),
         };
-        role.map_or(self.rtc_deadline, |r| r.min(self.rtc_deadline))
+        let deadline = role.map_or(self.rtc_deadline, |r| r.min(self.rtc_deadline));
+        self.connect_by.map_or(deadline, |c| c.min(deadline))
     }
 
     /// Feeds a datagram that belongs to this peer.
@@ -257,6 +266,11 @@ impl Peer {
             self.on_rtc_error(e, ctx);
         }
         self.drain(ctx);
+        if self.connect_by.is_some_and(|by| by <= ctx.now) && self.closed.is_none() {
+            info!("ICE and DTLS did not complete in time; closing");
+            self.closed = Some(CloseReason::NeverConnected);
+            return;
+        }
         let mutated = match &mut self.role {
             Role::Publisher(p) => p.handle_timeout(&mut self.rtc, &self.info, ctx),
             Role::Subscriber(s) => s.handle_timeout(&mut self.rtc, &self.info, ctx),
@@ -302,8 +316,13 @@ impl Peer {
         match event {
             Event::Connected => {
                 info!("connected");
+                self.dtls_done = true;
+                self.connect_by = None;
                 self.info.emit(PeerEvent::Connected { peer: self.info.id });
             }
+            Event::IceConnectionStateChange(
+                IceConnectionState::Connected | IceConnectionState::Completed,
+            ) if self.dtls_done => self.connect_by = None,
             Event::PeerStats(s) => {
                 let estimate = s.bwe_tx.map(|b| b.as_u64());
                 self.set_egress_estimate(estimate.unwrap_or(0), ctx);

@@ -458,6 +458,14 @@ impl WorkerCore {
                 });
                 let _ = reply.send(result);
             }
+            Command::RestartIce { peer, reply } => {
+                let result = self.on_subscriber(peer, now, |s, rtc, info, _| {
+                    s.restart_ice(info)?;
+                    s.maybe_offer(rtc, info);
+                    Ok(())
+                });
+                let _ = reply.send(result);
+            }
             Command::SetVideoPreference {
                 peer,
                 track,
@@ -518,7 +526,7 @@ impl WorkerCore {
             }
             let answer = peer.rtc.sdp_api().accept_offer(offer);
             peer.drain(ctx);
-            peer.sync_ufrag(ctx.demux);
+            peer.sync_ufrag(ctx);
             answer
                 .map(|a| a.to_sdp_string())
                 .map_err(|e| SfuError::BadSdp(e.to_string()))
@@ -532,11 +540,14 @@ impl WorkerCore {
         answer: SdpAnswer,
         now: Instant,
     ) -> Result<(), SfuError> {
-        self.on_subscriber(id, now, |s, rtc, info, ctx| {
+        let result = self.on_subscriber(id, now, |s, rtc, info, ctx| {
             let result = s.accept_answer(rtc, info, answer, ctx);
             s.maybe_offer(rtc, info);
             result
-        })
+        });
+        // An answer to an ICE restart gives the peer new local credentials.
+        self.with_peer(id, now, |peer, ctx| peer.sync_ufrag(ctx));
+        result
     }
 
     /// Runs `f` on the publisher of `track` (a peer of this worker).

@@ -161,6 +161,18 @@ impl Subscriber {
         debug!(%track, "unsubscribed");
     }
 
+    /// Asks for new ICE credentials with the next offer.
+    pub(crate) fn restart_ice(&mut self, info: &PeerInfo) -> Result<(), SfuError> {
+        if self.negotiation.is_client_offered() {
+            return Err(SfuError::WrongPeerKind(
+                info.id,
+                "this client makes its own offers: it restarts ICE with a new offer",
+            ));
+        }
+        self.negotiation.restart_ice();
+        Ok(())
+    }
+
     /// Starts a negotiation if changes are queued and none is under way.
     pub(crate) fn maybe_offer(&mut self, rtc: &mut Rtc, info: &PeerInfo) {
         self.negotiation

@@ -28,6 +28,8 @@ struct Slot {
 struct PendingOffer {
     token: SdpPendingOffer,
     added: Vec<TrackId>,
+    /// It restarts ICE.
+    ice_restart: bool,
 }
 
 /// Where a newly subscribed track goes.
@@ -49,6 +51,8 @@ pub(super) struct Negotiation {
     pending: Option<PendingOffer>,
     /// The data channel still has to be offered (first negotiation).
     channel_unoffered: bool,
+    /// The next offer restarts ICE.
+    ice_restart: bool,
     /// Set for a subscriber whose client made the offer (WHEP): its m-lines are fixed.
     slots: Option<Vec<Slot>>,
 }
@@ -61,6 +65,7 @@ impl Negotiation {
             queued_stops: Vec::new(),
             pending: None,
             channel_unoffered: true,
+            ice_restart: false,
             slots: None,
         }
     }
@@ -86,6 +91,11 @@ impl Negotiation {
                 })
                 .collect();
         }
+    }
+
+    /// The next offer carries new ICE credentials.
+    pub(super) fn restart_ice(&mut self) {
+        self.ice_restart = true;
     }
 
     /// Whether the client made the offer.
@@ -131,11 +141,17 @@ impl Negotiation {
             || self.pending.is_some()
             || (self.queued_adds.is_empty()
                 && self.queued_stops.is_empty()
-                && !self.channel_unoffered)
+                && !self.channel_unoffered
+                && !self.ice_restart)
         {
             return;
         }
         let mut api = rtc.sdp_api();
+        let ice_restart = std::mem::take(&mut self.ice_restart);
+        if ice_restart {
+            // Our host candidates stay; only the credentials change.
+            api.ice_restart(true);
+        }
         for mid in self.queued_stops.drain(..) {
             api.stop_media(mid);
         }
@@ -164,7 +180,11 @@ impl Negotiation {
             self.channel_unoffered = false;
         }
         if let Some((offer, token)) = api.apply() {
-            self.pending = Some(PendingOffer { token, added });
+            self.pending = Some(PendingOffer {
+                token,
+                added,
+                ice_restart,
+            });
             info.emit(PeerEvent::SubscriberOffer {
                 peer: info.id,
                 sdp: offer.to_sdp_string(),
@@ -203,6 +223,7 @@ impl Negotiation {
             if !channel_open {
                 self.channel_unoffered = true;
             }
+            self.ice_restart |= pending.ice_restart;
             return Err(SfuError::BadSdp(e.to_string()));
         }
         Ok(pending.added)
