@@ -23,10 +23,16 @@ use crate::protocol::{
     ServerMessage, TrackInfo,
 };
 
-/// Track sources a client may declare.
-const KNOWN_SOURCES: [&str; 4] = ["camera", "microphone", "screen", "screen_audio"];
 use crate::outbox::Outbox;
 use crate::room::{Join, Kick, MutedBy, Room, RoomError, RoomTrack, Via};
+
+/// Track sources a client may declare.
+const KNOWN_SOURCES: [&str; 4] = ["camera", "microphone", "screen", "screen_audio"];
+/// Mids a session remembers a declared source for (a browser uses four); others get the
+/// default source.
+const MAX_SOURCES: usize = 32;
+/// Longest mid a source may be declared for (browsers use a number).
+const MAX_MID_LEN: usize = 16;
 
 /// The largest view size a client may report for a video track, per side.
 const MAX_VIEW_SIDE: u32 = 16_384;
@@ -305,7 +311,9 @@ impl Session {
         };
         // Known before the answer, so the tracks the offer creates are announced with them.
         for (mid, source) in sources {
-            if KNOWN_SOURCES.contains(&source.as_str()) {
+            let room_for_it =
+                joined.sources.len() < MAX_SOURCES || joined.sources.contains_key(&mid);
+            if KNOWN_SOURCES.contains(&source.as_str()) && mid.len() <= MAX_MID_LEN && room_for_it {
                 joined.sources.insert(mid, source);
             }
         }

@@ -67,6 +67,13 @@ impl Demux {
         self.by_addr.insert(addr, peer) != Some(peer)
     }
 
+    /// `addr` no longer routes to `peer` (if it still did).
+    pub(crate) fn forget_addr(&mut self, addr: SocketAddr, peer: PeerId) {
+        if self.by_addr.get(&addr) == Some(&peer) {
+            self.by_addr.remove(&addr);
+        }
+    }
+
     /// The peer a STUN message names in its USERNAME, if it is ours.
     pub(crate) fn route_stun(&self, datagram: &[u8]) -> Option<PeerId> {
         let ufrag = stun::local_ufrag(datagram)?;

@@ -244,8 +244,7 @@ impl Sfu {
         events: EventSink,
     ) -> Result<(PeerId, String), SfuError> {
         let video_codecs = crate::codec_order::video_codec_order(offer);
-        let offer =
-            SdpOffer::from_sdp_string(offer).map_err(|e| SfuError::BadSdp(e.to_string()))?;
+        let offer = parse_offer(offer)?;
         let (peer, worker) = self.place(&spec)?;
         let answer = self
             .request(worker, |reply| Command::AddPublisher {
@@ -292,8 +291,7 @@ impl Sfu {
         tracks: Vec<TrackId>,
         events: EventSink,
     ) -> Result<(PeerId, String), SfuError> {
-        let offer =
-            SdpOffer::from_sdp_string(offer).map_err(|e| SfuError::BadSdp(e.to_string()))?;
+        let offer = parse_offer(offer)?;
         let (peer, worker) = self.place(&spec)?;
         let answer = self
             .request(worker, |reply| Command::AddOfferingSubscriber {
@@ -312,8 +310,7 @@ impl Sfu {
     /// A client offers again (a publisher adding or removing tracks, or any client-offering
     /// peer restarting ICE); returns the answer.
     pub async fn publisher_offer(&self, peer: PeerId, offer: &str) -> Result<String, SfuError> {
-        let offer =
-            SdpOffer::from_sdp_string(offer).map_err(|e| SfuError::BadSdp(e.to_string()))?;
+        let offer = parse_offer(offer)?;
         let worker = self.worker_of(peer)?;
         self.request(worker, |reply| Command::PublisherOffer {
             peer,
@@ -325,8 +322,7 @@ impl Sfu {
 
     /// A subscriber's client answers the latest offer.
     pub async fn subscriber_answer(&self, peer: PeerId, answer: &str) -> Result<(), SfuError> {
-        let answer =
-            SdpAnswer::from_sdp_string(answer).map_err(|e| SfuError::BadSdp(e.to_string()))?;
+        let answer = parse_answer(answer)?;
         let worker = self.worker_of(peer)?;
         self.request(worker, |reply| Command::SubscriberAnswer {
             peer,
@@ -612,6 +608,62 @@ fn bind_udp(addr: SocketAddr, buffer: usize) -> Result<UdpSocket, SfuError> {
     let _ = socket.set_send_buffer_size(buffer);
     socket.bind(&addr.into()).map_err(map)?;
     Ok(socket.into())
+}
+
+/// Media sections an offer or answer may have. A browser publishing a camera, a microphone
+/// and a screen share with its audio has four; a subscriber's answer has one per track it
+/// receives, which the room's limits bound.
+pub(crate) const MAX_MEDIA_SECTIONS: usize = 256;
+
+/// Checks the size of a client's SDP before parsing it: a thousand m-lines is an attack, not
+/// a call.
+fn check_media_sections(sdp: &str) -> Result<(), SfuError> {
+    let sections = sdp.lines().filter(|l| l.starts_with("m=")).count();
+    if sections > MAX_MEDIA_SECTIONS {
+        return Err(SfuError::BadSdp(format!(
+            "{sections} media sections; at most {MAX_MEDIA_SECTIONS} are accepted"
+        )));
+    }
+    Ok(())
+}
+
+/// Header extension ids must be 1-14 (one-byte form, RFC 8285), or up to 255 when the SDP
+/// allows the two-byte form (`a=extmap-allow-mixed`); 15 is reserved in the one-byte form.
+fn check_extmap_ids(sdp: &str) -> Result<(), SfuError> {
+    let two_byte = sdp.lines().any(|l| l.trim_end() == "a=extmap-allow-mixed");
+    let max = if two_byte { 255 } else { 14 };
+    for line in sdp.lines() {
+        let Some(rest) = line.strip_prefix("a=extmap:") else {
+            continue;
+        };
+        let id = rest
+            .split(|c: char| c == '/' || c.is_whitespace())
+            .next()
+            .and_then(|id| id.parse::<u32>().ok());
+        match id {
+            Some(id) if (1..=max).contains(&id) => {}
+            _ => {
+                return Err(SfuError::BadSdp(format!(
+                    "bad header extension id in \"{line}\": use 1 to {max}"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Parses a client's offer.
+fn parse_offer(sdp: &str) -> Result<SdpOffer, SfuError> {
+    check_media_sections(sdp)?;
+    check_extmap_ids(sdp)?;
+    SdpOffer::from_sdp_string(sdp).map_err(|e| SfuError::BadSdp(e.to_string()))
+}
+
+/// Parses a client's answer.
+fn parse_answer(sdp: &str) -> Result<SdpAnswer, SfuError> {
+    check_media_sections(sdp)?;
+    check_extmap_ids(sdp)?;
+    SdpAnswer::from_sdp_string(sdp).map_err(|e| SfuError::BadSdp(e.to_string()))
 }
 
 #[cfg(test)]

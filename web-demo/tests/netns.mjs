@@ -58,6 +58,7 @@ export function createNamespace(label, subnet, index) {
   run('ip', ['addr', 'add', `${hostIp}/30`, 'dev', hostIf]);
   run('ip', ['link', 'set', hostIf, 'up']);
   const inside = (args) => run('ip', ['netns', 'exec', name, ...args]);
+  quietSide(inside, nsIf, false);
   inside(['ip', 'link', 'set', 'lo', 'up']);
   inside(['ip', 'addr', 'add', `${nsIp}/30`, 'dev', nsIf]);
   inside(['ip', 'link', 'set', nsIf, 'up']);
@@ -99,6 +100,7 @@ export function createRoutedClient(label, subnet, index, { nat = 'none', blockUd
   run('ip', ['link', 'set', hostIf, 'up']);
   inR(['ip', 'link', 'add', downIf, 'type', 'veth', 'peer', 'name', clientIf]);
   inR(['ip', 'link', 'set', clientIf, 'netns', name]);
+  quietSide(inC, clientIf, ipv6);
   for (const [ns, ifs] of [[router, ['lo', upIf, downIf]], [name, ['lo', clientIf]]]) {
     for (const i of ifs) run('ip', ['netns', 'exec', ns, 'ip', 'link', 'set', i, 'up']);
   }
@@ -143,8 +145,17 @@ export function createRoutedClient(label, subnet, index, { nat = 'none', blockUd
  * ERR_NETWORK_CHANGED when an address appears while it loads.
  */
 function quietHostSide(hostIf, ipv6) {
+  quietSide((args) => run(args[0], args.slice(1)), hostIf, ipv6);
+}
+
+/**
+ * The same for an interface a browser sees inside a namespace (`inNs(argv)` runs a command
+ * there): its automatic IPv6 link-local address would appear a second after the link comes
+ * up, possibly while the page loads.
+ */
+function quietSide(inNs, ifname, ipv6) {
   const sysctl = (key, value) => {
-    try { run('sysctl', ['-q', '-w', `net.ipv6.conf.${hostIf}.${key}=${value}`]); } catch { /* no IPv6 */ }
+    try { inNs(['sysctl', '-q', '-w', `net.ipv6.conf.${ifname}.${key}=${value}`]); } catch { /* no IPv6 */ }
   };
   if (ipv6) sysctl('addr_gen_mode', 1);
   else sysctl('disable_ipv6', 1);

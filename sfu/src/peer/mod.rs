@@ -31,6 +31,9 @@ use self::subscriber::Subscriber;
 
 /// At most this many remote addresses are remembered per peer (ICE may try several).
 const MAX_REMOTE_ADDRS: usize = 8;
+/// Trickled remote candidates a peer accepts per ICE generation (a browser trickles a handful
+/// per network interface); more are dropped.
+const MAX_REMOTE_CANDIDATES: usize = 32;
 /// How often a subscriber's state machine reports its raw egress bandwidth estimate (in its
 /// statistics). str0m's `EgressBitrateEstimate` event carries a three-second average, which
 /// trails a congested link by seconds; the layer allocator reacts to the raw estimate, the
@@ -135,6 +138,8 @@ pub(crate) struct Peer {
     connect_by: Option<Instant>,
     /// DTLS has completed once (str0m reports `Connected` only once).
     dtls_done: bool,
+    /// Remote candidates added since the last ICE restart.
+    remote_candidates: usize,
     /// Written to during this worker turn; the worker flushes it at the end of the turn.
     pub(crate) dirty: bool,
     /// Latest egress bandwidth estimate (bits per second), as counted in the worker's gauge.
@@ -215,6 +220,7 @@ impl Peer {
             closed: None,
             connect_by: Some(now + shared.config.connect_timeout),
             dtls_done: false,
+            remote_candidates: 0,
             dirty: false,
             egress_estimate: 0,
             stats_report: shared
@@ -235,7 +241,19 @@ impl Peer {
             info!("ICE restarted");
             self.ufrag = ufrag;
             self.connect_by = Some(ctx.now + ctx.shared.config.connect_timeout);
+            self.remote_candidates = 0;
         }
+    }
+
+    /// Adds a trickled remote candidate, up to [`MAX_REMOTE_CANDIDATES`] per ICE generation.
+    pub(crate) fn add_remote_candidate(&mut self, candidate: Candidate, ctx: &mut Ctx<'_>) {
+        if self.remote_candidates >= MAX_REMOTE_CANDIDATES {
+            debug!("too many remote candidates; dropped");
+            return;
+        }
+        self.remote_candidates += 1;
+        self.rtc.add_remote_candidate(candidate);
+        self.drain(ctx);
     }
 
     /// When this peer next needs [`Peer::handle_timeout`].
@@ -379,7 +397,10 @@ impl Peer {
         self.last_destination = Some(destination);
         if ctx.demux.learn_addr(destination, self.info.id) && !self.addrs.contains(&destination) {
             if self.addrs.len() >= MAX_REMOTE_ADDRS {
-                self.addrs.remove(0);
+                // The oldest address no longer routes here: the routing map holds at most
+                // MAX_REMOTE_ADDRS addresses per peer.
+                let oldest = self.addrs.remove(0);
+                ctx.demux.forget_addr(oldest, self.info.id);
             }
             self.addrs.push(destination);
         }

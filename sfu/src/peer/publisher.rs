@@ -251,6 +251,10 @@ impl Publisher {
                 WorkerCounters::add(&ctx.counters().rtp_not_forwarded, 1);
                 return;
             };
+            // One SSRC per layer: a publisher that changes SSRCs replaces its old ones, so
+            // the map stays as small as its tracks and layers.
+            self.streams
+                .retain(|_, s| !(s.route.id == stream.route.id && s.layer == stream.layer));
             self.streams.insert(ssrc, stream);
         }
         let Some(stream) = self.streams.get_mut(&ssrc) else {

@@ -490,10 +490,7 @@ impl WorkerCore {
                 let _ = reply.send(result);
             }
             Command::RemoteCandidate { peer, candidate } => {
-                self.with_peer(peer, now, |p, ctx| {
-                    p.rtc.add_remote_candidate(*candidate);
-                    p.drain(ctx);
-                });
+                self.with_peer(peer, now, |p, ctx| p.add_remote_candidate(*candidate, ctx));
             }
             Command::RemovePeer { peer, reply } => {
                 let result = if self.peers.contains_key(&peer) {
