@@ -17,6 +17,7 @@ pub mod origin;
 pub mod outbox;
 pub mod protocol;
 pub mod rate_limit;
+pub mod revoked;
 pub mod room;
 pub mod rooms_api;
 pub mod serve;
@@ -113,6 +114,8 @@ pub struct AppState {
     pub tls: Option<Arc<tls::Tls>>,
     /// Signalling sessions a new socket may resume.
     pub resumable: signalling::Resumable,
+    /// Tokens of participants the room service removed.
+    pub revoked: revoked::RevokedTokens,
 }
 
 impl AppState {
@@ -248,6 +251,7 @@ impl Server {
             resources: whip::Resources::default(),
             tls: tls.clone(),
             resumable: signalling::Resumable::default(),
+            revoked: revoked::RevokedTokens::default(),
         });
         tracing::info!(
             %http_addr,

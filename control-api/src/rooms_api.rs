@@ -591,7 +591,8 @@ async fn get_participant(
         .ok_or_else(|| ApiError::no_participant(&participant))
 }
 
-/// Remove a participant from the room.
+/// Remove a participant from the room. The token it joined with is refused from then on
+/// (until it expires): to let the participant back, give it a new token.
 #[utoipa::path(delete, path = "/api/rooms/{room}/participants/{participant}",
     params(
         ("room" = String, Path, description = "Room name"),
@@ -610,7 +611,9 @@ async fn remove_participant(
 ) -> Result<StatusCode, ApiError> {
     admin.may_admin(&room)?;
     let room = room_of(&state, &room)?;
-    if room.kick(&participant, "removed by the room service").await {
+    if let Some((token, expires)) = room.kick(&participant, "removed by the room service").await {
+        // It cannot come straight back with the same token.
+        state.revoked.revoke(&token, expires);
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::no_participant(&participant))

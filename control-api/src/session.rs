@@ -200,6 +200,13 @@ impl Session {
             .keys
             .verify(token)
             .map_err(|e| Refusal::new(ErrorCode::BadToken, format!("{e}; get a new token")))?;
+        let token_id = crate::revoked::token_id(token);
+        if self.state.revoked.is_revoked(token_id) {
+            return Err(Refusal::new(
+                ErrorCode::PermissionDenied,
+                "the room service removed the participant that used this token; get a new token",
+            ));
+        }
         let grants = claims.video;
         let Some(room_name) = grants.room.clone().filter(|_| grants.room_join) else {
             return Err(Refusal::new(
@@ -233,9 +240,8 @@ impl Session {
             identity: claims.sub.clone(),
             name: claims.name.clone().unwrap_or_else(|| claims.sub.clone()),
         };
-        let (room, spec, subscriber) = self
-            .enter(&room_name, &me, &grants, mode, claims.exp)
-            .await?;
+        let token = (token_id.to_string(), claims.exp);
+        let (room, spec, subscriber) = self.enter(&room_name, &me, &grants, mode, token).await?;
         self.joined = Some(Joined {
             room,
             me,
@@ -259,8 +265,9 @@ impl Session {
         me: &ParticipantInfo,
         grants: &Grants,
         mode: JoinMode,
-        expires: u64,
+        token: (String, u64),
     ) -> Result<(Arc<Room>, PeerSpec, Option<PeerId>), Refusal> {
+        let expires = token.1;
         /// A room may end between being opened and admitting us; it is then opened anew.
         const ATTEMPTS: usize = 3;
         let mut attempt = 0;
@@ -287,6 +294,7 @@ impl Session {
                 kick: self.kick.clone(),
                 ice_servers: self.state.ice_servers(&me.identity, expires),
                 resume_token: self.resume_token.clone(),
+                token: token.clone(),
                 subscribe,
             };
             match room.join(join).await {

@@ -418,3 +418,38 @@ async fn connections_that_never_connect_are_removed() {
     assert_eq!(deleted.status, 404, "the resource is gone");
     server.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joining_again_with_the_same_identity_replaces_the_old_session() {
+    let server = start_server_configured(1, |_| {}).await;
+    let first = bot(&server, "twice", "alice", true, ALICE);
+    let bob = bot(&server, "twice", "bob", false, 2);
+    let first_id = participant(&first).await;
+    participant(&bob).await;
+    assert!(media_keeps_flowing(&bob, 30).await);
+
+    // Alice's client lost its session (or she opened a second tab) and joins again.
+    let second = bot(&server, "twice", "alice", true, 3);
+    let second_id = participant(&second).await;
+    assert!(
+        first
+            .wait_for(WAIT, |s| s.saw(|m| matches!(
+                m,
+                ServerMessage::Left { reason } if reason.contains("joined again")
+            )))
+            .await,
+        "the old session is told why it ended: {:?}",
+        first.state().messages
+    );
+    assert!(
+        bob.wait_for(WAIT, |s| left(s, &first_id)).await,
+        "the room sees the old session leave"
+    );
+    assert!(
+        bob.wait_for(WAIT, |s| s.packets_from(3, PayloadKind::Vp8) > 30)
+            .await,
+        "and receives the new one"
+    );
+    assert!(!bob.with_state(|s| left(s, &second_id)));
+    server.shutdown();
+}

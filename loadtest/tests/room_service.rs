@@ -14,7 +14,7 @@ use control_api::protocol::ErrorCode;
 use control_api::{Server, ServerConfig};
 use loadtest::bot::Bot;
 use loadtest::server_probe::{HttpResponse, http_request};
-use loadtest::signal::{ClientMessage, ServerMessage};
+use loadtest::signal::{ClientMessage, ServerMessage, Signal};
 use loadtest::synthetic::PayloadKind;
 use serde_json::{Value, json};
 use sfu::TrackId;
@@ -237,7 +237,13 @@ async fn room_lifecycle_with_participants() {
     );
 
     let publisher = bot(&server, "meet", "alice", true, 1);
-    let viewer = bot(&server, "meet", "bob", false, 2);
+    let bob_token = token("meet", "bob");
+    let viewer = Bot::spawn(loadtest::bot::BotConfig::new(
+        &common::ws_url(&server),
+        bob_token.clone(),
+        false,
+        2,
+    ));
     assert!(
         viewer
             .wait_for(WAIT, |s| s.packets_from(1, PayloadKind::Vp8) >= 30
@@ -478,6 +484,52 @@ async fn room_lifecycle_with_participants() {
             .await
     );
     assert!(!left(&publisher));
+    // Bob cannot come straight back with the token he had; a new one lets him in.
+    let mut again = Signal::connect(&common::ws_url(&server)).await.unwrap();
+    again
+        .send(&ClientMessage::Join {
+            token: bob_token.clone(),
+        })
+        .await
+        .unwrap();
+    let refused = tokio::time::timeout(WAIT, again.recv()).await.unwrap();
+    assert!(
+        matches!(
+            refused,
+            Some(Ok(ServerMessage::Error {
+                code: ErrorCode::PermissionDenied,
+                ..
+            }))
+        ),
+        "{refused:?}"
+    );
+    let fresh = Claims::new(
+        DEV_API_KEY,
+        "bob",
+        Duration::from_secs(120),
+        Grants {
+            room: Some("meet".into()),
+            room_join: true,
+            ..Grants::default()
+        },
+    );
+    let bob_again = Bot::spawn(loadtest::bot::BotConfig::new(
+        &common::ws_url(&server),
+        ApiKeys::dev().mint(&fresh).unwrap(),
+        false,
+        3,
+    ));
+    assert!(
+        bob_again.wait_for(WAIT, |s| s.participant.is_some()).await,
+        "a new token lets him in: {:?}",
+        bob_again.state().messages
+    );
+    bob_again.leave();
+    assert!(
+        bob_again
+            .wait_for(WAIT, |s| s.saw(|m| matches!(m, ServerMessage::Left { .. })))
+            .await
+    );
     assert_error(
         &call(
             &server,

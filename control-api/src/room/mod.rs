@@ -141,6 +141,9 @@ pub struct Join {
     pub ice_servers: Vec<IceServer>,
     /// Its resume token, for its `joined` message.
     pub resume_token: Option<String>,
+    /// The access token it joined with: its [`crate::revoked::token_id`] and expiry (revoked
+    /// if the room service removes it).
+    pub token: (String, u64),
     /// Give it a subscriber peer that receives every track in the room (the media core's
     /// identity of the participant, and where the peer's events go).
     pub subscribe: Option<(PeerSpec, EventSink)>,
@@ -504,14 +507,16 @@ impl Room {
         self.snapshot().await.tracks
     }
 
-    /// Disconnects a participant (by id or identity). Returns `false` if it is not here.
-    pub async fn kick(&self, participant: &str, reason: &str) -> bool {
+    /// Disconnects a participant (by id or identity). Returns the token it joined with (id
+    /// and expiry), or `None` if it is not here.
+    pub async fn kick(&self, participant: &str, reason: &str) -> Option<(String, u64)> {
         self.ask(|reply| Command::Kick {
             participant: participant.to_string(),
             reason: reason.to_string(),
             reply,
         })
         .await
-        .unwrap_or(false)
+        .ok()
+        .flatten()
     }
 }

@@ -26,6 +26,8 @@ pub(super) struct Member {
     pub(super) subscriber: Option<PeerId>,
     /// Receives only this participant's tracks (a WHEP viewer of one publisher).
     pub(super) follows: Option<String>,
+    /// The access token it joined with: id and expiry.
+    pub(super) token: (String, u64),
 }
 
 impl Member {
@@ -322,6 +324,7 @@ mod tests {
             via: Via::WebSocket,
             subscriber: subscriber.map(PeerId),
             follows: None,
+            token: (String::new(), 0),
         }
     }
 

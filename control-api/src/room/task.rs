@@ -67,7 +67,7 @@ pub(super) enum Command {
     Kick {
         participant: String,
         reason: String,
-        reply: oneshot::Sender<bool>,
+        reply: oneshot::Sender<Option<(String, u64)>>,
     },
     /// The room service deleted the room: disconnect everyone, take nobody new.
     Delete,
@@ -222,7 +222,8 @@ impl RoomTask {
                 let kicked = self
                     .state
                     .find(&participant)
-                    .is_some_and(|m| m.kick.send(reason).is_ok());
+                    .filter(|m| m.kick.send(reason).is_ok())
+                    .map(|m| m.token.clone());
                 let _ = reply.send(kicked);
             }
             Command::Delete => {
@@ -255,6 +256,18 @@ impl RoomTask {
             });
         }
         let me = join.info.id.clone();
+        if join.via == super::Via::WebSocket {
+            // One interactive session per identity: the newest wins (a client that lost its
+            // connection and joined again replaces the session it left behind).
+            for old in self.state.members() {
+                if old.via == super::Via::WebSocket && old.info.identity == join.info.identity {
+                    info!(room = %self.room.name, participant = %old.info.id, "replaced by a new session of the same identity");
+                    let _ = old
+                        .kick
+                        .send("the same identity joined again from another connection".into());
+                }
+            }
+        }
         let subscriber = match join.subscribe {
             Some((spec, events)) => {
                 let tracks = self.state.tracks_for(&me, None);
@@ -299,6 +312,7 @@ impl RoomTask {
             via: join.via,
             subscriber,
             follows: None,
+            token: join.token,
         });
         self.empty_since = None;
         Ok(subscriber)
