@@ -314,6 +314,27 @@ impl Server {
         }
     }
 
+    /// Ends what the drain left (the server is exiting): every participant still connected
+    /// is told why (`left`) and leaves its room, and the webhooks queued by then (those
+    /// leaves and `room_finished` included) are delivered. Each step waits at most `grace`.
+    pub async fn finish(&self, grace: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + grace;
+        self.state
+            .rooms
+            .close_all("the server is shutting down; join again to be placed on another server")
+            .await;
+        if !self.drained(deadline).await {
+            tracing::warn!(
+                participants = self.participants(),
+                "participants still connected at exit"
+            );
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        if !self.state.webhooks.flushed(deadline).await {
+            tracing::warn!("webhooks still queued at exit");
+        }
+    }
+
     /// Stops the HTTP server and the media workers.
     pub fn shutdown(self) {
         self.http.abort();

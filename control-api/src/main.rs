@@ -409,7 +409,9 @@ fn serve(args: ServeArgs) -> ExitCode {
             }
         };
         print_banner(&server);
-        run_until_drained(&server, Duration::from_secs(drain_timeout)).await;
+        if run_until_drained(&server, Duration::from_secs(drain_timeout)).await {
+            server.finish(Duration::from_secs(5)).await;
+        }
         tracing::info!("shutting down");
         server.shutdown();
         ExitCode::SUCCESS
@@ -418,14 +420,14 @@ fn serve(args: ServeArgs) -> ExitCode {
 
 /// Serves until a termination signal (SIGTERM or Ctrl-C), then drains: not ready, no new
 /// joins, rooms carry on until they are empty or `timeout` passes. A second signal ends the
-/// drain at once.
-async fn run_until_drained(server: &Server, timeout: Duration) {
+/// drain at once. Returns `false` after a second signal (exit now, without finishing).
+async fn run_until_drained(server: &Server, timeout: Duration) -> bool {
     let mut signals = match Signals::new() {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "cannot listen for signals; stop the server with SIGKILL");
             std::future::pending::<()>().await;
-            return;
+            return false;
         }
     };
     signals.next().await;
@@ -443,8 +445,12 @@ async fn run_until_drained(server: &Server, timeout: Duration) {
             if !emptied {
                 tracing::warn!(participants = server.participants(), "drain deadline reached");
             }
+            true
         }
-        () = signals.next() => tracing::info!("second signal: exiting now"),
+        () = signals.next() => {
+            tracing::info!("second signal: exiting now");
+            false
+        }
     }
 }
 

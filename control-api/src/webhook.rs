@@ -9,7 +9,7 @@
 //! key in `X-Sfu-Key`. Receivers recompute the HMAC over the raw body and compare.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -87,6 +87,8 @@ struct Inner {
     queues: Vec<mpsc::Sender<Arc<Event>>>,
     seq: AtomicU64,
     dropped: AtomicU64,
+    /// Events queued and not yet delivered or given up, over all URLs.
+    pending: Arc<AtomicUsize>,
 }
 
 impl Webhooks {
@@ -103,17 +105,25 @@ impl Webhooks {
             }
         };
         let config = Arc::new(config);
+        let pending = Arc::new(AtomicUsize::new(0));
         let mut queues = Vec::new();
         for url in &config.urls {
             let (tx, rx) = mpsc::channel(QUEUE);
             queues.push(tx);
-            tokio::spawn(deliver(client.clone(), config.clone(), url.clone(), rx));
+            let delivery = Delivery {
+                client: client.clone(),
+                config: config.clone(),
+                url: url.clone(),
+                events: rx,
+            };
+            tokio::spawn(deliver(delivery, pending.clone()));
         }
         Webhooks {
             inner: Some(Arc::new(Inner {
                 queues,
                 seq: AtomicU64::new(0),
                 dropped: AtomicU64::new(0),
+                pending,
             })),
         }
     }
@@ -143,10 +153,29 @@ impl Webhooks {
             track: track.cloned(),
         });
         for queue in &inner.queues {
+            inner.pending.fetch_add(1, Ordering::Relaxed);
             if queue.try_send(event.clone()).is_err() {
+                inner.pending.fetch_sub(1, Ordering::Relaxed);
                 inner.dropped.fetch_add(1, Ordering::Relaxed);
                 warn!(room, event = ?event.event, "webhook queue full; event dropped");
             }
+        }
+    }
+
+    /// Waits until every queued event is delivered or given up, or `deadline` passes (the
+    /// server is exiting). Returns whether nothing is left.
+    pub async fn flushed(&self, deadline: tokio::time::Instant) -> bool {
+        let Some(inner) = &self.inner else {
+            return true;
+        };
+        loop {
+            if inner.pending.load(Ordering::Relaxed) == 0 {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -158,44 +187,60 @@ impl Webhooks {
     }
 }
 
-/// Delivers one URL's events in order.
-async fn deliver(
+/// One URL's receiver and its queue of events.
+struct Delivery {
     client: reqwest::Client,
     config: Arc<WebhookConfig>,
     url: String,
-    mut events: mpsc::Receiver<Arc<Event>>,
-) {
+    events: mpsc::Receiver<Arc<Event>>,
+}
+
+/// Delivers one URL's events in order, counting each one done (delivered or given up) in
+/// `pending`.
+async fn deliver(delivery: Delivery, pending: Arc<AtomicUsize>) {
+    let Delivery {
+        client,
+        config,
+        url,
+        mut events,
+    } = delivery;
     while let Some(event) = events.recv().await {
-        let Ok(body) = serde_json::to_vec(&*event) else {
-            continue;
-        };
-        let signature = format!("sha256={}", sign(&config.secret, &body));
-        let mut backoff = config.initial_backoff;
-        for attempt in 1..=config.attempts.max(1) {
-            let sent = client
-                .post(&url)
-                .header("Content-Type", "application/json")
-                .header("X-Sfu-Key", &config.key)
-                .header("X-Sfu-Signature", &signature)
-                .header("X-Sfu-Event-Id", &event.id)
-                .body(body.clone())
-                .send()
-                .await;
-            match sent {
-                Ok(r) if r.status().is_success() => {
-                    debug!(%url, id = %event.id, "webhook delivered");
-                    break;
-                }
-                Ok(r) => debug!(%url, status = %r.status(), attempt, "webhook refused"),
-                Err(e) => debug!(%url, error = %e, attempt, "webhook failed"),
+        deliver_one(&client, &config, &url, &event).await;
+        pending.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Delivers one event to one URL, retrying with exponential backoff.
+async fn deliver_one(client: &reqwest::Client, config: &WebhookConfig, url: &str, event: &Event) {
+    let Ok(body) = serde_json::to_vec(event) else {
+        return;
+    };
+    let signature = format!("sha256={}", sign(&config.secret, &body));
+    let mut backoff = config.initial_backoff;
+    for attempt in 1..=config.attempts.max(1) {
+        let sent = client
+            .post(url)
+            .header("Content-Type", "application/json")
+            .header("X-Sfu-Key", &config.key)
+            .header("X-Sfu-Signature", &signature)
+            .header("X-Sfu-Event-Id", &event.id)
+            .body(body.clone())
+            .send()
+            .await;
+        match sent {
+            Ok(r) if r.status().is_success() => {
+                debug!(%url, id = %event.id, "webhook delivered");
+                return;
             }
-            if attempt == config.attempts.max(1) {
-                warn!(%url, id = %event.id, "webhook given up after {attempt} attempts");
-                break;
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = backoff.saturating_mul(2).min(Duration::from_secs(60));
+            Ok(r) => debug!(%url, status = %r.status(), attempt, "webhook refused"),
+            Err(e) => debug!(%url, error = %e, attempt, "webhook failed"),
         }
+        if attempt == config.attempts.max(1) {
+            warn!(%url, id = %event.id, "webhook given up after {attempt} attempts");
+            return;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = backoff.saturating_mul(2).min(Duration::from_secs(60));
     }
 }
 

@@ -1,6 +1,7 @@
 //! Graceful drain of the real server process: SIGTERM makes it unready and refuse new joins,
 //! the call in progress keeps flowing until its participants leave, and then the process
-//! exits 0.
+//! exits 0. At the drain deadline, those still connected are told why they are leaving and
+//! the webhooks for their leaving are delivered before the process exits.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
@@ -19,6 +20,11 @@ use loadtest::synthetic::PayloadKind;
 
 /// Starts the server; returns it and its HTTP address.
 fn start() -> (Child, String) {
+    start_with(&["--drain-timeout", "60"])
+}
+
+/// Starts the server with `extra` arguments.
+fn start_with(extra: &[&str]) -> (Child, String) {
     let mut child = Command::new(server_binary())
         .args([
             "--http-addr",
@@ -28,7 +34,8 @@ fn start() -> (Child, String) {
             "--workers",
             "1",
         ])
-        .args(["--log", "warn", "--drain-timeout", "60"])
+        .args(["--log", "warn"])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -158,5 +165,63 @@ async fn a_second_signal_exits_at_once() {
     assert!(
         status.is_some_and(|s| s.success()),
         "second signal exits: {status:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_deadline_everyone_is_told_and_webhooks_are_delivered() {
+    use std::sync::{Arc, Mutex};
+
+    let events = Arc::new(Mutex::new(Vec::<serde_json::Value>::new()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
+    let record = events.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let record = record.clone();
+            async move {
+                if let Ok(event) = serde_json::from_slice(&body) {
+                    record.lock().unwrap().push(event);
+                }
+                axum::http::StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let (mut child, addr) = start_with(&["--drain-timeout", "1", "--webhook-url", &hook]);
+    let url = format!("ws://{addr}/rtc");
+    let viewer = Bot::spawn(BotConfig::new(&url, token("deadline", "viewer"), false, 2));
+    assert!(viewer.wait_for(WAIT, |s| s.participant.is_some()).await);
+    signal(&child, "-TERM");
+    assert!(
+        viewer
+            .wait_for(WAIT, |s| s.saw(|m| matches!(
+                m,
+                ServerMessage::Left { reason } if reason.contains("shutting down")
+            )))
+            .await,
+        "the participant is told why: {:?}",
+        viewer.state().messages
+    );
+    let status = exit_status(&mut child, WAIT).await;
+    assert!(status.is_some_and(|s| s.success()), "exits 0: {status:?}");
+    let names: Vec<String> = events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| e["room"] == "deadline")
+        .map(|e| e["event"].as_str().unwrap_or("?").to_string())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "room_started",
+            "participant_joined",
+            "participant_left",
+            "room_finished"
+        ],
+        "every event was delivered before the process exited"
     );
 }

@@ -339,9 +339,19 @@ impl Rooms {
         let Some(room) = self.registry.rooms.lock().remove(name) else {
             return false;
         };
-        let _ = room.commands.send(Command::Delete).await;
+        let reason = "the room was deleted".to_string();
+        let _ = room.commands.send(Command::Delete { reason }).await;
         tracing::info!(room = name, "room deleted");
         true
+    }
+
+    /// Closes every room (the server is going away): each participant is told `reason`.
+    pub async fn close_all(&self, reason: &str) {
+        let rooms: Vec<Arc<Room>> = self.registry.rooms.lock().values().cloned().collect();
+        for room in rooms {
+            let reason = reason.to_string();
+            let _ = room.commands.send(Command::Delete { reason }).await;
+        }
     }
 
     /// Where room events go.

@@ -69,8 +69,11 @@ pub(super) enum Command {
         reason: String,
         reply: oneshot::Sender<Option<(String, u64)>>,
     },
-    /// The room service deleted the room: disconnect everyone, take nobody new.
-    Delete,
+    /// The room service deleted the room (or the server is shutting down): disconnect
+    /// everyone, telling them why; take nobody new.
+    Delete {
+        reason: String,
+    },
 }
 
 /// The owner of one room.
@@ -121,7 +124,7 @@ impl RoomTask {
             let Some(command) = command else { break };
             let may_end = matches!(
                 command,
-                Command::Join { .. } | Command::Leave { .. } | Command::Delete
+                Command::Join { .. } | Command::Leave { .. } | Command::Delete { .. }
             );
             self.handle(command).await;
             self.room
@@ -226,10 +229,10 @@ impl RoomTask {
                     .map(|m| m.token.clone());
                 let _ = reply.send(kicked);
             }
-            Command::Delete => {
+            Command::Delete { reason } => {
                 self.deleted = true;
                 for member in self.state.members() {
-                    let _ = member.kick.send("the room was deleted".to_string());
+                    let _ = member.kick.send(reason.clone());
                 }
             }
         }
