@@ -29,7 +29,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/rtc", get(signalling))
         .route("/dev/token", get(dev_token))
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(liveness))
         .route("/readyz", get(readiness))
         .merge(crate::whip::routes(state.clone()))
         .merge(crate::rooms_api::routes())
@@ -116,6 +116,21 @@ async fn dev_token(
 }
 
 /// Ready unless draining (a load balancer then sends new participants elsewhere).
+/// Alive unless a media worker stopped for good (it kept panicking, or lost its socket):
+/// then the node serves at reduced capacity and should be restarted.
+async fn liveness(State(state): State<Arc<AppState>>) -> Response {
+    let dead = state.sfu.dead_workers();
+    if dead.is_empty() {
+        "ok\n".into_response()
+    } else {
+        json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unhealthy",
+            &format!("media workers {dead:?} stopped (see the log); restart this server"),
+        )
+    }
+}
+
 async fn readiness(State(state): State<Arc<AppState>>) -> Response {
     if state.is_draining() {
         json_error(

@@ -86,6 +86,8 @@ pub(crate) enum Command {
         track: TrackId,
         reply: Reply<TrackCounters>,
     },
+    /// Panic, for tests of what follows ([`crate::Sfu::crash_worker_for_tests`]).
+    Crash,
     /// A trickled remote ICE candidate.
     RemoteCandidate {
         peer: PeerId,

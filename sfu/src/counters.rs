@@ -105,6 +105,8 @@ counters! {
     tcp_timed_out,
     /// Packets not sent over ICE-TCP: the connection's queue was full or it was gone.
     tcp_send_dropped,
+    /// Media workers restarted after a panic (their peers were closed).
+    worker_restarts,
 }
 
 impl WorkerCounters {

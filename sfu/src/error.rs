@@ -35,6 +35,9 @@ pub enum SfuError {
     /// The media core is shutting down.
     #[error("the media core has shut down")]
     Shutdown,
+    /// Every media worker has stopped (see the server's log); the node needs a restart.
+    #[error("no media worker is running on this server")]
+    NoWorker,
     /// str0m refused an operation.
     #[error("WebRTC error: {0}")]
     Rtc(#[from] str0m::RtcError),

@@ -4,7 +4,7 @@
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 
 use dashmap::DashMap;
@@ -123,6 +123,7 @@ impl Sfu {
             slots.push(Arc::new(WorkerShared {
                 counters: WorkerCounters::default(),
                 load: AtomicUsize::new(0),
+                alive: AtomicBool::new(true),
                 media_tx,
                 control_tx,
                 commands,
@@ -475,7 +476,29 @@ impl Sfu {
         }
     }
 
-    /// Picks the worker for a new peer: the least loaded one.
+    /// Media workers that stopped for good (each failed more often than it may restart, or
+    /// lost its socket). Any means the node is unhealthy.
+    pub fn dead_workers(&self) -> Vec<usize> {
+        self.shared()
+            .workers
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| !w.alive.load(Ordering::Relaxed))
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    /// Makes media worker `worker` panic, for tests of what follows (its peers are closed,
+    /// it restarts). Not reachable from the network.
+    #[doc(hidden)]
+    pub async fn crash_worker_for_tests(&self, worker: usize) -> Result<(), SfuError> {
+        self.commands(worker)?
+            .send(Command::Crash)
+            .await
+            .map_err(|_| SfuError::Shutdown)
+    }
+
+    /// Picks the worker for a new peer: the least loaded live one.
     fn place(&self, spec: &PeerSpec) -> Result<(PeerId, usize), SfuError> {
         let shared = self.shared();
         if !shared.rooms.contains_key(&spec.room) {
@@ -485,8 +508,9 @@ impl Sfu {
             .workers
             .iter()
             .enumerate()
+            .filter(|(_, w)| w.alive.load(Ordering::Relaxed))
             .min_by_key(|(_, w)| w.load.load(Ordering::Relaxed))
-            .ok_or(SfuError::Shutdown)?;
+            .ok_or(SfuError::NoWorker)?;
         slot.load.fetch_add(1, Ordering::Relaxed);
         let peer = PeerId(shared.ids.next());
         shared.peers.insert(peer, worker);

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 
 use dashmap::DashMap;
 use str0m::config::DtlsCert;
@@ -44,6 +44,9 @@ pub(crate) struct WorkerShared {
     pub(crate) counters: WorkerCounters,
     /// Peers placed on this worker (placement reads it; the worker decrements it).
     pub(crate) load: AtomicUsize,
+    /// False once the worker stopped for good (it failed more than it may restart, or lost
+    /// its socket): no new peer goes there.
+    pub(crate) alive: AtomicBool,
     /// Droppable lane: batches of packets from other workers.
     pub(crate) media_tx: mpsc::Sender<Vec<Delivery>>,
     /// Reliable lane: rare deliveries that must not be lost.

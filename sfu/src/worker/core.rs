@@ -26,7 +26,7 @@ use crate::command::Command;
 use crate::counters::WorkerCounters;
 use crate::demux::Demux;
 use crate::error::SfuError;
-use crate::event::{CloseReason, EventSink, PeerSpec};
+use crate::event::{CloseReason, EventSink, PeerEvent, PeerSpec};
 use crate::ids::{PeerId, TrackId};
 use crate::packet::Delivery;
 use crate::peer::publisher::Publisher;
@@ -273,6 +273,33 @@ impl WorkerCore {
         }
     }
 
+    /// The worker failed (`why`): closes every peer, as cleanly as the state allows, so that
+    /// their rooms are told and the shared state (graph, directory, ufrags) forgets them.
+    pub(crate) fn fail_all(&mut self, now: Instant, why: &str) {
+        let ids: Vec<PeerId> = self.peers.keys().copied().collect();
+        let reason = CloseReason::Failed(format!("its media worker {why}"));
+        for id in ids {
+            let events = self.peers.get(&id).map(|p| p.info.events.clone());
+            let closed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.remove_peer(id, reason.clone(), now);
+            }));
+            if closed.is_err() {
+                // The peer's own state is broken: tell its room, forget it in the directory.
+                self.peers.remove(&id);
+                if let Some(events) = events {
+                    let _ = events.send(PeerEvent::Closed {
+                        peer: id,
+                        reason: reason.clone(),
+                    });
+                }
+                if self.shared.peers.remove(&id).is_some() {
+                    self.slot.load.fetch_sub(1, Ordering::Relaxed);
+                    WorkerCounters::sub(&self.slot.counters.peers, 1);
+                }
+            }
+        }
+    }
+
     fn remove_peer(&mut self, id: PeerId, reason: CloseReason, now: Instant) {
         let Some(mut peer) = self.peers.remove(&id) else {
             return;
@@ -489,6 +516,7 @@ impl WorkerCore {
                 let result = self.on_publisher_of(track, now, |p| p.counters(track));
                 let _ = reply.send(result);
             }
+            Command::Crash => panic!("a crash asked for by a test"),
             Command::RemoteCandidate { peer, candidate } => {
                 self.with_peer(peer, now, |p, ctx| p.add_remote_candidate(*candidate, ctx));
             }

@@ -1,10 +1,13 @@
 //! The I/O of one media worker: a thread with a single-threaded tokio runtime that waits for
 //! datagrams, commands, deliveries from other workers and the next timer, feeds them to the
 //! [`WorkerCore`], then sends what it produced. The only place that reads the clock or
-//! touches the socket.
+//! touches the socket. It also supervises the core: a panic closes the core's peers (their
+//! rooms are told) and starts a fresh core on the same socket.
 
 use std::io;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -38,6 +41,10 @@ pub(crate) struct Inboxes {
     pub(crate) shutdown: watch::Receiver<bool>,
 }
 
+/// Panics a worker survives by closing its peers and starting again with a fresh core; one
+/// more and it stops for good (the node then reports itself unhealthy).
+const MAX_RESTARTS: u32 = 3;
+
 /// Starts worker `index` on its own thread.
 pub(crate) fn spawn(
     index: usize,
@@ -58,35 +65,141 @@ pub(crate) fn spawn(
                 Ok(rt) => rt,
                 Err(e) => {
                     error!(worker = index, error = %e, "cannot start worker runtime");
+                    slot.alive.store(false, Ordering::Relaxed);
                     return;
                 }
             };
-            runtime.block_on(async move {
-                if let Err(e) = run(index, socket, local, shared, slot, inboxes).await {
-                    error!(worker = index, error = %e, "media worker stopped");
-                }
-            });
+            supervise(&runtime, index, socket, local, shared, slot, inboxes);
         })
 }
 
-async fn run(
+/// Runs the worker; when it panics, closes its peers (their rooms are told) and runs it again
+/// with a fresh core, up to [`MAX_RESTARTS`] times. A worker that stops for any other reason
+/// than shutdown is marked dead: no new peer is placed on it.
+fn supervise(
+    runtime: &tokio::runtime::Runtime,
     index: usize,
     socket: std::net::UdpSocket,
     local: LocalAddrs,
     shared: Arc<Shared>,
     slot: Arc<WorkerShared>,
     mut inboxes: Inboxes,
+) {
+    // The socket registers with the runtime's I/O driver: made inside it.
+    let io = runtime.block_on(async { WorkerIo::new(socket) });
+    let mut io = match io {
+        Ok(io) => io,
+        Err(e) => {
+            error!(worker = index, error = %e, "media worker cannot use its socket");
+            slot.alive.store(false, Ordering::Relaxed);
+            return;
+        }
+    };
+    let mut restarts = 0;
+    loop {
+        let mut core = WorkerCore::new(index, shared.clone(), slot.clone(), local.clone());
+        // A panic unwinds out of `block_on`; the current-thread runtime stays usable.
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            runtime.block_on(run(index, &mut core, &mut io, &shared, &slot, &mut inboxes))
+        }));
+        let failure = match outcome {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => format!("lost its socket: {e}"),
+            Err(panic) => format!("panicked: {}", panic_message(&panic)),
+        };
+        restarts += 1;
+        let (peers, _) = core.sizes();
+        error!(
+            worker = index,
+            peers, restarts, "media worker {failure}; closing its peers"
+        );
+        core.fail_all(Instant::now(), &failure);
+        // Goodbyes (DTLS close_notify) of the peers that could send them; the socket may be gone.
+        runtime.block_on(async { io.send(&mut core, &slot) });
+        drop(core);
+        if restarts > MAX_RESTARTS || !failure.starts_with("panicked") {
+            error!(
+                worker = index,
+                "media worker stopped for good; new peers go to the others"
+            );
+            slot.alive.store(false, Ordering::Relaxed);
+            return;
+        }
+        io.reset();
+        WorkerCounters::add(&slot.counters.worker_restarts, 1);
+        info!(worker = index, "media worker restarted");
+    }
+}
+
+/// What a panic carried, as text.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
+}
+
+/// A worker's sockets: its UDP socket and the ICE-TCP connections handed to it.
+struct WorkerIo {
+    socket: UdpSocket,
+    udp: UdpSocketState,
+    v6_socket: bool,
+    receiver: Receiver,
+    tcp: TcpConnections,
+    tcp_events: mpsc::Receiver<TcpEvent>,
+}
+
+impl WorkerIo {
+    fn new(socket: std::net::UdpSocket) -> io::Result<Self> {
+        socket.set_nonblocking(true)?;
+        // quinn-udp: recvmmsg batches, GRO, and each datagram's destination address (a
+        // socket bound to every address answers from the address it was reached at).
+        let udp = UdpSocketState::new((&socket).into())?;
+        let socket = UdpSocket::from_std(socket)?;
+        let v6_socket = socket.local_addr()?.is_ipv6();
+        let (tcp, tcp_events) = TcpConnections::new();
+        let receiver = Receiver::new(udp.gro_segments());
+        Ok(Self {
+            socket,
+            udp,
+            v6_socket,
+            receiver,
+            tcp,
+            tcp_events,
+        })
+    }
+
+    /// After a panic: ICE-TCP connections and receive buffers start afresh (their peers are
+    /// gone with the old core).
+    fn reset(&mut self) {
+        let (tcp, tcp_events) = TcpConnections::new();
+        self.tcp = tcp;
+        self.tcp_events = tcp_events;
+        self.receiver = Receiver::new(self.udp.gro_segments());
+    }
+
+    fn send(&self, core: &mut WorkerCore, slot: &WorkerShared) {
+        send_transmits(
+            &self.socket,
+            &self.udp,
+            self.v6_socket,
+            &self.tcp,
+            core,
+            &slot.counters,
+        );
+    }
+}
+
+async fn run(
+    index: usize,
+    core: &mut WorkerCore,
+    io: &mut WorkerIo,
+    shared: &Shared,
+    slot: &WorkerShared,
+    inboxes: &mut Inboxes,
 ) -> io::Result<()> {
-    socket.set_nonblocking(true)?;
-    // quinn-udp: recvmmsg batches, GRO, and each datagram's destination address (a socket
-    // bound to every address answers from the address it was reached at).
-    let udp = UdpSocketState::new((&socket).into())?;
-    let socket = UdpSocket::from_std(socket)?;
-    let v6_socket = socket.local_addr()?.is_ipv6();
-    let mut core = WorkerCore::new(index, shared.clone(), slot.clone(), local);
-    let (mut tcp, mut tcp_events) = TcpConnections::new();
-    let mut receiver = Receiver::new(udp.gro_segments());
-    debug!(worker = index, addr = %socket.local_addr()?, "media worker running");
+    debug!(worker = index, addr = %io.socket.local_addr()?, "media worker running");
     loop {
         let deadline = core
             .next_deadline()
@@ -103,25 +216,25 @@ async fn run(
             }
             Some(batch) = inboxes.media.recv() => core.handle_deliveries(Instant::now(), batch),
             // The socket before ICE-TCP: a busy (or hostile) TCP client must not starve it.
-            readable = socket.readable() => {
+            readable = io.socket.readable() => {
                 readable?;
                 for _ in 0..RECEIVES_PER_TURN {
-                    if !receiver.receive(&socket, &udp, &mut core) {
+                    if !io.receiver.receive(&io.socket, &io.udp, core) {
                         break;
                     }
                 }
             }
             Some(handoff) = inboxes.tcp.recv() => {
-                for event in tcp.adopt(handoff) {
-                    on_tcp_event(&mut core, &mut tcp, event);
+                for event in io.tcp.adopt(handoff) {
+                    on_tcp_event(core, &mut io.tcp, event);
                 }
             }
-            Some(event) = tcp_events.recv() => {
+            Some(event) = io.tcp_events.recv() => {
                 // As many as the socket gets per turn, then the rest waits its turn.
-                on_tcp_event(&mut core, &mut tcp, event);
+                on_tcp_event(core, &mut io.tcp, event);
                 for _ in 1..TCP_EVENTS_PER_TURN {
-                    let Ok(event) = tcp_events.try_recv() else { break };
-                    on_tcp_event(&mut core, &mut tcp, event);
+                    let Ok(event) = io.tcp_events.try_recv() else { break };
+                    on_tcp_event(core, &mut io.tcp, event);
                 }
             }
             () = tokio::time::sleep_until(deadline.into()) => {}
@@ -132,11 +245,11 @@ async fn run(
         core.flush(now);
         core.handle_timers(now);
         core.flush(now);
-        send_transmits(&socket, &udp, v6_socket, &tcp, &mut core, &slot.counters);
-        pass_deliveries(&mut core, &shared, &slot.counters);
+        io.send(core, slot);
+        pass_deliveries(core, shared, &slot.counters);
     }
     core.shutdown(Instant::now());
-    send_transmits(&socket, &udp, v6_socket, &tcp, &mut core, &slot.counters);
+    io.send(core, slot);
     let (peers, _) = core.sizes();
     info!(worker = index, peers, "media worker stopped");
     Ok(())
