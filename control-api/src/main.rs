@@ -265,6 +265,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    control_api::metrics::count_panics();
 
     let keys = match parse_keys(&args.api_keys) {
         Ok(keys) => keys,

@@ -2,8 +2,22 @@
 //! text format (version 0.0.4).
 
 use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use sfu::CounterSnapshot;
+
+/// Panics in this process so far (any thread), counted by [`count_panics`]'s hook.
+static PANICS: AtomicU64 = AtomicU64::new(0);
+
+/// Counts every panic in `sfu_panics_total` (then reports it as before). A worker or task
+/// that panics is recovered from; the count is how a soak or an operator notices.
+pub fn count_panics() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        PANICS.fetch_add(1, Ordering::Relaxed);
+        report(info);
+    }));
+}
 
 /// What the control plane adds to the media core's counters.
 #[derive(Debug, Clone, Default)]
@@ -85,14 +99,24 @@ pub fn render(counters: &CounterSnapshot, gauges: &Gauges) -> String {
         "# TYPE sfu_webhooks_dropped_total counter\nsfu_webhooks_dropped_total {}",
         gauges.webhooks_dropped
     );
+    let _ = writeln!(
+        out,
+        "# HELP sfu_panics_total Panics in the server process (recovered from; each is a bug).\n\
+         # TYPE sfu_panics_total counter\nsfu_panics_total {}",
+        PANICS.load(Ordering::Relaxed)
+    );
     if let Some(process) = ProcessStats::read_self() {
         let _ = writeln!(
             out,
             "# HELP process_cpu_seconds_total User and system CPU time of the server process.\n\
              # TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {}\n\
              # HELP process_resident_memory_bytes Resident memory of the server process.\n\
-             # TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {}",
-            process.cpu_seconds, process.rss_bytes
+             # TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {}\n\
+             # HELP process_open_fds Open file descriptors of the server process.\n\
+             # TYPE process_open_fds gauge\nprocess_open_fds {}\n\
+             # HELP process_threads Threads of the server process.\n\
+             # TYPE process_threads gauge\nprocess_threads {}",
+            process.cpu_seconds, process.rss_bytes, process.open_fds, process.threads
         );
     }
     for (name, help, value) in [
@@ -129,6 +153,10 @@ pub struct ProcessStats {
     pub cpu_seconds: f64,
     /// Resident set size in bytes.
     pub rss_bytes: u64,
+    /// Open file descriptors (sockets included).
+    pub open_fds: u64,
+    /// Threads.
+    pub threads: u64,
 }
 
 impl ProcessStats {
@@ -141,11 +169,15 @@ impl ProcessStats {
         let fields: Vec<&str> = after.split_whitespace().collect();
         let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
         let cpu_seconds = (ticks(11)? + ticks(12)?) / 100.0;
+        let threads = fields.get(17).and_then(|f| f.parse().ok()).unwrap_or(0);
         let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
         let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+        let open_fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64);
         Some(Self {
             cpu_seconds,
             rss_bytes: pages * 4096,
+            open_fds,
+            threads,
         })
     }
 }
