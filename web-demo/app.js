@@ -44,8 +44,10 @@ const RESUME_WINDOW_MS = 15_000;
 const RESUME_RETRY_MS = [0, 500, 1000, 2000, 4000];
 /** At most one ICE restart this often (a connection flapping between states asks repeatedly). */
 const ICE_RESTART_EVERY_MS = 5_000;
-/** A restarted connection not connected again after this long counts as failed. */
-const ICE_RESTART_LIMIT_MS = 15_000;
+/** A restarted connection not connected again after this long counts as failed (the server
+ * keeps a connection whose network is down for about 30 s; a restart asked for during an
+ * outage completes only once the signalling socket carries messages again). */
+const ICE_RESTART_LIMIT_MS = 45_000;
 const NAME_STORE = 'sfu-demo.name';
 
 // ---------------------------------------------------------------------------------------------
@@ -278,7 +280,10 @@ function restartIce(reason) {
   setTimeout(() => {
     if (!isCurrent(session) || state.phase !== 'joined') return;
     for (const [which, pc] of [['publish', state.pubPc], ['subscribe', state.subPc]]) {
-      if (pc && pc.connectionState !== 'connected') {
+      // Connected again at some point since the restart: a later outage is not this
+      // restart's failure (it restarts ICE itself).
+      const back = (state.connectedAt[which] ?? 0) >= now || pc?.connectionState === 'connected';
+      if (pc && !back) {
         mediaFailed(`the ${which} connection did not come back after an ICE restart`, pc);
         return;
       }
@@ -448,6 +453,8 @@ function onJoined(msg, session) {
 /** Join refusals end the call with a sentence; `media_closed` reconnects; the rest is shown. */
 function onServerError(msg) {
   const detail = msg.message ?? 'no details';
+  state.errors.push({ code: msg.code, message: detail });
+  if (state.errors.length > 20) state.errors.shift();
   const joinedNow = state.phase === 'joined';
   switch (msg.code) {
     case 'bad_token':

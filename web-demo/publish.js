@@ -5,7 +5,8 @@
 import { state, isCurrent } from './state.js';
 import { getScreen } from './media.js';
 
-const ANSWER_TIMEOUT_MS = 15_000;
+/** Long enough for an answer delayed by an outage and a resume of the signalling socket. */
+const ANSWER_TIMEOUT_MS = 40_000;
 
 /** Our transceivers by job, and the `source` each one's mid carries (PROTOCOL.md, publish_offer). */
 const SOURCES = { mic: 'microphone', camera: 'camera', screen: 'screen', screenAudio: 'screen_audio' };
@@ -47,6 +48,7 @@ export function startPublishing(session) {
   pc.addEventListener('connectionstatechange', () => {
     if (isCurrent(session) && pc.connectionState === 'connected') {
       state.mediaEverConnected = true;
+      state.connectedAt.publish = Date.now();
       state.connectMs.publish ??= Math.round(performance.now() - created);
     }
     if (isCurrent(session) && pc.connectionState === 'failed') hooks.onIceTrouble('publish', pc);

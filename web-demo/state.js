@@ -37,6 +37,8 @@ export const state = {
   /** Milliseconds from creating each peer connection to `connected` (first time), for tests
    * and the connection figures in BENCHMARKS.md. */
   connectMs: {},
+  /** When each peer connection ('publish', 'subscribe') last became `connected` (Date.now()). */
+  connectedAt: {},
 
   /** The signalling connection (a `Signalling` from signalling.js). */
   signalling: null,
@@ -52,6 +54,8 @@ export const state = {
   lastIceRestart: 0,
   /** Server message type -> how many arrived in this call (for tests). */
   messageCounts: {},
+  /** The last `error` messages from the server, {code, message} (for tests and diagnosis). */
+  errors: [],
 
   // Local media (media.js, publish.js).
   /** Camera and microphone; kept across reconnects, stopped on leave. */

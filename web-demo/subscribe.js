@@ -44,6 +44,7 @@ function createSubscribePc(session) {
   pc.addEventListener('connectionstatechange', () => {
     if (isCurrent(session) && pc.connectionState === 'connected') {
       state.mediaEverConnected = true;
+      state.connectedAt.subscribe = Date.now();
       state.connectMs.subscribe ??= Math.round(performance.now() - created);
     }
     if (isCurrent(session) && pc.connectionState === 'failed') hooks.onIceTrouble('subscribe', pc);

@@ -83,8 +83,9 @@ struct ServeArgs {
     /// Seconds a new signalling socket has to send `join` (or `resume`) before it is closed.
     #[arg(long, env = "SFU_JOIN_TIMEOUT", default_value_t = 10)]
     join_timeout: u64,
-    /// Seconds a peer connection (or WHIP/WHEP resource) has to complete ICE and DTLS, after
-    /// it is created or restarts ICE, before it is closed.
+    /// Seconds a new peer connection (or WHIP/WHEP resource) has to complete ICE and DTLS
+    /// before it is closed. A connected one whose ICE goes down (an ICE restart, or 15 s
+    /// without a connectivity check) is closed after 15 s plus this without a packet.
     #[arg(long, env = "SFU_CONNECT_TIMEOUT", default_value_t = 15)]
     connect_timeout: u64,
     /// Maximum participants per room (0: unlimited).

@@ -291,7 +291,12 @@ fn reconnected(states: &[IceConnectionState], from: usize) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ice_restarts_on_both_connections_while_media_flows() {
-    let server = start_server_configured(1, |_| {}).await;
+    // A restarted connection has 2 s to connect again: the test outlives that, so a restart
+    // the server does not see complete closes the connection.
+    let server = start_server_configured(1, |config| {
+        config.sfu.connect_timeout = Duration::from_secs(2);
+    })
+    .await;
     let alice = bot(&server, "restart", "alice", true, ALICE);
     let bob = bot(&server, "restart", "bob", true, 2);
     participant(&alice).await;
@@ -327,6 +332,10 @@ async fn ice_restarts_on_both_connections_while_media_flows() {
             .await,
         "alice receives bob"
     );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(server.sfu().peer_count(), 4, "no connection was closed");
+    assert!(bob.state().error().is_none(), "{:?}", bob.state().error());
+    assert!(media_keeps_flowing(&bob, 30).await);
     server.shutdown();
 }
 
@@ -386,7 +395,7 @@ async fn connections_that_never_connect_are_removed() {
     .await
     .unwrap();
     assert!(answered, "the offer was answered first");
-    assert!(closed.contains("NeverConnected"), "{closed}");
+    assert!(closed.contains("ConnectTimeout"), "{closed}");
     assert!(
         eventually(|| server.sfu().peer_count() == 0).await,
         "the peer is closed"
@@ -451,5 +460,44 @@ async fn joining_again_with_the_same_identity_replaces_the_old_session() {
         "and receives the new one"
     );
     assert!(!bob.with_state(|s| left(s, &second_id)));
+    server.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_goes_silent_is_closed_within_the_bound() {
+    // 15 s without a connectivity check (str0m's ICE-lite limit), then 1 s more.
+    let server = start_server_configured(1, |config| {
+        config.sfu.connect_timeout = Duration::from_secs(1);
+        config.signalling.resume_grace = Duration::from_secs(120);
+    })
+    .await;
+    let alice = bot(&server, "silent-peer", "alice", true, ALICE);
+    let bob = bot(&server, "silent-peer", "bob", false, 2);
+    let alice_id = participant(&alice).await;
+    participant(&bob).await;
+    assert!(media_keeps_flowing(&bob, 30).await);
+    let peers = server.sfu().peer_count();
+
+    // Alice's machine goes away: no packet, no close (her session waits for a resume).
+    alice.abort();
+    let gone = Instant::now();
+    assert!(
+        bob.wait_for(Duration::from_secs(30), unpublished).await,
+        "alice's tracks go once her peers are closed: {:?}",
+        bob.state().messages
+    );
+    let after = gone.elapsed();
+    assert!(
+        after >= Duration::from_secs(15) && after < Duration::from_secs(25),
+        "closed between 15 s and 25 s after the last packet: {after:?}"
+    );
+    assert!(
+        eventually(|| server.sfu().peer_count() == peers - 2).await,
+        "both of alice's peers are closed"
+    );
+    assert!(
+        !bob.with_state(|s| left(s, &alice_id)),
+        "alice is still in the room, her session waiting for a resume"
+    );
     server.shutdown();
 }

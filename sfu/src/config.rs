@@ -41,9 +41,11 @@ pub struct SfuConfig {
     /// blocks UDP), on `bind_ip`, advertised on every advertised address. `Some(0)` lets the
     /// operating system choose (tests); `None` turns ICE-TCP off. Default `Some(7881)`.
     pub ice_tcp_port: Option<u16>,
-    /// A peer whose ICE and DTLS have not completed this long after it was created, or after
-    /// an ICE restart, is closed ([`crate::CloseReason::NeverConnected`]). Default 15 s (a
-    /// connected peer is declared gone after 15 s without connectivity checks, too).
+    /// A new peer whose ICE and DTLS have not completed this long after it was created is
+    /// closed ([`crate::CloseReason::ConnectTimeout`]). A connected peer whose ICE goes down
+    /// (an ICE restart, or 15 s without a connectivity check) is closed once nothing at all has
+    /// been heard from it for 15 s plus this. Default 15 s: a client whose network is down for
+    /// up to about 30 s keeps its peers.
     pub connect_timeout: Duration,
 }
 

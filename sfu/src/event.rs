@@ -77,8 +77,8 @@ pub enum CloseReason {
     /// The peer's WebRTC state machine failed (a bug or hostile input); only it is closed.
     Failed(String),
     /// ICE and DTLS did not complete within [`crate::SfuConfig::connect_timeout`] of the
-    /// peer's creation or of an ICE restart.
-    NeverConnected,
+    /// peer's creation or of an ICE restart, or connectivity lost did not come back in time.
+    ConnectTimeout,
     /// The media core is shutting down.
     Shutdown,
 }

@@ -205,6 +205,26 @@ export function clearLoss(ns) {
   try { nft(null, ['delete', 'table', 'ip', hostTable(ns)]); } catch { /* none */ }
 }
 
+/**
+ * Cuts the namespace off: every packet between it and the host is dropped where it arrives
+ * (TCP and UDP alike), as when a client's network goes down. `restore` ends it.
+ */
+export function cutOff(ns) {
+  nft(ns.name, ['add', 'table', 'inet', 'sfucut']);
+  nft(ns.name, ['add', 'chain', 'inet', 'sfucut', 'input', '{ type filter hook input priority 0 ; policy accept ; }']);
+  nft(ns.name, ['add', 'rule', 'inet', 'sfucut', 'input', 'iifname', '!=', 'lo', 'drop']);
+  const table = `sfucut_${ns.hostIf}`;
+  nft(null, ['add', 'table', 'ip', table]);
+  nft(null, ['add', 'chain', 'ip', table, 'input', '{ type filter hook input priority 0 ; policy accept ; }']);
+  nft(null, ['add', 'rule', 'ip', table, 'input', 'ip', 'saddr', ns.nsIp, 'drop']);
+}
+
+/** Ends a `cutOff`. */
+export function restore(ns) {
+  try { nft(ns.name, ['delete', 'table', 'inet', 'sfucut']); } catch { /* none */ }
+  try { nft(null, ['delete', 'table', 'ip', `sfucut_${ns.hostIf}`]); } catch { /* none */ }
+}
+
 /** The host's nftables table for a namespace's uplink loss. */
 const hostTable = (ns) => `sfuloss_${ns.hostIf}`;
 
@@ -225,7 +245,10 @@ export function remove(ns) {
   for (const name of [ns.name, ns.router].filter(Boolean)) {
     const entry = made.get(name);
     if (!entry) continue;
-    if (entry.hostIf && name === ns.name) clearLoss(ns);
+    if (entry.hostIf && name === ns.name) {
+      clearLoss(ns);
+      restore(ns);
+    }
     try {
       run('ip', ['netns', 'del', name]);
     } catch { /* already gone */ }

@@ -31,6 +31,9 @@ use self::subscriber::Subscriber;
 
 /// At most this many remote addresses are remembered per peer (ICE may try several).
 const MAX_REMOTE_ADDRS: usize = 8;
+/// How long str0m's ICE-lite agent goes without a connectivity check before it reports the
+/// connection disconnected.
+const ICE_LITE_SILENCE: Duration = Duration::from_secs(15);
 /// Trickled remote candidates a peer accepts per ICE generation (a browser trickles a handful
 /// per network interface); more are dropped.
 const MAX_REMOTE_CANDIDATES: usize = 32;
@@ -134,10 +137,18 @@ pub(crate) struct Peer {
     rtc_deadline: Instant,
     /// Set once the peer must be removed.
     pub(crate) closed: Option<CloseReason>,
-    /// ICE and DTLS must complete by then (after creation or an ICE restart).
+    /// A new peer's ICE and DTLS must complete by then.
     connect_by: Option<Instant>,
     /// DTLS has completed once (str0m reports `Connected` only once).
     dtls_done: bool,
+    /// The peer was connected and its ICE is not now (an ICE restart in progress, or no
+    /// connectivity check for [`ICE_LITE_SILENCE`]): it is closed once nothing has been heard
+    /// from it for [`ICE_LITE_SILENCE`] plus the connect timeout.
+    reconnecting: bool,
+    /// When the peer last sent us a datagram.
+    last_heard: Instant,
+    /// [`crate::SfuConfig::connect_timeout`].
+    connect_timeout: Duration,
     /// Remote candidates added since the last ICE restart.
     remote_candidates: usize,
     /// Written to during this worker turn; the worker flushes it at the end of the turn.
@@ -220,6 +231,9 @@ impl Peer {
             closed: None,
             connect_by: Some(now + shared.config.connect_timeout),
             dtls_done: false,
+            reconnecting: false,
+            last_heard: now,
+            connect_timeout: shared.config.connect_timeout,
             remote_candidates: 0,
             dirty: false,
             egress_estimate: 0,
@@ -240,8 +254,12 @@ impl Peer {
             ctx.demux.add_peer(ufrag.clone(), self.info.id);
             info!("ICE restarted");
             self.ufrag = ufrag;
-            self.connect_by = Some(ctx.now + ctx.shared.config.connect_timeout);
             self.remote_candidates = 0;
+            if self.dtls_done {
+                self.reconnecting = true;
+            } else {
+                self.connect_by = Some(ctx.now + ctx.shared.config.connect_timeout);
+            }
         }
     }
 
@@ -263,13 +281,23 @@ impl Peer {
             Role::Subscriber(s) => s.deadline(),
         };
         let deadline = role.map_or(self.rtc_deadline, |r| r.min(self.rtc_deadline));
-        self.connect_by.map_or(deadline, |c| c.min(deadline))
+        self.connect_by
+            .into_iter()
+            .chain(self.reconnect_by())
+            .fold(deadline, Instant::min)
+    }
+
+    /// When a reconnecting peer that stays silent is given up.
+    fn reconnect_by(&self) -> Option<Instant> {
+        self.reconnecting
+            .then(|| self.last_heard + ICE_LITE_SILENCE + self.connect_timeout)
     }
 
     /// Feeds a datagram that belongs to this peer.
     pub(crate) fn handle_input(&mut self, input: Input<'_>, ctx: &mut Ctx<'_>) {
         let span = self.info.span.clone();
         let _guard = span.enter();
+        self.last_heard = ctx.now;
         if let Err(e) = self.rtc.handle_input(input) {
             self.on_rtc_error(e, ctx);
         }
@@ -284,9 +312,18 @@ impl Peer {
             self.on_rtc_error(e, ctx);
         }
         self.drain(ctx);
-        if self.connect_by.is_some_and(|by| by <= ctx.now) && self.closed.is_none() {
-            info!("ICE and DTLS did not complete in time; closing");
-            self.closed = Some(CloseReason::NeverConnected);
+        let expired = self
+            .connect_by
+            .into_iter()
+            .chain(self.reconnect_by())
+            .any(|by| by <= ctx.now);
+        if expired && self.closed.is_none() {
+            if self.dtls_done {
+                info!("connectivity did not come back in time; closing");
+            } else {
+                info!("ICE and DTLS did not complete in time; closing");
+            }
+            self.closed = Some(CloseReason::ConnectTimeout);
             return;
         }
         let mutated = match &mut self.role {
@@ -336,11 +373,16 @@ impl Peer {
                 info!("connected");
                 self.dtls_done = true;
                 self.connect_by = None;
+                self.reconnecting = false;
                 self.info.emit(PeerEvent::Connected { peer: self.info.id });
             }
             Event::IceConnectionStateChange(
                 IceConnectionState::Connected | IceConnectionState::Completed,
-            ) if self.dtls_done => self.connect_by = None,
+            ) if self.dtls_done => {
+                if std::mem::take(&mut self.reconnecting) {
+                    info!("connectivity is back");
+                }
+            }
             Event::PeerStats(s) => {
                 let estimate = s.bwe_tx.map(|b| b.as_u64());
                 self.set_egress_estimate(estimate.unwrap_or(0), ctx);
@@ -368,7 +410,16 @@ impl Peer {
                     },
                 });
             }
-            Event::IceConnectionStateChange(IceConnectionState::Disconnected) | Event::Closed => {
+            Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                // No connectivity check for 15 s: the network may be down for a while, or the
+                // client may be about to restart ICE from another network. It has the connect
+                // timeout to come back before the peer is closed.
+                if self.dtls_done && !self.reconnecting {
+                    info!("lost connectivity; waiting for it to come back or an ICE restart");
+                    self.reconnecting = true;
+                }
+            }
+            Event::Closed => {
                 if self.closed.is_none() {
                     info!("remote side went away");
                     self.closed = Some(CloseReason::Disconnected);
