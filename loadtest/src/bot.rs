@@ -20,7 +20,7 @@ use str0m::{Event, IceConnectionState, RtcError};
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
-use crate::client_peer::ClientPeer;
+use crate::client_peer::{ClientPeer, is_rtp};
 pub use crate::media_out::MediaSource;
 use crate::media_out::{LiveFrame, MediaOut, Outgoing, SyntheticVideo};
 use crate::receive_quality::StreamQuality;
@@ -95,6 +95,10 @@ pub struct BotConfig {
     pub http_path: Option<String>,
     /// Carry media over one ICE-TCP connection to this server address instead of UDP.
     pub ice_tcp: Option<std::net::SocketAddr>,
+    /// Rewrites the publish offer's SDP before it is sent (tests of lying clients).
+    pub mangle_offer: Option<fn(&str) -> String>,
+    /// Keep the last RTP datagrams the publisher sent, for [`Bot::replay_sent`].
+    pub keep_sent: bool,
 }
 
 impl BotConfig {
@@ -120,6 +124,8 @@ impl BotConfig {
             collect_stats: false,
             http_path: None,
             ice_tcp: None,
+            mangle_offer: None,
+            keep_sent: false,
         }
     }
 }
@@ -226,6 +232,8 @@ pub struct BotState {
     pub publish_ice: Vec<IceConnectionState>,
     /// Every ICE connection state the subscribe connection went through, in order.
     pub subscribe_ice: Vec<IceConnectionState>,
+    /// Our ICE ufrag on the subscribe connection (from our latest answer).
+    pub subscribe_ufrag: Option<String>,
 }
 
 impl BotState {
@@ -302,6 +310,8 @@ enum Command {
     DropSignalling,
     Resume,
     RestartIce,
+    PauseMedia(bool),
+    ReplaySent,
 }
 
 struct Shared {
@@ -407,6 +417,17 @@ impl Bot {
         let _ = self.commands.send(Command::RestartIce);
     }
 
+    /// Stops (or resumes) sending media; the connection stays up.
+    pub fn pause_media(&self, paused: bool) {
+        let _ = self.commands.send(Command::PauseMedia(paused));
+    }
+
+    /// Sends again, byte for byte, the RTP datagrams the publisher sent last (up to 64; needs
+    /// [`BotConfig::keep_sent`]): a replay attack.
+    pub fn replay_sent(&self) {
+        let _ = self.commands.send(Command::ReplaySent);
+    }
+
     /// Leaves the room; the bot stops when the server confirms.
     pub fn leave(&self) {
         let _ = self.commands.send(Command::Leave);
@@ -469,6 +490,8 @@ struct Bots<'a> {
     outgoing: Vec<Outgoing>,
     /// The highest `seq` received on earlier signalling sockets.
     last_seq: u64,
+    /// Media sending is paused ([`Bot::pause_media`]).
+    media_paused: bool,
 }
 
 async fn run(
@@ -521,6 +544,7 @@ async fn run_inner(
         assemblers: HashMap::new(),
         outgoing: Vec::new(),
         last_seq: 0,
+        media_paused: false,
     };
     let mut pub_buf = vec![0u8; 2048];
     let mut sub_buf = vec![0u8; 2048];
@@ -592,13 +616,6 @@ fn keep_frame(frames: &mut Vec<Vec<u8>>, frame: Option<Vec<u8>>, limit: usize) {
     }
 }
 
-/// RTP, not RTCP (RFC 5761): version 2 and a payload type outside RTCP's 72-79 (masked).
-fn is_rtp(datagram: &[u8]) -> bool {
-    match datagram {
-        [b0, b1, ..] => b0 >> 6 == 2 && !(72..=79).contains(&(b1 & 0x7f)),
-        _ => false,
-    }
-}
 
 async fn recv_signal(signal: Option<&mut Signal>) -> Option<Result<ServerMessage, SignalError>> {
     match signal {
@@ -689,6 +706,8 @@ impl Bots<'_> {
                 if let Some(s) = &mut self.subscriber {
                     let answer = s.rtc.sdp_api().accept_offer(offer)?;
                     s.drain(&mut self.events)?;
+                    let ufrag = s.rtc.direct_api().local_ice_credentials().ufrag;
+                    self.update(|st| st.subscribe_ufrag = Some(ufrag));
                     if let Some(signal) = &mut self.signal {
                         signal
                             .send(&ClientMessage::SubscribeAnswer {
@@ -721,6 +740,9 @@ impl Bots<'_> {
     async fn start_publishing(&mut self) -> Result<(), BotError> {
         let now = Instant::now();
         let mut peer = ClientPeer::new(now, self.config.collect_stats, self.config.ice_tcp).await?;
+        if self.config.keep_sent {
+            peer.sent_rtp = Some(Default::default());
+        }
         let tag = self.config.tag.to_string();
         let mut api = peer.rtc.sdp_api();
         let simulcast = self.config.simulcast.then(|| {
@@ -767,7 +789,10 @@ impl Bots<'_> {
             rids,
             media,
         });
-        let sdp = offer.to_sdp_string();
+        let mut sdp = offer.to_sdp_string();
+        if let Some(mangle) = self.config.mangle_offer {
+            sdp = mangle(&sdp);
+        }
         match &mut self.signal {
             Some(signal) => {
                 let sources = Default::default();
@@ -917,6 +942,16 @@ impl Bots<'_> {
                 self.signal = Some(signal);
             }
             Command::RestartIce => self.restart_ice().await?,
+            Command::PauseMedia(paused) => self.media_paused = paused,
+            Command::ReplaySent => {
+                if let Some(p) = &self.publisher
+                    && let (Some(server), Some(kept)) = (p.peer.server, &p.peer.sent_rtp)
+                {
+                    for datagram in kept {
+                        p.peer.send_raw(datagram, server).await;
+                    }
+                }
+            }
             Command::SetAudioLevel(level) => self.audio_level = level,
             Command::SetAudioMuted(muted) => {
                 if let Some(p) = &mut self.publisher {
@@ -1156,7 +1191,7 @@ impl Bots<'_> {
         let Some(p) = &mut self.publisher else {
             return Ok(());
         };
-        if !p.ready {
+        if !p.ready || self.media_paused {
             return Ok(());
         }
         let mut out = std::mem::take(&mut self.outgoing);

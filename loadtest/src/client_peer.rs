@@ -35,6 +35,19 @@ pub(crate) struct ClientPeer {
     pub(crate) timeout: Instant,
     /// The server address this peer last sent to (over TCP: the one it believes it reaches).
     pub(crate) server: Option<SocketAddr>,
+    /// The last RTP datagrams sent (encrypted, as on the wire), when kept (replay tests).
+    pub(crate) sent_rtp: Option<std::collections::VecDeque<Vec<u8>>>,
+}
+
+/// RTP datagrams kept for a replay, at most.
+const KEPT_RTP: usize = 64;
+
+/// RTP, not RTCP (RFC 5761): version 2 and a payload type outside RTCP's 72-79 (masked).
+pub(crate) fn is_rtp(datagram: &[u8]) -> bool {
+    match datagram {
+        [b0, b1, ..] => b0 >> 6 == 2 && !(72..=79).contains(&(b1 & 0x7f)),
+        _ => false,
+    }
 }
 
 impl ClientPeer {
@@ -79,6 +92,7 @@ impl ClientPeer {
             local,
             timeout: now,
             server: None,
+            sent_rtp: None,
         })
     }
 
@@ -126,6 +140,14 @@ impl ClientPeer {
                         self.server = Some(t.destination);
                         // A full socket buffer loses the datagram, as the network would.
                         let _ = socket.try_send_to(&t.contents, t.destination);
+                        if let Some(kept) = &mut self.sent_rtp
+                            && is_rtp(&t.contents)
+                        {
+                            if kept.len() >= KEPT_RTP {
+                                kept.pop_front();
+                            }
+                            kept.push_back(t.contents.to_vec());
+                        }
                     }
                     Link::Tcp { out, .. } => {
                         // The connection stands for the first server address tried.
