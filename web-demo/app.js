@@ -461,6 +461,8 @@ function onServerError(msg) {
       return endCall(`The server refused the access token: ${detail}.`);
     case 'room_full':
       return endCall(`The room “${state.room}” is full. Try again later, or join another room.`);
+    case 'server_full':
+      return endCall(`This server is full (${detail}). Try again in a moment.`);
     case 'unknown_room':
       return endCall(`There is no room “${state.room}” on this server, and it does not create rooms on join.`);
     case 'permission_denied':

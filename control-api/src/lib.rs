@@ -81,6 +81,7 @@ impl Default for ServerConfig {
                 max_participants: 0,
                 auto_create: true,
                 max_rooms: 0,
+                max_node_participants: 0,
                 empty_timeout: std::time::Duration::from_secs(300),
             },
             webhooks: None,

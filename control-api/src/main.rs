@@ -88,6 +88,10 @@ struct ServeArgs {
     /// without a connectivity check) is closed after 15 s plus this without a packet.
     #[arg(long, env = "SFU_CONNECT_TIMEOUT", default_value_t = 15)]
     connect_timeout: u64,
+    /// Maximum participants on this server, over all rooms (0: unlimited). Joins past it get
+    /// `server_full` (WHIP/WHEP: 503), so a client or load balancer tries another server.
+    #[arg(long, env = "SFU_MAX_NODE_PARTICIPANTS", default_value_t = 0)]
+    max_node_participants: usize,
     /// Maximum participants per room (0: unlimited).
     #[arg(long, env = "SFU_MAX_PARTICIPANTS", default_value_t = 0)]
     max_participants: usize,
@@ -377,6 +381,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         ws_max_message: args.ws_max_message,
         rooms: RoomLimits {
             max_participants: args.max_participants,
+            max_node_participants: args.max_node_participants,
             auto_create: args.auto_create_rooms.unwrap_or(dev_keys),
             max_rooms: args.max_rooms,
             empty_timeout: Duration::from_secs(args.empty_timeout),

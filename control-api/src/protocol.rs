@@ -197,6 +197,9 @@ pub enum ErrorCode {
     MediaClosed,
     /// The server is shutting down and takes no new participants.
     Draining,
+    /// The server has as many participants as it may (`--max-node-participants`): try
+    /// another server, or later.
+    ServerFull,
     /// A room of that name already exists.
     RoomExists,
     /// The server has as many rooms as it may.

@@ -195,6 +195,13 @@ impl Session {
                 "this server is shutting down; join again to be placed on another server",
             ));
         }
+        let max = self.state.config.rooms.max_node_participants;
+        if max > 0 && self.state.rooms.counts().1 >= max {
+            return Err(Refusal::new(
+                ErrorCode::ServerFull,
+                format!("this server has its {max} participants; try another server or later"),
+            ));
+        }
         let claims = self
             .state
             .keys

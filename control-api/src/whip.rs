@@ -562,7 +562,7 @@ pub fn refusal_response(refusal: Refusal) -> Response {
         ErrorCode::PermissionDenied => StatusCode::FORBIDDEN,
         ErrorCode::UnknownRoom | ErrorCode::UnknownTrack => StatusCode::NOT_FOUND,
         ErrorCode::RoomFull => StatusCode::CONFLICT,
-        ErrorCode::Draining => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::Draining | ErrorCode::ServerFull => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         _ => StatusCode::BAD_REQUEST,
     };

@@ -255,3 +255,49 @@ async fn a_flood_of_candidates_and_sources_is_bounded() {
     assert!(alice.state().ended.is_none(), "{:?}", alice.state().ended);
     server.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_server_refuses_joins_until_someone_leaves() {
+    let server = common::start_server_configured(1, |config| {
+        config.rooms.max_node_participants = 2;
+    })
+    .await;
+    let first = bot(&server, "one", "first", false, 1);
+    let second = bot(&server, "two", "second", false, 2);
+    for b in [&first, &second] {
+        assert!(b.wait_for(WAIT, |s| s.participant.is_some()).await);
+    }
+    let third = bot(&server, "three", "third", false, 3);
+    assert!(
+        third
+            .wait_for(WAIT, |s| matches!(
+                s.error(),
+                Some((ErrorCode::ServerFull, _))
+            ))
+            .await,
+        "{:?}",
+        third.state().messages
+    );
+    let (status, body) = whip(&server.http_addr.to_string(), "three", &offer()).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("server_full"), "{body}");
+
+    first.leave();
+    assert!(
+        first
+            .wait_for(WAIT, |s| s.ended.is_some()
+                || s.saw(|m| matches!(m, ServerMessage::Left { .. })))
+            .await
+    );
+    let started = Instant::now();
+    while server.participants() > 1 && started.elapsed() < WAIT {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let fourth = bot(&server, "three", "fourth", false, 4);
+    assert!(
+        fourth.wait_for(WAIT, |s| s.participant.is_some()).await,
+        "a place is free again: {:?}",
+        fourth.state().messages
+    );
+    server.shutdown();
+}

@@ -43,6 +43,8 @@ pub struct RoomLimits {
     pub auto_create: bool,
     /// Rooms on this server (0: unlimited).
     pub max_rooms: usize,
+    /// Participants on this server, over all rooms (0: unlimited).
+    pub max_node_participants: usize,
     /// How long an explicitly created room may stay empty before it is closed.
     pub empty_timeout: Duration,
 }
