@@ -5,6 +5,7 @@
 #   .ci/test.sh            everything
 #   SKIP_INSTALL=1 ...     do not install anything
 #   SKIP_BROWSER=1 ...     skip the Chromium tests
+#   SKIP_FUZZ=1 ...        skip the short fuzzing runs (the corpus replay in cargo test stays)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -45,6 +46,19 @@ step "cargo test"
 cargo test -j "$jobs" --workspace
 step "cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc -j "$jobs" --workspace --no-deps --quiet
+
+# --- Fuzzing ---------------------------------------------------------------------------------
+# `cargo test` above replayed every committed fuzz input on stable; here each target fuzzes for
+# a short while (nightly + cargo-fuzz; sfu/fuzz/run.sh says so and passes when they are missing).
+if [[ -z "${SKIP_FUZZ:-}" ]]; then
+  if [[ -z "${SKIP_INSTALL:-}" ]] && rustup run nightly rustc --version >/dev/null 2>&1 \
+    && ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+    step "installing cargo-fuzz"
+    cargo install cargo-fuzz --locked -j "$jobs"
+  fi
+  step "fuzzing every parser for 10 s each"
+  CARGO_BUILD_JOBS="$jobs" sfu/fuzz/run.sh 10
+fi
 
 # --- Python tools (in .venv) -----------------------------------------------------------------
 # From PyPI: the Helm library and the Kubernetes schemas (no helm binary is installable), and

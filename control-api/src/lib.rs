@@ -11,6 +11,9 @@
 
 pub mod assets;
 pub mod auth;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod metrics;
 pub mod origin;

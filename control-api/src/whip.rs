@@ -458,14 +458,14 @@ impl ResourceTask {
 
 /// What a trickle-ICE SDP fragment (RFC 8840) carries.
 #[derive(Debug, Default, PartialEq, Eq)]
-struct Fragment {
-    ufrag: Option<String>,
-    pwd: Option<String>,
-    candidates: Vec<String>,
+pub(crate) struct Fragment {
+    pub(crate) ufrag: Option<String>,
+    pub(crate) pwd: Option<String>,
+    pub(crate) candidates: Vec<String>,
 }
 
 impl Fragment {
-    fn parse(text: &str) -> Fragment {
+    pub(crate) fn parse(text: &str) -> Fragment {
         let mut f = Fragment::default();
         for line in text.lines().map(str::trim) {
             if let Some(v) = line.strip_prefix("a=ice-ufrag:") {
@@ -483,7 +483,7 @@ impl Fragment {
 }
 
 /// The first `a=NAME:value` of an SDP.
-fn ice_value<'a>(sdp: &'a str, name: &str) -> Option<&'a str> {
+pub(crate) fn ice_value<'a>(sdp: &'a str, name: &str) -> Option<&'a str> {
     sdp.lines().find_map(|l| {
         l.trim()
             .strip_prefix("a=")?
@@ -493,7 +493,7 @@ fn ice_value<'a>(sdp: &'a str, name: &str) -> Option<&'a str> {
 }
 
 /// The SDP with every ICE ufrag and password replaced.
-fn with_ice_credentials(sdp: &str, ufrag: &str, pwd: &str) -> String {
+pub(crate) fn with_ice_credentials(sdp: &str, ufrag: &str, pwd: &str) -> String {
     let mut out = String::with_capacity(sdp.len());
     for line in sdp.lines() {
         let line = line.trim_end_matches('\r');
@@ -510,11 +510,11 @@ fn with_ice_credentials(sdp: &str, ufrag: &str, pwd: &str) -> String {
 }
 
 /// The resource's ETag: the server's ICE ufrag, which changes with each ICE restart.
-fn etag_of(answer: &str) -> String {
+pub(crate) fn etag_of(answer: &str) -> String {
     format!("\"{}\"", ice_value(answer, "ice-ufrag").unwrap_or("none"))
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme
@@ -522,7 +522,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .then_some(token.trim())
 }
 
-fn content_type_is(headers: &HeaderMap, expected: &str) -> bool {
+pub(crate) fn content_type_is(headers: &HeaderMap, expected: &str) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

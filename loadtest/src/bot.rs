@@ -616,7 +616,6 @@ fn keep_frame(frames: &mut Vec<Vec<u8>>, frame: Option<Vec<u8>>, limit: usize) {
     }
 }
 
-
 async fn recv_signal(signal: Option<&mut Signal>) -> Option<Result<ServerMessage, SignalError>> {
     match signal {
         Some(s) => s.recv().await,

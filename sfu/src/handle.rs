@@ -677,7 +677,7 @@ fn check_extmap_ids(sdp: &str) -> Result<(), SfuError> {
 }
 
 /// Parses a client's offer.
-fn parse_offer(sdp: &str) -> Result<SdpOffer, SfuError> {
+pub(crate) fn parse_offer(sdp: &str) -> Result<SdpOffer, SfuError> {
     check_media_sections(sdp)?;
     check_extmap_ids(sdp)?;
     SdpOffer::from_sdp_string(sdp).map_err(|e| SfuError::BadSdp(e.to_string()))

@@ -26,6 +26,9 @@ mod dynacast;
 mod error;
 mod estimator_restart;
 mod event;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 mod graph;
 mod handle;
 mod ice_tcp;

@@ -47,8 +47,9 @@ struct Mapping {
     last_out_ts: u32,
     /// Arrival time of that packet.
     last_arrival: Instant,
-    /// Highest incoming sequence number seen (forwarded or dropped).
-    highest_in_seq: u64,
+    /// Highest incoming sequence number seen (forwarded or dropped); `None` before the first.
+    /// (Not "one below the first": a source may start at extended sequence number 0.)
+    highest_in_seq: Option<u64>,
 }
 
 /// Dropped incoming sequence numbers remembered (for late packets); older drops are folded
@@ -111,7 +112,12 @@ impl SeqTsRewriter {
                 let ticks = (seconds * f64::from(self.clock_rate)).round();
                 // At least one tick, so the new source's first frame is a new frame.
                 let ticks = (ticks as u32).max(1);
-                (m.highest_out_seq + 1, m.last_out_ts.wrapping_add(ticks))
+                // Wrapping: before the first packet is sent, the highest is one below the
+                // initial number, which may be 0.
+                (
+                    m.highest_out_seq.wrapping_add(1),
+                    m.last_out_ts.wrapping_add(ticks),
+                )
             }
         };
         self.mapping = Some(Mapping {
@@ -122,7 +128,7 @@ impl SeqTsRewriter {
             highest_out_seq: out_seq.wrapping_sub(1),
             last_out_ts: out_ts,
             last_arrival: now,
-            highest_in_seq: in_seq.wrapping_sub(1),
+            highest_in_seq: None,
         });
         self.dropped.clear();
     }
@@ -134,10 +140,10 @@ impl SeqTsRewriter {
         let Some(m) = self.mapping.as_mut() else {
             return false;
         };
-        if in_seq <= m.highest_in_seq {
+        if in_seq < m.first_in_seq || m.highest_in_seq.is_some_and(|h| in_seq <= h) {
             return false;
         }
-        m.highest_in_seq = in_seq;
+        m.highest_in_seq = Some(in_seq);
         self.dropped.push_back(in_seq);
         if self.dropped.len() > DROPS_KEPT
             && let Some(oldest) = self.dropped.pop_front()
@@ -168,7 +174,7 @@ impl SeqTsRewriter {
             after += 1;
         }
         let before = (self.dropped.len() - after) as u64;
-        m.highest_in_seq = m.highest_in_seq.max(in_seq);
+        m.highest_in_seq = Some(m.highest_in_seq.map_or(in_seq, |h| h.max(in_seq)));
         let seq = in_seq.wrapping_add(m.seq_offset).wrapping_sub(before);
         let ts = in_ts.wrapping_add(m.ts_offset);
         if seq > m.highest_out_seq || m.highest_out_seq == u64::MAX {

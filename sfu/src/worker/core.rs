@@ -52,6 +52,8 @@ pub(crate) struct WorkerCore {
     pub(crate) out: WorkerOutput,
     /// Peers that were written to this turn and need a timeout to send it.
     dirty: Vec<PeerId>,
+    /// The peers whose timers are due this turn (kept to reuse its allocation).
+    due: Vec<PeerId>,
     /// ICE-TCP connections (by remote address) and the peer each one's STUN check named.
     tcp_routes: HashMap<SocketAddr, PeerId>,
 }
@@ -73,6 +75,7 @@ impl WorkerCore {
             timers: TimerQueue::default(),
             out: WorkerOutput::new(workers),
             dirty: Vec::new(),
+            due: Vec::new(),
             tcp_routes: HashMap::new(),
             shared,
         }
@@ -242,10 +245,18 @@ impl WorkerCore {
     }
 
     /// Timeouts that are due.
+    /// Each due peer runs once per call: one whose next deadline is `now` again (str0m's
+    /// estimator can ask for that when it measures a zero round-trip time) waits for the next
+    /// turn instead of keeping the worker in this loop.
     pub(crate) fn handle_timers(&mut self, now: Instant) {
+        let mut due = std::mem::take(&mut self.due);
         while let Some(id) = self.timers.pop_due(now) {
+            due.push(id);
+        }
+        for id in due.drain(..) {
             self.with_peer(id, now, |peer, ctx| peer.handle_timeout(ctx));
         }
+        self.due = due;
         self.run_local(now);
     }
 
