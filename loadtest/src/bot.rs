@@ -25,7 +25,7 @@ pub use crate::media_out::MediaSource;
 use crate::media_out::{LiveFrame, MediaOut, Outgoing, SyntheticVideo};
 use crate::receive_quality::StreamQuality;
 use crate::server_probe::http_request;
-use crate::signal::{ClientMessage, ServerMessage, Signal, SignalError};
+use crate::signal::{ClientMessage, ServerMessage, SharedJournal, Signal, SignalError};
 use crate::synthetic::{self, PayloadKind, Signature};
 use crate::vp8_rtp::FrameAssembler;
 
@@ -234,6 +234,8 @@ pub struct BotState {
     pub subscribe_ice: Vec<IceConnectionState>,
     /// Our ICE ufrag on the subscribe connection (from our latest answer).
     pub subscribe_ufrag: Option<String>,
+    /// The `seq` of our last numbered signalling message when we last dropped the socket.
+    pub sent_before_drop: u64,
 }
 
 impl BotState {
@@ -492,6 +494,8 @@ struct Bots<'a> {
     last_seq: u64,
     /// Media sending is paused ([`Bot::pause_media`]).
     media_paused: bool,
+    /// The numbering of our messages, across signalling sockets.
+    journal: SharedJournal,
 }
 
 async fn run(
@@ -514,9 +518,12 @@ async fn run_inner(
     shared: &Shared,
     commands: &mut mpsc::UnboundedReceiver<Command>,
 ) -> Result<(), BotError> {
+    let journal = SharedJournal::default();
     let signal = match config.transport {
         Transport::Signalling => {
-            let mut signal = Signal::connect(&config.ws_url).await?;
+            let mut signal = Signal::connect(&config.ws_url)
+                .await?
+                .with_journal(journal.clone());
             signal
                 .send(&ClientMessage::Join {
                     token: config.token.clone(),
@@ -545,6 +552,7 @@ async fn run_inner(
         outgoing: Vec::new(),
         last_seq: 0,
         media_paused: false,
+        journal,
     };
     let mut pub_buf = vec![0u8; 2048];
     let mut sub_buf = vec![0u8; 2048];
@@ -683,6 +691,11 @@ impl Bots<'_> {
                 }
             }
             ServerMessage::PublishAnswer { sdp } => self.apply_publish_answer(sdp)?,
+            ServerMessage::Resumed { last_seq } => {
+                if let Some(signal) = &mut self.signal {
+                    signal.resend_after(*last_seq).await?;
+                }
+            }
             ServerMessage::SubscribeOffer { sdp, tracks } => {
                 let offer =
                     SdpOffer::from_sdp_string(sdp).map_err(|e| BotError::Sdp(e.to_string()))?;
@@ -919,6 +932,8 @@ impl Bots<'_> {
                 if let Some(signal) = self.signal.take() {
                     self.last_seq = self.last_seq.max(signal.last_seq());
                 }
+                let sent = self.journal.lock().last_seq();
+                self.update(|s| s.sent_before_drop = sent);
             }
             Command::Resume => {
                 if let Some(signal) = self.signal.take() {
@@ -931,7 +946,9 @@ impl Bots<'_> {
                     .resume_token
                     .clone()
                     .unwrap_or_default();
-                let mut signal = Signal::connect(&self.config.ws_url).await?;
+                let mut signal = Signal::connect(&self.config.ws_url)
+                    .await?
+                    .with_journal(self.journal.clone());
                 signal
                     .send(&ClientMessage::Resume {
                         token,

@@ -109,6 +109,16 @@ async fn a_dropped_socket_resumes_and_nobody_notices() {
     );
     for (who, b) in [("alice", &alice), ("bob", &bob)] {
         let state = b.state();
+        let handled = state.messages.iter().find_map(|m| match m {
+            ServerMessage::Resumed { last_seq } => Some(*last_seq),
+            _ => None,
+        });
+        assert_eq!(
+            handled,
+            Some(state.sent_before_drop),
+            "{who}: the server handled every numbered message sent before the drop"
+        );
+        assert!(state.sent_before_drop > 0, "{who} numbered its messages");
         assert_eq!(
             count(&state, |m| matches!(m, ServerMessage::Resumed { .. })),
             1,
