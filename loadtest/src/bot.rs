@@ -236,6 +236,8 @@ pub struct BotState {
     pub subscribe_ufrag: Option<String>,
     /// The `seq` of our last numbered signalling message when we last dropped the socket.
     pub sent_before_drop: u64,
+    /// Media sending is paused ([`Bot::pause_media`]; set once the bot has stopped).
+    pub media_paused: bool,
 }
 
 impl BotState {
@@ -958,7 +960,10 @@ impl Bots<'_> {
                 self.signal = Some(signal);
             }
             Command::RestartIce => self.restart_ice().await?,
-            Command::PauseMedia(paused) => self.media_paused = paused,
+            Command::PauseMedia(paused) => {
+                self.media_paused = paused;
+                self.update(|s| s.media_paused = paused);
+            }
             Command::ReplaySent => {
                 if let Some(p) = &self.publisher
                     && let (Some(server), Some(kept)) = (p.peer.server, &p.peer.sent_rtp)

@@ -93,8 +93,18 @@ async fn replayed_srtp_is_not_received_twice() {
 
     // Quiet: nothing new is sent, so anything the server counts now is a replay it accepted.
     publisher.pause_media(true);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = server.sfu().track_counters(video).await.unwrap();
+    assert!(publisher.wait_for(WAIT, |s| s.media_paused).await);
+    // Until the server has read what was in flight: two equal readings 300 ms apart.
+    let mut before = server.sfu().track_counters(video).await.unwrap();
+    let started = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = server.sfu().track_counters(video).await.unwrap();
+        if now.received_packets == before.received_packets || started.elapsed() > WAIT {
+            break;
+        }
+        before = now;
+    }
     let datagrams = server.sfu().counters().datagrams_received;
     let seen = viewer.with_state(|s| s.packets_from(1, PayloadKind::Vp8));
     for _ in 0..3 {

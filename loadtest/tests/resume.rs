@@ -25,6 +25,11 @@ fn left(state: &BotState, who: &str) -> bool {
     state.saw(|m| matches!(m, ServerMessage::ParticipantLeft { participant } if participant == who))
 }
 
+/// The bot has let go of its signalling socket (the drop is a command its task runs).
+fn dropped(state: &BotState) -> bool {
+    state.sent_before_drop > 0
+}
+
 fn unpublished(state: &BotState) -> bool {
     state.saw(|m| matches!(m, ServerMessage::TrackUnpublished { .. }))
 }
@@ -70,6 +75,7 @@ async fn a_dropped_socket_resumes_and_nobody_notices() {
 
     // Bob's socket drops. While he is away alice mutes her microphone: bob misses it.
     bob.drop_signalling();
+    assert!(bob.wait_for(WAIT, dropped).await);
     alice.set_audio_muted(true);
     assert!(
         alice.wait_for(WAIT, |s| audio_muted(s, true) == 1).await,
@@ -83,6 +89,7 @@ async fn a_dropped_socket_resumes_and_nobody_notices() {
 
     // Alice's socket drops too; a newcomer joins while she is away.
     alice.drop_signalling();
+    assert!(alice.wait_for(WAIT, dropped).await);
     let carol = bot(&server, "resume", "carol", false, 3);
     let carol_id = participant(&carol).await;
     assert!(
