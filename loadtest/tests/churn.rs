@@ -9,38 +9,15 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::server_binary;
+use common::start_server_process;
 use control_api::auth::{DEV_API_KEY, DEV_API_SECRET};
 use loadtest::swarm::churn::{ChurnPlan, churn};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_a_minute_of_churn_leaves_nothing_behind() {
-    let mut child = Command::new(server_binary())
-        .args(["--http-addr", "127.0.0.1:0", "--media-port", "0"])
-        .args(["--workers", "2", "--resume-grace", "5", "--log", "warn"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("server starts");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let server = loop {
-        let line = lines
-            .next()
-            .expect("the server prints its address")
-            .unwrap();
-        if let Some(url) = line.trim().strip_prefix("web demo") {
-            break url
-                .trim()
-                .trim_start_matches("http://")
-                .trim_end_matches('/')
-                .to_string();
-        }
-    };
-    std::thread::spawn(move || lines.for_each(drop));
+    let (mut child, server) = start_server_process(&["--workers", "2", "--resume-grace", "5"]);
 
     let plan = ChurnPlan {
         server,

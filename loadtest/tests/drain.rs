@@ -7,11 +7,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use common::{WAIT, server_binary, token};
+use common::{WAIT, start_server_process, token};
 use control_api::protocol::ErrorCode;
 use loadtest::bot::{Bot, BotConfig};
 use loadtest::server_probe::http_get;
@@ -23,41 +22,9 @@ fn start() -> (Child, String) {
     start_with(&["--drain-timeout", "60"])
 }
 
-/// Starts the server with `extra` arguments.
+/// Starts the server (one worker) with `extra` arguments.
 fn start_with(extra: &[&str]) -> (Child, String) {
-    let mut child = Command::new(server_binary())
-        .args([
-            "--http-addr",
-            "127.0.0.1:0",
-            "--media-port",
-            "0",
-            "--workers",
-            "1",
-        ])
-        .args(["--log", "warn"])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("server starts");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("server prints its address")
-            .expect("utf-8");
-        if let Some(url) = line.trim().strip_prefix("web demo") {
-            break url
-                .trim()
-                .trim_start_matches("http://")
-                .trim_end_matches('/')
-                .to_string();
-        }
-    };
-    // Keep reading so the server never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
-    (child, addr)
+    start_server_process(&[&["--workers", "1"], extra].concat())
 }
 
 fn signal(child: &Child, name: &str) {

@@ -10,7 +10,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{WAIT, bot, start_server_configured, token, ws_url};
+use common::{WAIT, bot, eventually, start_server_configured, token, ws_url};
 use control_api::protocol::ErrorCode;
 use loadtest::bot::{Bot, BotState};
 use loadtest::server_probe::http_request;
@@ -354,18 +354,6 @@ async fn ice_restarts_on_both_connections_while_media_flows() {
     assert!(bob.state().error().is_none(), "{:?}", bob.state().error());
     assert!(media_keeps_flowing(&bob, 30).await);
     server.shutdown();
-}
-
-/// Polls `condition` (server state read from the test) until it holds or [`WAIT`] passes.
-async fn eventually(condition: impl Fn() -> bool) -> bool {
-    let started = Instant::now();
-    while !condition() {
-        if started.elapsed() > WAIT {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    true
 }
 
 /// An offer to publish audio from a state machine nobody drives: it never connects.

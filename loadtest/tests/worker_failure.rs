@@ -6,26 +6,12 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
-use common::{WAIT, bot, start_server};
+use common::{WAIT, bot, eventually, start_server};
 use control_api::Server;
 use control_api::protocol::ErrorCode;
 use loadtest::bot::Bot;
 use loadtest::server_probe::http_request;
 use loadtest::synthetic::PayloadKind;
-
-/// Polls `condition` until it holds or [`WAIT`] passes.
-async fn eventually(condition: impl Fn() -> bool) -> bool {
-    let started = Instant::now();
-    while !condition() {
-        if started.elapsed() > WAIT {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    true
-}
 
 fn media_closed(bot: &Bot) -> usize {
     bot.with_state(|s| {

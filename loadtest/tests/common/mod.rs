@@ -181,3 +181,54 @@ pub fn server_binary() -> std::path::PathBuf {
     );
     bin
 }
+
+/// Polls `condition` (server state the test can read directly) every 20 ms until it holds or
+/// [`WAIT`] passes; returns whether it held.
+pub async fn eventually(condition: impl Fn() -> bool) -> bool {
+    let started = std::time::Instant::now();
+    while !condition() {
+        if started.elapsed() > WAIT {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
+}
+
+/// Starts the real server process ([`server_binary`]) on free loopback ports, logging warnings
+/// only, with `extra` arguments; returns it and its HTTP `host:port`, read from its banner. Its
+/// output is drained on a thread so it never blocks on a full pipe.
+pub fn start_server_process(extra: &[&str]) -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(server_binary())
+        .args([
+            "--http-addr",
+            "127.0.0.1:0",
+            "--media-port",
+            "0",
+            "--log",
+            "warn",
+        ])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the server starts");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("the server prints its address")
+            .expect("utf-8");
+        if let Some(url) = line.trim().strip_prefix("web demo") {
+            break url
+                .trim()
+                .trim_start_matches("http://")
+                .trim_end_matches('/')
+                .to_string();
+        }
+    };
+    std::thread::spawn(move || lines.for_each(drop));
+    (child, addr)
+}
