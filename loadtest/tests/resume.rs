@@ -435,7 +435,8 @@ async fn connections_that_never_connect_are_removed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn joining_again_with_the_same_identity_replaces_the_old_session() {
-    let server = start_server_configured(1, |_| {}).await;
+    // A full room: the session being replaced does not count against the limit.
+    let server = start_server_configured(1, |config| config.rooms.max_participants = 2).await;
     let first = bot(&server, "twice", "alice", true, ALICE);
     let bob = bot(&server, "twice", "bob", false, 2);
     let first_id = participant(&first).await;

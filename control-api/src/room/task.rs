@@ -251,25 +251,31 @@ impl RoomTask {
         if self.deleted {
             return Err(RoomError::Closing);
         }
+        // One interactive session per identity: the newest wins (a client that lost its
+        // connection and joined again replaces the session it left behind, which therefore
+        // does not count against the room's limit).
+        let replaced: Vec<&Member> = self
+            .state
+            .members()
+            .filter(|old| {
+                join.via == super::Via::WebSocket
+                    && old.via == super::Via::WebSocket
+                    && old.info.identity == join.info.identity
+            })
+            .collect();
         let max = self.room.settings.max_participants;
-        if max > 0 && self.state.len() >= max {
+        if max > 0 && self.state.len() - replaced.len() >= max {
             return Err(RoomError::Full {
                 room: self.room.name.clone(),
                 max,
             });
         }
         let me = join.info.id.clone();
-        if join.via == super::Via::WebSocket {
-            // One interactive session per identity: the newest wins (a client that lost its
-            // connection and joined again replaces the session it left behind).
-            for old in self.state.members() {
-                if old.via == super::Via::WebSocket && old.info.identity == join.info.identity {
-                    info!(room = %self.room.name, participant = %old.info.id, "replaced by a new session of the same identity");
-                    let _ = old
-                        .kick
-                        .send("the same identity joined again from another connection".into());
-                }
-            }
+        for old in replaced {
+            info!(room = %self.room.name, participant = %old.info.id, "replaced by a new session of the same identity");
+            let _ = old
+                .kick
+                .send("the same identity joined again from another connection".into());
         }
         let subscriber = match join.subscribe {
             Some((spec, events)) => {
