@@ -4,7 +4,7 @@
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 
 use dashmap::DashMap;
@@ -21,7 +21,7 @@ use crate::error::SfuError;
 use crate::event::{EventSink, PeerSpec, TrackCounters};
 use crate::graph::{ForwardingGraph, TrackSnapshot};
 use crate::ids::{IdAllocator, PeerId, RoomId, TrackId};
-use crate::shared::{RoomMembers, Shared, WorkerShared};
+use crate::shared::{QueueSizes, RoomMembers, Shared, WorkerShared};
 use crate::worker::driver::{self, Inboxes};
 use crate::worker::local_addrs::LocalAddrs;
 
@@ -115,23 +115,15 @@ impl Sfu {
                 .iter()
                 .map(|ip| SocketAddr::new(*ip, local.port()))
                 .collect();
-            let (commands, commands_rx) = mpsc::channel(COMMAND_QUEUE);
-            let (media_tx, media_rx) = mpsc::channel(config.worker_queue_batches.max(1));
-            let (control_tx, control_rx) = mpsc::unbounded_channel();
-            let (tcp_tx, tcp_rx) = mpsc::channel(TCP_HANDOFF_QUEUE);
             locals.push(LocalAddrs::new(local, &candidates));
-            slots.push(Arc::new(WorkerShared {
-                counters: WorkerCounters::default(),
-                load: AtomicUsize::new(0),
-                alive: AtomicBool::new(true),
-                media_tx,
-                control_tx,
-                commands,
-                tcp_tx,
-                local_addr: local,
-                candidates,
-            }));
-            inboxes.push((commands_rx, media_rx, control_rx, tcp_rx));
+            let sizes = QueueSizes {
+                commands: COMMAND_QUEUE,
+                media_batches: config.worker_queue_batches,
+                tcp_handoffs: TCP_HANDOFF_QUEUE,
+            };
+            let (slot, receivers) = WorkerShared::new(local, candidates, &sizes);
+            slots.push(Arc::new(slot));
+            inboxes.push(receivers);
             sockets.push(socket);
         }
         let (shutdown, shutdown_rx) = watch::channel(false);

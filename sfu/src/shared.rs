@@ -39,6 +39,22 @@ pub(crate) struct Shared {
     pub(crate) tcp_counters: WorkerCounters,
 }
 
+/// The receiving ends of a worker's queues: commands, media batches, control deliveries,
+/// ICE-TCP connections.
+pub(crate) type WorkerReceivers = (
+    mpsc::Receiver<Command>,
+    mpsc::Receiver<Vec<Delivery>>,
+    mpsc::UnboundedReceiver<Delivery>,
+    mpsc::Receiver<TcpHandoff>,
+);
+
+/// Capacities of a worker's bounded queues.
+pub(crate) struct QueueSizes {
+    pub(crate) commands: usize,
+    pub(crate) media_batches: usize,
+    pub(crate) tcp_handoffs: usize,
+}
+
 /// What other threads need to reach one worker.
 pub(crate) struct WorkerShared {
     pub(crate) counters: WorkerCounters,
@@ -59,6 +75,32 @@ pub(crate) struct WorkerShared {
     pub(crate) local_addr: SocketAddr,
     /// The ICE host candidates advertised for this worker.
     pub(crate) candidates: Vec<SocketAddr>,
+}
+
+impl WorkerShared {
+    /// A live, idle worker's shared half, and the receiving ends of its queues.
+    pub(crate) fn new(
+        local_addr: SocketAddr,
+        candidates: Vec<SocketAddr>,
+        sizes: &QueueSizes,
+    ) -> (Self, WorkerReceivers) {
+        let (commands, commands_rx) = mpsc::channel(sizes.commands.max(1));
+        let (media_tx, media_rx) = mpsc::channel(sizes.media_batches.max(1));
+        let (control_tx, control_rx) = mpsc::unbounded_channel();
+        let (tcp_tx, tcp_rx) = mpsc::channel(sizes.tcp_handoffs.max(1));
+        let shared = Self {
+            counters: WorkerCounters::default(),
+            load: AtomicUsize::new(0),
+            alive: AtomicBool::new(true),
+            media_tx,
+            control_tx,
+            commands,
+            tcp_tx,
+            local_addr,
+            candidates,
+        };
+        (shared, (commands_rx, media_rx, control_rx, tcp_rx))
+    }
 }
 
 /// Peers of one room that receive data channel messages.

@@ -105,15 +105,15 @@ async fn write(
         outgoing,
         sink: None,
     };
+    // Stopped by the session: the socket goes back to it, for a `resumed` refusal or reuse.
+    let handed_back = |outgoing, sink| WriterEnd {
+        outgoing,
+        sink: Some(sink),
+    };
     for text in preamble {
         match send(&mut sink, Message::Text(text.into()), &mut stopped).await {
             Sent::Ok => {}
-            Sent::Stopped => {
-                return WriterEnd {
-                    outgoing,
-                    sink: Some(sink),
-                };
-            }
+            Sent::Stopped => return handed_back(outgoing, sink),
             Sent::Failed => return failed(outgoing),
         }
     }
@@ -121,9 +121,7 @@ async fn write(
     loop {
         let frame = tokio::select! {
             biased;
-            _ = &mut stopped => {
-                return WriterEnd { outgoing, sink: Some(sink) };
-            }
+            _ = &mut stopped => return handed_back(outgoing, sink),
             message = outgoing.queue.recv() => match message {
                 Some(message) => {
                     let left = matches!(message, ServerMessage::Left { .. });
@@ -142,12 +140,7 @@ async fn write(
                 return failed(outgoing);
             }
             Sent::Ok => {}
-            Sent::Stopped => {
-                return WriterEnd {
-                    outgoing,
-                    sink: Some(sink),
-                };
-            }
+            Sent::Stopped => return handed_back(outgoing, sink),
             Sent::Failed => return failed(outgoing),
         }
     }

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -32,7 +32,7 @@ use crate::event::{EventSink, PeerEvent, PeerSpec};
 use crate::graph::ForwardingGraph;
 use crate::ids::{IdAllocator, PeerId, RoomId, TrackId};
 use crate::layer_choice::{Quality, VideoPreference};
-use crate::shared::{RoomMembers, Shared, WorkerShared};
+use crate::shared::{QueueSizes, RoomMembers, Shared, WorkerShared};
 use crate::worker::core::WorkerCore;
 use crate::worker::local_addrs::LocalAddrs;
 
@@ -86,22 +86,14 @@ impl Harness {
             ice_tcp_port: Some(SERVER_TCP.port()),
             ..SfuConfig::default()
         };
-        let (commands, commands_rx) = mpsc::channel(16);
-        let (media_tx, media_rx) = mpsc::channel(16);
-        let (control_tx, control_rx) = mpsc::unbounded_channel();
-        let (tcp_tx, tcp_rx) = mpsc::channel(1);
         let bound = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), SERVER.port());
-        let slot = Arc::new(WorkerShared {
-            counters: WorkerCounters::default(),
-            load: AtomicUsize::new(0),
-            alive: AtomicBool::new(true),
-            media_tx,
-            control_tx,
-            commands,
-            tcp_tx,
-            local_addr: bound,
-            candidates: vec![SERVER],
-        });
+        let sizes = QueueSizes {
+            commands: 16,
+            media_batches: 16,
+            tcp_handoffs: 1,
+        };
+        let (slot, receivers) = WorkerShared::new(bound, vec![SERVER], &sizes);
+        let slot = Arc::new(slot);
         let shared = Arc::new(Shared {
             config,
             graph: ForwardingGraph::default(),
@@ -127,7 +119,7 @@ impl Harness {
             now: Instant::now(),
             events_tx,
             events,
-            _inboxes: Box::new((commands_rx, media_rx, control_rx, tcp_rx)),
+            _inboxes: Box::new(receivers),
         }
     }
 

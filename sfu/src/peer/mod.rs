@@ -258,7 +258,7 @@ impl Peer {
             if self.dtls_done {
                 self.reconnecting = true;
             } else {
-                self.connect_by = Some(ctx.now + ctx.shared.config.connect_timeout);
+                self.connect_by = Some(ctx.now + self.connect_timeout);
             }
         }
     }
@@ -281,16 +281,17 @@ impl Peer {
             Role::Subscriber(s) => s.deadline(),
         };
         let deadline = role.map_or(self.rtc_deadline, |r| r.min(self.rtc_deadline));
-        self.connect_by
-            .into_iter()
-            .chain(self.reconnect_by())
-            .fold(deadline, Instant::min)
+        self.give_up_at().map_or(deadline, |at| at.min(deadline))
     }
 
-    /// When a reconnecting peer that stays silent is given up.
-    fn reconnect_by(&self) -> Option<Instant> {
-        self.reconnecting
-            .then(|| self.last_heard + ICE_LITE_SILENCE + self.connect_timeout)
+    /// When the peer is closed unless it connects (a new peer) or is heard from again (a
+    /// reconnecting one).
+    /// (Only one applies: `connect_by` is set before DTLS completes, `reconnecting` after.)
+    fn give_up_at(&self) -> Option<Instant> {
+        self.connect_by.or_else(|| {
+            self.reconnecting
+                .then(|| self.last_heard + ICE_LITE_SILENCE + self.connect_timeout)
+        })
     }
 
     /// Feeds a datagram that belongs to this peer.
@@ -312,11 +313,7 @@ impl Peer {
             self.on_rtc_error(e, ctx);
         }
         self.drain(ctx);
-        let expired = self
-            .connect_by
-            .into_iter()
-            .chain(self.reconnect_by())
-            .any(|by| by <= ctx.now);
+        let expired = self.give_up_at().is_some_and(|at| at <= ctx.now);
         if expired && self.closed.is_none() {
             if self.dtls_done {
                 info!("connectivity did not come back in time; closing");
