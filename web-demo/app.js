@@ -315,6 +315,7 @@ function iceTrouble(which, pc) {
 function mediaFailed(reason, pc) {
   // Once through is not proof (the server may have restarted): the second failure is.
   state.mediaFailures += 1;
+  console.info(`media failed: ${reason}`);
   if (state.mediaEverConnected || state.mediaFailures < 2) return connectionLost(reason);
   const sdp = pc?.remoteDescription?.sdp ?? '';
   const tried = ['UDP'];
@@ -328,6 +329,7 @@ function mediaFailed(reason, pc) {
 
 function connectionLost(reason) {
   if (state.phase === 'idle' || state.leaving || state.reconnectTimer) return;
+  console.info(`connection lost: ${reason}`);
   dropConnection();
   state.phase = 'reconnecting';
   const delay = Math.min(1000 * 2 ** state.reconnectAttempts, MAX_BACKOFF_MS);
@@ -358,6 +360,7 @@ function dropConnection() {
 
 /** Ends the call and shows the join form again, with `message` (if any) in the banner. */
 function endCall(message, kind = 'error') {
+  console.info(`call ended${message ? `: ${message}` : ''}`);
   clearTimeout(state.reconnectTimer);
   state.reconnectTimer = null;
   dropConnection();
@@ -431,6 +434,7 @@ function onJoined(msg, session) {
     resumeToken: typeof msg.resume_token === 'string' ? msg.resume_token : null,
   });
   ui.localTile.dataset.participantId = state.participantId ?? '';
+  console.info(`joined room ${state.room} as ${state.participantId}`);
   setStatus('connected', 'ok');
   if (wasReconnecting) {
     hideBanner();
@@ -474,6 +478,9 @@ function onServerError(msg) {
     case 'media_closed':
       // The server gave up on a connection: before media ever flowed, the network blocks it.
       return mediaFailed(detail, state.subPc ?? state.pubPc);
+    case 'unknown_track':
+      // A request about a track that left meanwhile (a tile's size sent as it went away).
+      return console.info(`ignoring: ${detail}`);
     case 'bad_sdp':
       failPendingOffer(detail);
       return showBanner(`Server error: ${detail} (${msg.code}).`);

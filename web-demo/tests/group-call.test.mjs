@@ -210,13 +210,33 @@ describe('group call: three participants in one room', () => {
         !document.getElementById('join-view').hidden, null, { timeout: STEP_MS });
   });
 
-  it('leaving removes the tile at the others within 3 s', { timeout: LEAVE_MS + 10_000 }, async () => {
+  it('leaving removes the tile at the others within 3 s', { timeout: LEAVE_MS + STEP_MS + 10_000 }, async () => {
+    const connection = () => {
+      const { state } = window.sfuDemo;
+      return { participant: state.participantId, offers: state.messageCounts.subscribe_offer ?? 0, errors: state.errors.length };
+    };
+    const before = await Promise.all([alice, carol].map((p) => p.page.evaluate(connection)));
     await bob.page.click('#leave-button');
     await Promise.all([alice, carol].map((p) => waitUntil(p, 'bob\'s tile is gone',
       ([name]) => ![...document.querySelectorAll('[data-testid="tile"]')]
         .some((t) => t.querySelector('.tile-name')?.textContent === name),
       ['bob'], { timeout: LEAVE_MS, describe: describeTiles })));
     assert.equal(await bob.page.isVisible('#join-view'), true, 'bob is back on the join screen');
+    // The others' subscribe connections were renegotiated without bob's tracks and carry on:
+    // same DTLS transport, same session (a moved BUNDLE tag once restarted their transports).
+    await Promise.all([alice, carol].map(async (p, i) => {
+      await waitUntil(p, 'answered the offer without bob\'s tracks', (offers) => {
+        const { state } = window.sfuDemo;
+        return (state.messageCounts.subscribe_offer ?? 0) > offers && state.subPc?.signalingState === 'stable';
+      }, before[i].offers, { timeout: STEP_MS });
+      const after = await p.page.evaluate((errorsBefore) => ({
+        participant: window.sfuDemo.state.participantId,
+        dtls: window.sfuDemo.state.subPc?.sctp?.transport?.state,
+        errors: window.sfuDemo.state.errors.slice(errorsBefore),
+      }), before[i].errors);
+      assert.deepEqual(after, { participant: before[i].participant, dtls: 'connected', errors: [] },
+        `${p.name}'s connection carries on after bob left`);
+    }));
   });
 
   it('a viewer joins a room with one publisher and plays the video', { timeout: 2 * STEP_MS + SAMPLE_MS + 10_000 }, async () => {

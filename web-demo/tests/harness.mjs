@@ -6,6 +6,7 @@
 //   SFU_SERVER_BIN   server binary (default ../../target/debug/sfu-server, relative to this file)
 //   SFU_SERVER_ARGS  extra arguments for the server, space separated (optional)
 //   SFU_SERVER_LOG   file to append the server's whole output to (optional)
+//   SFU_CONSOLE_LOG  file to append every page's console output to, prefixed by participant (optional)
 //   CHROMIUM_BIN     browser binary (default /usr/bin/chromium)
 
 import { spawn } from 'node:child_process';
@@ -175,7 +176,7 @@ export async function launchParticipant(name, {
 } = {}) {
   if (!existsSync(CHROMIUM_BIN)) throw new Error(`Chromium not found at ${CHROMIUM_BIN} (set CHROMIUM_BIN)`);
   const userDataDir = await mkdtemp(path.join(tmpdir(), `sfu-demo-${name}-`));
-  const participant = { name, userDataDir, context: null, page: null, errors: [] };
+  const participant = { name, userDataDir, context: null, page: null, errors: [], console: [] };
   const args = [...CHROMIUM_ARGS, ...extraArgs];
   try {
     if (speaks) {
@@ -205,11 +206,19 @@ export async function newPage(participant, defaultTimeout = 15_000) {
   return page;
 }
 
+/** How many of a page's latest console lines a failure message shows. */
+const CONSOLE_LINES = 20;
+
 function watchPage(participant, page, defaultTimeout) {
   page.setDefaultTimeout(defaultTimeout);
   page.setDefaultNavigationTimeout(defaultTimeout);
   page.on('console', (msg) => {
     if (msg.type() === 'error') participant.errors.push(`console.error: ${msg.text()}`);
+    // The demo's own account of its connection (resumes, ICE restarts, reconnects), for failures.
+    const line = `${new Date().toISOString().slice(11, 23)} ${msg.type()}: ${msg.text()}`;
+    participant.console.push(line);
+    if (process.env.SFU_CONSOLE_LOG) appendFileSync(process.env.SFU_CONSOLE_LOG, `${participant.name} ${line}\n`);
+    if (participant.console.length > CONSOLE_LINES) participant.console.shift();
   });
   page.on('pageerror', (err) => participant.errors.push(`uncaught: ${err.message}`));
 }
@@ -301,6 +310,7 @@ export async function diagnostics(participant, page = participant.page) {
   return [
     banner && `${participant.name}'s banner: ${banner}`,
     participant.errors.length && `${participant.name}'s console errors:\n  ${participant.errors.join('\n  ')}`,
+    participant.console.length && `${participant.name}'s console (last ${CONSOLE_LINES} lines):\n  ${participant.console.join('\n  ')}`,
     `server output (tail):\n${serverLogTail(15)}`,
   ].filter(Boolean).join('\n');
 }

@@ -353,6 +353,8 @@ struct Session {
     client_creds: [Creds; 2],
     /// Datagrams handed to the worker.
     fed: u64,
+    /// The server's subscribe offers, in order.
+    offers: Vec<String>,
 }
 
 const RIDS: [&str; 3] = ["q", "h", "f"];
@@ -438,6 +440,7 @@ impl Session {
                 let Ok(offer) = SdpOffer::from_sdp_string(&sdp) else {
                     panic!("the server's offer does not parse: {sdp}");
                 };
+                self.offers.push(sdp.clone());
                 let answer = match self.subscriber.rtc.sdp_api().accept_offer(offer) {
                     Ok(a) => a,
                     Err(e) => panic!("a client refuses the server's offer ({e}): {sdp}"),
@@ -500,6 +503,7 @@ impl Session {
             server_creds: [creds_of(&answer), Creds::default()],
             client_creds: [creds_of(&offer_sdp), Creds::default()],
             fed: 0,
+            offers: Vec::new(),
         };
         // Tracks are published once the publisher is connected (str0m reports its m-lines
         // when media can flow).
@@ -929,5 +933,47 @@ mod tests {
             s.h.counters()
         );
         assert!(s.h.counters().rtp_forwarded > 0);
+    }
+
+    /// The m-line that tags the subscribe connection's BUNDLE group (its first) is the data
+    /// channel's, which is never stopped: when the tracks leave, the tag stays. A tag that
+    /// moves makes Chromium start a new DTLS transport and abort the connection (seen as
+    /// every other participant's connection dropping when the first one to join left).
+    #[test]
+    fn the_bundle_tag_stays_when_tracks_leave() {
+        let mut s = Session::connect();
+        let bundle_tag = |sdp: &str| {
+            sdp.lines()
+                .find_map(|l| l.trim().strip_prefix("a=group:BUNDLE "))
+                .and_then(|mids| mids.split(' ').next())
+                .map(str::to_string)
+        };
+        let first_mline = |sdp: &str| {
+            sdp.lines()
+                .find(|l| l.starts_with("m="))
+                .map(|l| l.trim().to_string())
+        };
+        let first = s.offers.first().cloned().expect("a first offer");
+        let tag = bundle_tag(&first).expect("a BUNDLE group");
+        assert_eq!(
+            first_mline(&first).as_deref(),
+            Some("m=application 9 UDP/DTLS/SCTP webrtc-datachannel"),
+            "the data channel's m-line comes first: {first}"
+        );
+        let peer = s.subscriber_peer;
+        for track in s.tracks.clone() {
+            s.h.request(|reply| Command::Unsubscribe { peer, track, reply })
+                .expect("unsubscribed");
+            s.negotiate_subscriber();
+            s.advance(Duration::from_millis(50));
+        }
+        s.negotiate_subscriber();
+        let last = s.offers.last().cloned().expect("an offer");
+        assert!(s.offers.len() >= 2, "unsubscribing renegotiates");
+        assert_eq!(bundle_tag(&last), Some(tag), "the BUNDLE tag moved: {last}");
+        assert!(
+            s.subscriber.connected && !s.subscriber.failed,
+            "the subscriber stays connected"
+        );
     }
 }

@@ -155,6 +155,14 @@ impl Negotiation {
         for mid in self.queued_stops.drain(..) {
             api.stop_media(mid);
         }
+        // The data channel's m-line goes first in the first offer and stays first: the first
+        // m-line tags the BUNDLE group (RFC 8843), and a tag that moves because its track's
+        // m-line was stopped makes Chromium build a new DTLS transport, aborting the SCTP
+        // association and with it the whole connection.
+        if self.channel_unoffered {
+            api.add_channel(DATA_CHANNEL_LABEL.to_string());
+            self.channel_unoffered = false;
+        }
         let mut added = Vec::new();
         for track in self.queued_adds.drain(..) {
             let Some(sub) = subs.get_mut(&track) else {
@@ -174,10 +182,6 @@ impl Negotiation {
             sub.mid = Some(mid);
             by_mid.insert(mid, track);
             added.push(track);
-        }
-        if self.channel_unoffered {
-            api.add_channel(DATA_CHANNEL_LABEL.to_string());
-            self.channel_unoffered = false;
         }
         if let Some((offer, token)) = api.apply() {
             self.pending = Some(PendingOffer {
