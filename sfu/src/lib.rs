@@ -41,6 +41,8 @@ mod packet;
 mod peer;
 mod rewrite;
 mod shared;
+#[cfg(any(test, feature = "fuzzing"))]
+mod sim;
 #[cfg(test)]
 mod simulation;
 mod stun;

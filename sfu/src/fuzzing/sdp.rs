@@ -3,8 +3,8 @@
 
 use str0m::change::SdpAnswer;
 
-use super::worker::Harness;
 use crate::codec_order::{DEFAULT_VIDEO_ORDER, sending_sections, video_codec_order};
+use crate::sim::worker::Harness;
 
 /// `sdp`: any text as an SDP offer (and as an answer).
 ///

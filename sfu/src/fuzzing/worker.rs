@@ -1,17 +1,13 @@
-//! A whole media worker in-process: a `WorkerCore` with its shared state but no socket, no
-//! thread and no clock, and str0m clients that talk to it through function calls. The
-//! `worker_datagrams` target connects a publisher (VP8 simulcast and Opus) and a subscriber,
-//! then plays a program of datagrams, media and commands read from the fuzz input.
+//! The `worker_datagrams` fuzz target: a whole media worker in-process ([`crate::sim`]), a
+//! publisher (VP8 simulcast and Opus) and a subscriber connected to it, then a program of
+//! datagrams, media and commands read from the fuzz input.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::Duration;
 
-use dashmap::DashMap;
-use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
-use str0m::config::DtlsCert;
+use str0m::Input;
+use str0m::change::SdpOffer;
 use str0m::format::Codec;
 use str0m::ice::{StunMessage, TransId};
 use str0m::media::{
@@ -19,29 +15,16 @@ use str0m::media::{
 };
 use str0m::net::{Protocol, Receive, Transmit};
 use str0m::rtp::RtpWrite;
-use str0m::{Candidate, Event, Input, Output, Rtc};
-use tokio::sync::{mpsc, oneshot};
 
 use super::Reader;
 use crate::codec_order::video_codec_order;
-use crate::command::{Command, Reply};
-use crate::config::SfuConfig;
-use crate::counters::{CounterSnapshot, WorkerCounters};
-use crate::error::SfuError;
-use crate::event::{EventSink, PeerEvent, PeerSpec};
-use crate::graph::ForwardingGraph;
-use crate::ids::{IdAllocator, PeerId, RoomId, TrackId};
+use crate::command::Command;
+use crate::event::PeerEvent;
+use crate::ids::{PeerId, TrackId};
 use crate::layer_choice::{Quality, VideoPreference};
-use crate::shared::{QueueSizes, RoomMembers, Shared, WorkerShared};
-use crate::worker::core::WorkerCore;
-use crate::worker::local_addrs::LocalAddrs;
+use crate::sim::client::{Client, Creds, accept_answer, creds_of};
+use crate::sim::worker::{Harness, SERVER, SERVER_TCP};
 
-/// The worker's UDP candidate.
-pub(crate) const SERVER: SocketAddr =
-    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 5000));
-/// The ICE-TCP candidate every peer advertises.
-const SERVER_TCP: SocketAddr =
-    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 5001));
 /// How long a datagram from the worker takes to reach a client. Not zero: str0m's bandwidth
 /// estimator schedules its next update one round-trip time ahead, and a worker whose peers have
 /// a zero round-trip time never leaves its timer loop (see the report on the fuzz targets).
@@ -49,293 +32,6 @@ const LATENCY: Duration = Duration::from_millis(1);
 /// Where datagrams from strangers come from.
 const STRANGER: SocketAddr =
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 66), 6666));
-
-/// Two DTLS certificates (the server's, the clients'), made once per process: a certificate
-/// costs milliseconds.
-fn certificates() -> &'static (DtlsCert, DtlsCert) {
-    static CERTS: OnceLock<(DtlsCert, DtlsCert)> = OnceLock::new();
-    CERTS.get_or_init(|| {
-        let provider = str0m::crypto::from_feature_flags().dtls_provider;
-        match (
-            provider.generate_certificate(),
-            provider.generate_certificate(),
-        ) {
-            (Some(a), Some(b)) => (a, b),
-            _ => panic!("cannot generate a DTLS certificate"),
-        }
-    })
-}
-
-/// One media worker and its shared state, driven by hand.
-pub(crate) struct Harness {
-    pub(crate) core: WorkerCore,
-    pub(crate) shared: Arc<Shared>,
-    pub(crate) room: RoomId,
-    pub(crate) now: Instant,
-    events_tx: EventSink,
-    events: mpsc::UnboundedReceiver<PeerEvent>,
-    /// The worker's inboxes (nothing reads them; kept so that sends succeed).
-    _inboxes: Box<dyn std::any::Any>,
-}
-
-impl Harness {
-    pub(crate) fn new() -> Self {
-        let config = SfuConfig {
-            workers: 1,
-            first_port: SERVER.port(),
-            ice_tcp_port: Some(SERVER_TCP.port()),
-            ..SfuConfig::default()
-        };
-        let bound = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), SERVER.port());
-        let sizes = QueueSizes {
-            commands: 16,
-            media_batches: 16,
-            tcp_handoffs: 1,
-        };
-        let (slot, receivers) = WorkerShared::new(bound, vec![SERVER], &sizes);
-        let slot = Arc::new(slot);
-        let shared = Arc::new(Shared {
-            config,
-            graph: ForwardingGraph::default(),
-            rooms: DashMap::new(),
-            peers: DashMap::new(),
-            workers: vec![slot.clone()],
-            ids: IdAllocator::new(),
-            cert: certificates().0.clone(),
-            ufrags: Arc::new(DashMap::new()),
-            tcp_limits: Arc::default(),
-            tcp_candidates: vec![SERVER_TCP],
-            tcp_counters: WorkerCounters::default(),
-        });
-        let room = RoomId(shared.ids.next());
-        shared.rooms.insert(room, RoomMembers::default());
-        let local = LocalAddrs::new(bound, &[SERVER]);
-        let core = WorkerCore::new(0, shared.clone(), slot, local);
-        let (events_tx, events) = mpsc::unbounded_channel();
-        Self {
-            core,
-            shared,
-            room,
-            now: Instant::now(),
-            events_tx,
-            events,
-            _inboxes: Box::new(receivers),
-        }
-    }
-
-    /// Reserves a peer id on this worker, as [`crate::Sfu`] does before its command.
-    fn place(&self) -> (PeerId, PeerSpec) {
-        let id = PeerId(self.shared.ids.next());
-        self.shared.peers.insert(id, 0);
-        if let Some(w) = self.shared.workers.first() {
-            w.load.fetch_add(1, Ordering::Relaxed);
-        }
-        let name: Arc<str> = Arc::from(id.to_string());
-        let spec = PeerSpec {
-            room: self.room,
-            participant: name.clone(),
-            identity: name,
-            can_publish_data: true,
-        };
-        (id, spec)
-    }
-
-    /// Runs a command and returns its reply (the worker replies before it returns).
-    fn request<T>(&mut self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, SfuError> {
-        let (reply, mut rx) = oneshot::channel();
-        self.core.handle_command(self.now, make(reply));
-        rx.try_recv().unwrap_or(Err(SfuError::Shutdown))
-    }
-
-    pub(crate) fn add_publisher(
-        &mut self,
-        offer: SdpOffer,
-        video_codecs: Vec<Codec>,
-    ) -> Result<(PeerId, String), SfuError> {
-        let (peer, spec) = self.place();
-        let events = self.events_tx.clone();
-        self.request(|reply| Command::AddPublisher {
-            peer,
-            spec,
-            offer: Box::new(offer),
-            video_codecs,
-            events,
-            reply,
-        })
-        .map(|answer| (peer, answer))
-    }
-
-    pub(crate) fn add_offering_subscriber(
-        &mut self,
-        offer: SdpOffer,
-        tracks: Vec<TrackId>,
-    ) -> Result<(PeerId, String), SfuError> {
-        let (peer, spec) = self.place();
-        let events = self.events_tx.clone();
-        self.request(|reply| Command::AddOfferingSubscriber {
-            peer,
-            spec,
-            offer: Box::new(offer),
-            tracks,
-            events,
-            reply,
-        })
-        .map(|answer| (peer, answer))
-    }
-
-    fn add_subscriber(&mut self, tracks: Vec<TrackId>) -> Result<PeerId, SfuError> {
-        let (peer, spec) = self.place();
-        let events = self.events_tx.clone();
-        self.request(|reply| Command::AddSubscriber {
-            peer,
-            spec,
-            tracks,
-            events,
-            reply,
-        })
-        .map(|()| peer)
-    }
-
-    fn subscriber_answer(&mut self, peer: PeerId, answer: SdpAnswer) -> Result<(), SfuError> {
-        self.request(|reply| Command::SubscriberAnswer {
-            peer,
-            answer: Box::new(answer),
-            reply,
-        })
-    }
-
-    /// The events the peers sent since the last call.
-    pub(crate) fn events(&mut self) -> Vec<PeerEvent> {
-        let mut out = Vec::new();
-        while let Ok(e) = self.events.try_recv() {
-            out.push(e);
-        }
-        out
-    }
-
-    /// Ends the worker's turn: what it sends (its deliveries to other workers are dropped:
-    /// there are none).
-    fn flush(&mut self) -> Vec<Transmit> {
-        self.core.flush(self.now);
-        self.core.out.remote.iter_mut().for_each(Vec::clear);
-        self.core.out.control.clear();
-        std::mem::take(&mut self.core.out.transmits)
-    }
-
-    fn counters(&self) -> CounterSnapshot {
-        self.shared.counters()
-    }
-
-    fn peers(&self) -> usize {
-        self.core.sizes().0
-    }
-}
-
-/// A client's ICE credentials, or the server's, as an SDP says them.
-#[derive(Debug, Clone, Default)]
-struct Creds {
-    ufrag: String,
-    pwd: String,
-}
-
-fn creds_of(sdp: &str) -> Creds {
-    let value = |name: &str| {
-        sdp.lines()
-            .find_map(|l| l.trim().strip_prefix(name))
-            .unwrap_or_default()
-            .to_string()
-    };
-    Creds {
-        ufrag: value("a=ice-ufrag:"),
-        pwd: value("a=ice-pwd:"),
-    }
-}
-
-/// A WebRTC client (str0m, full ICE, RTP mode) on its own address.
-struct Client {
-    rtc: Rtc,
-    addr: SocketAddr,
-    /// What it sent, not yet handed to the worker.
-    outbox: Vec<Transmit>,
-    timeout: Instant,
-    connected: bool,
-    failed: bool,
-    /// RTP received: (payload type, SSRC, extended sequence number, payload).
-    received: Vec<(u8, u32, u64, Vec<u8>)>,
-    /// Keyframe requests received.
-    keyframe_requests: usize,
-}
-
-impl Client {
-    fn new(addr: SocketAddr, now: Instant) -> Self {
-        let mut rtc = Rtc::builder()
-            .set_rtp_mode(true)
-            .clear_codecs()
-            .enable_vp8(true)
-            .enable_h264(true)
-            .enable_opus(true, false)
-            .set_dtls_cert(certificates().1.clone())
-            .build(now);
-        if let Ok(c) = Candidate::host(addr, "udp") {
-            rtc.add_local_candidate(c);
-        }
-        Self {
-            rtc,
-            addr,
-            outbox: Vec::new(),
-            timeout: now,
-            connected: false,
-            failed: false,
-            received: Vec::new(),
-            keyframe_requests: 0,
-        }
-    }
-
-    /// Polls until the state machine waits for time.
-    fn drain(&mut self) {
-        if self.failed {
-            return;
-        }
-        loop {
-            match self.rtc.poll_output() {
-                Ok(Output::Transmit(t)) => self.outbox.push(t),
-                Ok(Output::Timeout(at)) => {
-                    self.timeout = at;
-                    return;
-                }
-                Ok(Output::Event(e)) => match e {
-                    Event::Connected => self.connected = true,
-                    Event::RtpPacket(p) => self.received.push((
-                        *p.header.payload_type,
-                        *p.header.ssrc,
-                        *p.seq_no,
-                        p.payload.to_vec(),
-                    )),
-                    Event::KeyframeRequest(_) => self.keyframe_requests += 1,
-                    _ => {}
-                },
-                Err(_) => {
-                    self.failed = true;
-                    return;
-                }
-            }
-        }
-    }
-
-    fn input(&mut self, input: Input<'_>) {
-        if !self.failed && self.rtc.handle_input(input).is_err() {
-            self.failed = true;
-        }
-        self.drain();
-    }
-
-    fn pt(&self, codec: Codec) -> Option<u8> {
-        self.rtc
-            .codec_config()
-            .find(|c| c.spec().codec == codec)
-            .map(|c| *c.pt())
-    }
-}
 
 /// A publisher and a subscriber, connected to one worker.
 struct Session {
@@ -541,16 +237,6 @@ impl Session {
         );
         session
     }
-}
-
-fn accept_answer(client: &mut Client, pending: SdpPendingOffer, answer: &str) {
-    let Ok(answer) = SdpAnswer::from_sdp_string(answer) else {
-        panic!("the server's answer does not parse: {answer}");
-    };
-    if let Err(e) = client.rtc.sdp_api().accept_answer(pending, answer) {
-        panic!("a client refuses the server's answer: {e}");
-    }
-    client.drain();
 }
 
 /// A binding request for a peer: the right USERNAME, fuzzed priority and flags, and message

@@ -1,0 +1,128 @@
+//! A WebRTC client for in-process tests: a str0m `Rtc` (full ICE, RTP mode) on an address of
+//! its own, with what it sent and what it received kept for the caller.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use str0m::change::{SdpAnswer, SdpPendingOffer};
+use str0m::format::Codec;
+use str0m::net::Transmit;
+use str0m::{Candidate, Event, Input, Output, Rtc};
+
+use super::worker::certificates;
+
+/// A client's ICE credentials, or the server's, as an SDP says them.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Creds {
+    pub(crate) ufrag: String,
+    pub(crate) pwd: String,
+}
+
+pub(crate) fn creds_of(sdp: &str) -> Creds {
+    let value = |name: &str| {
+        sdp.lines()
+            .find_map(|l| l.trim().strip_prefix(name))
+            .unwrap_or_default()
+            .to_string()
+    };
+    Creds {
+        ufrag: value("a=ice-ufrag:"),
+        pwd: value("a=ice-pwd:"),
+    }
+}
+
+/// A WebRTC client (str0m, full ICE, RTP mode) on its own address.
+pub(crate) struct Client {
+    pub(crate) rtc: Rtc,
+    pub(crate) addr: SocketAddr,
+    /// What it sent, not yet handed to the worker.
+    pub(crate) outbox: Vec<Transmit>,
+    pub(crate) timeout: Instant,
+    pub(crate) connected: bool,
+    pub(crate) failed: bool,
+    /// RTP received: (payload type, SSRC, extended sequence number, payload).
+    pub(crate) received: Vec<(u8, u32, u64, Vec<u8>)>,
+    /// Keyframe requests received.
+    pub(crate) keyframe_requests: usize,
+}
+
+impl Client {
+    pub(crate) fn new(addr: SocketAddr, now: Instant) -> Self {
+        let mut rtc = Rtc::builder()
+            .set_rtp_mode(true)
+            .clear_codecs()
+            .enable_vp8(true)
+            .enable_h264(true)
+            .enable_opus(true, false)
+            .set_dtls_cert(certificates().1.clone())
+            .build(now);
+        if let Ok(c) = Candidate::host(addr, "udp") {
+            rtc.add_local_candidate(c);
+        }
+        Self {
+            rtc,
+            addr,
+            outbox: Vec::new(),
+            timeout: now,
+            connected: false,
+            failed: false,
+            received: Vec::new(),
+            keyframe_requests: 0,
+        }
+    }
+
+    /// Polls until the state machine waits for time.
+    pub(crate) fn drain(&mut self) {
+        if self.failed {
+            return;
+        }
+        loop {
+            match self.rtc.poll_output() {
+                Ok(Output::Transmit(t)) => self.outbox.push(t),
+                Ok(Output::Timeout(at)) => {
+                    self.timeout = at;
+                    return;
+                }
+                Ok(Output::Event(e)) => match e {
+                    Event::Connected => self.connected = true,
+                    Event::RtpPacket(p) => self.received.push((
+                        *p.header.payload_type,
+                        *p.header.ssrc,
+                        *p.seq_no,
+                        p.payload.to_vec(),
+                    )),
+                    Event::KeyframeRequest(_) => self.keyframe_requests += 1,
+                    _ => {}
+                },
+                Err(_) => {
+                    self.failed = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    pub(crate) fn input(&mut self, input: Input<'_>) {
+        if !self.failed && self.rtc.handle_input(input).is_err() {
+            self.failed = true;
+        }
+        self.drain();
+    }
+
+    pub(crate) fn pt(&self, codec: Codec) -> Option<u8> {
+        self.rtc
+            .codec_config()
+            .find(|c| c.spec().codec == codec)
+            .map(|c| *c.pt())
+    }
+}
+
+pub(crate) fn accept_answer(client: &mut Client, pending: SdpPendingOffer, answer: &str) {
+    let Ok(answer) = SdpAnswer::from_sdp_string(answer) else {
+        panic!("the server's answer does not parse: {answer}");
+    };
+    if let Err(e) = client.rtc.sdp_api().accept_answer(pending, answer) {
+        panic!("a client refuses the server's answer: {e}");
+    }
+    client.drain();
+}
