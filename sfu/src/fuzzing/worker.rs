@@ -22,7 +22,7 @@ use crate::command::Command;
 use crate::event::PeerEvent;
 use crate::ids::{PeerId, TrackId};
 use crate::layer_choice::{Quality, VideoPreference};
-use crate::sim::client::{Client, Creds, accept_answer, creds_of};
+use crate::sim::client::{Client, Creds, ReceivedRtp, accept_answer, creds_of};
 use crate::sim::worker::{Harness, SERVER, SERVER_TCP};
 
 /// How long a datagram from the worker takes to reach a client. Not zero: str0m's bandwidth
@@ -546,7 +546,14 @@ fn check_received(s: &Session, sent: &Sent) {
             .map(|c| c.spec().codec)
     };
     let mut by_seq: HashMap<(u32, u64), &[u8]> = HashMap::new();
-    for (pt, ssrc, seq, payload) in &s.subscriber.received {
+    for ReceivedRtp {
+        pt,
+        ssrc,
+        seq,
+        payload,
+        ..
+    } in &s.subscriber.received
+    {
         let Some(codec) = codec_of(*pt) else {
             panic!("the subscriber received payload type {pt}, never negotiated");
         };

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::format::Codec;
+use str0m::media::{Mid, Rid};
 use str0m::net::Transmit;
 use str0m::{Candidate, Event, Input, Output, Rtc};
 
@@ -31,6 +32,18 @@ pub(crate) fn creds_of(sdp: &str) -> Creds {
     }
 }
 
+/// An RTP packet a client received.
+#[derive(Debug, Clone)]
+pub(crate) struct ReceivedRtp {
+    pub(crate) pt: u8,
+    pub(crate) ssrc: u32,
+    /// Extended sequence number.
+    pub(crate) seq: u64,
+    pub(crate) timestamp: u32,
+    pub(crate) marker: bool,
+    pub(crate) payload: Vec<u8>,
+}
+
 /// A WebRTC client (str0m, full ICE, RTP mode) on its own address.
 pub(crate) struct Client {
     pub(crate) rtc: Rtc,
@@ -40,10 +53,10 @@ pub(crate) struct Client {
     pub(crate) timeout: Instant,
     pub(crate) connected: bool,
     pub(crate) failed: bool,
-    /// RTP received: (payload type, SSRC, extended sequence number, payload).
-    pub(crate) received: Vec<(u8, u32, u64, Vec<u8>)>,
-    /// Keyframe requests received.
-    pub(crate) keyframe_requests: usize,
+    /// RTP received, not yet taken by the caller.
+    pub(crate) received: Vec<ReceivedRtp>,
+    /// Keyframe requests received, not yet taken by the caller: the m-line and layer.
+    pub(crate) keyframe_requests: Vec<(Mid, Option<Rid>)>,
 }
 
 impl Client {
@@ -67,7 +80,7 @@ impl Client {
             connected: false,
             failed: false,
             received: Vec::new(),
-            keyframe_requests: 0,
+            keyframe_requests: Vec::new(),
         }
     }
 
@@ -85,13 +98,15 @@ impl Client {
                 }
                 Ok(Output::Event(e)) => match e {
                     Event::Connected => self.connected = true,
-                    Event::RtpPacket(p) => self.received.push((
-                        *p.header.payload_type,
-                        *p.header.ssrc,
-                        *p.seq_no,
-                        p.payload.to_vec(),
-                    )),
-                    Event::KeyframeRequest(_) => self.keyframe_requests += 1,
+                    Event::RtpPacket(p) => self.received.push(ReceivedRtp {
+                        pt: *p.header.payload_type,
+                        ssrc: *p.header.ssrc,
+                        seq: *p.seq_no,
+                        timestamp: p.header.timestamp,
+                        marker: p.header.marker,
+                        payload: p.payload.to_vec(),
+                    }),
+                    Event::KeyframeRequest(r) => self.keyframe_requests.push((r.mid, r.rid)),
                     _ => {}
                 },
                 Err(_) => {

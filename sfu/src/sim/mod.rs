@@ -4,6 +4,18 @@
 //!
 //! - [`worker`]: one media worker without socket, thread or clock.
 //! - [`client`]: a str0m client on an address of its own.
+//! - [`net`]: a network path: delay, jitter, a bottleneck with its queue, loss, outages.
+//! - [`vp8`]: a simulcast VP8 encoder and a receiver that decodes as a real decoder can.
+//! - [`world`]: all of them on one virtual clock.
+//!
+//! The scenarios (`scenarios.rs`) are the tests: seeded, reproducible, independent of how
+//! loaded the machine is.
 
 pub(crate) mod client;
+pub(crate) mod net;
+pub(crate) mod vp8;
+pub(crate) mod world;
+
+#[cfg(test)]
+mod scenarios;
 pub(crate) mod worker;

@@ -1,0 +1,448 @@
+//! A media worker and its clients on one virtual clock, each client behind a simulated path
+//! both ways. [`World::run_for`] moves time from one due thing to the next (a datagram
+//! arriving, a state machine's timeout, an encoder's frame, the worker's timers) and answers
+//! what the control plane would: subscribe offers are answered, dynacast reaches the
+//! encoders, keyframe requests reach them too. Everything the worker reports is kept in
+//! [`World::events`] for the scenario to check.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use str0m::change::SdpOffer;
+use str0m::format::Codec;
+use str0m::media::{Direction, MediaKind, Mid, Rid, Simulcast, SimulcastLayer};
+use str0m::net::Receive;
+use str0m::rtp::RtpWrite;
+use str0m::Input;
+
+use super::client::{Client, accept_answer};
+use super::net::{Path, PathConfig};
+use super::vp8::{FRAME, LayerSpec, Vp8Receiver, Vp8Simulcast};
+use super::worker::Harness;
+use crate::codec_order::video_codec_order;
+use crate::event::{CloseReason, PeerEvent, TrackKind};
+use crate::ids::{PeerId, TrackId};
+
+/// The simulcast RIDs a publisher sends, lowest layer first.
+pub(crate) const RIDS: [&str; 3] = ["q", "h", "f"];
+
+/// A client's index in [`World::nodes`].
+pub(crate) type NodeId = usize;
+
+/// What a client does.
+#[derive(Debug)]
+pub(crate) enum Role {
+    /// Sends VP8 simulcast video.
+    Publisher {
+        video: Mid,
+        encoder: Vp8Simulcast,
+        next_frame: Instant,
+        /// Whether the encoder runs (a stopped camera, or a client gone silent).
+        sending: bool,
+    },
+    /// Receives; its video is decoded by `video`.
+    Subscriber { video: Vp8Receiver },
+}
+
+/// One client: its state machine, its paths and its role.
+pub(crate) struct Node {
+    pub(crate) client: Client,
+    pub(crate) peer: PeerId,
+    /// Client to server.
+    pub(crate) up: Path,
+    /// Server to client.
+    pub(crate) down: Path,
+    pub(crate) role: Role,
+    /// Tracks this client published.
+    pub(crate) tracks: Vec<TrackId>,
+    /// Offers answered (subscribers).
+    pub(crate) offers: u32,
+    /// Why the server closed this client's peer, once it did.
+    pub(crate) closed: Option<CloseReason>,
+    /// The client answers offers and reacts to events (false: it has vanished).
+    pub(crate) alive: bool,
+}
+
+/// The worker, its clients, the network between them and the clock.
+pub(crate) struct World {
+    pub(crate) h: Harness,
+    pub(crate) nodes: Vec<Node>,
+    /// Everything the worker reported, with the time.
+    pub(crate) events: Vec<(Instant, PeerEvent)>,
+    seed: u64,
+    /// The start of the world, for readable failure messages.
+    pub(crate) start: Instant,
+}
+
+impl World {
+    /// An empty world; `seed` decides every random loss and delay.
+    pub(crate) fn new(seed: u64) -> Self {
+        let h = Harness::new();
+        let start = h.now;
+        Self {
+            h,
+            nodes: Vec::new(),
+            events: Vec::new(),
+            seed,
+            start,
+        }
+    }
+
+    pub(crate) fn now(&self) -> Instant {
+        self.h.now
+    }
+
+    /// Seconds since the start, for messages.
+    pub(crate) fn t(&self, at: Instant) -> f64 {
+        at.saturating_duration_since(self.start).as_secs_f64()
+    }
+
+    fn new_node(&mut self, peer: PeerId, client: Client, role: Role) -> NodeId {
+        let id = self.nodes.len();
+        let seed = self.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (id as u64) << 1;
+        self.nodes.push(Node {
+            client,
+            peer,
+            up: Path::new(PathConfig::default(), seed),
+            down: Path::new(PathConfig::default(), seed ^ 1),
+            role,
+            tracks: Vec::new(),
+            offers: 0,
+            closed: None,
+            alive: true,
+        });
+        id
+    }
+
+    fn client_addr(&self) -> SocketAddr {
+        SocketAddr::from(([192, 0, 2, 10 + self.nodes.len() as u8], 40000))
+    }
+
+    /// A publisher of one VP8 simulcast video track with these layers; returns once it is
+    /// connected and its track published.
+    pub(crate) fn publisher(&mut self, layers: &[LayerSpec], temporal: bool) -> NodeId {
+        let now = self.h.now;
+        let mut client = Client::new(self.client_addr(), now);
+        let mut api = client.rtc.sdp_api();
+        let mut simulcast = Simulcast::new();
+        for rid in RIDS.iter().take(layers.len()) {
+            simulcast.add_send_layer(SimulcastLayer::new(rid));
+        }
+        let video = api.add_media(
+            MediaKind::Video,
+            Direction::SendOnly,
+            Some("camera".into()),
+            None,
+            Some(simulcast),
+        );
+        let Some((offer, pending)) = api.apply() else {
+            panic!("nothing to offer");
+        };
+        client.drain();
+        let sdp = offer.to_sdp_string();
+        let (peer, answer) = match self.h.add_publisher(offer, video_codec_order(&sdp)) {
+            Ok(a) => a,
+            Err(e) => panic!("the publisher's offer is refused: {e}"),
+        };
+        accept_answer(&mut client, pending, &answer);
+        let role = Role::Publisher {
+            video,
+            encoder: Vp8Simulcast::new(layers, temporal),
+            next_frame: now,
+            sending: true,
+        };
+        let id = self.new_node(peer, client, role);
+        self.run_until(Duration::from_secs(5), |w| {
+            w.nodes[id].client.connected && !w.nodes[id].tracks.is_empty()
+        });
+        assert!(
+            !self.nodes[id].tracks.is_empty(),
+            "the publisher's track is not published"
+        );
+        id
+    }
+
+    /// A subscriber to `tracks`; returns once it is connected.
+    pub(crate) fn subscriber(&mut self, tracks: Vec<TrackId>) -> NodeId {
+        let client = Client::new(self.client_addr(), self.h.now);
+        let peer = match self.h.add_subscriber(tracks) {
+            Ok(p) => p,
+            Err(e) => panic!("cannot subscribe: {e}"),
+        };
+        let id = self.new_node(
+            peer,
+            client,
+            Role::Subscriber {
+                video: Vp8Receiver::default(),
+            },
+        );
+        self.run_until(Duration::from_secs(5), |w| w.nodes[id].client.connected);
+        assert!(self.nodes[id].client.connected, "the subscriber does not connect");
+        id
+    }
+
+    /// The subscriber's decoder.
+    pub(crate) fn video(&self, id: NodeId) -> &Vp8Receiver {
+        match &self.nodes[id].role {
+            Role::Subscriber { video } => video,
+            Role::Publisher { .. } => panic!("node {id} is a publisher"),
+        }
+    }
+
+    /// The publisher's encoder.
+    pub(crate) fn encoder(&mut self, id: NodeId) -> &mut Vp8Simulcast {
+        match &mut self.nodes[id].role {
+            Role::Publisher { encoder, .. } => encoder,
+            Role::Subscriber { .. } => panic!("node {id} is a subscriber"),
+        }
+    }
+
+    /// Starts or stops a publisher's encoder.
+    pub(crate) fn set_sending(&mut self, id: NodeId, on: bool) {
+        let now = self.h.now;
+        if let Role::Publisher {
+            sending,
+            next_frame,
+            ..
+        } = &mut self.nodes[id].role
+        {
+            *sending = on;
+            *next_frame = now;
+        }
+    }
+
+    /// Events the worker reported after `since`.
+    pub(crate) fn events_since(&self, since: Instant) -> impl Iterator<Item = &PeerEvent> {
+        self.events
+            .iter()
+            .filter(move |(at, _)| *at >= since)
+            .map(|(_, e)| e)
+    }
+
+    /// Runs for `d`, or until `done` holds (checked after every step).
+    pub(crate) fn run_until(&mut self, d: Duration, done: impl Fn(&World) -> bool) -> bool {
+        let end = self.h.now + d;
+        let mut steps_at_instant = 0u32;
+        loop {
+            if done(self) {
+                return true;
+            }
+            let next = self.next_due().unwrap_or(end).min(end).max(self.h.now);
+            if next == self.h.now {
+                steps_at_instant += 1;
+                assert!(
+                    steps_at_instant < 10_000,
+                    "time does not move: something is due again at once, forever"
+                );
+            } else {
+                steps_at_instant = 0;
+            }
+            self.h.now = next;
+            self.step();
+            if next >= end {
+                return done(self);
+            }
+        }
+    }
+
+    /// Runs for `d`.
+    pub(crate) fn run_for(&mut self, d: Duration) {
+        self.run_until(d, |_| false);
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        let mut next = self.h.core.next_deadline();
+        let mut consider = |t: Option<Instant>| {
+            if let Some(t) = t {
+                next = Some(next.map_or(t, |n: Instant| n.min(t)));
+            }
+        };
+        for n in &self.nodes {
+            consider(n.up.next_arrival());
+            consider(n.down.next_arrival());
+            if n.alive && !n.client.failed {
+                consider(Some(n.client.timeout));
+            }
+            if let Role::Publisher {
+                next_frame,
+                sending: true,
+                ..
+            } = &n.role
+                && n.alive
+            {
+                consider(Some(*next_frame));
+            }
+        }
+        next
+    }
+
+    /// Everything due now.
+    fn step(&mut self) {
+        let now = self.h.now;
+        for n in &mut self.nodes {
+            for t in n.up.arrived(now) {
+                self.h
+                    .core
+                    .handle_datagram(now, t.source, Some(t.destination.ip()), &t.contents);
+            }
+        }
+        for n in &mut self.nodes {
+            for t in n.down.arrived(now) {
+                if n.alive
+                    && let Ok(r) = Receive::new(t.proto, t.source, t.destination, &t.contents)
+                {
+                    n.client.input(Input::Receive(now, r));
+                }
+            }
+            if n.alive && n.client.timeout <= now {
+                n.client.input(Input::Timeout(now));
+            }
+            produce_media(n, now);
+        }
+        self.h.core.handle_timers(now);
+        for t in self.h.flush() {
+            if let Some(n) = self.nodes.iter_mut().find(|n| n.client.addr == t.destination) {
+                n.down.send(now, t);
+            }
+        }
+        for n in &mut self.nodes {
+            for t in n.client.outbox.drain(..) {
+                n.up.send(now, t);
+            }
+            take_received(n, now);
+        }
+        for event in self.h.events() {
+            self.on_event(now, &event);
+            self.events.push((now, event));
+        }
+    }
+
+    /// What the control plane and the clients do with the worker's events.
+    fn on_event(&mut self, now: Instant, event: &PeerEvent) {
+        let node = |w: &mut World, peer: PeerId| w.nodes.iter().position(|n| n.peer == peer);
+        match event {
+            PeerEvent::TrackPublished { peer, track } => {
+                if let Some(i) = node(self, *peer) {
+                    self.nodes[i].tracks.push(track.id);
+                }
+            }
+            PeerEvent::SubscriberOffer { peer, sdp, .. } => {
+                let Some(i) = node(self, *peer) else {
+                    return;
+                };
+                let n = &mut self.nodes[i];
+                if !n.alive {
+                    return;
+                }
+                let Ok(offer) = SdpOffer::from_sdp_string(sdp) else {
+                    panic!("the server's offer does not parse: {sdp}");
+                };
+                let answer = match n.client.rtc.sdp_api().accept_offer(offer) {
+                    Ok(a) => a,
+                    Err(e) => panic!("a client refuses the server's offer ({e}): {sdp}"),
+                };
+                n.client.drain();
+                n.offers += 1;
+                let peer = n.peer;
+                // Refused when the peer closed meanwhile.
+                let _ = self.h.subscriber_answer(peer, answer);
+                let n = &mut self.nodes[i];
+                for t in n.client.outbox.drain(..) {
+                    n.up.send(now, t);
+                }
+            }
+            PeerEvent::LayersWanted { peer, active, .. } => {
+                if let Some(i) = node(self, *peer)
+                    && self.nodes[i].alive
+                    && let Role::Publisher { encoder, .. } = &mut self.nodes[i].role
+                {
+                    encoder.set_active(active);
+                }
+            }
+            PeerEvent::Closed { peer, reason } => {
+                if let Some(i) = node(self, *peer) {
+                    self.nodes[i].closed = Some(reason.clone());
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The last `LayerState` the worker reported for `peer`: (current layer, target layer).
+    pub(crate) fn layer_state(&self, peer: PeerId) -> Option<(Option<u8>, Option<u8>)> {
+        self.events.iter().rev().find_map(|(_, e)| match e {
+            PeerEvent::LayerState {
+                peer: p,
+                current,
+                target,
+                ..
+            } if *p == peer => Some((*current, *target)),
+            _ => None,
+        })
+    }
+
+    /// The video track of publisher `id`.
+    pub(crate) fn video_track(&self, id: NodeId) -> TrackId {
+        let published = self.events.iter().find_map(|(_, e)| match e {
+            PeerEvent::TrackPublished { peer, track }
+                if *peer == self.nodes[id].peer && track.kind == TrackKind::Video =>
+            {
+                Some(track.id)
+            }
+            _ => None,
+        });
+        published.unwrap_or_else(|| panic!("node {id} published no video"))
+    }
+}
+
+/// A publisher's frames that are due: written to its state machine.
+fn produce_media(n: &mut Node, now: Instant) {
+    let Role::Publisher {
+        video,
+        encoder,
+        next_frame,
+        sending,
+    } = &mut n.role
+    else {
+        return;
+    };
+    if !n.alive {
+        return;
+    }
+    for (mid, rid) in n.client.keyframe_requests.drain(..) {
+        if mid == *video
+            && let Some(layer) = rid.and_then(|r| RIDS.iter().position(|x| Rid::from(*x) == r))
+        {
+            encoder.request_keyframe(layer);
+        }
+    }
+    if !*sending || *next_frame > now {
+        return;
+    }
+    *next_frame += FRAME;
+    let Some(pt) = n.client.pt(Codec::Vp8) else {
+        return;
+    };
+    for p in encoder.frame() {
+        let rid = RIDS.get(p.layer).map(|r| Rid::from(*r));
+        if let Some(tx) = n.client.rtc.direct_api().stream_tx_by_mid(*video, rid) {
+            tx.write_rtp(
+                RtpWrite::new(pt.into(), p.seq.into(), p.timestamp, now, p.payload)
+                    .marker(p.marker)
+                    .nackable(true),
+            );
+        }
+    }
+    n.client.drain();
+}
+
+/// A subscriber's received packets go to its decoder.
+fn take_received(n: &mut Node, now: Instant) {
+    let vp8 = n.client.pt(Codec::Vp8);
+    let received = std::mem::take(&mut n.client.received);
+    if let Role::Subscriber { video } = &mut n.role {
+        for p in received.iter().filter(|p| Some(p.pt) == vp8) {
+            video.on_packet(now, &p.payload);
+        }
+    }
+}
