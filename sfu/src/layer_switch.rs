@@ -1,7 +1,7 @@
 //! One subscriber track's forwarding state: the layer sent and the layer wanted, the switch on
 //! a keyframe of the wanted layer, and the rewriting that hides switches from the receiver.
 //!
-//! Sans-IO and free of the WebRTC stack, so simulations can drive it packet by packet: a
+//! Sans-IO and free of the WebRTC stack, so tests can drive it packet by packet: a
 //! packet goes in with the time, a verdict comes out (forward it with these numbers and this
 //! VP8 patch, or drop it). At a switch, sequence numbers continue from the last one sent,
 //! timestamps advance by the capture-time gap (from the publisher's sender reports; arrival
@@ -150,12 +150,6 @@ impl LayerSwitcher {
     /// Stopping takes effect after the frame under way; it ends at the switch.
     pub(crate) fn set_stop_current(&mut self, stop: bool) {
         self.stop_current = stop;
-    }
-
-    /// The VP8 picture ID of the newest packet sent (for tests).
-    #[cfg(test)]
-    pub(crate) fn last_picture_id(&self) -> Option<u16> {
-        self.vp8.last_picture_id()
     }
 
     /// Sets the wanted layer. Returns `true` if a keyframe of it is now needed.

@@ -43,8 +43,6 @@ mod rewrite;
 mod shared;
 #[cfg(any(test, feature = "fuzzing"))]
 mod sim;
-#[cfg(test)]
-mod simulation;
 mod stun;
 mod vp8_munger;
 mod worker;

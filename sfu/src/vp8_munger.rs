@@ -104,12 +104,6 @@ impl Vp8Munger {
         offset
     }
 
-    /// The picture ID of the newest packet sent (for tests).
-    #[cfg(test)]
-    pub(crate) fn last_picture_id(&self) -> Option<u16> {
-        self.last_out.picture_id
-    }
-
     /// The patch for one forwarded packet (`None` when nothing needs rewriting). `newest`
     /// says whether it is the newest packet sent so far (its values are remembered).
     pub(crate) fn rewrite(&mut self, payload: &[u8], newest: bool) -> Option<Vp8Patch> {

@@ -20,9 +20,10 @@ use tracing::{Span, debug, info, warn};
 
 use crate::counters::WorkerCounters;
 use crate::demux::Demux;
-use crate::event::{CloseReason, EventSink, PeerEvent, PeerSpec, PeerStats};
+use crate::event::{CloseReason, EventSink, PeerEvent, PeerSpec, PeerStats, TrackCounters};
 use crate::graph::PeerLocation;
 use crate::ids::PeerId;
+use crate::ids::TrackId;
 use crate::packet::Delivery;
 use crate::shared::Shared;
 
@@ -339,6 +340,22 @@ impl Peer {
             Role::Subscriber(s) => s.handle_delivery(&mut self.rtc, &self.info, delivery, ctx),
         }
         self.drain(ctx);
+    }
+
+    /// Mutes or unmutes one of this publisher's tracks (see [`Publisher::set_muted`]).
+    /// `None` if this peer does not publish it.
+    pub(crate) fn set_track_muted(
+        &mut self,
+        track: TrackId,
+        muted: bool,
+        ctx: &mut Ctx<'_>,
+    ) -> Option<TrackCounters> {
+        let Role::Publisher(p) = &mut self.role else {
+            return None;
+        };
+        let counters = p.set_muted(&mut self.rtc, track, muted, ctx);
+        self.drain(ctx);
+        counters
     }
 
     /// Polls the state machine until it only has a timeout left, dispatching what comes out.

@@ -53,6 +53,9 @@ struct PublishedTrack {
     dynacast: Option<Dynacast>,
     /// Muted by the control plane: nothing is forwarded.
     muted: bool,
+    /// Layers (bits) that resume only at their next keyframe: after an unmute, subscribers
+    /// have missed the frames the next ones reference.
+    resume_at_keyframe: u32,
     /// Packets received, and packets handed to at least one subscriber.
     received_packets: u64,
     forwarded_packets: u64,
@@ -219,6 +222,7 @@ impl Publisher {
             dynacast: (kind == TrackKind::Video && layers > 1)
                 .then(|| Dynacast::new(u8::try_from(layers).unwrap_or(u8::MAX), ctx.now)),
             muted: false,
+            resume_at_keyframe: 0,
             received_packets: 0,
             forwarded_packets: 0,
         });
@@ -310,6 +314,15 @@ impl Publisher {
         if track.muted {
             return;
         }
+        if track.resume_at_keyframe != 0 {
+            let bit = 1u32 << u32::from(layer.min(31));
+            if track.resume_at_keyframe & bit != 0 {
+                if !keyframe {
+                    return;
+                }
+                track.resume_at_keyframe &= !bit;
+            }
+        }
         let subscribers = stream.route.subscribers();
         if subscribers.is_empty() {
             return;
@@ -358,12 +371,29 @@ impl Publisher {
         track.forwarded_packets += u64::from(delivered);
     }
 
-    /// Mutes (or unmutes) a track: from the next packet on, nothing of it is forwarded.
+    /// Mutes (or unmutes) a track: from the next packet on, nothing of it is forwarded. A
+    /// video track unmuted resumes each layer at its next keyframe, asked for at once.
     /// Returns its counters at this moment, or `None` if this peer does not publish it.
-    pub(crate) fn set_muted(&mut self, track: TrackId, muted: bool) -> Option<TrackCounters> {
+    pub(crate) fn set_muted(
+        &mut self,
+        rtc: &mut Rtc,
+        track: TrackId,
+        muted: bool,
+        ctx: &mut Ctx<'_>,
+    ) -> Option<TrackCounters> {
         let t = self.tracks.iter_mut().find(|t| t.route.id == track)?;
         if t.muted != muted {
             info!(%track, muted, "track mute set by the control plane");
+            if !muted && t.route.kind == TrackKind::Video {
+                let layers = t.throttles.len().clamp(1, 32);
+                t.resume_at_keyframe = u32::MAX >> (32 - layers);
+                for (layer, throttle) in t.throttles.iter_mut().enumerate() {
+                    if throttle.request(ctx.now, true) {
+                        let rid = t.rids.get(layer).copied();
+                        request_keyframe(rtc, t.mid, rid, ctx);
+                    }
+                }
+            }
         }
         t.muted = muted;
         Some(t.counters())

@@ -39,8 +39,6 @@ pub(crate) struct ReceivedRtp {
     pub(crate) ssrc: u32,
     /// Extended sequence number.
     pub(crate) seq: u64,
-    pub(crate) timestamp: u32,
-    pub(crate) marker: bool,
     pub(crate) payload: Vec<u8>,
 }
 
@@ -102,8 +100,6 @@ impl Client {
                         pt: *p.header.payload_type,
                         ssrc: *p.header.ssrc,
                         seq: *p.seq_no,
-                        timestamp: p.header.timestamp,
-                        marker: p.header.marker,
                         payload: p.payload.to_vec(),
                     }),
                     Event::KeyframeRequest(r) => self.keyframe_requests.push((r.mid, r.rid)),

@@ -12,10 +12,14 @@
 //! loaded the machine is.
 
 pub(crate) mod client;
-pub(crate) mod net;
-pub(crate) mod vp8;
-pub(crate) mod world;
+pub(crate) mod worker;
 
+// The scenarios' parts (the fuzz targets use only the worker and the client).
+#[cfg(test)]
+pub(crate) mod net;
 #[cfg(test)]
 mod scenarios;
-pub(crate) mod worker;
+#[cfg(test)]
+pub(crate) mod vp8;
+#[cfg(test)]
+pub(crate) mod world;

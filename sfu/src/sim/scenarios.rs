@@ -6,33 +6,468 @@ use std::time::Duration;
 
 use super::net::PathConfig;
 use super::vp8::CHROMIUM_720P;
-use super::world::World;
+use super::world::{NodeId, World};
+use crate::command::Command;
+use crate::event::{CloseReason, PeerEvent};
+use crate::layer_choice::{Quality, VideoPreference};
 
 const SECOND: Duration = Duration::from_secs(1);
 
-#[test]
-fn a_viewer_on_a_clean_path_gets_the_top_layer_and_decodes_every_frame() {
-    let mut w = World::new(1);
+/// A publisher of three VP8 layers and one viewer of its video, connected.
+fn call(seed: u64) -> (World, NodeId, NodeId) {
+    let mut w = World::new(seed);
     let alice = w.publisher(&CHROMIUM_720P, true);
     let track = w.video_track(alice);
     let bob = w.subscriber(vec![track]);
+    (w, alice, bob)
+}
+
+/// The picture IDs the viewer decoded follow each other (mod 2^15) across layer switches:
+/// the server rewrites them into one sequence, as a decoder expects. At a switch one picture
+/// may be missing: the old layer's frame under way when the new layer's keyframe arrived
+/// (same capture time) is cut, and the keyframe replaces it.
+fn assert_continuous_picture_ids(w: &World, viewer: NodeId) {
+    for pair in w.video(viewer).decoded.windows(2) {
+        let step = pair[1].picture_id.wrapping_sub(pair[0].picture_id) & 0x7fff;
+        let switch = pair[0].layer != pair[1].layer;
+        assert!(
+            step == 1 || (switch && step == 2),
+            "picture ID {} then {} at {:.2}s (layers {} -> {})",
+            pair[0].picture_id,
+            pair[1].picture_id,
+            w.t(pair[1].at),
+            pair[0].layer,
+            pair[1].layer
+        );
+    }
+}
+
+/// Every layer switch the viewer saw landed on a keyframe of the new layer.
+fn assert_switches_on_keyframes(w: &World, viewer: NodeId) {
+    for (at, from, to, key) in w.video(viewer).switches() {
+        assert!(
+            key,
+            "switch {from} -> {to} at {:.2}s started on a delta frame",
+            w.t(at)
+        );
+    }
+}
+
+#[test]
+fn a_viewer_on_a_clean_path_gets_the_top_layer_and_decodes_every_frame() {
+    let (mut w, _, bob) = call(1);
     let joined = w.now();
     w.run_for(10 * SECOND);
     let video = w.video(bob);
     let first = video.decoded.first().expect("nothing decoded");
     assert!(first.key, "the first decoded frame is a keyframe");
     assert!(
-        first.at - joined < Duration::from_millis(500),
+        first.at - joined < Duration::from_millis(300),
         "first frame after {:?}",
         first.at - joined
     );
     assert_eq!(video.undecodable, 0);
+    assert_switches_on_keyframes(&w, bob);
+    assert_continuous_picture_ids(&w, bob);
     let end = w.now();
-    assert_eq!(video.layer(), Some(2), "on the top layer: {:?}", video.switches());
+    assert_eq!(
+        video.layer(),
+        Some(2),
+        "on the top layer: {:?}",
+        video.switches()
+    );
     let freeze = video.longest_freeze(end - 5 * SECOND, end);
     assert!(freeze < Duration::from_millis(100), "froze for {freeze:?}");
     let frames = video.frames_per_layer(end - 5 * SECOND, end);
-    assert!(frames[2] >= 145, "30 frames a second on the top layer: {frames:?}");
-    eprintln!("switches {:?} first at {:?}", video.switches().iter().map(|s| (w.t(s.0), s.1, s.2, s.3)).collect::<Vec<_>>(), first.at - joined);
-    let _ = PathConfig::default();
+    assert!(
+        frames[2] >= 145,
+        "30 frames a second on the top layer: {frames:?}"
+    );
+}
+
+/// The allocator under real TWCC feedback: a viewer's downlink capped at 400 kbit/s gets
+/// the lowest layer (150 kbit/s; the middle one needs 500), every switch on a keyframe; when
+/// the cap lifts it climbs back to the top.
+#[test]
+fn a_capped_viewer_steps_down_to_the_layer_that_fits_and_climbs_back() {
+    let (mut w, _, bob) = call(2);
+    w.run_for(5 * SECOND);
+    assert_eq!(w.video(bob).layer(), Some(2));
+    w.nodes[bob].down.config = PathConfig::limited(400_000);
+    let capped = w.now();
+    w.run_for(20 * SECOND);
+    let end = w.now();
+    let video = w.video(bob);
+    assert_eq!(video.layer(), Some(0), "switches: {:?}", video.switches());
+    // Straight to the layer that fits, not through the middle one (whose keyframe would
+    // queue behind the top layer's packets in the saturated link).
+    let after_cap: Vec<(u8, u8)> = video
+        .switches()
+        .iter()
+        .filter(|s| s.0 > capped)
+        .map(|s| (s.1, s.2))
+        .collect();
+    assert_eq!(after_cap, [(2, 0)]);
+    let frames = video.frames_per_layer(end - 5 * SECOND, end);
+    assert!(frames[0] >= 100, "the lowest layer plays: {frames:?}");
+    let freeze = video.longest_freeze(end - 5 * SECOND, end);
+    assert!(
+        freeze < Duration::from_millis(500),
+        "froze for {freeze:?} on the layer that fits"
+    );
+    w.nodes[bob].down.config = PathConfig::default();
+    w.run_until(30 * SECOND, |w| w.video(bob).layer() == Some(2));
+    assert_eq!(w.video(bob).layer(), Some(2), "back on the top layer");
+    assert_switches_on_keyframes(&w, bob);
+}
+
+/// A keyframe request lost on the way to the publisher is sent again: a viewer who joins
+/// while the publisher's downlink is cut sees video soon after it is back.
+#[test]
+fn a_lost_keyframe_request_is_retried() {
+    let mut w = World::new(3);
+    let alice = w.publisher(&CHROMIUM_720P, true);
+    let track = w.video_track(alice);
+    w.run_for(SECOND);
+    w.nodes[alice].down.config.down = true;
+    let bob = w.subscriber(vec![track]);
+    w.run_for(2 * SECOND);
+    assert!(
+        w.video(bob).decoded.is_empty(),
+        "no keyframe can have been asked for"
+    );
+    w.nodes[alice].down.config.down = false;
+    let back = w.now();
+    w.run_until(5 * SECOND, |w| !w.video(bob).decoded.is_empty());
+    let first = w
+        .video(bob)
+        .decoded
+        .first()
+        .expect("no video after the path came back");
+    assert!(
+        first.at - back < 1500 * Duration::from_millis(1),
+        "first frame {:?} after the path came back",
+        first.at - back
+    );
+}
+
+/// Dynacast: layers nobody receives are paused at the publisher, and come back (starting
+/// with a keyframe) when a viewer wants them.
+#[test]
+fn dynacast_pauses_unwanted_layers_and_restarts_them_on_demand() {
+    let (mut w, alice, bob) = call(4);
+    let track = w.video_track(alice);
+    let peer = w.nodes[bob].peer;
+    let low = VideoPreference {
+        quality: Quality::Low,
+        max_size: None,
+    };
+    w.h.request(|reply| Command::SetVideoPreference {
+        peer,
+        track,
+        preference: low,
+        reply,
+    })
+    .expect("preference set");
+    w.run_until(10 * SECOND, |w| {
+        let active = w.encoder_active(alice);
+        active == [true, false, false]
+    });
+    assert_eq!(
+        w.encoder_active(alice),
+        [true, false, false],
+        "upper layers paused"
+    );
+    assert_eq!(w.video(bob).layer(), Some(0));
+    let high = VideoPreference {
+        quality: Quality::High,
+        max_size: None,
+    };
+    w.h.request(|reply| Command::SetVideoPreference {
+        peer,
+        track,
+        preference: high,
+        reply,
+    })
+    .expect("preference set");
+    w.run_until(10 * SECOND, |w| w.video(bob).layer() == Some(2));
+    assert_eq!(w.encoder_active(alice), [true, true, true]);
+    assert_eq!(w.video(bob).layer(), Some(2), "the top layer is back");
+    assert_switches_on_keyframes(&w, bob);
+    assert_continuous_picture_ids(&w, bob);
+    assert_eq!(w.video(bob).undecodable, 0);
+}
+
+/// A muted track is not forwarded; after unmute the viewer decodes again from a keyframe,
+/// never from a delta frame whose references it missed.
+#[test]
+fn a_muted_track_stops_and_resumes_on_a_keyframe() {
+    let (mut w, alice, bob) = call(5);
+    let track = w.video_track(alice);
+    w.run_for(3 * SECOND);
+    w.h.request(|reply| Command::SetTrackMuted {
+        track,
+        muted: true,
+        reply,
+    })
+    .expect("muted");
+    w.run_for(200 * Duration::from_millis(1));
+    let packets = w.video(bob).packets;
+    w.run_for(3 * SECOND);
+    assert_eq!(
+        w.video(bob).packets,
+        packets,
+        "a muted track is not forwarded"
+    );
+    let decoded = w.video(bob).decoded.len();
+    w.h.request(|reply| Command::SetTrackMuted {
+        track,
+        muted: false,
+        reply,
+    })
+    .expect("unmuted");
+    let unmuted = w.now();
+    w.run_for(2 * SECOND);
+    let video = w.video(bob);
+    let first = video
+        .decoded
+        .get(decoded)
+        .expect("nothing decoded after unmute");
+    assert!(first.key, "the first frame after unmute is a keyframe");
+    assert!(
+        first.at - unmuted < SECOND,
+        "video back after {:?}",
+        first.at - unmuted
+    );
+    assert_eq!(video.undecodable, 0, "no delta frame without its reference");
+}
+
+/// A viewer's network down for 8 s: the server keeps the peer, and video comes back soon
+/// after the network does.
+#[test]
+fn an_eight_second_outage_keeps_the_peer_and_video_comes_back() {
+    let (mut w, _, bob) = call(6);
+    w.run_for(3 * SECOND);
+    w.nodes[bob].up.config.down = true;
+    w.nodes[bob].down.config.down = true;
+    w.run_for(8 * SECOND);
+    w.nodes[bob].up.config.down = false;
+    w.nodes[bob].down.config.down = false;
+    let back = w.now();
+    w.run_for(5 * SECOND);
+    assert_eq!(w.nodes[bob].closed, None, "the peer was closed");
+    let video = w.video(bob);
+    let next = video
+        .decoded
+        .iter()
+        .find(|d| d.at > back)
+        .expect("no video after the outage");
+    assert!(
+        next.at - back < 2 * SECOND,
+        "video back after {:?}",
+        next.at - back
+    );
+    let end = w.now();
+    assert!(video.longest_freeze(end - 2 * SECOND, end) < 200 * Duration::from_millis(1));
+}
+
+/// A client that vanishes without a word is closed once nothing has been heard from it for
+/// 15 s (ICE-lite consent) plus the connect timeout, and not before.
+#[test]
+fn a_vanished_client_is_closed_after_the_silence_limit() {
+    let (mut w, alice, bob) = call(7);
+    w.run_for(2 * SECOND);
+    w.nodes[bob].alive = false;
+    w.nodes[bob].up.config.down = true;
+    let gone = w.now();
+    w.run_for(25 * SECOND);
+    assert_eq!(w.nodes[bob].closed, None, "closed too early");
+    w.run_until(10 * SECOND, |w| w.nodes[bob].closed.is_some());
+    assert_eq!(w.nodes[bob].closed, Some(CloseReason::ConnectTimeout));
+    let closed_at = w
+        .events
+        .iter()
+        .find_map(|(at, e)| {
+            matches!(e, PeerEvent::Closed { peer, .. } if *peer == w.nodes[bob].peer).then_some(*at)
+        })
+        .expect("a Closed event");
+    assert!(
+        closed_at - gone <= 31 * SECOND,
+        "closed {:?} after the client vanished",
+        closed_at - gone
+    );
+    assert_eq!(w.nodes[alice].closed, None, "the publisher is not affected");
+}
+
+/// A subscriber whose client never answers the offer is closed at the connect deadline.
+#[test]
+fn a_peer_that_never_connects_is_closed_at_the_connect_deadline() {
+    let mut w = World::new(8);
+    let alice = w.publisher(&CHROMIUM_720P, true);
+    let track = w.video_track(alice);
+    let start = w.now();
+    let bob = w.silent_subscriber(vec![track]);
+    w.run_until(20 * SECOND, |w| w.nodes[bob].closed.is_some());
+    assert_eq!(w.nodes[bob].closed, Some(CloseReason::ConnectTimeout));
+    let closed_at = w
+        .events
+        .iter()
+        .find_map(|(at, e)| {
+            matches!(e, PeerEvent::Closed { peer, .. } if *peer == w.nodes[bob].peer).then_some(*at)
+        })
+        .expect("a Closed event");
+    let after = closed_at - start;
+    assert!(
+        (14 * SECOND..=16 * SECOND).contains(&after),
+        "closed after {after:?}"
+    );
+}
+
+/// 3% random loss on the publisher's uplink and the viewer's downlink: NACK and
+/// retransmission repair it; the viewer decodes nearly every frame.
+#[test]
+fn random_loss_is_repaired_by_retransmission() {
+    let (mut w, alice, bob) = call(9);
+    w.run_for(3 * SECOND);
+    w.nodes[alice].up.config.loss = 0.03;
+    w.nodes[bob].down.config.loss = 0.03;
+    w.nodes[alice].up.config.delay = 20 * Duration::from_millis(1);
+    w.nodes[bob].down.config.delay = 20 * Duration::from_millis(1);
+    let from = w.now();
+    w.run_for(20 * SECOND);
+    let end = w.now();
+    let video = w.video(bob);
+    let frames: u32 = video.frames_per_layer(from, end).iter().sum();
+    assert!(
+        frames >= 20 * 30 * 9 / 10,
+        "{frames} frames decoded in 20 s"
+    );
+    let freeze = video.longest_freeze(from, end);
+    assert!(freeze < SECOND, "froze for {freeze:?}");
+}
+
+/// An ICE restart while connected (the server's offer with new credentials): the viewer
+/// barely notices.
+#[test]
+fn an_ice_restart_keeps_the_video() {
+    let (mut w, _, bob) = call(10);
+    w.run_for(3 * SECOND);
+    let peer = w.nodes[bob].peer;
+    let offers = w.nodes[bob].offers;
+    w.h.request(|reply| Command::RestartIce { peer, reply })
+        .expect("restart");
+    let restarted = w.now();
+    w.run_for(5 * SECOND);
+    assert!(w.nodes[bob].offers > offers, "the restart is negotiated");
+    assert_eq!(w.nodes[bob].closed, None);
+    let end = w.now();
+    let freeze = w.video(bob).longest_freeze(restarted, end);
+    assert!(
+        freeze < 300 * Duration::from_millis(1),
+        "froze for {freeze:?}"
+    );
+}
+
+/// A requested quality caps the layer, and dynacast pauses what nobody needs above it.
+#[test]
+fn a_requested_quality_caps_the_layer() {
+    let (mut w, alice, bob) = call(11);
+    let track = w.video_track(alice);
+    let peer = w.nodes[bob].peer;
+    let medium = VideoPreference {
+        quality: Quality::Medium,
+        max_size: None,
+    };
+    w.h.request(|reply| Command::SetVideoPreference {
+        peer,
+        track,
+        preference: medium,
+        reply,
+    })
+    .expect("preference set");
+    w.run_for(10 * SECOND);
+    assert_eq!(w.video(bob).layer(), Some(1));
+    assert_eq!(w.encoder_active(alice), [true, true, false]);
+    assert_switches_on_keyframes(&w, bob);
+    assert_continuous_picture_ids(&w, bob);
+}
+
+/// A downlink just wide enough for the top layer: the layer does not flap.
+#[test]
+fn a_link_at_a_layer_boundary_does_not_flap() {
+    let (mut w, _, bob) = call(12);
+    w.run_for(5 * SECOND);
+    w.nodes[bob].down.config = PathConfig::limited(1_800_000);
+    let from = w.now();
+    w.run_for(40 * SECOND);
+    let switches = w.video(bob).switches();
+    let later: Vec<_> = switches.iter().filter(|s| s.0 > from).collect();
+    assert!(
+        later.len() <= 2,
+        "{} switches in 40 s: {later:?}",
+        later.len()
+    );
+}
+
+/// Viewers joining at once: their keyframe requests reach the publisher as one or two.
+#[test]
+fn keyframe_requests_of_viewers_joining_together_are_coalesced() {
+    let mut w = World::new(13);
+    let alice = w.publisher(&CHROMIUM_720P, true);
+    let track = w.video_track(alice);
+    w.run_for(2 * SECOND);
+    let before = w.encoder(alice).keyframe_requests.clone();
+    let viewers = w.subscribers(8, vec![track]);
+    w.run_for(2 * SECOND);
+    let after = w.encoder(alice).keyframe_requests.clone();
+    let requests: Vec<u32> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    for v in viewers {
+        assert!(!w.video(v).decoded.is_empty(), "viewer {v} sees nothing");
+    }
+    assert!(
+        requests.iter().all(|n| *n <= 2),
+        "keyframe requests per layer for 8 viewers: {requests:?}"
+    );
+}
+
+/// A downlink narrower than the lowest layer: the viewer keeps the lowest layer at a lower
+/// frame rate (upper temporal layers dropped, every forwarded frame decodable), and gets the
+/// full rate back when the link widens.
+///
+/// Ignored: fails in about half the runs (issue 14). After the cap the egress estimate falls
+/// to ~730 kbit/s and str0m's estimator then reports nothing new for the rest of the run,
+/// although half the datagrams are dropped at the bottleneck: the viewer stays on the middle
+/// layer and decodes nothing for 25 s. Run it with `--ignored` to reproduce.
+#[test]
+#[ignore = "issue 14: the egress estimate sticks above a 120 kbit/s link"]
+fn temporal_layers_are_dropped_when_the_lowest_layer_does_not_fit() {
+    let (mut w, _, bob) = call(14);
+    w.run_for(5 * SECOND);
+    w.nodes[bob].down.config = PathConfig::limited(120_000);
+    w.run_for(25 * SECOND);
+    let end = w.now();
+    let video = w.video(bob);
+    assert_eq!(video.layer(), Some(0));
+    let recent: Vec<_> = video
+        .decoded
+        .iter()
+        .filter(|d| d.at > end - 5 * SECOND)
+        .collect();
+    assert!(
+        (20..=110).contains(&recent.len()),
+        "{} frames in 5 s: fewer than 30 a second, but moving",
+        recent.len()
+    );
+    let undecodable = video.undecodable;
+    w.run_for(5 * SECOND);
+    assert!(
+        w.video(bob).undecodable <= undecodable + 2,
+        "thinned frames must stay decodable"
+    );
+    w.nodes[bob].down.config = PathConfig::default();
+    w.run_until(30 * SECOND, |w| w.video(bob).layer() == Some(2));
+    let end = w.now();
+    w.run_for(3 * SECOND);
+    let frames = w.video(bob).frames_per_layer(end, end + 3 * SECOND);
+    assert!(frames[2] >= 85, "the full frame rate is back: {frames:?}");
 }

@@ -206,15 +206,17 @@ impl Vp8Simulcast {
                 }
                 let fill = (bytes / count).clamp(16, MAX_PAYLOAD);
                 payload.resize(payload.len().max(fill), 0x55);
-                payload.extend_from_slice(&Tag {
-                    layer: index as u8,
-                    frame,
-                    reference,
-                    index: i as u8,
-                    count: count as u8,
-                    tid,
-                }
-                .to_bytes());
+                payload.extend_from_slice(
+                    &Tag {
+                        layer: index as u8,
+                        frame,
+                        reference,
+                        index: i as u8,
+                        count: count as u8,
+                        tid,
+                    }
+                    .to_bytes(),
+                );
                 l.seq += 1;
                 out.push(EncodedPacket {
                     layer: index,
@@ -254,7 +256,9 @@ impl Tag {
 
     fn parse(payload: &[u8]) -> Option<Self> {
         let b = payload.get(payload.len().checked_sub(TAG_LEN)?..)?;
-        let u32_at = |i: usize| -> Option<u32> { Some(u32::from_be_bytes(b.get(i..i + 4)?.try_into().ok()?)) };
+        let u32_at = |i: usize| -> Option<u32> {
+            Some(u32::from_be_bytes(b.get(i..i + 4)?.try_into().ok()?))
+        };
         let reference = u32_at(5)?;
         Some(Self {
             layer: *b.first()?,
@@ -286,14 +290,29 @@ struct Assembly {
     picture_id: u16,
 }
 
+/// A complete frame waiting for its reference to decode (a jitter buffer's job: the
+/// reference may still be repaired by a retransmission).
+#[derive(Debug, Clone, Copy)]
+struct Waiting {
+    tag: Tag,
+    picture_id: u16,
+    since: Instant,
+}
+
+/// How long a complete frame waits for its reference before the decoder gives up on it.
+pub(crate) const MAX_WAIT: Duration = Duration::from_millis(500);
+
 /// Decodes what a subscriber receives on one video m-line.
 #[derive(Debug, Default)]
 pub(crate) struct Vp8Receiver {
     /// Frames being assembled, by (layer, frame).
     pending: BTreeMap<(u8, u32), Assembly>,
+    /// Complete frames whose reference has not decoded (yet).
+    waiting: BTreeMap<(u8, u32), Waiting>,
     decoded_set: HashSet<(u8, u32)>,
     pub(crate) decoded: Vec<Decoded>,
-    /// Complete frames whose reference never decoded: a decoder shows garbage or stops.
+    /// Complete frames whose reference never decoded within [`MAX_WAIT`]: a decoder would
+    /// show garbage or stop.
     pub(crate) undecodable: u32,
     pub(crate) packets: u64,
 }
@@ -308,38 +327,71 @@ impl Vp8Receiver {
             (Some(hi), Some(lo)) => u16::from(hi & 0x7f) << 8 | u16::from(*lo),
             _ => 0,
         };
-        let entry = self.pending.entry((tag.layer, tag.frame)).or_default();
+        let key = (tag.layer, tag.frame);
+        if self.decoded_set.contains(&key) || self.waiting.contains_key(&key) {
+            return; // a duplicate
+        }
+        let entry = self.pending.entry(key).or_default();
         entry.tag = Some(tag);
         entry.got.insert(tag.index);
         if tag.index == 0 {
             entry.picture_id = picture_id;
         }
-        if entry.got.len() < usize::from(tag.count) {
-            return;
+        if entry.got.len() >= usize::from(tag.count) {
+            let picture_id = entry.picture_id;
+            self.pending.remove(&key);
+            self.waiting.insert(
+                key,
+                Waiting {
+                    tag,
+                    picture_id,
+                    since: at,
+                },
+            );
         }
-        let picture_id = entry.picture_id;
-        self.pending.remove(&(tag.layer, tag.frame));
-        let decodable = match tag.reference {
-            None => true,
-            Some(r) => self.decoded_set.contains(&(tag.layer, r)),
-        };
-        if !decodable {
-            self.undecodable += 1;
-            return;
+        self.decode(at);
+    }
+
+    /// Decodes every waiting frame whose reference decoded; gives up on those that waited
+    /// too long.
+    fn decode(&mut self, at: Instant) {
+        loop {
+            let ready = self.waiting.iter().find_map(|(k, w)| {
+                let ok = w
+                    .tag
+                    .reference
+                    .is_none_or(|r| self.decoded_set.contains(&(w.tag.layer, r)));
+                ok.then_some(*k)
+            });
+            let Some(k) = ready else {
+                break;
+            };
+            let Some(w) = self.waiting.remove(&k) else {
+                break;
+            };
+            self.decoded_set.insert(k);
+            self.decoded.push(Decoded {
+                at,
+                layer: w.tag.layer,
+                frame: w.tag.frame,
+                key: w.tag.reference.is_none(),
+                tid: w.tag.tid,
+                picture_id: w.picture_id,
+            });
+            // A keyframe makes everything older on its layer useless.
+            if w.tag.reference.is_none() {
+                let before = self.waiting.len();
+                self.waiting
+                    .retain(|(l, f), _| *l != w.tag.layer || *f > w.tag.frame);
+                self.undecodable += (before - self.waiting.len()) as u32;
+            }
+            let (layer, frame) = k;
+            self.pending
+                .retain(|(l, f), _| *l != layer || *f + 64 > frame);
         }
-        self.decoded_set.insert((tag.layer, tag.frame));
-        self.decoded.push(Decoded {
-            at,
-            layer: tag.layer,
-            frame: tag.frame,
-            key: tag.reference.is_none(),
-            tid: tag.tid,
-            picture_id,
-        });
-        // Incomplete frames older than this one will not complete usefully: forget them.
-        let layer = tag.layer;
-        self.pending
-            .retain(|(l, f), _| *l != layer || *f + 64 > tag.frame);
+        let before = self.waiting.len();
+        self.waiting.retain(|_, w| at < w.since + MAX_WAIT);
+        self.undecodable += (before - self.waiting.len()) as u32;
     }
 
     /// The layer of the last decoded frame.
@@ -418,18 +470,19 @@ mod tests {
         let t = Instant::now();
         let mut enc = Vp8Simulcast::new(&CHROMIUM_720P[..1], true);
         let mut rx = Vp8Receiver::default();
-        for n in 0..12 {
+        for n in 0..40u32 {
             for p in enc.frame() {
                 // Lose frame 6 (temporal layer 1).
                 if n == 6 {
                     continue;
                 }
-                rx.on_packet(t, &p.payload);
+                rx.on_packet(t + FRAME * n, &p.payload);
             }
         }
-        // Frame 6 (tid 1) lost: frame 7 (tid 2, references 6) cannot decode; 8 (tid 0) can.
+        // Frame 7 (temporal layer 2) references 6: it waits, then is given up; frame 8
+        // (temporal layer 0) references 4 and decodes.
         assert_eq!(rx.undecodable, 1);
-        assert_eq!(rx.decoded.len(), 10);
+        assert_eq!(rx.decoded.len(), 38);
         assert!(rx.decoded[0].key);
     }
 }

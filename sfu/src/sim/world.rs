@@ -8,12 +8,14 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use str0m::Input;
 use str0m::change::SdpOffer;
 use str0m::format::Codec;
-use str0m::media::{Direction, MediaKind, Mid, Rid, Simulcast, SimulcastLayer};
+use str0m::media::{
+    Direction, KeyframeRequestKind, MediaKind, Mid, Rid, Simulcast, SimulcastLayer,
+};
 use str0m::net::Receive;
 use str0m::rtp::RtpWrite;
-use str0m::Input;
 
 use super::client::{Client, accept_answer};
 use super::net::{Path, PathConfig};
@@ -25,6 +27,9 @@ use crate::ids::{PeerId, TrackId};
 
 /// The simulcast RIDs a publisher sends, lowest layer first.
 pub(crate) const RIDS: [&str; 3] = ["q", "h", "f"];
+
+/// How often a subscriber whose video does not decode asks for a keyframe.
+pub(crate) const PLI_EVERY: Duration = Duration::from_millis(300);
 
 /// A client's index in [`World::nodes`].
 pub(crate) type NodeId = usize;
@@ -40,8 +45,14 @@ pub(crate) enum Role {
         /// Whether the encoder runs (a stopped camera, or a client gone silent).
         sending: bool,
     },
-    /// Receives; its video is decoded by `video`.
-    Subscriber { video: Vp8Receiver },
+    /// Receives; its video is decoded by `video`. Like Chromium, it asks for a keyframe
+    /// (PLI) when a frame does not decode, at most every [`PLI_EVERY`].
+    Subscriber {
+        video: Vp8Receiver,
+        /// The video m-line (from the server's latest offer).
+        video_mid: Option<Mid>,
+        last_pli: Option<Instant>,
+    },
 }
 
 /// One client: its state machine, its paths and its role.
@@ -174,17 +185,77 @@ impl World {
             client,
             Role::Subscriber {
                 video: Vp8Receiver::default(),
+                video_mid: None,
+                last_pli: None,
             },
         );
         self.run_until(Duration::from_secs(5), |w| w.nodes[id].client.connected);
-        assert!(self.nodes[id].client.connected, "the subscriber does not connect");
+        assert!(
+            self.nodes[id].client.connected,
+            "the subscriber does not connect"
+        );
         id
+    }
+
+    /// `n` subscribers to `tracks`, added at the same instant; returns once all are connected.
+    pub(crate) fn subscribers(&mut self, n: usize, tracks: Vec<TrackId>) -> Vec<NodeId> {
+        let ids: Vec<NodeId> = (0..n)
+            .map(|_| {
+                let client = Client::new(self.client_addr(), self.h.now);
+                let peer = match self.h.add_subscriber(tracks.clone()) {
+                    Ok(p) => p,
+                    Err(e) => panic!("cannot subscribe: {e}"),
+                };
+                self.new_node(
+                    peer,
+                    client,
+                    Role::Subscriber {
+                        video: Vp8Receiver::default(),
+                        video_mid: None,
+                        last_pli: None,
+                    },
+                )
+            })
+            .collect();
+        let all = ids.clone();
+        self.run_until(Duration::from_secs(5), |w| {
+            all.iter().all(|i| w.nodes[*i].client.connected)
+        });
+        ids
+    }
+
+    /// A subscriber whose client never answers (nor sends anything).
+    pub(crate) fn silent_subscriber(&mut self, tracks: Vec<TrackId>) -> NodeId {
+        let client = Client::new(self.client_addr(), self.h.now);
+        let peer = match self.h.add_subscriber(tracks) {
+            Ok(p) => p,
+            Err(e) => panic!("cannot subscribe: {e}"),
+        };
+        let id = self.new_node(
+            peer,
+            client,
+            Role::Subscriber {
+                video: Vp8Receiver::default(),
+                video_mid: None,
+                last_pli: None,
+            },
+        );
+        self.nodes[id].alive = false;
+        id
+    }
+
+    /// Which layers a publisher's encoder sends.
+    pub(crate) fn encoder_active(&self, id: NodeId) -> Vec<bool> {
+        match &self.nodes[id].role {
+            Role::Publisher { encoder, .. } => encoder.active(),
+            Role::Subscriber { .. } => panic!("node {id} is a subscriber"),
+        }
     }
 
     /// The subscriber's decoder.
     pub(crate) fn video(&self, id: NodeId) -> &Vp8Receiver {
         match &self.nodes[id].role {
-            Role::Subscriber { video } => video,
+            Role::Subscriber { video, .. } => video,
             Role::Publisher { .. } => panic!("node {id} is a publisher"),
         }
     }
@@ -195,28 +266,6 @@ impl World {
             Role::Publisher { encoder, .. } => encoder,
             Role::Subscriber { .. } => panic!("node {id} is a subscriber"),
         }
-    }
-
-    /// Starts or stops a publisher's encoder.
-    pub(crate) fn set_sending(&mut self, id: NodeId, on: bool) {
-        let now = self.h.now;
-        if let Role::Publisher {
-            sending,
-            next_frame,
-            ..
-        } = &mut self.nodes[id].role
-        {
-            *sending = on;
-            *next_frame = now;
-        }
-    }
-
-    /// Events the worker reported after `since`.
-    pub(crate) fn events_since(&self, since: Instant) -> impl Iterator<Item = &PeerEvent> {
-        self.events
-            .iter()
-            .filter(move |(at, _)| *at >= since)
-            .map(|(_, e)| e)
     }
 
     /// Runs for `d`, or until `done` holds (checked after every step).
@@ -301,7 +350,11 @@ impl World {
         }
         self.h.core.handle_timers(now);
         for t in self.h.flush() {
-            if let Some(n) = self.nodes.iter_mut().find(|n| n.client.addr == t.destination) {
+            if let Some(n) = self
+                .nodes
+                .iter_mut()
+                .find(|n| n.client.addr == t.destination)
+            {
                 n.down.send(now, t);
             }
         }
@@ -326,13 +379,19 @@ impl World {
                     self.nodes[i].tracks.push(track.id);
                 }
             }
-            PeerEvent::SubscriberOffer { peer, sdp, .. } => {
+            PeerEvent::SubscriberOffer { peer, sdp, tracks } => {
                 let Some(i) = node(self, *peer) else {
                     return;
                 };
                 let n = &mut self.nodes[i];
                 if !n.alive {
                     return;
+                }
+                if let Role::Subscriber { video_mid, .. } = &mut n.role {
+                    *video_mid = tracks
+                        .iter()
+                        .find(|t| t.kind == TrackKind::Video)
+                        .map(|t| Mid::from(t.mid.as_str()));
                 }
                 let Ok(offer) = SdpOffer::from_sdp_string(sdp) else {
                     panic!("the server's offer does not parse: {sdp}");
@@ -366,19 +425,6 @@ impl World {
             }
             _ => {}
         }
-    }
-
-    /// The last `LayerState` the worker reported for `peer`: (current layer, target layer).
-    pub(crate) fn layer_state(&self, peer: PeerId) -> Option<(Option<u8>, Option<u8>)> {
-        self.events.iter().rev().find_map(|(_, e)| match e {
-            PeerEvent::LayerState {
-                peer: p,
-                current,
-                target,
-                ..
-            } if *p == peer => Some((*current, *target)),
-            _ => None,
-        })
     }
 
     /// The video track of publisher `id`.
@@ -436,13 +482,34 @@ fn produce_media(n: &mut Node, now: Instant) {
     n.client.drain();
 }
 
-/// A subscriber's received packets go to its decoder.
+/// A subscriber's received packets go to its decoder; a frame that does not decode makes
+/// it ask for a keyframe.
 fn take_received(n: &mut Node, now: Instant) {
     let vp8 = n.client.pt(Codec::Vp8);
     let received = std::mem::take(&mut n.client.received);
-    if let Role::Subscriber { video } = &mut n.role {
-        for p in received.iter().filter(|p| Some(p.pt) == vp8) {
-            video.on_packet(now, &p.payload);
+    let Role::Subscriber {
+        video,
+        video_mid,
+        last_pli,
+    } = &mut n.role
+    else {
+        return;
+    };
+    let before = video.undecodable;
+    for p in received.iter().filter(|p| Some(p.pt) == vp8) {
+        video.on_packet(now, &p.payload);
+    }
+    let due = last_pli.is_none_or(|at| now >= at + PLI_EVERY);
+    if video.undecodable > before
+        && due
+        && let Some(mid) = *video_mid
+        && let Some(rx) = n.client.rtc.direct_api().stream_rx_by_mid(mid, None)
+    {
+        rx.request_keyframe(KeyframeRequestKind::Pli);
+        *last_pli = Some(now);
+        n.client.input(Input::Timeout(now));
+        for t in n.client.outbox.drain(..) {
+            n.up.send(now, t);
         }
     }
 }

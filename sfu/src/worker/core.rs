@@ -520,11 +520,16 @@ impl WorkerCore {
                 muted,
                 reply,
             } => {
-                let result = self.on_publisher_of(track, now, |p| p.set_muted(track, muted));
+                let result = self.on_publisher_of(track, now, |peer, ctx| {
+                    peer.set_track_muted(track, muted, ctx)
+                });
                 let _ = reply.send(result);
             }
             Command::TrackCounters { track, reply } => {
-                let result = self.on_publisher_of(track, now, |p| p.counters(track));
+                let result = self.on_publisher_of(track, now, |peer, _| match &peer.role {
+                    Role::Publisher(p) => p.counters(track),
+                    Role::Subscriber(_) => None,
+                });
                 let _ = reply.send(result);
             }
             Command::Crash => panic!("a crash asked for by a test"),
@@ -591,19 +596,16 @@ impl WorkerCore {
         &mut self,
         track: TrackId,
         now: Instant,
-        f: impl FnOnce(&mut Publisher) -> Option<R>,
+        f: impl FnOnce(&mut Peer, &mut Ctx<'_>) -> Option<R>,
     ) -> Result<R, SfuError> {
         let route = self
             .shared
             .graph
             .get(track)
             .ok_or(SfuError::UnknownTrack(track))?;
-        self.with_peer(route.publisher.peer, now, |peer, _| match &mut peer.role {
-            Role::Publisher(p) => f(p),
-            Role::Subscriber(_) => None,
-        })
-        .flatten()
-        .ok_or(SfuError::UnknownTrack(track))
+        self.with_peer(route.publisher.peer, now, f)
+            .flatten()
+            .ok_or(SfuError::UnknownTrack(track))
     }
 
     /// Runs `f` on a subscriber peer's state, then drains its state machine.
