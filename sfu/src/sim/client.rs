@@ -8,7 +8,7 @@ use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::format::Codec;
 use str0m::media::{Mid, Rid};
 use str0m::net::Transmit;
-use str0m::{Candidate, Event, Input, Output, Rtc};
+use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
 
 use super::worker::certificates;
 
@@ -59,14 +59,24 @@ pub(crate) struct Client {
 
 impl Client {
     pub(crate) fn new(addr: SocketAddr, now: Instant) -> Self {
-        let mut rtc = Rtc::builder()
+        Self::with_config(addr, now, |c| c)
+    }
+
+    /// A client whose configuration `configure` adjusts (for example to estimate bandwidth
+    /// and pad).
+    pub(crate) fn with_config(
+        addr: SocketAddr,
+        now: Instant,
+        configure: impl FnOnce(RtcConfig) -> RtcConfig,
+    ) -> Self {
+        let config = Rtc::builder()
             .set_rtp_mode(true)
             .clear_codecs()
             .enable_vp8(true)
             .enable_h264(true)
             .enable_opus(true, false)
-            .set_dtls_cert(certificates().1.clone())
-            .build(now);
+            .set_dtls_cert(certificates().1.clone());
+        let mut rtc = configure(config).build(now);
         if let Ok(c) = Candidate::host(addr, "udp") {
             rtc.add_local_candidate(c);
         }

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use super::net::PathConfig;
 use super::vp8::CHROMIUM_720P;
-use super::world::{NodeId, World};
+use super::world::{NodeId, PublisherOptions, World};
+use str0m::channel::ChannelConfig;
+
 use crate::command::Command;
 use crate::event::{CloseReason, PeerEvent};
 use crate::layer_choice::{Quality, VideoPreference};
@@ -470,4 +472,140 @@ fn temporal_layers_are_dropped_when_the_lowest_layer_does_not_fit() {
     w.run_for(3 * SECOND);
     let frames = w.video(bob).frames_per_layer(end, end + 3 * SECOND);
     assert!(frames[2] >= 85, "the full frame rate is back: {frames:?}");
+}
+
+/// Reliability 22: publishers that use the same SSRCs (and RIDs), in two rooms and inside
+/// one room: every viewer gets its own publisher's frames and not one of another's.
+#[test]
+fn the_same_ssrcs_in_two_rooms_and_in_one_room_never_cross() {
+    let mut w = World::new(22);
+    let same = Some(vec![1111, 2222, 3333]);
+    let publisher = |source| PublisherOptions {
+        source,
+        ssrcs: same.clone(),
+        ..PublisherOptions::default()
+    };
+    let alice = w.publisher_with(&publisher(1));
+    let alice_track = w.video_track(alice);
+    let bob = w.subscriber(vec![alice_track]);
+    w.h.room = w.h.add_room();
+    let carol = w.publisher_with(&publisher(2));
+    let carol_track = w.video_track(carol);
+    let dave = w.subscriber(vec![carol_track]);
+    // A third publisher with the same SSRCs in carol's room.
+    let erin = w.publisher_with(&publisher(3));
+    let erin_track = w.video_track(erin);
+    let frank = w.subscriber(vec![erin_track]);
+    w.run_for(5 * SECOND);
+    for (viewer, source) in [(bob, 1), (dave, 2), (frank, 3)] {
+        let video = w.video(viewer);
+        assert!(video.decoded.len() > 100, "viewer {viewer} decodes");
+        let foreign = video.decoded.iter().filter(|d| d.source != source).count();
+        assert_eq!(
+            foreign, 0,
+            "viewer {viewer} got frames of another publisher"
+        );
+        assert_eq!(video.untagged, 0);
+    }
+}
+
+/// Reliability 13: a publisher whose abs-send-time values are anything but the truth (up to
+/// 100 days off, wrapping): forwarding and the viewer's video carry on.
+#[test]
+fn wild_abs_send_times_change_nothing_for_viewers() {
+    let mut w = World::new(13);
+    let alice = w.publisher_with(&PublisherOptions {
+        wild_send_times: true,
+        ..PublisherOptions::default()
+    });
+    let track = w.video_track(alice);
+    let bob = w.subscriber(vec![track]);
+    w.run_for(10 * SECOND);
+    let end = w.now();
+    assert_eq!(w.nodes[alice].closed, None);
+    let video = w.video(bob);
+    assert!(
+        video
+            .frames_per_layer(end - 5 * SECOND, end)
+            .iter()
+            .sum::<u32>()
+            >= 140
+    );
+    assert!(video.longest_freeze(end - 5 * SECOND, end) < 200 * Duration::from_millis(1));
+}
+
+/// Reliability 14: a publisher that pads (padding-only packets, as a bandwidth probe does):
+/// the padding is not forwarded; the viewer gets every frame and nothing else.
+#[test]
+fn a_publishers_padding_is_not_forwarded() {
+    let mut w = World::new(14);
+    let alice = w.publisher_with(&PublisherOptions {
+        pad_to: Some(5_000_000),
+        ..PublisherOptions::default()
+    });
+    let track = w.video_track(alice);
+    let bob = w.subscriber(vec![track]);
+    let before = w.nodes[alice].up.stats;
+    w.run_for(10 * SECOND);
+    let sent = w.nodes[alice].up.stats.sent - before.sent;
+    let video = w.video(bob);
+    assert_eq!(video.untagged, 0, "padding reached the viewer");
+    assert_eq!(video.undecodable, 0);
+    // The publisher sent well beyond its media (about 2.2 Mbit/s of it): it did pad.
+    assert!(
+        sent > 10 * 300,
+        "the publisher padded: {sent} datagrams in 10 s"
+    );
+}
+
+/// Reliability 17: a publisher that opens a thousand data channels, one of them
+/// pre-negotiated on stream 65534, and writes on all of them: its viewer's video is not
+/// affected, and the server stays up (the publisher is served or closed cleanly).
+#[test]
+fn a_data_channel_flood_does_not_touch_the_media() {
+    let mut w = World::new(17);
+    let alice = w.publisher_with(&PublisherOptions {
+        data_channel: true,
+        ..PublisherOptions::default()
+    });
+    let track = w.video_track(alice);
+    let bob = w.subscriber(vec![track]);
+    w.run_for(2 * SECOND);
+    let datagrams_before = w.nodes[alice].up.stats.sent;
+    let mut channels = Vec::new();
+    {
+        let mut api = w.nodes[alice].client.rtc.direct_api();
+        for i in 0..1000u16 {
+            channels.push(api.create_data_channel(ChannelConfig {
+                label: format!("flood-{i}"),
+                negotiated: (i == 0).then_some(65534),
+                ..ChannelConfig::default()
+            }));
+        }
+    }
+    w.run_for(SECOND);
+    let client = &mut w.nodes[alice].client;
+    for id in &channels {
+        if let Some(mut channel) = client.rtc.channel(*id) {
+            let _ = channel.write(false, &[0u8; 1024]);
+        }
+    }
+    client.drain();
+    let from = w.now();
+    w.run_for(5 * SECOND);
+    let end = w.now();
+    // Media alone is about 230 datagrams a second: the flood went out.
+    let sent = w.nodes[alice].up.stats.sent - datagrams_before;
+    assert!(sent > 6 * 230 + 1000, "{sent} datagrams from the publisher");
+    let video = w.video(bob);
+    let freeze = video.longest_freeze(from, end);
+    assert!(
+        freeze < 200 * Duration::from_millis(1),
+        "the viewer froze for {freeze:?}"
+    );
+    assert!(matches!(
+        w.nodes[alice].closed,
+        None | Some(CloseReason::Failed(_)) | Some(CloseReason::Disconnected)
+    ));
+    assert_eq!(w.nodes[bob].closed, None);
 }

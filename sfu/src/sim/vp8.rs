@@ -16,7 +16,7 @@ pub(crate) const FRAME: Duration = Duration::from_nanos(1_000_000_000 / FPS);
 /// Largest payload per packet.
 const MAX_PAYLOAD: usize = 1000;
 /// The ground-truth tag at the end of every payload.
-const TAG_LEN: usize = 12;
+const TAG_LEN: usize = 13;
 /// Chromium's three-layer temporal pattern: the temporal layer of each frame in a cycle.
 const TEMPORAL_PATTERN: [u8; 4] = [0, 2, 1, 2];
 
@@ -76,6 +76,8 @@ struct LayerState {
 /// A VP8 simulcast encoder: every [`FRAME`], one frame per active layer.
 #[derive(Debug)]
 pub(crate) struct Vp8Simulcast {
+    /// Which encoder this is, written into every packet's tag.
+    pub(crate) source: u8,
     layers: Vec<LayerState>,
     temporal: bool,
     /// Frames since the start, all layers together.
@@ -106,6 +108,7 @@ impl Vp8Simulcast {
             })
             .collect();
         Self {
+            source: 0,
             layers,
             temporal,
             ticks: 0,
@@ -208,6 +211,7 @@ impl Vp8Simulcast {
                 payload.resize(payload.len().max(fill), 0x55);
                 payload.extend_from_slice(
                     &Tag {
+                        source: self.source,
                         layer: index as u8,
                         frame,
                         reference,
@@ -234,6 +238,7 @@ impl Vp8Simulcast {
 /// The ground truth a packet carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Tag {
+    source: u8,
     layer: u8,
     frame: u32,
     reference: Option<u32>,
@@ -251,6 +256,7 @@ impl Tag {
         b[9] = self.index;
         b[10] = self.count;
         b[11] = self.tid;
+        b[12] = self.source;
         b
     }
 
@@ -267,6 +273,7 @@ impl Tag {
             index: *b.get(9)?,
             count: *b.get(10)?,
             tid: *b.get(11)?,
+            source: *b.get(12)?,
         })
     }
 }
@@ -275,6 +282,8 @@ impl Tag {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Decoded {
     pub(crate) at: Instant,
+    /// The encoder it came from.
+    pub(crate) source: u8,
     pub(crate) layer: u8,
     pub(crate) frame: u32,
     pub(crate) key: bool,
@@ -315,12 +324,15 @@ pub(crate) struct Vp8Receiver {
     /// show garbage or stop.
     pub(crate) undecodable: u32,
     pub(crate) packets: u64,
+    /// Packets that are not an encoder's (no tag): padding or garbage forwarded.
+    pub(crate) untagged: u64,
 }
 
 impl Vp8Receiver {
     pub(crate) fn on_packet(&mut self, at: Instant, payload: &[u8]) {
         self.packets += 1;
-        let Some(tag) = Tag::parse(payload) else {
+        let Some(tag) = Tag::parse(payload).filter(|t| t.count > 0 && t.index < t.count) else {
+            self.untagged += 1;
             return;
         };
         let picture_id = match (payload.get(2), payload.get(3)) {
@@ -372,6 +384,7 @@ impl Vp8Receiver {
             self.decoded_set.insert(k);
             self.decoded.push(Decoded {
                 at,
+                source: w.tag.source,
                 layer: w.tag.layer,
                 frame: w.tag.frame,
                 key: w.tag.reference.is_none(),

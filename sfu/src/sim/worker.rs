@@ -105,6 +105,13 @@ impl Harness {
         }
     }
 
+    /// A new room; peers placed after `self.room = ...` go there.
+    pub(crate) fn add_room(&mut self) -> RoomId {
+        let room = RoomId(self.shared.ids.next());
+        self.shared.rooms.insert(room, RoomMembers::default());
+        room
+    }
+
     /// Reserves a peer id on this worker, as [`crate::Sfu`] does before its command.
     pub(crate) fn place(&self) -> (PeerId, PeerSpec) {
         let id = PeerId(self.shared.ids.next());

@@ -9,17 +9,18 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use str0m::Input;
+use str0m::bwe::Bitrate;
 use str0m::change::SdpOffer;
 use str0m::format::Codec;
 use str0m::media::{
     Direction, KeyframeRequestKind, MediaKind, Mid, Rid, Simulcast, SimulcastLayer,
 };
 use str0m::net::Receive;
-use str0m::rtp::RtpWrite;
+use str0m::rtp::{ExtensionValues, RtpWrite, Ssrc};
 
 use super::client::{Client, accept_answer};
 use super::net::{Path, PathConfig};
-use super::vp8::{FRAME, LayerSpec, Vp8Receiver, Vp8Simulcast};
+use super::vp8::{CHROMIUM_720P, FRAME, LayerSpec, Vp8Receiver, Vp8Simulcast};
 use super::worker::Harness;
 use crate::codec_order::video_codec_order;
 use crate::event::{CloseReason, PeerEvent, TrackKind};
@@ -44,6 +45,12 @@ pub(crate) enum Role {
         next_frame: Instant,
         /// Whether the encoder runs (a stopped camera, or a client gone silent).
         sending: bool,
+        /// SSRCs chosen by the scenario, one per layer (else str0m's own).
+        ssrcs: Option<Vec<Ssrc>>,
+        /// Every packet carries an abs-send-time far from the truth (a broken sender clock).
+        wild_send_times: bool,
+        /// Packets written so far.
+        written: u64,
     },
     /// Receives; its video is decoded by `video`. Like Chromium, it asks for a keyframe
     /// (PLI) when a frame does not decode, at most every [`PLI_EVERY`].
@@ -53,6 +60,38 @@ pub(crate) enum Role {
         video_mid: Option<Mid>,
         last_pli: Option<Instant>,
     },
+}
+
+/// How a publisher behaves.
+#[derive(Debug, Clone)]
+pub(crate) struct PublisherOptions {
+    pub(crate) layers: Vec<LayerSpec>,
+    /// Three temporal layers per simulcast layer.
+    pub(crate) temporal: bool,
+    /// Written into every packet, to tell publishers apart at the receivers.
+    pub(crate) source: u8,
+    /// Send with these SSRCs (one per layer) instead of random ones.
+    pub(crate) ssrcs: Option<Vec<u32>>,
+    /// Offer a data channel.
+    pub(crate) data_channel: bool,
+    /// Send abs-send-time values far from the truth.
+    pub(crate) wild_send_times: bool,
+    /// Estimate bandwidth and pad up to this rate (bits per second) with padding packets.
+    pub(crate) pad_to: Option<u64>,
+}
+
+impl Default for PublisherOptions {
+    fn default() -> Self {
+        Self {
+            layers: CHROMIUM_720P.to_vec(),
+            temporal: true,
+            source: 0,
+            ssrcs: None,
+            data_channel: false,
+            wild_send_times: false,
+            pad_to: None,
+        }
+    }
 }
 
 /// One client: its state machine, its paths and its role.
@@ -132,12 +171,35 @@ impl World {
     /// A publisher of one VP8 simulcast video track with these layers; returns once it is
     /// connected and its track published.
     pub(crate) fn publisher(&mut self, layers: &[LayerSpec], temporal: bool) -> NodeId {
+        self.publisher_with(&PublisherOptions {
+            layers: layers.to_vec(),
+            temporal,
+            ..PublisherOptions::default()
+        })
+    }
+
+    /// A publisher as `options` say; returns once it is connected and its track published.
+    pub(crate) fn publisher_with(&mut self, options: &PublisherOptions) -> NodeId {
+        let layers = &options.layers;
         let now = self.h.now;
-        let mut client = Client::new(self.client_addr(), now);
+        let pad_to = options.pad_to;
+        let mut client = Client::with_config(self.client_addr(), now, |c| match pad_to {
+            Some(bps) => c.enable_bwe(Some(Bitrate::bps(bps))),
+            None => c,
+        });
+        if let Some(bps) = pad_to {
+            client
+                .rtc
+                .bwe()
+                .set_bitrate(Bitrate::bps(bps), Bitrate::bps(bps));
+        }
         let mut api = client.rtc.sdp_api();
         let mut simulcast = Simulcast::new();
         for rid in RIDS.iter().take(layers.len()) {
             simulcast.add_send_layer(SimulcastLayer::new(rid));
+        }
+        if options.data_channel {
+            api.add_channel("data".into());
         }
         let video = api.add_media(
             MediaKind::Video,
@@ -156,11 +218,35 @@ impl World {
             Err(e) => panic!("the publisher's offer is refused: {e}"),
         };
         accept_answer(&mut client, pending, &answer);
+        let ssrcs = options.ssrcs.as_ref().map(|ssrcs| {
+            // The streams str0m made for the RIDs give way to ours (two streams for one RID
+            // would leave str0m's pacer waiting on the wrong one).
+            let mut api = client.rtc.direct_api();
+            ssrcs
+                .iter()
+                .zip(RIDS)
+                .map(|(ssrc, rid)| {
+                    let rid = Rid::from(rid);
+                    let theirs = api.stream_tx_by_mid(video, Some(rid)).map(|tx| tx.ssrc());
+                    if let Some(theirs) = theirs {
+                        api.remove_stream_tx(theirs);
+                    }
+                    let (ssrc, rtx) = (Ssrc::from(*ssrc), Ssrc::from(ssrc.wrapping_add(1)));
+                    api.declare_stream_tx(ssrc, Some(rtx), video, Some(rid));
+                    ssrc
+                })
+                .collect()
+        });
+        let mut encoder = Vp8Simulcast::new(layers, options.temporal);
+        encoder.source = options.source;
         let role = Role::Publisher {
             video,
-            encoder: Vp8Simulcast::new(layers, temporal),
+            encoder,
             next_frame: now,
             sending: true,
+            ssrcs,
+            wild_send_times: options.wild_send_times,
+            written: 0,
         };
         let id = self.new_node(peer, client, role);
         self.run_until(Duration::from_secs(5), |w| {
@@ -281,7 +367,14 @@ impl World {
                 steps_at_instant += 1;
                 assert!(
                     steps_at_instant < 10_000,
-                    "time does not move: something is due again at once, forever"
+                    "time does not move at {:.3}s: something is due again at once, forever \
+                     (worker deadline {:?}, client timeouts {:?})",
+                    self.t(self.h.now),
+                    self.h.core.next_deadline().map(|d| self.t(d)),
+                    self.nodes
+                        .iter()
+                        .map(|n| (self.t(n.client.timeout), n.client.failed, n.alive))
+                        .collect::<Vec<_>>()
                 );
             } else {
                 steps_at_instant = 0;
@@ -448,6 +541,9 @@ fn produce_media(n: &mut Node, now: Instant) {
         encoder,
         next_frame,
         sending,
+        ssrcs,
+        wild_send_times,
+        written,
     } = &mut n.role
     else {
         return;
@@ -471,13 +567,29 @@ fn produce_media(n: &mut Node, now: Instant) {
     };
     for p in encoder.frame() {
         let rid = RIDS.get(p.layer).map(|r| Rid::from(*r));
-        if let Some(tx) = n.client.rtc.direct_api().stream_tx_by_mid(*video, rid) {
-            tx.write_rtp(
-                RtpWrite::new(pt.into(), p.seq.into(), p.timestamp, now, p.payload)
-                    .marker(p.marker)
-                    .nackable(true),
-            );
+        let mut api = n.client.rtc.direct_api();
+        let tx = match ssrcs.as_ref().and_then(|s| s.get(p.layer)) {
+            Some(ssrc) => api.stream_tx(ssrc),
+            None => api.stream_tx_by_mid(*video, rid),
+        };
+        let Some(tx) = tx else {
+            continue;
+        };
+        let mut write = RtpWrite::new(pt.into(), p.seq.into(), p.timestamp, now, p.payload)
+            .marker(p.marker)
+            .nackable(true);
+        if *wild_send_times {
+            // Later than the truth by anything from 17 ms to 100 days: every 24-bit value.
+            const OFFSETS: [u64; 5] = [17, 63_999, 64_001, 3_600_000, 8_640_000_000];
+            let offset = OFFSETS[(*written % 5) as usize] + *written * 7;
+            let ext = ExtensionValues {
+                abs_send_time: now.checked_add(Duration::from_millis(offset)),
+                ..ExtensionValues::default()
+            };
+            write = write.ext_vals(ext);
         }
+        tx.write_rtp(write);
+        *written += 1;
     }
     n.client.drain();
 }
