@@ -31,6 +31,8 @@ mod event;
 pub mod fuzzing;
 mod graph;
 mod handle;
+#[cfg(test)]
+mod hostile_rtcp;
 mod ice_tcp;
 mod ids;
 mod keyframe;
