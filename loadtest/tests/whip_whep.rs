@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{WAIT, start_server, token, ws_url};
+use common::{WAIT, eventually, start_server, token, ws_url};
 use control_api::auth::{ApiKeys, Claims, DEV_API_KEY, Grants};
 use loadtest::bot::{Bot, BotConfig, Transport};
 use loadtest::server_probe::http_request;
@@ -315,5 +315,71 @@ async fn whip_http_semantics() {
     assert_eq!(r.status, 404, "a deleted resource is gone");
     assert_eq!(server.state.resources.len(), 0);
     publisher.abort();
+    server.shutdown();
+}
+
+/// Per identity: a second WHIP publisher with the same identity (an encoder that restarted)
+/// replaces the first, whose resource ends; WHEP viewers may share one token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_whip_publisher_of_an_identity_replaces_the_first_and_whep_viewers_share_a_token()
+{
+    let server = start_server(2).await;
+    let addr = server.http_addr.to_string();
+    let room_viewer = Bot::spawn(BotConfig::new(
+        &ws_url(&server),
+        token("r", "viewer"),
+        false,
+        9,
+    ));
+    assert!(
+        room_viewer
+            .wait_for(WAIT, |s| s.participant.is_some())
+            .await
+    );
+    let first = whip_bot(&addr, "r", "obs", 1);
+    assert!(
+        room_viewer
+            .wait_for(WAIT, |s| s.packets_from(1, PayloadKind::Vp8) >= 30)
+            .await,
+        "the first WHIP publisher is received"
+    );
+    let first_id = room_viewer
+        .state()
+        .messages
+        .iter()
+        .find_map(|m| match m {
+            ServerMessage::ParticipantJoined { participant } if participant.identity == "obs" => {
+                Some(participant.id.clone())
+            }
+            _ => None,
+        })
+        .expect("the first WHIP publisher joined");
+    let second = whip_bot(&addr, "r", "obs", 2);
+    assert!(
+        room_viewer
+            .wait_for(WAIT, |s| s.packets_from(2, PayloadKind::Vp8) >= 30
+                && s.saw(|m| matches!(m, ServerMessage::ParticipantLeft { participant } if *participant == first_id)))
+            .await,
+        "the second WHIP publisher is received and the first has left"
+    );
+    assert!(
+        eventually(|| server.state.resources.len() == 1).await,
+        "the replaced publisher's resource ends: {} left",
+        server.state.resources.len()
+    );
+    assert!(second.state().ended.is_none());
+    drop(first);
+    let whep = [
+        whep_bot(&addr, "r", "audience", 3),
+        whep_bot(&addr, "r", "audience", 4),
+    ];
+    for w in &whep {
+        assert!(
+            w.wait_for(WAIT, |s| s.packets_from(2, PayloadKind::Vp8) >= 30)
+                .await,
+            "every WHEP viewer of the shared token receives the stream: {:?}",
+            w.state().ended
+        );
+    }
     server.shutdown();
 }

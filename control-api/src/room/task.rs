@@ -251,15 +251,17 @@ impl RoomTask {
         if self.deleted {
             return Err(RoomError::Closing);
         }
-        // One interactive session per identity: the newest wins (a client that lost its
-        // connection and joined again replaces the session it left behind, which therefore
-        // does not count against the room's limit).
+        // One interactive session and one WHIP publisher per identity: the newest wins (a
+        // client that lost its connection and joined again, or an encoder that restarted,
+        // replaces the session it left behind, which therefore does not count against the
+        // room's limit). WHEP viewers may share an identity (one token embedded in a page for
+        // a live stream's audience): the room's and the node's limits bound them.
         let replaced: Vec<&Member> = self
             .state
             .members()
             .filter(|old| {
-                join.via == super::Via::WebSocket
-                    && old.via == super::Via::WebSocket
+                join.via != super::Via::Whep
+                    && old.via == join.via
                     && old.info.identity == join.info.identity
             })
             .collect();
