@@ -8,7 +8,7 @@ use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::format::Codec;
 use str0m::media::{Mid, Rid};
 use str0m::net::Transmit;
-use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
 
 use super::worker::certificates;
 
@@ -50,6 +50,8 @@ pub(crate) struct Client {
     pub(crate) outbox: Vec<Transmit>,
     pub(crate) timeout: Instant,
     pub(crate) connected: bool,
+    /// ICE found a working pair (DTLS may not have completed).
+    pub(crate) ice_connected: bool,
     pub(crate) failed: bool,
     /// RTP received, not yet taken by the caller.
     pub(crate) received: Vec<ReceivedRtp>,
@@ -86,6 +88,7 @@ impl Client {
             outbox: Vec::new(),
             timeout: now,
             connected: false,
+            ice_connected: false,
             failed: false,
             received: Vec::new(),
             keyframe_requests: Vec::new(),
@@ -106,6 +109,9 @@ impl Client {
                 }
                 Ok(Output::Event(e)) => match e {
                     Event::Connected => self.connected = true,
+                    Event::IceConnectionStateChange(
+                        IceConnectionState::Connected | IceConnectionState::Completed,
+                    ) => self.ice_connected = true,
                     Event::RtpPacket(p) => self.received.push(ReceivedRtp {
                         pt: *p.header.payload_type,
                         ssrc: *p.header.ssrc,

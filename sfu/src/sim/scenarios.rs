@@ -2,10 +2,16 @@
 //! Each asserts what a viewer would see (frames decoded, layers, freezes) or what the
 //! server must do (requests, closes), and runs in well under a second of real time.
 
+use std::net::SocketAddr;
 use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use str0m::ice::{StunMessage, TransId};
 
 use super::net::PathConfig;
 use super::vp8::CHROMIUM_720P;
+use super::worker::SERVER;
 use super::world::{NodeId, PublisherOptions, World};
 use str0m::channel::ChannelConfig;
 
@@ -608,4 +614,177 @@ fn a_data_channel_flood_does_not_touch_the_media() {
         None | Some(CloseReason::Failed(_)) | Some(CloseReason::Disconnected)
     ));
     assert_eq!(w.nodes[bob].closed, None);
+}
+
+/// A STUN binding request from `username`, signed with `password`.
+fn stun_request(username: &str, password: &[u8]) -> Vec<u8> {
+    let message = StunMessage::binding_request(username, TransId::new(), true, 1 << 20, 7, false);
+    let hmac = str0m::crypto::from_feature_flags().sha1_hmac_provider;
+    let mut buf = vec![0; 1500];
+    match message.to_bytes(Some(password), &mut buf, |key, parts| {
+        hmac.sha1_hmac(key, parts)
+    }) {
+        Ok(n) => buf.truncate(n),
+        Err(e) => panic!("cannot write a STUN request: {e:?}"),
+    }
+    buf
+}
+
+/// A DTLS 1.2 handshake record carrying one ClientHello fragment: the message is `length`
+/// bytes long, the fragment covers `len` bytes from `offset` and `body` bytes follow.
+fn client_hello_fragment(
+    sequence: u64,
+    length: u32,
+    offset: u32,
+    len: u32,
+    body: usize,
+) -> Vec<u8> {
+    let mut handshake = vec![1]; // client_hello
+    handshake.extend_from_slice(&length.to_be_bytes()[1..]);
+    handshake.extend_from_slice(&[0, 0]); // message_seq
+    handshake.extend_from_slice(&offset.to_be_bytes()[1..]);
+    handshake.extend_from_slice(&len.to_be_bytes()[1..]);
+    handshake.resize(handshake.len() + body, 0x42);
+    let mut record = vec![22, 0xfe, 0xfd, 0, 0];
+    record.extend_from_slice(&sequence.to_be_bytes()[2..]);
+    record.extend_from_slice(
+        &u16::try_from(handshake.len())
+            .unwrap_or(u16::MAX)
+            .to_be_bytes(),
+    );
+    record.extend_from_slice(&handshake);
+    record
+}
+
+/// Reliability 2 and 7: 10,000 datagrams a second for 2 s from random addresses (STUN with
+/// an unknown ufrag, STUN with a live peer's ufrag and a wrong password, DTLS ClientHellos,
+/// random bytes): no state is kept for any of them and the call on the same worker goes on.
+#[test]
+fn floods_from_strangers_leave_no_state_and_the_call_goes_on() {
+    let (mut w, alice, bob) = call(2);
+    w.run_for(2 * SECOND);
+    let sizes = w.h.core.sizes();
+    let counters = w.h.counters();
+    let victim = w.nodes[bob].server_creds.ufrag.clone();
+    let mut rng = StdRng::seed_from_u64(2);
+    let from = w.now();
+    let mut sent = 0u64;
+    for _ in 0..2000 {
+        for kind in 0..10u32 {
+            let addr =
+                SocketAddr::from(([203, 0, 113, rng.random()], rng.random_range(1024..65535)));
+            let datagram = match kind % 4 {
+                0 => stun_request(&format!("{:08x}:x", rng.random::<u32>()), b"pw"),
+                1 => stun_request(&format!("{victim}:x"), b"not the password"),
+                2 => client_hello_fragment(u64::from(kind), 100, 0, 100, 100),
+                _ => (0..rng.random_range(1..1200))
+                    .map(|_| rng.random())
+                    .collect(),
+            };
+            let now = w.now();
+            w.h.core
+                .handle_datagram(now, addr, Some(SERVER.ip()), &datagram);
+            sent += 1;
+        }
+        w.run_for(Duration::from_millis(1));
+    }
+    let end = w.now();
+    assert_eq!(w.h.core.sizes(), sizes, "the flood left state behind");
+    let after = w.h.counters();
+    let dropped = (after.dropped_unroutable + after.dropped_rejected + after.dropped_malformed)
+        - (counters.dropped_unroutable + counters.dropped_rejected + counters.dropped_malformed);
+    assert!(
+        dropped >= sent * 3 / 4,
+        "{dropped} of {sent} counted as dropped"
+    );
+    assert_eq!(w.nodes[alice].closed, None);
+    assert_eq!(w.nodes[bob].closed, None);
+    let freeze = w.video(bob).longest_freeze(from, end);
+    assert!(
+        freeze < 150 * Duration::from_millis(1),
+        "the viewer froze for {freeze:?}"
+    );
+}
+
+/// Reliability 6: a client that passes ICE, then sends hostile DTLS handshake fragments
+/// instead of its ClientHello (zero-length, overlapping, past the message, and pieces of a
+/// 16 MiB message): the worker does not loop or hoard memory, the peer never connects and is
+/// closed by the connect deadline, and a call on the same worker goes on.
+#[test]
+fn hostile_dtls_fragments_do_not_loop_or_hoard_and_the_peer_is_closed() {
+    let (mut w, alice, bob) = call(6);
+    let track = w.video_track(alice);
+    w.run_for(3 * SECOND);
+    let rss_before = resident_bytes();
+    let mallory = w.add_subscriber(vec![track]);
+    let mut sequence = 0u64;
+    w.nodes[mallory].mangle_up = Some(Box::new(move |datagram: &[u8]| {
+        // STUN (first byte 0-3) goes out as it is; DTLS (20-63) is replaced.
+        if !(20..64).contains(&datagram.first().copied().unwrap_or(0)) {
+            return vec![datagram.to_vec()];
+        }
+        let mut out = Vec::new();
+        let mut next = || {
+            sequence += 1;
+            sequence
+        };
+        for i in 0..20 {
+            out.push(client_hello_fragment(next(), 100, i, 0, 0)); // zero-length
+        }
+        for offset in [0, 25, 10, 60, 0] {
+            out.push(client_hello_fragment(next(), 100, offset, 50, 50)); // overlapping
+        }
+        out.push(client_hello_fragment(next(), 100, 90, 50, 50)); // past the message
+        out.push(client_hello_fragment(next(), 100, 0, 50, 10)); // claims more than it has
+        for k in 0..40 {
+            out.push(client_hello_fragment(
+                next(),
+                0xff_ffff,
+                k * 1000,
+                1000,
+                1000,
+            )); // 16 MiB
+        }
+        out
+    }));
+    let from = w.now();
+    w.run_until(20 * SECOND, |w| w.nodes[mallory].closed.is_some());
+    let end = w.now();
+    assert!(
+        w.nodes[mallory].client.ice_connected,
+        "the hostile client passed ICE"
+    );
+    assert!(
+        !w.nodes[mallory].client.connected,
+        "hostile fragments completed a handshake"
+    );
+    assert!(
+        matches!(
+            w.nodes[mallory].closed,
+            Some(CloseReason::ConnectTimeout | CloseReason::Failed(_))
+        ),
+        "closed: {:?}",
+        w.nodes[mallory].closed
+    );
+    assert!(end - from <= 16 * SECOND, "closed after {:?}", end - from);
+    let grown = resident_bytes().saturating_sub(rss_before);
+    assert!(
+        grown < 256 << 20,
+        "resident memory grew by {} MiB",
+        grown >> 20
+    );
+    assert_eq!(w.nodes[bob].closed, None);
+    let freeze = w.video(bob).longest_freeze(from, end);
+    assert!(
+        freeze < 150 * Duration::from_millis(1),
+        "the viewer froze for {freeze:?}"
+    );
+}
+
+/// This process's resident memory in bytes (Linux; 0 elsewhere).
+fn resident_bytes() -> usize {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<usize>().ok())
+        .map_or(0, |pages| pages * 4096)
 }

@@ -106,6 +106,7 @@ impl Harness {
     }
 
     /// A new room; peers placed after `self.room = ...` go there.
+    #[cfg(test)]
     pub(crate) fn add_room(&mut self) -> RoomId {
         let room = RoomId(self.shared.ids.next());
         self.shared.rooms.insert(room, RoomMembers::default());

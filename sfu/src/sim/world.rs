@@ -15,10 +15,10 @@ use str0m::format::Codec;
 use str0m::media::{
     Direction, KeyframeRequestKind, MediaKind, Mid, Rid, Simulcast, SimulcastLayer,
 };
-use str0m::net::Receive;
+use str0m::net::{Receive, Transmit};
 use str0m::rtp::{ExtensionValues, RtpWrite, Ssrc};
 
-use super::client::{Client, accept_answer};
+use super::client::{Client, Creds, accept_answer, creds_of};
 use super::net::{Path, PathConfig};
 use super::vp8::{CHROMIUM_720P, FRAME, LayerSpec, Vp8Receiver, Vp8Simulcast};
 use super::worker::Harness;
@@ -111,7 +111,14 @@ pub(crate) struct Node {
     pub(crate) closed: Option<CloseReason>,
     /// The client answers offers and reacts to events (false: it has vanished).
     pub(crate) alive: bool,
+    /// Rewrites what the client sends before it enters the path (a hostile client).
+    pub(crate) mangle_up: Option<Mangler>,
+    /// The server's ICE credentials for this peer (from its latest SDP).
+    pub(crate) server_creds: Creds,
 }
+
+/// Turns one datagram a client sends into the datagrams that really leave it.
+pub(crate) type Mangler = Box<dyn FnMut(&[u8]) -> Vec<Vec<u8>>>;
 
 /// The worker, its clients, the network between them and the clock.
 pub(crate) struct World {
@@ -160,6 +167,8 @@ impl World {
             offers: 0,
             closed: None,
             alive: true,
+            mangle_up: None,
+            server_creds: Creds::default(),
         });
         id
     }
@@ -218,6 +227,7 @@ impl World {
             Err(e) => panic!("the publisher's offer is refused: {e}"),
         };
         accept_answer(&mut client, pending, &answer);
+        let server_creds = creds_of(&answer);
         let ssrcs = options.ssrcs.as_ref().map(|ssrcs| {
             // The streams str0m made for the RIDs give way to ours (two streams for one RID
             // would leave str0m's pacer waiting on the wrong one).
@@ -249,6 +259,7 @@ impl World {
             written: 0,
         };
         let id = self.new_node(peer, client, role);
+        self.nodes[id].server_creds = server_creds;
         self.run_until(Duration::from_secs(5), |w| {
             w.nodes[id].client.connected && !w.nodes[id].tracks.is_empty()
         });
@@ -259,14 +270,15 @@ impl World {
         id
     }
 
-    /// A subscriber to `tracks`; returns once it is connected.
-    pub(crate) fn subscriber(&mut self, tracks: Vec<TrackId>) -> NodeId {
+    /// A subscriber to `tracks`, not yet connected (the scenario may change its paths or
+    /// its behaviour before time moves).
+    pub(crate) fn add_subscriber(&mut self, tracks: Vec<TrackId>) -> NodeId {
         let client = Client::new(self.client_addr(), self.h.now);
         let peer = match self.h.add_subscriber(tracks) {
             Ok(p) => p,
             Err(e) => panic!("cannot subscribe: {e}"),
         };
-        let id = self.new_node(
+        self.new_node(
             peer,
             client,
             Role::Subscriber {
@@ -274,7 +286,12 @@ impl World {
                 video_mid: None,
                 last_pli: None,
             },
-        );
+        )
+    }
+
+    /// A subscriber to `tracks`; returns once it is connected.
+    pub(crate) fn subscriber(&mut self, tracks: Vec<TrackId>) -> NodeId {
+        let id = self.add_subscriber(tracks);
         self.run_until(Duration::from_secs(5), |w| w.nodes[id].client.connected);
         assert!(
             self.nodes[id].client.connected,
@@ -286,22 +303,7 @@ impl World {
     /// `n` subscribers to `tracks`, added at the same instant; returns once all are connected.
     pub(crate) fn subscribers(&mut self, n: usize, tracks: Vec<TrackId>) -> Vec<NodeId> {
         let ids: Vec<NodeId> = (0..n)
-            .map(|_| {
-                let client = Client::new(self.client_addr(), self.h.now);
-                let peer = match self.h.add_subscriber(tracks.clone()) {
-                    Ok(p) => p,
-                    Err(e) => panic!("cannot subscribe: {e}"),
-                };
-                self.new_node(
-                    peer,
-                    client,
-                    Role::Subscriber {
-                        video: Vp8Receiver::default(),
-                        video_mid: None,
-                        last_pli: None,
-                    },
-                )
-            })
+            .map(|_| self.add_subscriber(tracks.clone()))
             .collect();
         let all = ids.clone();
         self.run_until(Duration::from_secs(5), |w| {
@@ -312,20 +314,7 @@ impl World {
 
     /// A subscriber whose client never answers (nor sends anything).
     pub(crate) fn silent_subscriber(&mut self, tracks: Vec<TrackId>) -> NodeId {
-        let client = Client::new(self.client_addr(), self.h.now);
-        let peer = match self.h.add_subscriber(tracks) {
-            Ok(p) => p,
-            Err(e) => panic!("cannot subscribe: {e}"),
-        };
-        let id = self.new_node(
-            peer,
-            client,
-            Role::Subscriber {
-                video: Vp8Receiver::default(),
-                video_mid: None,
-                last_pli: None,
-            },
-        );
+        let id = self.add_subscriber(tracks);
         self.nodes[id].alive = false;
         id
     }
@@ -452,9 +441,7 @@ impl World {
             }
         }
         for n in &mut self.nodes {
-            for t in n.client.outbox.drain(..) {
-                n.up.send(now, t);
-            }
+            send_up(n, now);
             take_received(n, now);
         }
         for event in self.h.events() {
@@ -495,13 +482,11 @@ impl World {
                 };
                 n.client.drain();
                 n.offers += 1;
+                n.server_creds = creds_of(sdp);
                 let peer = n.peer;
                 // Refused when the peer closed meanwhile.
                 let _ = self.h.subscriber_answer(peer, answer);
-                let n = &mut self.nodes[i];
-                for t in n.client.outbox.drain(..) {
-                    n.up.send(now, t);
-                }
+                send_up(&mut self.nodes[i], now);
             }
             PeerEvent::LayersWanted { peer, active, .. } => {
                 if let Some(i) = node(self, *peer)
@@ -531,6 +516,28 @@ impl World {
             _ => None,
         });
         published.unwrap_or_else(|| panic!("node {id} published no video"))
+    }
+}
+
+/// What the client sent goes onto its path (through its mangler, if it has one).
+fn send_up(n: &mut Node, now: Instant) {
+    for t in std::mem::take(&mut n.client.outbox) {
+        match &mut n.mangle_up {
+            None => n.up.send(now, t),
+            Some(mangle) => {
+                for contents in mangle(&t.contents) {
+                    n.up.send(
+                        now,
+                        Transmit {
+                            proto: t.proto,
+                            source: t.source,
+                            destination: t.destination,
+                            contents: contents.into(),
+                        },
+                    );
+                }
+            }
+        }
     }
 }
 
@@ -620,8 +627,6 @@ fn take_received(n: &mut Node, now: Instant) {
         rx.request_keyframe(KeyframeRequestKind::Pli);
         *last_pli = Some(now);
         n.client.input(Input::Timeout(now));
-        for t in n.client.outbox.drain(..) {
-            n.up.send(now, t);
-        }
+        send_up(n, now);
     }
 }
