@@ -8,6 +8,7 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use str0m::ice::{StunMessage, TransId};
+use str0m::media::KeyframeRequestKind;
 
 use super::net::PathConfig;
 use super::vp8::CHROMIUM_720P;
@@ -787,4 +788,89 @@ fn resident_bytes() -> usize {
         .ok()
         .and_then(|s| s.split_whitespace().nth(1)?.parse::<usize>().ok())
         .map_or(0, |pages| pages * 4096)
+}
+
+/// Reliability 9: from a connected publisher's own address, RTP-looking datagrams of 0-40
+/// bytes (shorter than header plus SRTP tag) and RTCP-looking ones of 0-40 bytes (SRTCP needs
+/// 20 plus the index and the tag): none is read as media, nothing reaches the viewer but the
+/// publisher's frames, and neither peer notices.
+#[test]
+fn short_srtp_and_srtcp_from_a_peers_own_address_are_dropped() {
+    let (mut w, alice, bob) = call(9);
+    w.run_for(2 * SECOND);
+    let addr = w.nodes[alice].client.addr;
+    let before = w.h.counters();
+    let from = w.now();
+    let mut sent = 0;
+    for round in 0..20u8 {
+        for len in 0..=40usize {
+            for second in [96u8, 200, 201, 205, 206] {
+                let mut datagram = vec![0x80, second, 0, round, 0, 0, 0, 1, 0, 0, 0, 7];
+                datagram.resize(len.max(2), round);
+                datagram.truncate(len);
+                let now = w.now();
+                w.h.core
+                    .handle_datagram(now, addr, Some(SERVER.ip()), &datagram);
+                sent += 1;
+            }
+        }
+        w.run_for(Duration::from_millis(50));
+    }
+    let end = w.now();
+    let after = w.h.counters();
+    assert!(
+        after.datagrams_received - before.datagrams_received >= sent,
+        "they reached the worker"
+    );
+    let video = w.video(bob);
+    assert_eq!(
+        video.untagged, 0,
+        "something not the publisher's reached the viewer"
+    );
+    assert_eq!(video.undecodable, 0);
+    assert_eq!(w.nodes[alice].closed, None);
+    assert_eq!(w.nodes[bob].closed, None);
+    let freeze = video.longest_freeze(from, end);
+    assert!(
+        freeze < 150 * Duration::from_millis(1),
+        "the viewer froze for {freeze:?}"
+    );
+}
+
+/// Reliability 16 (PLI storm): a viewer asking for a keyframe every millisecond for 5 s
+/// reaches the publisher as about one request per half second per layer, and keeps its
+/// video.
+#[test]
+fn a_pli_storm_reaches_the_publisher_throttled() {
+    let (mut w, alice, bob) = call(16);
+    w.run_for(2 * SECOND);
+    let before = w.encoder(alice).keyframe_requests.clone();
+    let from = w.now();
+    for _ in 0..5000 {
+        let mid = w.subscriber_video_mid(bob);
+        let now = w.now();
+        let client = &mut w.nodes[bob].client;
+        if let Some(rx) = client.rtc.direct_api().stream_rx_by_mid(mid, None) {
+            rx.request_keyframe(KeyframeRequestKind::Pli);
+        }
+        client.input(str0m::Input::Timeout(now));
+        w.run_for(Duration::from_millis(1));
+    }
+    let end = w.now();
+    let after = w.encoder(alice).keyframe_requests.clone();
+    let requests: Vec<u32> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    // 5 s at one request per 0.5 s: 10, plus the first at once.
+    assert!(
+        requests.iter().all(|n| *n <= 12),
+        "keyframe requests per layer at the publisher: {requests:?}"
+    );
+    assert!(
+        requests.iter().sum::<u32>() >= 5,
+        "the storm was heard: {requests:?}"
+    );
+    let freeze = w.video(bob).longest_freeze(from, end);
+    assert!(
+        freeze < 200 * Duration::from_millis(1),
+        "the viewer froze for {freeze:?}"
+    );
 }

@@ -319,6 +319,17 @@ impl World {
         id
     }
 
+    /// The video m-line of subscriber `id` (from the server's latest offer).
+    pub(crate) fn subscriber_video_mid(&self, id: NodeId) -> Mid {
+        match &self.nodes[id].role {
+            Role::Subscriber {
+                video_mid: Some(mid),
+                ..
+            } => *mid,
+            _ => panic!("node {id} is not a subscriber with video"),
+        }
+    }
+
     /// Which layers a publisher's encoder sends.
     pub(crate) fn encoder_active(&self, id: NodeId) -> Vec<bool> {
         match &self.nodes[id].role {
