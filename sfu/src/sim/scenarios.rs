@@ -444,9 +444,11 @@ fn keyframe_requests_of_viewers_joining_together_are_coalesced() {
 /// full rate back when the link widens.
 ///
 /// Ignored: fails in about half the runs (issue 14). After the cap the egress estimate falls
-/// to ~730 kbit/s and str0m's estimator then reports nothing new for the rest of the run,
-/// although half the datagrams are dropped at the bottleneck: the viewer stays on the middle
-/// layer and decodes nothing for 25 s. Run it with `--ignored` to reproduce.
+/// to 560-730 kbit/s and stays there for the rest of the run although half the datagrams are
+/// dropped at the bottleneck (and the egress loss from receiver reports reads 0): the viewer
+/// stays on the middle layer and decodes nothing for 25 s. Whether a Chromium viewer's
+/// feedback gets str0m's estimator out of this is to be measured. Run it with `--ignored`
+/// to reproduce.
 #[test]
 #[ignore = "issue 14: the egress estimate sticks above a 120 kbit/s link"]
 fn temporal_layers_are_dropped_when_the_lowest_layer_does_not_fit() {
