@@ -876,3 +876,65 @@ fn a_pli_storm_reaches_the_publisher_throttled() {
         "the viewer froze for {freeze:?}"
     );
 }
+
+/// Renegotiation: a track added to a viewer mid-call arrives through a new offer while the
+/// one it had keeps playing; a track removed stops while the other keeps playing.
+#[test]
+fn tracks_added_and_removed_mid_call_renegotiate_without_a_freeze() {
+    let mut w = World::new(20);
+    let publisher = |source| PublisherOptions {
+        source,
+        ..PublisherOptions::default()
+    };
+    let alice = w.publisher_with(&publisher(1));
+    let carol = w.publisher_with(&publisher(2));
+    let (a, c) = (w.video_track(alice), w.video_track(carol));
+    let bob = w.subscriber(vec![a]);
+    w.run_for(3 * SECOND);
+    let peer = w.nodes[bob].peer;
+    let offers = w.nodes[bob].offers;
+    let added = w.now();
+    w.h.request(|reply| Command::Subscribe {
+        peer,
+        track: c,
+        reply,
+    })
+    .expect("subscribed");
+    w.run_for(3 * SECOND);
+    let now = w.now();
+    assert!(w.nodes[bob].offers > offers, "the new track is offered");
+    let video = w.video(bob);
+    assert!(
+        video.frames_of(2, now - SECOND, now) >= 25,
+        "the added track plays"
+    );
+    let freeze = video.longest_freeze_of(1, added, now);
+    assert!(
+        freeze < 150 * Duration::from_millis(1),
+        "the first track froze for {freeze:?}"
+    );
+    let offers = w.nodes[bob].offers;
+    let removed = w.now();
+    w.h.request(|reply| Command::Unsubscribe {
+        peer,
+        track: a,
+        reply,
+    })
+    .expect("unsubscribed");
+    w.run_for(3 * SECOND);
+    let now = w.now();
+    assert!(w.nodes[bob].offers > offers, "the removal is negotiated");
+    let video = w.video(bob);
+    assert_eq!(
+        video.frames_of(1, removed + SECOND, now),
+        0,
+        "the removed track stopped"
+    );
+    let freeze = video.longest_freeze_of(2, removed, now);
+    assert!(
+        freeze < 150 * Duration::from_millis(1),
+        "the other track froze for {freeze:?}"
+    );
+    assert_eq!(video.undecodable, 0);
+    assert!(w.nodes[bob].client.connected && !w.nodes[bob].client.failed);
+}

@@ -311,14 +311,18 @@ struct Waiting {
 /// How long a complete frame waits for its reference before the decoder gives up on it.
 pub(crate) const MAX_WAIT: Duration = Duration::from_millis(500);
 
-/// Decodes what a subscriber receives on one video m-line.
+/// A frame: its encoder, its layer, its number.
+type FrameKey = (u8, u8, u32);
+
+/// Decodes what a subscriber receives (frames of several encoders are told apart by the
+/// source in their tags).
 #[derive(Debug, Default)]
 pub(crate) struct Vp8Receiver {
     /// Frames being assembled, by (layer, frame).
-    pending: BTreeMap<(u8, u32), Assembly>,
+    pending: BTreeMap<FrameKey, Assembly>,
     /// Complete frames whose reference has not decoded (yet).
-    waiting: BTreeMap<(u8, u32), Waiting>,
-    decoded_set: HashSet<(u8, u32)>,
+    waiting: BTreeMap<FrameKey, Waiting>,
+    decoded_set: HashSet<FrameKey>,
     pub(crate) decoded: Vec<Decoded>,
     /// Complete frames whose reference never decoded within [`MAX_WAIT`]: a decoder would
     /// show garbage or stop.
@@ -339,7 +343,7 @@ impl Vp8Receiver {
             (Some(hi), Some(lo)) => u16::from(hi & 0x7f) << 8 | u16::from(*lo),
             _ => 0,
         };
-        let key = (tag.layer, tag.frame);
+        let key = (tag.source, tag.layer, tag.frame);
         if self.decoded_set.contains(&key) || self.waiting.contains_key(&key) {
             return; // a duplicate
         }
@@ -372,7 +376,7 @@ impl Vp8Receiver {
                 let ok = w
                     .tag
                     .reference
-                    .is_none_or(|r| self.decoded_set.contains(&(w.tag.layer, r)));
+                    .is_none_or(|r| self.decoded_set.contains(&(w.tag.source, w.tag.layer, r)));
                 ok.then_some(*k)
             });
             let Some(k) = ready else {
@@ -394,13 +398,14 @@ impl Vp8Receiver {
             // A keyframe makes everything older on its layer useless.
             if w.tag.reference.is_none() {
                 let before = self.waiting.len();
-                self.waiting
-                    .retain(|(l, f), _| *l != w.tag.layer || *f > w.tag.frame);
+                self.waiting.retain(|(s, l, f), _| {
+                    (*s, *l) != (w.tag.source, w.tag.layer) || *f > w.tag.frame
+                });
                 self.undecodable += (before - self.waiting.len()) as u32;
             }
-            let (layer, frame) = k;
+            let (source, layer, frame) = k;
             self.pending
-                .retain(|(l, f), _| *l != layer || *f + 64 > frame);
+                .retain(|(s, l, f), _| (*s, *l) != (source, layer) || *f + 64 > frame);
         }
         let before = self.waiting.len();
         self.waiting.retain(|_, w| at < w.since + MAX_WAIT);
@@ -415,13 +420,39 @@ impl Vp8Receiver {
     /// The longest time without a decoded frame between `from` and `to` (what a viewer sees
     /// frozen), counting from `from` if nothing decoded before.
     pub(crate) fn longest_freeze(&self, from: Instant, to: Instant) -> Duration {
+        self.freeze_where(from, to, |_| true)
+    }
+
+    /// [`Self::longest_freeze`] of one encoder's frames.
+    pub(crate) fn longest_freeze_of(&self, source: u8, from: Instant, to: Instant) -> Duration {
+        self.freeze_where(from, to, |d| d.source == source)
+    }
+
+    fn freeze_where(
+        &self,
+        from: Instant,
+        to: Instant,
+        keep: impl Fn(&Decoded) -> bool,
+    ) -> Duration {
         let mut last = from;
         let mut longest = Duration::ZERO;
-        for d in self.decoded.iter().filter(|d| d.at > from && d.at <= to) {
+        for d in self
+            .decoded
+            .iter()
+            .filter(|d| d.at > from && d.at <= to && keep(d))
+        {
             longest = longest.max(d.at - last);
             last = d.at;
         }
         longest.max(to.saturating_duration_since(last))
+    }
+
+    /// Frames of one encoder decoded in `[from, to]`.
+    pub(crate) fn frames_of(&self, source: u8, from: Instant, to: Instant) -> usize {
+        self.decoded
+            .iter()
+            .filter(|d| d.source == source && d.at >= from && d.at <= to)
+            .count()
     }
 
     /// Layer changes: when, from which layer to which, and whether the new layer's first
