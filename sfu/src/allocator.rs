@@ -3,14 +3,12 @@
 //!
 //! Going down is immediate: a layer that no longer fits in the estimate is dropped at once.
 //! Going up needs headroom (the estimate must exceed the cost by [`UP_FACTOR`]); a track the
-//! bandwidth pushed down from a layer it was on must also see that headroom for [`UP_HOLD`]
-//! first, so an estimate hovering at a boundary does not make the layer flap and the
-//! subscriber's bandwidth estimator gets time to probe before media follows. An upgrade that
-//! has to be undone for bandwidth within [`UPGRADE_TRIAL`] doubles that track's hold (up to
-//! [`MAX_UP_HOLD`]); one that lasts resets it. A track that was never pushed down since it
-//! last reached its best layer (starting below it on the initial estimate, or the subscriber
-//! asked for more) goes up as soon as there is headroom: at the start of a call the estimate
-//! only climbs, and waiting would show the viewer a low layer for seconds on an open link.
+//! bandwidth held back must also see that headroom for [`UP_HOLD`] first, so an estimate
+//! hovering at a boundary does not make the layer flap and the subscriber's bandwidth
+//! estimator gets time to probe before media follows. An upgrade that has to be undone for
+//! bandwidth within [`UPGRADE_TRIAL`] doubles that track's hold (up to [`MAX_UP_HOLD`]); one that
+//! lasts resets it. A track that was not held back by the bandwidth (starting, or the
+//! subscriber asked for more) goes up at once.
 //!
 //! When even the lowest layer does not fit, a track sent with VP8 temporal layers is thinned:
 //! its upper temporal layers are dropped (half, then a quarter of the frame rate), with the
@@ -37,17 +35,6 @@ pub(crate) const UPGRADE_TRIAL: Duration = Duration::from_secs(5);
 const TEMPORAL_SHARES: [(Option<u8>, f64); 3] = [(None, 1.0), (Some(1), 0.6), (Some(0), 0.4)];
 /// Bitrates assumed for a layer being sent whose rate is not measured yet, lowest first.
 const DEFAULT_RATES: [u64; MAX_LAYERS] = [150_000, 500_000, 1_500_000, 2_500_000];
-
-/// The layer a new video track starts on when `budget` bits per second are available and
-/// nothing is measured yet: the highest whose usual rate fits with the upgrade headroom.
-pub(crate) fn start_layer(budget: u64) -> u8 {
-    let fits = |rate: u64| (rate as f64 * UP_FACTOR) as u64 <= budget;
-    DEFAULT_RATES
-        .iter()
-        .take(3)
-        .rposition(|r| fits(*r))
-        .map_or(0, |i| i as u8)
-}
 
 /// Why a track is on its layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -135,9 +122,6 @@ pub(crate) struct Allocator {
     affordable_since: HashMap<TrackId, Instant>,
     /// Tracks whose last choice was held down by the bandwidth.
     limited: HashSet<TrackId>,
-    /// Tracks the bandwidth pushed down from a layer they were on, since they were last on
-    /// their best layer: their upgrades wait for the hold.
-    pushed_down: HashSet<TrackId>,
     /// Per track: the hold before its next upgrade, if longer than [`UP_HOLD`].
     hold: HashMap<TrackId, Duration>,
     /// Per track: when it last went up for bandwidth, while that upgrade is on trial.
@@ -232,8 +216,7 @@ impl Allocator {
                 }
                 let since = *self.affordable_since.entry(*id).or_insert(now);
                 let hold = self.hold.get(id).copied().unwrap_or(UP_HOLD);
-                let held = self.limited.contains(id) && self.pushed_down.contains(id);
-                if held && now.saturating_duration_since(since) < hold {
+                if self.limited.contains(id) && now.saturating_duration_since(since) < hold {
                     break;
                 }
                 if self.limited.contains(id) {
@@ -247,7 +230,6 @@ impl Allocator {
         self.affordable_since.retain(|id, _| present(id));
         self.hold.retain(|id, _| present(id));
         self.upgraded_at.retain(|id, _| present(id));
-        self.pushed_down.retain(|id| present(id));
         self.limited.clear();
 
         let (max_temporal, used) = self.thin_temporal(tracks, &pick, &allowed, budget);
@@ -279,11 +261,6 @@ impl Allocator {
             };
             if reason == LayerReason::Bandwidth {
                 self.limited.insert(*id);
-                if matches!((needs.current, layer), (Some(was), Some(now)) if now < was) {
-                    self.pushed_down.insert(*id);
-                }
-            } else {
-                self.pushed_down.remove(id);
             }
             self.judge_upgrade(*id, needs.current, layer, reason, now);
             choices.push((*id, Choice { layer, reason }));
@@ -453,7 +430,7 @@ mod tests {
     }
 
     #[test]
-    fn a_track_never_pushed_down_goes_up_at_once() {
+    fn a_track_not_held_back_by_bandwidth_goes_up_at_once() {
         let t0 = Instant::now();
         let mut alloc = Allocator::default();
         let id = TrackId(1);
@@ -483,8 +460,7 @@ mod tests {
                 reason: LayerReason::Best
             }
         );
-        // Starting with too little for the top: as high as fits; the estimate climbing (as it
-        // does at the start of a call) lifts it at once, since nothing pushed it down.
+        // Starting with too little for the top: as high as fits, and from then on held.
         let mut fresh = Allocator::default();
         let a = fresh.allocate(t0, 1_000_000, &[(id, needs(None, None))]);
         assert_eq!(
@@ -498,26 +474,9 @@ mod tests {
         let a = fresh.allocate(t0 + 100 * MS, 10_000_000, &[(id, needs(Some(1), None))]);
         assert_eq!(
             one(&a).layer,
-            Some(2),
-            "a start below the top is not a congestion"
-        );
-        // Pushed down from the top by a drop: from then on the upgrade waits for the hold.
-        let a = fresh.allocate(t0 + 200 * MS, 1_000_000, &[(id, needs(Some(2), None))]);
-        assert_eq!(one(&a).layer, Some(1));
-        let a = fresh.allocate(t0 + 300 * MS, 10_000_000, &[(id, needs(Some(1), None))]);
-        assert_eq!(
-            one(&a).layer,
             Some(1),
-            "an upgrade after being pushed down waits"
+            "an upgrade after a bandwidth limit waits"
         );
-    }
-
-    #[test]
-    fn a_new_track_starts_on_the_layer_the_budget_carries() {
-        assert_eq!(start_layer(100_000), 0);
-        assert_eq!(start_layer(1_000_000), 1);
-        assert_eq!(start_layer(2_000_000), 2);
-        assert_eq!(start_layer(u64::MAX), 2);
     }
 
     #[test]

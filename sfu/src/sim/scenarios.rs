@@ -96,21 +96,6 @@ fn a_viewer_on_a_clean_path_gets_the_top_layer_and_decodes_every_frame() {
         "on the top layer: {:?}",
         video.switches()
     );
-    // Started on what the initial estimate carries, then only up: no dip, top within 1.5 s.
-    let switches = video.switches();
-    assert!(
-        switches.iter().all(|s| s.2 > s.1),
-        "a downswitch on an open link: {switches:?}"
-    );
-    let top = video
-        .decoded
-        .iter()
-        .find(|d| d.layer == 2)
-        .map(|d| d.at - joined);
-    assert!(
-        top.is_some_and(|t| t < 1500 * Duration::from_millis(1)),
-        "the top layer after {top:?}"
-    );
     assert_smooth(&w, bob, end - 5 * SECOND, end, 100);
     let frames = video.frames_per_layer(end - 5 * SECOND, end);
     assert!(

@@ -23,9 +23,6 @@ use crate::peer::Ctx;
 const ALLOCATION_PERIOD: Duration = Duration::from_millis(500);
 /// Bandwidth set aside per audio track.
 const AUDIO_BPS: u64 = 50_000;
-/// How long after a subscriber's first track starts its allocations may use the estimator's
-/// starting value while no estimate has come yet.
-const START_WINDOW: Duration = Duration::from_secs(3);
 /// Share of the egress estimate that padding may fill while a track waits to go up a layer.
 const PAD_SHARE: f64 = 0.85;
 
@@ -46,8 +43,6 @@ pub(super) struct Bandwidth {
     restart: EstimatorRestart,
     /// When the allocator runs next (while tracks are received).
     next_allocation: Option<Instant>,
-    /// When the first track started flowing.
-    started_at: Option<Instant>,
 }
 
 /// What an allocation did.
@@ -68,28 +63,6 @@ impl Bandwidth {
     /// Run the allocator at `now` (a track started flowing: at once, unless already due).
     pub(super) fn start(&mut self, now: Instant) {
         self.next_allocation.get_or_insert(now);
-        self.started_at.get_or_insert(now);
-    }
-
-    /// The layer a video track that starts now should start on, from the estimate (or the
-    /// one the estimator starts from): `None` without congestion control.
-    pub(super) fn start_cap(&self, ctx: &Ctx<'_>) -> Option<u8> {
-        let config = &ctx.shared.config;
-        let estimate = self.estimate.or(config
-            .congestion_control
-            .then_some(config.initial_egress_bitrate))?;
-        Some(crate::allocator::start_layer(estimate))
-    }
-
-    /// The estimate to allocate with: the latest one, or, before the first arrives (for
-    /// [`START_WINDOW`]), the one the estimator starts from. Allocating without it would start
-    /// the viewer on the top layer and push it down a moment later, and a layer pushed down
-    /// waits before it goes up again.
-    fn estimate_at(&self, ctx: &Ctx<'_>) -> Option<u64> {
-        let config = &ctx.shared.config;
-        let starting = self.started_at.is_some_and(|t| ctx.now < t + START_WINDOW);
-        self.estimate
-            .or((config.congestion_control && starting).then_some(config.initial_egress_bitrate))
     }
 
     /// Run the allocator now (the subscriber's request changed).
@@ -104,17 +77,10 @@ impl Bandwidth {
         }
     }
 
-    /// The raw estimate and the egress loss fraction, from the statistics. A raw value still
-    /// equal to the estimator's starting value (`initial`) is not an estimate yet: the
-    /// statistics report it until the first feedback moves it, while the estimate event
-    /// already carries what the start-up probes found. Taking it would push the viewer down
-    /// a layer it then waits seconds to get back.
-    pub(super) fn on_raw(&mut self, bps: u64, loss: Option<f32>, initial: u64, now: Instant) {
-        self.loss = loss;
-        if !self.raw_estimate && bps == initial {
-            return;
-        }
+    /// The raw estimate and the egress loss fraction, from the statistics.
+    pub(super) fn on_raw(&mut self, bps: u64, loss: Option<f32>, now: Instant) {
         self.raw_estimate = true;
+        self.loss = loss;
         self.on_estimate(bps, now);
     }
 
@@ -176,9 +142,7 @@ impl Bandwidth {
             * AUDIO_BPS;
         // Without an estimate (no transport-wide feedback from this client) there is no
         // bandwidth limit, only the requested quality.
-        let budget = self
-            .estimate_at(ctx)
-            .map_or(u64::MAX, |e| e.saturating_sub(audio));
+        let budget = self.estimate.map_or(u64::MAX, |e| e.saturating_sub(audio));
         let allocation = self.allocator.allocate(ctx.now, budget, &video);
         trace!(estimate = ?self.estimate, audio, ?allocation, "allocated");
         for ((id, choice), max_temporal) in allocation.choices.iter().zip(&allocation.max_temporal)
@@ -186,12 +150,9 @@ impl Bandwidth {
             if let Some(sub) = subs.get_mut(id) {
                 sub.switcher.set_max_temporal(*max_temporal);
                 sub.publish_demand();
-                // Nothing known of the track's layers yet: keep the cap it started with.
-                if choice.layer.is_some() {
-                    sub.bandwidth_cap = choice
-                        .layer
-                        .filter(|_| choice.reason == LayerReason::Bandwidth);
-                }
+                sub.bandwidth_cap = choice
+                    .layer
+                    .filter(|_| choice.reason == LayerReason::Bandwidth);
                 sub.set_reason(Some(choice.reason), ctx);
                 done.waits_changed |= sub.retarget(None, ctx);
             }

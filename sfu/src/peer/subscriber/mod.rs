@@ -209,14 +209,7 @@ impl Subscriber {
         };
         let target = match sub.route.kind {
             TrackKind::Audio => Some(0),
-            TrackKind::Video => {
-                // Start on the layer the estimate carries, not on the top one only to be
-                // pushed down a moment later (a layer pushed down waits to go up again).
-                if sub.bandwidth_cap.is_none() {
-                    sub.bandwidth_cap = self.bandwidth.start_cap(ctx);
-                }
-                sub.route.choose_layer_capped(sub.cap())
-            }
+            TrackKind::Video => sub.route.choose_layer_capped(sub.cap()),
         };
         // Until the publisher has sent anything we do not know its layers: take them all.
         let layers = target.map_or(u32::MAX, |l| 1 << u32::from(l));
@@ -284,8 +277,7 @@ impl Subscriber {
     /// The raw egress bandwidth estimate and the egress loss fraction, from the state
     /// machine's statistics.
     pub(crate) fn on_estimate(&mut self, bps: u64, loss: Option<f32>, ctx: &Ctx<'_>) {
-        let initial = ctx.shared.config.initial_egress_bitrate;
-        self.bandwidth.on_raw(bps, loss, initial, ctx.now);
+        self.bandwidth.on_raw(bps, loss, ctx.now);
     }
 
     pub(crate) fn handle_delivery(

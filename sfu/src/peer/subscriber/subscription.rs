@@ -174,18 +174,7 @@ impl Subscription {
             _ => false,
         };
         self.switcher.set_stop_current(too_big);
-        let cap = self.cap();
-        // Before the first frame, a layer above the cap is not a fallback while the layers
-        // within it (the publisher declared them) have just not been seen yet: wait for them
-        // rather than start high and be pushed down a moment later.
-        let starting = self.switcher.current().is_none();
-        let within = |l: &u8| cap.is_none_or(|c| *l <= c);
-        let declared = cap.is_some_and(|c| c < self.route.layer_count);
-        let fallback = fallback.filter(within);
-        let best = match self.route.choose_layer_capped(cap) {
-            Some(l) if starting && declared && !within(&l) => fallback,
-            chosen => chosen.or(fallback),
-        };
+        let best = self.route.choose_layer_capped(self.cap()).or(fallback);
         if best.is_none() || self.switcher.target() == best {
             return false;
         }
