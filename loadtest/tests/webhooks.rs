@@ -81,6 +81,19 @@ async fn room_events_arrive_signed_and_in_order_despite_failures() {
 
     let alice = bot(&server, "hooks", "alice", true, 1);
     assert!(alice.wait_for(WAIT, |s| s.publish_connected).await);
+    // Bob joins once the room has announced alice's video (her connection being up on her
+    // side does not mean the server has published her tracks yet): the order is the test's.
+    let published = || {
+        let rx = receiver.lock().unwrap();
+        rx.attempts
+            .iter()
+            .any(|(_, _, e)| e["event"] == "track_published" && e["track"]["kind"] == "video")
+    };
+    let deadline = Instant::now() + WAIT;
+    while !published() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(published(), "alice's video was not announced");
     let bob = bot(&server, "hooks", "bob", false, 2);
     assert!(
         bob.wait_for(WAIT, |s| s.packets_from(1, PayloadKind::Vp8) > 10)
