@@ -823,7 +823,7 @@ impl Bots<'_> {
     }
 
     /// A new publish offer with new ICE credentials, and `restart_ice` for the subscribe
-    /// connection (whose offers come from the server).
+    /// connection (whose offers come from the server), if there is one.
     async fn restart_ice(&mut self) -> Result<(), BotError> {
         let Some(signal) = &mut self.signal else {
             return Ok(());
@@ -841,7 +841,11 @@ impl Bots<'_> {
                     .await?;
             }
         }
-        signal.send(&ClientMessage::RestartIce).await?;
+        // Only a subscribe connection that exists can be restarted (the server makes it with
+        // its first offer; a bot alone in a room has none yet).
+        if self.subscriber.is_some() {
+            signal.send(&ClientMessage::RestartIce).await?;
+        }
         self.on_publisher_events()
     }
 
