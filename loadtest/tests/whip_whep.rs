@@ -24,6 +24,16 @@ fn whip_bot(server: &str, room: &str, identity: &str, tag: u32) -> Bot {
     Bot::spawn(config)
 }
 
+/// The participant id `participant_joined` gave the first participant of `identity`.
+fn joined_id(messages: &[ServerMessage], identity: &str) -> Option<String> {
+    messages.iter().find_map(|m| match m {
+        ServerMessage::ParticipantJoined { participant } if participant.identity == identity => {
+            Some(participant.id.clone())
+        }
+        _ => None,
+    })
+}
+
 fn whep_bot(server: &str, room: &str, identity: &str, tag: u32) -> Bot {
     let mut config = BotConfig::new("", token(room, identity), false, tag);
     config.transport = Transport::Whep {
@@ -83,15 +93,7 @@ async fn whip_publisher_reaches_websocket_and_whep_viewers_then_delete_leaves() 
     }
     // The WHIP publisher is a participant like any other.
     let viewer_state = room_viewer.state();
-    let whip_id = viewer_state
-        .messages
-        .iter()
-        .find_map(|m| match m {
-            ServerMessage::ParticipantJoined { participant } if participant.identity == "obs" => {
-                Some(participant.id.clone())
-            }
-            _ => None,
-        })
+    let whip_id = joined_id(&viewer_state.messages, "obs")
         .expect("participant_joined for the WHIP publisher");
     let sources: Vec<String> = viewer_state
         .messages
@@ -343,17 +345,8 @@ async fn a_second_whip_publisher_of_an_identity_replaces_the_first_and_whep_view
             .await,
         "the first WHIP publisher is received"
     );
-    let first_id = room_viewer
-        .state()
-        .messages
-        .iter()
-        .find_map(|m| match m {
-            ServerMessage::ParticipantJoined { participant } if participant.identity == "obs" => {
-                Some(participant.id.clone())
-            }
-            _ => None,
-        })
-        .expect("the first WHIP publisher joined");
+    let first_id =
+        joined_id(&room_viewer.state().messages, "obs").expect("the first WHIP publisher joined");
     let second = whip_bot(&addr, "r", "obs", 2);
     assert!(
         room_viewer

@@ -22,8 +22,7 @@ use crate::counters::WorkerCounters;
 use crate::demux::Demux;
 use crate::event::{CloseReason, EventSink, PeerEvent, PeerSpec, PeerStats, TrackCounters};
 use crate::graph::PeerLocation;
-use crate::ids::PeerId;
-use crate::ids::TrackId;
+use crate::ids::{PeerId, TrackId};
 use crate::packet::Delivery;
 use crate::shared::Shared;
 

@@ -62,6 +62,25 @@ struct PublishedTrack {
 }
 
 impl PublishedTrack {
+    /// Asks the publisher for a keyframe of `layer` through its throttle (`urgent`: at once
+    /// unless one is on its way). Returns whether a request went out now.
+    fn ask_keyframe(
+        &mut self,
+        rtc: &mut Rtc,
+        layer: usize,
+        urgent: bool,
+        ctx: &mut Ctx<'_>,
+    ) -> bool {
+        let sent = self
+            .throttles
+            .get_mut(layer)
+            .is_some_and(|throttle| throttle.request(ctx.now, urgent));
+        if sent {
+            request_keyframe(rtc, self.mid, self.rids.get(layer).copied(), ctx);
+        }
+        sent
+    }
+
     fn counters(&self) -> TrackCounters {
         TrackCounters {
             received_packets: self.received_packets,
@@ -314,14 +333,12 @@ impl Publisher {
         if track.muted {
             return;
         }
-        if track.resume_at_keyframe != 0 {
-            let bit = 1u32 << u32::from(layer.min(31));
-            if track.resume_at_keyframe & bit != 0 {
-                if !keyframe {
-                    return;
-                }
-                track.resume_at_keyframe &= !bit;
+        let bit = 1u32 << u32::from(layer.min(31));
+        if track.resume_at_keyframe & bit != 0 {
+            if !keyframe {
+                return;
             }
+            track.resume_at_keyframe &= !bit;
         }
         let subscribers = stream.route.subscribers();
         if subscribers.is_empty() {
@@ -354,7 +371,6 @@ impl Publisher {
             arrival: packet.timestamp,
             capture,
         });
-        let bit = 1u32 << u32::from(layer.min(31));
         let mut delivered = false;
         for link in subscribers.iter() {
             if link.layers.load(Ordering::Relaxed) & bit != 0 {
@@ -387,11 +403,8 @@ impl Publisher {
             if !muted && t.route.kind == TrackKind::Video {
                 let layers = t.throttles.len().clamp(1, 32);
                 t.resume_at_keyframe = u32::MAX >> (32 - layers);
-                for (layer, throttle) in t.throttles.iter_mut().enumerate() {
-                    if throttle.request(ctx.now, true) {
-                        let rid = t.rids.get(layer).copied();
-                        request_keyframe(rtc, t.mid, rid, ctx);
-                    }
+                for layer in 0..layers {
+                    t.ask_keyframe(rtc, layer, true, ctx);
                 }
             }
         }
@@ -454,14 +467,8 @@ impl Publisher {
             WorkerCounters::add(&ctx.counters().layers_resumed, 1);
             announce_layers(t, paused, info);
         }
-        if let Some(throttle) = t.throttles.get_mut(usize::from(layer))
-            && throttle.request(ctx.now, urgent)
-        {
-            if urgent {
-                WorkerCounters::add(&ctx.counters().urgent_keyframe_requests, 1);
-            }
-            let rid = t.rids.get(usize::from(layer)).copied();
-            request_keyframe(rtc, t.mid, rid, ctx);
+        if t.ask_keyframe(rtc, usize::from(layer), urgent, ctx) && urgent {
+            WorkerCounters::add(&ctx.counters().urgent_keyframe_requests, 1);
         }
     }
 

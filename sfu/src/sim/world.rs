@@ -43,8 +43,6 @@ pub(crate) enum Role {
         video: Mid,
         encoder: Vp8Simulcast,
         next_frame: Instant,
-        /// Whether the encoder runs (a stopped camera, or a client gone silent).
-        sending: bool,
         /// SSRCs chosen by the scenario, one per layer (else str0m's own).
         ssrcs: Option<Vec<Ssrc>>,
         /// Every packet carries an abs-send-time far from the truth (a broken sender clock).
@@ -253,7 +251,6 @@ impl World {
             video,
             encoder,
             next_frame: now,
-            sending: true,
             ssrcs,
             wild_send_times: options.wild_send_times,
             written: 0,
@@ -405,11 +402,7 @@ impl World {
             if n.alive && !n.client.failed {
                 consider(Some(n.client.timeout));
             }
-            if let Role::Publisher {
-                next_frame,
-                sending: true,
-                ..
-            } = &n.role
+            if let Role::Publisher { next_frame, .. } = &n.role
                 && n.alive
             {
                 consider(Some(*next_frame));
@@ -558,7 +551,6 @@ fn produce_media(n: &mut Node, now: Instant) {
         video,
         encoder,
         next_frame,
-        sending,
         ssrcs,
         wild_send_times,
         written,
@@ -576,7 +568,7 @@ fn produce_media(n: &mut Node, now: Instant) {
             encoder.request_keyframe(layer);
         }
     }
-    if !*sending || *next_frame > now {
+    if *next_frame > now {
         return;
     }
     *next_frame += FRAME;
