@@ -202,11 +202,18 @@ impl LayerSwitcher {
             self.stalled = false;
             self.stop_current = false;
         }
-        if self.drops_temporal(p) && self.rewriter.as_mut()?.drop_packet(p.seq) {
-            if vp8 {
+        // A packet with nothing after its padding (a sender padding on the media SSRC) is
+        // never media: it leaves the numbering like a dropped temporal layer, or, older than
+        // what was sent, is not sent.
+        let padding_only = p.payload.is_empty();
+        if padding_only || self.drops_temporal(p) {
+            let dropped = self.rewriter.as_mut()?.drop_packet(p.seq);
+            if dropped && vp8 {
                 self.vp8.drop_packet(&p.payload);
             }
-            return None;
+            if dropped || padding_only {
+                return None;
+            }
         }
         let out = self.rewriter.as_mut()?.rewrite(p.seq, p.ts, now)?;
         self.frame_ts = Some(p.ts);

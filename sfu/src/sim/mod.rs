@@ -6,6 +6,7 @@
 //! - [`client`]: a str0m client on an address of its own.
 //! - [`net`]: a network path: delay, jitter, a bottleneck with its queue, loss, outages.
 //! - [`vp8`]: a simulcast VP8 encoder and a receiver that decodes as a real decoder can.
+//! - [`raw`]: a hand-made endpoint that encrypts bytes no WebRTC stack would write.
 //! - [`world`]: all of them on one virtual clock.
 //!
 //! The scenarios (`scenarios.rs`) are the tests: independent of how loaded the machine is,
@@ -21,7 +22,11 @@ pub(crate) mod worker;
 
 // The scenarios' parts (the fuzz targets use only the worker and the client).
 #[cfg(test)]
+mod hostile_wire;
+#[cfg(test)]
 pub(crate) mod net;
+#[cfg(test)]
+pub(crate) mod raw;
 #[cfg(test)]
 mod scenarios;
 #[cfg(test)]

@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use str0m::ice::{StunMessage, TransId};
 use str0m::media::KeyframeRequestKind;
 
 use super::net::{Bursts, PathConfig};
+use super::raw::stun_request;
 use super::vp8::CHROMIUM_720P;
 use super::worker::SERVER;
 use super::world::{NodeId, PublisherOptions, World};
@@ -615,20 +615,6 @@ fn a_data_channel_flood_does_not_touch_the_media() {
     assert_eq!(w.nodes[bob].closed, None);
 }
 
-/// A STUN binding request from `username`, signed with `password`.
-fn stun_request(username: &str, password: &[u8]) -> Vec<u8> {
-    let message = StunMessage::binding_request(username, TransId::new(), true, 1 << 20, 7, false);
-    let hmac = str0m::crypto::from_feature_flags().sha1_hmac_provider;
-    let mut buf = vec![0; 1500];
-    match message.to_bytes(Some(password), &mut buf, |key, parts| {
-        hmac.sha1_hmac(key, parts)
-    }) {
-        Ok(n) => buf.truncate(n),
-        Err(e) => panic!("cannot write a STUN request: {e:?}"),
-    }
-    buf
-}
-
 /// A DTLS 1.2 handshake record carrying one ClientHello fragment: the message is `length`
 /// bytes long, the fragment covers `len` bytes from `offset` and `body` bytes follow.
 fn client_hello_fragment(
@@ -673,8 +659,8 @@ fn floods_from_strangers_leave_no_state_and_the_call_goes_on() {
             let addr =
                 SocketAddr::from(([203, 0, 113, rng.random()], rng.random_range(1024..65535)));
             let datagram = match kind % 4 {
-                0 => stun_request(&format!("{:08x}:x", rng.random::<u32>()), b"pw"),
-                1 => stun_request(&format!("{victim}:x"), b"not the password"),
+                0 => stun_request(&format!("{:08x}:x", rng.random::<u32>()), b"pw", false),
+                1 => stun_request(&format!("{victim}:x"), b"not the password", false),
                 2 => client_hello_fragment(u64::from(kind), 100, 0, 100, 100),
                 _ => (0..rng.random_range(1..1200))
                     .map(|_| rng.random())

@@ -20,8 +20,9 @@ use str0m::rtp::{ExtensionValues, RtpWrite, Ssrc};
 
 use super::client::{Client, Creds, accept_answer, creds_of};
 use super::net::{Path, PathConfig};
+use super::raw::RawPeer;
 use super::vp8::{CHROMIUM_720P, FRAME, LayerSpec, Vp8Receiver, Vp8Simulcast};
-use super::worker::Harness;
+use super::worker::{Harness, SERVER};
 use crate::codec_order::video_codec_order;
 use crate::event::{CloseReason, PeerEvent, TrackKind};
 use crate::ids::{PeerId, TrackId};
@@ -115,6 +116,20 @@ pub(crate) struct Node {
     pub(crate) server_creds: Creds,
 }
 
+/// A hand-made endpoint ([`RawPeer`]) and what the server knows of it. It talks to the
+/// worker directly (no simulated path).
+pub(crate) struct RawNode {
+    pub(crate) peer: PeerId,
+    pub(crate) raw: RawPeer,
+    /// The SDP this endpoint offered, and the server's answer.
+    pub(crate) offer: String,
+    pub(crate) answer: String,
+    /// Why the server closed this endpoint's peer, once it did.
+    pub(crate) closed: Option<CloseReason>,
+    /// Tracks the server published for it.
+    pub(crate) tracks: Vec<TrackId>,
+}
+
 /// Turns one datagram a client sends into the datagrams that really leave it.
 pub(crate) type Mangler = Box<dyn FnMut(&[u8]) -> Vec<Vec<u8>>>;
 
@@ -122,6 +137,8 @@ pub(crate) type Mangler = Box<dyn FnMut(&[u8]) -> Vec<Vec<u8>>>;
 pub(crate) struct World {
     pub(crate) h: Harness,
     pub(crate) nodes: Vec<Node>,
+    /// Hand-made endpoints, for bytes no WebRTC stack would send.
+    pub(crate) raw: Vec<RawNode>,
     /// Everything the worker reported, with the time.
     pub(crate) events: Vec<(Instant, PeerEvent)>,
     seed: u64,
@@ -137,6 +154,7 @@ impl World {
         Self {
             h,
             nodes: Vec::new(),
+            raw: Vec::new(),
             events: Vec::new(),
             seed,
             start,
@@ -316,6 +334,82 @@ impl World {
         id
     }
 
+    /// A hand-made endpoint publishing one video m-line (and a data channel if asked);
+    /// returns its index in [`World::raw`] once DTLS has completed. It sends nothing by itself.
+    pub(crate) fn raw_publisher(&mut self, data_channel: bool) -> usize {
+        let (addr, sdp) = self.raw_offer(Direction::SendOnly, data_channel);
+        let offer = parse_offer(&sdp);
+        let (peer, answer) = match self.h.add_publisher(offer, video_codec_order(&sdp)) {
+            Ok(a) => a,
+            Err(e) => panic!("the raw publisher's offer is refused: {e}"),
+        };
+        self.connect_raw(peer, addr, sdp, answer)
+    }
+
+    /// A hand-made endpoint receiving `tracks` (it offers one receive-only video m-line);
+    /// returns its index in [`World::raw`] once DTLS has completed.
+    pub(crate) fn raw_subscriber(&mut self, tracks: Vec<TrackId>) -> usize {
+        let (addr, sdp) = self.raw_offer(Direction::RecvOnly, false);
+        let offer = parse_offer(&sdp);
+        let (peer, answer) = match self.h.add_offering_subscriber(offer, tracks) {
+            Ok(a) => a,
+            Err(e) => panic!("the raw subscriber's offer is refused: {e}"),
+        };
+        self.connect_raw(peer, addr, sdp, answer)
+    }
+
+    /// An offer written by a str0m client holding the raw endpoint's certificate, with the
+    /// endpoint as the DTLS client and no out-of-band SCTP INIT (the endpoint sends its own).
+    fn raw_offer(&self, direction: Direction, data_channel: bool) -> (SocketAddr, String) {
+        let addr = SocketAddr::from(([192, 0, 2, 200 + self.raw.len() as u8], 41000));
+        let mut client = Client::new(addr, self.h.now);
+        let mut api = client.rtc.sdp_api();
+        if data_channel {
+            api.add_channel("data".into());
+        }
+        api.add_media(MediaKind::Video, direction, Some("raw".into()), None, None);
+        let Some((offer, _)) = api.apply() else {
+            panic!("nothing to offer");
+        };
+        let sdp = offer
+            .to_sdp_string()
+            .replace("a=setup:actpass", "a=setup:active")
+            .lines()
+            .filter(|l| !l.starts_with("a=sctp-init"))
+            .map(|l| format!("{l}\r\n"))
+            .collect();
+        (addr, sdp)
+    }
+
+    fn connect_raw(
+        &mut self,
+        peer: PeerId,
+        addr: SocketAddr,
+        offer: String,
+        answer: String,
+    ) -> usize {
+        let mut raw = RawPeer::new(addr, creds_of(&offer), creds_of(&answer), self.h.now);
+        raw.start_ice();
+        self.raw.push(RawNode {
+            peer,
+            raw,
+            offer,
+            answer,
+            closed: None,
+            tracks: Vec::new(),
+        });
+        let id = self.raw.len() - 1;
+        self.run_until(Duration::from_secs(5), |w| w.raw[id].raw.ready());
+        assert!(
+            self.raw[id].raw.ready(),
+            "the raw endpoint does not connect (ICE {}, DTLS {}, closed {:?})",
+            self.raw[id].raw.ice_connected,
+            self.raw[id].raw.dtls_connected,
+            self.raw[id].closed
+        );
+        id
+    }
+
     /// The video m-line of subscriber `id` (from the server's latest offer).
     pub(crate) fn subscriber_video_mid(&self, id: NodeId) -> Mid {
         match &self.nodes[id].role {
@@ -396,6 +490,12 @@ impl World {
                 next = Some(next.map_or(t, |n: Instant| n.min(t)));
             }
         };
+        for r in &self.raw {
+            consider(Some(r.raw.timeout));
+            if !r.raw.outbox.is_empty() {
+                consider(Some(self.h.now));
+            }
+        }
         for n in &self.nodes {
             consider(n.up.next_arrival());
             consider(n.down.next_arrival());
@@ -421,6 +521,16 @@ impl World {
                     .handle_datagram(now, t.source, Some(t.destination.ip()), &t.contents);
             }
         }
+        for r in &mut self.raw {
+            if r.raw.timeout <= now {
+                r.raw.handle_timeout(now);
+            }
+            for datagram in std::mem::take(&mut r.raw.outbox) {
+                self.h
+                    .core
+                    .handle_datagram(now, r.raw.addr, Some(SERVER.ip()), &datagram);
+            }
+        }
         for n in &mut self.nodes {
             for t in n.down.arrived(now) {
                 if n.alive
@@ -442,6 +552,8 @@ impl World {
                 .find(|n| n.client.addr == t.destination)
             {
                 n.down.send(now, t);
+            } else if let Some(r) = self.raw.iter_mut().find(|r| r.raw.addr == t.destination) {
+                r.raw.receive(now, &t.contents);
             }
         }
         for n in &mut self.nodes {
@@ -461,6 +573,9 @@ impl World {
             PeerEvent::TrackPublished { peer, track } => {
                 if let Some(i) = node(self, *peer) {
                     self.nodes[i].tracks.push(track.id);
+                }
+                if let Some(r) = self.raw.iter_mut().find(|r| r.peer == *peer) {
+                    r.tracks.push(track.id);
                 }
             }
             PeerEvent::SubscriberOffer { peer, sdp, tracks } => {
@@ -504,6 +619,9 @@ impl World {
                 if let Some(i) = node(self, *peer) {
                     self.nodes[i].closed = Some(reason.clone());
                 }
+                if let Some(r) = self.raw.iter_mut().find(|r| r.peer == *peer) {
+                    r.closed = Some(reason.clone());
+                }
             }
             _ => {}
         }
@@ -520,6 +638,13 @@ impl World {
             _ => None,
         });
         published.unwrap_or_else(|| panic!("node {id} published no video"))
+    }
+}
+
+fn parse_offer(sdp: &str) -> SdpOffer {
+    match SdpOffer::from_sdp_string(sdp) {
+        Ok(o) => o,
+        Err(e) => panic!("the raw offer does not parse ({e}): {sdp}"),
     }
 }
 
