@@ -86,6 +86,11 @@ impl ClientPeer {
             .build(now);
         let candidate = Candidate::host(local, "udp").map_err(io::Error::other)?;
         rtc.add_local_candidate(candidate);
+        // Start the state machine's clock now: str0m's ICE agent has no time until its first
+        // timeout, and a connection with nothing else to time (a subscribe offer carrying only
+        // the data channel) would then wait forever to start its checks.
+        rtc.handle_input(Input::Timeout(now))
+            .map_err(io::Error::other)?;
         Ok(Self {
             rtc,
             link,

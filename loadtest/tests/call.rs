@@ -66,6 +66,28 @@ fn track_ids_of(state: &BotState, participant: &str) -> Vec<String> {
         .collect()
 }
 
+/// The first participant of a room, with nothing to receive yet, connects its subscribe
+/// connection at once (its first offer carries only the data channel), and keeps it: the
+/// churn soak lost such connections to the connect deadline while the bot's state machine
+/// had not started its clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_alone_in_a_room_connects_and_receives_who_comes_later() {
+    let server = start_server(2).await;
+    let viewer = bot(&server, "alone", "viewer", false, 11);
+    assert!(
+        viewer.wait_for(WAIT, |s| s.subscribe_connected).await,
+        "the lone viewer's subscribe connection connects: {:?}",
+        viewer.state().subscribe_ice
+    );
+    let publisher = bot(&server, "alone", "publisher", true, 1);
+    assert!(
+        viewer.wait_for(WAIT, |s| receives_from(s, &[1], 60)).await,
+        "the viewer receives the publisher who came later"
+    );
+    assert_clean("viewer", &viewer.state(), &[1]);
+    drop(publisher);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_participants_exchange_media_and_data_and_leave_cleanly() {
     let server = start_server(2).await;

@@ -184,6 +184,14 @@ impl Negotiation {
             added.push(track);
         }
         if let Some((offer, token)) = api.apply() {
+            let sdp = offer.to_sdp_string();
+            tracing::debug!(
+                peer = %info.id,
+                ice_restart,
+                added = added.len(),
+                candidates = sdp.matches("a=candidate").count(),
+                "subscribe offer sent"
+            );
             self.pending = Some(PendingOffer {
                 token,
                 added,
@@ -191,7 +199,7 @@ impl Negotiation {
             });
             info.emit(PeerEvent::SubscriberOffer {
                 peer: info.id,
-                sdp: offer.to_sdp_string(),
+                sdp,
                 tracks: offered_tracks(subs),
             });
         }
@@ -228,8 +236,14 @@ impl Negotiation {
                 self.channel_unoffered = true;
             }
             self.ice_restart |= pending.ice_restart;
+            tracing::debug!(peer = %info.id, error = %e, "subscribe answer refused");
             return Err(SfuError::BadSdp(e.to_string()));
         }
+        tracing::debug!(
+            peer = %info.id,
+            ice_restart = pending.ice_restart,
+            "subscribe answer accepted"
+        );
         Ok(pending.added)
     }
 }
