@@ -195,6 +195,9 @@ pub enum ErrorCode {
     UnknownTrack,
     /// A media connection closed.
     MediaClosed,
+    /// A track this connection subscribes to is sent in a codec the connection did not accept
+    /// (the server does not transcode): it is not forwarded. The message names the track.
+    UnsupportedCodec,
     /// The server is shutting down and takes no new participants.
     Draining,
     /// The server has as many participants as it may (`--max-node-participants`): try

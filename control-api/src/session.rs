@@ -540,6 +540,15 @@ impl Session {
                     max_temporal,
                 });
             }
+            PeerEvent::CodecRefused { peer, track, codec } if Some(peer) == joined.subscriber => {
+                self.error(
+                    ErrorCode::UnsupportedCodec,
+                    format!(
+                        "track {track} is sent in {codec}, which this connection did not \
+                         accept; it is not forwarded (the server does not transcode)"
+                    ),
+                );
+            }
             PeerEvent::LayersWanted {
                 peer,
                 track,

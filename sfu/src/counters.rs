@@ -67,6 +67,8 @@ counters! {
     keyframe_requests_sent,
     /// NACKs received from subscribers (answered from the egress RTX cache).
     nacks_received,
+    /// Subscriptions whose track's codec the subscriber did not accept (not forwarded).
+    codec_refusals,
     /// Times a subscriber was switched to another simulcast layer.
     layer_switches,
     /// Sum of the latest egress bandwidth estimates of the peers (bits per second; a gauge).

@@ -188,6 +188,16 @@ pub enum PeerEvent {
         /// Per layer, lowest first (the track's simulcast RIDs' order): send it or not.
         active: Vec<bool>,
     },
+    /// A subscriber did not accept the codec a track is sent in (the server does not
+    /// transcode): the track is not forwarded to it. Said once per subscription.
+    CodecRefused {
+        /// The subscribing peer.
+        peer: PeerId,
+        /// The track.
+        track: TrackId,
+        /// The track's codec (`"PCMU"`, `"VP9"`, ...).
+        codec: String,
+    },
     /// Periodic statistics (see [`crate::SfuConfig::stats_interval`]).
     Stats {
         /// The peer.

@@ -161,6 +161,18 @@ impl LayerSwitcher {
         self.video && layer.is_some() && (self.current != layer || self.stalled)
     }
 
+    /// A packet of the track that this subscriber cannot take (a format it did not accept):
+    /// if its layer is being forwarded, it leaves the numbering as a dropped packet does, so
+    /// the receiver sees no gap.
+    pub(crate) fn skip(&mut self, p: &ForwardedPacket) {
+        if self.current == Some(p.layer)
+            && !self.stalled
+            && let Some(rewriter) = self.rewriter.as_mut()
+        {
+            rewriter.drop_packet(p.seq);
+        }
+    }
+
     /// Decides about one packet of the track (any layer).
     pub(crate) fn on_packet(&mut self, p: &ForwardedPacket, now: Instant) -> Option<Forward> {
         let clock = p.params.spec().clock_rate.get();

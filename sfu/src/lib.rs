@@ -15,6 +15,7 @@
 )]
 
 mod allocator;
+mod audio_codecs;
 mod audio_level;
 mod codec_order;
 mod command;

@@ -186,8 +186,8 @@ impl Peer {
             .set_dtls_cert(shared.cert.clone())
             .set_local_ice_credentials(creds)
             .clear_codecs()
-            .enable_opus(true, false)
             .set_stats_interval(stats_interval);
+        config = crate::audio_codecs::enable_audio(config);
         for codec in video_codecs {
             config = match codec {
                 Codec::Vp8 => config.enable_vp8(true),

@@ -39,6 +39,11 @@ pub(crate) struct ReceivedRtp {
     pub(crate) ssrc: u32,
     /// Extended sequence number.
     pub(crate) seq: u64,
+    /// Read by the scenarios (the fuzz targets use the client without them).
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) timestamp: u32,
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) marker: bool,
     pub(crate) payload: Vec<u8>,
 }
 
@@ -116,6 +121,8 @@ impl Client {
                         pt: *p.header.payload_type,
                         ssrc: *p.header.ssrc,
                         seq: *p.seq_no,
+                        timestamp: p.header.timestamp,
+                        marker: p.header.marker,
                         payload: p.payload.to_vec(),
                     }),
                     Event::KeyframeRequest(r) => self.keyframe_requests.push((r.mid, r.rid)),

@@ -22,6 +22,8 @@ pub(crate) mod worker;
 
 // The scenarios' parts (the fuzz targets use only the worker and the client).
 #[cfg(test)]
+mod audio_formats;
+#[cfg(test)]
 mod hostile_wire;
 #[cfg(test)]
 pub(crate) mod net;

@@ -8,7 +8,6 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use str0m::Input;
 use str0m::bwe::Bitrate;
 use str0m::change::SdpOffer;
 use str0m::format::Codec;
@@ -17,8 +16,9 @@ use str0m::media::{
 };
 use str0m::net::{Receive, Transmit};
 use str0m::rtp::{ExtensionValues, RtpWrite, Ssrc};
+use str0m::{Input, RtcConfig};
 
-use super::client::{Client, Creds, accept_answer, creds_of};
+use super::client::{Client, Creds, ReceivedRtp, accept_answer, creds_of};
 use super::net::{Path, PathConfig};
 use super::raw::RawPeer;
 use super::vp8::{CHROMIUM_720P, FRAME, LayerSpec, Vp8Receiver, Vp8Simulcast};
@@ -51,10 +51,14 @@ pub(crate) enum Role {
         /// Packets written so far.
         written: u64,
     },
+    /// Publishes one m-line whose packets the scenario writes itself.
+    Sender { mid: Mid },
     /// Receives; its video is decoded by `video`. Like Chromium, it asks for a keyframe
     /// (PLI) when a frame does not decode, at most every [`PLI_EVERY`].
     Subscriber {
         video: Vp8Receiver,
+        /// Every other packet received (audio, telephone events), with its arrival.
+        other: Vec<(Instant, ReceivedRtp)>,
         /// The video m-line (from the server's latest offer).
         video_mid: Option<Mid>,
         last_pli: Option<Instant>,
@@ -288,7 +292,16 @@ impl World {
     /// A subscriber to `tracks`, not yet connected (the scenario may change its paths or
     /// its behaviour before time moves).
     pub(crate) fn add_subscriber(&mut self, tracks: Vec<TrackId>) -> NodeId {
-        let client = Client::new(self.client_addr(), self.h.now);
+        self.add_subscriber_with(tracks, |c| c)
+    }
+
+    /// A subscriber whose client `configure` adjusts (its codecs, say), not yet connected.
+    pub(crate) fn add_subscriber_with(
+        &mut self,
+        tracks: Vec<TrackId>,
+        configure: impl FnOnce(RtcConfig) -> RtcConfig,
+    ) -> NodeId {
+        let client = Client::with_config(self.client_addr(), self.h.now, configure);
         let peer = match self.h.add_subscriber(tracks) {
             Ok(p) => p,
             Err(e) => panic!("cannot subscribe: {e}"),
@@ -298,6 +311,7 @@ impl World {
             client,
             Role::Subscriber {
                 video: Vp8Receiver::default(),
+                other: Vec::new(),
                 video_mid: None,
                 last_pli: None,
             },
@@ -325,6 +339,53 @@ impl World {
             all.iter().all(|i| w.nodes[*i].client.connected)
         });
         ids
+    }
+
+    /// A publisher of one `kind` m-line whose client `configure` adjusts (its codecs); returns
+    /// once it is connected. Its track is published at its first packet, which the scenario
+    /// writes (see [`World::sender_mid`]).
+    pub(crate) fn sender(
+        &mut self,
+        kind: MediaKind,
+        configure: impl FnOnce(RtcConfig) -> RtcConfig,
+    ) -> NodeId {
+        let mut client = Client::with_config(self.client_addr(), self.h.now, configure);
+        let mut api = client.rtc.sdp_api();
+        let mid = api.add_media(kind, Direction::SendOnly, Some("sender".into()), None, None);
+        let Some((offer, pending)) = api.apply() else {
+            panic!("nothing to offer");
+        };
+        client.drain();
+        let sdp = offer.to_sdp_string();
+        let (peer, answer) = match self.h.add_publisher(offer, video_codec_order(&sdp)) {
+            Ok(a) => a,
+            Err(e) => panic!("the sender's offer is refused: {e}"),
+        };
+        accept_answer(&mut client, pending, &answer);
+        let id = self.new_node(peer, client, Role::Sender { mid });
+        self.nodes[id].server_creds = creds_of(&answer);
+        self.run_until(Duration::from_secs(5), |w| w.nodes[id].client.connected);
+        assert!(
+            self.nodes[id].client.connected,
+            "the sender does not connect"
+        );
+        id
+    }
+
+    /// The m-line a [`World::sender`] writes on.
+    pub(crate) fn sender_mid(&self, id: NodeId) -> Mid {
+        match &self.nodes[id].role {
+            Role::Sender { mid } => *mid,
+            _ => panic!("node {id} is not a sender"),
+        }
+    }
+
+    /// The packets subscriber `id` received that were not VP8, with their arrival.
+    pub(crate) fn other_received(&self, id: NodeId) -> &[(Instant, ReceivedRtp)] {
+        match &self.nodes[id].role {
+            Role::Subscriber { other, .. } => other,
+            _ => panic!("node {id} is not a subscriber"),
+        }
     }
 
     /// A subscriber whose client never answers (nor sends anything).
@@ -425,7 +486,7 @@ impl World {
     pub(crate) fn encoder_active(&self, id: NodeId) -> Vec<bool> {
         match &self.nodes[id].role {
             Role::Publisher { encoder, .. } => encoder.active(),
-            Role::Subscriber { .. } => panic!("node {id} is a subscriber"),
+            _ => panic!("node {id} is not a publisher"),
         }
     }
 
@@ -433,7 +494,7 @@ impl World {
     pub(crate) fn video(&self, id: NodeId) -> &Vp8Receiver {
         match &self.nodes[id].role {
             Role::Subscriber { video, .. } => video,
-            Role::Publisher { .. } => panic!("node {id} is a publisher"),
+            _ => panic!("node {id} is not a subscriber"),
         }
     }
 
@@ -441,7 +502,7 @@ impl World {
     pub(crate) fn encoder(&mut self, id: NodeId) -> &mut Vp8Simulcast {
         match &mut self.nodes[id].role {
             Role::Publisher { encoder, .. } => encoder,
-            Role::Subscriber { .. } => panic!("node {id} is a subscriber"),
+            _ => panic!("node {id} is not a publisher"),
         }
     }
 
@@ -736,6 +797,7 @@ fn take_received(n: &mut Node, now: Instant) {
     let received = std::mem::take(&mut n.client.received);
     let Role::Subscriber {
         video,
+        other,
         video_mid,
         last_pli,
     } = &mut n.role
@@ -743,8 +805,12 @@ fn take_received(n: &mut Node, now: Instant) {
         return;
     };
     let before = video.undecodable;
-    for p in received.iter().filter(|p| Some(p.pt) == vp8) {
-        video.on_packet(now, &p.payload);
+    for p in received {
+        if Some(p.pt) == vp8 {
+            video.on_packet(now, &p.payload);
+        } else {
+            other.push((now, p));
+        }
     }
     let due = last_pli.is_none_or(|at| now >= at + PLI_EVERY);
     if video.undecodable > before

@@ -288,7 +288,7 @@ impl Subscriber {
         ctx: &mut Ctx<'_>,
     ) {
         match delivery {
-            Delivery::Rtp { packet, .. } => self.forward(rtc, &packet, ctx),
+            Delivery::Rtp { packet, .. } => self.forward(rtc, info, &packet, ctx),
             Delivery::Data { message, .. } => self.data.deliver(rtc, message, ctx),
             Delivery::TrackEnded { track, .. } => {
                 self.unsubscribe(track, info, ctx);
@@ -299,7 +299,13 @@ impl Subscriber {
     }
 
     /// The hot path: one packet of a track this peer receives.
-    fn forward(&mut self, rtc: &mut Rtc, packet: &ForwardedPacket, ctx: &mut Ctx<'_>) {
+    fn forward(
+        &mut self,
+        rtc: &mut Rtc,
+        info: &PeerInfo,
+        packet: &ForwardedPacket,
+        ctx: &mut Ctx<'_>,
+    ) {
         let Some(sub) = self.subs.get_mut(&packet.track) else {
             WorkerCounters::add(&ctx.counters().rtp_not_forwarded, 1);
             return;
@@ -308,9 +314,13 @@ impl Subscriber {
             WorkerCounters::add(&ctx.counters().rtp_not_forwarded, 1);
             return;
         };
+        let Some(out_pt) = sub.out_pt(rtc, mid, packet) else {
+            sub.refuse(packet, info, ctx);
+            return;
+        };
         let (out, waits_changed) = sub.admit(packet, ctx);
         if let Some(out) = out {
-            sub.write(rtc, mid, packet, out, ctx);
+            sub.write(rtc, mid, packet, (out, out_pt), ctx);
         }
         if waits_changed {
             self.next_retry = earliest_retry(&self.subs, ctx);

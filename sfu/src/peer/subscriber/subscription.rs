@@ -9,13 +9,14 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use str0m::Rtc;
+use str0m::format::Codec;
 use str0m::media::{Mid, Pt};
 use str0m::rtp::{ExtensionValues, RtpWrite};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::allocator::LayerReason;
 use crate::counters::WorkerCounters;
-use crate::event::TrackKind;
+use crate::event::{PeerEvent, TrackKind};
 use crate::graph::{SubscriberLink, TrackRoute};
 use crate::ids::TrackId;
 use crate::keyframe::needs_keyframe;
@@ -23,7 +24,7 @@ use crate::keyframe_throttle::URGENT_RETRY;
 use crate::layer_choice::VideoPreference;
 use crate::layer_switch::{Forward, LayerSwitcher};
 use crate::packet::{Delivery, ForwardedPacket};
-use crate::peer::Ctx;
+use crate::peer::{Ctx, PeerInfo};
 
 /// How long sent video packets are kept to answer NACKs. str0m keeps 3 s by default; a NACK
 /// later than 1.5 s (several round trips even on a 300 ms path) comes too late to help the
@@ -47,6 +48,8 @@ pub(super) struct Subscription {
     pub(super) switcher: LayerSwitcher,
     /// Publisher payload type -> ours, for the last codec seen.
     pub(super) pt_map: Option<(Pt, Pt)>,
+    /// The track's codec was refused (the subscriber did not accept it): said once.
+    pub(super) codec_refused: bool,
     /// What the subscriber asked for (quality, view size).
     pub(super) preference: VideoPreference,
     /// The highest layer the subscriber's bandwidth allows (set by the allocator).
@@ -74,6 +77,7 @@ impl Subscription {
             link: None,
             switcher: LayerSwitcher::new(video),
             pt_map: None,
+            codec_refused: false,
             preference: VideoPreference::default(),
             bandwidth_cap: None,
             nacks_seen: 0,
@@ -214,6 +218,45 @@ impl Subscription {
         }
     }
 
+    /// Our payload type for `packet`'s format on this subscriber's m-line: `None` if the
+    /// subscriber did not accept that format (no transcoding). One lookup per change of the
+    /// incoming payload type.
+    pub(super) fn out_pt(&mut self, rtc: &Rtc, mid: Mid, packet: &ForwardedPacket) -> Option<Pt> {
+        let in_pt = packet.params.pt();
+        match self.pt_map {
+            Some((i, o)) if i == in_pt => Some(o),
+            _ => {
+                let o = negotiated_pt(rtc, mid, packet)?;
+                self.pt_map = Some((in_pt, o));
+                Some(o)
+            }
+        }
+    }
+
+    /// `packet` is in a format the subscriber did not accept: it leaves the subscriber's
+    /// numbering (no gap to ask about). The first refusal of a track's own codec (not of
+    /// telephone events beside it) is said: a log line, a counter and an event for the
+    /// control plane.
+    pub(super) fn refuse(&mut self, packet: &ForwardedPacket, info: &PeerInfo, ctx: &mut Ctx<'_>) {
+        self.switcher.skip(packet);
+        WorkerCounters::add(&ctx.counters().rtp_not_forwarded, 1);
+        let codec = packet.params.spec().codec;
+        if codec == Codec::Tele || std::mem::replace(&mut self.codec_refused, true) {
+            return;
+        }
+        warn!(
+            track = %packet.track,
+            %codec,
+            "the subscriber did not accept the track's codec; the track is not forwarded to it"
+        );
+        WorkerCounters::add(&ctx.counters().codec_refusals, 1);
+        info.emit(PeerEvent::CodecRefused {
+            peer: info.id,
+            track: packet.track,
+            codec: codec.to_string(),
+        });
+    }
+
     /// The hot path's second half: rewrites an admitted packet for this subscriber (payload
     /// type, numbers, VP8 patch) and writes it to the subscriber's state machine.
     pub(super) fn write(
@@ -221,18 +264,9 @@ impl Subscription {
         rtc: &mut Rtc,
         mid: Mid,
         packet: &ForwardedPacket,
-        out: Forward,
+        (out, out_pt): (Forward, Pt),
         ctx: &mut Ctx<'_>,
     ) {
-        let in_pt = packet.params.pt();
-        let out_pt = match self.pt_map {
-            Some((i, o)) if i == in_pt => Some(o),
-            _ => {
-                let o = negotiated_pt(rtc, mid, packet);
-                self.pt_map = o.map(|o| (in_pt, o));
-                o
-            }
-        };
         if !self.rtx_cache_sized
             && let Some(tx) = rtc.direct_api().stream_tx_by_mid(mid, None)
         {
@@ -240,10 +274,6 @@ impl Subscription {
             tx.set_rtx_cache(RTX_CACHE_PACKETS, RTX_CACHE_AGE, RTX_RATIO_CAP);
             self.rtx_cache_sized = true;
         }
-        let Some(out_pt) = out_pt else {
-            WorkerCounters::add(&ctx.counters().rtp_not_forwarded, 1);
-            return;
-        };
         let ext = ExtensionValues {
             audio_level: packet.audio_level,
             voice_activity: packet.voice_activity,
