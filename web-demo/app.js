@@ -9,7 +9,8 @@
 // `window.sfuDemo.state`.
 //
 // URL options: ?room=R&name=N&autojoin=1 joins at once; &role=viewer joins without publishing;
-// &codec=vp8|h264|vp9|av1 picks the camera's codec.
+// &codec=vp8|h264|vp9|av1 picks the camera's codec; &audio=opus|pcmu|pcma offers the microphone
+// in that codec alone.
 
 import { state, isCurrent } from './state.js';
 import { ui, showBanner, hideBanner, setStatus, showView, initAudioUnlock, initLayout } from './ui.js';

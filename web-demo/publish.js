@@ -62,6 +62,7 @@ export function startPublishing(session) {
   const [videoTrack] = stream?.getVideoTracks() ?? [];
   if (audioTrack) {
     state.tx.mic = pc.addTransceiver(audioTrack, { direction: 'sendonly', streams: [stream] });
+    offerOnlyAudioCodec(state.tx.mic, new URLSearchParams(location.search).get('audio'));
   }
   if (videoTrack) {
     state.tx.camera = pc.addTransceiver(videoTrack, {
@@ -94,6 +95,20 @@ function preferVideoCodec(transceiver, codec) {
   const wanted = codecs.filter((c) => c.mimeType.toLowerCase() === `video/${codec.toLowerCase()}`);
   if (wanted.length === 0) return;
   transceiver.setCodecPreferences([...wanted, ...codecs.filter((c) => !wanted.includes(c))]);
+}
+
+/**
+ * With `?audio=pcmu` (or pcma, opus) the microphone is offered in that codec alone, with the
+ * telephone events (DTMF) of its clock rate: what a phone or SIP gateway would offer.
+ */
+function offerOnlyAudioCodec(transceiver, codec) {
+  if (!codec || !RTCRtpSender.getCapabilities || !transceiver.setCodecPreferences) return;
+  const { codecs } = RTCRtpSender.getCapabilities('audio');
+  const wanted = codecs.filter((c) => c.mimeType.toLowerCase() === `audio/${codec.toLowerCase()}`);
+  if (wanted.length === 0) return;
+  const events = codecs.filter((c) => c.mimeType.toLowerCase() === 'audio/telephone-event' &&
+    wanted.some((w) => w.clockRate === c.clockRate));
+  transceiver.setCodecPreferences([...wanted, ...events]);
 }
 
 /** Our `data` channel: chat messages we send go out on it. */

@@ -359,6 +359,7 @@ export function sampleRemoteMedia(participant, sampleMs = 2_000) {
       let framesDecoded = 0;
       let audioPackets = 0;
       const videoCodecs = [];
+      const audioCodecs = [];
       for (const [trackId, track] of remote?.tracks ?? []) {
         const receiver = state.subPc?.getReceivers().find((r) => r.track === track);
         if (!receiver) continue;
@@ -370,7 +371,11 @@ export function sampleRemoteMedia(participant, sampleMs = 2_000) {
             const codec = r.codecId && stats.get(r.codecId);
             if (codec && r.framesDecoded > 0) videoCodecs.push(codec.mimeType.toLowerCase());
           }
-          if (r.kind === 'audio') audioPackets += r.packetsReceived ?? 0;
+          if (r.kind === 'audio') {
+            audioPackets += r.packetsReceived ?? 0;
+            const codec = r.codecId && stats.get(r.codecId);
+            if (codec && r.packetsReceived > 0) audioCodecs.push(codec.mimeType.toLowerCase());
+          }
         });
       }
       return {
@@ -379,6 +384,7 @@ export function sampleRemoteMedia(participant, sampleMs = 2_000) {
         framesDecoded,
         audioPackets,
         videoCodecs,
+        audioCodecs,
       };
     }));
     const first = await sample();

@@ -1,5 +1,6 @@
-// Two headless Chromium participants in one room, once with VP8 and once with H264 (`?codec=`):
-// each must see and hear the other (decoded with the codec asked for), and chat.
+// Two headless Chromium participants in one room, with VP8, with H264 (`?codec=`), and with
+// VP8 and a microphone offered in G.711 alone (`?audio=pcmu`, as a phone would): each must see
+// and hear the other (decoded with the codecs asked for), and chat.
 //
 //   cd web-demo/tests && npm install && npm test
 //
@@ -15,7 +16,7 @@ import {
   waitUntil, describeTiles, sampleRemoteMedia,
 } from './harness.mjs';
 
-const TOTAL_BUDGET_MS = 90_000;
+const TOTAL_BUDGET_MS = 135_000;
 const MEDIA_MS = 15_000;
 const SAMPLE_MS = 2_000;
 const CHAT_MS = 10_000;
@@ -23,8 +24,14 @@ const CHAT_MS = 10_000;
 const stopWatchdog = startWatchdog(TOTAL_BUDGET_MS);
 after(() => stopWatchdog());
 
-for (const codec of ['vp8', 'h264']) describe(`two participants in one room (${codec})`, () => {
-  const room = `e2e-${codec}-${randomBytes(4).toString('hex')}`;
+const CASES = [
+  { codec: 'vp8', audio: 'opus' },
+  { codec: 'h264', audio: 'opus' },
+  { codec: 'vp8', audio: 'pcmu' },
+];
+
+for (const { codec, audio } of CASES) describe(`two participants in one room (${codec}, ${audio})`, () => {
+  const room = `e2e-${codec}-${audio}-${randomBytes(4).toString('hex')}`;
   let alice;
   let bob;
 
@@ -38,14 +45,14 @@ for (const codec of ['vp8', 'h264']) describe(`two participants in one room (${c
     const failed = results.find((r) => r.status === 'rejected');
     if (failed) throw failed.reason;
     const base = results[0].value;
-    await Promise.all([alice, bob].map((p) => p.page.goto(callUrl(base, room, p.name, { codec }), { waitUntil: 'load' })));
+    await Promise.all([alice, bob].map((p) => p.page.goto(callUrl(base, room, p.name, { codec, audio }), { waitUntil: 'load' })));
   }, { timeout: 50_000 });
 
   after(async () => {
     await mkdir(ARTIFACTS, { recursive: true }).catch(() => {});
     for (const participant of [alice, bob]) {
       if (!participant?.page) continue;
-      await participant.page.screenshot({ path: path.join(ARTIFACTS, `${participant.name}-${codec}.png`), timeout: 5_000 })
+      await participant.page.screenshot({ path: path.join(ARTIFACTS, `${participant.name}-${codec}-${audio}.png`), timeout: 5_000 })
         .catch((err) => console.error(`screenshot of ${participant.name} failed: ${err.message}`));
     }
     await Promise.all([closeParticipant(alice), closeParticipant(bob)]);
@@ -65,6 +72,7 @@ for (const codec of ['vp8', 'h264']) describe(`two participants in one room (${c
       assert.ok(tile.second.framesDecoded > tile.first.framesDecoded, `remote video is not advancing over ${SAMPLE_MS} ms; ${detail}`);
       assert.ok(tile.second.audioPackets > tile.first.audioPackets, `no inbound audio packets over ${SAMPLE_MS} ms; ${detail}`);
       assert.deepEqual(tile.second.videoCodecs, [`video/${codec}`], `decoded with the codec asked for; ${detail}`);
+      assert.deepEqual(tile.second.audioCodecs, [`audio/${audio}`], `audio received in the codec offered; ${detail}`);
     }
   });
 
