@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::raw::{sctp, sdp_value};
 use super::vp8::{CHROMIUM_720P, FRAME, Vp8Simulcast};
-use super::world::{NodeId, World};
+use super::world::{NodeId, World, call};
 use crate::event::CloseReason;
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -271,15 +271,6 @@ fn publish_with(seed: u64, kind: Hostile) -> Seen {
         freeze: video.longest_freeze(from, end),
         closed: w.raw[r].closed.clone(),
     }
-}
-
-/// A publisher of three VP8 layers and one viewer of its video, connected.
-fn call(seed: u64) -> (World, NodeId, NodeId) {
-    let mut w = World::new(seed);
-    let alice = w.publisher(&CHROMIUM_720P, true);
-    let track = w.video_track(alice);
-    let bob = w.subscriber(vec![track]);
-    (w, alice, bob)
 }
 
 /// The media and RTX SSRCs the server's answer declares for its video.

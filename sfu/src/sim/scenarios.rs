@@ -13,7 +13,7 @@ use super::net::{Bursts, PathConfig};
 use super::raw::stun_request;
 use super::vp8::CHROMIUM_720P;
 use super::worker::SERVER;
-use super::world::{NodeId, PublisherOptions, World};
+use super::world::{NodeId, PublisherOptions, World, call};
 use str0m::channel::ChannelConfig;
 
 use crate::command::Command;
@@ -21,15 +21,6 @@ use crate::event::{CloseReason, PeerEvent};
 use crate::layer_choice::{Quality, VideoPreference};
 
 const SECOND: Duration = Duration::from_secs(1);
-
-/// A publisher of three VP8 layers and one viewer of its video, connected.
-fn call(seed: u64) -> (World, NodeId, NodeId) {
-    let mut w = World::new(seed);
-    let alice = w.publisher(&CHROMIUM_720P, true);
-    let track = w.video_track(alice);
-    let bob = w.subscriber(vec![track]);
-    (w, alice, bob)
-}
 
 /// The picture IDs the viewer decoded follow each other (mod 2^15) across layer switches:
 /// the server rewrites them into one sequence, as a decoder expects. At a switch one picture

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use str0m::bwe::Bitrate;
-use str0m::change::SdpOffer;
+use str0m::change::{SdpApi, SdpOffer};
 use str0m::format::Codec;
 use str0m::media::{
     Direction, KeyframeRequestKind, MediaKind, Mid, Rid, Simulcast, SimulcastLayer,
@@ -222,32 +222,22 @@ impl World {
                 .bwe()
                 .set_bitrate(Bitrate::bps(bps), Bitrate::bps(bps));
         }
-        let mut api = client.rtc.sdp_api();
         let mut simulcast = Simulcast::new();
         for rid in RIDS.iter().take(layers.len()) {
             simulcast.add_send_layer(SimulcastLayer::new(rid));
         }
-        if options.data_channel {
-            api.add_channel("data".into());
-        }
-        let video = api.add_media(
-            MediaKind::Video,
-            Direction::SendOnly,
-            Some("camera".into()),
-            None,
-            Some(simulcast),
-        );
-        let Some((offer, pending)) = api.apply() else {
-            panic!("nothing to offer");
-        };
-        client.drain();
-        let sdp = offer.to_sdp_string();
-        let (peer, answer) = match self.h.add_publisher(offer, video_codec_order(&sdp)) {
-            Ok(a) => a,
-            Err(e) => panic!("the publisher's offer is refused: {e}"),
-        };
-        accept_answer(&mut client, pending, &answer);
-        let server_creds = creds_of(&answer);
+        let (video, peer, server_creds) = self.publish(&mut client, |api| {
+            if options.data_channel {
+                api.add_channel("data".into());
+            }
+            api.add_media(
+                MediaKind::Video,
+                Direction::SendOnly,
+                Some("camera".into()),
+                None,
+                Some(simulcast),
+            )
+        });
         let ssrcs = options.ssrcs.as_ref().map(|ssrcs| {
             // The streams str0m made for the RIDs give way to ours (two streams for one RID
             // would leave str0m's pacer waiting on the wrong one).
@@ -287,6 +277,29 @@ impl World {
             "the publisher's track is not published"
         );
         id
+    }
+
+    /// Offers as a publisher what `build` adds to `client`'s SDP (returning the m-line it
+    /// will send on) and applies the server's answer; returns that m-line, the server's peer
+    /// and its ICE credentials.
+    fn publish(
+        &mut self,
+        client: &mut Client,
+        build: impl FnOnce(&mut SdpApi<'_>) -> Mid,
+    ) -> (Mid, PeerId, Creds) {
+        let mut api = client.rtc.sdp_api();
+        let mid = build(&mut api);
+        let Some((offer, pending)) = api.apply() else {
+            panic!("nothing to offer");
+        };
+        client.drain();
+        let sdp = offer.to_sdp_string();
+        let (peer, answer) = match self.h.add_publisher(offer, video_codec_order(&sdp)) {
+            Ok(a) => a,
+            Err(e) => panic!("the publisher's offer is refused: {e}"),
+        };
+        accept_answer(client, pending, &answer);
+        (mid, peer, creds_of(&answer))
     }
 
     /// A subscriber to `tracks`, not yet connected (the scenario may change its paths or
@@ -350,20 +363,11 @@ impl World {
         configure: impl FnOnce(RtcConfig) -> RtcConfig,
     ) -> NodeId {
         let mut client = Client::with_config(self.client_addr(), self.h.now, configure);
-        let mut api = client.rtc.sdp_api();
-        let mid = api.add_media(kind, Direction::SendOnly, Some("sender".into()), None, None);
-        let Some((offer, pending)) = api.apply() else {
-            panic!("nothing to offer");
-        };
-        client.drain();
-        let sdp = offer.to_sdp_string();
-        let (peer, answer) = match self.h.add_publisher(offer, video_codec_order(&sdp)) {
-            Ok(a) => a,
-            Err(e) => panic!("the sender's offer is refused: {e}"),
-        };
-        accept_answer(&mut client, pending, &answer);
+        let (mid, peer, server_creds) = self.publish(&mut client, |api| {
+            api.add_media(kind, Direction::SendOnly, Some("sender".into()), None, None)
+        });
         let id = self.new_node(peer, client, Role::Sender { mid });
-        self.nodes[id].server_creds = creds_of(&answer);
+        self.nodes[id].server_creds = server_creds;
         self.run_until(Duration::from_secs(5), |w| w.nodes[id].client.connected);
         assert!(
             self.nodes[id].client.connected,
@@ -707,6 +711,15 @@ fn parse_offer(sdp: &str) -> SdpOffer {
         Ok(o) => o,
         Err(e) => panic!("the raw offer does not parse ({e}): {sdp}"),
     }
+}
+
+/// A publisher of three VP8 layers and one viewer of its video, connected.
+pub(crate) fn call(seed: u64) -> (World, NodeId, NodeId) {
+    let mut w = World::new(seed);
+    let alice = w.publisher(&CHROMIUM_720P, true);
+    let track = w.video_track(alice);
+    let bob = w.subscriber(vec![track]);
+    (w, alice, bob)
 }
 
 /// What the client sent goes onto its path (through its mangler, if it has one).
