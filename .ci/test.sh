@@ -8,9 +8,6 @@
 #   SKIP_FUZZ=1 ...        skip the short fuzzing runs (the corpus replay in cargo test stays)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# Nothing reads the terminal: a stray stdin (one a browser launched from the same shell wrote
-# into) once reached cargo's rustc probe as source code and failed the run before any test.
-exec </dev/null
 root=$(pwd)
 start=$(date +%s)
 step() { printf '\n==> %s (%ss)\n' "$*" "$(( $(date +%s) - start ))"; }
