@@ -161,9 +161,9 @@ impl LayerSwitcher {
         self.video && layer.is_some() && (self.current != layer || self.stalled)
     }
 
-    /// A packet of the track that this subscriber cannot take (a format it did not accept):
-    /// if its layer is being forwarded, it leaves the numbering as a dropped packet does, so
-    /// the receiver sees no gap.
+    /// A packet of the track that is not forwarded to this subscriber (a format it did not
+    /// accept, or padding alone): if its layer is being forwarded, it leaves the numbering as
+    /// a dropped packet does, so the receiver sees no gap.
     pub(crate) fn skip(&mut self, p: &ForwardedPacket) {
         if self.current == Some(p.layer)
             && !self.stalled
@@ -175,6 +175,12 @@ impl LayerSwitcher {
 
     /// Decides about one packet of the track (any layer).
     pub(crate) fn on_packet(&mut self, p: &ForwardedPacket, now: Instant) -> Option<Forward> {
+        if p.payload.is_empty() {
+            // Nothing after its padding (a sender padding on the media SSRC): never media,
+            // and never the start of a layer.
+            self.skip(p);
+            return None;
+        }
         let clock = p.params.spec().clock_rate.get();
         let vp8 = p.params.spec().codec == Codec::Vp8;
         let mut switched = false;
@@ -214,18 +220,11 @@ impl LayerSwitcher {
             self.stalled = false;
             self.stop_current = false;
         }
-        // A packet with nothing after its padding (a sender padding on the media SSRC) is
-        // never media: it leaves the numbering like a dropped temporal layer, or, older than
-        // what was sent, is not sent.
-        let padding_only = p.payload.is_empty();
-        if padding_only || self.drops_temporal(p) {
-            let dropped = self.rewriter.as_mut()?.drop_packet(p.seq);
-            if dropped && vp8 {
+        if self.drops_temporal(p) && self.rewriter.as_mut()?.drop_packet(p.seq) {
+            if vp8 {
                 self.vp8.drop_packet(&p.payload);
             }
-            if dropped || padding_only {
-                return None;
-            }
+            return None;
         }
         let out = self.rewriter.as_mut()?.rewrite(p.seq, p.ts, now)?;
         self.frame_ts = Some(p.ts);

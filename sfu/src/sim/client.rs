@@ -20,16 +20,26 @@ pub(crate) struct Creds {
 }
 
 pub(crate) fn creds_of(sdp: &str) -> Creds {
-    let value = |name: &str| {
-        sdp.lines()
-            .find_map(|l| l.trim().strip_prefix(name))
-            .unwrap_or_default()
-            .to_string()
-    };
+    let value = |name: &str| sdp_value(sdp, "", name).unwrap_or_default().to_string();
     Creds {
         ufrag: value("a=ice-ufrag:"),
         pwd: value("a=ice-pwd:"),
     }
+}
+
+/// An SDP attribute's value in the section of the first `m=<kind>` line (or anywhere, for
+/// an empty `kind`): the first line starting with `prefix`, without it.
+pub(crate) fn sdp_value<'a>(sdp: &'a str, kind: &str, prefix: &str) -> Option<&'a str> {
+    let mut in_section = kind.is_empty();
+    for line in sdp.lines().map(str::trim) {
+        if let Some(m) = line.strip_prefix("m=") {
+            in_section = kind.is_empty() || m.starts_with(kind);
+        }
+        if in_section && let Some(rest) = line.strip_prefix(prefix) {
+            return Some(rest);
+        }
+    }
+    None
 }
 
 /// An RTP packet a client received.

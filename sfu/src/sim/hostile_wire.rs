@@ -6,7 +6,8 @@
 
 use std::time::{Duration, Instant};
 
-use super::raw::{sctp, sdp_value};
+use super::client::sdp_value;
+use super::raw::sctp;
 use super::vp8::{CHROMIUM_720P, FRAME, Vp8Simulcast};
 use super::world::{NodeId, World, call};
 use crate::event::CloseReason;

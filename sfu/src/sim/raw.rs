@@ -330,21 +330,6 @@ impl RawPeer {
     }
 }
 
-/// An SDP attribute's value in the section of the first `m=<kind>` line (or anywhere, for
-/// an empty `kind`): the first line starting with `prefix`, without it.
-pub(crate) fn sdp_value<'a>(sdp: &'a str, kind: &str, prefix: &str) -> Option<&'a str> {
-    let mut in_section = kind.is_empty();
-    for line in sdp.lines().map(str::trim) {
-        if let Some(m) = line.strip_prefix("m=") {
-            in_section = kind.is_empty() || m.starts_with(kind);
-        }
-        if in_section && let Some(rest) = line.strip_prefix(prefix) {
-            return Some(rest);
-        }
-    }
-    None
-}
-
 /// SCTP (RFC 9260) packets written by hand.
 pub(crate) mod sctp {
     /// The port both sides use (the SDP's `a=sctp-port`).

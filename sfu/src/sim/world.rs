@@ -467,9 +467,11 @@ impl World {
         self.run_until(Duration::from_secs(5), |w| w.raw[id].raw.ready());
         assert!(
             self.raw[id].raw.ready(),
-            "the raw endpoint does not connect (ICE {}, DTLS {}, closed {:?})",
+            "the raw endpoint does not connect (ICE {}, DTLS {}, DTLS failed or closed {}, \
+             peer closed {:?})",
             self.raw[id].raw.ice_connected,
             self.raw[id].raw.dtls_connected,
+            self.raw[id].raw.dtls_closed,
             self.raw[id].closed
         );
         id

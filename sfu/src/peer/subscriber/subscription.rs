@@ -46,8 +46,8 @@ pub(super) struct Subscription {
     pub(super) link: Option<Arc<SubscriberLink>>,
     /// Which layer is forwarded, and the rewriting.
     pub(super) switcher: LayerSwitcher,
-    /// Publisher payload type -> ours, for the last codec seen.
-    pub(super) pt_map: Option<(Pt, Pt)>,
+    /// Publisher payload type -> ours (`None`: not accepted), for the last one seen.
+    pub(super) pt_map: Option<(Pt, Option<Pt>)>,
     /// The track's codec was refused (the subscriber did not accept it): said once.
     pub(super) codec_refused: bool,
     /// What the subscriber asked for (quality, view size).
@@ -220,15 +220,15 @@ impl Subscription {
 
     /// Our payload type for `packet`'s format on this subscriber's m-line: `None` if the
     /// subscriber did not accept that format (no transcoding). One lookup per change of the
-    /// incoming payload type.
+    /// incoming payload type, accepted or not.
     pub(super) fn out_pt(&mut self, rtc: &Rtc, mid: Mid, packet: &ForwardedPacket) -> Option<Pt> {
         let in_pt = packet.params.pt();
         match self.pt_map {
-            Some((i, o)) if i == in_pt => Some(o),
+            Some((i, o)) if i == in_pt => o,
             _ => {
-                let o = negotiated_pt(rtc, mid, packet)?;
+                let o = negotiated_pt(rtc, mid, packet);
                 self.pt_map = Some((in_pt, o));
-                Some(o)
+                o
             }
         }
     }
