@@ -154,7 +154,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         webhooks_dropped: state.webhooks.dropped(),
         tcp_connections: state.sfu.tcp_connections(),
     };
-    let body = crate::metrics::render(&state.sfu.counters(), &gauges);
+    let body = state.metrics.render(&state.sfu.counters(), &gauges);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 

@@ -120,6 +120,8 @@ pub struct AppState {
     pub resumable: signalling::Resumable,
     /// Tokens of participants the room service removed.
     pub revoked: revoked::RevokedTokens,
+    /// This server's metrics registry (`/metrics`).
+    pub metrics: metrics::Metrics,
 }
 
 impl AppState {
@@ -181,6 +183,20 @@ pub enum StartError {
 /// How often the certificate files are checked for a renewal.
 const CERTIFICATE_CHECK: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Folds recorded histogram samples into their buckets every few seconds, until the server
+/// is gone (samples wait in a queue until then: without this, memory would grow while
+/// nobody scrapes `/metrics`).
+async fn metrics_upkeep(state: std::sync::Weak<AppState>) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+    loop {
+        every.tick().await;
+        match state.upgrade() {
+            Some(state) => state.metrics.run_upkeep(),
+            None => return,
+        }
+    }
+}
+
 /// Reloads the certificate files when they change (checked every [`CERTIFICATE_CHECK`]) or
 /// when the process gets SIGHUP, until the server is gone.
 async fn watch_certificate(tls: std::sync::Weak<tls::Tls>) {
@@ -228,7 +244,11 @@ impl Server {
             .transpose()?
             .map(Arc::new);
         let tls_config = tls.as_ref().map(|t| t.server_config()).transpose()?;
-        let sfu = Sfu::start(config.sfu.clone())?;
+        let metrics = metrics::Metrics::new();
+        let sfu = Sfu::start(SfuConfig {
+            timings: metrics.timings(),
+            ..config.sfu.clone()
+        })?;
         let listener = TcpListener::bind(config.http_addr)
             .await
             .map_err(|source| StartError::Http {
@@ -256,6 +276,7 @@ impl Server {
             tls: tls.clone(),
             resumable: signalling::Resumable::default(),
             revoked: revoked::RevokedTokens::default(),
+            metrics,
         });
         tracing::info!(
             %http_addr,
@@ -271,6 +292,7 @@ impl Server {
                 }
             }),
         };
+        tokio::spawn(metrics_upkeep(Arc::downgrade(&state)));
         if let Some(tls) = tls.filter(|t| t.files().is_some()) {
             tokio::spawn(watch_certificate(Arc::downgrade(&tls)));
         }

@@ -65,10 +65,87 @@ pub struct ServerCounters {
     pub nacks_received: u64,
     /// Keyframe requests (PLI/FIR) received from subscribers.
     pub keyframe_requests_received: u64,
+    /// The server's SFU-added latency histogram (`sfu_forward_latency_seconds`).
+    pub forward_latency: Buckets,
     /// The server process's CPU seconds, if it reports them.
     pub cpu_seconds: Option<f64>,
     /// The server process's resident memory, if it reports it.
     pub rss_bytes: Option<u64>,
+}
+
+/// Most buckets of a histogram read from the server.
+const MAX_BUCKETS: usize = 24;
+
+/// A Prometheus histogram's cumulative bucket counts, by upper bound (`+Inf` included).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Buckets {
+    bounds: [f64; MAX_BUCKETS],
+    counts: [u64; MAX_BUCKETS],
+    len: usize,
+}
+
+impl Buckets {
+    /// The `{name}_bucket{le="..."} N` lines of a metrics page, in order of their bounds.
+    pub fn parse(body: &str, name: &str) -> Self {
+        let prefix = format!("{name}_bucket{{le=\"");
+        let mut found: Vec<(f64, u64)> = body
+            .lines()
+            .filter_map(|line| {
+                let (bound, rest) = line.strip_prefix(&prefix)?.split_once("\"}")?;
+                let bound = if bound == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    bound.parse().ok()?
+                };
+                Some((bound, rest.trim().parse::<f64>().ok()? as u64))
+            })
+            .collect();
+        found.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mut buckets = Self::default();
+        let slots = buckets.bounds.iter_mut().zip(buckets.counts.iter_mut());
+        for ((bound_slot, count_slot), (bound, count)) in slots.zip(found) {
+            *bound_slot = bound;
+            *count_slot = count;
+            buckets.len += 1;
+        }
+        buckets
+    }
+
+    /// What was recorded between `earlier` and `self` (same bounds).
+    pub fn since(&self, earlier: &Self) -> Self {
+        let mut d = *self;
+        if earlier.len == self.len {
+            for (c, e) in d.counts.iter_mut().zip(&earlier.counts) {
+                *c = c.saturating_sub(*e);
+            }
+        }
+        d
+    }
+
+    /// Values recorded.
+    pub fn count(&self) -> u64 {
+        self.len
+            .checked_sub(1)
+            .and_then(|last| self.counts.get(last))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The upper bound of the bucket holding quantile `q` (0-1): the quantile is at most
+    /// this. `None` if nothing was recorded.
+    pub fn quantile_at_most(&self, q: f64) -> Option<f64> {
+        let total = self.count();
+        if total == 0 {
+            return None;
+        }
+        let rank = (q * total as f64).ceil().max(1.0) as u64;
+        self.bounds
+            .iter()
+            .zip(&self.counts)
+            .take(self.len)
+            .find(|(_, count)| **count >= rank)
+            .map(|(bound, _)| *bound)
+    }
 }
 
 /// Fetches `http://{host_port}/metrics` and reads the counters.
@@ -87,6 +164,7 @@ pub async fn scrape(host_port: &str) -> std::io::Result<ServerCounters> {
         rtp_received: value("sfu_rtp_received_total"),
         nacks_received: value("sfu_nacks_received_total"),
         keyframe_requests_received: value("sfu_keyframe_requests_received_total"),
+        forward_latency: Buckets::parse(&body, "sfu_forward_latency_seconds"),
         cpu_seconds: float("process_cpu_seconds_total"),
         rss_bytes: float("process_resident_memory_bytes").map(|v| v as u64),
     })
@@ -174,4 +252,28 @@ pub async fn http_get(host_port: &str, path: &str) -> std::io::Result<String> {
         )));
     }
     Ok(response.body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PAGE: &str = "# TYPE x_seconds histogram\n\
+        x_seconds_bucket{le=\"0.001\"} 50\n\
+        x_seconds_bucket{le=\"+Inf\"} 100\n\
+        x_seconds_bucket{le=\"0.01\"} 99\n\
+        x_seconds_sum 0.5\nx_seconds_count 100\n";
+
+    #[test]
+    fn histogram_buckets_parse_and_give_quantile_bounds() {
+        let now = Buckets::parse(PAGE, "x_seconds");
+        assert_eq!(now.count(), 100);
+        assert_eq!(now.quantile_at_most(0.5), Some(0.001));
+        assert_eq!(now.quantile_at_most(0.99), Some(0.01));
+        assert_eq!(now.quantile_at_most(1.0), Some(f64::INFINITY));
+        let before = Buckets::parse(&PAGE.replace("} 50", "} 40"), "x_seconds");
+        let window = now.since(&before);
+        assert_eq!(window.count(), 0, "the +Inf bucket did not move");
+        assert_eq!(Buckets::parse("", "x_seconds").quantile_at_most(0.5), None);
+    }
 }

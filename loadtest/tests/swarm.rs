@@ -99,6 +99,24 @@ async fn a_small_swarm_reports_what_the_server_forwarded() {
         counters.nacks_received,
         viewers["nacks_sent"].as_u64().unwrap()
     );
+
+    // The server timed what it did: forwarded packets (sampled), every peer's connection,
+    // every viewer's first video packet.
+    assert!(srv["latency_samples"].as_u64().unwrap() > 0, "{srv}");
+    let (p50, p99) = (srv["latency_p50_ms"].as_f64(), srv["latency_p99_ms"].as_f64());
+    assert!(p50.unwrap() <= p99.unwrap(), "{srv}");
+    let page = loadtest::server_probe::http_get(&addr, "/metrics")
+        .await
+        .unwrap();
+    let count = |name: &str| -> u64 {
+        page.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0)
+    };
+    // 2 publishers' and 6 viewers' connections at least (each viewer subscribes on its own).
+    assert!(count("sfu_connect_seconds_count") >= 8, "{page}");
+    assert!(count("sfu_first_video_packet_seconds_count") >= 6, "{page}");
+    assert!(count("sfu_forward_latency_seconds_count") > 0, "{page}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -47,6 +47,7 @@ mod shared;
 #[cfg(any(test, feature = "fuzzing"))]
 mod sim;
 mod stun;
+mod timings;
 mod vp8_munger;
 mod worker;
 
@@ -62,3 +63,4 @@ pub use graph::TrackSnapshot;
 pub use handle::Sfu;
 pub use ids::{ParseIdError, PeerId, RoomId, TrackId};
 pub use layer_choice::{Quality, VideoPreference};
+pub use timings::Timings;

@@ -247,6 +247,13 @@ pub struct ServerReport {
     pub forwarded_per_cpu_second: Option<f64>,
     /// Server CPU-seconds per forwarded Gbit (bytes sent on the media sockets).
     pub cpu_seconds_per_gbit: Option<f64>,
+    /// SFU-added latency of forwarded packets in the window (the server's sampled
+    /// histogram): at most this many milliseconds for half of them, and for 99%.
+    pub latency_p50_ms: Option<f64>,
+    /// See `latency_p50_ms`.
+    pub latency_p99_ms: Option<f64>,
+    /// Packets in the server's latency sample in the window.
+    pub latency_samples: u64,
     /// Resident memory at the end.
     pub rss_bytes: Option<u64>,
     /// Resident memory before any bot joined.
@@ -571,6 +578,13 @@ impl Report {
                     srv.cpu_percent_of_core.unwrap_or(0.0)
                 );
             }
+            if let (Some(p50), Some(p99)) = (srv.latency_p50_ms, srv.latency_p99_ms) {
+                let _ = writeln!(
+                    out,
+                    "latency    SFU-added (socket to socket): p50 <= {p50} ms, p99 <= {p99} ms ({} packets sampled)",
+                    srv.latency_samples
+                );
+            }
             if let Some(rss) = srv.rss_bytes {
                 let _ = writeln!(
                     out,
@@ -612,6 +626,8 @@ fn server_report(run: &RunData, window: f64, viewers: usize) -> Option<ServerRep
         _ => None,
     };
     let rss = b.process.map(|p| p.rss_bytes);
+    let latency = c1.forward_latency.since(&c0.forward_latency);
+    let ms = |q: f64| latency.quantile_at_most(q).map(|s| s * 1000.0);
     let baseline = run
         .server_baseline
         .and_then(|s| s.process)
@@ -629,6 +645,9 @@ fn server_report(run: &RunData, window: f64, viewers: usize) -> Option<ServerRep
         cpu_percent_of_core: cpu.map(|c| c / window * 100.0),
         forwarded_per_cpu_second: cpu.filter(|c| *c > 0.0).map(|c| forwarded as f64 / c),
         cpu_seconds_per_gbit: cpu.filter(|_| gbit > 0.0).map(|c| c / gbit),
+        latency_p50_ms: ms(0.5),
+        latency_p99_ms: ms(0.99),
+        latency_samples: latency.count(),
         rss_bytes: rss,
         rss_baseline_bytes: baseline,
         rss_per_viewer_bytes: match (rss, baseline) {

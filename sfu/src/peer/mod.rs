@@ -25,6 +25,7 @@ use crate::graph::PeerLocation;
 use crate::ids::{PeerId, TrackId};
 use crate::packet::Delivery;
 use crate::shared::Shared;
+use crate::worker::latency::LatencySampler;
 
 use self::publisher::Publisher;
 use self::subscriber::Subscriber;
@@ -54,6 +55,8 @@ pub(crate) struct WorkerOutput {
     pub(crate) remote: Vec<Vec<Delivery>>,
     /// Deliveries that must reach peers on other workers.
     pub(crate) control: Vec<(usize, Delivery)>,
+    /// Forwarded packets sampled for their latency, awaited at the socket.
+    pub(crate) latency: LatencySampler,
 }
 
 impl WorkerOutput {
@@ -63,6 +66,7 @@ impl WorkerOutput {
             local: VecDeque::new(),
             remote: (0..workers).map(|_| Vec::new()).collect(),
             control: Vec::new(),
+            latency: LatencySampler::default(),
         }
     }
 }
@@ -137,6 +141,8 @@ pub(crate) struct Peer {
     rtc_deadline: Instant,
     /// Set once the peer must be removed.
     pub(crate) closed: Option<CloseReason>,
+    /// When the peer was created.
+    created: Instant,
     /// A new peer's ICE and DTLS must complete by then.
     connect_by: Option<Instant>,
     /// DTLS has completed once (str0m reports `Connected` only once).
@@ -229,6 +235,7 @@ impl Peer {
             last_destination: None,
             rtc_deadline: now,
             closed: None,
+            created: now,
             connect_by: Some(now + shared.config.connect_timeout),
             dtls_done: false,
             reconnecting: false,
@@ -384,6 +391,8 @@ impl Peer {
         match event {
             Event::Connected => {
                 info!("connected");
+                let took = ctx.now.saturating_duration_since(self.created);
+                ctx.shared.config.timings.connect.record(took.as_secs_f64());
                 self.dtls_done = true;
                 self.connect_by = None;
                 self.reconnecting = false;

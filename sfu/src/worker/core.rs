@@ -85,6 +85,11 @@ impl WorkerCore {
         &self.slot.counters
     }
 
+    /// Where the worker records its timings.
+    pub(crate) fn timings(&self) -> &crate::Timings {
+        &self.shared.config.timings
+    }
+
     /// When the worker next has timer work (it may also be woken earlier by input).
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
         self.timers.next()

@@ -5,6 +5,7 @@
 
 pub(crate) mod core;
 pub(crate) mod driver;
+pub(crate) mod latency;
 pub(crate) mod local_addrs;
 pub(crate) mod timers;
 pub(crate) mod udp_io;

@@ -111,6 +111,12 @@ pub(crate) fn send_transmits(
             Ok(()) => {
                 WorkerCounters::add(&counters.datagrams_sent, 1);
                 WorkerCounters::add(&counters.bytes_sent, t.contents.len() as u64);
+                if core.out.latency.is_waiting()
+                    && let Some(arrival) = core.out.latency.on_send(&t.contents)
+                {
+                    let latency = Instant::now().saturating_duration_since(arrival);
+                    core.timings().forward_latency.record(latency.as_secs_f64());
+                }
             }
             Err(e) => {
                 WorkerCounters::add(&counters.dropped_send, 1);

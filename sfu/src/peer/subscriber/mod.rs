@@ -110,10 +110,12 @@ impl Subscriber {
             .ok_or(SfuError::UnknownTrack(track))?;
         match self.negotiation.place(track, route.kind, &self.by_mid) {
             Placement::Queued => {
-                self.subs.insert(track, Subscription::new(route, None));
+                self.subs
+                    .insert(track, Subscription::new(route, None, ctx.now));
             }
             Placement::Bound(mid) => {
-                self.subs.insert(track, Subscription::new(route, Some(mid)));
+                self.subs
+                    .insert(track, Subscription::new(route, Some(mid), ctx.now));
                 self.by_mid.insert(mid, track);
                 self.activate(track, info, ctx);
             }

@@ -66,10 +66,12 @@ pub(super) struct Subscription {
     pub(super) reported: Option<ReportedLayers>,
     /// Whether our stream's retransmission cache has been sized ([`RTX_CACHE_AGE`]).
     pub(super) rtx_cache_sized: bool,
+    /// A video subscription not yet sent a packet: since when (for the first-packet timing).
+    pub(super) awaiting_first_video: Option<Instant>,
 }
 
 impl Subscription {
-    pub(super) fn new(route: Arc<TrackRoute>, mid: Option<Mid>) -> Self {
+    pub(super) fn new(route: Arc<TrackRoute>, mid: Option<Mid>, now: Instant) -> Self {
         let video = route.kind == TrackKind::Video;
         Self {
             route,
@@ -86,6 +88,7 @@ impl Subscription {
             reason: None,
             reported: None,
             rtx_cache_sized: false,
+            awaiting_first_video: video.then_some(now),
         }
     }
 
@@ -298,7 +301,17 @@ impl Subscription {
         if let Some(patch) = out.vp8 {
             write = write.vp8_patch(patch);
         }
+        let ssrc = tx.ssrc();
         tx.write_rtp(write);
+        // The low 16 bits are the sequence number on the wire.
+        ctx.out
+            .latency
+            .on_forward(*ssrc, out.seq as u16, packet.arrival);
+        if let Some(since) = self.awaiting_first_video.take() {
+            let took = ctx.now.saturating_duration_since(since);
+            let timings = &ctx.shared.config.timings;
+            timings.first_video_packet.record(took.as_secs_f64());
+        }
         let counters = ctx.counters();
         WorkerCounters::add(&counters.rtp_forwarded, 1);
         WorkerCounters::add(&counters.rtp_bytes_forwarded, packet.payload.len() as u64);
