@@ -62,6 +62,12 @@ impl ClientPeer {
         let (link, local) = match ice_tcp {
             None => {
                 let socket = UdpSocket::bind("127.0.0.1:0").await?;
+                // Sends are `try_send_to` (the state machine's output is drained without
+                // waiting), which fails with WouldBlock until the runtime has seen the new
+                // socket writable once: a subscribe connection's first connectivity check,
+                // written the moment the offer is accepted, was lost that way and the check
+                // went again only after STUN's 250 ms retransmission timeout.
+                socket.writable().await?;
                 let local = socket.local_addr()?;
                 (Link::Udp(socket), local)
             }

@@ -103,7 +103,10 @@ async fn a_small_swarm_reports_what_the_server_forwarded() {
     // The server timed what it did: forwarded packets (sampled), every peer's connection,
     // every viewer's first video packet.
     assert!(srv["latency_samples"].as_u64().unwrap() > 0, "{srv}");
-    let (p50, p99) = (srv["latency_p50_ms"].as_f64(), srv["latency_p99_ms"].as_f64());
+    let (p50, p99) = (
+        srv["latency_p50_ms"].as_f64(),
+        srv["latency_p99_ms"].as_f64(),
+    );
     assert!(p50.unwrap() <= p99.unwrap(), "{srv}");
     let page = loadtest::server_probe::http_get(&addr, "/metrics")
         .await

@@ -151,6 +151,13 @@ impl WorkerCore {
         WorkerCounters::add(&counters.bytes_received, data.len() as u64);
         let Some(id) = self.demux.route(source, data) else {
             WorkerCounters::add(&counters.dropped_unroutable, 1);
+            tracing::trace!(
+                %source,
+                stun = crate::stun::is_stun(data),
+                ufrag = crate::stun::local_ufrag(data).unwrap_or("-"),
+                len = data.len(),
+                "unroutable datagram"
+            );
             return;
         };
         let reached = self.local.candidate_for(dst_ip);
