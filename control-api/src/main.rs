@@ -118,6 +118,11 @@ struct ServeArgs {
     /// simulcast layers to it. false: layers follow only the subscriber's requests.
     #[arg(long, env = "SFU_CONGESTION_CONTROL", default_value_t = true, action = ArgAction::Set)]
     congestion_control: bool,
+    /// Bandwidth a new subscriber's estimate starts from, in kbit/s, before it has measured
+    /// its link. Its first keyframe is paced at about this rate: higher gets it there sooner
+    /// on a fast link but sends a join burst harder into slow links and a busy server.
+    #[arg(long, env = "SFU_INITIAL_ESTIMATE_KBPS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(100..=100_000))]
+    initial_estimate_kbps: u64,
     /// TLS certificate chain (PEM) for HTTPS and WSS on the HTTP port; needs --tls-key.
     /// Reloaded when the file changes (checked every 10 s) or on SIGHUP. [default: plain HTTP]
     #[arg(long, env = "SFU_TLS_CERT", requires = "tls_key")]
@@ -361,6 +366,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         first_port: args.media_port,
         advertise_ips: args.advertise_ips.clone(),
         congestion_control: args.congestion_control,
+        initial_egress_bitrate: args.initial_estimate_kbps * 1000,
         connect_timeout: Duration::from_secs(args.connect_timeout.max(1)),
         ice_tcp_port: match args.ice_tcp_port {
             Some(0) => None,
