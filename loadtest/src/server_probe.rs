@@ -148,13 +148,16 @@ impl Buckets {
     }
 }
 
+/// The value of the unlabelled metric `name` on a metrics page.
+pub fn metric(body: &str, name: &str) -> Option<f64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 /// Fetches `http://{host_port}/metrics` and reads the counters.
 pub async fn scrape(host_port: &str) -> std::io::Result<ServerCounters> {
     let body = http_get(host_port, "/metrics").await?;
-    let float = |name: &str| -> Option<f64> {
-        body.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-    };
+    let float = |name: &str| metric(&body, name);
     let value = |name: &str| float(name).map_or(0, |v| v as u64);
     Ok(ServerCounters {
         rtp_forwarded: value("sfu_rtp_forwarded_total"),

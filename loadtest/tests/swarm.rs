@@ -111,15 +111,14 @@ async fn a_small_swarm_reports_what_the_server_forwarded() {
     let page = loadtest::server_probe::http_get(&addr, "/metrics")
         .await
         .unwrap();
-    let count = |name: &str| -> u64 {
-        page.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or(0)
-    };
+    let count = |name: &str| loadtest::server_probe::metric(&page, name).unwrap_or(0.0);
     // 2 publishers' and 6 viewers' connections at least (each viewer subscribes on its own).
-    assert!(count("sfu_connect_seconds_count") >= 8, "{page}");
-    assert!(count("sfu_first_video_packet_seconds_count") >= 6, "{page}");
-    assert!(count("sfu_forward_latency_seconds_count") > 0, "{page}");
+    assert!(count("sfu_connect_seconds_count") >= 8.0, "{page}");
+    assert!(
+        count("sfu_first_video_packet_seconds_count") >= 6.0,
+        "{page}"
+    );
+    assert!(count("sfu_forward_latency_seconds_count") > 0.0, "{page}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,7 +14,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use crate::bot::{Bot, BotConfig};
-use crate::server_probe::http_get;
+use crate::server_probe::{http_get, metric};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -310,17 +310,7 @@ fn note_errors(bot: &Bot, report: &mut ChurnReport) {
 /// Reads the server's `/metrics`.
 async fn sample(server: &str, at: f64, bots: usize) -> Sample {
     let text = http_get(server, "/metrics").await.unwrap_or_default();
-    let value = |name: &str| -> u64 {
-        text.lines()
-            .find_map(|l| {
-                l.strip_prefix(name)?
-                    .strip_prefix(' ')?
-                    .trim()
-                    .parse::<f64>()
-                    .ok()
-            })
-            .map_or(0, |v| v as u64)
-    };
+    let value = |name: &str| metric(&text, name).map_or(0, |v| v as u64);
     Sample {
         at,
         bots,
