@@ -149,7 +149,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         rooms,
         participants,
         peers: state.sfu.peer_count(),
-        tracks: state.sfu.tracks().len(),
+        tracks: state.sfu.track_count(),
         worker_queues: state.sfu.worker_queues(),
         webhooks_dropped: state.webhooks.dropped(),
         tcp_connections: state.sfu.tcp_connections(),

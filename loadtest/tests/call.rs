@@ -184,8 +184,8 @@ async fn three_participants_exchange_media_and_data_and_leave_cleanly() {
             )));
         }
     }
-    // participant_left is sent only after the core removed her peers: no waiting needed here.
-    let tracks = server.sfu().tracks();
+    // participant_left is sent only after the core removed her peers: her tracks are gone.
+    let tracks = server.sfu().tracks().await;
     assert!(
         tracks
             .iter()
@@ -193,12 +193,12 @@ async fn three_participants_exchange_media_and_data_and_leave_cleanly() {
         "alice's tracks are out of the graph: {tracks:?}"
     );
     // Room 1: bob's two tracks, each with carol as the only subscriber. Room 2: dave's two
-    // tracks with erin. Peers: bob (2), carol (1), dave (2), erin (1).
+    // tracks with erin. Peers: bob (2), carol (1), dave (2), erin (1). Alice's leave reaches
+    // the owners of bob's tracks in their next turn.
     assert_eq!(tracks.len(), 4, "{tracks:?}");
-    assert!(
-        tracks.iter().all(|t| t.subscribers.len() == 1),
-        "{tracks:?}"
-    );
+    let (tracks, settled) =
+        common::tracks_when(&server, |t| t.iter().all(|t| t.subscribers.len() == 1)).await;
+    assert!(settled, "{tracks:?}");
     assert_eq!(server.sfu().peer_count(), 6);
 
     // The call carries on for the others.
@@ -221,7 +221,7 @@ async fn three_participants_exchange_media_and_data_and_leave_cleanly() {
             .expect("bot leaves")
             .expect("bot ends cleanly");
     }
-    assert!(server.sfu().tracks().is_empty());
+    assert!(server.sfu().tracks().await.is_empty());
     assert_eq!(server.sfu().peer_count(), 0);
     server.shutdown();
 }

@@ -130,7 +130,7 @@ async fn whip_publisher_reaches_websocket_and_whep_viewers_then_delete_leaves() 
             .await,
         "DELETE removes the WHIP participant from the room"
     );
-    assert!(server.sfu().tracks().is_empty());
+    assert_eq!(server.sfu().track_count(), 0);
     assert_eq!(server.state.resources.len(), 0);
     server.shutdown();
 }

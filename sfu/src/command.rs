@@ -86,6 +86,10 @@ pub(crate) enum Command {
         track: TrackId,
         reply: Reply<TrackCounters>,
     },
+    /// The tracks published by this worker's peers, and who receives each.
+    Tracks {
+        reply: Reply<Vec<crate::graph::TrackSnapshot>>,
+    },
     /// Panic, for tests of what follows ([`crate::Sfu::crash_worker_for_tests`]).
     Crash,
     /// A trickled remote ICE candidate.

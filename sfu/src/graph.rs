@@ -1,17 +1,17 @@
-//! The forwarding graph: which subscribers receive each published track, and where they are.
+//! The shared half of the forwarding graph: the directory of published tracks.
 //!
-//! Written on publish, subscribe, unsubscribe and leave; read for every ingress packet. Each
-//! track's subscriber list is an immutable `Arc<[SubscriberLink]>` replaced as a whole on
-//! change (copy-on-write) behind that track's own lock, and the publisher's worker keeps the
-//! track's `Arc<TrackRoute>`, so a packet costs one uncontended read lock and one reference
-//! count, never a map lookup or a wait for a writer. The track map itself is a sharded
-//! `DashMap`, used on the control path only.
+//! Each track has one owner, its publisher's worker, which alone holds the track's subscribers
+//! (plain fields, no lock: see `peer::publisher`); subscribers join, change layers and leave
+//! by sending it [`crate::packet::Delivery`] messages. What is shared here is what others must
+//! read without asking: where a track's publisher is, and the layer facts its owner measures
+//! and publishes (which layers are sent or paused, their rates and sizes) for the subscribers'
+//! allocators. Each such fact has one writer, the owner; readers on other workers load it
+//! with a relaxed atomic. The map itself is a sharded `DashMap`, used on the control path only.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use dashmap::DashMap;
-use parking_lot::RwLock;
 
 use crate::allocator::MAX_LAYERS;
 use crate::event::TrackKind;
@@ -27,20 +27,7 @@ pub(crate) struct PeerLocation {
     pub(crate) peer: PeerId,
 }
 
-/// One subscriber of a track.
-#[derive(Debug)]
-pub(crate) struct SubscriberLink {
-    pub(crate) at: PeerLocation,
-    /// Bit `i` set: the subscriber wants packets of simulcast layer `i`. The subscriber's
-    /// worker sets it; the publisher's worker reads it per packet.
-    pub(crate) layers: AtomicU32,
-    /// Bit `i` set: the subscriber asks for up to layer `i` (its quality request, whatever
-    /// its bandwidth allows now). Dynacast keeps such layers sent, so a subscriber whose
-    /// bandwidth grows can switch up without waiting for the publisher.
-    pub(crate) demand: AtomicU32,
-}
-
-/// Everything the packet path needs to know about one published track.
+/// One published track: where it comes from and what its owner says about its layers.
 #[derive(Debug)]
 pub(crate) struct TrackRoute {
     pub(crate) id: TrackId,
@@ -62,15 +49,9 @@ pub(crate) struct TrackRoute {
     pub(crate) paused_layers: AtomicU32,
     /// The publisher sends VP8 temporal layers (seen on its packets).
     pub(crate) has_temporal: AtomicBool,
-    subscribers: RwLock<Arc<[Arc<SubscriberLink>]>>,
 }
 
 impl TrackRoute {
-    /// The current subscribers (a cheap snapshot: one reference count).
-    pub(crate) fn subscribers(&self) -> Arc<[Arc<SubscriberLink>]> {
-        self.subscribers.read().clone()
-    }
-
     /// Marks layer `index` as being sent by the publisher. Returns `true` if it was not before.
     pub(crate) fn mark_layer_active(&self, index: u8) -> bool {
         let bit = 1u32 << u32::from(index.min(31));
@@ -132,13 +113,6 @@ impl TrackRoute {
     pub(crate) fn choose_layer_capped(&self, cap: Option<u8>) -> Option<u8> {
         choose_layer(self.available_layers(), cap)
     }
-
-    fn update(&self, f: impl FnOnce(&mut Vec<Arc<SubscriberLink>>)) {
-        let mut guard = self.subscribers.write();
-        let mut list: Vec<_> = guard.iter().cloned().collect();
-        f(&mut list);
-        *guard = list.into();
-    }
 }
 
 /// A read-only view of one track for tests and stats.
@@ -154,7 +128,7 @@ pub struct TrackSnapshot {
     pub subscribers: Vec<PeerId>,
 }
 
-/// All published tracks and their subscribers.
+/// Every published track, by id.
 #[derive(Debug, Default)]
 pub(crate) struct ForwardingGraph {
     tracks: DashMap<TrackId, Arc<TrackRoute>>,
@@ -183,7 +157,6 @@ impl ForwardingGraph {
             layer_size: Default::default(),
             paused_layers: AtomicU32::new(0),
             has_temporal: AtomicBool::new(false),
-            subscribers: RwLock::new(Arc::from(Vec::new())),
         });
         self.tracks.insert(id, route.clone());
         route
@@ -199,49 +172,9 @@ impl ForwardingGraph {
         self.tracks.get(&id).map(|r| r.value().clone())
     }
 
-    /// Adds (or replaces) a subscriber of a track wanting `layers`. Returns its link, whose
-    /// `layers` the subscriber may change later, or `None` if the track is gone.
-    pub(crate) fn subscribe(
-        &self,
-        id: TrackId,
-        at: PeerLocation,
-        layers: u32,
-    ) -> Option<Arc<SubscriberLink>> {
-        let route = self.get(id)?;
-        let link = Arc::new(SubscriberLink {
-            at,
-            layers: AtomicU32::new(layers),
-            demand: AtomicU32::new(0),
-        });
-        let added = link.clone();
-        route.update(|list| {
-            list.retain(|l| l.at != at);
-            list.push(added);
-        });
-        Some(link)
-    }
-
-    /// Removes a subscriber from a track (no-op if either is gone).
-    pub(crate) fn unsubscribe(&self, id: TrackId, at: PeerLocation) {
-        if let Some(route) = self.get(id) {
-            route.update(|list| list.retain(|l| l.at != at));
-        }
-    }
-
-    /// A view of every track, sorted by track id.
-    pub(crate) fn snapshot(&self) -> Vec<TrackSnapshot> {
-        let mut out: Vec<TrackSnapshot> = self
-            .tracks
-            .iter()
-            .map(|r| TrackSnapshot {
-                track: r.id,
-                room: r.room,
-                publisher: r.publisher.peer,
-                subscribers: r.subscribers().iter().map(|l| l.at.peer).collect(),
-            })
-            .collect();
-        out.sort_by_key(|t| t.track);
-        out
+    /// Number of published tracks.
+    pub(crate) fn len(&self) -> usize {
+        self.tracks.len()
     }
 }
 
@@ -257,9 +190,9 @@ mod tests {
     }
 
     #[test]
-    fn subscribe_snapshot_unsubscribe() {
+    fn publish_get_unpublish() {
         let g = ForwardingGraph::default();
-        let route = g.publish(
+        g.publish(
             TrackId(1),
             RoomId(9),
             loc(0, 1),
@@ -267,21 +200,12 @@ mod tests {
             Arc::from("PA_1"),
             3,
         );
-        let before = route.subscribers();
-        assert!(g.subscribe(TrackId(1), loc(1, 2), 1).is_some());
-        assert!(g.subscribe(TrackId(1), loc(0, 3), 1).is_some());
-        assert!(
-            g.subscribe(TrackId(2), loc(0, 3), 1).is_none(),
-            "unknown track"
-        );
-        assert_eq!(before.len(), 0, "old snapshots are immutable");
-        assert_eq!(route.subscribers().len(), 2);
-        g.unsubscribe(TrackId(1), loc(1, 2));
-        let snap = g.snapshot();
-        assert_eq!(snap.len(), 1);
-        assert_eq!(snap[0].subscribers, vec![PeerId(3)]);
+        assert_eq!(g.len(), 1);
+        assert_eq!(g.get(TrackId(1)).map(|r| r.publisher), Some(loc(0, 1)));
+        assert!(g.get(TrackId(2)).is_none(), "unknown track");
         assert!(g.unpublish(TrackId(1)).is_some());
-        assert!(g.snapshot().is_empty());
+        assert!(g.unpublish(TrackId(1)).is_none());
+        assert_eq!(g.len(), 0);
     }
 
     #[test]

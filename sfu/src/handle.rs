@@ -394,7 +394,8 @@ impl Sfu {
     }
 
     /// Closes a peer and removes everything it published or subscribed. When this returns,
-    /// the forwarding graph holds nothing of it.
+    /// its tracks are unpublished; the owners of the tracks it received forget it in their
+    /// next turn.
     pub async fn remove_peer(&self, peer: PeerId) -> Result<(), SfuError> {
         let worker = self.worker_of(peer)?;
         self.request(worker, |reply| Command::RemovePeer { peer, reply })
@@ -444,9 +445,27 @@ impl Sfu {
             .collect()
     }
 
-    /// Every published track and its subscribers.
-    pub fn tracks(&self) -> Vec<TrackSnapshot> {
-        self.shared().graph.snapshot()
+    /// Every published track and its subscribers, sorted by track id, as each track's owner
+    /// (its publisher's worker) knows them. A subscriber's join or leave reaches the owner
+    /// within the owner's next turn, so a snapshot taken at once may not show it yet.
+    pub async fn tracks(&self) -> Vec<TrackSnapshot> {
+        let mut tracks = Vec::new();
+        for worker in 0..self.shared().workers.len() {
+            // A worker that stopped for good has no tracks.
+            if let Ok(mine) = self
+                .request(worker, |reply| Command::Tracks { reply })
+                .await
+            {
+                tracks.extend(mine);
+            }
+        }
+        tracks.sort_by_key(|t| t.track);
+        tracks
+    }
+
+    /// Number of published tracks.
+    pub fn track_count(&self) -> usize {
+        self.shared().graph.len()
     }
 
     /// Number of live peers.

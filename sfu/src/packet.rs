@@ -1,4 +1,5 @@
-//! What travels from a publisher's worker to its subscribers' workers.
+//! What travels between peers: media from a publisher's worker to its subscribers' workers,
+//! and a subscriber's wishes (join, layers, keyframes, leave) back to the track's owner.
 //!
 //! An ingress RTP packet becomes one reference-counted [`ForwardedPacket`] (its payload is the
 //! `Arc<[u8]>` str0m already allocated), shared by every subscriber however many there are and
@@ -11,6 +12,7 @@ use std::time::Instant;
 use str0m::format::PayloadParams;
 use str0m::rtp::VideoOrientation;
 
+use crate::graph::PeerLocation;
 use crate::ids::{PeerId, TrackId};
 
 /// One RTP packet of a published track, as every subscriber receives it.
@@ -61,6 +63,24 @@ pub(crate) enum Delivery {
         to: PeerId,
         message: Arc<DataMessage>,
     },
+    /// A subscriber joins a track, or changes what it wants of it: the track's owner (its
+    /// publisher) sends it the packets of `layers` and keeps `demand` sent (dynacast).
+    Want {
+        to: PeerId,
+        track: TrackId,
+        from: PeerLocation,
+        /// Bit `i` set: forward simulcast layer `i` to this subscriber.
+        layers: u32,
+        /// Bit `i` set: the subscriber asks for up to layer `i` (its quality request, whatever
+        /// its bandwidth allows now), so that layer is not paused.
+        demand: u32,
+    },
+    /// A subscriber leaves a track.
+    Leave {
+        to: PeerId,
+        track: TrackId,
+        from: PeerLocation,
+    },
     /// Ask a publisher for a keyframe on one layer of a track.
     KeyframeRequest {
         to: PeerId,
@@ -81,14 +101,32 @@ impl Delivery {
         match self {
             Delivery::Rtp { to, .. }
             | Delivery::Data { to, .. }
+            | Delivery::Want { to, .. }
+            | Delivery::Leave { to, .. }
             | Delivery::KeyframeRequest { to, .. }
             | Delivery::TrackEnded { to, .. } => *to,
         }
     }
 
-    /// Whether losing this delivery would leave state inconsistent (it must travel on the
-    /// reliable control lane, not the droppable media lane).
+    /// What to tell the sender if this delivery's peer is gone: a subscriber that wants a
+    /// track whose publisher left hears that the track ended.
+    pub(crate) fn bounce(&self) -> Option<(PeerLocation, Delivery)> {
+        match self {
+            Delivery::Want { track, from, .. } => Some((
+                *from,
+                Delivery::TrackEnded {
+                    to: from.peer,
+                    track: *track,
+                },
+            )),
+            _ => None,
+        }
+    }
+
+    /// Whether losing this delivery would leave state inconsistent or a viewer frozen (it
+    /// must travel on the reliable control lane, not the droppable media lane). Their rate is
+    /// bounded by their senders: a subscription's changes of layer and its keyframe requests.
     pub(crate) fn is_control(&self) -> bool {
-        matches!(self, Delivery::TrackEnded { .. })
+        !matches!(self, Delivery::Rtp { .. } | Delivery::Data { .. })
     }
 }

@@ -195,6 +195,26 @@ pub async fn eventually(condition: impl Fn() -> bool) -> bool {
     true
 }
 
+/// Polls the media core's tracks (as their owners know them) every 20 ms until `condition`
+/// holds or [`WAIT`] passes; returns the last snapshot, and whether it held.
+#[allow(dead_code)]
+pub async fn tracks_when(
+    server: &Server,
+    condition: impl Fn(&[sfu::TrackSnapshot]) -> bool,
+) -> (Vec<sfu::TrackSnapshot>, bool) {
+    let started = std::time::Instant::now();
+    loop {
+        let tracks = server.sfu().tracks().await;
+        if condition(&tracks) {
+            return (tracks, true);
+        }
+        if started.elapsed() > WAIT {
+            return (tracks, false);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Starts the real server process ([`server_binary`]) on free loopback ports, logging warnings
 /// only, with `extra` arguments; returns it and its HTTP `host:port`, read from its banner. Its
 /// output is drained on a thread so it never blocks on a full pipe.

@@ -60,6 +60,18 @@ pub(crate) struct WorkerOutput {
 }
 
 impl WorkerOutput {
+    /// Queues a delivery from worker `here` for the peer at `to`: handled this turn if it is
+    /// a peer of this worker, else on the reliable control lane or in the media batch.
+    pub(crate) fn route(&mut self, here: usize, to: PeerLocation, delivery: Delivery) {
+        if to.worker == here {
+            self.local.push_back(delivery);
+        } else if delivery.is_control() {
+            self.control.push((to.worker, delivery));
+        } else if let Some(batch) = self.remote.get_mut(to.worker) {
+            batch.push(delivery);
+        }
+    }
+
     pub(crate) fn new(workers: usize) -> Self {
         Self {
             transmits: Vec::new(),
@@ -89,13 +101,7 @@ impl Ctx<'_> {
 
     /// Queues a delivery for the peer at `to`.
     pub(crate) fn deliver(&mut self, to: PeerLocation, delivery: Delivery) {
-        if to.worker == self.worker {
-            self.out.local.push_back(delivery);
-        } else if delivery.is_control() {
-            self.out.control.push((to.worker, delivery));
-        } else if let Some(batch) = self.out.remote.get_mut(to.worker) {
-            batch.push(delivery);
-        }
+        self.out.route(self.worker, to, delivery);
     }
 
     /// The location of a peer on this worker.

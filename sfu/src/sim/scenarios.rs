@@ -18,6 +18,7 @@ use str0m::channel::ChannelConfig;
 
 use crate::command::Command;
 use crate::event::{CloseReason, PeerEvent};
+use crate::ids::{PeerId, TrackId};
 use crate::layer_choice::{Quality, VideoPreference};
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -876,6 +877,16 @@ fn tracks_added_and_removed_mid_call_renegotiate_without_a_freeze() {
         freeze < 150 * Duration::from_millis(1),
         "the first track froze for {freeze:?}"
     );
+    assert_eq!(
+        receivers(&mut w, a),
+        vec![peer],
+        "alice's track's owner knows bob"
+    );
+    assert_eq!(
+        receivers(&mut w, c),
+        vec![peer],
+        "carol's track's owner knows bob"
+    );
     let offers = w.nodes[bob].offers;
     let removed = w.now();
     w.h.request(|reply| Command::Unsubscribe {
@@ -884,6 +895,9 @@ fn tracks_added_and_removed_mid_call_renegotiate_without_a_freeze() {
         reply,
     })
     .expect("unsubscribed");
+    // One worker: the owner has handled bob's leave before the command's turn ended.
+    assert!(receivers(&mut w, a).is_empty(), "bob left alice's track");
+    assert_eq!(receivers(&mut w, c), vec![peer]);
     w.run_for(3 * SECOND);
     let now = w.now();
     assert!(w.nodes[bob].offers > offers, "the removal is negotiated");
@@ -899,6 +913,62 @@ fn tracks_added_and_removed_mid_call_renegotiate_without_a_freeze() {
         "the other track froze for {freeze:?}"
     );
     assert_eq!(video.undecodable, 0);
+    assert!(w.nodes[bob].client.connected && !w.nodes[bob].client.failed);
+}
+
+/// Who receives `track`, as its owner (the publisher's worker) knows it.
+fn receivers(w: &mut World, track: TrackId) -> Vec<PeerId> {
+    let tracks =
+        w.h.request(|reply| Command::Tracks { reply })
+            .expect("tracks");
+    tracks
+        .into_iter()
+        .find(|t| t.track == track)
+        .map(|t| t.subscribers)
+        .unwrap_or_default()
+}
+
+/// A viewer that accepts a track after its publisher left is not left waiting on it: its join
+/// reaches no owner and is answered with the track's end, the track is dropped from its next
+/// offer, and the other track it receives keeps playing.
+#[test]
+fn a_track_whose_publisher_leaves_during_negotiation_is_dropped_cleanly() {
+    let mut w = World::new(21);
+    let publisher = |source| PublisherOptions {
+        source,
+        ..PublisherOptions::default()
+    };
+    let alice = w.publisher_with(&publisher(1));
+    let carol = w.publisher_with(&publisher(2));
+    let (a, c) = (w.video_track(alice), w.video_track(carol));
+    let bob = w.subscriber(vec![a]);
+    w.run_for(2 * SECOND);
+    let peer = w.nodes[bob].peer;
+    w.h.request(|reply| Command::Subscribe {
+        peer,
+        track: c,
+        reply,
+    })
+    .expect("subscribed");
+    // Carol leaves before bob's client has answered the offer that adds her track.
+    let carol_peer = w.nodes[carol].peer;
+    w.h.request(|reply| Command::RemovePeer {
+        peer: carol_peer,
+        reply,
+    })
+    .expect("carol removed");
+    let offers = w.nodes[bob].offers;
+    let from = w.now();
+    w.run_for(3 * SECOND);
+    let now = w.now();
+    assert!(
+        w.nodes[bob].offers >= offers + 2,
+        "the offer that adds carol's track, then one that removes it: {} offers",
+        w.nodes[bob].offers - offers
+    );
+    assert!(receivers(&mut w, c).is_empty());
+    assert_eq!(receivers(&mut w, a), vec![peer]);
+    assert_smooth(&w, bob, from, now, 150);
     assert!(w.nodes[bob].client.connected && !w.nodes[bob].client.failed);
 }
 

@@ -236,10 +236,18 @@ impl WorkerCore {
     fn deliver(&mut self, now: Instant, delivery: Delivery) {
         let to = delivery.to();
         let writes_media = matches!(delivery, Delivery::Rtp { .. } | Delivery::Data { .. });
+        let bounce = delivery.bounce();
         if self
             .with_peer(to, now, |peer, ctx| peer.handle_delivery(delivery, ctx))
-            .is_some()
-            && writes_media
+            .is_none()
+        {
+            // The peer is gone: a subscriber that wanted one of its tracks hears it ended.
+            if let Some((at, answer)) = bounce {
+                self.out.route(self.index, at, answer);
+            }
+            return;
+        }
+        if writes_media
             && let Some(peer) = self.peers.get_mut(&to)
             && !peer.dirty
         {
@@ -502,7 +510,7 @@ impl WorkerCore {
             }
             Command::Unsubscribe { peer, track, reply } => {
                 let result = self.on_subscriber(peer, now, |s, rtc, info, ctx| {
-                    s.unsubscribe(track, info, ctx);
+                    s.unsubscribe(track, ctx);
                     s.maybe_offer(rtc, info);
                     Ok(())
                 });
@@ -543,6 +551,18 @@ impl WorkerCore {
                     Role::Subscriber(_) => None,
                 });
                 let _ = reply.send(result);
+            }
+            Command::Tracks { reply } => {
+                let tracks = self
+                    .peers
+                    .values()
+                    .filter_map(|peer| match &peer.role {
+                        Role::Publisher(p) => Some(p.snapshot()),
+                        Role::Subscriber(_) => None,
+                    })
+                    .flatten()
+                    .collect();
+                let _ = reply.send(Ok(tracks));
             }
             Command::Crash => panic!("a crash asked for by a test"),
             Command::RemoteCandidate { peer, candidate } => {

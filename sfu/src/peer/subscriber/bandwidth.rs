@@ -105,7 +105,7 @@ impl Bandwidth {
             return None;
         }
         let allocated = self.allocate(rtc, subs, ctx);
-        let receiving = subs.values().any(|s| s.link.is_some());
+        let receiving = subs.values().any(|s| s.is_active());
         self.next_allocation = receiving.then_some(ctx.now + ALLOCATION_PERIOD);
         Some(allocated)
     }
@@ -119,7 +119,7 @@ impl Bandwidth {
         let mut done = Allocated::default();
         let video: Vec<(TrackId, TrackNeeds)> = subs
             .iter()
-            .filter(|(_, s)| s.is_video() && s.link.is_some())
+            .filter(|(_, s)| s.is_video() && s.is_active())
             .map(|(id, s)| {
                 let needs = TrackNeeds {
                     active: s.route.available_layers(),
@@ -137,7 +137,7 @@ impl Bandwidth {
         }
         let audio = subs
             .values()
-            .filter(|s| !s.is_video() && s.link.is_some())
+            .filter(|s| !s.is_video() && s.is_active())
             .count() as u64
             * AUDIO_BPS;
         // Without an estimate (no transport-wide feedback from this client) there is no
@@ -149,7 +149,7 @@ impl Bandwidth {
         {
             if let Some(sub) = subs.get_mut(id) {
                 sub.switcher.set_max_temporal(*max_temporal);
-                sub.publish_demand();
+                sub.publish_demand(ctx);
                 sub.bandwidth_cap = choice
                     .layer
                     .filter(|_| choice.reason == LayerReason::Bandwidth);

@@ -140,7 +140,7 @@ impl Subscriber {
         sub.preference = preference;
         // The allocator decides at once: down to the request, or up as far as the bandwidth
         // allows.
-        if sub.link.is_some() && sub.route.kind == TrackKind::Video {
+        if sub.is_active() && sub.route.kind == TrackKind::Video {
             self.bandwidth.allocate_now(ctx.now);
         }
         debug!(%track, ?preference, "video preference set");
@@ -148,14 +148,12 @@ impl Subscriber {
     }
 
     /// Removes a track: forwarding stops now, the m-line is stopped with the next offer.
-    pub(crate) fn unsubscribe(&mut self, track: TrackId, info: &PeerInfo, ctx: &Ctx<'_>) {
+    pub(crate) fn unsubscribe(&mut self, track: TrackId, ctx: &mut Ctx<'_>) {
         let Some(mut sub) = self.subs.remove(&track) else {
             return;
         };
         sub.clear_gauges(ctx);
-        if sub.link.is_some() {
-            ctx.shared.graph.unsubscribe(track, ctx.here(info.id));
-        }
+        sub.leave(ctx);
         if let Some(mid) = sub.mid {
             self.by_mid.remove(&mid);
         }
@@ -203,7 +201,8 @@ impl Subscriber {
         Ok(())
     }
 
-    /// A negotiated track starts: the publisher sends to us from now on.
+    /// A negotiated track starts: the publisher sends to us from now on. (If it was
+    /// unpublished while we negotiated, its owner answers the join with `TrackEnded`.)
     fn activate(&mut self, track: TrackId, info: &PeerInfo, ctx: &mut Ctx<'_>) {
         let here = ctx.here(info.id);
         let Some(sub) = self.subs.get_mut(&track) else {
@@ -215,37 +214,24 @@ impl Subscriber {
         };
         // Until the publisher has sent anything we do not know its layers: take them all.
         let layers = target.map_or(u32::MAX, |l| 1 << u32::from(l));
-        match ctx.shared.graph.subscribe(track, here, layers) {
-            Some(link) => {
-                sub.link = Some(link);
-                sub.switcher.set_target(target);
-                self.bandwidth.start(ctx.now);
-                if sub.route.kind == TrackKind::Video
-                    && let Some(layer) = target
-                {
-                    ask_keyframe(sub, layer, false, ctx);
-                    self.next_retry = earliest_retry(&self.subs, ctx);
-                }
-                info!(%track, "subscription active");
-            }
-            None => {
-                // Unpublished while we negotiated.
-                self.unsubscribe(track, info, ctx);
-            }
+        sub.join(here, layers, ctx);
+        sub.switcher.set_target(target);
+        self.bandwidth.start(ctx.now);
+        if sub.route.kind == TrackKind::Video
+            && let Some(layer) = target
+        {
+            ask_keyframe(sub, layer, false, ctx);
+            self.next_retry = earliest_retry(&self.subs, ctx);
         }
+        info!(%track, "subscription active");
     }
 
     pub(crate) fn on_event(&mut self, rtc: &mut Rtc, event: Event, ctx: &mut Ctx<'_>) {
         match event {
             Event::KeyframeRequest(req) => {
                 WorkerCounters::add(&ctx.counters().keyframe_requests_received, 1);
-                let Some(sub) = self.by_mid.get(&req.mid).and_then(|t| self.subs.get_mut(t)) else {
-                    return;
-                };
-                if sub.link.is_some()
-                    && let Some(layer) = sub.switcher.current().or(sub.switcher.target())
-                {
-                    ask_keyframe(sub, layer, false, ctx);
+                if let Some(sub) = self.by_mid.get(&req.mid).and_then(|t| self.subs.get_mut(t)) {
+                    sub.on_client_keyframe_request(ctx);
                 }
             }
             Event::ChannelOpen(id, label) if label == DATA_CHANNEL_LABEL => {
@@ -293,10 +279,11 @@ impl Subscriber {
             Delivery::Rtp { packet, .. } => self.forward(rtc, info, &packet, ctx),
             Delivery::Data { message, .. } => self.data.deliver(rtc, message, ctx),
             Delivery::TrackEnded { track, .. } => {
-                self.unsubscribe(track, info, ctx);
+                self.unsubscribe(track, ctx);
                 self.maybe_offer(rtc, info);
             }
-            Delivery::KeyframeRequest { .. } => {}
+            // For publishers.
+            Delivery::KeyframeRequest { .. } | Delivery::Want { .. } | Delivery::Leave { .. } => {}
         }
     }
 
@@ -312,7 +299,7 @@ impl Subscriber {
             WorkerCounters::add(&ctx.counters().rtp_not_forwarded, 1);
             return;
         };
-        let (Some(mid), Some(_)) = (sub.mid, &sub.link) else {
+        let (Some(mid), true) = (sub.mid, sub.is_active()) else {
             WorkerCounters::add(&ctx.counters().rtp_not_forwarded, 1);
             return;
         };
@@ -365,7 +352,7 @@ impl Subscriber {
     /// Tells the control plane about video tracks whose layer state changed.
     fn report_layers(&mut self, info: &PeerInfo, ctx: &Ctx<'_>) {
         for (id, sub) in &mut self.subs {
-            let Some(reason) = sub.reason.filter(|_| sub.link.is_some()) else {
+            let Some(reason) = sub.reason.filter(|_| sub.is_active()) else {
                 continue;
             };
             let state = ReportedLayers {
@@ -398,11 +385,9 @@ impl Subscriber {
     pub(crate) fn teardown(&mut self, info: &PeerInfo, ctx: &mut Ctx<'_>) {
         let here = ctx.here(info.id);
         let subs: Vec<(TrackId, Subscription)> = self.subs.drain().collect();
-        for (track, mut sub) in subs {
+        for (_, mut sub) in subs {
             sub.clear_gauges(ctx);
-            if sub.link.is_some() {
-                ctx.shared.graph.unsubscribe(track, here);
-            }
+            sub.leave(ctx);
         }
         if let Some(mut room) = ctx.shared.rooms.get_mut(&info.spec.room) {
             room.data_receivers.retain(|r| r.at != here);

@@ -1,12 +1,12 @@
 //! One track a subscriber receives (its "down track"): the layer it follows and switches on
 //! keyframes, the rewriting that hides the switches, the keyframe requests it sends upstream,
-//! the payload-type mapping and the retransmission cache of its outgoing stream. Written to
-//! by the subscriber's worker only.
+//! the payload-type mapping and the retransmission cache of its outgoing stream, and what the
+//! track's owner (the publisher's worker) is told about it. Written to by the subscriber's
+//! worker only.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use str0m::Rtc;
 use str0m::format::Codec;
@@ -17,7 +17,7 @@ use tracing::{debug, warn};
 use crate::allocator::LayerReason;
 use crate::counters::WorkerCounters;
 use crate::event::{PeerEvent, TrackKind};
-use crate::graph::{SubscriberLink, TrackRoute};
+use crate::graph::{PeerLocation, TrackRoute};
 use crate::ids::TrackId;
 use crate::keyframe::needs_keyframe;
 use crate::keyframe_throttle::URGENT_RETRY;
@@ -30,7 +30,7 @@ use crate::peer::{Ctx, PeerInfo};
 /// later than 1.5 s (several round trips even on a 300 ms path) comes too late to help the
 /// picture, and the cache is the largest per-subscriber allocation (~260 KiB per 1.5 Mbit/s
 /// stream at 3 s, measured with heaptrack).
-const RTX_CACHE_AGE: std::time::Duration = std::time::Duration::from_millis(1500);
+const RTX_CACHE_AGE: Duration = Duration::from_millis(1500);
 /// At most this many packets in that cache (str0m's default).
 const RTX_CACHE_PACKETS: usize = 1000;
 /// Share of a stream's bytes that may be retransmissions before queued resends are dropped
@@ -42,8 +42,11 @@ pub(super) struct Subscription {
     pub(super) route: Arc<TrackRoute>,
     /// Set when the track is put in an offer.
     pub(super) mid: Option<Mid>,
-    /// Set when the client has accepted it: the publisher now sends to us.
-    pub(super) link: Option<Arc<SubscriberLink>>,
+    /// What the track's owner was last told this subscription wants; set when the client
+    /// has accepted the track (the publisher sends to us from then on).
+    told: Option<Told>,
+    /// Bit of the best layer the subscriber asks for (dynacast keeps it sent).
+    demand: u32,
     /// Which layer is forwarded, and the rewriting.
     pub(super) switcher: LayerSwitcher,
     /// Publisher payload type -> ours (`None`: not accepted), for the last one seen.
@@ -68,6 +71,23 @@ pub(super) struct Subscription {
     pub(super) rtx_cache_sized: bool,
     /// A video subscription not yet sent a packet: since when (for the first-packet timing).
     pub(super) awaiting_first_video: Option<Instant>,
+    /// When a keyframe request from the client was last passed on.
+    client_request_at: Option<Instant>,
+}
+
+/// What a subscription wants of its track's owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Wants {
+    layers: u32,
+    demand: u32,
+}
+
+/// What the owner was told, and who told it.
+#[derive(Debug, Clone, Copy)]
+struct Told {
+    /// The subscriber.
+    from: PeerLocation,
+    wants: Wants,
 }
 
 impl Subscription {
@@ -76,7 +96,8 @@ impl Subscription {
         Self {
             route,
             mid,
-            link: None,
+            told: None,
+            demand: 0,
             switcher: LayerSwitcher::new(video),
             pt_map: None,
             codec_refused: false,
@@ -89,6 +110,88 @@ impl Subscription {
             reported: None,
             rtx_cache_sized: false,
             awaiting_first_video: video.then_some(now),
+            client_request_at: None,
+        }
+    }
+
+    /// Whether the track flows: the client accepted it and its owner was told.
+    pub(super) fn is_active(&self) -> bool {
+        self.told.is_some()
+    }
+
+    /// The client accepted the track: its owner is asked to send `layers` (subscriber
+    /// `at`). If the track has ended meanwhile, the owner answers with `TrackEnded`.
+    pub(super) fn join(&mut self, at: PeerLocation, layers: u32, ctx: &mut Ctx<'_>) {
+        let told = Told {
+            from: at,
+            wants: Wants {
+                layers,
+                demand: self.demand,
+            },
+        };
+        self.told = Some(told);
+        self.send(told, ctx);
+    }
+
+    /// Tells the owner that this subscriber leaves the track, if it had joined.
+    pub(super) fn leave(&mut self, ctx: &mut Ctx<'_>) {
+        if let Some(told) = self.told.take() {
+            let owner = self.route.publisher;
+            ctx.deliver(
+                owner,
+                Delivery::Leave {
+                    to: owner.peer,
+                    track: self.route.id,
+                    from: told.from,
+                },
+            );
+        }
+    }
+
+    /// Tells the owner what this subscription wants now, if that changed since last told.
+    fn tell_owner(&mut self, ctx: &mut Ctx<'_>) {
+        let Some(told) = self.told else {
+            return;
+        };
+        let wants = Wants {
+            layers: self.switcher.wanted_layers(),
+            demand: self.demand,
+        };
+        if wants != told.wants {
+            let told = Told { wants, ..told };
+            self.told = Some(told);
+            self.send(told, ctx);
+        }
+    }
+
+    fn send(&self, told: Told, ctx: &mut Ctx<'_>) {
+        let owner = self.route.publisher;
+        ctx.deliver(
+            owner,
+            Delivery::Want {
+                to: owner.peer,
+                track: self.route.id,
+                from: told.from,
+                layers: told.wants.layers,
+                demand: told.wants.demand,
+            },
+        );
+    }
+
+    /// The client asked for a keyframe (a PLI or FIR): passed on to the publisher for the
+    /// layer it receives, at most once per [`CLIENT_REQUEST_GAP`] (the publisher's throttle
+    /// would merge the rest anyway, and a client cannot flood the owner's queue).
+    pub(super) fn on_client_keyframe_request(&mut self, ctx: &mut Ctx<'_>) {
+        if !self.is_active()
+            || self
+                .client_request_at
+                .is_some_and(|t| ctx.now.saturating_duration_since(t) < CLIENT_REQUEST_GAP)
+        {
+            return;
+        }
+        if let Some(layer) = self.switcher.current().or(self.switcher.target()) {
+            self.client_request_at = Some(ctx.now);
+            ask_keyframe(self, layer, false, ctx);
         }
     }
 
@@ -120,7 +223,7 @@ impl Subscription {
 
     /// A video subscription whose chosen layer has not started (audio never waits).
     pub(super) fn waiting_for_keyframe(&self) -> bool {
-        self.link.is_some() && self.switcher.waiting()
+        self.is_active() && self.switcher.waiting()
     }
 
     /// The highest layer the subscriber asked for (by quality or view size).
@@ -163,7 +266,7 @@ impl Subscription {
             } else {
                 debug!(track = %packet.track, layer = packet.layer, "layer stopped for bandwidth");
             }
-            self.set_wanted_layers();
+            self.tell_owner(ctx);
             waits_changed = true;
         }
         (forward, waits_changed)
@@ -186,7 +289,7 @@ impl Subscription {
             return false;
         }
         let needs_keyframe = self.switcher.set_target(best);
-        self.set_wanted_layers();
+        self.tell_owner(ctx);
         if let (Some(layer), true) = (best, needs_keyframe) {
             ask_keyframe(self, layer, too_big, ctx);
         }
@@ -197,7 +300,7 @@ impl Subscription {
     /// forwarded (the current layer was stopped for bandwidth), since a publisher may ignore
     /// a request that follows another within [`URGENT_RETRY`] (Chromium ignores those within
     /// 300 ms).
-    pub(super) fn keyframe_retry(&self, ctx: &Ctx<'_>) -> std::time::Duration {
+    pub(super) fn keyframe_retry(&self, ctx: &Ctx<'_>) -> Duration {
         let normal = ctx.shared.config.keyframe_retry;
         if self.switcher.stalled() {
             normal.min(URGENT_RETRY)
@@ -207,17 +310,10 @@ impl Subscription {
     }
 
     /// Tells the publisher's dynacast the best layer this subscriber asks for.
-    pub(super) fn publish_demand(&self) {
-        let best = self.route.choose_layer_capped(self.requested_cap());
-        if let (Some(link), Some(layer)) = (&self.link, best) {
-            link.demand.store(1 << layer.min(31), Ordering::Relaxed);
-        }
-    }
-
-    pub(super) fn set_wanted_layers(&self) {
-        if let Some(link) = &self.link {
-            link.layers
-                .store(self.switcher.wanted_layers(), Ordering::Relaxed);
+    pub(super) fn publish_demand(&mut self, ctx: &mut Ctx<'_>) {
+        if let Some(layer) = self.route.choose_layer_capped(self.requested_cap()) {
+            self.demand = 1 << layer.min(31);
+            self.tell_owner(ctx);
         }
     }
 
@@ -325,9 +421,12 @@ fn negotiated_pt(rtc: &Rtc, mid: Mid, packet: &ForwardedPacket) -> Option<Pt> {
     rtc.media(mid)?.remote_pts().contains(&pt).then_some(pt)
 }
 
+/// A client's keyframe requests are passed on at most once per this long.
+const CLIENT_REQUEST_GAP: Duration = Duration::from_millis(250);
+
 /// A subscription asks urgently at most once per this long; more often, its requests wait
 /// for the publisher's throttle like any other.
-const URGENT_BUDGET: std::time::Duration = std::time::Duration::from_secs(2);
+const URGENT_BUDGET: Duration = Duration::from_secs(2);
 
 /// What was last reported about a video subscription's layers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

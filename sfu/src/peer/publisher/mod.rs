@@ -1,32 +1,28 @@
-//! The publishing side of a peer: tracks the client sends, each RTP packet fanned out to the
-//! track's subscribers, keyframe requests from subscribers coalesced per layer, per-layer
-//! bitrates and frame sizes measured for the subscribers' layer choice, and simulcast layers
-//! nobody receives paused (dynacast).
+//! The publishing side of a peer: the tracks the client sends, each one owned here
+//! ([`track`]: its subscribers, keyframe requests, layer rates, dynacast, mute), and each
+//! incoming RTP packet resolved to its track and layer and fanned out.
+
+mod track;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use str0m::format::{Codec, PayloadParams};
-use str0m::media::{
-    KeyframeRequestKind, MediaAdded, MediaKind, Mid, Pt, Rid, Rids, Simulcast, SimulcastLayer,
-};
+use str0m::media::{MediaAdded, MediaKind, Mid, Pt, Rid, Rids, Simulcast, SimulcastLayer};
 use str0m::rtp::{RtpPacket, Ssrc};
 use str0m::{Event, Rtc};
 use tracing::{debug, info};
 
+use self::track::{Downstream, PublishedTrack};
 use super::{Ctx, PeerInfo};
-use crate::allocator::MAX_LAYERS;
-use crate::audio_level::AudioLevelMeter;
 use crate::counters::WorkerCounters;
 use crate::data_relay;
-use crate::dynacast::Dynacast;
 use crate::event::{PeerEvent, TrackCounters, TrackInfo, TrackKind};
-use crate::graph::TrackRoute;
+use crate::graph::{TrackRoute, TrackSnapshot};
 use crate::ids::TrackId;
 use crate::keyframe::{starts_keyframe, vp8_keyframe_size, vp8_temporal};
-use crate::keyframe_throttle::KeyframeThrottle;
 use crate::packet::{Delivery, ForwardedPacket};
 
 /// Publisher state of a peer.
@@ -34,60 +30,6 @@ pub(crate) struct Publisher {
     tracks: Vec<PublishedTrack>,
     /// Incoming SSRC -> where its packets go. Filled on a stream's first packet.
     streams: HashMap<Ssrc, IngressStream>,
-}
-
-struct PublishedTrack {
-    mid: Mid,
-    route: Arc<TrackRoute>,
-    /// Simulcast RIDs in layer order (empty without simulcast).
-    rids: Vec<Rid>,
-    /// One per layer.
-    throttles: Vec<KeyframeThrottle>,
-    /// Audio tracks only.
-    meter: Option<AudioLevelMeter>,
-    /// Payload bytes per layer since the last rate sample.
-    layer_bytes: [u64; MAX_LAYERS],
-    /// When the rates were last sampled.
-    sampled_at: Option<Instant>,
-    /// Simulcast video only: pauses the layers nobody receives.
-    dynacast: Option<Dynacast>,
-    /// Muted by the control plane: nothing is forwarded.
-    muted: bool,
-    /// Layers (bits) that resume only at their next keyframe: after an unmute, subscribers
-    /// have missed the frames the next ones reference.
-    resume_at_keyframe: u32,
-    /// Packets received, and packets handed to at least one subscriber.
-    received_packets: u64,
-    forwarded_packets: u64,
-}
-
-impl PublishedTrack {
-    /// Asks the publisher for a keyframe of `layer` through its throttle (`urgent`: at once
-    /// unless one is on its way). Returns whether a request went out now.
-    fn ask_keyframe(
-        &mut self,
-        rtc: &mut Rtc,
-        layer: usize,
-        urgent: bool,
-        ctx: &mut Ctx<'_>,
-    ) -> bool {
-        let sent = self
-            .throttles
-            .get_mut(layer)
-            .is_some_and(|throttle| throttle.request(ctx.now, urgent));
-        if sent {
-            request_keyframe(rtc, self.mid, self.rids.get(layer).copied(), ctx);
-        }
-        sent
-    }
-
-    fn counters(&self) -> TrackCounters {
-        TrackCounters {
-            received_packets: self.received_packets,
-            forwarded_packets: self.forwarded_packets,
-            muted: self.muted,
-        }
-    }
 }
 
 struct IngressStream {
@@ -108,14 +50,7 @@ impl Publisher {
     pub(crate) fn deadline(&self) -> Option<Instant> {
         self.tracks
             .iter()
-            .flat_map(|t| {
-                let throttles = t.throttles.iter().filter_map(KeyframeThrottle::deadline);
-                let sample = t.sampled_at.map(|at| at + RATE_SAMPLE);
-                throttles
-                    .chain(t.meter.as_ref().and_then(AudioLevelMeter::deadline))
-                    .chain(sample)
-                    .chain(t.dynacast.as_ref().map(Dynacast::deadline))
-            })
+            .filter_map(PublishedTrack::deadline)
             .min()
     }
 
@@ -216,7 +151,6 @@ impl Publisher {
             info.spec.participant.clone(),
             u8::try_from(layers).unwrap_or(u8::MAX),
         );
-        let interval = ctx.shared.config.keyframe_request_interval;
         info!(track = %id, mid = %added.mid, kind = kind.as_str(), layers, "track published");
         info.emit(PeerEvent::TrackPublished {
             peer: info.id,
@@ -228,23 +162,13 @@ impl Publisher {
                 simulcast: rids.iter().map(|r| r.to_string()).collect(),
             },
         });
-        self.tracks.push(PublishedTrack {
-            mid: added.mid,
+        self.tracks.push(PublishedTrack::new(
+            added.mid,
             route,
             rids,
-            throttles: (0..layers)
-                .map(|_| KeyframeThrottle::new(interval))
-                .collect(),
-            meter: (kind == TrackKind::Audio).then(AudioLevelMeter::default),
-            layer_bytes: [0; MAX_LAYERS],
-            sampled_at: None,
-            dynacast: (kind == TrackKind::Video && layers > 1)
-                .then(|| Dynacast::new(u8::try_from(layers).unwrap_or(u8::MAX), ctx.now)),
-            muted: false,
-            resume_at_keyframe: 0,
-            received_packets: 0,
-            forwarded_packets: 0,
-        });
+            ctx.shared.config.keyframe_request_interval,
+            ctx.now,
+        ));
     }
 
     fn unpublish(&mut self, mid: Mid, info: &PeerInfo, ctx: &mut Ctx<'_>) {
@@ -254,14 +178,14 @@ impl Publisher {
         let track = self.tracks.remove(pos);
         self.streams
             .retain(|_, s| !Arc::ptr_eq(&s.route, &track.route));
-        end_track(&track.route, info, ctx);
+        track.end(info, ctx);
     }
 
     /// Unpublishes everything (the peer is going away).
     pub(crate) fn teardown(&mut self, info: &PeerInfo, ctx: &mut Ctx<'_>) {
         self.streams.clear();
         for track in self.tracks.drain(..) {
-            end_track(&track.route, info, ctx);
+            track.end(info, ctx);
         }
     }
 
@@ -312,36 +236,19 @@ impl Publisher {
         else {
             return;
         };
-        {
-            if keyframe && let Some(throttle) = track.throttles.get_mut(usize::from(layer)) {
-                throttle.on_keyframe();
-                if codec == Codec::Vp8
-                    && let Some(size) = vp8_keyframe_size(&packet.payload)
-                {
-                    track.route.set_layer_size(layer, size);
-                }
+        if keyframe {
+            track.on_keyframe(layer);
+            if codec == Codec::Vp8
+                && let Some(size) = vp8_keyframe_size(&packet.payload)
+            {
+                track.route.set_layer_size(layer, size);
             }
-            if let Some(meter) = &mut track.meter {
-                meter.on_packet(ext.audio_level, ext.voice_activity, ctx.now);
-            }
-            if let Some(bytes) = track.layer_bytes.get_mut(usize::from(layer)) {
-                *bytes += packet.payload.len() as u64;
-            }
-            track.sampled_at.get_or_insert(ctx.now);
         }
-        track.received_packets += 1;
-        if track.muted {
-            return;
+        if let Some(meter) = &mut track.meter {
+            meter.on_packet(ext.audio_level, ext.voice_activity, ctx.now);
         }
-        let bit = 1u32 << u32::from(layer.min(31));
-        if track.resume_at_keyframe & bit != 0 {
-            if !keyframe {
-                return;
-            }
-            track.resume_at_keyframe &= !bit;
-        }
-        let subscribers = stream.route.subscribers();
-        if subscribers.is_empty() {
+        track.on_received(layer, packet.payload.len(), ctx.now);
+        if !track.admits(layer, keyframe) || !track.has_downstream() {
             return;
         }
         let capture = packet.last_sender_info.map(|sr| {
@@ -371,20 +278,7 @@ impl Publisher {
             arrival: packet.timestamp,
             capture,
         });
-        let mut delivered = false;
-        for link in subscribers.iter() {
-            if link.layers.load(Ordering::Relaxed) & bit != 0 {
-                delivered = true;
-                ctx.deliver(
-                    link.at,
-                    Delivery::Rtp {
-                        to: link.at.peer,
-                        packet: forwarded.clone(),
-                    },
-                );
-            }
-        }
-        track.forwarded_packets += u64::from(delivered);
+        track.fan_out(&forwarded, ctx);
     }
 
     /// Mutes (or unmutes) a track: from the next packet on, nothing of it is forwarded. A
@@ -398,17 +292,7 @@ impl Publisher {
         ctx: &mut Ctx<'_>,
     ) -> Option<TrackCounters> {
         let t = self.tracks.iter_mut().find(|t| t.route.id == track)?;
-        if t.muted != muted {
-            info!(%track, muted, "track mute set by the control plane");
-            if !muted && t.route.kind == TrackKind::Video {
-                let layers = t.throttles.len().clamp(1, 32);
-                t.resume_at_keyframe = u32::MAX >> (32 - layers);
-                for layer in 0..layers {
-                    t.ask_keyframe(rtc, layer, true, ctx);
-                }
-            }
-        }
-        t.muted = muted;
+        t.set_muted(rtc, muted, ctx);
         Some(t.counters())
     }
 
@@ -439,7 +323,13 @@ impl Publisher {
         })
     }
 
-    /// A subscriber wants a keyframe (of a layer it wants: resumed if dynacast paused it).
+    /// Every published track and who receives it.
+    pub(crate) fn snapshot(&self) -> impl Iterator<Item = TrackSnapshot> + '_ {
+        self.tracks.iter().map(PublishedTrack::snapshot)
+    }
+
+    /// A subscriber joins, changes or leaves a track, or wants a keyframe of a layer. One who
+    /// wants a track that is no longer published hears that it ended.
     pub(crate) fn handle_delivery(
         &mut self,
         rtc: &mut Rtc,
@@ -447,28 +337,51 @@ impl Publisher {
         delivery: Delivery,
         ctx: &mut Ctx<'_>,
     ) {
-        let Delivery::KeyframeRequest {
-            track,
-            layer,
-            urgent,
-            ..
-        } = delivery
-        else {
-            return;
-        };
-        let Some(t) = self
-            .tracks
-            .iter_mut()
-            .find(|t| t.route.id == track && t.route.kind == TrackKind::Video)
-        else {
-            return;
-        };
-        if let Some(paused) = t.dynacast.as_mut().and_then(|d| d.demand(layer, ctx.now)) {
-            WorkerCounters::add(&ctx.counters().layers_resumed, 1);
-            announce_layers(t, paused, info);
-        }
-        if t.ask_keyframe(rtc, usize::from(layer), urgent, ctx) && urgent {
-            WorkerCounters::add(&ctx.counters().urgent_keyframe_requests, 1);
+        match delivery {
+            Delivery::Want {
+                track,
+                from,
+                layers,
+                demand,
+                ..
+            } => match self.tracks.iter_mut().find(|t| t.route.id == track) {
+                Some(t) => t.want(
+                    Downstream {
+                        at: from,
+                        layers,
+                        demand,
+                    },
+                    info,
+                    ctx,
+                ),
+                None => ctx.deliver(
+                    from,
+                    Delivery::TrackEnded {
+                        to: from.peer,
+                        track,
+                    },
+                ),
+            },
+            Delivery::Leave { track, from, .. } => {
+                if let Some(t) = self.tracks.iter_mut().find(|t| t.route.id == track) {
+                    t.leave(from);
+                }
+            }
+            Delivery::KeyframeRequest {
+                track,
+                layer,
+                urgent,
+                ..
+            } => {
+                if let Some(t) = self
+                    .tracks
+                    .iter_mut()
+                    .find(|t| t.route.id == track && t.route.kind == TrackKind::Video)
+                {
+                    t.on_keyframe_request(rtc, info, layer, urgent, ctx);
+                }
+            }
+            Delivery::Rtp { .. } | Delivery::Data { .. } | Delivery::TrackEnded { .. } => {}
         }
     }
 
@@ -482,125 +395,10 @@ impl Publisher {
     ) -> bool {
         let mut mutated = false;
         for t in &mut self.tracks {
-            sample_rates(t, ctx.now);
-            run_dynacast(t, info, ctx);
-            if let Some(level) = t.meter.as_mut().and_then(|m| m.poll(ctx.now)) {
-                info.emit(PeerEvent::AudioLevel {
-                    peer: info.id,
-                    track: t.route.id,
-                    level,
-                });
-            }
-            for (layer, throttle) in t.throttles.iter_mut().enumerate() {
-                if throttle.poll(ctx.now) {
-                    let rid = t.rids.get(layer).copied();
-                    request_keyframe(rtc, t.mid, rid, ctx);
-                    mutated = true;
-                }
-            }
+            mutated |= t.on_timeout(rtc, info, ctx);
         }
         mutated
     }
-}
-
-/// Pauses the layers of a simulcast track that nobody has wanted for a while.
-fn run_dynacast(t: &mut PublishedTrack, info: &PeerInfo, ctx: &Ctx<'_>) {
-    let Some(dynacast) = t.dynacast.as_mut() else {
-        return;
-    };
-    if dynacast.deadline() > ctx.now {
-        return;
-    }
-    let wanted = t.route.subscribers().iter().fold(0, |all, link| {
-        all | link.layers.load(Ordering::Relaxed) | link.demand.load(Ordering::Relaxed)
-    });
-    let before = dynacast.paused();
-    if let Some(paused) = dynacast.poll(ctx.now, wanted) {
-        let newly = u64::from((paused & !before).count_ones());
-        WorkerCounters::add(&ctx.counters().layers_paused, newly);
-        announce_layers(t, paused, info);
-    }
-}
-
-/// Records which layers are paused and asks the publisher (through the control plane) to
-/// send only the others.
-fn announce_layers(t: &PublishedTrack, paused: u32, info: &PeerInfo) {
-    t.route.paused_layers.store(paused, Ordering::Relaxed);
-    let active = t
-        .dynacast
-        .as_ref()
-        .map(Dynacast::active_list)
-        .unwrap_or_default();
-    debug!(track = %t.route.id, ?active, "dynacast: layers wanted");
-    info.emit(PeerEvent::LayersWanted {
-        peer: info.id,
-        track: t.route.id,
-        active,
-    });
-}
-
-/// Layer bitrates are measured over this period.
-const RATE_SAMPLE: Duration = Duration::from_millis(500);
-/// Weight of a new sample in a layer's smoothed bitrate.
-const RATE_SMOOTHING: f64 = 0.25;
-
-/// Updates a track's measured layer bitrates (smoothed) when a sample period has passed.
-fn sample_rates(t: &mut PublishedTrack, now: Instant) {
-    let Some(at) = t.sampled_at else {
-        return;
-    };
-    let elapsed = now.saturating_duration_since(at);
-    if elapsed < RATE_SAMPLE {
-        return;
-    }
-    let seconds = elapsed.as_secs_f64();
-    let previous = t.route.layer_rates();
-    for (layer, bytes) in t.layer_bytes.iter_mut().enumerate() {
-        if *bytes == 0 {
-            // Paused or not sent: its last rate is the best guess of what it costs.
-            continue;
-        }
-        let sample = (*bytes * 8) as f64 / seconds;
-        let old = previous.get(layer).copied().unwrap_or(0) as f64;
-        // A moving average over about two seconds: keyframes and encoder bursts do not make
-        // the allocator's costs (and so its choices) jump.
-        let smoothed = if old == 0.0 {
-            sample
-        } else {
-            old + RATE_SMOOTHING * (sample - old)
-        };
-        t.route.set_layer_rate(layer, smoothed as u64);
-        *bytes = 0;
-    }
-    t.sampled_at = Some(now);
-}
-
-fn request_keyframe(rtc: &mut Rtc, mid: Mid, rid: Option<Rid>, ctx: &mut Ctx<'_>) {
-    let mut api = rtc.direct_api();
-    if let Some(rx) = api.stream_rx_by_mid(mid, rid) {
-        rx.request_keyframe(KeyframeRequestKind::Pli);
-        WorkerCounters::add(&ctx.counters().keyframe_requests_sent, 1);
-        debug!(%mid, ?rid, "keyframe requested from publisher");
-    }
-}
-
-/// Removes a track from the graph and tells its subscribers and the control plane.
-fn end_track(route: &Arc<TrackRoute>, info: &PeerInfo, ctx: &mut Ctx<'_>) {
-    ctx.shared.graph.unpublish(route.id);
-    for link in route.subscribers().iter() {
-        ctx.deliver(
-            link.at,
-            Delivery::TrackEnded {
-                to: link.at.peer,
-                track: route.id,
-            },
-        );
-    }
-    info!(track = %route.id, "track unpublished");
-    info.emit(PeerEvent::TrackUnpublished {
-        peer: info.id,
-        track: route.id,
-    });
 }
 
 /// Sends a data message to every other participant of the room.

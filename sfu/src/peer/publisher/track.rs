@@ -1,0 +1,385 @@
+//! One published track and its owner's state: who receives it and which of its layers each
+//! wants (plain fields: the publisher's worker alone reads and writes them, subscribers on any
+//! worker send [`Delivery::Want`] and [`Delivery::Leave`]), its keyframe requests coalesced
+//! per layer, its measured layer rates, dynacast and mute.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use str0m::Rtc;
+use str0m::media::{KeyframeRequestKind, Mid, Rid};
+use tracing::{debug, info};
+
+use crate::allocator::MAX_LAYERS;
+use crate::audio_level::AudioLevelMeter;
+use crate::counters::WorkerCounters;
+use crate::dynacast::Dynacast;
+use crate::event::{PeerEvent, TrackCounters, TrackKind};
+use crate::graph::{PeerLocation, TrackRoute, TrackSnapshot};
+use crate::keyframe_throttle::KeyframeThrottle;
+use crate::packet::{Delivery, ForwardedPacket};
+use crate::peer::{Ctx, PeerInfo};
+
+/// One subscriber of the track, as its owner knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Downstream {
+    pub(super) at: PeerLocation,
+    /// Bit `i` set: the subscriber is sent the packets of layer `i`.
+    pub(super) layers: u32,
+    /// Bit `i` set: the subscriber asks for up to layer `i`; dynacast keeps it sent.
+    pub(super) demand: u32,
+}
+
+pub(super) struct PublishedTrack {
+    pub(super) mid: Mid,
+    /// The track's shared facts, written here and read by the subscribers' workers.
+    pub(super) route: Arc<TrackRoute>,
+    /// Simulcast RIDs in layer order (empty without simulcast).
+    pub(super) rids: Vec<Rid>,
+    /// Who receives the track, in the order they joined.
+    downstream: Vec<Downstream>,
+    /// One per layer.
+    throttles: Vec<KeyframeThrottle>,
+    /// Audio tracks only.
+    pub(super) meter: Option<AudioLevelMeter>,
+    /// Payload bytes per layer since the last rate sample.
+    layer_bytes: [u64; MAX_LAYERS],
+    /// When the rates were last sampled.
+    sampled_at: Option<Instant>,
+    /// Simulcast video only: pauses the layers nobody receives.
+    dynacast: Option<Dynacast>,
+    /// Muted by the control plane: nothing is forwarded.
+    muted: bool,
+    /// Layers (bits) that resume only at their next keyframe: after an unmute, subscribers
+    /// have missed the frames the next ones reference.
+    resume_at_keyframe: u32,
+    /// Packets received, and packets handed to at least one subscriber.
+    received_packets: u64,
+    forwarded_packets: u64,
+}
+
+impl PublishedTrack {
+    pub(super) fn new(
+        mid: Mid,
+        route: Arc<TrackRoute>,
+        rids: Vec<Rid>,
+        keyframe_interval: Duration,
+        now: Instant,
+    ) -> Self {
+        let layers = rids.len().max(1);
+        let kind = route.kind;
+        Self {
+            mid,
+            route,
+            rids,
+            downstream: Vec::new(),
+            throttles: (0..layers)
+                .map(|_| KeyframeThrottle::new(keyframe_interval))
+                .collect(),
+            meter: (kind == TrackKind::Audio).then(AudioLevelMeter::default),
+            layer_bytes: [0; MAX_LAYERS],
+            sampled_at: None,
+            dynacast: (kind == TrackKind::Video && layers > 1)
+                .then(|| Dynacast::new(u8::try_from(layers).unwrap_or(u8::MAX), now)),
+            muted: false,
+            resume_at_keyframe: 0,
+            received_packets: 0,
+            forwarded_packets: 0,
+        }
+    }
+
+    /// The earliest moment this track has work to do.
+    pub(super) fn deadline(&self) -> Option<Instant> {
+        let throttles = self.throttles.iter().filter_map(KeyframeThrottle::deadline);
+        let sample = self.sampled_at.map(|at| at + RATE_SAMPLE);
+        throttles
+            .chain(self.meter.as_ref().and_then(AudioLevelMeter::deadline))
+            .chain(sample)
+            .chain(self.dynacast.as_ref().map(Dynacast::deadline))
+            .min()
+    }
+
+    /// A subscriber joins, or changes the layers it receives and asks for. A layer it asks for
+    /// that dynacast paused is resumed at once.
+    pub(super) fn want(&mut self, wanted: Downstream, info: &PeerInfo, ctx: &Ctx<'_>) {
+        match self.downstream.iter_mut().find(|d| d.at == wanted.at) {
+            Some(known) => *known = wanted,
+            None => self.downstream.push(wanted),
+        }
+        let asked = wanted.layers | wanted.demand;
+        let Some(dynacast) = self.dynacast.as_mut() else {
+            return;
+        };
+        let mut resumed = None;
+        for layer in 0..self.route.layer_count.min(32) {
+            if asked & dynacast.paused() & (1 << layer) != 0 {
+                resumed = dynacast.demand(layer, ctx.now).or(resumed);
+            }
+        }
+        if let Some(paused) = resumed {
+            WorkerCounters::add(&ctx.counters().layers_resumed, 1);
+            self.announce_layers(paused, info);
+        }
+    }
+
+    /// A subscriber leaves.
+    pub(super) fn leave(&mut self, at: PeerLocation) {
+        self.downstream.retain(|d| d.at != at);
+    }
+
+    /// Counts an incoming packet of `layer` (its payload size) for the layer rates.
+    pub(super) fn on_received(&mut self, layer: u8, bytes: usize, now: Instant) {
+        if let Some(sum) = self.layer_bytes.get_mut(usize::from(layer)) {
+            *sum += bytes as u64;
+        }
+        self.sampled_at.get_or_insert(now);
+        self.received_packets += 1;
+    }
+
+    /// A keyframe of `layer` arrived (it answers the requests on their way).
+    pub(super) fn on_keyframe(&mut self, layer: u8) {
+        if let Some(throttle) = self.throttles.get_mut(usize::from(layer)) {
+            throttle.on_keyframe();
+        }
+    }
+
+    /// Whether a packet of `layer` may go out now: not while muted, and after an unmute not
+    /// before the layer's next keyframe.
+    pub(super) fn admits(&mut self, layer: u8, keyframe: bool) -> bool {
+        if self.muted {
+            return false;
+        }
+        let bit = 1u32 << u32::from(layer.min(31));
+        if self.resume_at_keyframe & bit != 0 {
+            if !keyframe {
+                return false;
+            }
+            self.resume_at_keyframe &= !bit;
+        }
+        true
+    }
+
+    /// Whether anyone receives the track.
+    pub(super) fn has_downstream(&self) -> bool {
+        !self.downstream.is_empty()
+    }
+
+    /// The hot path's last step: `packet` to every subscriber that receives its layer.
+    pub(super) fn fan_out(&mut self, packet: &Arc<ForwardedPacket>, ctx: &mut Ctx<'_>) {
+        let bit = 1u32 << u32::from(packet.layer.min(31));
+        let mut delivered = false;
+        for d in &self.downstream {
+            if d.layers & bit != 0 {
+                delivered = true;
+                ctx.deliver(
+                    d.at,
+                    Delivery::Rtp {
+                        to: d.at.peer,
+                        packet: packet.clone(),
+                    },
+                );
+            }
+        }
+        self.forwarded_packets += u64::from(delivered);
+    }
+
+    /// Asks the publisher for a keyframe of `layer` through its throttle (`urgent`: at once
+    /// unless one is on its way). Returns whether a request went out now.
+    pub(super) fn ask_keyframe(
+        &mut self,
+        rtc: &mut Rtc,
+        layer: usize,
+        urgent: bool,
+        ctx: &mut Ctx<'_>,
+    ) -> bool {
+        let sent = self
+            .throttles
+            .get_mut(layer)
+            .is_some_and(|throttle| throttle.request(ctx.now, urgent));
+        if sent {
+            request_keyframe(rtc, self.mid, self.rids.get(layer).copied(), ctx);
+        }
+        sent
+    }
+
+    /// A subscriber wants a keyframe of `layer` (a layer dynacast paused is resumed first).
+    pub(super) fn on_keyframe_request(
+        &mut self,
+        rtc: &mut Rtc,
+        info: &PeerInfo,
+        layer: u8,
+        urgent: bool,
+        ctx: &mut Ctx<'_>,
+    ) {
+        if let Some(paused) = self
+            .dynacast
+            .as_mut()
+            .and_then(|d| d.demand(layer, ctx.now))
+        {
+            WorkerCounters::add(&ctx.counters().layers_resumed, 1);
+            self.announce_layers(paused, info);
+        }
+        if self.ask_keyframe(rtc, usize::from(layer), urgent, ctx) && urgent {
+            WorkerCounters::add(&ctx.counters().urgent_keyframe_requests, 1);
+        }
+    }
+
+    /// Mutes (or unmutes) the track. A video track unmuted resumes each layer at its next
+    /// keyframe, asked for at once.
+    pub(super) fn set_muted(&mut self, rtc: &mut Rtc, muted: bool, ctx: &mut Ctx<'_>) {
+        if self.muted != muted {
+            info!(track = %self.route.id, muted, "track mute set by the control plane");
+            if !muted && self.route.kind == TrackKind::Video {
+                let layers = self.throttles.len().clamp(1, 32);
+                self.resume_at_keyframe = u32::MAX >> (32 - layers);
+                for layer in 0..layers {
+                    self.ask_keyframe(rtc, layer, true, ctx);
+                }
+            }
+        }
+        self.muted = muted;
+    }
+
+    pub(super) fn counters(&self) -> TrackCounters {
+        TrackCounters {
+            received_packets: self.received_packets,
+            forwarded_packets: self.forwarded_packets,
+            muted: self.muted,
+        }
+    }
+
+    /// The track and who receives it, for stats and tests.
+    pub(super) fn snapshot(&self) -> TrackSnapshot {
+        TrackSnapshot {
+            track: self.route.id,
+            room: self.route.room,
+            publisher: self.route.publisher.peer,
+            subscribers: self.downstream.iter().map(|d| d.at.peer).collect(),
+        }
+    }
+
+    /// Periodic work: layer rates, dynacast, audio level, keyframe requests held back by the
+    /// throttle. Returns whether it wrote to the state machine.
+    pub(super) fn on_timeout(&mut self, rtc: &mut Rtc, info: &PeerInfo, ctx: &mut Ctx<'_>) -> bool {
+        self.sample_rates(ctx.now);
+        self.run_dynacast(info, ctx);
+        if let Some(level) = self.meter.as_mut().and_then(|m| m.poll(ctx.now)) {
+            info.emit(PeerEvent::AudioLevel {
+                peer: info.id,
+                track: self.route.id,
+                level,
+            });
+        }
+        let mut mutated = false;
+        for (layer, throttle) in self.throttles.iter_mut().enumerate() {
+            if throttle.poll(ctx.now) {
+                request_keyframe(rtc, self.mid, self.rids.get(layer).copied(), ctx);
+                mutated = true;
+            }
+        }
+        mutated
+    }
+
+    /// The track is unpublished: out of the directory, and every subscriber told.
+    pub(super) fn end(self, info: &PeerInfo, ctx: &mut Ctx<'_>) {
+        let id = self.route.id;
+        ctx.shared.graph.unpublish(id);
+        for d in &self.downstream {
+            ctx.deliver(
+                d.at,
+                Delivery::TrackEnded {
+                    to: d.at.peer,
+                    track: id,
+                },
+            );
+        }
+        info!(track = %id, "track unpublished");
+        info.emit(PeerEvent::TrackUnpublished {
+            peer: info.id,
+            track: id,
+        });
+    }
+
+    /// Pauses the layers that nobody has wanted for a while.
+    fn run_dynacast(&mut self, info: &PeerInfo, ctx: &Ctx<'_>) {
+        let Some(dynacast) = self.dynacast.as_mut() else {
+            return;
+        };
+        if dynacast.deadline() > ctx.now {
+            return;
+        }
+        let wanted = self
+            .downstream
+            .iter()
+            .fold(0, |all, d| all | d.layers | d.demand);
+        let before = dynacast.paused();
+        if let Some(paused) = dynacast.poll(ctx.now, wanted) {
+            let newly = u64::from((paused & !before).count_ones());
+            WorkerCounters::add(&ctx.counters().layers_paused, newly);
+            self.announce_layers(paused, info);
+        }
+    }
+
+    /// Records which layers are paused and asks the publisher (through the control plane) to
+    /// send only the others.
+    fn announce_layers(&self, paused: u32, info: &PeerInfo) {
+        self.route.paused_layers.store(paused, Ordering::Relaxed);
+        let active = self
+            .dynacast
+            .as_ref()
+            .map(Dynacast::active_list)
+            .unwrap_or_default();
+        debug!(track = %self.route.id, ?active, "dynacast: layers wanted");
+        info.emit(PeerEvent::LayersWanted {
+            peer: info.id,
+            track: self.route.id,
+            active,
+        });
+    }
+
+    /// Updates the measured layer bitrates (smoothed) when a sample period has passed.
+    fn sample_rates(&mut self, now: Instant) {
+        let Some(at) = self.sampled_at else {
+            return;
+        };
+        let elapsed = now.saturating_duration_since(at);
+        if elapsed < RATE_SAMPLE {
+            return;
+        }
+        let seconds = elapsed.as_secs_f64();
+        let previous = self.route.layer_rates();
+        for (layer, bytes) in self.layer_bytes.iter_mut().enumerate() {
+            if *bytes == 0 {
+                // Paused or not sent: its last rate is the best guess of what it costs.
+                continue;
+            }
+            let sample = (*bytes * 8) as f64 / seconds;
+            let old = previous.get(layer).copied().unwrap_or(0) as f64;
+            // A moving average over about two seconds: keyframes and encoder bursts do not
+            // make the allocator's costs (and so its choices) jump.
+            let smoothed = if old == 0.0 {
+                sample
+            } else {
+                old + RATE_SMOOTHING * (sample - old)
+            };
+            self.route.set_layer_rate(layer, smoothed as u64);
+            *bytes = 0;
+        }
+        self.sampled_at = Some(now);
+    }
+}
+
+/// Layer bitrates are measured over this period.
+const RATE_SAMPLE: Duration = Duration::from_millis(500);
+/// Weight of a new sample in a layer's smoothed bitrate.
+const RATE_SMOOTHING: f64 = 0.25;
+
+fn request_keyframe(rtc: &mut Rtc, mid: Mid, rid: Option<Rid>, ctx: &mut Ctx<'_>) {
+    let mut api = rtc.direct_api();
+    if let Some(rx) = api.stream_rx_by_mid(mid, rid) {
+        rx.request_keyframe(KeyframeRequestKind::Pli);
+        WorkerCounters::add(&ctx.counters().keyframe_requests_sent, 1);
+        debug!(%mid, ?rid, "keyframe requested from publisher");
+    }
+}
