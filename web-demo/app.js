@@ -9,8 +9,10 @@
 // `window.sfuDemo.state`.
 //
 // URL options: ?room=R&name=N&autojoin=1 joins at once; &role=viewer joins without publishing;
-// &codec=vp8|h264|vp9|av1 picks the camera's codec; &audio=opus|pcmu|pcma offers the microphone
-// in that codec alone.
+// &codec=vp8|h264|vp9|av1 picks the camera's codec; &svc=MODE (e.g. &codec=vp9&svc=L3T3_KEY, also
+// with av1) sends the camera as one SVC encoding in that scalability mode instead of three
+// simulcast layers (falling back to simulcast, with a console warning, if it cannot);
+// &audio=opus|pcmu|pcma offers the microphone in that codec alone.
 
 import { state, isCurrent } from './state.js';
 import { ui, showBanner, hideBanner, setStatus, showView, initAudioUnlock, initLayout } from './ui.js';
@@ -26,7 +28,7 @@ import {
 import { setSubscribeHooks, onSubscribeOffer, closeSubscribing } from './subscribe.js';
 import {
   addParticipant, removeParticipant, onTrackPublished, onTrackUnpublished, onTrackMuted,
-  setSpeakers, clearRoom, renderLocal,
+  setSpeakers, clearRoom, renderLocal, onLayerState,
 } from './tiles.js';
 import { initStats, startStats, stopStats } from './stats.js';
 import { initChat, listenForChat, appendChat, setChatEnabled, clearChat } from './chat.js';
@@ -412,9 +414,7 @@ function handleMessage(msg, session) {
     case 'track_muted':
       return msg.participant === state.participantId ? onOwnTrackMuted(msg.track, msg.muted) : onTrackMuted(msg.track, msg.participant, msg.muted);
     case 'active_speakers': return setSpeakers(msg.speakers);
-    case 'layer_state':
-      state.layerStates.set(msg.track, msg);
-      return undefined;
+    case 'layer_state': return onLayerState(msg);
     case 'layers_wanted': return onLayersWanted(msg);
     case 'error': return onServerError(msg);
     case 'left': return onLeft(msg.reason);

@@ -9,7 +9,8 @@ const STORE = { camera: 'sfu-demo.camera', mic: 'sfu-demo.mic' };
 
 /**
  * The camera is asked for at 1280x720: the browser only sends the simulcast layers the capture
- * size allows, so a smaller capture would lose the top layer (1280x720, 640x360, 320x180).
+ * size allows, so a smaller capture would lose the top layer (1280x720, 640x360, 320x180). An
+ * SVC camera (`?svc=L3T3_KEY`) scales its spatial layers from the capture the same way.
  */
 function videoConstraints(deviceId) {
   return {

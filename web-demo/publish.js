@@ -1,6 +1,7 @@
 // Publishing: the publish connection (we offer, the server answers) with our microphone, our
-// camera in three simulcast layers, the screen share when there is one, and our `data` channel.
-// Also what we tell the server about our tracks: `sources` per mid, and `mute`.
+// camera in three simulcast layers (or, with `?svc=`, one SVC encoding), the screen share when
+// there is one, and our `data` channel. Also what we tell the server about our tracks: `sources`
+// per mid, and `mute`.
 
 import { state, isCurrent } from './state.js';
 import { getScreen } from './media.js';
@@ -20,6 +21,19 @@ const CAMERA_ENCODINGS = [
   { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500_000 },
   { rid: 'f', scaleResolutionDownBy: 1, maxBitrate: 1_500_000 },
 ];
+
+/**
+ * With `?svc=MODE` (e.g. `L3T3_KEY`) the camera is sent instead as one encoding carrying spatial
+ * and temporal layers (SVC: 320x180, 640x360 and 1280x720 in one stream for L3). The SFU
+ * forwards each subscriber the spatial layers up to the one it chose.
+ */
+const SVC_MAX_BITRATE = 2_500_000;
+/**
+ * Codecs that can carry more than one spatial layer. Chromium does not list the modes each
+ * codec supports (`scalabilityModes` is absent from its capabilities), and when the negotiated
+ * codec cannot carry the mode it silently sends one layer (L1T2) instead: so ask for these only.
+ */
+const SPATIAL_SVC_CODECS = ['vp9', 'av1'];
 
 const SCREEN_ENCODINGS = [{ maxBitrate: 1_500_000 }];
 
@@ -64,14 +78,7 @@ export function startPublishing(session) {
     state.tx.mic = pc.addTransceiver(audioTrack, { direction: 'sendonly', streams: [stream] });
     offerOnlyAudioCodec(state.tx.mic, new URLSearchParams(location.search).get('audio'));
   }
-  if (videoTrack) {
-    state.tx.camera = pc.addTransceiver(videoTrack, {
-      direction: 'sendonly',
-      streams: [stream],
-      sendEncodings: CAMERA_ENCODINGS.map((e) => ({ ...e })),
-    });
-    preferVideoCodec(state.tx.camera, new URLSearchParams(location.search).get('codec'));
-  }
+  if (videoTrack) state.tx.camera = addCameraTransceiver(pc, videoTrack, stream);
   openDataChannel(pc, session);
   // A screen shared before a reconnect is published again with the rest.
   const screen = state.screenStream ? addScreenTransceivers(pc, state.screenStream) : Promise.resolve();
@@ -86,6 +93,67 @@ export function restartPublishIce(session) {
   if (!pc || pc.signalingState === 'closed') return;
   pc.restartIce();
   negotiate(session);
+}
+
+/**
+ * The camera's transceiver: three simulcast encodings, or with `?svc=MODE` one SVC encoding.
+ * An SVC mode the codec or the browser cannot send falls back to simulcast, saying why in the
+ * console. `state.cameraSvc` is the mode in use (null for simulcast).
+ */
+function addCameraTransceiver(pc, track, stream) {
+  const params = new URLSearchParams(location.search);
+  const codec = params.get('codec');
+  const svc = params.get('svc');
+  const init = { direction: 'sendonly', streams: [stream] };
+  state.cameraSvc = null;
+  if (svc) {
+    let refusal = svcRefusal(svc, codec);
+    if (!refusal) {
+      try {
+        const transceiver = pc.addTransceiver(track, { ...init, sendEncodings: [{ scalabilityMode: svc, maxBitrate: SVC_MAX_BITRATE }] });
+        preferVideoCodec(transceiver, codec);
+        state.cameraSvc = svc;
+        return transceiver;
+      } catch (err) {
+        refusal = `the browser refused it (${err.message ?? err})`;
+      }
+    }
+    console.warn(`?svc=${svc}: ${refusal}; sending the camera in simulcast instead`);
+  }
+  const transceiver = pc.addTransceiver(track, { ...init, sendEncodings: CAMERA_ENCODINGS.map((e) => ({ ...e })) });
+  preferVideoCodec(transceiver, codec);
+  return transceiver;
+}
+
+/** Why the camera cannot be sent in scalability mode `mode` with `codec` (null: it can be tried). */
+function svcRefusal(mode, codec) {
+  const spatial = Number(/^[LS](\d+)T\d+/.exec(mode)?.[1] ?? 1);
+  if (spatial < 2) return null;
+  const name = codec?.toLowerCase();
+  if (!SPATIAL_SVC_CODECS.includes(name)) {
+    return `spatial layers need ?codec=vp9 or ?codec=av1 (${codec ?? 'the default VP8'} would carry a single layer)`;
+  }
+  if (!RTCRtpSender.getCapabilities || !RTCRtpTransceiver.prototype.setCodecPreferences) {
+    return `this browser cannot be asked to send ${codec}`;
+  }
+  const { codecs } = RTCRtpSender.getCapabilities('video');
+  if (!codecs.some((c) => c.mimeType.toLowerCase() === `video/${name}`)) return `this browser cannot send ${codec}`;
+  return null;
+}
+
+/** Camera senders already found sending another mode than `?svc=` asked (said once each). */
+const svcWarned = new WeakSet();
+
+/** After an answer: says in the console if the browser sends the camera in another mode than `?svc=` asked. */
+function checkCameraSvc() {
+  const sender = state.tx.camera?.sender;
+  if (!state.cameraSvc || !sender || svcWarned.has(sender)) return;
+  const encodings = sender.getParameters().encodings ?? [];
+  const mode = encodings[0]?.scalabilityMode;
+  if (encodings.length !== 1 || (mode && mode !== state.cameraSvc)) {
+    svcWarned.add(sender);
+    console.warn(`?svc=${state.cameraSvc}: the browser sends the camera as ${encodings.length} encoding(s) in ${mode ?? 'an unknown mode'} (the negotiated codec may not support it)`);
+  }
 }
 
 /** With `?codec=h264` (or vp8, vp9, av1) the camera is sent with that codec if the browser has it. */
@@ -154,6 +222,7 @@ async function offerOnce(session) {
   const sdp = await answer;
   if (!isCurrent(session) || pc.signalingState === 'closed') return;
   await pc.setRemoteDescription({ type: 'answer', sdp });
+  checkCameraSvc();
 }
 
 function waitForAnswer() {
@@ -286,7 +355,8 @@ export function onOwnTrackMuted(trackId, muted) {
 
 /**
  * `layers_wanted` (dynacast): send only the camera layers someone receives. `active` follows
- * the track's simulcast RIDs, lowest first, which name our encodings.
+ * the track's simulcast RIDs, lowest first, which name our encodings. An SVC camera (one
+ * encoding, no RID) is left as it is: its spatial layers cannot be turned off one by one.
  */
 export function onLayersWanted(msg) {
   // One setParameters at a time: each needs the parameters the previous one left.

@@ -73,6 +73,8 @@ export const state = {
   dataChannel: null,
   /** Our transceivers by job: mic, camera, screen, screenAudio. */
   tx: { mic: null, camera: null, screen: null, screenAudio: null },
+  /** The scalability mode our camera is sent in (`?svc=`, e.g. 'L3T3_KEY'); null for simulcast. */
+  cameraSvc: null,
   /** Our own mid -> track id, learned from `track_published` for our own tracks. */
   ownTrackIds: new Map(),
   /** Publish offers are made one after the other, each after the previous answer. */
@@ -100,6 +102,11 @@ export const state = {
   sentPreferences: new Map(),
   /** Track id -> the latest `layer_state` from the server: {current, target, reason, waiting_keyframe}. */
   layerStates: new Map(),
+  /**
+   * Video tracks known to have several layers without being simulcast (SVC: one stream carrying
+   * spatial layers): the server's `layer_state` named a layer above 0 for them.
+   */
+  layeredTracks: new Set(),
   /** Participant ids in the latest `active_speakers`. */
   speakers: new Set(),
 };

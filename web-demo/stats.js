@@ -1,6 +1,7 @@
 // Live stats overlays from getStats, once a second: on each remote video tile the resolution,
-// frame rate, bitrate, packet loss and which simulcast layer arrives (inferred from the decoded
-// width); on the self-view what the camera is sending. The header's Stats button shows or hides them.
+// frame rate, bitrate, packet loss and which layer arrives (inferred from the decoded width:
+// "layer low (q)" for a simulcast RID, "layer low (S0)" for an SVC spatial layer); on the
+// self-view what the camera is sending. The header's Stats button shows or hides them.
 
 import { state } from './state.js';
 import { ui } from './ui.js';
@@ -8,7 +9,7 @@ import { remoteVideoTiles } from './tiles.js';
 import { receiverOf } from './subscribe.js';
 
 const EVERY_MS = 1000;
-/** Camera layer widths (publish.js), lowest first. */
+/** Camera layer widths (publish.js), lowest first: simulcast RIDs, or SVC spatial layers S0..S2. */
 const LAYERS = [
   { width: 320, name: 'low', rid: 'q' },
   { width: 640, name: 'medium', rid: 'h' },
@@ -64,7 +65,7 @@ async function tick() {
   }
 }
 
-async function updateRemote({ statsEl, track, trackId, simulcast }) {
+async function updateRemote({ statsEl, track, trackId, simulcast, layered }) {
   const receiver = receiverOf(track);
   if (!receiver) return;
   const report = await receiver.getStats();
@@ -88,20 +89,22 @@ async function updateRemote({ statsEl, track, trackId, simulcast }) {
     const got = Math.max(0, now.received - before.received);
     loss = lost + got > 0 ? (100 * lost) / (lost + got) : 0;
   }
-  const layer = width > 0 && simulcast.length > 1 ? layerForWidth(width) : null;
-  const why = describeLayerState(state.layerStates.get(trackId), simulcast);
+  const layer = width > 0 && layered ? layerForWidth(width) : null;
+  // Simulcast layers are named by their RID, an SVC track's (no RIDs) by their spatial index.
+  const tag = layer && (simulcast.length > 1 ? layer.rid : `S${LAYERS.indexOf(layer)}`);
+  const why = layered ? describeLayerState(state.layerStates.get(trackId)) : '';
 
   statsEl.dataset.width = String(width);
   statsEl.dataset.layer = layer?.name ?? '';
   statsEl.textContent = width
     ? `${width}×${height} · ${fps} fps · ${formatRate(kbps)}\nloss ${loss.toFixed(1)}%` +
-      (layer ? ` · layer ${layer.name} (${layer.rid})` : ' · single layer') + (why ? `\n${why}` : '')
+      (layer ? ` · layer ${layer.name} (${tag})` : ' · single layer') + (why ? `\n${why}` : '')
     : 'waiting for video…';
 }
 
 /** The server's `layer_state` for a tile, as a line: why this layer, and any switch under way. */
-function describeLayerState(layerState, simulcast) {
-  if (!layerState || simulcast.length < 2) return '';
+function describeLayerState(layerState) {
+  if (!layerState) return '';
   const name = (i) => LAYERS[i]?.name ?? `layer ${i}`;
   const reasons = {
     best: 'best sent', requested: 'as asked', bandwidth: 'bandwidth-limited', unavailable: 'layer not sent',
@@ -125,11 +128,14 @@ async function updateLocal() {
   let bytes = 0;
   let timestamp = 0;
   let limitation = 'none';
+  let svc = '';
   report.forEach((r) => {
     if (r.type !== 'outbound-rtp' || r.kind !== 'video') return;
     bytes += r.bytesSent ?? 0;
     timestamp = Math.max(timestamp, r.timestamp);
     if (r.qualityLimitationReason && r.qualityLimitationReason !== 'none') limitation = r.qualityLimitationReason;
+    // An SVC camera (`?svc=`) is one encoding: its size is the top spatial layer's; say its mode.
+    if (state.cameraSvc && r.scalabilityMode) svc = r.scalabilityMode;
     if (r.frameWidth && r.active !== false) layers.push({ rid: r.rid ?? '', width: r.frameWidth, height: r.frameHeight, fps: Math.round(r.framesPerSecond ?? 0) });
   });
   const before = previous.get('local');
@@ -137,7 +143,7 @@ async function updateLocal() {
   const kbps = before && timestamp > before.timestamp ? ((bytes - before.bytes) * 8) / (timestamp - before.timestamp) : 0;
   layers.sort((a, b) => b.width - a.width);
   el.textContent = layers.length
-    ? `sending ${layers.map((l) => `${l.width}×${l.height}`).join(', ')}\n${layers[0].fps} fps · ${formatRate(kbps)}` +
+    ? `sending ${layers.map((l) => `${l.width}×${l.height}`).join(', ')}${svc ? ` (${svc})` : ''}\n${layers[0].fps} fps · ${formatRate(kbps)}` +
       (limitation !== 'none' ? ` · ${limitation}-limited` : '')
     : 'starting camera…';
 }

@@ -59,6 +59,25 @@ export function onTrackUnpublished(trackId, participantId) {
   }
 }
 
+/**
+ * `layer_state` for a track we receive. A track without simulcast RIDs that the server says it
+ * switches to a layer above 0 carries its layers in one stream (SVC): from then on its tile gets
+ * the quality menu and its stats overlay names the layer, as for simulcast.
+ */
+export function onLayerState(msg) {
+  if (!msg?.track) return;
+  state.layerStates.set(msg.track, msg);
+  if (state.layeredTracks.has(msg.track) || !(msg.current > 0 || msg.target > 0)) return;
+  state.layeredTracks.add(msg.track);
+  const participant = state.remoteParticipants.get(state.trackInfo.get(msg.track)?.participant);
+  if (participant) renderParticipant(participant);
+}
+
+/** Whether a video track has layers to choose from: simulcast, or SVC seen in `layer_state`. */
+export function isLayered(trackId) {
+  return (state.trackInfo.get(trackId)?.simulcast?.length ?? 0) > 1 || state.layeredTracks.has(trackId);
+}
+
 export function onTrackMuted(trackId, participantId, muted) {
   const info = state.trackInfo.get(trackId);
   if (info) info.muted = !!muted;
@@ -81,6 +100,8 @@ export function attachRemoteTrack(info, mediaTrack) {
 function forgetTrack(trackId) {
   state.trackInfo.delete(trackId);
   state.qualities.delete(trackId);
+  state.layerStates.delete(trackId);
+  state.layeredTracks.delete(trackId);
   for (const [mid, info] of state.subMids) {
     if (info.track === trackId) state.subMids.delete(mid);
   }
@@ -107,6 +128,7 @@ export function clearRoom() {
   state.qualities.clear();
   state.sentPreferences.clear();
   state.layerStates.clear();
+  state.layeredTracks.clear();
   state.speakers.clear();
   ui.localTile.classList.remove('speaking');
   renderPeopleCount();
@@ -249,11 +271,10 @@ function initials(name) {
   return (parts.length > 1 ? parts[0][0] + parts[parts.length - 1][0] : parts[0][0]).toUpperCase();
 }
 
-/** The quality menu is for simulcast video: hidden when there is nothing to choose from. */
+/** The quality menu is for layered (simulcast or SVC) video: hidden when there is nothing to choose from. */
 function setQualityMenu(tile, trackId, off) {
   const select = tile.querySelector('select.quality');
-  const layers = trackId ? state.trackInfo.get(trackId)?.simulcast?.length ?? 0 : 0;
-  select.hidden = !trackId || off || layers < 2;
+  select.hidden = !trackId || off || !isLayered(trackId);
   select.dataset.track = trackId ?? '';
   if (trackId) {
     select.value = state.qualities.get(trackId) ?? 'auto';
@@ -361,19 +382,22 @@ function renderLocalScreen() {
   }
 }
 
-/** The tiles whose overlay shows receive stats: {statsEl, track, trackId, simulcast}. */
+/**
+ * The tiles whose overlay shows receive stats: {statsEl, track, trackId, simulcast, layered}
+ * (`simulcast` the track's RIDs, `layered` whether it has layers to choose from; see isLayered).
+ */
 export function remoteVideoTiles() {
   const out = [];
   for (const participant of state.remoteParticipants.values()) {
     const trackId = participant.videoEl.dataset.track;
     const track = trackId && participant.tracks.get(trackId);
     if (track && participant.tile.isConnected) {
-      out.push({ statsEl: participant.tile.querySelector('.stats'), track, trackId, simulcast: state.trackInfo.get(trackId)?.simulcast ?? [] });
+      out.push({ statsEl: participant.tile.querySelector('.stats'), track, trackId, simulcast: state.trackInfo.get(trackId)?.simulcast ?? [], layered: isLayered(trackId) });
     }
   }
   for (const screen of state.screenTiles.values()) {
     const track = state.remoteParticipants.get(screen.participant)?.tracks.get(screen.trackId);
-    if (track) out.push({ statsEl: screen.tile.querySelector('.stats'), track, trackId: screen.trackId, simulcast: state.trackInfo.get(screen.trackId)?.simulcast ?? [] });
+    if (track) out.push({ statsEl: screen.tile.querySelector('.stats'), track, trackId: screen.trackId, simulcast: state.trackInfo.get(screen.trackId)?.simulcast ?? [], layered: isLayered(screen.trackId) });
   }
   return out;
 }

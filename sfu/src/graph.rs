@@ -9,7 +9,7 @@
 //! with a relaxed atomic. The map itself is a sharded `DashMap`, used on the control path only.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 
 use dashmap::DashMap;
 
@@ -36,8 +36,9 @@ pub(crate) struct TrackRoute {
     /// The publisher's participant id (the subscriber's `msid` stream id).
     pub(crate) participant: Arc<str>,
     pub(crate) kind: TrackKind,
-    /// Number of simulcast layers (1 without simulcast).
-    pub(crate) layer_count: u8,
+    /// Number of layers: simulcast streams, or a scalable stream's spatial layers (learned
+    /// from its packets); 1 otherwise.
+    layer_count: AtomicU8,
     /// Bit `i` set: the publisher is sending simulcast layer `i` (non-simulcast: bit 0).
     pub(crate) active_layers: AtomicU32,
     /// Measured bitrate of each layer, bits per second (0: not measured).
@@ -49,13 +50,48 @@ pub(crate) struct TrackRoute {
     pub(crate) paused_layers: AtomicU32,
     /// The publisher sends VP8 temporal layers (seen on its packets).
     pub(crate) has_temporal: AtomicBool,
+    /// The track is one scalable (SVC) stream whose layers are its spatial layers (seen on
+    /// its packets): a subscriber of any layer is sent every packet.
+    scalable: AtomicBool,
 }
 
 impl TrackRoute {
+    /// Number of layers a subscriber can choose from.
+    pub(crate) fn layer_count(&self) -> u8 {
+        self.layer_count.load(Ordering::Relaxed)
+    }
+
+    /// Whether the track is one scalable stream.
+    pub(crate) fn is_scalable(&self) -> bool {
+        self.scalable.load(Ordering::Relaxed)
+    }
+
+    /// Marks the track as one scalable stream.
+    pub(crate) fn set_scalable(&self) {
+        self.scalable.store(true, Ordering::Relaxed);
+    }
+
+    /// The layers whose packets a subscriber of `wanted` needs: with a scalable stream, every
+    /// layer, since its one sequence-number space is renumbered by the subscriber, which must
+    /// see the packets it drops (dropping one costs it no more than a lookup).
+    pub(crate) fn needed_layers(&self, wanted: u32) -> u32 {
+        if wanted == 0 || !self.is_scalable() {
+            return wanted;
+        }
+        u32::MAX
+    }
+
+    /// Sets the number of layers (a scalable stream's spatial layers, once known).
+    pub(crate) fn set_layer_count(&self, layers: u8) {
+        self.layer_count.store(layers, Ordering::Relaxed);
+    }
+
     /// Marks layer `index` as being sent by the publisher. Returns `true` if it was not before.
     pub(crate) fn mark_layer_active(&self, index: u8) -> bool {
         let bit = 1u32 << u32::from(index.min(31));
-        self.active_layers.fetch_or(bit, Ordering::Relaxed) & bit == 0
+        // Release: whoever sees the layer (with Acquire, `available_layers`) also sees what
+        // the owner wrote before, such as `scalable`.
+        self.active_layers.fetch_or(bit, Ordering::Release) & bit == 0
     }
 
     /// Marks layer `index` as paused (or resumed) by the publisher.
@@ -106,7 +142,7 @@ impl TrackRoute {
 
     /// Layers a subscriber may be given: those being sent and those paused by dynacast.
     pub(crate) fn available_layers(&self) -> u32 {
-        self.active_layers.load(Ordering::Relaxed) | self.paused_layers.load(Ordering::Relaxed)
+        self.active_layers.load(Ordering::Acquire) | self.paused_layers.load(Ordering::Relaxed)
     }
 
     /// The best available layer at or below `cap`.
@@ -151,12 +187,13 @@ impl ForwardingGraph {
             publisher,
             participant,
             kind,
-            layer_count,
+            layer_count: AtomicU8::new(layer_count),
             active_layers: AtomicU32::new(0),
             layer_bps: Default::default(),
             layer_size: Default::default(),
             paused_layers: AtomicU32::new(0),
             has_temporal: AtomicBool::new(false),
+            scalable: AtomicBool::new(false),
         });
         self.tracks.insert(id, route.clone());
         route

@@ -174,6 +174,106 @@ fn vp9(payload: &[u8]) -> bool {
     payload.get(offset).is_some_and(|l| (l >> 1) & 0x07 == 0)
 }
 
+/// The layer fields of a VP9 payload descriptor (RFC 9628) that carries layer indices (`L`),
+/// as Chromium sends with scalable coding (`scalabilityMode`, one SSRC for every layer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Vp9Layers {
+    /// Spatial layer index (`SID`, 0 = base).
+    pub(crate) spatial: u8,
+    /// Temporal layer index (`TID`).
+    pub(crate) temporal: u8,
+    /// First packet of this spatial layer's frame (`B`).
+    pub(crate) frame_start: bool,
+    /// Last packet of this spatial layer's frame (`E`).
+    pub(crate) frame_end: bool,
+    /// Spatial layer count and each layer's size, when the packet carries the scalability
+    /// structure (`V`, sent with keyframes).
+    pub(crate) structure: Option<Vp9Structure>,
+}
+
+/// A VP9 scalability structure: how many spatial layers, and their sizes when given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Vp9Structure {
+    pub(crate) spatial_layers: u8,
+    /// `(width, height)` of each spatial layer, lowest first; `(0, 0)` past the count or when
+    /// the structure gives no sizes.
+    pub(crate) sizes: [(u32, u32); 8],
+}
+
+/// Reads the layer fields of a VP9 payload descriptor; `None` if it carries no layer indices
+/// (one layer: nothing to select) or is truncated.
+pub(crate) fn vp9_layers(payload: &[u8]) -> Option<Vp9Layers> {
+    let first = *payload.first()?;
+    let picture_id = first & 0x80 != 0;
+    let inter_predicted = first & 0x40 != 0;
+    let layer_indices = first & 0x20 != 0;
+    let flexible = first & 0x10 != 0;
+    let has_structure = first & 0x02 != 0;
+    if !layer_indices {
+        return None;
+    }
+    let mut offset = 1;
+    if picture_id {
+        offset += if *payload.get(offset)? & 0x80 != 0 {
+            2
+        } else {
+            1
+        };
+    }
+    // TID(3) U(1) SID(3) D(1), then TL0PICIDX in non-flexible mode.
+    let indices = *payload.get(offset)?;
+    offset += if flexible { 1 } else { 2 };
+    if flexible && inter_predicted {
+        // Up to three reference differences, each with N: another follows.
+        for _ in 0..3 {
+            let diff = *payload.get(offset)?;
+            offset += 1;
+            if diff & 0x01 == 0 {
+                break;
+            }
+        }
+    }
+    let structure = if has_structure {
+        Some(vp9_structure(payload.get(offset..)?)?)
+    } else {
+        None
+    };
+    Some(Vp9Layers {
+        spatial: (indices >> 1) & 0x07,
+        temporal: indices >> 5,
+        frame_start: first & 0x08 != 0,
+        frame_end: first & 0x04 != 0,
+        structure,
+    })
+}
+
+/// N_S(3) Y(1) G(1) -(3), then with `Y` a 16-bit width and height per spatial layer.
+fn vp9_structure(bytes: &[u8]) -> Option<Vp9Structure> {
+    let head = *bytes.first()?;
+    let spatial_layers = (head >> 5) + 1;
+    let mut sizes = [(0, 0); 8];
+    if head & 0x10 != 0 {
+        for (i, size) in sizes
+            .iter_mut()
+            .take(usize::from(spatial_layers))
+            .enumerate()
+        {
+            let at = 1 + 4 * i;
+            let field = |k: usize| -> Option<u32> {
+                Some(u32::from(u16::from_be_bytes([
+                    *bytes.get(at + k)?,
+                    *bytes.get(at + k + 1)?,
+                ])))
+            };
+            *size = (field(0)?, field(2)?);
+        }
+    }
+    Some(Vp9Structure {
+        spatial_layers,
+        sizes,
+    })
+}
+
 /// AV1 RTP aggregation header: `N` set on the first packet of a coded video sequence.
 fn av1(payload: &[u8]) -> bool {
     payload.first().is_some_and(|h| h & 0x08 != 0)
@@ -274,6 +374,41 @@ mod tests {
         assert!(!starts_keyframe(Codec::H264, &[0x7c, 0x05, 0]));
         assert!(!starts_keyframe(Codec::H264, &[0x7c]));
         assert!(!starts_keyframe(Codec::H264, &[]));
+    }
+
+    /// A keyframe's first packet as Chromium sends it for L3T3_KEY: I, L, B, V set; 15-bit
+    /// picture ID; TID 0, SID 0; TL0PICIDX; a structure of three layers with their sizes.
+    const VP9_SVC_KEY: [u8; 18] = [
+        0xaa, 0x80, 0x05, 0x00, 0x07, 0x50, 0x01, 0x40, 0x00, 0xb4, 0x02, 0x80, 0x01, 0x68, 0x05,
+        0x00, 0x02, 0xd0,
+    ];
+
+    #[test]
+    fn vp9_layers_and_structure() {
+        let key = vp9_layers(&VP9_SVC_KEY).expect("layer indices");
+        assert_eq!((key.spatial, key.temporal), (0, 0));
+        assert!(key.frame_start && !key.frame_end);
+        let structure = key.structure.expect("scalability structure");
+        assert_eq!(structure.spatial_layers, 3);
+        assert_eq!(
+            structure.sizes[..4],
+            [(320, 180), (640, 360), (1280, 720), (0, 0)]
+        );
+        assert!(starts_keyframe(Codec::Vp9, &VP9_SVC_KEY));
+        // S2 of an inter-predicted picture, TID 2, last packet of its frame: P, L, E set.
+        let delta = [0xe4, 0x80, 0x06, 0x45, 0x07, 0x00];
+        let layers = vp9_layers(&delta).expect("layer indices");
+        assert_eq!((layers.spatial, layers.temporal), (2, 2));
+        assert!(!layers.frame_start && layers.frame_end && layers.structure.is_none());
+        // Flexible mode: no TL0PICIDX, reference differences chained with N.
+        let flexible = [0xf8, 0x12, 0x22, 0x03, 0x04, 0x00];
+        let layers = vp9_layers(&flexible).expect("layer indices");
+        assert_eq!((layers.spatial, layers.temporal), (1, 1));
+        // No layer indices, or cut short: nothing to select.
+        assert_eq!(vp9_layers(&[0x88, 0x01, 0x00]), None);
+        assert_eq!(vp9_layers(&[0xaa, 0x80]), None);
+        assert_eq!(vp9_layers(&VP9_SVC_KEY[..12]), None, "sizes cut short");
+        assert_eq!(vp9_layers(&[]), None);
     }
 
     #[test]

@@ -16,13 +16,20 @@
 //! bandwidth cannot carry the full frame rate of even the lowest layer): sequence numbers and
 //! picture IDs close up behind them. The maximum changes at frame starts only, and goes up
 //! only at a base-layer frame (or keyframe), whose successors reference nothing dropped.
+//!
+//! A scalable (SVC) stream carries every spatial layer on one SSRC; its layers are its spatial
+//! layers, and the "current layer" is the highest one forwarded, with every layer below it.
+//! It goes down at the next picture (a lower spatial layer does not depend on higher ones) and
+//! up at a keyframe; the packets above it are dropped as the temporal ones are, and the marker
+//! bit is set on the last packet of the highest forwarded layer's frame, which ends the
+//! picture for this receiver.
 
 use std::time::Instant;
 
 use str0m::format::Codec;
 use str0m::rtp::Vp8Patch;
 
-use crate::packet::ForwardedPacket;
+use crate::packet::{ForwardedPacket, SvcPacket};
 use crate::rewrite::SeqTsRewriter;
 use crate::vp8_munger::Vp8Munger;
 
@@ -35,6 +42,8 @@ pub(crate) struct Forward {
     pub(crate) ts: u32,
     /// VP8 descriptor rewrite, if any.
     pub(crate) vp8: Option<Vp8Patch>,
+    /// The RTP marker bit to send.
+    pub(crate) marker: bool,
     /// This packet starts a new layer (not the first one).
     pub(crate) switched: bool,
 }
@@ -60,6 +69,8 @@ pub(crate) struct LayerSwitcher {
     stalled: bool,
     /// Incoming RTP timestamp of the last packet forwarded (the frame under way).
     frame_ts: Option<u32>,
+    /// The track is one scalable stream (seen on its packets).
+    svc: bool,
 }
 
 impl LayerSwitcher {
@@ -78,6 +89,7 @@ impl LayerSwitcher {
             stop_current: false,
             stalled: false,
             frame_ts: None,
+            svc: false,
         }
     }
 
@@ -158,6 +170,11 @@ impl LayerSwitcher {
             return false;
         }
         self.target = layer;
+        let lower = matches!((layer, self.current), (Some(new), Some(now)) if new < now);
+        if self.svc && lower && !self.stalled {
+            // A scalable stream steps down at its next picture, without a keyframe.
+            return false;
+        }
         self.video && layer.is_some() && (self.current != layer || self.stalled)
     }
 
@@ -165,7 +182,12 @@ impl LayerSwitcher {
     /// accept, or padding alone): if its layer is being forwarded, it leaves the numbering as
     /// a dropped packet does, so the receiver sees no gap.
     pub(crate) fn skip(&mut self, p: &ForwardedPacket) {
-        if self.current == Some(p.layer)
+        let forwarded = if self.svc {
+            self.current.is_some()
+        } else {
+            self.current == Some(p.layer)
+        };
+        if forwarded
             && !self.stalled
             && let Some(rewriter) = self.rewriter.as_mut()
         {
@@ -180,6 +202,9 @@ impl LayerSwitcher {
             // and never the start of a layer.
             self.skip(p);
             return None;
+        }
+        if let Some(svc) = p.svc {
+            return self.on_svc_packet(p, svc, now);
         }
         let clock = p.params.spec().clock_rate.get();
         let vp8 = p.params.spec().codec == Codec::Vp8;
@@ -241,6 +266,61 @@ impl LayerSwitcher {
             seq: out.seq,
             ts: out.ts,
             vp8,
+            marker: p.marker,
+            switched,
+        })
+    }
+
+    /// A packet of a scalable stream: forwarded if its spatial layer is at or below the
+    /// current one, which moves towards the target at picture starts.
+    fn on_svc_packet(
+        &mut self,
+        p: &ForwardedPacket,
+        svc: SvcPacket,
+        now: Instant,
+    ) -> Option<Forward> {
+        self.svc = true;
+        let picture_start = svc.spatial == 0 && svc.frame_start && self.frame_ts != Some(p.ts);
+        let mut switched = false;
+        let flowing = self.current.is_some() && !self.stalled;
+        if !flowing {
+            let target = self.target.filter(|_| p.keyframe)?;
+            let elapsed = match (self.newest.and_then(|(_, c)| c), p.capture) {
+                (Some(last), Some(now)) => Some(now - last),
+                _ => None,
+            };
+            let clock = p.params.spec().clock_rate.get();
+            self.rewriter
+                .get_or_insert_with(|| SeqTsRewriter::with_random_start(clock))
+                .start_source_after(p.seq, p.ts, now, elapsed);
+            switched = self.current.is_some_and(|c| c != target);
+            self.current = Some(target);
+            self.stalled = false;
+            self.stop_current = false;
+        } else if picture_start && let (Some(current), Some(target)) = (self.current, self.target) {
+            // Down at any picture; up only at a keyframe, whose upper layers depend on
+            // nothing this receiver missed.
+            if target < current || (target > current && p.keyframe) {
+                self.current = Some(target);
+                switched = true;
+            }
+        }
+        let current = self.current?;
+        if svc.spatial > current {
+            // Renumbered away; a late packet of a dropped layer is not forwarded either.
+            self.rewriter.as_mut()?.drop_packet(p.seq);
+            return None;
+        }
+        let out = self.rewriter.as_mut()?.rewrite(p.seq, p.ts, now)?;
+        self.frame_ts = Some(p.ts);
+        if self.newest.is_none_or(|(seq, _)| out.seq > seq) {
+            self.newest = Some((out.seq, p.capture));
+        }
+        Some(Forward {
+            seq: out.seq,
+            ts: out.ts,
+            vp8: None,
+            marker: p.marker || (svc.frame_end && svc.spatial == current),
             switched,
         })
     }

@@ -32,6 +32,9 @@ pub(crate) struct ForwardedPacket {
     pub(crate) keyframe: bool,
     /// VP8 temporal layer information, when the publisher sends temporal layers.
     pub(crate) temporal: Option<crate::keyframe::Vp8Temporal>,
+    /// Where the packet sits in a scalable (SVC) stream, which carries every spatial layer
+    /// on one SSRC; `layer` is then its spatial layer.
+    pub(crate) svc: Option<SvcPacket>,
     pub(crate) payload: Arc<[u8]>,
     pub(crate) audio_level: Option<i8>,
     pub(crate) voice_activity: Option<bool>,
@@ -41,6 +44,17 @@ pub(crate) struct ForwardedPacket {
     /// When the publisher captured it (seconds since the Unix epoch), from its latest sender
     /// report: lines up the layers of a simulcast track, and audio with video.
     pub(crate) capture: Option<f64>,
+}
+
+/// The layers and frame boundaries of one packet of a scalable (SVC) stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SvcPacket {
+    pub(crate) spatial: u8,
+    pub(crate) temporal: u8,
+    /// First packet of its spatial layer's frame.
+    pub(crate) frame_start: bool,
+    /// Last packet of its spatial layer's frame.
+    pub(crate) frame_end: bool,
 }
 
 /// A data channel message, already wrapped with its sender's identity.

@@ -472,6 +472,7 @@ fn layer_switcher(r: &mut Reader<'_>) {
                             marker: n + 1 == packets,
                             keyframe: starts_keyframe(Codec::Vp8, &payload),
                             temporal: vp8_temporal(&payload),
+                            svc: None,
                             payload: Arc::from(payload),
                             audio_level: None,
                             voice_activity: None,

@@ -32,6 +32,8 @@ pub(crate) mod raw;
 #[cfg(test)]
 mod scenarios;
 #[cfg(test)]
+mod svc;
+#[cfg(test)]
 pub(crate) mod vp8;
 #[cfg(test)]
 pub(crate) mod world;

@@ -22,8 +22,8 @@ use crate::data_relay;
 use crate::event::{PeerEvent, TrackCounters, TrackInfo, TrackKind};
 use crate::graph::{TrackRoute, TrackSnapshot};
 use crate::ids::TrackId;
-use crate::keyframe::{starts_keyframe, vp8_keyframe_size, vp8_temporal};
-use crate::packet::{Delivery, ForwardedPacket};
+use crate::keyframe::{starts_keyframe, vp8_keyframe_size, vp8_temporal, vp9_layers};
+use crate::packet::{Delivery, ForwardedPacket, SvcPacket};
 
 /// Publisher state of a peer.
 pub(crate) struct Publisher {
@@ -227,7 +227,6 @@ impl Publisher {
         if temporal.is_some() && !stream.route.has_temporal.load(Ordering::Relaxed) {
             stream.route.has_temporal.store(true, Ordering::Relaxed);
         }
-        let layer = stream.layer;
         let ext = &packet.header.ext_vals;
         let Some(track) = self
             .tracks
@@ -236,8 +235,17 @@ impl Publisher {
         else {
             return;
         };
+        // A scalable VP9 stream (one SSRC, no simulcast): its spatial layers are the layers.
+        let svc = (codec == Codec::Vp9 && track.rids.is_empty())
+            .then(|| vp9_layers(&packet.payload))
+            .flatten();
+        let layer = match &svc {
+            Some(layers) => track.on_svc_packet(layers),
+            None => stream.layer,
+        };
         if keyframe {
-            track.on_keyframe(layer);
+            // Answers the keyframe requests of the stream (all spatial layers of an SVC one).
+            track.on_keyframe(stream.layer);
             if codec == Codec::Vp8
                 && let Some(size) = vp8_keyframe_size(&packet.payload)
             {
@@ -248,7 +256,7 @@ impl Publisher {
             meter.on_packet(ext.audio_level, ext.voice_activity, ctx.now);
         }
         track.on_received(layer, packet.payload.len(), ctx.now);
-        if !track.admits(layer, keyframe) || !track.has_downstream() {
+        if !track.admits(stream.layer, keyframe) || !track.has_downstream() {
             return;
         }
         let capture = packet.last_sender_info.map(|sr| {
@@ -271,6 +279,12 @@ impl Publisher {
             marker: packet.header.marker,
             keyframe,
             temporal,
+            svc: svc.map(|l| SvcPacket {
+                spatial: layer,
+                temporal: l.temporal,
+                frame_start: l.frame_start,
+                frame_end: l.frame_end,
+            }),
             payload: packet.payload,
             audio_level: ext.audio_level,
             voice_activity: ext.voice_activity,

@@ -1,7 +1,9 @@
 //! One published track and its owner's state: who receives it and which of its layers each
 //! wants (plain fields: the publisher's worker alone reads and writes them, subscribers on any
 //! worker send [`Delivery::Want`] and [`Delivery::Leave`]), its keyframe requests coalesced
-//! per layer, its measured layer rates, dynacast and mute.
+//! per layer, its measured layer rates, dynacast and mute. A scalable (SVC) stream's spatial
+//! layers are its layers: learned from its packets, each one's rate published as what
+//! receiving up to it costs.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -17,6 +19,7 @@ use crate::counters::WorkerCounters;
 use crate::dynacast::Dynacast;
 use crate::event::{PeerEvent, TrackCounters, TrackKind};
 use crate::graph::{PeerLocation, TrackRoute, TrackSnapshot};
+use crate::keyframe::Vp9Layers;
 use crate::keyframe_throttle::KeyframeThrottle;
 use crate::packet::{Delivery, ForwardedPacket};
 use crate::peer::{Ctx, PeerInfo};
@@ -45,6 +48,10 @@ pub(super) struct PublishedTrack {
     pub(super) meter: Option<AudioLevelMeter>,
     /// Payload bytes per layer since the last rate sample.
     layer_bytes: [u64; MAX_LAYERS],
+    /// Smoothed bitrate of each layer alone, bits per second.
+    layer_rates: [u64; MAX_LAYERS],
+    /// The track is one scalable stream whose spatial layers are its layers.
+    svc: bool,
     /// When the rates were last sampled.
     sampled_at: Option<Instant>,
     /// Simulcast video only: pauses the layers nobody receives.
@@ -79,6 +86,8 @@ impl PublishedTrack {
                 .collect(),
             meter: (kind == TrackKind::Audio).then(AudioLevelMeter::default),
             layer_bytes: [0; MAX_LAYERS],
+            layer_rates: [0; MAX_LAYERS],
+            svc: false,
             sampled_at: None,
             dynacast: (kind == TrackKind::Video && layers > 1)
                 .then(|| Dynacast::new(u8::try_from(layers).unwrap_or(u8::MAX), now)),
@@ -112,7 +121,7 @@ impl PublishedTrack {
             return;
         };
         let mut resumed = None;
-        for layer in 0..self.route.layer_count.min(32) {
+        for layer in 0..self.route.layer_count().min(32) {
             if asked & dynacast.paused() & (1 << layer) != 0 {
                 resumed = dynacast.demand(layer, ctx.now).or(resumed);
             }
@@ -135,6 +144,41 @@ impl PublishedTrack {
         }
         self.sampled_at.get_or_insert(now);
         self.received_packets += 1;
+    }
+
+    /// A packet of a scalable stream: the track's layers are its spatial layers, counted and
+    /// sized from the scalability structure its keyframes carry. Returns the packet's layer.
+    pub(super) fn on_svc_packet(&mut self, layers: &Vp9Layers) -> u8 {
+        if !self.svc {
+            // Before its layers are marked active: a subscriber that sees them also sees this.
+            self.svc = true;
+            self.route.set_scalable();
+        }
+        let top = (MAX_LAYERS - 1) as u8;
+        let layer = layers.spatial.min(top);
+        if let Some(structure) = &layers.structure {
+            let count = structure.spatial_layers.min(top + 1);
+            if self.route.layer_count() != count {
+                self.route.set_layer_count(count);
+            }
+            for (index, size) in (0..count).zip(structure.sizes) {
+                if size != (0, 0) {
+                    self.route.set_layer_size(index, size);
+                }
+            }
+        } else if layer >= self.route.layer_count() {
+            self.route.set_layer_count(layer + 1);
+        }
+        let bit = 1u32 << layer;
+        if self.route.active_layers.load(Ordering::Relaxed) & bit == 0 {
+            self.route.mark_layer_active(layer);
+        }
+        layer
+    }
+
+    /// The incoming stream that carries `layer` (the one stream of a scalable track).
+    fn stream_of(&self, layer: usize) -> usize {
+        if self.svc { 0 } else { layer }
     }
 
     /// A keyframe of `layer` arrived (it answers the requests on their way).
@@ -193,12 +237,13 @@ impl PublishedTrack {
         urgent: bool,
         ctx: &mut Ctx<'_>,
     ) -> bool {
+        let stream = self.stream_of(layer);
         let sent = self
             .throttles
-            .get_mut(layer)
+            .get_mut(stream)
             .is_some_and(|throttle| throttle.request(ctx.now, urgent));
         if sent {
-            request_keyframe(rtc, self.mid, self.rids.get(layer).copied(), ctx);
+            request_keyframe(rtc, self.mid, self.rids.get(stream).copied(), ctx);
         }
         sent
     }
@@ -348,23 +393,30 @@ impl PublishedTrack {
             return;
         }
         let seconds = elapsed.as_secs_f64();
-        let previous = self.route.layer_rates();
-        for (layer, bytes) in self.layer_bytes.iter_mut().enumerate() {
+        for (bytes, rate) in self.layer_bytes.iter_mut().zip(&mut self.layer_rates) {
             if *bytes == 0 {
                 // Paused or not sent: its last rate is the best guess of what it costs.
                 continue;
             }
             let sample = (*bytes * 8) as f64 / seconds;
-            let old = previous.get(layer).copied().unwrap_or(0) as f64;
             // A moving average over about two seconds: keyframes and encoder bursts do not
             // make the allocator's costs (and so its choices) jump.
-            let smoothed = if old == 0.0 {
-                sample
+            *rate = if *rate == 0 {
+                sample as u64
             } else {
-                old + RATE_SMOOTHING * (sample - old)
+                (*rate as f64 + RATE_SMOOTHING * (sample - *rate as f64)) as u64
             };
-            self.route.set_layer_rate(layer, smoothed as u64);
             *bytes = 0;
+        }
+        // What receiving a layer costs: itself, or with a scalable stream every layer up to
+        // it (the lower ones are forwarded too).
+        let mut below = 0;
+        for (layer, rate) in self.layer_rates.iter().enumerate() {
+            let cost = if self.svc { below + rate } else { *rate };
+            below += rate;
+            if cost > 0 {
+                self.route.set_layer_rate(layer, cost);
+            }
         }
         self.sampled_at = Some(now);
     }

@@ -125,7 +125,7 @@ impl Subscription {
         let told = Told {
             from: at,
             wants: Wants {
-                layers,
+                layers: self.route.needed_layers(layers),
                 demand: self.demand,
             },
         };
@@ -154,7 +154,7 @@ impl Subscription {
             return;
         };
         let wants = Wants {
-            layers: self.switcher.wanted_layers(),
+            layers: self.route.needed_layers(self.switcher.wanted_layers()),
             demand: self.demand,
         };
         if wants != told.wants {
@@ -229,7 +229,7 @@ impl Subscription {
     /// The highest layer the subscriber asked for (by quality or view size).
     pub(super) fn requested_cap(&self) -> Option<u8> {
         self.preference
-            .cap(self.route.layer_count, &self.route.layer_sizes())
+            .cap(self.route.layer_count(), &self.route.layer_sizes())
     }
 
     /// The highest layer allowed by the request and the bandwidth.
@@ -391,7 +391,7 @@ impl Subscription {
             packet.arrival,
             packet.payload.clone(),
         )
-        .marker(packet.marker)
+        .marker(out.marker)
         .ext_vals(ext)
         .nackable(needs_keyframe(packet.params.spec().codec));
         if let Some(patch) = out.vp8 {

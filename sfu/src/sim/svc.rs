@@ -1,0 +1,255 @@
+//! Scalable VP9 (SVC, one SSRC for every layer, as Chromium sends with
+//! `scalabilityMode: 'L3T3_KEY'`) on the virtual clock: each viewer gets the spatial layers up
+//! to the one it asked for, with consecutive sequence numbers, every picture, and the marker
+//! bit on the last packet of its highest layer; it steps down at the next picture and up at a
+//! keyframe.
+
+use std::time::Duration;
+
+use str0m::format::Codec;
+use str0m::media::MediaKind;
+use str0m::rtp::RtpWrite;
+
+use super::client::ReceivedRtp;
+use super::world::{NodeId, World};
+use crate::command::Command;
+use crate::ids::TrackId;
+use crate::keyframe::vp9_layers;
+use crate::layer_choice::{Quality, VideoPreference};
+
+/// One picture every 33 ms (30 fps, 90 kHz clock).
+const PICTURE: Duration = Duration::from_millis(33);
+const PICTURE_TICKS: u32 = 2970;
+/// Spatial layers, and the keyframe period in pictures.
+const LAYERS: u8 = 3;
+const KEYFRAME_EVERY: u64 = 30;
+/// Packets per spatial layer's frame.
+const PACKETS_PER_FRAME: usize = 2;
+
+/// A synthetic L3T3_KEY encoder: the scenario writes its packets through a str0m sender.
+struct Vp9Svc {
+    picture: u64,
+    seq: u64,
+    ts: u32,
+}
+
+impl Vp9Svc {
+    fn new() -> Self {
+        Self {
+            picture: 0,
+            seq: 1000,
+            ts: 0,
+        }
+    }
+
+    /// Sends one picture (every spatial layer) from `id`, then lets a picture's time pass.
+    fn send_picture(&mut self, w: &mut World, id: NodeId, pt: u8) {
+        let key = self.picture.is_multiple_of(KEYFRAME_EVERY);
+        let tid = [0u8, 2, 1, 2][(self.picture % 4) as usize];
+        for spatial in 0..LAYERS {
+            for part in 0..PACKETS_PER_FRAME {
+                let start = part == 0;
+                let end = part + 1 == PACKETS_PER_FRAME;
+                let structure = key && spatial == 0 && start;
+                let mut payload = vec![
+                    0xa0 | u8::from(!key) << 6
+                        | u8::from(start) << 3
+                        | u8::from(end) << 2
+                        | u8::from(structure) << 1,
+                    0x80 | ((self.picture >> 8) as u8 & 0x7f),
+                    self.picture as u8,
+                    tid << 5 | spatial << 1 | u8::from(key && spatial > 0),
+                    (self.picture / 4) as u8,
+                ];
+                if structure {
+                    // N_S = 2, Y: 320x180, 640x360, 1280x720.
+                    payload.push(0x50);
+                    for (width, height) in [(320u16, 180u16), (640, 360), (1280, 720)] {
+                        payload.extend(width.to_be_bytes());
+                        payload.extend(height.to_be_bytes());
+                    }
+                }
+                // Recognisable media: the picture and the layer.
+                payload.extend([spatial; 40]);
+                let marker = end && spatial + 1 == LAYERS;
+                let now = w.now();
+                let mid = w.sender_mid(id);
+                let client = &mut w.nodes[id].client;
+                let mut api = client.rtc.direct_api();
+                let Some(tx) = api.stream_tx_by_mid(mid, None) else {
+                    panic!("the sender has no stream on its m-line");
+                };
+                tx.write_rtp(
+                    RtpWrite::new(pt.into(), self.seq.into(), self.ts, now, payload).marker(marker),
+                );
+                client.drain();
+                self.seq += 1;
+            }
+        }
+        self.picture += 1;
+        self.ts = self.ts.wrapping_add(PICTURE_TICKS);
+        w.run_for(PICTURE);
+    }
+}
+
+/// What one received packet is: its picture number, spatial layer and frame end, and whether
+/// its picture is a keyframe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Seen {
+    picture: u16,
+    spatial: u8,
+    frame_end: bool,
+    key: bool,
+    marker: bool,
+    seq: u64,
+}
+
+fn seen(p: &ReceivedRtp) -> Option<Seen> {
+    let layers = vp9_layers(&p.payload)?;
+    Some(Seen {
+        picture: u16::from_be_bytes([p.payload[1] & 0x7f, p.payload[2]]),
+        spatial: layers.spatial,
+        frame_end: layers.frame_end,
+        key: p.payload[0] & 0x40 == 0,
+        marker: p.marker,
+        seq: p.seq,
+    })
+}
+
+/// The VP9 packets viewer `id` received.
+fn received(w: &World, id: NodeId) -> Vec<Seen> {
+    w.other_received(id)
+        .iter()
+        .filter_map(|(_, p)| seen(p))
+        .collect()
+}
+
+fn prefer(w: &mut World, viewer: NodeId, track: TrackId, quality: Quality) {
+    let peer = w.nodes[viewer].peer;
+    w.h.request(|reply| Command::SetVideoPreference {
+        peer,
+        track,
+        preference: VideoPreference {
+            quality,
+            max_size: None,
+        },
+        reply,
+    })
+    .expect("preference set");
+}
+
+/// Every packet has the number after the one before, and the marker bit exactly on the last
+/// packet of each picture's highest layer received.
+fn assert_well_formed(packets: &[Seen], what: &str) {
+    for pair in packets.windows(2) {
+        assert_eq!(pair[1].seq, pair[0].seq + 1, "{what}: a gap at {pair:?}");
+        let picture_ends = pair[1].picture != pair[0].picture;
+        assert_eq!(
+            pair[0].marker, picture_ends,
+            "{what}: marker bit at {:?} (next {:?})",
+            pair[0], pair[1]
+        );
+    }
+}
+
+/// The highest spatial layer of each picture received.
+fn top_layers(packets: &[Seen]) -> Vec<(u16, u8)> {
+    let mut tops: Vec<(u16, u8)> = Vec::new();
+    for p in packets {
+        match tops.last_mut() {
+            Some((picture, top)) if *picture == p.picture => *top = (*top).max(p.spatial),
+            _ => tops.push((p.picture, p.spatial)),
+        }
+    }
+    tops
+}
+
+#[test]
+fn each_viewer_gets_the_spatial_layers_it_asked_for_and_switches_at_the_right_pictures() {
+    let mut w = World::new(91);
+    let alice = w.sender(MediaKind::Video, |c| c.clear_codecs().enable_vp9(true));
+    let pt = w.nodes[alice]
+        .client
+        .pt(Codec::Vp9)
+        .expect("the server answers VP9");
+    let mut encoder = Vp9Svc::new();
+    encoder.send_picture(&mut w, alice, pt);
+    let track = *w.nodes[alice]
+        .tracks
+        .first()
+        .expect("the track is published");
+    let vp9_viewer = |c: str0m::RtcConfig| c.clear_codecs().enable_vp9(true);
+    let bob = w.add_subscriber_with(vec![track], vp9_viewer);
+    let carol = w.add_subscriber_with(vec![track], vp9_viewer);
+    prefer(&mut w, bob, track, Quality::Low);
+    for _ in 0..90 {
+        encoder.send_picture(&mut w, alice, pt);
+    }
+    let low = received(&w, bob);
+    let all = received(&w, carol);
+    assert!(low.len() > 60, "bob got {} packets", low.len());
+    assert!(
+        low.iter().all(|p| p.spatial == 0),
+        "bob asked for the lowest layer"
+    );
+    assert!(
+        all.iter().filter(|p| p.spatial == 2).count() > 60,
+        "carol gets the top layer"
+    );
+    assert_well_formed(&low, "bob on the lowest layer");
+    assert_well_formed(&all, "carol on every layer");
+    let pictures = |packets: &[Seen]| top_layers(packets).len();
+    assert_eq!(
+        pictures(&low),
+        pictures(
+            &all.iter()
+                .filter(|p| p.picture >= low[0].picture)
+                .copied()
+                .collect::<Vec<_>>()
+        ),
+        "bob gets every picture carol gets from his first on"
+    );
+    let route = w.h.shared.graph.get(track).expect("published");
+    assert_eq!(
+        route.layer_count(),
+        3,
+        "layers from the scalability structure"
+    );
+    assert_eq!(
+        route.layer_sizes()[..3],
+        [(320, 180), (640, 360), (1280, 720)]
+    );
+
+    // Up: from the next keyframe on, every layer.
+    let before = low.len();
+    prefer(&mut w, bob, track, Quality::High);
+    for _ in 0..(KEYFRAME_EVERY + 10) {
+        encoder.send_picture(&mut w, alice, pt);
+    }
+    let up = received(&w, bob);
+    let after: Vec<Seen> = up[before..].to_vec();
+    let first_top = after
+        .iter()
+        .position(|p| p.spatial == 2)
+        .expect("bob goes up");
+    assert!(
+        after[first_top].key,
+        "the first top-layer packet is a keyframe's"
+    );
+    assert_well_formed(&up, "bob going up");
+
+    // Down: at the next picture, no keyframe needed.
+    let before = up.len();
+    prefer(&mut w, bob, track, Quality::Medium);
+    for _ in 0..5 {
+        encoder.send_picture(&mut w, alice, pt);
+    }
+    let down = received(&w, bob);
+    let tops = top_layers(&down[before..]);
+    assert!(
+        tops.iter().skip(1).all(|(_, top)| *top == 1),
+        "bob steps down to the middle layer at once: {tops:?}"
+    );
+    assert!(tops.iter().all(|(_, top)| *top != 0));
+    assert_well_formed(&down, "bob going down");
+}
