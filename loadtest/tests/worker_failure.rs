@@ -98,3 +98,53 @@ async fn a_panicking_worker_closes_its_peers_restarts_and_finally_stops() {
     let (_p, _v) = call(&server, "on-the-survivor", 40).await;
     server.shutdown();
 }
+
+/// A track's owner (its publisher's worker) forgets the subscribers another worker had when
+/// that worker crashed: their leave messages are passed on after the crash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owners_on_other_workers_forget_the_subscribers_of_a_crashed_worker() {
+    let server = start_server(2).await;
+    let sfu = server.sfu().clone();
+    let (_alice, _bob) = call(&server, "crash", 10).await;
+    let carol = bot(&server, "crash", "carol", false, 12);
+    assert!(
+        carol
+            .wait_for(WAIT, |s| s.packets_from(10, PayloadKind::Vp8) > 30)
+            .await,
+        "carol receives"
+    );
+    let tracks = sfu.tracks().await;
+    let video = tracks.first().expect("alice's tracks");
+    let owner = sfu
+        .worker_of_peer_for_tests(video.publisher)
+        .expect("alice's publisher lives");
+    let other = 1 - owner;
+    // Bob and carol joined after alice's two connections, one on each worker.
+    let doomed: Vec<_> = video
+        .subscribers
+        .iter()
+        .copied()
+        .filter(|p| sfu.worker_of_peer_for_tests(*p) == Some(other))
+        .collect();
+    assert!(
+        !doomed.is_empty(),
+        "a viewer of alice on worker {other}: {tracks:?}"
+    );
+
+    sfu.crash_worker_for_tests(other).await.unwrap();
+    assert!(
+        eventually(|| sfu.counters().worker_restarts == 1).await,
+        "the worker restarted"
+    );
+    let (tracks, forgotten) = common::tracks_when(&server, |tracks| {
+        tracks
+            .iter()
+            .all(|t| t.subscribers.iter().all(|p| !doomed.contains(p)))
+    })
+    .await;
+    assert!(
+        forgotten,
+        "worker {owner} still sends to {doomed:?}, closed with worker {other}: {tracks:?}"
+    );
+    server.shutdown();
+}

@@ -509,6 +509,12 @@ impl Sfu {
             .map_err(|_| SfuError::Shutdown)
     }
 
+    /// The media worker a peer lives on, for tests that crash one worker and watch the other.
+    #[doc(hidden)]
+    pub fn worker_of_peer_for_tests(&self, peer: PeerId) -> Option<usize> {
+        self.worker_of(peer).ok()
+    }
+
     /// Picks the worker for a new peer: the least loaded live one.
     fn place(&self, spec: &PeerSpec) -> Result<(PeerId, usize), SfuError> {
         let shared = self.shared();

@@ -116,6 +116,9 @@ fn supervise(
         core.fail_all(Instant::now(), &failure);
         // Goodbyes (DTLS close_notify) of the peers that could send them; the socket may be gone.
         runtime.block_on(async { io.send(&mut core, &slot) });
+        // Their messages to other workers: the owners of the tracks they received forget them,
+        // the subscribers of the tracks they published hear those ended.
+        pass_deliveries(&mut core, &shared, &slot.counters);
         drop(core);
         if restarts > MAX_RESTARTS || !failure.starts_with("panicked") {
             error!(
