@@ -139,7 +139,12 @@ impl LayerSwitcher {
 
     /// Whether a keyframe of the wanted layer is awaited.
     pub(crate) fn waiting(&self) -> bool {
-        self.video && self.target.is_some() && (self.current != self.target || self.stalled)
+        // A scalable stream steps down at its next picture, without a keyframe.
+        let svc_down = self.svc && !self.stalled && self.target < self.current;
+        self.video
+            && self.target.is_some()
+            && (self.current != self.target || self.stalled)
+            && !svc_down
     }
 
     /// Whether the current layer has been stopped (nothing is forwarded until the target's

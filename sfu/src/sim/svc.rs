@@ -238,12 +238,20 @@ fn each_viewer_gets_the_spatial_layers_it_asked_for_and_switches_at_the_right_pi
     );
     assert_well_formed(&up, "bob going up");
 
-    // Down: at the next picture, no keyframe needed.
+    // Down: at the next picture, and nobody asks the publisher for a keyframe (which every
+    // viewer of the stream would pay for). Not even after the keyframe-retry period.
     let before = up.len();
+    let asked = w.nodes[alice].client.keyframe_requests.len();
     prefer(&mut w, bob, track, Quality::Medium);
     for _ in 0..5 {
         encoder.send_picture(&mut w, alice, pt);
     }
+    w.run_for(2 * Duration::from_secs(1));
+    assert_eq!(
+        w.nodes[alice].client.keyframe_requests.len(),
+        asked,
+        "a step down asks for no keyframe"
+    );
     let down = received(&w, bob);
     let tops = top_layers(&down[before..]);
     assert!(

@@ -262,7 +262,7 @@ impl Subscription {
             }
             if !after.1 {
                 self.keyframe_asked_at = None;
-                debug!(track = %packet.track, layer = packet.layer, "forwarding layer");
+                debug!(track = %packet.track, layer = ?after.0, "forwarding layer");
             } else {
                 debug!(track = %packet.track, layer = packet.layer, "layer stopped for bandwidth");
             }
