@@ -8,7 +8,6 @@ use std::time::Duration;
 use str0m::RtcConfig;
 use str0m::format::{Codec, FormatParams};
 use str0m::media::{Frequency, MediaKind, Pt};
-use str0m::rtp::RtpWrite;
 
 use super::client::ReceivedRtp;
 use super::world::{NodeId, World};
@@ -32,19 +31,9 @@ fn with_events(mut config: RtcConfig) -> RtcConfig {
     config
 }
 
-/// Writes one packet from sender `id` and lets one frame's time pass.
+/// Writes one packet from sender `id`.
 fn send(w: &mut World, id: NodeId, pt: u8, seq: u64, timestamp: u32, marker: bool, payload: &[u8]) {
-    let now = w.now();
-    let mid = w.sender_mid(id);
-    let client = &mut w.nodes[id].client;
-    let mut api = client.rtc.direct_api();
-    let Some(tx) = api.stream_tx_by_mid(mid, None) else {
-        panic!("the sender has no stream on its m-line");
-    };
-    tx.write_rtp(
-        RtpWrite::new(pt.into(), seq.into(), timestamp, now, payload.to_vec()).marker(marker),
-    );
-    client.drain();
+    w.send_rtp(id, (pt, seq, timestamp), marker, payload.to_vec());
 }
 
 /// A recognisable payload for frame `i`.

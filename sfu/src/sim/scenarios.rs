@@ -841,19 +841,26 @@ fn a_pli_storm_reaches_the_publisher_throttled() {
     assert_smooth(&w, bob, from, end, 200);
 }
 
-/// Renegotiation: a track added to a viewer mid-call arrives through a new offer while the
-/// one it had keeps playing; a track removed stops while the other keeps playing.
-#[test]
-fn tracks_added_and_removed_mid_call_renegotiate_without_a_freeze() {
-    let mut w = World::new(20);
+/// Alice and carol publish (sources 1 and 2), bob receives alice's video.
+fn two_publishers_and_a_viewer_of_the_first(seed: u64) -> (World, [NodeId; 3]) {
+    let mut w = World::new(seed);
     let publisher = |source| PublisherOptions {
         source,
         ..PublisherOptions::default()
     };
     let alice = w.publisher_with(&publisher(1));
     let carol = w.publisher_with(&publisher(2));
+    let first = w.video_track(alice);
+    let bob = w.subscriber(vec![first]);
+    (w, [alice, carol, bob])
+}
+
+/// Renegotiation: a track added to a viewer mid-call arrives through a new offer while the
+/// one it had keeps playing; a track removed stops while the other keeps playing.
+#[test]
+fn tracks_added_and_removed_mid_call_renegotiate_without_a_freeze() {
+    let (mut w, [alice, carol, bob]) = two_publishers_and_a_viewer_of_the_first(20);
     let (a, c) = (w.video_track(alice), w.video_track(carol));
-    let bob = w.subscriber(vec![a]);
     w.run_for(3 * SECOND);
     let peer = w.nodes[bob].peer;
     let offers = w.nodes[bob].offers;
@@ -933,15 +940,8 @@ fn receivers(w: &mut World, track: TrackId) -> Vec<PeerId> {
 /// offer, and the other track it receives keeps playing.
 #[test]
 fn a_track_whose_publisher_leaves_during_negotiation_is_dropped_cleanly() {
-    let mut w = World::new(21);
-    let publisher = |source| PublisherOptions {
-        source,
-        ..PublisherOptions::default()
-    };
-    let alice = w.publisher_with(&publisher(1));
-    let carol = w.publisher_with(&publisher(2));
+    let (mut w, [alice, carol, bob]) = two_publishers_and_a_viewer_of_the_first(21);
     let (a, c) = (w.video_track(alice), w.video_track(carol));
-    let bob = w.subscriber(vec![a]);
     w.run_for(2 * SECOND);
     let peer = w.nodes[bob].peer;
     w.h.request(|reply| Command::Subscribe {

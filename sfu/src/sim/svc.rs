@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use str0m::format::Codec;
 use str0m::media::MediaKind;
-use str0m::rtp::RtpWrite;
 
 use super::client::ReceivedRtp;
 use super::world::{NodeId, World};
@@ -72,17 +71,7 @@ impl Vp9Svc {
                 // Recognisable media: the picture and the layer.
                 payload.extend([spatial; 40]);
                 let marker = end && spatial + 1 == LAYERS;
-                let now = w.now();
-                let mid = w.sender_mid(id);
-                let client = &mut w.nodes[id].client;
-                let mut api = client.rtc.direct_api();
-                let Some(tx) = api.stream_tx_by_mid(mid, None) else {
-                    panic!("the sender has no stream on its m-line");
-                };
-                tx.write_rtp(
-                    RtpWrite::new(pt.into(), self.seq.into(), self.ts, now, payload).marker(marker),
-                );
-                client.drain();
+                w.send_rtp(id, (pt, self.seq, self.ts), marker, payload);
                 self.seq += 1;
             }
         }

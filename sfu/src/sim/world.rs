@@ -384,6 +384,26 @@ impl World {
         }
     }
 
+    /// Writes one RTP packet from [`World::sender`] `id` (its payload type, numbers and payload
+    /// as the scenario chose them) and hands it to the network; time does not move.
+    pub(crate) fn send_rtp(
+        &mut self,
+        id: NodeId,
+        (pt, seq, timestamp): (u8, u64, u32),
+        marker: bool,
+        payload: Vec<u8>,
+    ) {
+        let now = self.now();
+        let mid = self.sender_mid(id);
+        let client = &mut self.nodes[id].client;
+        let mut api = client.rtc.direct_api();
+        let Some(tx) = api.stream_tx_by_mid(mid, None) else {
+            panic!("the sender has no stream on its m-line");
+        };
+        tx.write_rtp(RtpWrite::new(pt.into(), seq.into(), timestamp, now, payload).marker(marker));
+        client.drain();
+    }
+
     /// The packets subscriber `id` received that were not VP8, with their arrival.
     pub(crate) fn other_received(&self, id: NodeId) -> &[(Instant, ReceivedRtp)] {
         match &self.nodes[id].role {
