@@ -120,7 +120,11 @@ function addCameraTransceiver(pc, track, stream) {
     }
     console.warn(`?svc=${svc}: ${refusal}; sending the camera in simulcast instead`);
   }
-  const transceiver = pc.addTransceiver(track, { ...init, sendEncodings: CAMERA_ENCODINGS.map((e) => ({ ...e })) });
+  // Chromium sends VP9 and AV1 simulcast only with a scalability mode on each encoding
+  // (without one it sends the lowest layer alone).
+  const perEncoding = SPATIAL_SVC_CODECS.includes(codec?.toLowerCase()) ? { scalabilityMode: 'L1T3' } : {};
+  const encodings = CAMERA_ENCODINGS.map((e) => ({ ...e, ...perEncoding }));
+  const transceiver = pc.addTransceiver(track, { ...init, sendEncodings: encodings });
   preferVideoCodec(transceiver, codec);
   return transceiver;
 }

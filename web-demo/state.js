@@ -104,7 +104,7 @@ export const state = {
   layerStates: new Map(),
   /**
    * Video tracks known to have several layers without being simulcast (SVC: one stream carrying
-   * spatial layers): the server's `layer_state` named a layer above 0 for them.
+   * spatial layers): the server's `layer_state` said so (`layers`).
    */
   layeredTracks: new Set(),
   /** Participant ids in the latest `active_speakers`. */

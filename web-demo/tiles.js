@@ -60,14 +60,14 @@ export function onTrackUnpublished(trackId, participantId) {
 }
 
 /**
- * `layer_state` for a track we receive. A track without simulcast RIDs that the server says it
- * switches to a layer above 0 carries its layers in one stream (SVC): from then on its tile gets
- * the quality menu and its stats overlay names the layer, as for simulcast.
+ * `layer_state` for a track we receive. A track without simulcast RIDs that the server says
+ * offers several layers carries them in one stream (SVC): from then on its tile gets the quality
+ * menu and its stats overlay names the layer, as for simulcast.
  */
 export function onLayerState(msg) {
   if (!msg?.track) return;
   state.layerStates.set(msg.track, msg);
-  if (state.layeredTracks.has(msg.track) || !(msg.current > 0 || msg.target > 0)) return;
+  if (state.layeredTracks.has(msg.track) || !(msg.layers > 1 || msg.current > 0 || msg.target > 0)) return;
   state.layeredTracks.add(msg.track);
   const participant = state.remoteParticipants.get(state.trackInfo.get(msg.track)?.participant);
   if (participant) renderParticipant(participant);

@@ -300,6 +300,10 @@ pub enum ServerMessage {
         target: Option<u8>,
         /// `best`, `requested`, `bandwidth` or `unavailable`.
         reason: String,
+        /// How many layers the track offers: its simulcast streams, or the spatial layers of
+        /// one scalable (SVC) stream.
+        #[serde(default)]
+        layers: u8,
         /// Whether the switch to `target` waits for that layer's next keyframe.
         waiting_keyframe: bool,
         /// Highest temporal layer forwarded when upper ones are dropped for bandwidth (lower

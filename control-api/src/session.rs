@@ -529,6 +529,7 @@ impl Session {
                 current,
                 target,
                 reason,
+                layers,
                 max_temporal,
             } if Some(peer) == joined.subscriber => {
                 self.send(ServerMessage::LayerState {
@@ -536,6 +537,7 @@ impl Session {
                     current,
                     target,
                     reason: reason.as_str().to_string(),
+                    layers,
                     waiting_keyframe: target.is_some() && current != target,
                     max_temporal,
                 });

@@ -173,6 +173,8 @@ pub enum PeerEvent {
         target: Option<u8>,
         /// Why the target is what it is.
         reason: crate::LayerReason,
+        /// How many layers the track offers (simulcast streams or SVC spatial layers).
+        layers: u8,
         /// Highest VP8 temporal layer forwarded, when upper ones are dropped for bandwidth
         /// (`None`: all of them).
         max_temporal: Option<u8>,

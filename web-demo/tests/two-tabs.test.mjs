@@ -1,10 +1,11 @@
-// Two headless Chromium participants in one room, with VP8, with H264 (`?codec=`), and with
-// VP8 and a microphone offered in G.711 alone (`?audio=pcmu`, as a phone would): each must see
-// and hear the other (decoded with the codecs asked for), and chat.
+// Two headless Chromium participants in one room, with VP8, with H264 and with VP9 (`?codec=`,
+// each in three simulcast layers), and with VP8 and a microphone offered in G.711 alone
+// (`?audio=pcmu`, as a phone would): each must see and hear the other (decoded with the codecs
+// asked for), move the other's tile between simulcast layers with its quality menu, and chat.
 //
 //   cd web-demo/tests && npm install && npm test
 //
-// Environment: see harness.mjs. Every wait is bounded; a watchdog ends the run after 90 s.
+// Environment: see harness.mjs. Every wait is bounded; a watchdog ends the run after 300 s.
 
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -16,7 +17,7 @@ import {
   waitUntil, describeTiles, sampleRemoteMedia,
 } from './harness.mjs';
 
-const TOTAL_BUDGET_MS = 135_000;
+const TOTAL_BUDGET_MS = 300_000;
 const MEDIA_MS = 15_000;
 const SAMPLE_MS = 2_000;
 const CHAT_MS = 10_000;
@@ -25,12 +26,15 @@ const stopWatchdog = startWatchdog(TOTAL_BUDGET_MS);
 after(() => stopWatchdog());
 
 const CASES = [
-  { codec: 'vp8', audio: 'opus' },
-  { codec: 'h264', audio: 'opus' },
-  { codec: 'vp8', audio: 'pcmu' },
+  { codec: 'vp8', audio: 'opus', layers: true },
+  { codec: 'h264', audio: 'opus', layers: true },
+  { codec: 'vp9', audio: 'opus', layers: true },
+  { codec: 'vp8', audio: 'pcmu', layers: false },
 ];
+/** A switch to another simulcast layer (a keyframe of it asked for and forwarded). */
+const LAYER_MS = 20_000;
 
-for (const { codec, audio } of CASES) describe(`two participants in one room (${codec}, ${audio})`, () => {
+for (const { codec, audio, layers } of CASES) describe(`two participants in one room (${codec}, ${audio})`, () => {
   const room = `e2e-${codec}-${audio}-${randomBytes(4).toString('hex')}`;
   let alice;
   let bob;
@@ -74,6 +78,29 @@ for (const { codec, audio } of CASES) describe(`two participants in one room (${
       assert.deepEqual(tile.second.videoCodecs, [`video/${codec}`], `decoded with the codec asked for; ${detail}`);
       assert.deepEqual(tile.second.audioCodecs, [`audio/${audio}`], `audio received in the codec offered; ${detail}`);
     }
+  });
+
+  it('the quality menu of a tile moves it between simulcast layers', { skip: !layers, timeout: 3 * LAYER_MS + 5_000 }, async () => {
+    // Alice picks the quality of bob's tile; the server switches her to that layer of his
+    // camera at its next keyframe (the same allocator and switch for every codec).
+    const choose = (quality) => alice.page.evaluate(([q]) => {
+      const select = document.querySelector('[data-testid="tile"] select.quality');
+      select.value = q;
+      select.dispatchEvent(new Event('change'));
+    }, [quality]);
+    const widthIs = (width, above, what) => waitUntil(alice, `bob's tile ${what}`, ([w, more]) => {
+      const actual = document.querySelector('[data-testid="tile"] video')?.videoWidth ?? 0;
+      return more ? actual > w : actual === w;
+    }, [width, above], { timeout: LAYER_MS, describe: describeTiles });
+    await choose('low');
+    await widthIs(320, false, 'decodes the low layer (320 wide)');
+    await choose('high');
+    await widthIs(1280, false, 'decodes the high layer (1280 wide)');
+    await choose('auto');
+    await widthIs(320, true, 'stays above the low layer in auto');
+    const [tile] = await sampleRemoteMedia(alice, SAMPLE_MS);
+    assert.ok(tile.second.framesDecoded > tile.first.framesDecoded, `bob's video plays after the switches: ${JSON.stringify(tile)}`);
+    assert.deepEqual(tile.second.videoCodecs, [`video/${codec}`], `still ${codec}: ${JSON.stringify(tile)}`);
   });
 
   it('a chat message typed by one participant appears at the other', { timeout: 2 * CHAT_MS + 5_000 }, async () => {

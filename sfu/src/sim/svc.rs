@@ -12,6 +12,7 @@ use str0m::media::MediaKind;
 use super::client::ReceivedRtp;
 use super::world::{NodeId, World};
 use crate::command::Command;
+use crate::event::PeerEvent;
 use crate::ids::TrackId;
 use crate::keyframe::vp9_layers;
 use crate::layer_choice::{Quality, VideoPreference};
@@ -197,6 +198,12 @@ fn each_viewer_gets_the_spatial_layers_it_asked_for_and_switches_at_the_right_pi
                 .collect::<Vec<_>>()
         ),
         "bob gets every picture carol gets from his first on"
+    );
+    let bob_peer = w.nodes[bob].peer;
+    assert!(
+        w.events.iter().any(|(_, e)| matches!(e,
+            PeerEvent::LayerState { peer, layers: 3, current: Some(0), .. } if *peer == bob_peer)),
+        "bob is told he receives layer 0 of three"
     );
     let route = w.h.shared.graph.get(track).expect("published");
     assert_eq!(

@@ -359,6 +359,7 @@ impl Subscriber {
                 current: sub.switcher.current(),
                 target: sub.switcher.target(),
                 reason,
+                layers: sub.route.layer_count(),
                 max_temporal: sub.switcher.temporal_in_force(),
             };
             if sub.reported != Some(state) {
@@ -375,6 +376,7 @@ impl Subscriber {
                     current: state.current,
                     target: state.target,
                     reason,
+                    layers: state.layers,
                     max_temporal: state.max_temporal,
                 });
             }

@@ -434,6 +434,7 @@ pub(super) struct ReportedLayers {
     pub(super) current: Option<u8>,
     pub(super) target: Option<u8>,
     pub(super) reason: LayerReason,
+    pub(super) layers: u8,
     pub(super) max_temporal: Option<u8>,
 }
 
