@@ -9,7 +9,9 @@
 // within 30 s of the limit being lifted, while the other viewer is unaffected; on a link too
 // thin for the lowest layer, its upper temporal layers are dropped; with 5% loss on
 // the viewer's downlink or the publisher's uplink, NACKs are answered and video keeps playing.
-// The measured figures are printed and written to artifacts/constrained-network.json (see
+// The same call with the camera in VP9 SVC (one stream, three spatial layers): layers by
+// request, and the limited viewer steps down and back up. The measured figures are printed and
+// written to artifacts/constrained-network.json and constrained-network-svc.json (see
 // BENCHMARKS.md). Needs root for the namespaces; skipped, saying why, where the kernel cannot.
 
 import { describe, it, before, after } from 'node:test';
@@ -178,6 +180,52 @@ async function watch(viewers, ms) {
   }));
 }
 
+/**
+ * Sets up, in `call` (filled as it goes, so `tearDown` ends whatever started), the call each
+ * suite here runs in: the server on the host, reachable from two namespaces on
+ * 198.18.`subnet`.0/24; the publisher and the viewer to be limited in those namespaces, the
+ * free viewer on the host.
+ */
+async function setUpCall(call, subnet) {
+  call.scratch = await mkdtemp(path.join(tmpdir(), 'sfu-netns-'));
+  call.viewNs = netns.createNamespace('view', subnet, 0);
+  call.pubNs = netns.createNamespace('pub', subnet, 1);
+  call.base = await startServer([], { host: call.viewNs.hostIp });
+  const origin = new URL(call.base).origin;
+  const args = [`--unsafely-treat-insecure-origin-as-secure=${origin}`];
+  const [pubBin, viewBin] = await Promise.all([
+    netns.wrapperIn(call.pubNs, CHROMIUM_BIN, call.scratch), netns.wrapperIn(call.viewNs, CHROMIUM_BIN, call.scratch),
+  ]);
+  [call.publisher, call.limited, call.free] = await Promise.all([
+    launchParticipant('publisher', { executablePath: pubBin, args }),
+    launchParticipant('limited', { executablePath: viewBin, args }),
+    launchParticipant('free', { args }),
+  ]);
+}
+
+/** Ends what `setUpCall` started (whatever part of it did start), and writes `figures` as `name`. */
+async function tearDown(call, figures, name) {
+  await Promise.all([call.publisher, call.limited, call.free].map(closeParticipant));
+  await stopServer();
+  if (call.viewNs) netns.remove(call.viewNs);
+  if (call.pubNs) netns.remove(call.pubNs);
+  if (call.scratch) await rm(call.scratch, { recursive: true, force: true });
+  if (Object.keys(figures).length > 2) {
+    console.log(`${name} figures: ${JSON.stringify(figures)}`);
+    await mkdir(ARTIFACTS, { recursive: true });
+    await writeFile(path.join(ARTIFACTS, `${name}.json`), `${JSON.stringify(figures, null, 2)}\n`);
+  }
+}
+
+/** The publisher publishes (with `query`), then both viewers join and play its video. */
+async function joinCall({ base, publisher, limited, free }, room, query = {}) {
+  await publisher.page.goto(callUrl(base, room, 'publisher', query), { waitUntil: 'load' });
+  await waitUntil(publisher, 'the camera is being published', keepResolution, null, { timeout: JOIN_MS });
+  await Promise.all([limited, free].map((p) => p.page.goto(callUrl(base, room, p.name, { role: 'viewer' }), { waitUntil: 'load' })));
+  await Promise.all([limited, free].map((p) => waitUntil(p, 'the publisher\'s video plays',
+    () => document.querySelector('[data-testid="tile"] video')?.videoWidth > 0, null, { timeout: JOIN_MS, describe: describeTiles })));
+}
+
 async function metric(base, name) {
   const text = await withTimeout(fetch(new URL('/metrics', base)).then((r) => r.text()), 5_000, 'reading /metrics');
   const line = text.split('\n').find((l) => l.startsWith(`${name} `));
@@ -188,50 +236,23 @@ describe('simulcast under constrained networks', { skip: skip ?? false }, () => 
   const room = `net-${randomBytes(4).toString('hex')}`;
   const subnet = 1 + (randomBytes(1)[0] % 250);
   const figures = { limitKbit: LIMIT_KBIT, lossPercent: LOSS_PERCENT };
+  const call = {};
   let viewNs;
   let pubNs;
-  let scratch;
   let base;
   let publisher;
   let limited; // viewer in a namespace
   let free; // viewer on the host
 
   before(async () => {
-    scratch = await mkdtemp(path.join(tmpdir(), 'sfu-netns-'));
-    viewNs = netns.createNamespace('view', subnet, 0);
-    pubNs = netns.createNamespace('pub', subnet, 1);
-    base = await startServer([], { host: viewNs.hostIp });
-    const origin = new URL(base).origin;
-    const args = [`--unsafely-treat-insecure-origin-as-secure=${origin}`];
-    const [pubBin, viewBin] = await Promise.all([
-      netns.wrapperIn(pubNs, CHROMIUM_BIN, scratch), netns.wrapperIn(viewNs, CHROMIUM_BIN, scratch),
-    ]);
-    [publisher, limited, free] = await Promise.all([
-      launchParticipant('publisher', { executablePath: pubBin, args }),
-      launchParticipant('limited', { executablePath: viewBin, args }),
-      launchParticipant('free', { args }),
-    ]);
+    await setUpCall(call, subnet);
+    ({ viewNs, pubNs, base, publisher, limited, free } = call);
   }, { timeout: 60_000 });
 
-  after(async () => {
-    await Promise.all([publisher, limited, free].map(closeParticipant));
-    await stopServer();
-    netns.remove(viewNs);
-    netns.remove(pubNs);
-    if (scratch) await rm(scratch, { recursive: true, force: true });
-    if (Object.keys(figures).length > 2) {
-      console.log(`constrained-network figures: ${JSON.stringify(figures)}`);
-      await mkdir(ARTIFACTS, { recursive: true });
-      await writeFile(path.join(ARTIFACTS, 'constrained-network.json'), `${JSON.stringify(figures, null, 2)}\n`);
-    }
-  }, { timeout: 30_000 });
+  after(() => tearDown(call, figures, 'constrained-network'), { timeout: 30_000 });
 
   it('viewers get the layer they ask for: low is 320 wide, high 1280 wide', { timeout: JOIN_MS + TOP_LAYER_MS + 10_000 }, async () => {
-    await publisher.page.goto(callUrl(base, room, 'publisher'), { waitUntil: 'load' });
-    await waitUntil(publisher, 'the camera is being published', keepResolution, null, { timeout: JOIN_MS });
-    await Promise.all([limited, free].map((p) => p.page.goto(callUrl(base, room, p.name, { role: 'viewer' }), { waitUntil: 'load' })));
-    await Promise.all([limited, free].map((p) => waitUntil(p, 'the publisher\'s video plays',
-      () => document.querySelector('[data-testid="tile"] video')?.videoWidth > 0, null, { timeout: JOIN_MS, describe: describeTiles })));
+    await joinCall(call, room);
     await limited.page.evaluate(chooseQuality, 'high');
     await free.page.evaluate(chooseQuality, 'low');
     const low = await pollUntil(() => probe(free), (s) => s.width === 320 && s.layerState?.current === 0, SWITCH_MS, 'the viewer asking for low decodes 320 wide');
@@ -361,6 +382,60 @@ describe('simulcast under constrained networks', { skip: skip ?? false }, () => 
       assert.ok(run.frames >= 8 * run.seconds, `viewers keep playing: ${JSON.stringify(runs)}`);
       assert.ok(run.freezeSeconds <= 4, `without long freezes: ${JSON.stringify(runs)}`);
     }
+  });
+});
+
+// VP9 SVC: one stream, three spatial layers; a viewer's layer steps down at the next picture
+// (no keyframe to wait for) and up at a keyframe.
+describe('VP9 SVC (L3T3_KEY) under a constrained downlink', { skip: skip ?? false }, () => {
+  const room = `svc-${randomBytes(4).toString('hex')}`;
+  const subnet = 1 + (randomBytes(1)[0] % 250);
+  const figures = { limitKbit: LIMIT_KBIT, mode: 'L3T3_KEY' };
+  const call = {};
+
+  before(async () => {
+    await setUpCall(call, subnet);
+  }, { timeout: 60_000 });
+
+  after(() => tearDown(call, figures, 'constrained-network-svc'), { timeout: 30_000 });
+
+  it('viewers get the spatial layer they ask for: low is 320 wide, high 1280 wide', { timeout: JOIN_MS + TOP_LAYER_MS + 10_000 }, async () => {
+    const { limited, free } = call;
+    await joinCall(call, room, { codec: 'vp9', svc: 'L3T3_KEY' });
+    await limited.page.evaluate(chooseQuality, 'high');
+    await free.page.evaluate(chooseQuality, 'low');
+    const low = await pollUntil(() => probe(free), (s) => s.width === 320 && s.layerState?.current === 0, SWITCH_MS, 'the viewer asking for low decodes 320 wide');
+    const high = await pollUntil(() => probe(limited), (s) => s.width === 1280 && s.layerState?.current === 2, TOP_LAYER_MS, 'the viewer asking for high decodes 1280 wide');
+    figures.topLayerAfterJoinMs = high.ms + low.ms;
+    await free.page.evaluate(chooseQuality, 'auto');
+  });
+
+  it(`a viewer limited to ${LIMIT_KBIT} kbit/s steps down within 10 s without freezing, and recovers within 30 s`, { timeout: TOP_LAYER_MS + DOWNGRADE_MS + CONSTRAINED_MS + RECOVER_MS + 20_000 }, async () => {
+    const { limited, free, viewNs } = call;
+    await pollUntil(() => probe(limited), (s) => s.width === 1280 && s.layerState?.current === 2,
+      TOP_LAYER_MS, 'the viewer to be limited starts on the top layer');
+    const before = await probe(limited);
+    netns.limitDownlink(viewNs, LIMIT_KBIT);
+    try {
+      const down = await pollUntil(() => probe(limited), (s) => s.width > 0 && s.width < 1280 && s.layerState?.current < 2, DOWNGRADE_MS,
+        'the limited viewer steps below the top layer');
+      figures.downgradeMs = down.ms;
+      figures.downgradeReason = down.value.layerState?.reason;
+      const [limitedRun, freeRun] = await watch([limited, free], CONSTRAINED_MS);
+      figures.whileLimited = { limited: limitedRun, free: freeRun };
+      figures.limitedFreezesFromLimit = delta(before, await probe(limited));
+      assert.ok(limitedRun.frames >= 5 * limitedRun.seconds, `the limited viewer keeps decoding: ${JSON.stringify(limitedRun)}`);
+      assert.ok(limitedRun.freezeSeconds <= 2, `the limited viewer barely freezes on its lower layer: ${JSON.stringify(limitedRun)}`);
+      assert.ok(freeRun.frames >= 10 * freeRun.seconds, `the free viewer keeps its frame rate: ${JSON.stringify(freeRun)}`);
+    } finally {
+      netns.clearDownlink(viewNs);
+    }
+    const up = await pollUntil(() => probe(limited), (s) => s.width === 1280 && s.layerState?.current === 2, RECOVER_MS,
+      'the viewer returns to the top layer once the limit is lifted');
+    figures.recoverMs = up.ms;
+    const total = delta(before, up.value);
+    figures.limitedTotal = total;
+    assert.ok(total.freezeSeconds <= 5, `freezes over the whole episode stay short: ${JSON.stringify(total)}`);
   });
 });
 

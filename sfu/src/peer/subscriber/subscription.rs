@@ -290,7 +290,10 @@ impl Subscription {
         }
         let needs_keyframe = self.switcher.set_target(best);
         self.tell_owner(ctx);
-        if let (Some(layer), true) = (best, needs_keyframe) {
+        // A step down forced by the bandwidth asks at once even where the new layer needs no
+        // keyframe (a scalable stream's lower layer): the congested link has lost some of its
+        // packets too, and a keyframe repairs that sooner than retransmissions through it.
+        if let (Some(layer), true) = (best, needs_keyframe || too_big) {
             ask_keyframe(self, layer, too_big, ctx);
         }
         true
