@@ -127,9 +127,7 @@ impl RoomTask {
                 Command::Join { .. } | Command::Leave { .. } | Command::Delete { .. }
             );
             self.handle(command).await;
-            self.room
-                .members
-                .store(self.state.len(), std::sync::atomic::Ordering::Relaxed);
+            self.count_members();
             if may_end && self.state.is_empty() {
                 if self.deleted || !self.room.settings.explicit {
                     break;
@@ -153,10 +151,21 @@ impl RoomTask {
         info!(room = %self.room.name, "room closed");
     }
 
+    /// Publishes the member count (read by the node's participant cap and stats).
+    fn count_members(&self) {
+        self.room
+            .members
+            .store(self.state.len(), std::sync::atomic::Ordering::Relaxed);
+    }
+
     async fn handle(&mut self, command: Command) {
         match command {
             Command::Join { join, reply } => {
-                let _ = reply.send(self.join(*join).await);
+                let joined = self.join(*join).await;
+                // Counted before the participant hears it joined: a join that follows at
+                // once must see the node's participant cap with it.
+                self.count_members();
+                let _ = reply.send(joined);
             }
             Command::Leave {
                 participant,
