@@ -5,7 +5,9 @@
 //! The packet path, per ingress datagram: a worker's socket -> demux (by ICE ufrag, then
 //! by remote address) -> the publisher's `Rtc` (SRTP, NACK and TWCC bookkeeping) -> the
 //! publisher role forwards the RTP packet, shared as one `Arc`, to each subscriber that wants
-//! its layer, on this worker or through a bounded queue to another -> the subscriber role
+//! its layer (the publisher's worker owns each track's subscriber list; subscribers join,
+//! change layers and leave by message), on this worker or through a bounded queue to another
+//! -> the subscriber role
 //! rewrites sequence numbers and timestamps and writes it to the subscriber's `Rtc` (SRTP,
 //! RTX cache) -> the socket. Everything between the sockets is sans-IO: time is an argument.
 
