@@ -100,13 +100,8 @@ export const state = {
   qualities: new Map(),
   /** Track id -> the last `set_quality` sent for it (JSON), so unchanged ones are not resent. */
   sentPreferences: new Map(),
-  /** Track id -> the latest `layer_state` from the server: {current, target, reason, waiting_keyframe}. */
+  /** Track id -> the latest `layer_state` from the server: {current, target, layers, reason, waiting_keyframe}. */
   layerStates: new Map(),
-  /**
-   * Video tracks known to have several layers without being simulcast (SVC: one stream carrying
-   * spatial layers): the server's `layer_state` said so (`layers`).
-   */
-  layeredTracks: new Set(),
   /** Participant ids in the latest `active_speakers`. */
   speakers: new Set(),
 };

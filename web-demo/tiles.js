@@ -66,16 +66,16 @@ export function onTrackUnpublished(trackId, participantId) {
  */
 export function onLayerState(msg) {
   if (!msg?.track) return;
+  const was = isLayered(msg.track);
   state.layerStates.set(msg.track, msg);
-  if (state.layeredTracks.has(msg.track) || !(msg.layers > 1 || msg.current > 0 || msg.target > 0)) return;
-  state.layeredTracks.add(msg.track);
+  if (was || !isLayered(msg.track)) return;
   const participant = state.remoteParticipants.get(state.trackInfo.get(msg.track)?.participant);
   if (participant) renderParticipant(participant);
 }
 
-/** Whether a video track has layers to choose from: simulcast, or SVC seen in `layer_state`. */
+/** Whether a video track has layers to choose from: simulcast RIDs, or `layer_state.layers`. */
 export function isLayered(trackId) {
-  return (state.trackInfo.get(trackId)?.simulcast?.length ?? 0) > 1 || state.layeredTracks.has(trackId);
+  return (state.trackInfo.get(trackId)?.simulcast?.length ?? 0) > 1 || state.layerStates.get(trackId)?.layers > 1;
 }
 
 export function onTrackMuted(trackId, participantId, muted) {
@@ -101,7 +101,6 @@ function forgetTrack(trackId) {
   state.trackInfo.delete(trackId);
   state.qualities.delete(trackId);
   state.layerStates.delete(trackId);
-  state.layeredTracks.delete(trackId);
   for (const [mid, info] of state.subMids) {
     if (info.track === trackId) state.subMids.delete(mid);
   }
@@ -128,7 +127,6 @@ export function clearRoom() {
   state.qualities.clear();
   state.sentPreferences.clear();
   state.layerStates.clear();
-  state.layeredTracks.clear();
   state.speakers.clear();
   ui.localTile.classList.remove('speaking');
   renderPeopleCount();

@@ -29,8 +29,8 @@ use std::time::Instant;
 use str0m::format::Codec;
 use str0m::rtp::Vp8Patch;
 
-use crate::packet::{ForwardedPacket, SvcPacket};
-use crate::rewrite::SeqTsRewriter;
+use crate::packet::{ForwardedPacket, SvcFrame};
+use crate::rewrite::{Rewritten, SeqTsRewriter};
 use crate::vp8_munger::Vp8Munger;
 
 /// What to do with one packet.
@@ -208,10 +208,9 @@ impl LayerSwitcher {
             self.skip(p);
             return None;
         }
-        if let Some(svc) = p.svc {
-            return self.on_svc_packet(p, svc, now);
+        if let Some(frame) = p.svc {
+            return self.on_svc_packet(p, frame, now);
         }
-        let clock = p.params.spec().clock_rate.get();
         let vp8 = p.params.spec().codec == Codec::Vp8;
         let mut switched = false;
         if !self.video {
@@ -233,22 +232,10 @@ impl LayerSwitcher {
             if !starts {
                 return None; // Another layer, or the wanted one before its keyframe.
             }
-            // Capture-time gap since the newest packet sent, when both are known.
-            let elapsed = match (self.newest.and_then(|(_, c)| c), p.capture) {
-                (Some(last), Some(now)) => Some(now - last),
-                _ => None,
-            };
-            let rewriter = self
-                .rewriter
-                .get_or_insert_with(|| SeqTsRewriter::with_random_start(clock));
-            rewriter.start_source_after(p.seq, p.ts, now, elapsed);
+            switched = self.start(p, p.layer, now);
             if vp8 {
                 self.vp8.start_source(&p.payload);
             }
-            switched = self.current.is_some_and(|c| c != p.layer);
-            self.current = Some(p.layer);
-            self.stalled = false;
-            self.stop_current = false;
         }
         if self.drops_temporal(p) && self.rewriter.as_mut()?.drop_packet(p.seq) {
             if vp8 {
@@ -256,12 +243,7 @@ impl LayerSwitcher {
             }
             return None;
         }
-        let out = self.rewriter.as_mut()?.rewrite(p.seq, p.ts, now)?;
-        self.frame_ts = Some(p.ts);
-        let newest = self.newest.is_none_or(|(seq, _)| out.seq > seq);
-        if newest {
-            self.newest = Some((out.seq, p.capture));
-        }
+        let (out, newest) = self.rewrite(p, now)?;
         let vp8 = if vp8 {
             self.vp8.rewrite(&p.payload, newest)
         } else {
@@ -276,32 +258,51 @@ impl LayerSwitcher {
         })
     }
 
-    /// A packet of a scalable stream: forwarded if its spatial layer is at or below the
-    /// current one, which moves towards the target at picture starts.
+    /// Starts forwarding `layer` from packet `p` (its first): numbers continue from the last
+    /// packet sent. Returns whether this switches from another layer.
+    fn start(&mut self, p: &ForwardedPacket, layer: u8, now: Instant) -> bool {
+        // Capture-time gap since the newest packet sent, when both are known.
+        let elapsed = match (self.newest.and_then(|(_, c)| c), p.capture) {
+            (Some(last), Some(now)) => Some(now - last),
+            _ => None,
+        };
+        let clock = p.params.spec().clock_rate.get();
+        self.rewriter
+            .get_or_insert_with(|| SeqTsRewriter::with_random_start(clock))
+            .start_source_after(p.seq, p.ts, now, elapsed);
+        let switched = self.current.is_some_and(|c| c != layer);
+        self.current = Some(layer);
+        self.stalled = false;
+        self.stop_current = false;
+        switched
+    }
+
+    /// The outgoing numbers of a packet that is forwarded, and whether it is the newest sent.
+    fn rewrite(&mut self, p: &ForwardedPacket, now: Instant) -> Option<(Rewritten, bool)> {
+        let out = self.rewriter.as_mut()?.rewrite(p.seq, p.ts, now)?;
+        self.frame_ts = Some(p.ts);
+        let newest = self.newest.is_none_or(|(seq, _)| out.seq > seq);
+        if newest {
+            self.newest = Some((out.seq, p.capture));
+        }
+        Some((out, newest))
+    }
+
+    /// A packet of a scalable stream (its spatial layer is `p.layer`): forwarded if that is at
+    /// or below the current layer, which moves towards the target at picture starts.
     fn on_svc_packet(
         &mut self,
         p: &ForwardedPacket,
-        svc: SvcPacket,
+        frame: SvcFrame,
         now: Instant,
     ) -> Option<Forward> {
         self.svc = true;
-        let picture_start = svc.spatial == 0 && svc.frame_start && self.frame_ts != Some(p.ts);
+        let picture_start = p.layer == 0 && frame.start && self.frame_ts != Some(p.ts);
         let mut switched = false;
         let flowing = self.current.is_some() && !self.stalled;
         if !flowing {
             let target = self.target.filter(|_| p.keyframe)?;
-            let elapsed = match (self.newest.and_then(|(_, c)| c), p.capture) {
-                (Some(last), Some(now)) => Some(now - last),
-                _ => None,
-            };
-            let clock = p.params.spec().clock_rate.get();
-            self.rewriter
-                .get_or_insert_with(|| SeqTsRewriter::with_random_start(clock))
-                .start_source_after(p.seq, p.ts, now, elapsed);
-            switched = self.current.is_some_and(|c| c != target);
-            self.current = Some(target);
-            self.stalled = false;
-            self.stop_current = false;
+            switched = self.start(p, target, now);
         } else if picture_start && let (Some(current), Some(target)) = (self.current, self.target) {
             // Down at any picture; up only at a keyframe, whose upper layers depend on
             // nothing this receiver missed.
@@ -311,21 +312,17 @@ impl LayerSwitcher {
             }
         }
         let current = self.current?;
-        if svc.spatial > current {
+        if p.layer > current {
             // Renumbered away; a late packet of a dropped layer is not forwarded either.
             self.rewriter.as_mut()?.drop_packet(p.seq);
             return None;
         }
-        let out = self.rewriter.as_mut()?.rewrite(p.seq, p.ts, now)?;
-        self.frame_ts = Some(p.ts);
-        if self.newest.is_none_or(|(seq, _)| out.seq > seq) {
-            self.newest = Some((out.seq, p.capture));
-        }
+        let (out, _) = self.rewrite(p, now)?;
         Some(Forward {
             seq: out.seq,
             ts: out.ts,
             vp8: None,
-            marker: p.marker || (svc.frame_end && svc.spatial == current),
+            marker: p.marker || (frame.end && p.layer == current),
             switched,
         })
     }

@@ -32,9 +32,9 @@ pub(crate) struct ForwardedPacket {
     pub(crate) keyframe: bool,
     /// VP8 temporal layer information, when the publisher sends temporal layers.
     pub(crate) temporal: Option<crate::keyframe::Vp8Temporal>,
-    /// Where the packet sits in a scalable (SVC) stream, which carries every spatial layer
-    /// on one SSRC; `layer` is then its spatial layer.
-    pub(crate) svc: Option<SvcPacket>,
+    /// The frame boundaries of a packet of a scalable (SVC) stream, which carries every
+    /// spatial layer on one SSRC; `layer` is then its spatial layer.
+    pub(crate) svc: Option<SvcFrame>,
     pub(crate) payload: Arc<[u8]>,
     pub(crate) audio_level: Option<i8>,
     pub(crate) voice_activity: Option<bool>,
@@ -46,15 +46,13 @@ pub(crate) struct ForwardedPacket {
     pub(crate) capture: Option<f64>,
 }
 
-/// The layers and frame boundaries of one packet of a scalable (SVC) stream.
+/// Where one packet of a scalable (SVC) stream sits in its spatial layer's frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct SvcPacket {
-    pub(crate) spatial: u8,
-    pub(crate) temporal: u8,
-    /// First packet of its spatial layer's frame.
-    pub(crate) frame_start: bool,
-    /// Last packet of its spatial layer's frame.
-    pub(crate) frame_end: bool,
+pub(crate) struct SvcFrame {
+    /// First packet of the frame.
+    pub(crate) start: bool,
+    /// Last packet of the frame.
+    pub(crate) end: bool,
 }
 
 /// A data channel message, already wrapped with its sender's identity.
@@ -83,7 +81,8 @@ pub(crate) enum Delivery {
         to: PeerId,
         track: TrackId,
         from: PeerLocation,
-        /// Bit `i` set: forward simulcast layer `i` to this subscriber.
+        /// Bit `i` set: forward the packets of layer `i` to this subscriber (a scalable
+        /// stream's subscriber asks for every layer: it renumbers what it drops).
         layers: u32,
         /// Bit `i` set: the subscriber asks for up to layer `i` (its quality request, whatever
         /// its bandwidth allows now), so that layer is not paused.

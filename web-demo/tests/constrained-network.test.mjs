@@ -227,10 +227,28 @@ async function joinCall({ base, publisher, limited, free }, room, query = {}) {
 }
 
 /**
- * Once a limit is lifted: `limited` is back on the top layer within RECOVER_MS, and its freezes
- * since `before` (a probe taken as the limit began) stayed short.
+ * Holds the namespaced viewer to LIMIT_KBIT: it must step below the top layer within
+ * DOWNGRADE_MS and keep playing there while both viewers are watched for CONSTRAINED_MS
+ * (`whileLimited(freeRun)` checks the free viewer before the limit is lifted); once lifted, it
+ * must be back on the top layer within RECOVER_MS, with short freezes over the whole episode.
  */
-async function assertRecovers(limited, before, figures) {
+async function limitStepDownAndRecover({ limited, free, viewNs }, figures, whileLimited) {
+  const before = await probe(limited);
+  netns.limitDownlink(viewNs, LIMIT_KBIT);
+  try {
+    const down = await pollUntil(() => probe(limited), (s) => s.width > 0 && s.width < 1280 && s.layerState?.current < 2, DOWNGRADE_MS,
+      'the limited viewer drops below the top layer');
+    figures.downgradeMs = down.ms;
+    figures.downgradeReason = down.value.layerState?.reason;
+    const [limitedRun, freeRun] = await watch([limited, free], CONSTRAINED_MS);
+    figures.whileLimited = { limited: limitedRun, free: freeRun };
+    figures.limitedFreezesFromLimit = delta(before, await probe(limited));
+    assert.ok(limitedRun.frames >= 5 * limitedRun.seconds, `the limited viewer keeps decoding: ${JSON.stringify(limitedRun)}`);
+    assert.ok(limitedRun.freezeSeconds <= 2, `the limited viewer barely freezes once on its new layer: ${JSON.stringify(limitedRun)}`);
+    await whileLimited(freeRun);
+  } finally {
+    netns.clearDownlink(viewNs);
+  }
   const up = await pollUntil(() => probe(limited), (s) => s.width === 1280 && s.layerState?.current === 2, RECOVER_MS,
     'the viewer returns to the top layer once the limit is lifted');
   figures.recoverMs = up.ms;
@@ -299,19 +317,7 @@ describe('simulcast under constrained networks', { skip: skip ?? false }, () => 
     // The same watch with no limit: what this machine's load alone does to the two viewers.
     const [limitedBase, freeBase] = await watch([limited, free], CONSTRAINED_MS);
     figures.unconstrained = { limited: limitedBase, free: freeBase };
-    const before = await probe(limited);
-    netns.limitDownlink(viewNs, LIMIT_KBIT);
-    let down;
-    try {
-      down = await pollUntil(() => probe(limited), (s) => s.width > 0 && s.width < 1280 && s.layerState?.current < 2, DOWNGRADE_MS,
-        'the limited viewer drops below the top layer');
-      figures.downgradeMs = down.ms;
-      figures.downgradeReason = down.value.layerState?.reason;
-      const [limitedRun, freeRun] = await watch([limited, free], CONSTRAINED_MS);
-      figures.whileLimited = { limited: limitedRun, free: freeRun };
-      figures.limitedFreezesFromLimit = delta(before, await probe(limited));
-      assert.ok(limitedRun.frames >= 5 * limitedRun.seconds, `the limited viewer keeps decoding: ${JSON.stringify(limitedRun)}`);
-      assert.ok(limitedRun.freezeSeconds <= 2, `the limited viewer barely freezes once on its new layer: ${JSON.stringify(limitedRun)}`);
+    await limitStepDownAndRecover(call, figures, async (freeRun) => {
       figures.publisherWhileLimited = await probeOut(publisher);
       // The other viewer's link cannot reach the free viewer: its layer follows its own
       // estimate only (reason best or bandwidth, never a layer the publisher stopped), and
@@ -328,10 +334,7 @@ describe('simulcast under constrained networks', { skip: skip ?? false }, () => 
       assert.ok(freeRun.freezeSeconds <= freeBase.freezeSeconds + 1 + 0.7 * freeRun.switches,
         `the free viewer does not freeze more than without the limit: ${JSON.stringify({ freeRun, freeBase })}`);
       assert.ok(freeRun.frames >= 10 * freeRun.seconds, `the free viewer keeps its frame rate: ${JSON.stringify(freeRun)}`);
-    } finally {
-      netns.clearDownlink(viewNs);
-    }
-    await assertRecovers(limited, before, figures);
+    });
   });
 
   it(`at ${SCARCE_KBIT} kbit/s the lowest layer's upper temporal layers are dropped: lower frame rate, still playing`, { timeout: THIN_MS + RECOVER_MS + 10_000 }, async () => {
@@ -419,26 +422,12 @@ describe('VP9 SVC (L3T3_KEY) under a constrained downlink', { skip: skip ?? fals
   });
 
   it(`a viewer limited to ${LIMIT_KBIT} kbit/s steps down within 10 s without freezing, and recovers within 30 s`, { timeout: TOP_LAYER_MS + DOWNGRADE_MS + CONSTRAINED_MS + RECOVER_MS + 20_000 }, async () => {
-    const { limited, free, viewNs } = call;
+    const { limited } = call;
     await pollUntil(() => probe(limited), (s) => s.width === 1280 && s.layerState?.current === 2,
       TOP_LAYER_MS, 'the viewer to be limited starts on the top layer');
-    const before = await probe(limited);
-    netns.limitDownlink(viewNs, LIMIT_KBIT);
-    try {
-      const down = await pollUntil(() => probe(limited), (s) => s.width > 0 && s.width < 1280 && s.layerState?.current < 2, DOWNGRADE_MS,
-        'the limited viewer steps below the top layer');
-      figures.downgradeMs = down.ms;
-      figures.downgradeReason = down.value.layerState?.reason;
-      const [limitedRun, freeRun] = await watch([limited, free], CONSTRAINED_MS);
-      figures.whileLimited = { limited: limitedRun, free: freeRun };
-      figures.limitedFreezesFromLimit = delta(before, await probe(limited));
-      assert.ok(limitedRun.frames >= 5 * limitedRun.seconds, `the limited viewer keeps decoding: ${JSON.stringify(limitedRun)}`);
-      assert.ok(limitedRun.freezeSeconds <= 2, `the limited viewer barely freezes on its lower layer: ${JSON.stringify(limitedRun)}`);
+    await limitStepDownAndRecover(call, figures, (freeRun) => {
       assert.ok(freeRun.frames >= 10 * freeRun.seconds, `the free viewer keeps its frame rate: ${JSON.stringify(freeRun)}`);
-    } finally {
-      netns.clearDownlink(viewNs);
-    }
-    await assertRecovers(limited, before, figures);
+    });
   });
 });
 

@@ -23,7 +23,7 @@ use crate::event::{PeerEvent, TrackCounters, TrackInfo, TrackKind};
 use crate::graph::{TrackRoute, TrackSnapshot};
 use crate::ids::TrackId;
 use crate::keyframe::{starts_keyframe, vp8_keyframe_size, vp8_temporal, vp9_layers};
-use crate::packet::{Delivery, ForwardedPacket, SvcPacket};
+use crate::packet::{Delivery, ForwardedPacket, SvcFrame};
 
 /// Publisher state of a peer.
 pub(crate) struct Publisher {
@@ -279,11 +279,9 @@ impl Publisher {
             marker: packet.header.marker,
             keyframe,
             temporal,
-            svc: svc.map(|l| SvcPacket {
-                spatial: layer,
-                temporal: l.temporal,
-                frame_start: l.frame_start,
-                frame_end: l.frame_end,
+            svc: svc.map(|l| SvcFrame {
+                start: l.frame_start,
+                end: l.frame_end,
             }),
             payload: packet.payload,
             audio_level: ext.audio_level,

@@ -50,8 +50,6 @@ pub(super) struct PublishedTrack {
     layer_bytes: [u64; MAX_LAYERS],
     /// Smoothed bitrate of each layer alone, bits per second.
     layer_rates: [u64; MAX_LAYERS],
-    /// The track is one scalable stream whose spatial layers are its layers.
-    svc: bool,
     /// When the rates were last sampled.
     sampled_at: Option<Instant>,
     /// Simulcast video only: pauses the layers nobody receives.
@@ -87,7 +85,6 @@ impl PublishedTrack {
             meter: (kind == TrackKind::Audio).then(AudioLevelMeter::default),
             layer_bytes: [0; MAX_LAYERS],
             layer_rates: [0; MAX_LAYERS],
-            svc: false,
             sampled_at: None,
             dynacast: (kind == TrackKind::Video && layers > 1)
                 .then(|| Dynacast::new(u8::try_from(layers).unwrap_or(u8::MAX), now)),
@@ -149,9 +146,8 @@ impl PublishedTrack {
     /// A packet of a scalable stream: the track's layers are its spatial layers, counted and
     /// sized from the scalability structure its keyframes carry. Returns the packet's layer.
     pub(super) fn on_svc_packet(&mut self, layers: &Vp9Layers) -> u8 {
-        if !self.svc {
+        if !self.route.is_scalable() {
             // Before its layers are marked active: a subscriber that sees them also sees this.
-            self.svc = true;
             self.route.set_scalable();
         }
         let top = (MAX_LAYERS - 1) as u8;
@@ -178,7 +174,7 @@ impl PublishedTrack {
 
     /// The incoming stream that carries `layer` (the one stream of a scalable track).
     fn stream_of(&self, layer: usize) -> usize {
-        if self.svc { 0 } else { layer }
+        if self.route.is_scalable() { 0 } else { layer }
     }
 
     /// A keyframe of `layer` arrived (it answers the requests on their way).
@@ -410,9 +406,10 @@ impl PublishedTrack {
         }
         // What receiving a layer costs: itself, or with a scalable stream every layer up to
         // it (the lower ones are forwarded too).
+        let scalable = self.route.is_scalable();
         let mut below = 0;
         for (layer, rate) in self.layer_rates.iter().enumerate() {
-            let cost = if self.svc { below + rate } else { *rate };
+            let cost = if scalable { below + rate } else { *rate };
             below += rate;
             if cost > 0 {
                 self.route.set_layer_rate(layer, cost);
