@@ -174,26 +174,28 @@ fn vp9(payload: &[u8]) -> bool {
     payload.get(offset).is_some_and(|l| (l >> 1) & 0x07 == 0)
 }
 
-/// The layer fields of a VP9 payload descriptor (RFC 9628) that carries layer indices (`L`),
-/// as Chromium sends with scalable coding (`scalabilityMode`, one SSRC for every layer).
+/// Where one packet of a scalable stream (every layer on one SSRC, as Chromium sends with
+/// `scalabilityMode`) sits: read from a VP9 payload descriptor (RFC 9628) that carries layer
+/// indices (`L`), or from an AV1 Dependency Descriptor
+/// ([`crate::dependency_descriptor`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Vp9Layers {
-    /// Spatial layer index (`SID`, 0 = base).
+pub(crate) struct SvcLayers {
+    /// Spatial layer index (VP9 `SID`, 0 = base).
     pub(crate) spatial: u8,
-    /// Temporal layer index (`TID`).
+    /// Temporal layer index (VP9 `TID`).
     pub(crate) temporal: u8,
-    /// First packet of this spatial layer's frame (`B`).
+    /// First packet of this spatial layer's frame (VP9 `B`).
     pub(crate) frame_start: bool,
-    /// Last packet of this spatial layer's frame (`E`).
+    /// Last packet of this spatial layer's frame (VP9 `E`).
     pub(crate) frame_end: bool,
-    /// Spatial layer count and each layer's size, when the packet carries the scalability
-    /// structure (`V`, sent with keyframes).
-    pub(crate) structure: Option<Vp9Structure>,
+    /// Spatial layer count and each layer's size, when the packet carries the stream's
+    /// structure (VP9 `V`, or the descriptor's template structure: sent with keyframes).
+    pub(crate) structure: Option<SvcStructure>,
 }
 
-/// A VP9 scalability structure: how many spatial layers, and their sizes when given.
+/// A scalable stream's structure: how many spatial layers, and their sizes when given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Vp9Structure {
+pub(crate) struct SvcStructure {
     pub(crate) spatial_layers: u8,
     /// `(width, height)` of each spatial layer, lowest first; `(0, 0)` past the count or when
     /// the structure gives no sizes.
@@ -202,7 +204,7 @@ pub(crate) struct Vp9Structure {
 
 /// Reads the layer fields of a VP9 payload descriptor; `None` if it carries no layer indices
 /// (one layer: nothing to select) or is truncated.
-pub(crate) fn vp9_layers(payload: &[u8]) -> Option<Vp9Layers> {
+pub(crate) fn vp9_layers(payload: &[u8]) -> Option<SvcLayers> {
     let first = *payload.first()?;
     let picture_id = first & 0x80 != 0;
     let inter_predicted = first & 0x40 != 0;
@@ -238,7 +240,7 @@ pub(crate) fn vp9_layers(payload: &[u8]) -> Option<Vp9Layers> {
     } else {
         None
     };
-    Some(Vp9Layers {
+    Some(SvcLayers {
         spatial: (indices >> 1) & 0x07,
         temporal: indices >> 5,
         frame_start: first & 0x08 != 0,
@@ -248,7 +250,7 @@ pub(crate) fn vp9_layers(payload: &[u8]) -> Option<Vp9Layers> {
 }
 
 /// N_S(3) Y(1) G(1) -(3), then with `Y` a 16-bit width and height per spatial layer.
-fn vp9_structure(bytes: &[u8]) -> Option<Vp9Structure> {
+fn vp9_structure(bytes: &[u8]) -> Option<SvcStructure> {
     let head = *bytes.first()?;
     let spatial_layers = (head >> 5) + 1;
     let mut sizes = [(0, 0); 8];
@@ -268,7 +270,7 @@ fn vp9_structure(bytes: &[u8]) -> Option<Vp9Structure> {
             *size = (field(0)?, field(2)?);
         }
     }
-    Some(Vp9Structure {
+    Some(SvcStructure {
         spatial_layers,
         sizes,
     })

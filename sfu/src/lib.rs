@@ -25,6 +25,7 @@ mod config;
 mod counters;
 mod data_relay;
 mod demux;
+mod dependency_descriptor;
 mod dynacast;
 mod error;
 mod estimator_restart;

@@ -12,6 +12,7 @@ use std::time::Instant;
 use str0m::format::PayloadParams;
 use str0m::rtp::VideoOrientation;
 
+use crate::dependency_descriptor::ForwardedDescriptor;
 use crate::graph::PeerLocation;
 use crate::ids::{PeerId, TrackId};
 
@@ -35,6 +36,9 @@ pub(crate) struct ForwardedPacket {
     /// The frame boundaries of a packet of a scalable (SVC) stream, which carries every
     /// spatial layer on one SSRC; `layer` is then its spatial layer.
     pub(crate) svc: Option<SvcFrame>,
+    /// The Dependency Descriptor of a scalable AV1 stream's packet, for subscribers to pass on
+    /// with their own active layers.
+    pub(crate) descriptor: Option<ForwardedDescriptor>,
     pub(crate) payload: Arc<[u8]>,
     pub(crate) audio_level: Option<i8>,
     pub(crate) voice_activity: Option<bool>,

@@ -8,12 +8,14 @@
 //! replay the committed corpus (`sfu/fuzz/corpus/<target>/`) through the same functions on
 //! the stable toolchain. Not an API: nothing here is stable.
 
+mod descriptors;
 mod payload;
 mod rewriters;
 mod sdp;
 mod stun;
 mod worker;
 
+pub use descriptors::svc_descriptors;
 pub use payload::{video_keyframe, vp8_descriptor};
 pub use rewriters::rewriters;
 pub use sdp::sdp;
@@ -25,11 +27,12 @@ pub type Target = (&'static str, fn(&[u8]));
 
 /// Every target of this crate, by name (the names of `sfu/fuzz/fuzz_targets/*.rs` and of the
 /// corpus directories).
-pub const TARGETS: [Target; 7] = [
+pub const TARGETS: [Target; 8] = [
     ("stun_demux", stun_demux),
     ("ice_tcp_framing", ice_tcp_framing),
     ("vp8_descriptor", vp8_descriptor),
     ("video_keyframe", video_keyframe),
+    ("svc_descriptors", svc_descriptors),
     ("rewriters", rewriters),
     ("sdp", sdp),
     ("worker_datagrams", worker_datagrams),

@@ -199,7 +199,10 @@ impl Peer {
             .set_local_ice_credentials(creds)
             .clear_codecs()
             .set_stats_interval(stats_interval);
-        config = crate::audio_codecs::enable_audio(config);
+        config = crate::audio_codecs::enable_audio(config).set_extension(
+            crate::dependency_descriptor::EXTENSION_ID,
+            crate::dependency_descriptor::extension(),
+        );
         for codec in video_codecs {
             config = match codec {
                 Codec::Vp8 => config.enable_vp8(true),

@@ -55,6 +55,9 @@ pub(crate) struct ReceivedRtp {
     #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) marker: bool,
     pub(crate) payload: Vec<u8>,
+    /// Its Dependency Descriptor, when the client registered the extension.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) descriptor: Option<Vec<u8>>,
 }
 
 /// A WebRTC client (str0m, full ICE, RTP mode) on its own address.
@@ -134,6 +137,12 @@ impl Client {
                         timestamp: p.header.timestamp,
                         marker: p.header.marker,
                         payload: p.payload.to_vec(),
+                        descriptor: p
+                            .header
+                            .ext_vals
+                            .user_values
+                            .get::<crate::dependency_descriptor::RawDescriptor>()
+                            .map(|d| d.0.to_vec()),
                     }),
                     Event::KeyframeRequest(r) => self.keyframe_requests.push((r.mid, r.rid)),
                     _ => {}

@@ -8,10 +8,12 @@ use std::time::Duration;
 
 use str0m::format::Codec;
 use str0m::media::MediaKind;
+use str0m::rtp::ExtensionValues;
 
 use super::client::ReceivedRtp;
 use super::world::{NodeId, World};
 use crate::command::Command;
+use crate::dependency_descriptor::{self, EXTENSION_ID, RawDescriptor, l3t3_key_descriptor};
 use crate::event::PeerEvent;
 use crate::ids::TrackId;
 use crate::keyframe::vp9_layers;
@@ -256,4 +258,172 @@ fn each_viewer_gets_the_spatial_layers_it_asked_for_and_switches_at_the_right_pi
     );
     assert!(tops.iter().all(|(_, top)| *top != 0));
     assert_well_formed(&down, "bob going down");
+}
+
+/// A synthetic AV1 L3T3 encoder whose payloads say nothing (as if encrypted end to end): its
+/// layers, frame boundaries and keyframes are only in its Dependency Descriptors.
+struct Av1Svc {
+    picture: u64,
+    seq: u64,
+    ts: u32,
+}
+
+impl Av1Svc {
+    fn new() -> Self {
+        Self {
+            picture: 0,
+            seq: 5000,
+            ts: 0,
+        }
+    }
+
+    fn send_picture(&mut self, w: &mut World, id: NodeId, pt: u8) {
+        let key = self.picture.is_multiple_of(KEYFRAME_EVERY);
+        let tid = if key {
+            0
+        } else {
+            [0u8, 2, 1, 2][(self.picture % 4) as usize]
+        };
+        for spatial in 0..LAYERS {
+            for part in 0..PACKETS_PER_FRAME {
+                let start = part == 0;
+                let end = part + 1 == PACKETS_PER_FRAME;
+                let frame_number = (self.picture * u64::from(LAYERS) + u64::from(spatial)) as u16;
+                let structure = key && spatial == 0 && start;
+                let descriptor =
+                    l3t3_key_descriptor(start, end, spatial, tid, frame_number, structure);
+                // An aggregation header that starts no coded video sequence, then what the
+                // scenario reads back: picture, layer, keyframe, frame end.
+                let mut payload = vec![
+                    0x00,
+                    (self.picture >> 8) as u8,
+                    self.picture as u8,
+                    spatial,
+                    u8::from(key),
+                    u8::from(end),
+                ];
+                payload.extend([0xe5; 40]);
+                let mut ext = ExtensionValues::default();
+                ext.user_values
+                    .set(RawDescriptor(descriptor.into_boxed_slice()));
+                let marker = end && spatial + 1 == LAYERS;
+                w.send_rtp_with(id, (pt, self.seq, self.ts), marker, payload, ext);
+                self.seq += 1;
+            }
+        }
+        self.picture += 1;
+        self.ts = self.ts.wrapping_add(PICTURE_TICKS);
+        w.run_for(PICTURE);
+    }
+}
+
+/// The AV1 packets viewer `id` received, with their descriptors.
+fn received_av1(w: &World, id: NodeId) -> Vec<(Seen, Vec<u8>)> {
+    w.other_received(id)
+        .iter()
+        .filter_map(|(_, p)| {
+            let seen = Seen {
+                picture: u16::from_be_bytes([*p.payload.get(1)?, *p.payload.get(2)?]),
+                spatial: *p.payload.get(3)?,
+                key: *p.payload.get(4)? == 1,
+                frame_end: *p.payload.get(5)? == 1,
+                marker: p.marker,
+                seq: p.seq,
+            };
+            Some((seen, p.descriptor.clone()?))
+        })
+        .collect()
+}
+
+#[test]
+fn av1_layers_come_from_the_dependency_descriptor_and_each_viewer_is_told_its_own() {
+    let mut w = World::new(92);
+    let av1 = |c: str0m::RtcConfig| {
+        c.clear_codecs()
+            .enable_av1(true)
+            .set_extension(EXTENSION_ID, dependency_descriptor::extension())
+    };
+    let alice = w.sender(MediaKind::Video, av1);
+    let pt = w.nodes[alice]
+        .client
+        .pt(Codec::Av1)
+        .expect("the server answers AV1");
+    let mut encoder = Av1Svc::new();
+    encoder.send_picture(&mut w, alice, pt);
+    let track = *w.nodes[alice]
+        .tracks
+        .first()
+        .expect("the track is published");
+    let bob = w.add_subscriber_with(vec![track], av1);
+    let carol = w.add_subscriber_with(vec![track], av1);
+    prefer(&mut w, bob, track, Quality::Low);
+    for _ in 0..90 {
+        encoder.send_picture(&mut w, alice, pt);
+    }
+    let route = w.h.shared.graph.get(track).expect("published");
+    assert_eq!(route.layer_count(), 3, "layers from the structure");
+    assert_eq!(
+        route.layer_sizes()[..3],
+        [(320, 180), (640, 360), (1280, 720)]
+    );
+    let low = received_av1(&w, bob);
+    let all = received_av1(&w, carol);
+    assert!(low.len() > 60, "bob got {} packets", low.len());
+    assert!(low.iter().all(|(p, _)| p.spatial == 0), "bob asked for low");
+    assert!(
+        all.iter().filter(|(p, _)| p.spatial == 2).count() > 60,
+        "carol gets the top layer"
+    );
+    let seen = |packets: &[(Seen, Vec<u8>)]| packets.iter().map(|(p, _)| *p).collect::<Vec<_>>();
+    assert_well_formed(&seen(&low), "bob on the lowest layer");
+    assert_well_formed(&seen(&all), "carol on every layer");
+
+    // Carol's descriptors are the sender's; bob's say he can decode the S0 targets only.
+    let (first, structure) = low
+        .first()
+        .map(|(p, d)| (*p, dependency_descriptor::read(d, None)))
+        .expect("bob got packets");
+    assert!(first.key, "bob starts at a keyframe");
+    let structure = structure
+        .ok()
+        .and_then(|d| d.attached)
+        .expect("bob's first packet carries the structure");
+    for (p, d) in &low {
+        let read = dependency_descriptor::read(d, Some(&structure)).expect("bob's descriptor");
+        assert_eq!(read.active, Some(0b111), "bob is told S0 only at {p:?}");
+        assert_eq!(read.spatial, 0);
+    }
+    for (p, d) in &all {
+        let read = dependency_descriptor::read(d, Some(&structure)).expect("carol's descriptor");
+        assert_eq!(
+            read.spatial, p.spatial,
+            "carol's descriptors are the sender's"
+        );
+        assert!(read.active.is_none() || read.active == Some(0x1ff));
+    }
+
+    // Up at a keyframe, found from the descriptor alone (once the estimate carries the top
+    // layer: bob's grew on the lowest layer alone).
+    let before = low.len();
+    prefer(&mut w, bob, track, Quality::High);
+    for _ in 0..(3 * KEYFRAME_EVERY + 10) {
+        encoder.send_picture(&mut w, alice, pt);
+    }
+    let up = received_av1(&w, bob);
+    let (first_top, _) = up[before..]
+        .iter()
+        .find(|(p, _)| p.spatial == 2)
+        .expect("bob goes up");
+    assert!(first_top.key, "the first top-layer packet is a keyframe's");
+    assert_well_formed(&seen(&up), "bob going up");
+    let told = up[before..]
+        .iter()
+        .find(|(p, _)| p.picture == first_top.picture)
+        .and_then(|(_, d)| dependency_descriptor::read(d, Some(&structure)).ok())
+        .and_then(|d| d.active);
+    assert_eq!(
+        told,
+        Some(0x1ff),
+        "the keyframe that takes bob up tells him every target"
+    );
 }

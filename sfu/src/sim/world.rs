@@ -393,6 +393,24 @@ impl World {
         marker: bool,
         payload: Vec<u8>,
     ) {
+        self.send_rtp_with(
+            id,
+            (pt, seq, timestamp),
+            marker,
+            payload,
+            ExtensionValues::default(),
+        );
+    }
+
+    /// [`World::send_rtp`] with header extension values.
+    pub(crate) fn send_rtp_with(
+        &mut self,
+        id: NodeId,
+        (pt, seq, timestamp): (u8, u64, u32),
+        marker: bool,
+        payload: Vec<u8>,
+        ext: ExtensionValues,
+    ) {
         let now = self.now();
         let mid = self.sender_mid(id);
         let client = &mut self.nodes[id].client;
@@ -400,7 +418,11 @@ impl World {
         let Some(tx) = api.stream_tx_by_mid(mid, None) else {
             panic!("the sender has no stream on its m-line");
         };
-        tx.write_rtp(RtpWrite::new(pt.into(), seq.into(), timestamp, now, payload).marker(marker));
+        tx.write_rtp(
+            RtpWrite::new(pt.into(), seq.into(), timestamp, now, payload)
+                .marker(marker)
+                .ext_vals(ext),
+        );
         client.drain();
     }
 

@@ -19,6 +19,7 @@ use self::track::{Downstream, PublishedTrack};
 use super::{Ctx, PeerInfo};
 use crate::counters::WorkerCounters;
 use crate::data_relay;
+use crate::dependency_descriptor::RawDescriptor;
 use crate::event::{PeerEvent, TrackCounters, TrackInfo, TrackKind};
 use crate::graph::{TrackRoute, TrackSnapshot};
 use crate::ids::TrackId;
@@ -235,10 +236,32 @@ impl Publisher {
         else {
             return;
         };
-        // A scalable VP9 stream (one SSRC, no simulcast): its spatial layers are the layers.
-        let svc = (codec == Codec::Vp9 && track.rids.is_empty())
-            .then(|| vp9_layers(&packet.payload))
-            .flatten();
+        // A scalable stream (one SSRC, no simulcast): its spatial layers are the layers, read
+        // from the VP9 payload descriptor or the AV1 Dependency Descriptor.
+        let mut descriptor = None;
+        let svc = match codec {
+            Codec::Vp9 if track.rids.is_empty() => vp9_layers(&packet.payload),
+            Codec::Av1 if track.rids.is_empty() => {
+                match ext.user_values.get_arc::<RawDescriptor>() {
+                    Some(raw) => {
+                        let Some((layers, forwarded)) = track.descriptors.read(raw) else {
+                            // Its layer is unknown until the structure is (a keyframe's).
+                            WorkerCounters::add(&ctx.counters().rtp_not_forwarded, 1);
+                            return;
+                        };
+                        descriptor = Some(forwarded);
+                        Some(layers)
+                    }
+                    None => None,
+                }
+            }
+            _ => None,
+        };
+        // Without a readable payload (end-to-end encrypted), a frame that carries the
+        // descriptor's structure starts a keyframe.
+        let keyframe = keyframe
+            || descriptor.is_some()
+                && svc.is_some_and(|l| l.frame_start && l.spatial == 0 && l.structure.is_some());
         let layer = match &svc {
             Some(layers) => track.on_svc_packet(layers),
             None => stream.layer,
@@ -283,6 +306,7 @@ impl Publisher {
                 start: l.frame_start,
                 end: l.frame_end,
             }),
+            descriptor,
             payload: packet.payload,
             audio_level: ext.audio_level,
             voice_activity: ext.voice_activity,

@@ -16,10 +16,11 @@ use tracing::{debug, info};
 use crate::allocator::MAX_LAYERS;
 use crate::audio_level::AudioLevelMeter;
 use crate::counters::WorkerCounters;
+use crate::dependency_descriptor::DescriptorReader;
 use crate::dynacast::Dynacast;
 use crate::event::{PeerEvent, TrackCounters, TrackKind};
 use crate::graph::{PeerLocation, TrackRoute, TrackSnapshot};
-use crate::keyframe::Vp9Layers;
+use crate::keyframe::SvcLayers;
 use crate::keyframe_throttle::KeyframeThrottle;
 use crate::packet::{Delivery, ForwardedPacket};
 use crate::peer::{Ctx, PeerInfo};
@@ -62,6 +63,8 @@ pub(super) struct PublishedTrack {
     /// Packets received, and packets handed to at least one subscriber.
     received_packets: u64,
     forwarded_packets: u64,
+    /// A scalable AV1 stream's Dependency Descriptors, read with its latest structure.
+    pub(super) descriptors: DescriptorReader,
 }
 
 impl PublishedTrack {
@@ -92,6 +95,7 @@ impl PublishedTrack {
             resume_at_keyframe: 0,
             received_packets: 0,
             forwarded_packets: 0,
+            descriptors: DescriptorReader::default(),
         }
     }
 
@@ -145,7 +149,7 @@ impl PublishedTrack {
 
     /// A packet of a scalable stream: the track's layers are its spatial layers, counted and
     /// sized from the scalability structure its keyframes carry. Returns the packet's layer.
-    pub(super) fn on_svc_packet(&mut self, layers: &Vp9Layers) -> u8 {
+    pub(super) fn on_svc_packet(&mut self, layers: &SvcLayers) -> u8 {
         if !self.route.is_scalable() {
             // Before its layers are marked active: a subscriber that sees them also sees this.
             self.route.set_scalable();

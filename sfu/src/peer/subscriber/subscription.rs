@@ -16,6 +16,7 @@ use tracing::{debug, warn};
 
 use crate::allocator::LayerReason;
 use crate::counters::WorkerCounters;
+use crate::dependency_descriptor::DescriptorRewriter;
 use crate::event::{PeerEvent, TrackKind};
 use crate::graph::{PeerLocation, TrackRoute};
 use crate::ids::TrackId;
@@ -73,6 +74,9 @@ pub(super) struct Subscription {
     pub(super) awaiting_first_video: Option<Instant>,
     /// When a keyframe request from the client was last passed on.
     client_request_at: Option<Instant>,
+    /// The Dependency Descriptors of a scalable AV1 track, told the layers this subscriber
+    /// gets.
+    descriptors: DescriptorRewriter,
 }
 
 /// What a subscription wants of its track's owner.
@@ -111,6 +115,7 @@ impl Subscription {
             rtx_cache_sized: false,
             awaiting_first_video: video.then_some(now),
             client_request_at: None,
+            descriptors: DescriptorRewriter::default(),
         }
     }
 
@@ -376,12 +381,16 @@ impl Subscription {
             tx.set_rtx_cache(RTX_CACHE_PACKETS, RTX_CACHE_AGE, RTX_RATIO_CAP);
             self.rtx_cache_sized = true;
         }
-        let ext = ExtensionValues {
+        let mut ext = ExtensionValues {
             audio_level: packet.audio_level,
             voice_activity: packet.voice_activity,
             video_orientation: packet.video_orientation,
             ..ExtensionValues::default()
         };
+        if let (Some(descriptor), Some(spatial)) = (&packet.descriptor, self.switcher.current()) {
+            ext.user_values
+                .set_arc(self.descriptors.for_receiver(descriptor, spatial));
+        }
         let mut api = rtc.direct_api();
         let Some(tx) = api.stream_tx_by_mid(mid, None) else {
             WorkerCounters::add(&ctx.counters().rtp_not_forwarded, 1);
