@@ -1,6 +1,9 @@
 //! What a viewer experiences on one received stream, updated packet by packet: when the first
-//! frame could be shown, frames, freezes (no new frame for longer than [`FREEZE`]), bytes,
-//! packets lost and the picture size. Time is passed in; nothing here reads a clock.
+//! frame could be shown, frames, freezes (no new video frame for longer than [`FREEZE`]),
+//! bytes, packets lost and the picture size. Audio has no freezes: a sender in DTX (Opus's
+//! discontinuous transmission) sends a packet every 400 ms or less while silent, which is
+//! silence, not a stall; its sequence numbers stay consecutive, so it is not loss either.
+//! Time is passed in; nothing here reads a clock.
 
 use std::time::{Duration, Instant};
 
@@ -50,7 +53,9 @@ impl StreamQuality {
         self.first_packet.get_or_insert(now);
         self.video = video;
         if !video {
-            self.frame_shown(now);
+            self.first_frame.get_or_insert(now);
+            self.last_frame = Some(now);
+            self.frames += 1;
             return;
         }
         if vp8_rtp::starts_frame(payload) {
@@ -92,10 +97,10 @@ impl StreamQuality {
         self.expected().saturating_sub(self.packets)
     }
 
-    /// Freezes and their total length, counting one still going on at `now`.
+    /// Freezes and their total length, counting one still going on at `now` (video only).
     pub fn freezes_at(&self, now: Instant) -> (u32, Duration) {
         match self.last_frame {
-            Some(last) if now.saturating_duration_since(last) > FREEZE => (
+            Some(last) if self.video && now.saturating_duration_since(last) > FREEZE => (
                 self.freezes + 1,
                 self.freeze_time + now.saturating_duration_since(last),
             ),
@@ -146,5 +151,36 @@ mod tests {
         q.on_packet(t0, 7, &[0xf8, 1, 2], false, false);
         q.on_packet(t0, 8, &[0xf8, 1, 2], false, false);
         assert_eq!((q.frames, q.first_frame), (2, Some(t0)));
+    }
+
+    #[test]
+    fn an_audio_stream_in_dtx_is_neither_frozen_nor_lossy() {
+        let t0 = Instant::now();
+        let mut q = StreamQuality::default();
+        // Speech every 20 ms, then silence: one DTX packet every 400 ms, then a long pause.
+        let mut seq = 100;
+        let mut at = Vec::new();
+        for i in 0..50 {
+            at.push(i * 20);
+        }
+        for i in 1..=10 {
+            at.push(1_000 + i * 400);
+        }
+        at.push(8_000);
+        for ms in at {
+            q.on_packet(
+                t0 + Duration::from_millis(ms),
+                seq,
+                &[0xf8, 1],
+                false,
+                false,
+            );
+            seq += 1;
+        }
+        assert_eq!(
+            q.freezes_at(t0 + Duration::from_secs(9)),
+            (0, Duration::ZERO)
+        );
+        assert_eq!(q.lost(), 0);
     }
 }

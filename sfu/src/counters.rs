@@ -69,6 +69,10 @@ counters! {
     nacks_received,
     /// Subscriptions whose track's codec the subscriber did not accept (not forwarded).
     codec_refusals,
+    /// RTP packets received from publishers as RED (RFC 2198 redundant audio).
+    rtp_red_received,
+    /// RED packets sent to a subscriber that did not negotiate RED as their primary block.
+    rtp_red_stripped,
     /// Times a subscriber was switched to another simulcast layer.
     layer_switches,
     /// Sum of the latest egress bandwidth estimates of the peers (bits per second; a gauge).

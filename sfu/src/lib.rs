@@ -45,6 +45,7 @@ mod layer_choice;
 mod layer_switch;
 mod packet;
 mod peer;
+mod red;
 mod rewrite;
 mod shared;
 #[cfg(any(test, feature = "fuzzing"))]

@@ -31,6 +31,8 @@ pub(crate) struct ForwardedPacket {
     pub(crate) marker: bool,
     /// The packet starts a keyframe (always true for audio).
     pub(crate) keyframe: bool,
+    /// The payload is RFC 2198 RED around `params`' codec (redundant audio).
+    pub(crate) red: bool,
     /// VP8 temporal layer information, when the publisher sends temporal layers.
     pub(crate) temporal: Option<crate::keyframe::Vp8Temporal>,
     /// The frame boundaries of a packet of a scalable (SVC) stream, which carries every

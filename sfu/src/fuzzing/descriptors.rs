@@ -1,5 +1,6 @@
-//! `svc_descriptors`: the layer descriptors of scalable streams, as a hostile publisher could
-//! send them: VP9 payload descriptors and AV1 Dependency Descriptors.
+//! The headers a hostile publisher could send around its media: `svc_descriptors` (the layer
+//! descriptors of scalable streams: VP9 payload descriptors and AV1 Dependency Descriptors)
+//! and `red_payload` (RFC 2198 redundant audio).
 
 use std::sync::Arc;
 
@@ -85,5 +86,22 @@ pub fn svc_descriptors(data: &[u8]) {
             Arc::ptr_eq(&sent, &raw),
             "a receiver of every layer gets the sender's bytes"
         );
+    }
+}
+
+/// `red_payload`: an RFC 2198 RED payload (the first byte is the primary's payload type).
+///
+/// Checks: a primary block found is the end of the payload, after at least its one-byte
+/// header; a payload whose first header is the final one is its primary with that byte off.
+pub fn red_payload(data: &[u8]) {
+    let mut r = Reader::new(data);
+    let pt = r.u8() & 0x7f;
+    let payload = r.rest();
+    if let Some(primary) = crate::red::primary_block(payload, pt) {
+        assert!(primary.len() < payload.len());
+        assert!(payload.ends_with(primary));
+    }
+    if payload.first().is_some_and(|h| *h == pt) {
+        assert_eq!(crate::red::primary_block(payload, pt), payload.get(1..));
     }
 }

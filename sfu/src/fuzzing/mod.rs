@@ -15,7 +15,7 @@ mod sdp;
 mod stun;
 mod worker;
 
-pub use descriptors::svc_descriptors;
+pub use descriptors::{red_payload, svc_descriptors};
 pub use payload::{video_keyframe, vp8_descriptor};
 pub use rewriters::rewriters;
 pub use sdp::sdp;
@@ -27,12 +27,13 @@ pub type Target = (&'static str, fn(&[u8]));
 
 /// Every target of this crate, by name (the names of `sfu/fuzz/fuzz_targets/*.rs` and of the
 /// corpus directories).
-pub const TARGETS: [Target; 8] = [
+pub const TARGETS: [Target; 9] = [
     ("stun_demux", stun_demux),
     ("ice_tcp_framing", ice_tcp_framing),
     ("vp8_descriptor", vp8_descriptor),
     ("video_keyframe", video_keyframe),
     ("svc_descriptors", svc_descriptors),
+    ("red_payload", red_payload),
     ("rewriters", rewriters),
     ("sdp", sdp),
     ("worker_datagrams", worker_datagrams),

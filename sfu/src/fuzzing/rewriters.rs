@@ -473,6 +473,7 @@ fn layer_switcher(r: &mut Reader<'_>) {
                             keyframe: starts_keyframe(Codec::Vp8, &payload),
                             temporal: vp8_temporal(&payload),
                             svc: None,
+                            red: false,
                             descriptor: None,
                             payload: Arc::from(payload),
                             audio_level: None,

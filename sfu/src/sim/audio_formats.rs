@@ -269,3 +269,101 @@ fn telephone_events_reach_viewers_that_negotiated_them_and_leave_no_gap_for_the_
         "telephone events not negotiated are not a refused track"
     );
 }
+
+/// Opus with RED (RFC 2198, as Chromium sends it): a viewer that negotiated RED gets the
+/// publisher's RED payloads byte for byte on its own RED payload type; a viewer that did not
+/// gets each packet's primary block as plain Opus. Both get every packet, numbered without a
+/// gap; plain Opus packets between RED ones reach both as they are.
+#[test]
+fn opus_red_reaches_a_viewer_with_red_as_it_came_and_one_without_as_plain_opus() {
+    let mut w = World::new(73);
+    let with_red = |c: RtcConfig| c.clear_codecs().enable_opus(true, true);
+    let alice = w.sender(MediaKind::Audio, with_red);
+    let red_pt = |w: &World, id: NodeId| {
+        w.nodes[id]
+            .client
+            .rtc
+            .codec_config()
+            .find(|p| p.spec().codec == Codec::Opus)
+            .and_then(|p| p.red())
+            .map(|pt| *pt)
+    };
+    let (Some(opus), Some(red)) = (w.nodes[alice].client.pt(Codec::Opus), red_pt(&w, alice)) else {
+        panic!("the server did not answer Opus with RED");
+    };
+    let (mut seq, mut ts) = (7000u64, 0u32);
+    // (sent payload, the Opus frame inside it) per packet.
+    let mut sent: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    let mut frame = |w: &mut World, sent: &mut Vec<(Vec<u8>, Vec<u8>)>| {
+        let primary = frame_payload(seq, 80);
+        // Every fifth packet is plain Opus (RED is per packet: both payload types are live).
+        let (pt, payload) = if seq % 5 == 0 {
+            (opus, primary.clone())
+        } else {
+            let previous = frame_payload(seq - 1, 80);
+            (
+                red,
+                crate::red::tests::red_payload(opus, &[(960, &previous)], &primary),
+            )
+        };
+        send(w, alice, pt, seq, ts, false, &payload);
+        sent.push((payload, primary));
+        seq += 1;
+        ts = ts.wrapping_add(960);
+        w.run_for(FRAME);
+    };
+    for _ in 0..10 {
+        frame(&mut w, &mut sent);
+    }
+    let track = *w.nodes[alice]
+        .tracks
+        .first()
+        .expect("the Opus track is published");
+    let bob = w.add_subscriber_with(vec![track], with_red);
+    let carol = w.add_subscriber_with(vec![track], |c| c.clear_codecs().enable_opus(true, false));
+    for _ in 0..100 {
+        frame(&mut w, &mut sent);
+    }
+    w.run_for(Duration::from_millis(200));
+    let bob_red = red_pt(&w, bob).expect("bob negotiated RED");
+    assert_eq!(red_pt(&w, carol), None, "carol did not negotiate RED");
+
+    let all = |w: &World, id: NodeId| -> Vec<ReceivedRtp> {
+        w.other_received(id)
+            .iter()
+            .map(|(_, p)| p.clone())
+            .collect()
+    };
+    for (viewer, name) in [(bob, "bob (RED)"), (carol, "carol (Opus)")] {
+        let got = all(&w, viewer);
+        assert!(got.len() >= 80, "{name} got {} packets", got.len());
+        assert_consecutive(&got, name);
+        let viewer_opus = w.nodes[viewer].client.pt(Codec::Opus);
+        // Line up with what was sent by the first packet's Opus frame.
+        let frame_of = |p: &ReceivedRtp| {
+            if Some(p.pt) == viewer_opus {
+                p.payload.clone()
+            } else {
+                crate::red::primary_block(&p.payload, opus)
+                    .map(<[u8]>::to_vec)
+                    .unwrap_or_default()
+            }
+        };
+        let first = sent
+            .iter()
+            .position(|(_, primary)| *primary == frame_of(&got[0]))
+            .expect("the first packet received was sent");
+        for (i, p) in got.iter().enumerate() {
+            let (payload, primary) = &sent[first + i];
+            let was_red = *payload != *primary;
+            if viewer == bob && was_red {
+                assert_eq!(p.pt, bob_red, "{name}: packet {i} on the RED payload type");
+                assert_eq!(p.payload, *payload, "{name}: RED packet {i} byte for byte");
+            } else {
+                assert_eq!(Some(p.pt), viewer_opus, "{name}: packet {i} as Opus");
+                assert_eq!(p.payload, *primary, "{name}: packet {i}'s Opus frame");
+            }
+        }
+        assert_eq!(first + got.len(), sent.len(), "{name}: up to the last one");
+    }
+}

@@ -212,7 +212,12 @@ impl Publisher {
         let params = match stream.codec {
             Some((cached, params)) if cached == pt => params,
             _ => {
-                let Some(params) = rtc.codec_config().find(|p| p.pt() == pt).copied() else {
+                // A RED payload type (RFC 2198) stands for its primary codec.
+                let Some(params) = rtc
+                    .codec_config()
+                    .find(|p| p.pt() == pt || p.red() == Some(pt))
+                    .copied()
+                else {
                     WorkerCounters::add(&ctx.counters().rtp_not_forwarded, 1);
                     return;
                 };
@@ -221,6 +226,10 @@ impl Publisher {
             }
         };
         let codec = params.spec().codec;
+        let red = params.pt() != pt;
+        if red {
+            WorkerCounters::add(&ctx.counters().rtp_red_received, 1);
+        }
         let keyframe = starts_keyframe(codec, &packet.payload);
         let temporal = (codec == Codec::Vp8)
             .then(|| vp8_temporal(&packet.payload))
@@ -301,6 +310,7 @@ impl Publisher {
             ts: packet.header.timestamp,
             marker: packet.header.marker,
             keyframe,
+            red,
             temporal,
             svc: svc.map(|l| SvcFrame {
                 start: l.frame_start,

@@ -26,6 +26,7 @@ use crate::layer_choice::VideoPreference;
 use crate::layer_switch::{Forward, LayerSwitcher};
 use crate::packet::{Delivery, ForwardedPacket};
 use crate::peer::{Ctx, PeerInfo};
+use crate::red;
 
 /// How long sent video packets are kept to answer NACKs. str0m keeps 3 s by default; a NACK
 /// later than 1.5 s (several round trips even on a 300 ms path) comes too late to help the
@@ -51,7 +52,7 @@ pub(super) struct Subscription {
     /// Which layer is forwarded, and the rewriting.
     pub(super) switcher: LayerSwitcher,
     /// Publisher payload type -> ours (`None`: not accepted), for the last one seen.
-    pub(super) pt_map: Option<(Pt, Option<Pt>)>,
+    pub(super) pt_map: Option<(Pt, Option<OutFormat>)>,
     /// The track's codec was refused (the subscriber did not accept it): said once.
     pub(super) codec_refused: bool,
     /// What the subscriber asked for (quality, view size).
@@ -325,15 +326,20 @@ impl Subscription {
         }
     }
 
-    /// Our payload type for `packet`'s format on this subscriber's m-line: `None` if the
+    /// Our payload types for `packet`'s format on this subscriber's m-line: `None` if the
     /// subscriber did not accept that format (no transcoding). One lookup per change of the
     /// incoming payload type, accepted or not.
-    pub(super) fn out_pt(&mut self, rtc: &Rtc, mid: Mid, packet: &ForwardedPacket) -> Option<Pt> {
+    pub(super) fn out_format(
+        &mut self,
+        rtc: &Rtc,
+        mid: Mid,
+        packet: &ForwardedPacket,
+    ) -> Option<OutFormat> {
         let in_pt = packet.params.pt();
         match self.pt_map {
             Some((i, o)) if i == in_pt => o,
             _ => {
-                let o = negotiated_pt(rtc, mid, packet);
+                let o = negotiated_format(rtc, mid, packet);
                 self.pt_map = Some((in_pt, o));
                 o
             }
@@ -371,9 +377,23 @@ impl Subscription {
         rtc: &mut Rtc,
         mid: Mid,
         packet: &ForwardedPacket,
-        (out, out_pt): (Forward, Pt),
+        (out, format): (Forward, OutFormat),
         ctx: &mut Ctx<'_>,
     ) {
+        // RED goes on as it came to a subscriber that negotiated it, and as its primary block
+        // (plain Opus) to one that did not.
+        let (out_pt, payload) = match (packet.red, format.red) {
+            (true, Some(red)) => (red, packet.payload.clone()),
+            (true, None) => {
+                let Some(primary) = red::primary_block(&packet.payload, *packet.params.pt()) else {
+                    WorkerCounters::add(&ctx.counters().rtp_not_forwarded, 1);
+                    return;
+                };
+                WorkerCounters::add(&ctx.counters().rtp_red_stripped, 1);
+                (format.pt, Arc::from(primary))
+            }
+            (false, _) => (format.pt, packet.payload.clone()),
+        };
         if !self.rtx_cache_sized
             && let Some(tx) = rtc.direct_api().stream_tx_by_mid(mid, None)
         {
@@ -396,16 +416,10 @@ impl Subscription {
             WorkerCounters::add(&ctx.counters().rtp_not_forwarded, 1);
             return;
         };
-        let mut write = RtpWrite::new(
-            out_pt,
-            out.seq.into(),
-            out.ts,
-            packet.arrival,
-            packet.payload.clone(),
-        )
-        .marker(out.marker)
-        .ext_vals(ext)
-        .nackable(needs_keyframe(packet.params.spec().codec));
+        let mut write = RtpWrite::new(out_pt, out.seq.into(), out.ts, packet.arrival, payload)
+            .marker(out.marker)
+            .ext_vals(ext)
+            .nackable(needs_keyframe(packet.params.spec().codec));
         if let Some(patch) = out.vp8 {
             write = write.vp8_patch(patch);
         }
@@ -426,11 +440,26 @@ impl Subscription {
     }
 }
 
-/// Our payload type for the publisher's codec, if the subscriber accepted that codec on this
+/// The payload types a subscriber gets a track's packets with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct OutFormat {
+    /// The publisher's codec.
+    pt: Pt,
+    /// RED around it (RFC 2198), when the subscriber negotiated that too.
+    red: Option<Pt>,
+}
+
+/// Our payload types for the publisher's codec, if the subscriber accepted that codec on this
 /// m-line.
-fn negotiated_pt(rtc: &Rtc, mid: Mid, packet: &ForwardedPacket) -> Option<Pt> {
-    let pt = rtc.codec_config().match_params(packet.params)?.pt();
-    rtc.media(mid)?.remote_pts().contains(&pt).then_some(pt)
+fn negotiated_format(rtc: &Rtc, mid: Mid, packet: &ForwardedPacket) -> Option<OutFormat> {
+    let ours = rtc.codec_config().match_params(packet.params)?;
+    let remote = rtc.media(mid)?.remote_pts();
+    let pt = ours.pt();
+    // Negotiation keeps our RED payload type only if the subscriber's SDP has RED too.
+    remote.contains(&pt).then(|| OutFormat {
+        pt,
+        red: ours.red(),
+    })
 }
 
 /// A client's keyframe requests are passed on at most once per this long.
