@@ -31,6 +31,7 @@ import {
   setSpeakers, clearRoom, renderLocal, onLayerState,
 } from './tiles.js';
 import { initStats, startStats, stopStats } from './stats.js';
+import { setUpE2ee } from './e2ee.js';
 import { initChat, listenForChat, appendChat, setChatEnabled, clearChat } from './chat.js';
 
 window.sfuDemo = { state };
@@ -130,6 +131,8 @@ async function startJoin() {
   ui.joinButton.disabled = true;
 
   try {
+    // With `?e2ee=PASSPHRASE`, media is encrypted in this page (the key is derived first).
+    await setUpE2ee(new URLSearchParams(location.search).get('e2ee'));
     if (state.viewer) {
       stopPreview();
     } else {

@@ -5,6 +5,7 @@
 
 import { state, isCurrent } from './state.js';
 import { getScreen } from './media.js';
+import { E2EE_VIDEO_CODECS, e2eeEnabled, encryptSender } from './e2ee.js';
 
 /** Long enough for an answer delayed by an outage and a resume of the signalling socket. */
 const ANSWER_TIMEOUT_MS = 40_000;
@@ -76,7 +77,9 @@ export function startPublishing(session) {
   const [videoTrack] = stream?.getVideoTracks() ?? [];
   if (audioTrack) {
     state.tx.mic = pc.addTransceiver(audioTrack, { direction: 'sendonly', streams: [stream] });
-    offerOnlyAudioCodec(state.tx.mic, new URLSearchParams(location.search).get('audio'));
+    const audio = new URLSearchParams(location.search).get('audio');
+    offerOnlyAudioCodec(state.tx.mic, audio);
+    if (e2eeEnabled() && !audio) withoutRed(state.tx.mic);
   }
   if (videoTrack) state.tx.camera = addCameraTransceiver(pc, videoTrack, stream);
   openDataChannel(pc, session);
@@ -102,7 +105,7 @@ export function restartPublishIce(session) {
  */
 function addCameraTransceiver(pc, track, stream) {
   const params = new URLSearchParams(location.search);
-  const codec = params.get('codec');
+  const codec = cameraCodec(params.get('codec'));
   const svc = params.get('svc');
   const init = { direction: 'sendonly', streams: [stream] };
   state.cameraSvc = null;
@@ -127,6 +130,23 @@ function addCameraTransceiver(pc, track, stream) {
   const transceiver = pc.addTransceiver(track, { ...init, sendEncodings: encodings });
   preferVideoCodec(transceiver, codec);
   return transceiver;
+}
+
+/**
+ * The camera's codec: `?codec=`, except that an end-to-end encrypted call needs one whose
+ * packetizer does not read the (encrypted) frame: VP8 unless VP9 was asked for.
+ */
+function cameraCodec(asked) {
+  if (!e2eeEnabled() || E2EE_VIDEO_CODECS.includes(asked?.toLowerCase())) return asked;
+  if (asked) console.warn(`?e2ee: ${asked} cannot be encrypted end to end here; sending the camera in VP8`);
+  return 'vp8';
+}
+
+/** Takes RED out of a transceiver's audio codecs (end-to-end encryption would encrypt its headers). */
+function withoutRed(transceiver) {
+  if (!RTCRtpSender.getCapabilities || !transceiver.setCodecPreferences) return;
+  const { codecs } = RTCRtpSender.getCapabilities('audio');
+  transceiver.setCodecPreferences(codecs.filter((c) => c.mimeType.toLowerCase() !== 'audio/red'));
 }
 
 /** Why the camera cannot be sent in scalability mode `mode` with `codec` (null: it can be tried). */
@@ -216,6 +236,8 @@ export function negotiate(session) {
 async function offerOnce(session) {
   const pc = state.pubPc;
   if (!pc || !isCurrent(session) || pc.signalingState === 'closed') return;
+  // With `?e2ee`, every sender (microphone, camera, screen) encrypts what it sends.
+  if (e2eeEnabled()) pc.getSenders().forEach(encryptSender);
   const offer = await pc.createOffer();
   await pc.setLocalDescription(offer);
   if (!isCurrent(session)) return;

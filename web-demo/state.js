@@ -75,6 +75,8 @@ export const state = {
   tx: { mic: null, camera: null, screen: null, screenAudio: null },
   /** The scalability mode our camera is sent in (`?svc=`, e.g. 'L3T3_KEY'); null for simulcast. */
   cameraSvc: null,
+  /** End-to-end encryption (`?e2ee=`): `{ key, stats }`, or null (e2ee.js). */
+  e2ee: null,
   /** Our own mid -> track id, learned from `track_published` for our own tracks. */
   ownTrackIds: new Map(),
   /** Publish offers are made one after the other, each after the previous answer. */

@@ -1,12 +1,13 @@
 // Live stats overlays from getStats, once a second: on each remote video tile the resolution,
 // frame rate, bitrate, packet loss and which layer arrives (inferred from the decoded width:
-// "layer low (q)" for a simulcast RID, "layer low (S0)" for an SVC spatial layer); on the
-// self-view what the camera is sending. The header's Stats button shows or hides them.
+// "layer low (q)" for a simulcast RID, "layer low (S0)" for an SVC spatial layer) and, in an
+// end-to-end encrypted call, whether frames decrypt; on the self-view what the camera is sending. The header's Stats button shows or hides them.
 
 import { state } from './state.js';
 import { ui } from './ui.js';
 import { remoteVideoTiles } from './tiles.js';
 import { receiverOf } from './subscribe.js';
+import { e2eeSummary } from './e2ee.js';
 
 const EVERY_MS = 1000;
 /** Camera layer widths (publish.js), lowest first: simulcast RIDs, or SVC spatial layers S0..S2. */
@@ -94,12 +95,13 @@ async function updateRemote({ statsEl, track, trackId, simulcast, layered }) {
   const tag = layer && (simulcast.length > 1 ? layer.rid : `S${LAYERS.indexOf(layer)}`);
   const why = layered ? describeLayerState(state.layerStates.get(trackId)) : '';
 
+  const e2ee = e2eeSummary();
   statsEl.dataset.width = String(width);
   statsEl.dataset.layer = layer?.name ?? '';
-  statsEl.textContent = width
+  statsEl.textContent = (width
     ? `${width}×${height} · ${fps} fps · ${formatRate(kbps)}\nloss ${loss.toFixed(1)}%` +
       (layer ? ` · layer ${layer.name} (${tag})` : ' · single layer') + (why ? `\n${why}` : '')
-    : 'waiting for video…';
+    : 'waiting for video…') + (e2ee ? `\n${e2ee}` : '');
 }
 
 /** The server's `layer_state` for a tile, as a line: why this layer, and any switch under way. */

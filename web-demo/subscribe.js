@@ -4,6 +4,7 @@
 
 import { state, isCurrent } from './state.js';
 import { attachRemoteTrack } from './tiles.js';
+import { decryptReceiver } from './e2ee.js';
 
 /** Hooks set by app.js: `onIceTrouble(which, pc)`, `onDataChannel(channel)`, `onError(text)`. */
 const hooks = { onIceTrouble: () => {}, onDataChannel: () => {}, onError: () => {} };
@@ -63,6 +64,8 @@ function createSubscribePc(session) {
 
 /** A remote track arrived: find which track it is from its mid and show it. */
 function onRemoteTrack(event) {
+  // With `?e2ee`, every frame is decrypted before it is decoded (or dropped if it cannot be).
+  decryptReceiver(event.receiver);
   const mid = event.transceiver?.mid;
   const info = mid == null ? undefined : state.subMids.get(String(mid));
   if (!info) {
