@@ -34,6 +34,12 @@ pub(crate) const EXTENSION_ID: u8 = 12;
 
 /// The most spatial layers a structure may describe (as many as a VP9 structure can).
 const MAX_SPATIAL_LAYERS: usize = 8;
+/// Temporal layers told apart in the active decode targets (higher ones count as the top).
+const MAX_TEMPORAL_LAYERS: usize = 8;
+
+/// Bit `dt` of entry `[s][t]`: decode target `dt` needs no spatial layer above `s` and no
+/// temporal layer above `t`.
+type TargetMasks = [[u32; MAX_TEMPORAL_LAYERS]; MAX_SPATIAL_LAYERS];
 /// Template ids are 6 bits.
 const MAX_TEMPLATES: usize = 64;
 /// The largest extension element (two-byte form).
@@ -100,8 +106,8 @@ pub(crate) struct Structure {
     dt_count: u8,
     /// `(spatial, temporal)` of each template, in template order.
     templates: Vec<(u8, u8)>,
-    /// Bit `dt` of entry `s`: decode target `dt` needs no spatial layer above `s`.
-    up_to: [u32; MAX_SPATIAL_LAYERS],
+    /// The decode targets a receiver of some spatial and temporal layers can decode.
+    up_to: Arc<TargetMasks>,
     /// Spatial layers (highest spatial id + 1).
     spatial_layers: u8,
     /// Render size of each spatial layer, `(0, 0)` when not given.
@@ -269,11 +275,12 @@ fn read_structure(bits: &mut Bits<'_>) -> Result<Structure, ReadError> {
     }
     let spatial_layers = spatial + 1;
     // template_dtis(): a decode target needs the layers of every template that is part of it.
-    let mut dt_spatial = [0u8; 32];
-    for &(template_spatial, _) in &templates {
-        for needs in dt_spatial.iter_mut().take(usize::from(dt_count)) {
+    let mut dt_layers = [(0u8, 0u8); 32];
+    for &(template_spatial, template_temporal) in &templates {
+        for needs in dt_layers.iter_mut().take(usize::from(dt_count)) {
             if bits.read(2)? != 0 {
-                *needs = (*needs).max(template_spatial);
+                needs.0 = needs.0.max(template_spatial);
+                needs.1 = needs.1.max(template_temporal);
             }
         }
     }
@@ -299,11 +306,14 @@ fn read_structure(bits: &mut Bits<'_>) -> Result<Structure, ReadError> {
             *size = (bits.read(16)? + 1, bits.read(16)? + 1);
         }
     }
-    let mut up_to = [0u32; MAX_SPATIAL_LAYERS];
-    for (layer, mask) in up_to.iter_mut().enumerate() {
-        for (dt, needs) in dt_spatial.iter().take(usize::from(dt_count)).enumerate() {
-            if usize::from(*needs) <= layer {
-                *mask |= 1 << dt;
+    let mut up_to: TargetMasks = [[0; MAX_TEMPORAL_LAYERS]; MAX_SPATIAL_LAYERS];
+    for (spatial, row) in up_to.iter_mut().enumerate() {
+        for (temporal, mask) in row.iter_mut().enumerate() {
+            for (dt, (s, t)) in dt_layers.iter().take(usize::from(dt_count)).enumerate() {
+                let top = MAX_TEMPORAL_LAYERS - 1;
+                if usize::from(*s) <= spatial && (usize::from(*t) <= temporal || temporal == top) {
+                    *mask |= 1 << dt;
+                }
             }
         }
     }
@@ -311,7 +321,7 @@ fn read_structure(bits: &mut Bits<'_>) -> Result<Structure, ReadError> {
         template_id_offset,
         dt_count,
         templates,
-        up_to,
+        up_to: Arc::new(up_to),
         spatial_layers,
         sizes,
         chain_count,
@@ -375,7 +385,7 @@ impl DescriptorReader {
         let forwarded = ForwardedDescriptor {
             raw,
             layout: d.layout,
-            up_to: structure.up_to.map(|mask| mask & self.active),
+            up_to: structure.up_to.clone(),
             active: self.active,
         };
         Some((layers, forwarded))
@@ -387,9 +397,8 @@ impl DescriptorReader {
 pub(crate) struct ForwardedDescriptor {
     raw: Arc<RawDescriptor>,
     layout: Layout,
-    /// The decode targets a subscriber receiving up to spatial layer `s` can decode (of
-    /// those the sender keeps active).
-    up_to: [u32; MAX_SPATIAL_LAYERS],
+    /// The decode targets a subscriber receiving some layers can decode.
+    up_to: Arc<TargetMasks>,
     /// The decode targets the sender keeps active.
     active: u32,
 }
@@ -403,14 +412,24 @@ pub(crate) struct DescriptorRewriter {
 
 impl DescriptorRewriter {
     /// The descriptor to send with a packet to a subscriber that receives the spatial layers
-    /// up to `spatial`.
+    /// up to `spatial` and the temporal layers up to `temporal` (`None`: all).
     pub(crate) fn for_receiver(
         &mut self,
         d: &ForwardedDescriptor,
         spatial: u8,
+        temporal: Option<u8>,
     ) -> Arc<RawDescriptor> {
-        let index = usize::from(spatial).min(MAX_SPATIAL_LAYERS - 1);
-        let mask = d.up_to.get(index).copied().unwrap_or(d.active);
+        let s = usize::from(spatial).min(MAX_SPATIAL_LAYERS - 1);
+        let t = temporal.map_or(MAX_TEMPORAL_LAYERS - 1, |t| {
+            usize::from(t).min(MAX_TEMPORAL_LAYERS - 1)
+        });
+        let mask = d
+            .up_to
+            .get(s)
+            .and_then(|row| row.get(t))
+            .copied()
+            .unwrap_or(u32::MAX)
+            & d.active;
         let full = mask == d.active;
         // A structure resets the receiver's mask to every target; so does the sender's own.
         let resets = d.layout.structure_attached || d.layout.mask_bits > 0;
@@ -594,8 +613,13 @@ mod tests {
             [(320, 180), (640, 360), (1280, 720)],
             "render sizes"
         );
-        // Decode targets S0T0..S0T2 need layer 0 only, S1Tx up to 1, S2Tx up to 2.
-        assert_eq!(s.up_to[..3], [0b000_000_111, 0b000_111_111, 0b111_111_111]);
+        // Decode targets S0T0..S0T2 need layer 0 only, S1Tx up to 1, S2Tx up to 2; SxT0 no
+        // temporal layer above 0.
+        let top = MAX_TEMPORAL_LAYERS - 1;
+        let spatial: Vec<u32> = s.up_to.iter().take(3).map(|row| row[top]).collect();
+        assert_eq!(spatial, [0b000_000_111, 0b000_111_111, 0b111_111_111]);
+        assert_eq!(s.up_to[2][0], 0b001_001_001, "T0 of each spatial layer");
+        assert_eq!(s.up_to[0][1], 0b000_000_011);
         assert_eq!(d.active, Some(0x1ff));
         // Without the structure, the next packets read through the known one.
         let delta = l3t3_key_descriptor(true, false, 2, 1, 8, false);
@@ -612,11 +636,11 @@ mod tests {
         assert_eq!(layers.structure.map(|s| s.spatial_layers), Some(3));
         let mut full = DescriptorRewriter::default();
         assert!(
-            Arc::ptr_eq(&full.for_receiver(&fwd, 2), &key),
+            Arc::ptr_eq(&full.for_receiver(&fwd, 2, None), &key),
             "every layer: unchanged"
         );
         let mut low = DescriptorRewriter::default();
-        let rewritten = low.for_receiver(&fwd, 0);
+        let rewritten = low.for_receiver(&fwd, 0, None);
         let again = read(&rewritten.0, None).expect("the rewrite reads");
         let original = read(&key.0, None).expect("reads");
         assert_eq!(again.active, Some(0b111));
@@ -633,7 +657,7 @@ mod tests {
         ));
         assert_eq!(short.0.len(), 3);
         let (_, fwd) = reader.read(short).expect("reads");
-        let rewritten = low.for_receiver(&fwd, 0);
+        let rewritten = low.for_receiver(&fwd, 0, None);
         let structure = reader.structure.clone().expect("known");
         let d = read(&rewritten.0, Some(&structure)).expect("reads");
         assert_eq!((d.active, d.spatial, d.temporal), (Some(0b111), 0, 2));
@@ -646,10 +670,10 @@ mod tests {
                 l3t3_key_descriptor(true, true, 1, 0, 10, false).into(),
             )))
             .expect("reads");
-        let told = low.for_receiver(&fwd, 2);
+        let told = low.for_receiver(&fwd, 2, None);
         let d = read(&told.0, Some(&structure)).expect("reads");
         assert_eq!(d.active, Some(0x1ff));
-        assert!(Arc::ptr_eq(&low.for_receiver(&fwd, 2), &fwd.raw));
+        assert!(Arc::ptr_eq(&low.for_receiver(&fwd, 2, None), &fwd.raw));
     }
 
     #[test]

@@ -22,7 +22,10 @@
 //! It goes down at the next picture (a lower spatial layer does not depend on higher ones) and
 //! up at a keyframe; the packets above it are dropped as the temporal ones are, and the marker
 //! bit is set on the last packet of the highest forwarded layer's frame, which ends the
-//! picture for this receiver.
+//! picture for this receiver. Its upper temporal layers are thinned as VP8's are, whole
+//! pictures at a time; picture IDs are left with gaps, which a VP9 receiver reads through the
+//! scalability structure (the missing pictures were upper temporal layers nothing depends on)
+//! and an AV1 receiver through the Dependency Descriptor's frame dependencies.
 
 use std::time::Instant;
 
@@ -108,23 +111,21 @@ impl LayerSwitcher {
         self.max_temporal
     }
 
-    /// Whether this packet (of the current layer) is an upper temporal layer to drop, after
-    /// moving the maximum in force towards the wanted one at a frame start.
-    fn drops_temporal(&mut self, p: &ForwardedPacket) -> bool {
-        let Some(t) = p.temporal else {
-            return false;
-        };
-        if t.frame_start && self.temporal_in_force != self.max_temporal {
+    /// Whether a packet of temporal layer `tid` (of the current layer) is to be dropped, after
+    /// moving the maximum in force towards the wanted one at a frame (`starts`) start: down at
+    /// any frame, up only at a base-layer frame or a keyframe.
+    fn drops_temporal(&mut self, tid: u8, starts: bool, keyframe: bool) -> bool {
+        if starts && self.temporal_in_force != self.max_temporal {
             let lowering = match (self.temporal_in_force, self.max_temporal) {
                 (None, Some(_)) => true,
                 (Some(now), Some(wanted)) => wanted < now,
                 (_, None) => false,
             };
-            if lowering || t.tid == 0 || p.keyframe {
+            if lowering || tid == 0 || keyframe {
                 self.temporal_in_force = self.max_temporal;
             }
         }
-        self.temporal_in_force.is_some_and(|max| t.tid > max)
+        self.temporal_in_force.is_some_and(|max| tid > max)
     }
 
     /// The layer being forwarded.
@@ -237,7 +238,10 @@ impl LayerSwitcher {
                 self.vp8.start_source(&p.payload);
             }
         }
-        if self.drops_temporal(p) && self.rewriter.as_mut()?.drop_packet(p.seq) {
+        let drops = p
+            .temporal
+            .is_some_and(|t| self.drops_temporal(t.tid, t.frame_start, p.keyframe));
+        if drops && self.rewriter.as_mut()?.drop_packet(p.seq) {
             if vp8 {
                 self.vp8.drop_packet(&p.payload);
             }
@@ -312,7 +316,8 @@ impl LayerSwitcher {
             }
         }
         let current = self.current?;
-        if p.layer > current {
+        let thinned = self.drops_temporal(frame.temporal, picture_start, p.keyframe);
+        if p.layer > current || thinned {
             // Renumbered away; a late packet of a dropped layer is not forwarded either.
             self.rewriter.as_mut()?.drop_packet(p.seq);
             return None;
@@ -325,5 +330,100 @@ impl LayerSwitcher {
             marker: p.marker || (frame.end && p.layer == current),
             switched,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use str0m::format::{CodecSpec, FormatParams, PayloadParams};
+    use str0m::media::{Frequency, Pt};
+
+    use super::*;
+
+    /// One packet of a scalable VP9 stream: picture `picture` of temporal layer `tid`, spatial
+    /// layer `spatial`, one packet per layer frame.
+    fn svc_packet(picture: u64, spatial: u8, tid: u8, key: bool) -> ForwardedPacket {
+        let spec = CodecSpec {
+            codec: Codec::Vp9,
+            clock_rate: Frequency::NINETY_KHZ,
+            channels: None,
+            format: FormatParams::default(),
+        };
+        ForwardedPacket {
+            track: crate::ids::TrackId(1),
+            layer: spatial,
+            params: PayloadParams::new(Pt::from(98), None, spec),
+            seq: 1000 + picture * 2 + u64::from(spatial),
+            ts: (picture * 3000) as u32,
+            marker: spatial == 1,
+            keyframe: key && spatial == 0,
+            temporal: None,
+            svc: Some(SvcFrame {
+                start: true,
+                end: true,
+                temporal: tid,
+            }),
+            red: false,
+            descriptor: None,
+            payload: Arc::from(vec![picture as u8, spatial]),
+            audio_level: None,
+            voice_activity: None,
+            video_orientation: None,
+            arrival: Instant::now(),
+            capture: None,
+        }
+    }
+
+    /// Feeds pictures `pictures` (two spatial layers, temporal pattern 0 2 1 2, keyframe at 0)
+    /// and returns what was forwarded: (picture, spatial, outgoing seq, marker).
+    fn feed(s: &mut LayerSwitcher, pictures: std::ops::Range<u64>) -> Vec<(u64, u8, u64, bool)> {
+        let now = Instant::now();
+        let mut out = Vec::new();
+        for picture in pictures {
+            let tid = [0, 2, 1, 2][(picture % 4) as usize];
+            for spatial in 0..2 {
+                let p = svc_packet(picture, spatial, tid, picture == 0);
+                if let Some(f) = s.on_packet(&p, now) {
+                    out.push((picture, spatial, f.seq, f.marker));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_scalable_stream_is_thinned_whole_pictures_at_a_time_and_raised_at_a_base_picture() {
+        let mut s = LayerSwitcher::new(true);
+        s.set_target(Some(1));
+        let all = feed(&mut s, 0..8);
+        assert_eq!(all.len(), 16, "every picture, both layers");
+        // Half the frame rate: temporal layer 2 goes at the next picture.
+        s.set_max_temporal(Some(1));
+        let half = feed(&mut s, 8..16);
+        let pictures: Vec<u64> = half.iter().map(|f| f.0).collect();
+        assert_eq!(
+            pictures,
+            [8, 8, 10, 10, 12, 12, 14, 14],
+            "pictures of T0 and T1"
+        );
+        // A quarter: T0 only.
+        s.set_max_temporal(Some(0));
+        let quarter = feed(&mut s, 16..26);
+        let pictures: Vec<u64> = quarter.iter().map(|f| f.0).collect();
+        assert_eq!(pictures, [16, 16, 20, 20, 24, 24]);
+        // Back to every picture: not at picture 26 (T1, which references the T0 picture 24
+        // but follows the dropped 25 in its group) but from the next base-layer picture, 28.
+        s.set_max_temporal(None);
+        let back = feed(&mut s, 26..32);
+        assert_eq!(back.first().map(|f| f.0), Some(28));
+        assert_eq!(back.len(), 8, "28..32, both layers");
+        // One numbering without gaps, and the marker on each picture's top layer.
+        let sent: Vec<_> = [all, half, quarter, back].concat();
+        for pair in sent.windows(2) {
+            assert_eq!(pair[1].2, pair[0].2 + 1, "a gap at {pair:?}");
+        }
+        assert!(sent.iter().all(|f| f.3 == (f.1 == 1)));
     }
 }

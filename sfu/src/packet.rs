@@ -59,6 +59,8 @@ pub(crate) struct SvcFrame {
     pub(crate) start: bool,
     /// Last packet of the frame.
     pub(crate) end: bool,
+    /// Its temporal layer (every spatial layer of a picture has the same).
+    pub(crate) temporal: u8,
 }
 
 /// A data channel message, already wrapped with its sender's identity.

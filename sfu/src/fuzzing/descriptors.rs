@@ -54,7 +54,8 @@ pub fn svc_descriptors(data: &[u8]) {
         }
         for spatial in 0..8 {
             let mut rewriter = DescriptorRewriter::default();
-            let sent = rewriter.for_receiver(&forwarded, spatial);
+            let temporal = (spatial < 4).then_some(spatial);
+            let sent = rewriter.for_receiver(&forwarded, spatial, temporal);
             let again = match read(&sent.0, known.as_ref()) {
                 Ok(d) => d,
                 Err(e) => panic!("a rewrite for layer {spatial} does not read back: {e:?}"),
@@ -81,7 +82,7 @@ pub fn svc_descriptors(data: &[u8]) {
                 );
             }
         }
-        let sent = DescriptorRewriter::default().for_receiver(&forwarded, 7);
+        let sent = DescriptorRewriter::default().for_receiver(&forwarded, 7, None);
         assert!(
             Arc::ptr_eq(&sent, &raw),
             "a receiver of every layer gets the sender's bytes"

@@ -315,6 +315,7 @@ impl Publisher {
             svc: svc.map(|l| SvcFrame {
                 start: l.frame_start,
                 end: l.frame_end,
+                temporal: l.temporal,
             }),
             descriptor,
             payload: packet.payload,

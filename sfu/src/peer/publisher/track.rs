@@ -173,6 +173,10 @@ impl PublishedTrack {
         if self.route.active_layers.load(Ordering::Relaxed) & bit == 0 {
             self.route.mark_layer_active(layer);
         }
+        if layers.temporal > 0 && !self.route.has_temporal.load(Ordering::Relaxed) {
+            // Its upper temporal layers can be dropped for a viewer short of bandwidth.
+            self.route.has_temporal.store(true, Ordering::Relaxed);
+        }
         layer
     }
 

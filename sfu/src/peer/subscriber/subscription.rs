@@ -408,8 +408,9 @@ impl Subscription {
             ..ExtensionValues::default()
         };
         if let (Some(descriptor), Some(spatial)) = (&packet.descriptor, self.switcher.current()) {
+            let temporal = self.switcher.temporal_in_force();
             ext.user_values
-                .set_arc(self.descriptors.for_receiver(descriptor, spatial));
+                .set_arc(self.descriptors.for_receiver(descriptor, spatial, temporal));
         }
         let mut api = rtc.direct_api();
         let Some(tx) = api.stream_tx_by_mid(mid, None) else {
