@@ -86,7 +86,7 @@ control-api/tests/fuzz-rest-api.sh target/debug/sfu-server
 if [[ -z "${SKIP_BROWSER:-}" ]]; then
   step "browser tests (headless Chromium)"
   cargo build -j "$jobs" --workspace --all-targets
-  (cd web-demo/tests && SFU_SERVER_BIN="$root/target/debug/sfu-server" timeout 900 npm test --silent)
+  (cd web-demo/tests && SFU_SERVER_BIN="$root/target/debug/sfu-server" timeout 1500 npm test --silent)
 fi
 
 step "all tests passed"

@@ -81,6 +81,8 @@ async function updateRemote({ statsEl, track, trackId, simulcast, layered }) {
 
   const width = inbound.frameWidth ?? 0;
   const height = inbound.frameHeight ?? 0;
+  // The codec as the decoder sees it: "VP9", "AV1"...
+  const codec = report.get(inbound.codecId)?.mimeType?.split('/')[1]?.toUpperCase() ?? '';
   const fps = Math.round(inbound.framesPerSecond ?? 0);
   let kbps = 0;
   let loss = 0;
@@ -99,7 +101,7 @@ async function updateRemote({ statsEl, track, trackId, simulcast, layered }) {
   statsEl.dataset.width = String(width);
   statsEl.dataset.layer = layer?.name ?? '';
   statsEl.textContent = (width
-    ? `${width}×${height} · ${fps} fps · ${formatRate(kbps)}\nloss ${loss.toFixed(1)}%` +
+    ? `${codec ? `${codec} · ` : ''}${width}×${height} · ${fps} fps · ${formatRate(kbps)}\nloss ${loss.toFixed(1)}%` +
       (layer ? ` · layer ${layer.name} (${tag})` : ' · single layer') + (why ? `\n${why}` : '')
     : 'waiting for video…') + (e2ee ? `\n${e2ee}` : '');
 }

@@ -238,6 +238,67 @@ pub struct BotState {
     pub sent_before_drop: u64,
     /// Media sending is paused ([`Bot::pause_media`]; set once the bot has stopped).
     pub media_paused: bool,
+    /// RFC 4733 telephone events (DTMF) received, one per event (the latest packet of each),
+    /// at most [`MAX_TONES`].
+    pub tones: Vec<Tone>,
+}
+
+/// The most telephone events a bot keeps.
+pub const MAX_TONES: usize = 256;
+
+/// One RFC 4733 telephone event received (DTMF: events 0-9 are the digits, 10 `*`, 11 `#`,
+/// 12-15 `A`-`D`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tone {
+    /// The event's RTP timestamp (every packet of one event has its start's).
+    pub timestamp: u32,
+    /// The event code.
+    pub event: u8,
+    /// Its duration so far, in ticks of `clock_rate`.
+    pub duration: u16,
+    /// The end bit was seen.
+    pub ended: bool,
+    /// The payload type's clock rate (8000 or 48000).
+    pub clock_rate: u32,
+}
+
+impl Tone {
+    /// The DTMF character of the event (`?` for events outside 0-15).
+    pub fn digit(&self) -> char {
+        match self.event {
+            0..=9 => char::from(b'0' + self.event),
+            10 => '*',
+            11 => '#',
+            12..=15 => char::from(b'A' + self.event - 12),
+            _ => '?',
+        }
+    }
+
+    /// Its duration in milliseconds.
+    pub fn duration_ms(&self) -> u32 {
+        u32::from(self.duration) * 1000 / self.clock_rate.max(1)
+    }
+
+    /// Records one telephone-event packet into `tones`: a new event, or the latest state of
+    /// one already seen (its retransmitted end packets included).
+    pub fn record(tones: &mut Vec<Tone>, timestamp: u32, payload: &[u8], clock_rate: u32) {
+        let [event, flags, hi, lo, ..] = *payload else {
+            return;
+        };
+        let tone = Tone {
+            timestamp,
+            event,
+            duration: u16::from_be_bytes([hi, lo]),
+            ended: flags & 0x80 != 0,
+            clock_rate,
+        };
+        if let Some(t) = tones.iter_mut().rev().find(|t| t.timestamp == timestamp) {
+            t.duration = t.duration.max(tone.duration);
+            t.ended |= tone.ended;
+        } else if tones.len() < MAX_TONES {
+            tones.push(tone);
+        }
+    }
 }
 
 impl BotState {
@@ -1089,6 +1150,19 @@ impl Bots<'_> {
                         .codec_config()
                         .find(|p| p.pt() == packet.header.payload_type)
                         .map(|p| p.spec().codec);
+                    if codec == Some(Codec::Tele) {
+                        let rate = sub
+                            .rtc
+                            .codec_config()
+                            .find(|p| p.pt() == packet.header.payload_type)
+                            .map_or(8000, |p| p.spec().clock_rate.get());
+                        Tone::record(
+                            &mut state.tones,
+                            packet.header.timestamp,
+                            &packet.payload,
+                            rate,
+                        );
+                    }
                     let kind = match codec {
                         Some(Codec::Vp8) if self.config.verify_payloads => PayloadKind::Vp8,
                         Some(Codec::Opus) if self.config.verify_payloads => PayloadKind::Opus,

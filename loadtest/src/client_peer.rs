@@ -10,6 +10,8 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use str0m::format::{Codec, FormatParams};
+use str0m::media::{Frequency, Pt};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, Input, Output, Rtc, RtcError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -82,14 +84,31 @@ impl ClientPeer {
                 )
             }
         };
-        let mut rtc = Rtc::builder()
+        let mut config = Rtc::builder()
             .set_rtp_mode(true)
             .clear_codecs()
             .enable_vp8(true)
             .enable_h264(true)
             .enable_opus(true, false)
-            .set_stats_interval(stats.then_some(Duration::from_secs(1)))
-            .build(now);
+            .enable_pcmu(true, false)
+            .enable_pcma(true, false)
+            .set_stats_interval(stats.then_some(Duration::from_secs(1)));
+        // RFC 4733 telephone events (DTMF) beside Opus and G.711, at the payload types
+        // Chromium uses: a bot hears the digits a browser sends.
+        for (pt, rate) in [
+            (110, Frequency::FORTY_EIGHT_KHZ),
+            (126, Frequency::EIGHT_KHZ),
+        ] {
+            config.codec_config().add_config(
+                Pt::from(pt),
+                None,
+                Codec::Tele,
+                rate,
+                None,
+                FormatParams::default(),
+            );
+        }
+        let mut rtc = config.build(now);
         let candidate = Candidate::host(local, "udp").map_err(io::Error::other)?;
         rtc.add_local_candidate(candidate);
         // Start the state machine's clock now: str0m's ICE agent has no time until its first

@@ -358,6 +358,7 @@ export function sampleRemoteMedia(participant, sampleMs = 2_000) {
       const video = tile.querySelector('video');
       let framesDecoded = 0;
       let audioPackets = 0;
+      let audioEnergy = 0;
       const videoCodecs = [];
       const audioCodecs = [];
       for (const [trackId, track] of remote?.tracks ?? []) {
@@ -373,6 +374,7 @@ export function sampleRemoteMedia(participant, sampleMs = 2_000) {
           }
           if (r.kind === 'audio') {
             audioPackets += r.packetsReceived ?? 0;
+            audioEnergy += r.totalAudioEnergy ?? 0;
             const codec = r.codecId && stats.get(r.codecId);
             if (codec && r.packetsReceived > 0) audioCodecs.push(codec.mimeType.toLowerCase());
           }
@@ -383,6 +385,7 @@ export function sampleRemoteMedia(participant, sampleMs = 2_000) {
         videoWidth: video.videoWidth,
         framesDecoded,
         audioPackets,
+        audioEnergy,
         videoCodecs,
         audioCodecs,
       };

@@ -1,7 +1,8 @@
 // Two headless Chromium participants in one room, with VP8, with H264 and with VP9 (`?codec=`,
 // each in three simulcast layers), and with VP8 and a microphone offered in G.711 alone
-// (`?audio=pcmu`, as a phone would): each must see and hear the other (decoded with the codecs
-// asked for), move the other's tile between simulcast layers with its quality menu, and chat.
+// (`?audio=pcmu`, `?audio=pcma`, as a phone would): each must see and hear the other (decoded
+// with the codecs asked for, audio energy growing), move the other's tile between simulcast
+// layers with its quality menu, and chat.
 //
 //   cd web-demo/tests && npm install && npm test
 //
@@ -17,7 +18,7 @@ import {
   waitUntil, describeTiles, sampleRemoteMedia,
 } from './harness.mjs';
 
-const TOTAL_BUDGET_MS = 300_000;
+const TOTAL_BUDGET_MS = 420_000;
 const MEDIA_MS = 15_000;
 const SAMPLE_MS = 2_000;
 const CHAT_MS = 10_000;
@@ -30,6 +31,7 @@ const CASES = [
   { codec: 'h264', audio: 'opus', layers: true },
   { codec: 'vp9', audio: 'opus', layers: true },
   { codec: 'vp8', audio: 'pcmu', layers: false },
+  { codec: 'vp8', audio: 'pcma', layers: false },
 ];
 /** A switch to another simulcast layer (a keyframe of it asked for and forwarded). */
 const LAYER_MS = 20_000;
@@ -75,6 +77,8 @@ for (const { codec, audio, layers } of CASES) describe(`two participants in one 
       assert.ok(tile.second.videoWidth > 0, `remote video has no size; ${detail}`);
       assert.ok(tile.second.framesDecoded > tile.first.framesDecoded, `remote video is not advancing over ${SAMPLE_MS} ms; ${detail}`);
       assert.ok(tile.second.audioPackets > tile.first.audioPackets, `no inbound audio packets over ${SAMPLE_MS} ms; ${detail}`);
+      // The fake microphone beeps: energy grows only if the audio decodes (is heard).
+      assert.ok(tile.second.audioEnergy > tile.first.audioEnergy, `the remote audio is not heard over ${SAMPLE_MS} ms; ${detail}`);
       assert.deepEqual(tile.second.videoCodecs, [`video/${codec}`], `decoded with the codec asked for; ${detail}`);
       assert.deepEqual(tile.second.audioCodecs, [`audio/${audio}`], `audio received in the codec offered; ${detail}`);
     }
