@@ -345,11 +345,12 @@ for (const codec of CODECS) {
   });
 }
 
-// VP9 L1T3: one spatial layer with three temporal layers (the scalable path with a single
-// layer). The viewer decodes the full picture at the full frame rate, is told the track has
-// one layer, and its menu has nothing to choose.
-describe('VP9 SVC (L1T3): one spatial layer, three temporal layers', { skip: !CODECS.includes('vp9') }, () => {
-  const room = `svc-l1t3-${randomBytes(4).toString('hex')}`;
+// L1T3: one spatial layer with three temporal layers (the scalable path with a single layer:
+// VP9 read from its payload descriptor, H264 from the Dependency Descriptor Chromium attaches).
+// The viewer decodes the full picture without freezing, is told the track has one layer, and
+// gets every temporal layer once its estimate carries them.
+for (const codec of ['vp9', 'h264'].filter((c) => c !== 'vp9' || CODECS.includes('vp9'))) describe(`${codec.toUpperCase()} SVC (L1T3): one spatial layer, three temporal layers`, () => {
+  const room = `svc-l1t3-${codec}-${randomBytes(4).toString('hex')}`;
   let alice;
   let bob;
   const everyone = () => [alice, bob].filter(Boolean);
@@ -364,7 +365,7 @@ describe('VP9 SVC (L1T3): one spatial layer, three temporal layers', { skip: !CO
     if (failed) throw failed.reason;
     const base = results[0].value;
     await Promise.all(everyone().map((p) => p.page.addInitScript(recordLayerStates)));
-    await alice.page.goto(callUrl(base, room, alice.name, { codec: 'vp9', svc: 'L1T3' }), { waitUntil: 'load' });
+    await alice.page.goto(callUrl(base, room, alice.name, { codec, svc: 'L1T3' }), { waitUntil: 'load' });
     await bob.page.goto(callUrl(base, room, bob.name, { role: 'viewer' }), { waitUntil: 'load' });
   }, { timeout: 60_000 });
 
@@ -374,21 +375,27 @@ describe('VP9 SVC (L1T3): one spatial layer, three temporal layers', { skip: !CO
   }, { timeout: 30_000 });
 
   it('alice sends one L1T3 encoding; bob decodes it 1280 wide as one layer, without freezing', { timeout: RAMP_MS + STEADY_MS + 20_000 }, async (t) => {
-    const sent = await pollUntil(alice, 'sends one VP9 camera stream 1280 wide', sentVideo, null,
-      (s) => s?.outbound?.length === 1 && s.outbound[0].frameWidth === 1280 && s.outbound[0].codec === 'video/vp9',
+    const sent = await pollUntil(alice, `sends one ${codec} camera stream 1280 wide`, sentVideo, null,
+      (s) => s?.outbound?.length === 1 && s.outbound[0].frameWidth === 1280 && s.outbound[0].codec === `video/${codec}`,
       { timeout: RAMP_MS, every: 1_000 });
     assert.equal(sent.encodings[0].scalabilityMode, 'L1T3', JSON.stringify(sent));
     if (sent.outbound[0].reportsMode) assert.equal(sent.outbound[0].scalabilityMode, 'L1T3', JSON.stringify(sent));
-    const first = await aliceWidthAt(bob, 1280, { timeout: RAMP_MS });
+    await aliceWidthAt(bob, 1280, { timeout: RAMP_MS });
+    // A single layer above the new viewer's first estimate starts thinned to fewer temporal
+    // layers (`max_temporal`) and gets them all once the estimate grows.
+    const first = await pollUntil(bob, 'gets every temporal layer', receivedVideo, ['alice'],
+      (v) => v?.layerState && v.layerState.max_temporal == null, { timeout: RAMP_MS });
     await sleep(STEADY_MS);
     const last = await withTimeout(bob.page.evaluate(receivedVideo, ['alice']), 5_000, 'reading bob\'s tile');
     const detail = `${JSON.stringify(first)} -> ${JSON.stringify(last)}`;
     t.diagnostic(`bob: ${last.framesDecoded - first.framesDecoded} frames in ${STEADY_MS} ms, ${last.framesPerSecond} fps; layer_state ${JSON.stringify(last.layerState)}`);
-    assert.equal(last.codec, 'video/vp9', detail);
+    assert.equal(last.codec, `video/${codec}`, detail);
     assert.equal(last.videoWidth, 1280, detail);
     assert.equal(last.layerState?.layers, 1, `one layer (no spatial layers to choose); ${detail}`);
-    assert.equal(last.layerState?.max_temporal ?? null, null, `every temporal layer forwarded on an open link; ${detail}`);
-    assert.ok(last.framesDecoded - first.framesDecoded >= 10 * (STEADY_MS / 1_000), `the full frame rate (fake camera 20 fps); ${detail}`);
+    t.diagnostic(`bob's layer states: ${last.layerHistory?.join(', ')}`);
+    // The fake camera sends 20 fps; a viewer whose estimate dips below the one layer gets a
+    // half or a quarter of them (temporal layers dropped), still a moving picture.
+    assert.ok(last.framesDecoded - first.framesDecoded >= 5 * (STEADY_MS / 1_000), `at least 5 fps; ${detail}`);
     assert.ok(last.totalFreezesDuration - first.totalFreezesDuration < 0.5, `no freeze; ${detail}`);
     assert.ok(last.pliCount - first.pliCount <= 1, `no decode errors; ${detail}`);
   });

@@ -246,11 +246,12 @@ impl Publisher {
             return;
         };
         // A scalable stream (one SSRC, no simulcast): its spatial layers are the layers, read
-        // from the VP9 payload descriptor or the AV1 Dependency Descriptor.
+        // from the VP9 payload descriptor, or from the Dependency Descriptor when an AV1 or
+        // H264 stream carries one (VP8 has its own temporal layer fields).
         let mut descriptor = None;
         let svc = match codec {
             Codec::Vp9 if track.rids.is_empty() => vp9_layers(&packet.payload),
-            Codec::Av1 if track.rids.is_empty() => {
+            Codec::Av1 | Codec::H264 if track.rids.is_empty() => {
                 match ext.user_values.get_arc::<RawDescriptor>() {
                     Some(raw) => {
                         let Some((layers, forwarded)) = track.descriptors.read(raw) else {
