@@ -10,7 +10,7 @@
 )]
 
 pub mod assets;
-pub mod auth;
+pub use sfu_protocol::auth;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
@@ -18,7 +18,7 @@ pub mod http;
 pub mod metrics;
 pub mod origin;
 pub mod outbox;
-pub mod protocol;
+pub use sfu_protocol::protocol;
 pub mod rate_limit;
 pub mod revoked;
 pub mod room;

@@ -9,7 +9,6 @@ use std::time::Duration;
 use aws_lc_rs::hmac;
 use axum::http::HeaderValue;
 use base64::Engine;
-use serde::{Deserialize, Serialize};
 
 /// Where the relays are and how to sign their credentials.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,16 +21,7 @@ pub struct TurnConfig {
     pub ttl: Duration,
 }
 
-/// One entry of `RTCConfiguration.iceServers`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct IceServer {
-    /// The relay URLs these credentials are for.
-    pub urls: Vec<String>,
-    /// TURN username (`EXPIRY:IDENTITY`).
-    pub username: String,
-    /// TURN password.
-    pub credential: String,
-}
+pub use crate::protocol::IceServer;
 
 impl TurnConfig {
     /// Checks the configuration: at least one relay, each a `turn:` or `turns:` URL, and a

@@ -336,7 +336,7 @@ impl BotState {
     }
 
     /// The server error that stopped or refused the bot, if any.
-    pub fn error(&self) -> Option<(control_api::protocol::ErrorCode, String)> {
+    pub fn error(&self) -> Option<(sfu_protocol::protocol::ErrorCode, String)> {
         self.messages.iter().find_map(|m| match m {
             ServerMessage::Error { code, message } => Some((*code, message.clone())),
             _ => None,

@@ -16,7 +16,7 @@ use crate::media_encode::{EncodeError, LayerSpec, OpusEncoder, SimulcastEncoder}
 use crate::media_input::{AudioInput, InputError, InputSpec, VideoInput};
 use crate::media_out::{KeyframeRequests, LiveFeed, LiveFrame};
 use crate::signal::SignalError;
-use control_api::protocol::ErrorCode;
+use sfu_protocol::protocol::ErrorCode;
 
 /// How long the media connection may take to come up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

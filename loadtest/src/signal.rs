@@ -8,7 +8,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 
-pub use control_api::protocol::{ClientMessage, ServerMessage};
+pub use sfu_protocol::protocol::{ClientMessage, ServerMessage};
 
 /// Errors of the signalling connection.
 #[derive(Debug, thiserror::Error)]

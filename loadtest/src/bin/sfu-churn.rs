@@ -8,8 +8,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use control_api::auth::{DEV_API_KEY, DEV_API_SECRET};
 use loadtest::swarm::churn::{ChurnPlan, churn};
+use sfu_protocol::auth::{DEV_API_KEY, DEV_API_SECRET};
 
 #[derive(Parser)]
 #[command(

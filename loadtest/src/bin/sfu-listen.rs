@@ -7,9 +7,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use control_api::auth::{ApiKeys, Claims, DEV_API_KEY, DEV_API_SECRET, Grants};
 use loadtest::bot::{Bot, BotConfig};
 use loadtest::publish;
+use sfu_protocol::auth::{ApiKeys, Claims, DEV_API_KEY, DEV_API_SECRET, Grants};
 
 #[derive(Parser)]
 #[command(

@@ -7,10 +7,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use control_api::auth::{ApiKeys, Claims, DEV_API_KEY, DEV_API_SECRET, Grants};
 use loadtest::devices;
 use loadtest::media_input::{InputKind, InputSpec};
 use loadtest::publish::{self, Capture, PublishError, PublishOptions, PublishProtocol};
+use sfu_protocol::auth::{ApiKeys, Claims, DEV_API_KEY, DEV_API_SECRET, Grants};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum ProtocolArg {

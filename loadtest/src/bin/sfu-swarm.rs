@@ -8,12 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use control_api::auth::{DEV_API_KEY, DEV_API_SECRET};
 use loadtest::bot::MediaSource;
 use loadtest::clip::{Clip, ClipSpec};
 use loadtest::swarm::report::{MediaInfo, Report, Thresholds};
 use loadtest::swarm::run::{RunOptions, run};
 use loadtest::swarm::scenario::{Media, Protocol, Role, Scenario};
+use sfu_protocol::auth::{DEV_API_KEY, DEV_API_SECRET};
 
 /// Named scenarios.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -7,11 +7,11 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use control_api::auth::{ApiKeys, Claims, Grants};
-use control_api::protocol::{ClientMessage, ErrorCode, QualityName};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
+use sfu_protocol::auth::{ApiKeys, Claims, Grants};
+use sfu_protocol::protocol::{ClientMessage, ErrorCode, QualityName};
 
 use crate::bot::{Bot, BotConfig};
 use crate::server_probe::{http_get, metric};
@@ -297,7 +297,7 @@ fn bot_config(plan: &ChurnPlan, room: &str, tag: u32, publishes: bool) -> Option
 fn note_errors(bot: &Bot, report: &mut ChurnReport) {
     bot.with_state(|s| {
         for m in &s.messages {
-            if let control_api::protocol::ServerMessage::Error { code, message } = m
+            if let sfu_protocol::protocol::ServerMessage::Error { code, message } = m
                 && !matches!(code, ErrorCode::UnknownTrack)
             {
                 let what: String = format!("{code:?}: {message}").chars().take(100).collect();

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use control_api::auth::{ApiKeys, Claims, Grants};
 use serde::Serialize;
+use sfu_protocol::auth::{ApiKeys, Claims, Grants};
 
 use crate::bot::{BotConfig, MediaSource, Transport};
 
@@ -296,8 +296,8 @@ pub(crate) mod tests {
             speech: false,
             mute_every: None,
             room_prefix: "swarm".into(),
-            api_key: control_api::auth::DEV_API_KEY.into(),
-            api_secret: control_api::auth::DEV_API_SECRET.into(),
+            api_key: sfu_protocol::auth::DEV_API_KEY.into(),
+            api_secret: sfu_protocol::auth::DEV_API_SECRET.into(),
             bearer: None,
             ice_tcp: None,
         }

@@ -233,7 +233,7 @@ pub enum ServerMessage {
         /// TURN relays and credentials for both peer connections (`RTCConfiguration`'s
         /// `iceServers`); empty when the server has none configured.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
-        ice_servers: Vec<crate::turn::IceServer>,
+        ice_servers: Vec<IceServer>,
         /// Secret that lets a new socket carry on this session (`resume`) if this one drops;
         /// absent when the server does not resume sessions.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -415,6 +415,18 @@ pub fn parse_numbered_client_message(text: &str) -> Result<(ClientMessage, Optio
     let message = serde_json::from_value(value)
         .map_err(|e| Refusal::new(ErrorCode::BadMessage, format!("bad {kind:?} message: {e}")))?;
     Ok((message, seq))
+}
+
+/// One entry of `RTCConfiguration.iceServers`: a TURN relay and its credentials.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct IceServer {
+    /// The relay URLs these credentials are for.
+    pub urls: Vec<String>,
+    /// TURN username (`EXPIRY:IDENTITY`).
+    pub username: String,
+    /// TURN password.
+    pub credential: String,
 }
 
 #[cfg(test)]
