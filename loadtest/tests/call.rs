@@ -88,6 +88,41 @@ async fn a_viewer_alone_in_a_room_connects_and_receives_who_comes_later() {
     drop(publisher);
 }
 
+/// A track published into a room of viewers spread over both media workers reaches every one
+/// of them (the room subscribes them all with one command per worker), intact and starting on
+/// a keyframe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_track_published_into_a_room_of_viewers_on_every_worker_reaches_them_all() {
+    let server = start_server(2).await;
+    let viewers: Vec<Bot> = (0..6)
+        .map(|i| bot(&server, "many", &format!("viewer-{i}"), false, 20 + i))
+        .collect();
+    for v in &viewers {
+        assert!(v.wait_for(WAIT, |s| s.subscribe_connected).await);
+    }
+    let publisher = bot(&server, "many", "publisher", true, 1);
+    for (i, v) in viewers.iter().enumerate() {
+        assert!(
+            v.wait_for(WAIT, |s| receives_from(s, &[1], 30)).await,
+            "viewer {i} receives the track published after it joined"
+        );
+        assert_clean(&format!("viewer {i}"), &v.state(), &[1]);
+    }
+    let sfu = server.sfu();
+    let tracks = sfu.tracks().await;
+    let video = tracks
+        .iter()
+        .find(|t| t.subscribers.len() == viewers.len())
+        .expect("a track with every viewer");
+    let workers: std::collections::BTreeSet<usize> = video
+        .subscribers
+        .iter()
+        .filter_map(|p| sfu.worker_of_peer_for_tests(*p))
+        .collect();
+    assert_eq!(workers.len(), 2, "the viewers are on both workers");
+    drop(publisher);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_participants_exchange_media_and_data_and_leave_cleanly() {
     let server = start_server(2).await;

@@ -60,6 +60,14 @@ pub(crate) enum Command {
         track: TrackId,
         reply: Reply<()>,
     },
+    /// Start sending a track to several subscribers of this worker (a track published into
+    /// a room with many viewers: one command per worker, not one per viewer). Replies with
+    /// the subscribers it could not be sent to, and why.
+    SubscribeMany {
+        peers: Vec<PeerId>,
+        track: TrackId,
+        reply: oneshot::Sender<Vec<(PeerId, SfuError)>>,
+    },
     /// Stop sending a track to a subscriber.
     Unsubscribe {
         peer: PeerId,

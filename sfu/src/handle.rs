@@ -332,6 +332,59 @@ impl Sfu {
             .await
     }
 
+    /// Starts sending a track to many subscribers at once: one command per worker, all
+    /// workers at the same time (a track published into a room with thousands of viewers
+    /// costs a few round trips, not one per viewer). Returns the subscribers it could not be
+    /// sent to, and why.
+    pub async fn subscribe_all(&self, peers: &[PeerId], track: TrackId) -> Vec<(PeerId, SfuError)> {
+        let mut failed = Vec::new();
+        let mut by_worker: Vec<Vec<PeerId>> = Vec::new();
+        for &peer in peers {
+            match self.worker_of(peer) {
+                Ok(worker) => {
+                    if by_worker.len() <= worker {
+                        by_worker.resize_with(worker + 1, Vec::new);
+                    }
+                    if let Some(group) = by_worker.get_mut(worker) {
+                        group.push(peer);
+                    }
+                }
+                Err(e) => failed.push((peer, e)),
+            }
+        }
+        // Every worker's command is sent before any answer is awaited: they work together.
+        let mut pending = Vec::new();
+        for (worker, peers) in by_worker.into_iter().enumerate() {
+            if peers.is_empty() {
+                continue;
+            }
+            let (reply, answer) = oneshot::channel();
+            let sent = match self.commands(worker) {
+                Ok(commands) => commands
+                    .send(Command::SubscribeMany {
+                        peers: peers.clone(),
+                        track,
+                        reply,
+                    })
+                    .await
+                    .is_ok(),
+                Err(_) => false,
+            };
+            if sent {
+                pending.push((peers, answer));
+            } else {
+                failed.extend(peers.into_iter().map(|p| (p, SfuError::Shutdown)));
+            }
+        }
+        for (peers, answer) in pending {
+            match answer.await {
+                Ok(refused) => failed.extend(refused),
+                Err(_) => failed.extend(peers.into_iter().map(|p| (p, SfuError::Shutdown))),
+            }
+        }
+        failed
+    }
+
     /// Stops sending a track to a subscriber.
     pub async fn unsubscribe(&self, peer: PeerId, track: TrackId) -> Result<(), SfuError> {
         let worker = self.worker_of(peer)?;

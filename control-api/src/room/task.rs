@@ -399,10 +399,9 @@ impl RoomTask {
             Some(&info),
         );
         self.broadcast(&ServerMessage::TrackPublished { track: info }, None);
-        for subscriber in receivers {
-            if let Err(e) = self.sfu.subscribe(subscriber, id).await {
-                debug!(%subscriber, error = %e, "auto-subscribe failed");
-            }
+        // Every receiver at once: one command per media worker.
+        for (subscriber, e) in self.sfu.subscribe_all(&receivers, id).await {
+            debug!(%subscriber, error = %e, "auto-subscribe failed");
         }
     }
 

@@ -508,6 +508,25 @@ impl WorkerCore {
                 });
                 let _ = reply.send(result);
             }
+            Command::SubscribeMany {
+                peers,
+                track,
+                reply,
+            } => {
+                let failed = peers
+                    .into_iter()
+                    .filter_map(|peer| {
+                        self.on_subscriber(peer, now, |s, rtc, info, ctx| {
+                            s.subscribe(track, info, ctx)?;
+                            s.maybe_offer(rtc, info);
+                            Ok(())
+                        })
+                        .err()
+                        .map(|e| (peer, e))
+                    })
+                    .collect();
+                let _ = reply.send(failed);
+            }
             Command::Unsubscribe { peer, track, reply } => {
                 let result = self.on_subscriber(peer, now, |s, rtc, info, ctx| {
                     s.unsubscribe(track, ctx);
