@@ -21,4 +21,5 @@ pub mod server_probe;
 pub mod signal;
 pub mod swarm;
 pub mod synthetic;
+pub mod token;
 pub mod vp8_rtp;

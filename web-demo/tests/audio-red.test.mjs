@@ -13,8 +13,8 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import {
-  startServer, stopServer, startWatchdog, launchParticipant, closeParticipant, callUrl, waitUntil,
-  describeTiles, sleep, withTimeout,
+  stopServer, startWatchdog, closeParticipant, callUrl, waitUntil, describeTiles, sleep, withTimeout,
+  startServerAndParticipants,
 } from './harness.mjs';
 
 const TOTAL_BUDGET_MS = 120_000;
@@ -81,22 +81,16 @@ async function metric(base, name) {
 
 describe('Opus with RED: a viewer with RED and one without both hear the publisher', () => {
   const room = `red-${randomBytes(4).toString('hex')}`;
+  const started = {};
   let base;
   let alice;
   let bob;
   let carol;
-  const everyone = () => [alice, bob, carol].filter(Boolean);
+  const everyone = () => Object.values(started);
 
   before(async () => {
-    const results = await Promise.allSettled([
-      startServer(),
-      launchParticipant('alice').then((p) => { alice = p; }),
-      launchParticipant('bob').then((p) => { bob = p; }),
-      launchParticipant('carol').then((p) => { carol = p; }),
-    ]);
-    const failed = results.find((r) => r.status === 'rejected');
-    if (failed) throw failed.reason;
-    base = results[0].value;
+    base = await startServerAndParticipants(['alice', 'bob', 'carol'], started);
+    ({ alice, bob, carol } = started);
     await Promise.all(everyone().map((p) => p.page.addInitScript(keepPeerConnections)));
     await carol.page.addInitScript(answerWithoutRed);
     await alice.page.goto(callUrl(base, room, alice.name), { waitUntil: 'load' });

@@ -14,8 +14,8 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import {
-  startServer, stopServer, startWatchdog, launchParticipant, closeParticipant, callUrl,
-  diagnostics, sleep, withTimeout,
+  stopServer, startWatchdog, closeParticipant, callUrl, sleep, withTimeout, chooseQuality, pollUntil,
+  startServerAndParticipants,
 } from './harness.mjs';
 
 const TOTAL_BUDGET_MS = 150_000;
@@ -61,46 +61,17 @@ async function receivedVideo([name]) {
   return out;
 }
 
-/** In-page: picks `quality` in the menu of `name`'s tile. */
-function chooseQuality([name, quality]) {
-  const tile = [...document.querySelectorAll('[data-testid="tile"]')]
-    .find((t) => t.querySelector('.tile-name')?.textContent === name);
-  const select = tile.querySelector('select.quality');
-  select.value = quality;
-  select.dispatchEvent(new Event('change'));
-}
-
-async function pollUntil(participant, what, fn, arg, ok, { timeout = STEP_MS, every = 250 } = {}) {
-  const deadline = Date.now() + timeout;
-  let last;
-  for (;;) {
-    last = await withTimeout(participant.page.evaluate(fn, arg), 5_000, `evaluating in ${participant.name}'s page`)
-      .catch((err) => ({ error: err.message }));
-    if (ok(last)) return last;
-    if (Date.now() >= deadline) break;
-    await sleep(every);
-  }
-  throw new Error(`${participant.name}: ${what} (not within ${timeout} ms); last seen: ${JSON.stringify(last)}\n` +
-    await diagnostics(participant));
-}
-
 describe('end-to-end encryption: the same passphrase sees and hears, another decodes nothing', () => {
   const room = `e2ee-${randomBytes(4).toString('hex')}`;
+  const started = {};
   let alice;
   let bob;
   let carol;
-  const everyone = () => [alice, bob, carol].filter(Boolean);
+  const everyone = () => Object.values(started);
 
   before(async () => {
-    const results = await Promise.allSettled([
-      startServer(),
-      launchParticipant('alice').then((p) => { alice = p; }),
-      launchParticipant('bob').then((p) => { bob = p; }),
-      launchParticipant('carol').then((p) => { carol = p; }),
-    ]);
-    const failed = results.find((r) => r.status === 'rejected');
-    if (failed) throw failed.reason;
-    const base = results[0].value;
+    const base = await startServerAndParticipants(['alice', 'bob', 'carol'], started);
+    ({ alice, bob, carol } = started);
     await Promise.all([alice, bob].map((p) => p.page.goto(callUrl(base, room, p.name, { e2ee: PASSPHRASE }), { waitUntil: 'load' })));
     await carol.page.goto(callUrl(base, room, carol.name, { role: 'viewer', e2ee: 'another passphrase' }), { waitUntil: 'load' });
   }, { timeout: 60_000 });

@@ -396,3 +396,46 @@ export function sampleRemoteMedia(participant, sampleMs = 2_000) {
     return first.map((f, i) => ({ name: f.name, first: f, second: second[i] }));
   }, sampleMs), sampleMs + 5_000, `sampling ${participant.name}'s media`);
 }
+
+/** In-page: picks `quality` in the menu of `name`'s tile (as a click would: a `change` event). */
+export function chooseQuality([name, quality]) {
+  const tile = [...document.querySelectorAll('[data-testid="tile"]')]
+    .find((t) => t.querySelector('.tile-name')?.textContent === name);
+  const select = tile.querySelector('select.quality');
+  select.value = quality;
+  select.dispatchEvent(new Event('change'));
+}
+
+/**
+ * Polls `fn(arg)` in the participant's page until `ok(value)`; on timeout fails with `what`,
+ * the last value seen and the page's diagnostics. Resolves with the value that passed.
+ */
+export async function pollUntil(participant, what, fn, arg, ok, { timeout = 20_000, every = 250 } = {}) {
+  const deadline = Date.now() + timeout;
+  let last;
+  for (;;) {
+    last = await withTimeout(participant.page.evaluate(fn, arg), 5_000, `evaluating in ${participant.name}'s page`)
+      .catch((err) => ({ error: err.message }));
+    if (ok(last)) return last;
+    if (Date.now() >= deadline) break;
+    await sleep(every);
+  }
+  throw new Error(`${participant.name}: ${what} (not within ${timeout} ms); last seen: ${JSON.stringify(last)}\n` +
+    await diagnostics(participant));
+}
+
+/**
+ * Starts the server and launches a browser per name, at the same time; each participant is
+ * put in `into[name]` as soon as it is up (so an `after` can close those that started even
+ * if another failed). Resolves with the server's base URL.
+ */
+export async function startServerAndParticipants(names, into, serverArgs = []) {
+  const results = await Promise.allSettled([
+    startServer(serverArgs),
+    ...names.map((name) => launchParticipant(name).then((p) => { into[name] = p; })),
+  ]);
+  const failed = results.find((r) => r.status === 'rejected');
+  if (failed) throw failed.reason;
+  return results[0].value;
+}
+

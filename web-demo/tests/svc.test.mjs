@@ -18,7 +18,8 @@ import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import {
   ARTIFACTS, startServer, stopServer, startWatchdog, launchParticipant, closeParticipant, callUrl,
-  waitUntil, describeTiles, sampleRemoteMedia, diagnostics, sleep, withTimeout,
+  waitUntil, describeTiles, sampleRemoteMedia, sleep, withTimeout, chooseQuality, pollUntil,
+  startServerAndParticipants,
 } from './harness.mjs';
 
 const TOTAL_BUDGET_MS = 600_000;
@@ -143,36 +144,9 @@ async function sentVideo() {
   };
 }
 
-/** In-page: picks `quality` in the menu of `name`'s tile (as a click would: a `change` event). */
-function chooseQuality([name, quality]) {
-  const tile = [...document.querySelectorAll('[data-testid="tile"]')]
-    .find((t) => t.querySelector('.tile-name')?.textContent === name);
-  const select = tile.querySelector('select.quality');
-  select.value = quality;
-  select.dispatchEvent(new Event('change'));
-}
-
 // ---------------------------------------------------------------------------------------------
-// Waiting on getStats (async in the page, so polled from here).
+// Waiting on getStats (async in the page, so polled from here: harness.mjs's pollUntil).
 // ---------------------------------------------------------------------------------------------
-
-/**
- * Polls `fn(arg)` in the participant's page until `ok(value)`; on timeout fails with `what`,
- * the last value seen and the page's diagnostics. Resolves with the value that passed.
- */
-async function pollUntil(participant, what, fn, arg, ok, { timeout = STEP_MS, every = 250 } = {}) {
-  const deadline = Date.now() + timeout;
-  let last;
-  for (;;) {
-    last = await withTimeout(participant.page.evaluate(fn, arg), 5_000, `evaluating in ${participant.name}'s page`)
-      .catch((err) => ({ error: err.message }));
-    if (ok(last)) return last;
-    if (Date.now() >= deadline) break;
-    await sleep(every);
-  }
-  throw new Error(`${participant.name}: ${what} (not within ${timeout} ms); last seen: ${JSON.stringify(last)}\n` +
-    await diagnostics(participant));
-}
 
 /** Waits until `viewer` decodes alice's camera `width` wide (or, with `above`, wider than that). */
 function aliceWidthAt(viewer, width, { above = false, timeout = STEP_MS } = {}) {
@@ -351,19 +325,14 @@ for (const codec of CODECS) {
 // gets every temporal layer once its estimate carries them.
 for (const codec of ['vp9', 'h264'].filter((c) => c !== 'vp9' || CODECS.includes('vp9'))) describe(`${codec.toUpperCase()} SVC (L1T3): one spatial layer, three temporal layers`, () => {
   const room = `svc-l1t3-${codec}-${randomBytes(4).toString('hex')}`;
+  const started = {};
   let alice;
   let bob;
-  const everyone = () => [alice, bob].filter(Boolean);
+  const everyone = () => Object.values(started);
 
   before(async () => {
-    const results = await Promise.allSettled([
-      startServer(),
-      launchParticipant('alice').then((p) => { alice = p; }),
-      launchParticipant('bob').then((p) => { bob = p; }),
-    ]);
-    const failed = results.find((r) => r.status === 'rejected');
-    if (failed) throw failed.reason;
-    const base = results[0].value;
+    const base = await startServerAndParticipants(['alice', 'bob'], started);
+    ({ alice, bob } = started);
     await Promise.all(everyone().map((p) => p.page.addInitScript(recordLayerStates)));
     await alice.page.goto(callUrl(base, room, alice.name, { codec, svc: 'L1T3' }), { waitUntil: 'load' });
     await bob.page.goto(callUrl(base, room, bob.name, { role: 'viewer' }), { waitUntil: 'load' });

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use loadtest::bot::{Bot, BotConfig};
 use loadtest::publish;
-use sfu_protocol::auth::{ApiKeys, Claims, DEV_API_KEY, DEV_API_SECRET, Grants};
+use loadtest::token::{self, Role};
+use sfu_protocol::auth::{DEV_API_KEY, DEV_API_SECRET};
 
 #[derive(Parser)]
 #[command(
@@ -59,20 +60,9 @@ fn main() -> ExitCode {
     let token = match args.token.clone() {
         Some(t) => t,
         None => {
-            let grants = Grants {
-                room: Some(args.room.clone()),
-                room_join: true,
-                can_publish: Some(false),
-                can_subscribe: Some(true),
-                ..Grants::default()
-            };
-            let claims = Claims::new(
-                &args.api_key,
-                &args.identity,
-                Duration::from_secs(3600),
-                grants,
-            );
-            match ApiKeys::new([(args.api_key.clone(), args.api_secret.clone())]).mint(&claims) {
+            let key = (args.api_key.as_str(), args.api_secret.as_str());
+            let ttl = Duration::from_secs(3600);
+            match token::mint(key, &args.identity, &args.room, Role::Viewer, ttl) {
                 Ok(t) => t,
                 Err(e) => {
                     eprintln!("error: cannot sign a token with the API secret: {e}");

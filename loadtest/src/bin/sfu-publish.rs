@@ -10,7 +10,8 @@ use clap::{Parser, ValueEnum};
 use loadtest::devices;
 use loadtest::media_input::{InputKind, InputSpec};
 use loadtest::publish::{self, Capture, PublishError, PublishOptions, PublishProtocol};
-use sfu_protocol::auth::{ApiKeys, Claims, DEV_API_KEY, DEV_API_SECRET, Grants};
+use loadtest::token::{self, Role};
+use sfu_protocol::auth::{DEV_API_KEY, DEV_API_SECRET};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum ProtocolArg {
@@ -103,20 +104,9 @@ fn main() -> ExitCode {
     let token = match &args.token {
         Some(t) => t.clone(),
         None => {
-            let grants = Grants {
-                room: Some(args.room.clone()),
-                room_join: true,
-                can_publish: Some(true),
-                can_subscribe: Some(false),
-                ..Grants::default()
-            };
-            let claims = Claims::new(
-                &args.api_key,
-                &args.identity,
-                Duration::from_secs(24 * 3600),
-                grants,
-            );
-            match ApiKeys::new([(args.api_key.clone(), args.api_secret.clone())]).mint(&claims) {
+            let key = (args.api_key.as_str(), args.api_secret.as_str());
+            let ttl = Duration::from_secs(24 * 3600);
+            match token::mint(key, &args.identity, &args.room, Role::Publisher, ttl) {
                 Ok(t) => t,
                 Err(e) => return fail(&format!("cannot sign a token with the API secret: {e}")),
             }
