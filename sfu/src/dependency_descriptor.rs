@@ -50,6 +50,86 @@ pub(crate) fn extension() -> Extension {
     Extension::with_serializer(URI, Serializer)
 }
 
+/// One m-section of an SDP, as far as offering the descriptor goes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Section<'a> {
+    pub(crate) mid: Option<&'a str>,
+    pub(crate) video: bool,
+    /// The codec of its first (preferred) payload type, from the SDP's `a=rtpmap` lines.
+    pub(crate) first_codec: Option<&'a str>,
+}
+
+impl Section<'_> {
+    /// Its preferred codec is AV1 or H264: the ones whose layers the server reads from the
+    /// descriptor. VP8 and VP9 carry their own layer fields, and Chromium leaves VP8's picture
+    /// ID, TL0PICIDX and temporal fields out when the descriptor is negotiated.
+    pub(crate) fn reads_descriptor(&self) -> bool {
+        self.video
+            && self
+                .first_codec
+                .is_some_and(|c| c.eq_ignore_ascii_case("AV1") || c.eq_ignore_ascii_case("H264"))
+    }
+}
+
+/// `sdp` with the descriptor's `a=extmap` line left only in the m-sections `keep` says;
+/// returns it and the mids of the sections that still have it.
+///
+/// The descriptor is negotiated only where it is used (measured in the constrained-network
+/// browser test): with it negotiated, a Chromium publisher's VP8 loses the payload fields its
+/// viewers need, and a Chromium viewer of VP8 without the descriptor froze for seconds on a
+/// thin or lossy link even when the packets carried those fields.
+pub(crate) fn offer_only_where(
+    sdp: &str,
+    keep: impl Fn(&Section<'_>) -> bool,
+) -> (String, Vec<String>) {
+    let rtpmap = |pt: &str| {
+        let prefix = format!("a=rtpmap:{pt} ");
+        sdp.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|codec| codec.split('/').next())
+    };
+    let mut out = String::with_capacity(sdp.len());
+    let mut kept = Vec::new();
+    let mut rest = sdp;
+    // The session part, then one m-section at a time.
+    while !rest.is_empty() {
+        let end = rest
+            .match_indices("\nm=")
+            .next()
+            .map_or(rest.len(), |(i, _)| i + 1);
+        let (part, next) = rest.split_at(end);
+        rest = next;
+        let Some(media) = part.strip_prefix("m=") else {
+            out.push_str(part);
+            continue;
+        };
+        let line = media.lines().next().unwrap_or_default();
+        let section = Section {
+            mid: part
+                .lines()
+                .find_map(|l| l.trim_end().strip_prefix("a=mid:")),
+            video: line.starts_with("video"),
+            first_codec: line.split_whitespace().nth(3).and_then(rtpmap),
+        };
+        let keeps = keep(&section);
+        let mut has = false;
+        for l in part.split_inclusive('\n') {
+            let text = l.trim_end();
+            if text.starts_with("a=extmap:") && text.ends_with(URI) {
+                if !keeps {
+                    continue;
+                }
+                has = true;
+            }
+            out.push_str(l);
+        }
+        if let (true, Some(mid)) = (has, section.mid) {
+            kept.push(mid.to_string());
+        }
+    }
+    (out, kept)
+}
+
 /// One packet's descriptor, as it arrived or as it is sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct RawDescriptor(pub(crate) Box<[u8]>);
@@ -674,6 +754,25 @@ mod tests {
         let d = read(&told.0, Some(&structure)).expect("reads");
         assert_eq!(d.active, Some(0x1ff));
         assert!(Arc::ptr_eq(&low.for_receiver(&fwd, 2, None), &fwd.raw));
+    }
+
+    #[test]
+    fn the_descriptor_is_negotiated_only_where_it_is_read() {
+        let answer = format!(
+            "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\n\
+             m=video 9 UDP/TLS/RTP/SAVPF 96 45\r\na=extmap:12 {URI}\r\na=rtpmap:96 VP8/90000\r\n\
+             a=rtpmap:45 AV1/90000\r\n\
+             m=video 9 UDP/TLS/RTP/SAVPF 45 96\r\na=mid:2\r\na=extmap:12 {URI}\r\n"
+        );
+        let (munged, kept) = offer_only_where(&answer, |s| s.reads_descriptor());
+        assert_eq!(kept, ["2"]);
+        let sections: Vec<&str> = munged.split("m=").collect();
+        assert!(!sections[2].contains(URI), "VP8 first: no descriptor");
+        assert!(sections[3].contains(URI), "AV1 first: the descriptor stays");
+        assert_eq!(
+            munged.len() + format!("a=extmap:12 {URI}\r\n").len(),
+            answer.len()
+        );
     }
 
     #[test]

@@ -53,6 +53,9 @@ pub(crate) struct TrackRoute {
     /// The track is one scalable (SVC) stream whose layers are its spatial layers (seen on
     /// its packets): a subscriber of any layer is sent every packet.
     scalable: AtomicBool,
+    /// Its publisher negotiated the Dependency Descriptor for it (its codec's layers are read
+    /// from it): subscribers are offered it too.
+    descriptor: AtomicBool,
 }
 
 impl TrackRoute {
@@ -69,6 +72,17 @@ impl TrackRoute {
     /// Marks the track as one scalable stream.
     pub(crate) fn set_scalable(&self) {
         self.scalable.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether its publisher negotiated the Dependency Descriptor for it.
+    pub(crate) fn carries_descriptor(&self) -> bool {
+        self.descriptor.load(Ordering::Relaxed)
+    }
+
+    /// Marks the track as carrying the Dependency Descriptor (before any subscriber's offer
+    /// can include it: set when the publisher's answer is made).
+    pub(crate) fn set_carries_descriptor(&self) {
+        self.descriptor.store(true, Ordering::Relaxed);
     }
 
     /// The layers whose packets a subscriber of `wanted` needs: with a scalable stream, every
@@ -194,6 +208,7 @@ impl ForwardingGraph {
             paused_layers: AtomicU32::new(0),
             has_temporal: AtomicBool::new(false),
             scalable: AtomicBool::new(false),
+            descriptor: AtomicBool::new(false),
         });
         self.tracks.insert(id, route.clone());
         route

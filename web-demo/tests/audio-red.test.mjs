@@ -14,7 +14,7 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import {
   stopServer, startWatchdog, closeParticipant, callUrl, waitUntil, describeTiles, sleep, withTimeout,
-  startServerAndParticipants,
+  startServerAndParticipants, pollUntil,
 } from './harness.mjs';
 
 const TOTAL_BUDGET_MS = 120_000;
@@ -105,7 +105,9 @@ describe('Opus with RED: a viewer with RED and one without both hear the publish
   it('bob negotiated RED and carol did not', { timeout: JOIN_MS + 5_000 }, async () => {
     await Promise.all([bob, carol].map((p) => waitUntil(p, 'alice\'s tile', () =>
       document.querySelectorAll('[data-testid="tile"]').length === 1, null, { timeout: JOIN_MS, describe: describeTiles })));
-    const [atBob, atCarol] = await Promise.all([bob, carol].map((p) => p.page.evaluate(audioStats)));
+    // The tile comes with the room's news; the audio m-line with the next subscribe offer.
+    const [atBob, atCarol] = await Promise.all([bob, carol].map((p) => pollUntil(p, 'receives alice\'s audio', audioStats, null,
+      (s) => s?.inbound?.length === 1 && s.inbound[0].packets > 0, { timeout: JOIN_MS })));
     assert.equal(atBob.localRed, true, `bob's answer keeps RED: ${JSON.stringify(atBob)}`);
     assert.equal(atCarol.localRed, false, `carol's answer has no RED: ${JSON.stringify(atCarol)}`);
   });

@@ -347,9 +347,14 @@ describe('simulcast under constrained networks', { skip: skip ?? false }, () => 
       thin = await pollUntil(() => probe(limited), (s) => s.layerState?.current === 0 && s.layerState.max_temporal != null && s.fps > 0 && s.fps <= 20,
         THIN_MS, 'the viewer gets the lowest layer at a reduced frame rate');
       figures.thinnedAfterMs = thin.ms;
+      const strippedBefore = await metric(base, 'sfu_rtp_red_stripped_total');
       const [run] = await watch([limited], 8_000);
       figures.whileThinned = { ...run, fps: (await probe(limited)).fps, maxTemporal: thin.value.layerState.max_temporal };
+      figures.whileThinned.redStripped = (await metric(base, 'sfu_rtp_red_stripped_total')) - strippedBefore;
       assert.ok(run.frames >= 3 * run.seconds, `video keeps playing at the lower frame rate: ${JSON.stringify(run)}`);
+      // The viewer negotiated RED, but on a link this thin it gets plain Opus: the picture
+      // needs what the second copy of the audio would take.
+      assert.ok(figures.whileThinned.redStripped > 0, `RED is stripped for the starved viewer: ${JSON.stringify(figures.whileThinned)}`);
     } finally {
       netns.clearDownlink(viewNs);
     }

@@ -617,11 +617,19 @@ impl WorkerCore {
                 ));
             }
             let answer = peer.rtc.sdp_api().accept_offer(offer);
+            // Drained first: a new m-line's track exists before it is marked.
             peer.drain(ctx);
             peer.sync_ufrag(ctx);
-            answer
+            let sdp = answer
                 .map(|a| a.to_sdp_string())
-                .map_err(|e| SfuError::BadSdp(e.to_string()))
+                .map_err(|e| SfuError::BadSdp(e.to_string()))?;
+            let Role::Publisher(publisher) = &mut peer.role else {
+                return Ok(sdp);
+            };
+            let (sdp, kept) =
+                crate::dependency_descriptor::offer_only_where(&sdp, |s| s.reads_descriptor());
+            publisher.mark_descriptor_mids(kept);
+            Ok(sdp)
         })
         .unwrap_or(Err(SfuError::UnknownPeer(id)))
     }

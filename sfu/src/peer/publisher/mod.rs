@@ -19,11 +19,11 @@ use self::track::{Downstream, PublishedTrack};
 use super::{Ctx, PeerInfo};
 use crate::counters::WorkerCounters;
 use crate::data_relay;
-use crate::dependency_descriptor::RawDescriptor;
+use crate::dependency_descriptor::{DescriptorReader, RawDescriptor};
 use crate::event::{PeerEvent, TrackCounters, TrackInfo, TrackKind};
 use crate::graph::{TrackRoute, TrackSnapshot};
 use crate::ids::TrackId;
-use crate::keyframe::{starts_keyframe, vp8_keyframe_size, vp8_temporal, vp9_layers};
+use crate::keyframe::{Vp8Temporal, starts_keyframe, vp8_keyframe_size, vp8_temporal, vp9_layers};
 use crate::packet::{Delivery, ForwardedPacket, SvcFrame};
 
 /// Publisher state of a peer.
@@ -31,6 +31,8 @@ pub(crate) struct Publisher {
     tracks: Vec<PublishedTrack>,
     /// Incoming SSRC -> where its packets go. Filled on a stream's first packet.
     streams: HashMap<Ssrc, IngressStream>,
+    /// The m-lines whose Dependency Descriptor the latest answer kept.
+    descriptor_mids: Vec<String>,
 }
 
 struct IngressStream {
@@ -38,6 +40,9 @@ struct IngressStream {
     route: Arc<TrackRoute>,
     /// The last payload type seen and its codec (one lookup per codec change, not per packet).
     codec: Option<(Pt, PayloadParams)>,
+    /// Its Dependency Descriptors, read with the structure of its latest keyframe (each
+    /// simulcast stream has its own).
+    descriptors: DescriptorReader,
 }
 
 impl Publisher {
@@ -45,6 +50,7 @@ impl Publisher {
         Self {
             tracks: Vec::new(),
             streams: HashMap::new(),
+            descriptor_mids: Vec::new(),
         }
     }
 
@@ -152,6 +158,7 @@ impl Publisher {
             info.spec.participant.clone(),
             u8::try_from(layers).unwrap_or(u8::MAX),
         );
+        self.mark_descriptor(added.mid, &route);
         info!(track = %id, mid = %added.mid, kind = kind.as_str(), layers, "track published");
         info.emit(PeerEvent::TrackPublished {
             peer: info.id,
@@ -231,13 +238,25 @@ impl Publisher {
             WorkerCounters::add(&ctx.counters().rtp_red_received, 1);
         }
         let keyframe = starts_keyframe(codec, &packet.payload);
-        let temporal = (codec == Codec::Vp8)
-            .then(|| vp8_temporal(&packet.payload))
-            .flatten();
-        if temporal.is_some() && !stream.route.has_temporal.load(Ordering::Relaxed) {
+        let ext = &packet.header.ext_vals;
+        let raw_descriptor = ext.user_values.get_arc::<RawDescriptor>();
+        let temporal = match codec {
+            // Chromium leaves the temporal fields out of VP8's payload descriptor when the
+            // Dependency Descriptor is negotiated: then they come from it.
+            Codec::Vp8 => vp8_temporal(&packet.payload).or_else(|| {
+                let (layers, _) = stream.descriptors.read(raw_descriptor.clone()?)?;
+                Some(Vp8Temporal {
+                    tid: layers.temporal,
+                    layer_sync: layers.temporal == 0,
+                    frame_start: layers.frame_start,
+                })
+            }),
+            _ => None,
+        };
+        if temporal.is_some_and(|t| t.tid > 0) && !stream.route.has_temporal.load(Ordering::Relaxed)
+        {
             stream.route.has_temporal.store(true, Ordering::Relaxed);
         }
-        let ext = &packet.header.ext_vals;
         let Some(track) = self
             .tracks
             .iter_mut()
@@ -247,14 +266,14 @@ impl Publisher {
         };
         // A scalable stream (one SSRC, no simulcast): its spatial layers are the layers, read
         // from the VP9 payload descriptor, or from the Dependency Descriptor when an AV1 or
-        // H264 stream carries one (VP8 has its own temporal layer fields).
+        // H264 stream carries one (VP8's temporal layers are read above).
         let mut descriptor = None;
         let svc = match codec {
             Codec::Vp9 if track.rids.is_empty() => vp9_layers(&packet.payload),
             Codec::Av1 | Codec::H264 if track.rids.is_empty() => {
-                match ext.user_values.get_arc::<RawDescriptor>() {
+                match raw_descriptor {
                     Some(raw) => {
-                        let Some((layers, forwarded)) = track.descriptors.read(raw) else {
+                        let Some((layers, forwarded)) = stream.descriptors.read(raw) else {
                             // Its layer is unknown until the structure is (a keyframe's).
                             WorkerCounters::add(&ctx.counters().rtp_not_forwarded, 1);
                             return;
@@ -344,6 +363,21 @@ impl Publisher {
         Some(t.counters())
     }
 
+    /// The tracks on these m-lines carry the Dependency Descriptor (their publisher's answer
+    /// kept it): their subscribers are offered it too.
+    pub(crate) fn mark_descriptor_mids(&mut self, mids: Vec<String>) {
+        self.descriptor_mids = mids;
+        for track in &self.tracks {
+            self.mark_descriptor(track.mid, &track.route);
+        }
+    }
+
+    fn mark_descriptor(&self, mid: Mid, route: &TrackRoute) {
+        if self.descriptor_mids.iter().any(|m| m.as_str() == &*mid) {
+            route.set_carries_descriptor();
+        }
+    }
+
     /// A published track's counters.
     pub(crate) fn counters(&self, track: TrackId) -> Option<TrackCounters> {
         self.tracks
@@ -368,6 +402,7 @@ impl Publisher {
             layer,
             route: track.route.clone(),
             codec: None,
+            descriptors: DescriptorReader::default(),
         })
     }
 

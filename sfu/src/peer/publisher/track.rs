@@ -16,7 +16,6 @@ use tracing::{debug, info};
 use crate::allocator::MAX_LAYERS;
 use crate::audio_level::AudioLevelMeter;
 use crate::counters::WorkerCounters;
-use crate::dependency_descriptor::DescriptorReader;
 use crate::dynacast::Dynacast;
 use crate::event::{PeerEvent, TrackCounters, TrackKind};
 use crate::graph::{PeerLocation, TrackRoute, TrackSnapshot};
@@ -63,8 +62,6 @@ pub(super) struct PublishedTrack {
     /// Packets received, and packets handed to at least one subscriber.
     received_packets: u64,
     forwarded_packets: u64,
-    /// A scalable AV1 stream's Dependency Descriptors, read with its latest structure.
-    pub(super) descriptors: DescriptorReader,
 }
 
 impl PublishedTrack {
@@ -95,7 +92,6 @@ impl PublishedTrack {
             resume_at_keyframe: 0,
             received_packets: 0,
             forwarded_packets: 0,
-            descriptors: DescriptorReader::default(),
         }
     }
 

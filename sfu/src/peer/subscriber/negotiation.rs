@@ -184,7 +184,15 @@ impl Negotiation {
             added.push(track);
         }
         if let Some((offer, token)) = api.apply() {
-            let sdp = offer.to_sdp_string();
+            // The descriptor only on m-lines of tracks whose publisher sends it.
+            let (sdp, _) =
+                crate::dependency_descriptor::offer_only_where(&offer.to_sdp_string(), |section| {
+                    section
+                        .mid
+                        .and_then(|mid| by_mid.get(&Mid::from(mid)))
+                        .and_then(|track| subs.get(track))
+                        .is_some_and(|sub| sub.route.carries_descriptor())
+                });
             tracing::debug!(
                 peer = %info.id,
                 ice_restart,

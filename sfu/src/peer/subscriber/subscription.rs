@@ -78,6 +78,11 @@ pub(super) struct Subscription {
     /// The Dependency Descriptors of a scalable AV1 track, told the layers this subscriber
     /// gets.
     descriptors: DescriptorRewriter,
+    /// Audio: RED may be sent to this subscriber (it negotiated it and its bandwidth is not
+    /// scarce; set by the allocator).
+    pub(super) red_allowed: bool,
+    /// Audio: its last packet went out as RED (which costs about twice plain Opus).
+    pub(super) sending_red: bool,
 }
 
 /// What a subscription wants of its track's owner.
@@ -117,6 +122,8 @@ impl Subscription {
             awaiting_first_video: video.then_some(now),
             client_request_at: None,
             descriptors: DescriptorRewriter::default(),
+            red_allowed: true,
+            sending_red: false,
         }
     }
 
@@ -380,11 +387,12 @@ impl Subscription {
         (out, format): (Forward, OutFormat),
         ctx: &mut Ctx<'_>,
     ) {
-        // RED goes on as it came to a subscriber that negotiated it, and as its primary block
-        // (plain Opus) to one that did not.
+        // RED goes on as it came to a subscriber that negotiated it (while its bandwidth is not
+        // scarce), and as its primary block (plain Opus) to the others.
+        self.sending_red = packet.red && format.red.is_some() && self.red_allowed;
         let (out_pt, payload) = match (packet.red, format.red) {
-            (true, Some(red)) => (red, packet.payload.clone()),
-            (true, None) => {
+            (true, Some(red)) if self.red_allowed => (red, packet.payload.clone()),
+            (true, _) => {
                 let Some(primary) = red::primary_block(&packet.payload, *packet.params.pt()) else {
                     WorkerCounters::add(&ctx.counters().rtp_not_forwarded, 1);
                     return;
