@@ -1,6 +1,7 @@
 //! The audio formats every peer's state machine accepts: Opus first (what str0m answers with
-//! when an offer has it), with RFC 2198 RED around it (redundant audio, forwarded to
-//! subscribers that negotiated it and stripped to plain Opus for the others), then G.711 (PCMU, PCMA: RFC 7874 requires them of every WebRTC
+//! when an offer has it), with RFC 2198 RED around it when configured (redundant audio,
+//! forwarded to subscribers that negotiated it and stripped to plain Opus for the others),
+//! then G.711 (PCMU, PCMA: RFC 7874 requires them of every WebRTC
 //! endpoint, and SIP gateways and phones often send nothing else), and RFC 4733 telephone
 //! events (DTMF) at the two clock rates browsers offer (48 kHz beside Opus, 8 kHz beside
 //! G.711). Nothing is transcoded: a subscriber gets a track only in the publisher's own
@@ -15,10 +16,10 @@ const PT_EVENTS_48K: u8 = 110;
 /// Telephone events beside G.711 (the payload type Chromium uses).
 const PT_EVENTS_8K: u8 = 126;
 
-/// `config` with the audio codecs the server forwards enabled.
-pub(crate) fn enable_audio(config: RtcConfig) -> RtcConfig {
+/// `config` with the audio codecs the server forwards enabled (RED around Opus with `red`).
+pub(crate) fn enable_audio(config: RtcConfig, red: bool) -> RtcConfig {
     let mut config = config
-        .enable_opus(true, true)
+        .enable_opus(true, red)
         .enable_pcmu(true, false)
         .enable_pcma(true, false);
     for (pt, rate) in [

@@ -32,6 +32,10 @@ pub struct SfuConfig {
     /// Bandwidth a subscriber's estimator starts from, before it has measured anything
     /// (bits per second). Default 1 Mbit/s.
     pub initial_egress_bitrate: u64,
+    /// Negotiate RED (RFC 2198 redundant audio) around Opus with publishers and subscribers.
+    /// Off by default: it doubles the audio a subscriber's link carries, which starved video
+    /// on thin links (BENCHMARKS.md, "The narrow link with RED").
+    pub red_audio: bool,
     /// Estimate each subscriber's downlink (transport-wide congestion control) and fit its
     /// simulcast layers to the estimate. Off, layers follow only what the subscriber asks for
     /// and what the publisher sends: for networks whose capacity is known. Default on.
@@ -66,6 +70,7 @@ impl Default for SfuConfig {
             keyframe_retry: Duration::from_secs(1),
             socket_buffer_bytes: 4 << 20,
             initial_egress_bitrate: 1_000_000,
+            red_audio: false,
             congestion_control: true,
             stats_interval: Some(Duration::from_secs(5)),
             ice_tcp_port: Some(7881),

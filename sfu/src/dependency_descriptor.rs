@@ -55,16 +55,21 @@ pub(crate) fn extension() -> Extension {
 pub(crate) struct Section<'a> {
     pub(crate) mid: Option<&'a str>,
     pub(crate) video: bool,
+    /// It sends simulcast (`a=simulcast`): each stream is one layer, chosen without the
+    /// descriptor.
+    pub(crate) simulcast: bool,
     /// The codec of its first (preferred) payload type, from the SDP's `a=rtpmap` lines.
     pub(crate) first_codec: Option<&'a str>,
 }
 
 impl Section<'_> {
-    /// Its preferred codec is AV1 or H264: the ones whose layers the server reads from the
-    /// descriptor. VP8 and VP9 carry their own layer fields, and Chromium leaves VP8's picture
-    /// ID, TL0PICIDX and temporal fields out when the descriptor is negotiated.
+    /// A single video stream whose preferred codec is AV1 or H264: the ones whose layers the
+    /// server reads from the descriptor. VP8 and VP9 carry their own layer fields, and Chromium
+    /// leaves VP8's picture ID, TL0PICIDX and temporal fields out when the descriptor is
+    /// negotiated.
     pub(crate) fn reads_descriptor(&self) -> bool {
         self.video
+            && !self.simulcast
             && self
                 .first_codec
                 .is_some_and(|c| c.eq_ignore_ascii_case("AV1") || c.eq_ignore_ascii_case("H264"))
@@ -109,6 +114,7 @@ pub(crate) fn offer_only_where(
                 .lines()
                 .find_map(|l| l.trim_end().strip_prefix("a=mid:")),
             video: line.starts_with("video"),
+            simulcast: part.lines().any(|l| l.starts_with("a=simulcast:")),
             first_codec: line.split_whitespace().nth(3).and_then(rtpmap),
         };
         let keeps = keep(&section);
@@ -762,15 +768,21 @@ mod tests {
             "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\n\
              m=video 9 UDP/TLS/RTP/SAVPF 96 45\r\na=extmap:12 {URI}\r\na=rtpmap:96 VP8/90000\r\n\
              a=rtpmap:45 AV1/90000\r\n\
-             m=video 9 UDP/TLS/RTP/SAVPF 45 96\r\na=mid:2\r\na=extmap:12 {URI}\r\n"
+             m=video 9 UDP/TLS/RTP/SAVPF 45 96\r\na=mid:2\r\na=extmap:12 {URI}\r\n\
+             m=video 9 UDP/TLS/RTP/SAVPF 45 96\r\na=mid:3\r\na=extmap:12 {URI}\r\n\
+             a=simulcast:recv q;h;f\r\n"
         );
         let (munged, kept) = offer_only_where(&answer, |s| s.reads_descriptor());
         assert_eq!(kept, ["2"]);
         let sections: Vec<&str> = munged.split("m=").collect();
         assert!(!sections[2].contains(URI), "VP8 first: no descriptor");
         assert!(sections[3].contains(URI), "AV1 first: the descriptor stays");
+        assert!(
+            !sections[4].contains(URI),
+            "AV1 in simulcast: no descriptor"
+        );
         assert_eq!(
-            munged.len() + format!("a=extmap:12 {URI}\r\n").len(),
+            munged.len() + 2 * format!("a=extmap:12 {URI}\r\n").len(),
             answer.len()
         );
     }

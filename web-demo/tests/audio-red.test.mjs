@@ -1,5 +1,5 @@
-// Opus with RED (RFC 2198 redundant audio) through the SFU: alice's Chromium sends her
-// microphone as RED, which the server's answer lists first. Bob, a Chromium viewer, negotiates
+// Opus with RED (RFC 2198 redundant audio) through the SFU started with `--red-audio`: alice's
+// Chromium sends her microphone as RED, which the server's answer lists first. Bob, a Chromium viewer, negotiates
 // RED too and gets alice's packets as they came; carol's page takes RED out of the codecs it
 // answers with (`setCodecPreferences`, as an endpoint without RED would), and the server sends
 // her each packet's primary block as plain Opus. Both must hear alice: audio packets arriving,
@@ -89,7 +89,7 @@ describe('Opus with RED: a viewer with RED and one without both hear the publish
   const everyone = () => Object.values(started);
 
   before(async () => {
-    base = await startServerAndParticipants(['alice', 'bob', 'carol'], started);
+    base = await startServerAndParticipants(['alice', 'bob', 'carol'], started, ['--red-audio']);
     ({ alice, bob, carol } = started);
     await Promise.all(everyone().map((p) => p.page.addInitScript(keepPeerConnections)));
     await carol.page.addInitScript(answerWithoutRed);

@@ -199,7 +199,7 @@ impl Peer {
             .set_local_ice_credentials(creds)
             .clear_codecs()
             .set_stats_interval(stats_interval);
-        config = crate::audio_codecs::enable_audio(config).set_extension(
+        config = crate::audio_codecs::enable_audio(config, shared.config.red_audio).set_extension(
             crate::dependency_descriptor::EXTENSION_ID,
             crate::dependency_descriptor::extension(),
         );

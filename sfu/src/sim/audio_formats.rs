@@ -276,7 +276,7 @@ fn telephone_events_reach_viewers_that_negotiated_them_and_leave_no_gap_for_the_
 /// gap; plain Opus packets between RED ones reach both as they are.
 #[test]
 fn opus_red_reaches_a_viewer_with_red_as_it_came_and_one_without_as_plain_opus() {
-    let mut w = World::new(73);
+    let mut w = World::with_config(73, |c| c.red_audio = true);
     let with_red = |c: RtcConfig| c.clear_codecs().enable_opus(true, true);
     let alice = w.sender(MediaKind::Audio, with_red);
     let red_pt = |w: &World, id: NodeId| {

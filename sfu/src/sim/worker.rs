@@ -62,12 +62,18 @@ pub(crate) struct Harness {
 
 impl Harness {
     pub(crate) fn new() -> Self {
-        let config = SfuConfig {
+        Self::with_config(|_| {})
+    }
+
+    /// A harness whose server configuration `adjust` changes.
+    pub(crate) fn with_config(adjust: impl FnOnce(&mut SfuConfig)) -> Self {
+        let mut config = SfuConfig {
             workers: 1,
             first_port: SERVER.port(),
             ice_tcp_port: Some(SERVER_TCP.port()),
             ..SfuConfig::default()
         };
+        adjust(&mut config);
         let bound = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), SERVER.port());
         let sizes = QueueSizes {
             commands: 16,

@@ -153,7 +153,12 @@ pub(crate) struct World {
 impl World {
     /// An empty world; `seed` decides every random loss and delay.
     pub(crate) fn new(seed: u64) -> Self {
-        let h = Harness::new();
+        Self::with_config(seed, |_| {})
+    }
+
+    /// An empty world whose server configuration `adjust` changes.
+    pub(crate) fn with_config(seed: u64, adjust: impl FnOnce(&mut crate::SfuConfig)) -> Self {
+        let h = Harness::with_config(adjust);
         let start = h.now;
         Self {
             h,

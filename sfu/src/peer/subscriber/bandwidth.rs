@@ -162,13 +162,6 @@ impl Bandwidth {
         let Some(estimate) = self.estimate else {
             return done;
         };
-        // Redundant audio only while the video gets its full frame rate and there is room for
-        // it: on a link too thin for that, RED's second copy costs what the picture needs.
-        let thinned = allocation.max_temporal.iter().any(Option::is_some);
-        let room = estimate.saturating_sub(allocation.used.saturating_add(audio));
-        for s in subs.values_mut().filter(|s| !s.is_video()) {
-            s.red_allowed = !thinned && (s.sending_red || room >= RED_EXTRA_BPS);
-        }
         // While a track is held back by the bandwidth, sustain (media plus padding) the rate
         // of the next layer up with its headroom, but at most PAD_SHARE of the estimate, and
         // ask the estimator to probe for it. Without padding the estimate cannot grow past

@@ -78,9 +78,6 @@ pub(super) struct Subscription {
     /// The Dependency Descriptors of a scalable AV1 track, told the layers this subscriber
     /// gets.
     descriptors: DescriptorRewriter,
-    /// Audio: RED may be sent to this subscriber (it negotiated it and its bandwidth is not
-    /// scarce; set by the allocator).
-    pub(super) red_allowed: bool,
     /// Audio: its last packet went out as RED (which costs about twice plain Opus).
     pub(super) sending_red: bool,
 }
@@ -122,7 +119,6 @@ impl Subscription {
             awaiting_first_video: video.then_some(now),
             client_request_at: None,
             descriptors: DescriptorRewriter::default(),
-            red_allowed: true,
             sending_red: false,
         }
     }
@@ -387,12 +383,22 @@ impl Subscription {
         (out, format): (Forward, OutFormat),
         ctx: &mut Ctx<'_>,
     ) {
-        // RED goes on as it came to a subscriber that negotiated it (while its bandwidth is not
-        // scarce), and as its primary block (plain Opus) to the others.
-        self.sending_red = packet.red && format.red.is_some() && self.red_allowed;
+        // RED goes on as it came to a subscriber that negotiated it, and as its primary block
+        // (plain Opus) to the others. Always the same for one subscriber: a Chromium receiver
+        // switched between RED and plain Opus packets went silent (measured).
+        self.sending_red = packet.red && format.red.is_some();
         let (out_pt, payload) = match (packet.red, format.red) {
-            (true, Some(red)) if self.red_allowed => (red, packet.payload.clone()),
-            (true, _) => {
+            (true, Some(red)) if packet.params.pt() == format.pt => (red, packet.payload.clone()),
+            (true, Some(red)) => {
+                // Its blocks name the publisher's payload type: this subscriber's, then.
+                let from = *packet.params.pt();
+                let Some(blocks) = red::with_block_type(&packet.payload, from, *format.pt) else {
+                    WorkerCounters::add(&ctx.counters().rtp_not_forwarded, 1);
+                    return;
+                };
+                (red, Arc::from(blocks))
+            }
+            (true, None) => {
                 let Some(primary) = red::primary_block(&packet.payload, *packet.params.pt()) else {
                     WorkerCounters::add(&ctx.counters().rtp_not_forwarded, 1);
                     return;
