@@ -14,7 +14,8 @@ step() { printf '\n==> %s (%ss)\n' "$*" "$(( $(date +%s) - start ))"; }
 
 # --- System packages -----------------------------------------------------------------------
 apt_packages=(chromium pkg-config clang libclang-dev libavcodec-dev libavformat-dev libavutil-dev
-  libavdevice-dev libavfilter-dev libswscale-dev libswresample-dev nftables iproute2 coturn)
+  libavdevice-dev libavfilter-dev libswscale-dev libswresample-dev nftables iproute2 coturn
+  redis-server)
 if [[ -z "${SKIP_INSTALL:-}" ]]; then
   missing=()
   for p in "${apt_packages[@]}"; do

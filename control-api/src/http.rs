@@ -131,12 +131,20 @@ async fn liveness(State(state): State<Arc<AppState>>) -> Response {
     }
 }
 
+/// In cluster mode, ready once the node has announced itself in the registry (it stays ready
+/// while Redis is away: its calls carry on, and it still takes participants of its own rooms).
 async fn readiness(State(state): State<Arc<AppState>>) -> Response {
     if state.is_draining() {
         json_error(
             StatusCode::SERVICE_UNAVAILABLE,
             "draining",
             "this server is shutting down and takes no new participants",
+        )
+    } else if state.cluster.as_ref().is_some_and(|c| !c.announced()) {
+        json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_in_cluster",
+            "this node has not reached Redis yet (see the log); check --redis-url",
         )
     } else {
         "ready\n".into_response()
@@ -153,6 +161,10 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         worker_queues: state.sfu.worker_queues(),
         webhooks_dropped: state.webhooks.dropped(),
         tcp_connections: state.sfu.tcp_connections(),
+        cluster: state
+            .cluster
+            .as_ref()
+            .map(|c| (c.redis_up(), c.nodes().len(), c.ignored_entries())),
     };
     let body = state.metrics.render(&state.sfu.counters(), &gauges);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()

@@ -10,6 +10,7 @@
 )]
 
 pub mod assets;
+pub mod cluster;
 pub use sfu_protocol::auth;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
@@ -70,6 +71,8 @@ pub struct ServerConfig {
     pub turn: Option<turn::TurnConfig>,
     /// Join deadline, liveness and resume grace of signalling sockets.
     pub signalling: signalling::SignallingTimeouts,
+    /// Cluster mode: the Redis node registry. Default: none (a single node).
+    pub cluster: Option<cluster::ClusterConfig>,
 }
 
 impl Default for ServerConfig {
@@ -92,6 +95,7 @@ impl Default for ServerConfig {
             trusted_proxies: Vec::new(),
             turn: None,
             signalling: signalling::SignallingTimeouts::default(),
+            cluster: None,
         }
     }
 }
@@ -122,6 +126,8 @@ pub struct AppState {
     pub revoked: revoked::RevokedTokens,
     /// This server's metrics registry (`/metrics`).
     pub metrics: metrics::Metrics,
+    /// This node's cluster membership (cluster mode only).
+    pub cluster: Option<Arc<cluster::Cluster>>,
 }
 
 impl AppState {
@@ -154,6 +160,15 @@ impl AppState {
             .map(|t| vec![t.credentials(identity, auth::unix_now(), until)])
             .unwrap_or_default()
     }
+
+    /// Signalling URLs of the cluster's other live nodes, for a client to try if this one
+    /// becomes unreachable (none outside cluster mode).
+    pub fn alternates(&self) -> Vec<String> {
+        self.cluster
+            .as_ref()
+            .map(|c| c.alternates())
+            .unwrap_or_default()
+    }
 }
 
 /// Why the server could not start.
@@ -168,6 +183,9 @@ pub enum StartError {
     /// The TURN configuration is not usable.
     #[error("TURN: {0}")]
     Turn(String),
+    /// The cluster configuration is not usable.
+    #[error("cluster: {0}")]
+    Cluster(String),
     /// The HTTP port could not be bound.
     #[error(
         "cannot listen for HTTP on {addr}: {source} (is another server running? use --http-addr)"
@@ -259,6 +277,26 @@ impl Server {
             addr: config.http_addr,
             source,
         })?;
+        let cluster = config
+            .cluster
+            .clone()
+            .map(|c| {
+                let scheme = if tls.is_some() { "https" } else { "http" };
+                let host = match (
+                    http_addr.ip().is_unspecified(),
+                    config.sfu.advertise_ips.first(),
+                ) {
+                    (true, Some(ip)) => {
+                        std::net::SocketAddr::new(*ip, http_addr.port()).to_string()
+                    }
+                    _ => http_addr.to_string(),
+                };
+                let default_id = format!("{}-{}", host_name(), http_addr.port());
+                cluster::Cluster::new(c, default_id, format!("{scheme}://{host}"))
+            })
+            .transpose()
+            .map_err(StartError::Cluster)?
+            .map(Arc::new);
         let webhooks = config
             .webhooks
             .clone()
@@ -277,6 +315,7 @@ impl Server {
             resumable: signalling::Resumable::default(),
             revoked: revoked::RevokedTokens::default(),
             metrics,
+            cluster: cluster.clone(),
         });
         tracing::info!(
             %http_addr,
@@ -293,6 +332,15 @@ impl Server {
             }),
         };
         tokio::spawn(metrics_upkeep(Arc::downgrade(&state)));
+        if let Some(cluster) = cluster {
+            tracing::info!(
+                node = %cluster.id(),
+                url = %cluster.me().url,
+                redis = %state.config.cluster.as_ref().map(|c| cluster::redacted(&c.redis_url)).unwrap_or_default(),
+                "cluster mode: announcing this node in the Redis registry"
+            );
+            tokio::spawn(cluster::heartbeat(Arc::downgrade(&state), cluster));
+        }
         if let Some(tls) = tls.filter(|t| t.files().is_some()) {
             tokio::spawn(watch_certificate(Arc::downgrade(&tls)));
         }
@@ -361,9 +409,27 @@ impl Server {
         }
     }
 
+    /// Removes this node from the cluster's registry at once (cluster mode; otherwise its
+    /// entry would linger until it expires). Waits at most `within`.
+    pub async fn leave_cluster(&self, within: std::time::Duration) {
+        if let Some(cluster) = &self.state.cluster {
+            cluster.leave(within).await;
+        }
+    }
+
     /// Stops the HTTP server and the media workers.
     pub fn shutdown(self) {
         self.http.abort();
         self.state.sfu.shutdown();
     }
+}
+
+/// This machine's host name (a Kubernetes pod's name), for a default node id.
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty() && h.len() <= 64)
+        .unwrap_or_else(|| "node".to_string())
 }

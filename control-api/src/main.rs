@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::{ArgAction, Args, Parser, Subcommand};
 use control_api::auth::{ApiKeys, Claims, DEV_API_KEY, DEV_API_SECRET, Grants};
+use control_api::cluster::ClusterConfig;
 use control_api::room::RoomLimits;
 use control_api::signalling::SignallingTimeouts;
 use control_api::tls::TlsSource;
@@ -163,6 +164,30 @@ struct ServeArgs {
     /// Seconds the minted TURN credentials stay valid.
     #[arg(long, env = "SFU_TURN_TTL", default_value_t = 4 * 3600)]
     turn_ttl: u64,
+    /// Cluster mode: the Redis server of the cluster's node registry (redis://HOST:PORT, or
+    /// redis://:PASSWORD@HOST:PORT/DB). This node announces itself there every second and
+    /// lists the others; without it the server is a single node. [default: none]
+    #[arg(long, env = "SFU_REDIS_URL", hide_env_values = true)]
+    redis_url: Option<String>,
+    /// This node's id in the cluster. [default: the host name and the HTTP port]
+    #[arg(long, env = "SFU_NODE_ID", requires = "redis_url")]
+    node_id: Option<String>,
+    /// The URL clients reach this node at (https://sfu-1.example.com), handed to clients of
+    /// other nodes as a place to reconnect. [default: from --http-addr (and the first
+    /// --advertise-ip if it is 0.0.0.0)]
+    #[arg(long, env = "SFU_PUBLIC_URL", requires = "redis_url")]
+    public_url: Option<String>,
+    /// UDP address other nodes reach this node's media relay at (IP:PORT), published in the
+    /// registry. [default: none]
+    #[arg(long, env = "SFU_RELAY_ADDR", requires = "redis_url")]
+    relay_addr: Option<SocketAddr>,
+    /// Prefix of the registry's Redis keys, so several clusters can share one Redis.
+    #[arg(long, env = "SFU_CLUSTER_PREFIX", default_value = "sfu")]
+    cluster_prefix: String,
+    /// Seconds a node stays in the registry after its last heartbeat (one per second): how
+    /// soon the others forget a node that died.
+    #[arg(long, env = "SFU_NODE_TTL", default_value_t = 5, value_parser = clap::value_parser!(u64).range(2..=300))]
+    node_ttl: u64,
     /// Allow the public development key on a non-loopback --http-addr (anyone who can reach
     /// the server can then mint tokens). Never in production.
     #[arg(long, env = "SFU_DEV")]
@@ -406,6 +431,14 @@ fn serve(args: ServeArgs) -> ExitCode {
             resume_grace: Duration::from_secs(args.resume_grace),
             ..SignallingTimeouts::default()
         },
+        cluster: args.redis_url.as_ref().map(|url| ClusterConfig {
+            node_id: args.node_id.clone(),
+            public_url: args.public_url.clone(),
+            relay_addr: args.relay_addr,
+            key_prefix: args.cluster_prefix.clone(),
+            ttl: Duration::from_secs(args.node_ttl),
+            ..ClusterConfig::new(url)
+        }),
     };
     let drain_timeout = args.drain_timeout;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -431,6 +464,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             server.finish(Duration::from_secs(5)).await;
         }
         tracing::info!("shutting down");
+        server.leave_cluster(Duration::from_secs(1)).await;
         server.shutdown();
         ExitCode::SUCCESS
     })
@@ -567,6 +601,16 @@ fn print_banner(server: &Server) {
     }
     if let Some(turn) = &server.state.config.turn {
         println!("  turn        {}", turn.servers.join(", "));
+    }
+    if let Some(cluster) = &server.state.cluster {
+        let redis = server
+            .state
+            .config
+            .cluster
+            .as_ref()
+            .map(|c| control_api::cluster::redacted(&c.redis_url))
+            .unwrap_or_default();
+        println!("  cluster     node {} via {redis}", cluster.id());
     }
     println!("  media       udp {} ({workers} workers)", media.join(", "));
     let tcp: Vec<String> = server

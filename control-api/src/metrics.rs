@@ -42,6 +42,9 @@ pub struct Gauges {
     pub webhooks_dropped: u64,
     /// ICE-TCP connections open.
     pub tcp_connections: usize,
+    /// Cluster mode: whether Redis answered the last heartbeat, the live nodes it listed, and
+    /// the malformed registry entries it ignored.
+    pub cluster: Option<(bool, usize, usize)>,
 }
 
 /// Counters of the media core that are gauges (levels, not totals).
@@ -221,6 +224,23 @@ fn record_levels(counters: &CounterSnapshot, gauges: &Gauges) {
         describe_gauge!(name, help);
         gauge!(name).set(value as f64);
     }
+    if let Some((redis_up, nodes, ignored)) = gauges.cluster {
+        describe_gauge!(
+            "sfu_cluster_redis_up",
+            "1 if the last heartbeat reached the Redis node registry, else 0."
+        );
+        gauge!("sfu_cluster_redis_up").set(f64::from(u8::from(redis_up)));
+        describe_gauge!(
+            "sfu_cluster_nodes",
+            "Live nodes in the registry as last read (this one included)."
+        );
+        gauge!("sfu_cluster_nodes").set(nodes as f64);
+        describe_gauge!(
+            "sfu_cluster_ignored_entries",
+            "Malformed entries in the Redis node registry, ignored."
+        );
+        gauge!("sfu_cluster_ignored_entries").set(ignored as f64);
+    }
 }
 
 /// CPU time and memory of this process (Linux `/proc`; absent elsewhere).
@@ -273,6 +293,7 @@ mod tests {
             worker_queues: vec![(0, 1024, 0), (5, 1024, 2)],
             webhooks_dropped: 0,
             tcp_connections: 0,
+            cluster: Some((true, 2, 0)),
         };
         let metrics = Metrics::new();
         let timings = metrics.timings();
@@ -288,6 +309,8 @@ mod tests {
         assert!(text.contains("sfu_worker_queue_depth{worker=\"1\"} 5"));
         assert!(text.contains("sfu_worker_queue_drops_total{worker=\"1\"} 2"));
         assert!(text.contains("sfu_video_subscriptions{state=\"best\"} 0"));
+        assert!(text.contains("sfu_cluster_redis_up 1"));
+        assert!(text.contains("sfu_cluster_nodes 2"));
         assert!(
             text.contains("sfu_forward_latency_seconds_bucket{le=\"0.0005\"} 1"),
             "{text}"

@@ -19,6 +19,7 @@ use utoipa::{OpenApi, ToSchema};
 
 use crate::AppState;
 use crate::auth::{Claims, Grants};
+use crate::cluster::{NodeInfo, NodeLoad};
 use crate::http::json_error;
 use crate::protocol::TrackInfo;
 use crate::room::{MutedBy, Room, RoomError, RoomSettings, RoomSnapshot};
@@ -34,11 +35,11 @@ use crate::room::{MutedBy, Room, RoomError, RoomSettings, RoomSnapshot};
     ),
     paths(
         create_room, list_rooms, get_room, delete_room, list_participants, get_participant,
-        remove_participant, mute_track, update_subscriptions, list_tracks
+        remove_participant, mute_track, update_subscriptions, list_tracks, list_nodes
     ),
     components(schemas(
         CreateRoom, RoomBody, RoomList, ParticipantBody, ParticipantList, TrackBody, TrackList,
-        MuteBody, SubscriptionBody, ErrorBody
+        MuteBody, SubscriptionBody, ErrorBody, NodeList, NodeInfo, NodeLoad
     )),
     modifiers(&BearerAuth),
     security(("bearer" = []))
@@ -83,6 +84,7 @@ pub fn routes() -> Router<Arc<AppState>> {
             post(update_subscriptions),
         )
         .route("/api/rooms/{room}/tracks", get(list_tracks))
+        .route("/api/nodes", get(list_nodes))
 }
 
 async fn openapi() -> Response {
@@ -480,6 +482,48 @@ async fn list_rooms(
         rooms.push(room_body(&room, &room.snapshot().await));
     }
     Ok(Json(RoomList { rooms }))
+}
+
+/// The cluster's nodes.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NodeList {
+    /// Whether this node runs in cluster mode (`--redis-url`).
+    cluster: bool,
+    /// Whether the node answering reached Redis at its last heartbeat (true outside cluster
+    /// mode); when false, `nodes` is the last list it read.
+    redis_up: bool,
+    /// The id of the node answering (`local` outside cluster mode).
+    this_node: String,
+    /// The live nodes, this one included, by id (empty outside cluster mode).
+    nodes: Vec<NodeInfo>,
+}
+
+/// List the cluster's live nodes, with their URLs and load.
+#[utoipa::path(get, path = "/api/nodes",
+    responses(
+        (status = 200, description = "The nodes", body = NodeList),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 403, description = "No roomList grant", body = ErrorBody),
+    ))]
+async fn list_nodes(
+    State(state): State<Arc<AppState>>,
+    admin: Admin,
+) -> Result<Json<NodeList>, ApiError> {
+    admin.may_list()?;
+    Ok(Json(match &state.cluster {
+        Some(cluster) => NodeList {
+            cluster: true,
+            redis_up: cluster.redis_up(),
+            this_node: cluster.id(),
+            nodes: cluster.nodes(),
+        },
+        None => NodeList {
+            cluster: false,
+            redis_up: true,
+            this_node: "local".to_string(),
+            nodes: Vec::new(),
+        },
+    }))
 }
 
 /// Get a room.

@@ -301,6 +301,7 @@ impl Session {
                 kick: self.kick.clone(),
                 ice_servers: self.state.ice_servers(&me.identity, expires),
                 resume_token: self.resume_token.clone(),
+                alternates: self.state.alternates(),
                 token: token.clone(),
                 subscribe,
             };

@@ -238,6 +238,11 @@ pub enum ServerMessage {
         /// absent when the server does not resume sessions.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         resume_token: Option<String>,
+        /// Signalling URLs of the cluster's other live nodes, least busy first: where to
+        /// join again (with the same token) if this server becomes unreachable. Empty
+        /// outside cluster mode.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        alternates: Vec<String>,
     },
     /// Reply to `resume`: the session carries on; the messages the client missed follow.
     Resumed {

@@ -143,6 +143,8 @@ pub struct Join {
     pub ice_servers: Vec<IceServer>,
     /// Its resume token, for its `joined` message.
     pub resume_token: Option<String>,
+    /// The cluster's other nodes, for its `joined` message.
+    pub alternates: Vec<String>,
     /// The access token it joined with: its [`crate::revoked::token_id`] and expiry (revoked
     /// if the room service removes it).
     pub token: (String, u64),

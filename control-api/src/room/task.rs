@@ -302,6 +302,7 @@ impl RoomTask {
             tracks: self.state.tracks().into_iter().map(|t| t.info).collect(),
             ice_servers: join.ice_servers,
             resume_token: join.resume_token,
+            alternates: join.alternates,
         });
         let speakers = self.state.speakers();
         if !speakers.is_empty() {

@@ -3,6 +3,8 @@
 
 #![allow(dead_code, unreachable_pub, missing_docs, clippy::expect_used)]
 
+pub mod redis;
+
 use std::time::Duration;
 
 use control_api::auth::{ApiKeys, Claims, Grants};

@@ -1,0 +1,286 @@
+//! Cluster mode's node registry with a real `redis-server` and real server processes: nodes
+//! find each other, clients are told where else to go, a node that exits leaves at once and
+//! one killed with SIGKILL within its time to live; a node that loses Redis keeps its calls
+//! and comes back into a Redis restarted empty. Without `--redis-url` there is no cluster.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod common;
+
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use common::redis::RedisServer;
+use common::{WAIT, start_server_process, token};
+use control_api::auth::{ApiKeys, Claims, DEV_API_KEY, Grants};
+use loadtest::bot::{Bot, BotConfig};
+use loadtest::server_probe::{http_get, http_request};
+use loadtest::signal::ServerMessage;
+use loadtest::synthetic::PayloadKind;
+use serde_json::Value;
+
+/// A node of a cluster at `redis`, one media worker, with `extra` arguments; returns the
+/// process and its HTTP address.
+fn node(redis: &RedisServer, id: &str, ttl: u64, extra: &[&str]) -> (Child, String) {
+    let ttl = ttl.to_string();
+    let url = redis.url();
+    let args = [
+        &[
+            "--workers",
+            "1",
+            "--redis-url",
+            &url,
+            "--node-id",
+            id,
+            "--node-ttl",
+            &ttl,
+        ][..],
+        extra,
+    ]
+    .concat();
+    start_server_process(&args)
+}
+
+fn list_token() -> String {
+    let grants = Grants {
+        room_list: true,
+        ..Grants::default()
+    };
+    let claims = Claims::new(DEV_API_KEY, "ops", Duration::from_secs(600), grants);
+    ApiKeys::dev().mint(&claims).unwrap()
+}
+
+/// `GET /api/nodes` on `addr`.
+async fn nodes(addr: &str) -> Value {
+    let auth = format!("Bearer {}", list_token());
+    let response = http_request(addr, "GET", "/api/nodes", &[("Authorization", &auth)], "")
+        .await
+        .unwrap();
+    assert_eq!(response.status, 200, "{}", response.body);
+    serde_json::from_str(&response.body).unwrap()
+}
+
+/// The ids `addr` lists.
+async fn node_ids(addr: &str) -> Vec<String> {
+    nodes(addr).await["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Polls `addr`'s node list every 100 ms until it is `want`, for at most `within`; returns how
+/// long that took.
+async fn lists_within(addr: &str, want: &[&str], within: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if node_ids(addr).await == want {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
+/// The value of an unlabelled gauge on `addr`'s metrics page.
+async fn gauge(addr: &str, name: &str) -> Option<f64> {
+    let page = http_get(addr, "/metrics").await.ok()?;
+    page.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+async fn gauge_becomes(addr: &str, name: &str, value: f64) -> bool {
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        if gauge(addr, name).await == Some(value) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+fn kill(child: &mut Child, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_find_each_other_and_leave_by_exit_or_by_expiry() {
+    let redis = RedisServer::start().await;
+    let (mut a, a_addr) = node(&redis, "a", 3, &[]);
+    let (mut b, b_addr) = node(&redis, "b", 3, &[]);
+    // c's entry would outlive it by a minute: it must withdraw it when it exits.
+    let (mut c, _) = node(&redis, "c", 60, &["--relay-addr", "127.0.0.1:7999"]);
+
+    assert!(
+        lists_within(&a_addr, &["a", "b", "c"], WAIT)
+            .await
+            .is_some(),
+        "a lists every node: {:?}",
+        nodes(&a_addr).await
+    );
+    assert!(
+        lists_within(&b_addr, &["a", "b", "c"], WAIT)
+            .await
+            .is_some()
+    );
+    let listed = nodes(&a_addr).await;
+    assert_eq!(listed["cluster"], true);
+    assert_eq!(listed["redis_up"], true);
+    assert_eq!(listed["this_node"], "a");
+    let b_entry = listed["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == "b")
+        .unwrap()
+        .clone();
+    assert_eq!(b_entry["url"], format!("http://{b_addr}"));
+    assert_eq!(listed["nodes"][2]["relay_addr"], "127.0.0.1:7999");
+    assert!(
+        http_get(&a_addr, "/readyz").await.is_ok(),
+        "in the cluster: ready"
+    );
+
+    // A participant on a is told where else to go: the other live nodes.
+    let bot = Bot::spawn(BotConfig::new(
+        &format!("ws://{a_addr}/rtc"),
+        token("r", "p"),
+        false,
+        1,
+    ));
+    let b_rtc = format!("ws://{b_addr}/rtc");
+    assert!(
+        bot.wait_for(WAIT, |s| s.saw(|m| matches!(
+            m,
+            ServerMessage::Joined { alternates, .. }
+                if alternates.len() == 2 && alternates.contains(&b_rtc)
+        )))
+        .await,
+        "joined names b and c as alternates"
+    );
+    bot.leave();
+
+    // c exits (SIGTERM, no participants): it leaves the registry at once, not in 60 s.
+    kill(&mut c, "-TERM");
+    assert!(c.wait().unwrap().success());
+    assert!(
+        lists_within(&a_addr, &["a", "b"], Duration::from_secs(5))
+            .await
+            .is_some(),
+        "c withdrew its entry when it exited"
+    );
+
+    // b dies without a word: it is gone once its 3 s entry expires (plus a heartbeat).
+    kill(&mut b, "-KILL");
+    let _ = b.wait();
+    let gone = lists_within(&a_addr, &["a"], Duration::from_secs(8)).await;
+    assert!(
+        gone.is_some(),
+        "b left the registry within its time to live"
+    );
+    let _ = a.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_loses_redis_keeps_its_calls_and_returns_to_an_emptied_redis() {
+    let mut redis = RedisServer::start().await;
+    let (mut a, a_addr) = node(&redis, "a", 3, &[]);
+    assert!(lists_within(&a_addr, &["a"], WAIT).await.is_some());
+    let url = format!("ws://{a_addr}/rtc");
+    let publisher = Bot::spawn(BotConfig::new(&url, token("call", "pub"), true, 1));
+    let viewer = Bot::spawn(BotConfig::new(&url, token("call", "viewer"), false, 2));
+    assert!(
+        viewer
+            .wait_for(WAIT, |s| s.packets_from(1, PayloadKind::Vp8) >= 30)
+            .await
+    );
+
+    redis.kill();
+    assert!(
+        gauge_becomes(&a_addr, "sfu_cluster_redis_up", 0.0).await,
+        "the node notices Redis is gone"
+    );
+    let before = viewer.state().packets_from(1, PayloadKind::Vp8);
+    assert!(
+        viewer
+            .wait_for(WAIT, |s| s.packets_from(1, PayloadKind::Vp8) >= before + 60)
+            .await,
+        "the call carries on without Redis"
+    );
+    assert!(
+        http_get(&a_addr, "/readyz").await.is_ok(),
+        "still ready: it serves its own rooms"
+    );
+    let listed = nodes(&a_addr).await;
+    assert_eq!(listed["redis_up"], false);
+    assert_eq!(listed["nodes"][0]["id"], "a", "the last list it read");
+    let late = Bot::spawn(BotConfig::new(&url, token("call", "late"), false, 3));
+    assert!(
+        late.wait_for(WAIT, |s| s.packets_from(1, PayloadKind::Vp8) >= 30)
+            .await,
+        "a new participant joins the node's room while Redis is away"
+    );
+
+    // Redis comes back empty: the node announces itself again.
+    redis.restart().await;
+    assert_eq!(redis.command(&["DBSIZE"]).await.as_deref(), Some(":0\r\n"));
+    assert!(gauge_becomes(&a_addr, "sfu_cluster_redis_up", 1.0).await);
+    let deadline = Instant::now() + WAIT;
+    let mut entry = None;
+    while Instant::now() < deadline && entry.is_none() {
+        entry = redis
+            .command(&["GET", "sfu:node:a"])
+            .await
+            .filter(|r| r.starts_with('$') && r.contains("\"id\":\"a\""));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let entry = entry.expect("the node is in the emptied Redis again");
+    assert!(
+        entry.contains("\"participants\":3"),
+        "with its load: {entry}"
+    );
+    for bot in [&publisher, &viewer, &late] {
+        bot.leave();
+    }
+    let _ = a.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_registry_entries_are_ignored_and_counted() {
+    let redis = RedisServer::start().await;
+    let entry = |id: &str, url: &str| {
+        serde_json::json!({
+            "id": id, "url": url, "version": "1", "started_at": 0, "draining": false,
+            "load": {"participants": 0, "rooms": 0, "peers": 0, "cpu_cores": 0.0, "egress_bps": 0}
+        })
+        .to_string()
+    };
+    for (key, value) in [
+        ("sfu:node:junk", "{not-json".to_string()),
+        ("sfu:node:liar", entry("someone-else", "http://x")),
+        ("sfu:node:ftp", entry("ftp", "ftp://x")),
+    ] {
+        let reply = redis.command(&["SET", key, &value]).await;
+        assert_eq!(reply.as_deref(), Some("+OK\r\n"), "{key}");
+    }
+    let (mut a, a_addr) = node(&redis, "a", 3, &[]);
+    assert!(lists_within(&a_addr, &["a"], WAIT).await.is_some());
+    assert!(gauge_becomes(&a_addr, "sfu_cluster_ignored_entries", 3.0).await);
+    let _ = a.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_redis_there_is_no_cluster() {
+    let (mut single, addr) = start_server_process(&["--workers", "1"]);
+    let listed = nodes(&addr).await;
+    assert_eq!(listed["cluster"], false);
+    assert_eq!(listed["nodes"].as_array().map(Vec::len), Some(0));
+    assert!(gauge(&addr, "sfu_cluster_redis_up").await.is_none());
+    let _ = single.kill();
+}
