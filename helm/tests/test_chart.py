@@ -53,7 +53,7 @@ def container(docs):
     workload = next(
         d
         for d in docs
-        if d["kind"] in ("Deployment", "DaemonSet")
+        if d["kind"] in ("Deployment", "StatefulSet", "DaemonSet")
         and d["spec"]["template"]["spec"]["containers"][0]["name"] == "sfu-server"
     )
     return workload, workload["spec"]["template"]["spec"]["containers"][0]
@@ -68,6 +68,13 @@ def coturn(docs):
         and d["spec"]["template"]["spec"]["containers"][0]["name"] == "coturn"
     )
     return workload, workload["spec"]["template"]["spec"]["containers"][0]
+
+
+def config_map(docs):
+    """The server's settings ConfigMap (not the Grafana dashboard's)."""
+    found = [d for d in by_kind(docs, "ConfigMap") if not d["metadata"]["name"].endswith("-dashboard")]
+    assert len(found) == 1, f"expected one settings ConfigMap, got {len(found)}"
+    return found[0]
 
 
 def env(c):
@@ -93,6 +100,21 @@ EXTERNAL_TURN = {
         "secret": "shared-secret-of-the-relay",
     }
 }
+CLUSTER = {
+    "kind": "StatefulSet",
+    "replicaCount": 3,
+    "cluster": {"enabled": True, "publicUrl": "https://$(POD_NAME).sfu.example.com"},
+    "grafanaDashboard": {"enabled": True},
+}
+CLUSTER_EXTERNAL_REDIS = {
+    "replicaCount": 2,
+    "cluster": {"enabled": True, "redis": {"url": "redis://redis.infra:6379/2"}},
+}
+CLUSTER_REDIS_SECRET = {
+    "cluster": {"enabled": True, "redis": {"existingSecret": "redis-url"}},
+}
+VARIANTS = (TLS_FROM_SECRET, TLS_SELF_SIGNED, COTURN, EXTERNAL_TURN, CLUSTER,
+            CLUSTER_EXTERNAL_REDIS, CLUSTER_REDIS_SECRET)
 
 
 class Lint(unittest.TestCase):
@@ -108,8 +130,8 @@ class Lint(unittest.TestCase):
     def test_all_on_values_lint_strictly(self):
         self.lint(ALL_ON)
 
-    def test_tls_and_turn_variants_lint_strictly(self):
-        for values in (TLS_FROM_SECRET, TLS_SELF_SIGNED, COTURN, EXTERNAL_TURN):
+    def test_tls_turn_and_cluster_variants_lint_strictly(self):
+        for values in VARIANTS:
             with self.subTest(values=values):
                 self.lint(values)
 
@@ -134,8 +156,8 @@ class Validate(unittest.TestCase):
         self.assertEqual(monitor["metadata"]["labels"]["release"], "prometheus")
         self.assertEqual(monitor["spec"]["endpoints"][0]["scheme"], "https")
 
-    def test_tls_and_turn_variants_are_valid_kubernetes(self):
-        for values in (TLS_FROM_SECRET, TLS_SELF_SIGNED, COTURN, EXTERNAL_TURN):
+    def test_tls_turn_and_cluster_variants_are_valid_kubernetes(self):
+        for values in VARIANTS:
             with self.subTest(values=values):
                 self.validate(render(values))
 
@@ -159,7 +181,7 @@ class Defaults(unittest.TestCase):
         self.assertEqual(udp, [7882, 7883])
         env = {e["name"]: e for e in c["env"]}
         self.assertEqual(env["SFU_ADVERTISE_IPS"]["valueFrom"]["fieldRef"]["fieldPath"], "status.hostIP")
-        config = one(self.docs, "ConfigMap")["data"]
+        config = config_map(self.docs)["data"]
         self.assertEqual(config["SFU_MEDIA_IP"], "0.0.0.0")
         self.assertEqual(config["SFU_WORKERS"], "2")
 
@@ -168,7 +190,7 @@ class Defaults(unittest.TestCase):
         self.assertEqual(c["livenessProbe"]["httpGet"]["path"], "/healthz")
         self.assertEqual(c["readinessProbe"]["httpGet"]["path"], "/readyz")
         grace = workload["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
-        drain = int(one(self.docs, "ConfigMap")["data"]["SFU_DRAIN_TIMEOUT"])
+        drain = int(config_map(self.docs)["data"]["SFU_DRAIN_TIMEOUT"])
         self.assertGreater(grace, drain)
 
     def test_generated_api_key_never_the_development_one(self):
@@ -191,7 +213,7 @@ class Defaults(unittest.TestCase):
         self.assertEqual(c["image"], "ghcr.io/example/sfu-server:0.1.0")
 
     def test_ice_tcp_on_and_rooms_not_created_on_join(self):
-        config = one(self.docs, "ConfigMap")["data"]
+        config = config_map(self.docs)["data"]
         self.assertEqual(config["SFU_ICE_TCP_PORT"], "7881")
         self.assertEqual(config["SFU_AUTO_CREATE_ROOMS"], "false")
         _, c = container(self.docs)
@@ -199,7 +221,7 @@ class Defaults(unittest.TestCase):
         self.assertEqual(tcp, [("http", 7880), ("ice-tcp", 7881)])
 
     def test_no_tls_no_turn_by_default(self):
-        config = one(self.docs, "ConfigMap")["data"]
+        config = config_map(self.docs)["data"]
         for key in ("SFU_TLS_CERT", "SFU_TLS_KEY", "SFU_TLS_SELF_SIGNED", "SFU_TRUSTED_PROXIES",
                     "SFU_TURN_SERVERS", "SFU_DEV"):
             self.assertNotIn(key, config)
@@ -232,6 +254,7 @@ class AllOn(unittest.TestCase):
             kinds,
             [
                 "ConfigMap",
+                "ConfigMap",
                 "DaemonSet",
                 "Deployment",
                 "Ingress",
@@ -257,7 +280,7 @@ class AllOn(unittest.TestCase):
 
     def test_tls_trusted_proxies_and_turn(self):
         workload, c = container(self.docs)
-        config = one(self.docs, "ConfigMap")["data"]
+        config = config_map(self.docs)["data"]
         self.assertEqual(config["SFU_TLS_CERT"], "/etc/sfu/tls/tls.crt")
         self.assertEqual(config["SFU_TRUSTED_PROXIES"], "10.244.0.0/16,10.96.0.10")
         self.assertEqual(config["SFU_AUTO_CREATE_ROOMS"], "true")
@@ -290,7 +313,7 @@ class Tls(unittest.TestCase):
     def test_certificate_from_a_secret(self):
         docs = render(TLS_FROM_SECRET)
         workload, c = container(docs)
-        config = one(docs, "ConfigMap")["data"]
+        config = config_map(docs)["data"]
         self.assertEqual(config["SFU_TLS_CERT"], "/etc/sfu/tls/tls.crt")
         self.assertEqual(config["SFU_TLS_KEY"], "/etc/sfu/tls/tls.key")
         self.assertNotIn("SFU_TLS_SELF_SIGNED", config)
@@ -310,7 +333,7 @@ class Tls(unittest.TestCase):
     def test_self_signed(self):
         docs = render(TLS_SELF_SIGNED)
         _, c = container(docs)
-        config = one(docs, "ConfigMap")["data"]
+        config = config_map(docs)["data"]
         self.assertEqual(config["SFU_TLS_SELF_SIGNED"], "true")
         self.assertNotIn("SFU_TLS_CERT", config)
         self.assertNotIn("volumeMounts", c)
@@ -320,7 +343,7 @@ class Tls(unittest.TestCase):
     def test_trusted_proxies(self):
         docs = render({"config": {"trustedProxies": ["10.244.0.0/16", "192.0.2.7"]}})
         self.assertEqual(
-            one(docs, "ConfigMap")["data"]["SFU_TRUSTED_PROXIES"], "10.244.0.0/16,192.0.2.7"
+            config_map(docs)["data"]["SFU_TRUSTED_PROXIES"], "10.244.0.0/16,192.0.2.7"
         )
 
 
@@ -363,7 +386,7 @@ class Turn(unittest.TestCase):
         self.assertFalse(all(labels.get(k) == v for k, v in sfu_selector.items()))
 
         _, c = container(docs)
-        config = one(docs, "ConfigMap")["data"]
+        config = config_map(docs)["data"]
         self.assertEqual(
             config["SFU_TURN_SERVERS"],
             "turn:turn.example.com:3478?transport=udp,turn:turn.example.com:3478?transport=tcp",
@@ -392,7 +415,7 @@ class Turn(unittest.TestCase):
         docs = render(EXTERNAL_TURN)
         self.assertEqual([d["kind"] for d in docs if d["kind"] == "Deployment"], ["Deployment"])
         container(docs)  # the one Deployment is the SFU's
-        config = one(docs, "ConfigMap")["data"]
+        config = config_map(docs)["data"]
         self.assertEqual(config["SFU_TURN_SERVERS"], ",".join(EXTERNAL_TURN["turn"]["servers"]))
         self.assertEqual(secret_value(docs, "SFU_TURN_SECRET"), "shared-secret-of-the-relay")
         _, c = container(docs)
@@ -418,11 +441,86 @@ class Turn(unittest.TestCase):
     def test_ice_tcp_off(self):
         media_values = {"iceTcpPort": 0, "hostNetwork": False, "service": {"enabled": True}}
         docs = render({"media": media_values})
-        self.assertEqual(one(docs, "ConfigMap")["data"]["SFU_ICE_TCP_PORT"], "0")
+        self.assertEqual(config_map(docs)["data"]["SFU_ICE_TCP_PORT"], "0")
         _, c = container(docs)
         self.assertFalse(any(p["name"] == "ice-tcp" for p in c["ports"]))
         media = next(s for s in by_kind(docs, "Service") if s["metadata"]["name"] == "media-sfu-media")
         self.assertTrue(all(p["protocol"] == "UDP" for p in media["spec"]["ports"]))
+
+
+class ClusterMode(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.docs = render(CLUSTER)
+
+    def test_pods_have_stable_names_that_are_their_node_ids(self):
+        workload, c = container(self.docs)
+        self.assertEqual(workload["kind"], "StatefulSet")
+        self.assertEqual(workload["spec"]["replicas"], 3)
+        names = [e["name"] for e in c["env"]]
+        # $(POD_NAME) expands only if POD_NAME is defined before it.
+        self.assertLess(names.index("POD_NAME"), names.index("SFU_NODE_ID"))
+        self.assertLess(names.index("POD_NAME"), names.index("SFU_PUBLIC_URL"))
+        e = env(c)
+        self.assertEqual(e["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"], "metadata.name")
+        self.assertEqual(e["SFU_NODE_ID"]["value"], "$(POD_NAME)")
+        self.assertEqual(e["SFU_PUBLIC_URL"]["value"], "https://$(POD_NAME).sfu.example.com")
+        governing = next(s for s in by_kind(self.docs, "Service")
+                         if s["metadata"]["name"] == workload["spec"]["serviceName"])
+        self.assertEqual(governing["spec"]["clusterIP"], "None")
+        self.assertEqual(config_map(self.docs)["data"]["SFU_NODE_TTL"], "5")
+
+    def test_the_chart_runs_its_own_redis_when_none_is_given(self):
+        _, c = container(self.docs)
+        redis = next(d for d in by_kind(self.docs, "Deployment") if d["metadata"]["name"].endswith("-redis"))
+        service = next(s for s in by_kind(self.docs, "Service") if s["metadata"]["name"].endswith("-redis"))
+        self.assertEqual(env(c)["SFU_REDIS_URL"]["value"], f"redis://{service['metadata']['name']}:6379")
+        self.assertEqual(redis["spec"]["template"]["metadata"]["labels"], service["spec"]["selector"])
+        # The SFU's own selector (and its PodDisruptionBudget) does not pick the Redis pod.
+        workload, _ = container(self.docs)
+        sfu_selector = workload["spec"]["selector"]["matchLabels"]
+        redis_labels = redis["spec"]["template"]["metadata"]["labels"]
+        self.assertFalse(all(redis_labels.get(k) == v for k, v in sfu_selector.items()))
+        args = redis["spec"]["template"]["spec"]["containers"][0]["args"]
+        self.assertEqual(args[:2], ["--save", ""], "nothing persisted: heartbeats rebuild it")
+
+    def test_an_external_redis_replaces_the_bundled_one(self):
+        docs = render(CLUSTER_EXTERNAL_REDIS)
+        _, c = container(docs)
+        self.assertEqual(env(c)["SFU_REDIS_URL"]["value"], "redis://redis.infra:6379/2")
+        self.assertFalse(any(d["metadata"]["name"].endswith("-redis") for d in docs))
+        docs = render(CLUSTER_REDIS_SECRET)
+        _, c = container(docs)
+        ref = env(c)["SFU_REDIS_URL"]["valueFrom"]["secretKeyRef"]
+        self.assertEqual((ref["name"], ref["key"]), ("redis-url", "SFU_REDIS_URL"))
+
+    def test_single_node_by_default(self):
+        _, c = container(render())
+        self.assertNotIn("SFU_REDIS_URL", env(c))
+        self.assertNotIn("SFU_NODE_TTL", config_map(render())["data"])
+
+    def test_the_dashboard_charts_metrics_the_server_exports(self):
+        import json
+        import re
+
+        dashboard = next(d for d in by_kind(self.docs, "ConfigMap") if d["metadata"]["name"].endswith("-dashboard"))
+        self.assertEqual(dashboard["metadata"]["labels"]["grafana_dashboard"], "1")
+        board = json.loads(dashboard["data"]["sfu.json"])
+        exprs = [t["expr"] for p in board["panels"] for t in p["targets"]]
+        self.assertGreaterEqual(len(board["panels"]), 10)
+        root = CHART.parent.parent
+        sources = "".join(
+            (root / f).read_text()
+            for f in ("control-api/src/metrics.rs", "sfu/src/counters.rs")
+        )
+        names = {n for e in exprs for n in re.findall(r"\b((?:sfu|process)_[a-z_]+)\{", e)}
+        self.assertIn("sfu_cluster_redis_up", names)
+        for name in names:
+            # Counters are exported as sfu_<field>_total, histograms with _bucket.
+            base = re.sub(r"_(total|bucket)$", "", name)
+            field = base.removeprefix("sfu_")
+            with self.subTest(metric=name):
+                self.assertTrue(base in sources or re.search(rf"\b{field},", sources), name)
 
 
 class BadValues(unittest.TestCase):
@@ -466,7 +564,17 @@ class BadValues(unittest.TestCase):
 
     def test_unknown_kind_is_refused(self):
         with self.assertRaises(helm.HelmError):
-            render({"kind": "StatefulSet"})
+            render({"kind": "ReplicaSet"})
+
+    def test_redis_url_and_secret_together_are_refused(self):
+        with self.assertRaises(helm.HelmError) as e:
+            render({"cluster": {"enabled": True, "redis": {"url": "redis://r:6379", "existingSecret": "s"}}})
+        self.assertIn("not both", str(e.exception))
+
+    def test_a_redis_url_must_be_one(self):
+        with self.assertRaises(helm.HelmError) as e:
+            render({"cluster": {"enabled": True, "redis": {"url": "r:6379"}}})
+        self.assertIn("redis://", str(e.exception))
 
 
 if __name__ == "__main__":

@@ -94,8 +94,8 @@ app.kubernetes.io/component: turn
 
 {{/* Checks of value combinations the server or the chart cannot run with; fails the render. */}}
 {{- define "sfu.validate" -}}
-{{- if not (has .Values.kind (list "Deployment" "DaemonSet")) }}
-{{- fail "kind must be Deployment or DaemonSet" }}
+{{- if not (has .Values.kind (list "Deployment" "StatefulSet" "DaemonSet")) }}
+{{- fail "kind must be Deployment, StatefulSet or DaemonSet" }}
 {{- end }}
 {{- if not (or .Values.apiKeys.existingSecret .Values.apiKeys.keys .Values.apiKeys.generate) }}
 {{- fail "apiKeys: no API key configured, and the server refuses to start on 0.0.0.0 without one (the chart never runs the public development key). Set apiKeys.generate=true (a random key kept across upgrades), apiKeys.keys (KEY: SECRET pairs) or apiKeys.existingSecret." }}
@@ -123,6 +123,12 @@ app.kubernetes.io/component: turn
 {{- fail "turn.coturn.minPort must not be above turn.coturn.maxPort" }}
 {{- end }}
 {{- end }}
+{{- if and .Values.cluster.redis.url .Values.cluster.redis.existingSecret }}
+{{- fail "cluster.redis: set either url or existingSecret, not both" }}
+{{- end }}
+{{- if and .Values.cluster.redis.url (not (regexMatch "^rediss?://" .Values.cluster.redis.url)) }}
+{{- fail "cluster.redis.url must be a redis:// URL (redis://HOST:PORT)" }}
+{{- end }}
 {{- end }}
 
 {{/* Labels on the coturn resources (not the server's selector labels). */}}
@@ -130,4 +136,18 @@ app.kubernetes.io/component: turn
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{ include "sfu.coturnSelectorLabels" . }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{/* Whether the chart runs its own Redis (cluster mode without an external one). */}}
+{{- define "sfu.ownRedis" -}}
+{{- if and .Values.cluster.enabled (not .Values.cluster.redis.url) (not .Values.cluster.redis.existingSecret) }}true{{ end }}
+{{- end }}
+
+{{- define "sfu.redisName" -}}
+{{ include "sfu.fullname" . }}-redis
+{{- end }}
+
+{{- define "sfu.redisSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "sfu.name" . }}-redis
+app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
