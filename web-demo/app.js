@@ -126,7 +126,7 @@ async function startJoin() {
   Object.assign(state, {
     room, displayName, viewer: ui.viewerInput.checked, phase: 'connecting',
     leaving: false, everJoined: false, reconnectAttempts: 0, mediaEverConnected: false, mediaFailures: 0,
-    resumes: 0, iceRestarts: 0, lastIceRestart: 0, messageCounts: {},
+    resumes: 0, iceRestarts: 0, lastIceRestart: 0, messageCounts: {}, redirectUrl: null, redirects: 0,
   });
   ui.joinButton.disabled = true;
 
@@ -176,9 +176,12 @@ function enterCallView() {
 async function connect() {
   const session = ++state.session;
   setStatus(state.everJoined ? 'Reconnecting…' : 'connecting…', state.everJoined ? 'bad' : 'busy');
-  const { token, wsUrl } = state.token
+  const fetched = state.token
     ? { token: state.token, wsUrl: signallingUrl() }
     : await fetchDevToken(state.room, state.identity, state.displayName);
+  const { token } = fetched;
+  // Cluster mode: the node hosting the room, as the server said (`room_elsewhere`).
+  const wsUrl = state.redirectUrl ?? fetched.wsUrl;
   if (!isCurrent(session)) return;
   state.journal = new Journal();
   state.resumeToken = null;
@@ -241,10 +244,15 @@ function openResumeSocket(session, reason, attempt) {
     onMessage: (msg) => {
       if (isCurrent(session) && state.signalling === signalling) handleMessage(msg, session);
     },
-    onClose: ({ code, reason: closeReason }) => {
+    onClose: ({ code, reason: closeReason, opened }) => {
       if (!isCurrent(session) || state.leaving || state.signalling !== signalling) return;
       const why = `the signalling connection closed (code ${code}${closeReason ? `: ${closeReason}` : ''})`;
       if (state.phase === 'joined') return signallingLost(why);
+      // Cluster mode: a server that refuses connections twice is gone with our session; the
+      // room moves to another node, so join again rather than keep trying to resume.
+      if (!opened && state.alternates.length && attempt >= 1) {
+        return connectionLost(`${reason}; its server is gone`, { soon: true });
+      }
       const delay = RESUME_RETRY_MS[Math.min(attempt + 1, RESUME_RETRY_MS.length - 1)];
       setTimeout(() => openResumeSocket(session, reason, attempt + 1), delay);
       return undefined;
@@ -333,13 +341,34 @@ function mediaFailed(reason, pc) {
     `${state.iceServers.length ? 'to check the TURN relay' : 'to set up a TURN relay'}.`);
 }
 
-function connectionLost(reason) {
+/** Most `room_elsewhere` hops one join follows (one is the rule; more means a loop). */
+const MAX_REDIRECTS = 3;
+
+/** Joins again at `url`, the node that hosts the room. */
+function followRedirect(url) {
+  console.info(`the room is hosted by another server: ${url}`);
+  state.redirects += 1;
+  state.redirectUrl = url;
+  dropConnection();
+  state.phase = state.everJoined ? 'reconnecting' : 'connecting';
+  connect().catch((err) => endCall(`Could not join: ${err.message ?? err}`));
+}
+
+/**
+ * `soon`: the room is moving between the cluster's nodes (its node just died); try again in a
+ * second rather than backing off, as the next node takes it over within seconds.
+ */
+function connectionLost(reason, { soon = false } = {}) {
   if (state.phase === 'idle' || state.leaving || state.reconnectTimer) return;
   console.info(`connection lost: ${reason}`);
+  // A node we were sent to that cannot be reached is one that just died.
+  soon ||= state.redirectUrl !== null;
   dropConnection();
+  state.redirectUrl = null;
+  state.redirects = 0;
   state.phase = 'reconnecting';
-  const delay = Math.min(1000 * 2 ** state.reconnectAttempts, MAX_BACKOFF_MS);
-  state.reconnectAttempts++;
+  const delay = soon ? 1000 : Math.min(1000 * 2 ** state.reconnectAttempts, MAX_BACKOFF_MS);
+  if (!soon) state.reconnectAttempts++;
   setStatus('Reconnecting…', 'bad');
   showBanner(`Connection lost: ${reason}. Reconnecting in ${delay / 1000} s…`, 'info');
   state.reconnectTimer = setTimeout(() => {
@@ -436,6 +465,8 @@ function onJoined(msg, session) {
     participantId: msg.participant?.id ?? null,
     iceServers: Array.isArray(msg.ice_servers) ? msg.ice_servers : [],
     resumeToken: typeof msg.resume_token === 'string' ? msg.resume_token : null,
+    // Cluster mode: the other nodes (where the room goes if this one dies).
+    alternates: Array.isArray(msg.alternates) ? msg.alternates.filter((u) => typeof u === 'string') : [],
   });
   ui.localTile.dataset.participantId = state.participantId ?? '';
   console.info(`joined room ${state.room} as ${state.participantId}`);
@@ -477,6 +508,12 @@ function onServerError(msg) {
       if (!joinedNow) return endCall(`You may not join “${state.room}”: ${detail}.`);
       failPendingOffer(detail);
       return showBanner(`Not allowed: ${detail}.`);
+    case 'room_elsewhere':
+      // Cluster mode: the room is on another node; join there with the same token.
+      if (!joinedNow && typeof msg.url === 'string' && state.redirects < MAX_REDIRECTS) return followRedirect(msg.url);
+      return endCall(`The room “${state.room}” is on another server that could not be joined (${detail}).`);
+    case 'cluster_unavailable':
+      return connectionLost(`the room is moving to another server (${detail})`, { soon: true });
     case 'resume_failed':
       return connectionLost(`could not resume the session (${detail})`);
     case 'media_closed':

@@ -17,6 +17,12 @@ export const state = {
   fatalError: null,
   reconnectAttempts: 0,
   reconnectTimer: null,
+  /** Cluster mode: the signalling URL of the node hosting the room (from `room_elsewhere`). */
+  redirectUrl: null,
+  /** `room_elsewhere` hops followed since the last connection loss. */
+  redirects: 0,
+  /** Cluster mode: signalling URLs of the other nodes (from `joined`). */
+  alternates: [],
 
   room: '',
   displayName: '',

@@ -413,6 +413,7 @@ fn valid_room_name(name: &str) -> bool {
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
         (status = 403, description = "No roomCreate grant", body = ErrorBody),
         (status = 409, description = "The room exists, or too many rooms", body = ErrorBody),
+        (status = 503, description = "Cluster mode: the cluster's directory (Redis) is unreachable", body = ErrorBody),
     ))]
 async fn create_room(
     State(state): State<Arc<AppState>>,
@@ -448,6 +449,35 @@ async fn create_room(
         metadata,
         explicit: true,
     };
+    if let Some(cluster) = state
+        .cluster
+        .as_ref()
+        .filter(|_| state.rooms.get(&request.name).is_none())
+    {
+        match cluster.place(&request.name).await {
+            crate::cluster::Placement::Here => {}
+            crate::cluster::Placement::Elsewhere(node, entry) => {
+                let url = entry.map(|e| e.url).unwrap_or_default();
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "room_exists",
+                    format!(
+                        "room {:?} already exists on node {node} {url}",
+                        request.name
+                    ),
+                ));
+            }
+            crate::cluster::Placement::Unavailable(why) => {
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "cluster_unavailable",
+                    format!(
+                        "the cluster's directory (Redis) is unreachable ({why}); try again shortly"
+                    ),
+                ));
+            }
+        }
+    }
     let room = state
         .rooms
         .create(&request.name, settings)

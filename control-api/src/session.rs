@@ -18,6 +18,7 @@ use tracing::{debug, info, warn};
 
 use crate::AppState;
 use crate::auth::Grants;
+use crate::cluster::Placement;
 use crate::protocol::{
     ClientMessage, ErrorCode, OfferedTrack, ParticipantInfo, PcTarget, QualityName, Refusal,
     ServerMessage, TrackInfo,
@@ -263,6 +264,42 @@ impl Session {
         Ok(())
     }
 
+    /// In cluster mode, why this node may not start `room_name` (it does not host it): another
+    /// node hosts it (the client is pointed there), or the directory cannot be reached.
+    async fn placed_elsewhere(&self, room_name: &str) -> Option<Refusal> {
+        let cluster = self.state.cluster.as_ref()?;
+        if self.state.rooms.get(room_name).is_some() {
+            return None;
+        }
+        match cluster.place(room_name).await {
+            Placement::Here => None,
+            Placement::Elsewhere(node, Some(entry)) => {
+                let url = entry.signalling_url();
+                Some(
+                    Refusal::new(
+                        ErrorCode::RoomElsewhere,
+                        format!(
+                            "room {room_name:?} is hosted by node {node}: join at {url} with the same token"
+                        ),
+                    )
+                    .at(url),
+                )
+            }
+            Placement::Elsewhere(node, None) => Some(Refusal::new(
+                ErrorCode::ClusterUnavailable,
+                format!(
+                    "room {room_name:?} is hosted by node {node}, which is not answering; join again in a few seconds"
+                ),
+            )),
+            Placement::Unavailable(why) => Some(Refusal::new(
+                ErrorCode::ClusterUnavailable,
+                format!(
+                    "cannot start room {room_name:?} here: the cluster's directory (Redis) is unreachable ({why}); rooms already on this server can be joined; try again shortly"
+                ),
+            )),
+        }
+    }
+
     /// Joins `room_name` as `me`: opens the room (again, if it was ending as we came) and asks
     /// it to admit us; the room sends `joined`. Returns the room, our media-core identity and
     /// our subscriber peer.
@@ -278,6 +315,9 @@ impl Session {
         /// A room may end between being opened and admitting us; it is then opened anew.
         const ATTEMPTS: usize = 3;
         let mut attempt = 0;
+        if let Some(refusal) = self.placed_elsewhere(room_name).await {
+            return Err(refusal);
+        }
         loop {
             attempt += 1;
             let room = self.state.rooms.open(room_name)?;

@@ -217,6 +217,9 @@ async fn create(
         Kind::Whep => JoinMode::Viewer,
     };
     if let Err(refusal) = session.join(token, mode, Some(&room)).await {
+        if let (ErrorCode::RoomElsewhere, Some(url)) = (refusal.code, &refusal.url) {
+            return redirect_to_host(url, kind, &room, query.participant.as_deref());
+        }
         return refusal_response(refusal);
     }
     let answer = match kind {
@@ -555,6 +558,51 @@ fn no_such_resource() -> Response {
     )
 }
 
+/// 307 to the same endpoint on the node hosting the room (cluster mode), given that node's
+/// signalling URL: WHIP and WHEP clients follow it with the same offer (RFC 9725, 4.5).
+fn redirect_to_host(
+    signalling_url: &str,
+    kind: Kind,
+    room: &str,
+    participant: Option<&str>,
+) -> Response {
+    let base = signalling_url.trim_end_matches("/rtc");
+    let base = match base.split_once("://") {
+        Some(("wss", rest)) => format!("https://{rest}"),
+        Some((_, rest)) => format!("http://{rest}"),
+        None => base.to_string(),
+    };
+    let path = match kind {
+        Kind::Whip => "whip",
+        Kind::Whep => "whep",
+    };
+    let mut location = format!("{base}/{path}/{}", encode_path_segment(room));
+    if let Some(p) = participant {
+        location.push_str(&format!("?participant={}", encode_path_segment(p)));
+    }
+    let mut response = json_error(
+        StatusCode::TEMPORARY_REDIRECT,
+        "room_elsewhere",
+        &format!("the room is hosted by another node: {location}"),
+    );
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
+}
+
+/// `s` with every byte outside unreserved URL characters percent-encoded.
+fn encode_path_segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// A refused request as an HTTP response with a fitting status.
 pub fn refusal_response(refusal: Refusal) -> Response {
     let status = match refusal.code {
@@ -562,7 +610,9 @@ pub fn refusal_response(refusal: Refusal) -> Response {
         ErrorCode::PermissionDenied => StatusCode::FORBIDDEN,
         ErrorCode::UnknownRoom | ErrorCode::UnknownTrack => StatusCode::NOT_FOUND,
         ErrorCode::RoomFull => StatusCode::CONFLICT,
-        ErrorCode::Draining | ErrorCode::ServerFull => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::Draining | ErrorCode::ServerFull | ErrorCode::ClusterUnavailable => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         _ => StatusCode::BAD_REQUEST,
     };

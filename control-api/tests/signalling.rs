@@ -62,7 +62,7 @@ async fn recv(ws: &mut Ws) -> Option<ServerMessage> {
 
 async fn expect_error(ws: &mut Ws, expected: ErrorCode) {
     match recv(ws).await {
-        Some(ServerMessage::Error { code, message }) => {
+        Some(ServerMessage::Error { code, message, .. }) => {
             assert_eq!(code, expected, "{message}");
             assert!(!message.is_empty());
         }

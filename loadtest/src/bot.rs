@@ -28,6 +28,7 @@ use crate::server_probe::http_request;
 use crate::signal::{ClientMessage, ServerMessage, SharedJournal, Signal, SignalError};
 use crate::synthetic::{self, PayloadKind, Signature};
 use crate::vp8_rtp::FrameAssembler;
+use sfu_protocol::protocol::ErrorCode;
 
 /// How a bot talks to the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -228,6 +229,8 @@ pub struct BotState {
     pub audio_muted: bool,
     /// The token that resumes our session on a new socket (from `joined`).
     pub resume_token: Option<String>,
+    /// The signalling URL a `room_elsewhere` error sent us to (cluster mode), if any.
+    pub joined_via: Option<String>,
     /// Every ICE connection state the publish connection went through, in order.
     pub publish_ice: Vec<IceConnectionState>,
     /// Every ICE connection state the subscribe connection went through, in order.
@@ -338,7 +341,7 @@ impl BotState {
     /// The server error that stopped or refused the bot, if any.
     pub fn error(&self) -> Option<(sfu_protocol::protocol::ErrorCode, String)> {
         self.messages.iter().find_map(|m| match m {
-            ServerMessage::Error { code, message } => Some((*code, message.clone())),
+            ServerMessage::Error { code, message, .. } => Some((*code, message.clone())),
             _ => None,
         })
     }
@@ -559,7 +562,12 @@ struct Bots<'a> {
     media_paused: bool,
     /// The numbering of our messages, across signalling sockets.
     journal: SharedJournal,
+    /// `room_elsewhere` redirects followed so far.
+    redirects: usize,
 }
+
+/// Redirects to another node a join follows at most (cluster mode: one is the rule).
+const MAX_REDIRECTS: usize = 3;
 
 async fn run(
     config: BotConfig,
@@ -616,6 +624,7 @@ async fn run_inner(
         last_seq: 0,
         media_paused: false,
         journal,
+        redirects: 0,
     };
     let mut pub_buf = vec![0u8; 2048];
     let mut sub_buf = vec![0u8; 2048];
@@ -794,6 +803,26 @@ impl Bots<'_> {
                 }
             }
             ServerMessage::Left { .. } => done = true,
+            ServerMessage::Error {
+                code: ErrorCode::RoomElsewhere,
+                url: Some(url),
+                ..
+            } if self.shared.state.lock().participant.is_none()
+                && self.redirects < MAX_REDIRECTS =>
+            {
+                // Cluster mode: the room is on another node; join there with the same token.
+                self.redirects += 1;
+                let mut signal = Signal::connect(url)
+                    .await?
+                    .with_journal(self.journal.clone());
+                signal
+                    .send(&ClientMessage::Join {
+                        token: self.config.token.clone(),
+                    })
+                    .await?;
+                self.signal = Some(signal);
+                self.update(|s| s.joined_via = Some(url.clone()));
+            }
             ServerMessage::TrackPublished { track } => {
                 let own = self.shared.state.lock().participant.as_ref() == Some(&track.participant);
                 if own {

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use common::redis::RedisServer;
 use common::{WAIT, start_server_process, token};
 use control_api::auth::{ApiKeys, Claims, DEV_API_KEY, Grants};
+use control_api::protocol::ErrorCode;
 use loadtest::bot::{Bot, BotConfig};
 use loadtest::server_probe::{http_get, http_request};
 use loadtest::signal::ServerMessage;
@@ -227,6 +228,13 @@ async fn a_node_that_loses_redis_keeps_its_calls_and_returns_to_an_emptied_redis
         "a new participant joins the node's room while Redis is away"
     );
 
+    // A room the node does not host cannot be started without the directory: refused, clearly.
+    let stranger = Bot::spawn(BotConfig::new(&url, token("new-room", "x"), false, 4));
+    assert!(stranger.wait_for(WAIT, |s| s.error().is_some()).await);
+    let (code, message) = stranger.state().error().unwrap();
+    assert_eq!(code, ErrorCode::ClusterUnavailable, "{message}");
+    assert!(message.contains("Redis"), "{message}");
+
     // Redis comes back empty: the node announces itself again.
     redis.restart().await;
     assert_eq!(redis.command(&["DBSIZE"]).await.as_deref(), Some(":0\r\n"));
@@ -249,6 +257,135 @@ async fn a_node_that_loses_redis_keeps_its_calls_and_returns_to_an_emptied_redis
         bot.leave();
     }
     let _ = a.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_lives_on_one_node_joins_elsewhere_are_sent_there_and_it_moves_when_its_node_dies() {
+    let redis = RedisServer::start().await;
+    let (mut a, a_addr) = node(&redis, "a", 2, &[]);
+    let (mut b, b_addr) = node(&redis, "b", 2, &[]);
+    assert!(lists_within(&b_addr, &["a", "b"], WAIT).await.is_some());
+    let a_rtc = format!("ws://{a_addr}/rtc");
+    let b_rtc = format!("ws://{b_addr}/rtc");
+
+    let publisher = Bot::spawn(BotConfig::new(&a_rtc, token("r", "pub"), true, 1));
+    assert!(publisher.wait_for(WAIT, |s| s.participant.is_some()).await);
+    // A viewer that asks b is sent to a, where the room is, and sees the publisher there.
+    let viewer = Bot::spawn(BotConfig::new(&b_rtc, token("r", "viewer"), false, 2));
+    assert!(
+        viewer
+            .wait_for(WAIT, |s| s.packets_from(1, PayloadKind::Vp8) >= 30)
+            .await,
+        "the viewer sent to a gets the publisher's video: {:?}",
+        viewer.state().error()
+    );
+    assert_eq!(viewer.state().joined_via.as_deref(), Some(a_rtc.as_str()));
+    assert!(viewer.state().saw(|m| matches!(
+        m,
+        ServerMessage::Error { code: ErrorCode::RoomElsewhere, url: Some(url), .. } if *url == a_rtc
+    )));
+    let auth = format!("Bearer {}", list_token());
+    let rooms_on = |addr: String| {
+        let auth = auth.clone();
+        async move {
+            let r = http_request(&addr, "GET", "/api/rooms", &[("Authorization", &auth)], "")
+                .await
+                .unwrap();
+            let body: Value = serde_json::from_str(&r.body).unwrap();
+            body["rooms"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| {
+                    (
+                        r["name"].as_str().unwrap().to_string(),
+                        r["num_participants"].clone(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(rooms_on(b_addr.clone()).await, vec![], "b hosts nothing");
+    assert_eq!(rooms_on(a_addr.clone()).await.len(), 1);
+
+    // WHEP at b: 307 to the same endpoint on a.
+    let whep_auth = format!("Bearer {}", token("r", "whep"));
+    let redirected = http_request(
+        &b_addr,
+        "POST",
+        "/whep/r",
+        &[
+            ("Authorization", &whep_auth),
+            ("Content-Type", "application/sdp"),
+        ],
+        "v=0\r\n",
+    )
+    .await
+    .unwrap();
+    assert_eq!(redirected.status, 307, "{}", redirected.body);
+    assert!(
+        redirected
+            .headers
+            .iter()
+            .any(|(k, v)| k.eq_ignore_ascii_case("location")
+                && *v == format!("http://{a_addr}/whep/r")),
+        "{:?}",
+        redirected.headers
+    );
+    // The room service at b will not create it either.
+    let admin = {
+        let grants = Grants {
+            room_create: true,
+            ..Grants::default()
+        };
+        let claims = Claims::new(DEV_API_KEY, "ops", Duration::from_secs(60), grants);
+        format!("Bearer {}", ApiKeys::dev().mint(&claims).unwrap())
+    };
+    let created = http_request(
+        &b_addr,
+        "POST",
+        "/api/rooms",
+        &[
+            ("Authorization", &admin),
+            ("Content-Type", "application/json"),
+        ],
+        r#"{"name":"r"}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(created.status, 409, "{}", created.body);
+
+    // a dies: its claim on the room lapses with its 2 s time to live, and a join at b then
+    // starts the room on b.
+    kill(&mut a, "-KILL");
+    let _ = a.wait();
+    let killed = Instant::now();
+    let mut attempt = 10;
+    let moved = loop {
+        attempt += 1;
+        let bot = Bot::spawn(BotConfig::new(&b_rtc, token("r", "again"), false, attempt));
+        let joined = bot
+            .wait_for(Duration::from_secs(3), |s| {
+                s.participant.is_some() || s.ended.is_some()
+            })
+            .await
+            && bot.state().participant.is_some();
+        if joined {
+            assert_eq!(bot.state().joined_via, None, "joined on b itself");
+            break killed.elapsed();
+        }
+        assert!(killed.elapsed() < WAIT, "the room never moved to b");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        moved < Duration::from_secs(6),
+        "the room moved after {moved:?}"
+    );
+    assert_eq!(rooms_on(b_addr.clone()).await.len(), 1);
+    for bot in [&publisher, &viewer] {
+        bot.leave();
+    }
+    let _ = b.kill();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

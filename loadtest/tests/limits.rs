@@ -166,7 +166,7 @@ async fn hostile_offers_get_a_4xx_and_leave_nothing_behind() {
         signal.send(&offer).await.unwrap();
         let refused = tokio::time::timeout(WAIT, async {
             while let Some(Ok(message)) = signal.recv().await {
-                if let ServerMessage::Error { code, message } = message {
+                if let ServerMessage::Error { code, message, .. } = message {
                     return (code, message);
                 }
             }

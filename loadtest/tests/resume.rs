@@ -391,6 +391,7 @@ async fn connections_that_never_connect_are_removed() {
                 ServerMessage::Error {
                     code: ErrorCode::MediaClosed,
                     message,
+                    ..
                 } => return message,
                 _ => {}
             }

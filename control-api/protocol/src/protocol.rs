@@ -212,6 +212,12 @@ pub enum ErrorCode {
     /// A `resume` could not be honoured (unknown or expired token, or messages it missed are
     /// gone): join again.
     ResumeFailed,
+    /// The room is hosted by another node of the cluster: join there (the error's `url`, a
+    /// signalling URL) with the same token.
+    RoomElsewhere,
+    /// The cluster's directory (Redis) cannot be reached, so this node cannot start a room or
+    /// find the node hosting it: try again shortly, or another node.
+    ClusterUnavailable,
     /// Something failed on the server.
     Internal,
 }
@@ -335,6 +341,10 @@ pub enum ServerMessage {
         code: ErrorCode,
         /// What to do, for humans.
         message: String,
+        /// Where to go instead (`room_elsewhere`: the signalling URL of the node hosting the
+        /// room).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        url: Option<String>,
     },
     /// Reply to `ping`.
     Pong,
@@ -351,6 +361,7 @@ impl ServerMessage {
         ServerMessage::Error {
             code,
             message: message.into(),
+            url: None,
         }
     }
 }
@@ -362,6 +373,8 @@ pub struct Refusal {
     pub code: ErrorCode,
     /// What to do, for humans.
     pub message: String,
+    /// Where to go instead.
+    pub url: Option<String>,
 }
 
 impl Refusal {
@@ -370,7 +383,14 @@ impl Refusal {
         Self {
             code,
             message: message.into(),
+            url: None,
         }
+    }
+
+    /// The same refusal, pointing the client at `url`.
+    pub fn at(mut self, url: impl Into<String>) -> Self {
+        self.url = Some(url.into());
+        self
     }
 }
 
@@ -379,6 +399,7 @@ impl From<Refusal> for ServerMessage {
         ServerMessage::Error {
             code: r.code,
             message: r.message,
+            url: r.url,
         }
     }
 }

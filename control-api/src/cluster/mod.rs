@@ -12,6 +12,7 @@
 
 pub mod registry;
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -122,6 +123,20 @@ pub struct Cluster {
     config: ClusterConfig,
     me: Mutex<NodeInfo>,
     view: Mutex<View>,
+    /// The rooms this node hosted at the last heartbeat (their claims are renewed, and given
+    /// up once they close).
+    hosted: Mutex<HashSet<String>>,
+}
+
+/// Where a room is hosted.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Placement {
+    /// Here: this node holds the room's claim.
+    Here,
+    /// On another live node: its id, and its entry if known.
+    Elsewhere(String, Option<NodeInfo>),
+    /// Unknown: Redis cannot be reached (the reason).
+    Unavailable(String),
 }
 
 /// What the last heartbeats found.
@@ -170,7 +185,46 @@ impl Cluster {
             config,
             me: Mutex::new(me),
             view: Mutex::new(View::default()),
+            hosted: Mutex::new(HashSet::new()),
         })
+    }
+
+    /// Finds the node that hosts `room`, claiming it for this node if none does (a room is
+    /// hosted by one node at a time; its claim lapses within the time to live if that node
+    /// dies). Call it before starting a room here.
+    pub async fn place(&self, room: &str) -> Placement {
+        if !self.redis_up() {
+            return Placement::Unavailable("Redis did not answer the last heartbeat".into());
+        }
+        let me = self.id();
+        let wait = self.config.heartbeat.max(Duration::from_millis(500)) * 2;
+        let owner =
+            match tokio::time::timeout(wait, self.registry.claim_room(room, &me, self.config.ttl))
+                .await
+            {
+                Ok(Ok(owner)) => owner,
+                Ok(Err(e)) => return Placement::Unavailable(e.to_string()),
+                Err(_) => return Placement::Unavailable("Redis did not answer in time".into()),
+            };
+        if owner == me {
+            return Placement::Here;
+        }
+        let known = self
+            .view
+            .lock()
+            .nodes
+            .iter()
+            .find(|n| n.id == owner)
+            .cloned();
+        let entry = match known {
+            Some(node) => Some(node),
+            None => tokio::time::timeout(wait, self.registry.node(&owner))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .flatten(),
+        };
+        Placement::Elsewhere(owner, entry)
     }
 
     /// This node's id.
@@ -221,7 +275,7 @@ impl Cluster {
 
     /// One heartbeat: announces this node with `load`, then reads the registry. Logs when
     /// Redis goes away and comes back.
-    async fn beat(&self, load: NodeLoad, draining: bool) {
+    async fn beat(&self, load: NodeLoad, draining: bool, rooms: HashSet<String>) {
         let me = {
             let mut me = self.me.lock();
             me.load = load;
@@ -230,6 +284,7 @@ impl Cluster {
         };
         let result = async {
             self.registry.announce(&me, self.config.ttl).await?;
+            self.keep_rooms(&me.id, rooms).await?;
             self.registry.list().await
         }
         .await;
@@ -268,6 +323,28 @@ impl Cluster {
                 view.redis_up = false;
             }
         }
+    }
+
+    /// Renews the claims on the rooms this node hosts (claiming them again after Redis lost
+    /// them) and gives up those of rooms that closed since the last heartbeat.
+    async fn keep_rooms(&self, id: &str, rooms: HashSet<String>) -> redis::RedisResult<()> {
+        let closed: Vec<String> = self.hosted.lock().difference(&rooms).cloned().collect();
+        self.registry.release_rooms(&closed, id).await?;
+        let open: Vec<String> = rooms.iter().cloned().collect();
+        for (room, owner) in self
+            .registry
+            .renew_rooms(&open, id, self.config.ttl)
+            .await?
+        {
+            tracing::warn!(
+                room,
+                owner,
+                "this node hosts a room another node has claimed (Redis lost its claims); \
+                 its participants here do not meet those there until they rejoin"
+            );
+        }
+        *self.hosted.lock() = rooms;
+        Ok(())
     }
 
     /// Removes this node from the registry (it is exiting), waiting at most `within`.
@@ -339,13 +416,13 @@ pub(crate) async fn heartbeat(state: Weak<AppState>, cluster: Arc<Cluster>) {
     let mut sampler = LoadSampler::default();
     loop {
         every.tick().await;
-        let Some((load, draining)) = state
-            .upgrade()
-            .map(|state| (sampler.sample(&state), state.is_draining()))
-        else {
+        let Some((load, draining, rooms)) = state.upgrade().map(|state| {
+            let rooms = state.rooms.list().iter().map(|r| r.name.clone()).collect();
+            (sampler.sample(&state), state.is_draining(), rooms)
+        }) else {
             return;
         };
-        cluster.beat(load, draining).await;
+        cluster.beat(load, draining, rooms).await;
     }
 }
 

@@ -1,7 +1,9 @@
-//! The node registry's Redis side: one key per live node, holding its [`NodeInfo`] as JSON
-//! and expiring unless the node renews it, so a node that dies leaves the registry on its own
-//! within the time to live. This module owns the key layout and every Redis command the
-//! registry sends; it keeps no state beyond the connection.
+//! The cluster's Redis side: one key per live node (`PREFIX:node:ID`), holding its
+//! [`NodeInfo`] as JSON, and one key per room (`PREFIX:room:NAME`) holding the id of the node
+//! that hosts it; both expire unless their node renews them, so a node that dies leaves the
+//! registry, and frees its rooms, on its own within the time to live. Claims are atomic (a
+//! server-side script), so two nodes never both host a room. This module owns the key layout
+//! and every Redis command the cluster sends; it keeps no state beyond the connection.
 
 use std::time::Duration;
 
@@ -18,6 +20,17 @@ const MAX_ENTRY: usize = 16 * 1024;
 
 /// SCAN rounds at most per listing (each asks for 200 keys).
 const MAX_SCAN_ROUNDS: usize = 100;
+
+/// Claims a room for a node, or renews its claim, unless another node holds it; returns the
+/// node that holds it. KEYS[1]: the room's key; ARGV: the node id, the time to live in ms.
+const CLAIM_ROOM: &str = "local owner = redis.call('GET', KEYS[1]) \
+    if not owner then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return ARGV[1] end \
+    if owner == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end \
+    return owner";
+
+/// Gives a room up if this node holds it. KEYS[1]: the room's key; ARGV[1]: the node id.
+const RELEASE_ROOM: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+    return redis.call('DEL', KEYS[1]) end return 0";
 
 /// The registry in one Redis database.
 #[derive(Clone)]
@@ -59,15 +72,92 @@ impl Registry {
         format!("{}:node:{id}", self.prefix)
     }
 
+    fn room_key(&self, room: &str) -> String {
+        format!("{}:room:{room}", self.prefix)
+    }
+
+    /// Claims `room` for node `id` (or renews its claim) for `ttl`, unless another node holds
+    /// it: returns the node that holds it now.
+    pub async fn claim_room(
+        &self,
+        room: &str,
+        id: &str,
+        ttl: Duration,
+    ) -> redis::RedisResult<String> {
+        redis::cmd("EVAL")
+            .arg(CLAIM_ROOM)
+            .arg(1)
+            .arg(self.room_key(room))
+            .arg(id)
+            .arg(millis(ttl))
+            .query_async(&mut self.connection.clone())
+            .await
+    }
+
+    /// Renews node `id`'s claims on `rooms` (claiming those nobody holds, as after Redis
+    /// restarted empty), in one round trip; returns the rooms another node holds.
+    pub async fn renew_rooms(
+        &self,
+        rooms: &[String],
+        id: &str,
+        ttl: Duration,
+    ) -> redis::RedisResult<Vec<(String, String)>> {
+        if rooms.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for room in rooms {
+            pipe.cmd("EVAL")
+                .arg(CLAIM_ROOM)
+                .arg(1)
+                .arg(self.room_key(room))
+                .arg(id)
+                .arg(millis(ttl));
+        }
+        let owners: Vec<String> = pipe.query_async(&mut self.connection.clone()).await?;
+        Ok(rooms
+            .iter()
+            .zip(owners)
+            .filter(|(_, owner)| owner != id)
+            .map(|(room, owner)| (room.clone(), owner))
+            .collect())
+    }
+
+    /// Gives up node `id`'s claims on `rooms` (they closed here).
+    pub async fn release_rooms(&self, rooms: &[String], id: &str) -> redis::RedisResult<()> {
+        if rooms.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for room in rooms {
+            pipe.cmd("EVAL")
+                .arg(RELEASE_ROOM)
+                .arg(1)
+                .arg(self.room_key(room))
+                .arg(id)
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut self.connection.clone()).await
+    }
+
+    /// Node `id`'s entry, if it is live and well-formed.
+    pub async fn node(&self, id: &str) -> redis::RedisResult<Option<NodeInfo>> {
+        let value: Option<Vec<u8>> = redis::cmd("GET")
+            .arg(self.node_key(id))
+            .query_async(&mut self.connection.clone())
+            .await?;
+        let key = self.node_key(id);
+        Ok(parse_entries(&[key], &[value], &self.prefix).nodes.pop())
+    }
+
     /// Writes this node's entry, to expire after `ttl` unless written again.
     pub async fn announce(&self, node: &NodeInfo, ttl: Duration) -> redis::RedisResult<()> {
         let json = serde_json::to_string(node).unwrap_or_default();
-        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         redis::cmd("SET")
             .arg(self.node_key(&node.id))
             .arg(json)
             .arg("PX")
-            .arg(ttl_ms)
+            .arg(millis(ttl))
             .query_async::<()>(&mut self.connection.clone())
             .await
     }
@@ -114,6 +204,10 @@ impl Registry {
             .await?;
         Ok(parse_entries(&keys, &values, &self.prefix))
     }
+}
+
+fn millis(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
 /// The nodes among `values` (read for `keys`): an entry counts when it parses and its id is

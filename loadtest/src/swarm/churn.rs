@@ -297,7 +297,7 @@ fn bot_config(plan: &ChurnPlan, room: &str, tag: u32, publishes: bool) -> Option
 fn note_errors(bot: &Bot, report: &mut ChurnReport) {
     bot.with_state(|s| {
         for m in &s.messages {
-            if let sfu_protocol::protocol::ServerMessage::Error { code, message } = m
+            if let sfu_protocol::protocol::ServerMessage::Error { code, message, .. } = m
                 && !matches!(code, ErrorCode::UnknownTrack)
             {
                 let what: String = format!("{code:?}: {message}").chars().take(100).collect();

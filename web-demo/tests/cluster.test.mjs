@@ -1,0 +1,159 @@
+// Two server processes in cluster mode around a real redis-server: a room is hosted by one node,
+// and the demo opened on the other node is sent there (`room_elsewhere`) and sees the call.
+// When the hosting node is killed, the demo on the other node reconnects to its own server,
+// which takes the room over once the dead node's claim lapses (2 s time to live).
+//
+//   cd web-demo/tests && npm install && node --test cluster.test.mjs
+//
+// Environment: see harness.mjs. Every wait is bounded; a watchdog ends the run after 120 s.
+
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import net from 'node:net';
+import {
+  SERVER_BIN, WEB_ROOT, startWatchdog, launchParticipant, closeParticipant, callUrl, waitUntil,
+  describeTiles, withTimeout, sleep,
+} from './harness.mjs';
+
+const TOTAL_BUDGET_MS = 120_000;
+const JOIN_MS = 20_000;
+
+const stopWatchdog = startWatchdog(TOTAL_BUDGET_MS);
+after(() => stopWatchdog());
+
+/** Children started here, killed by PID at the end (and if the run is cut short). */
+const children = new Set();
+const killAll = () => {
+  for (const child of children) {
+    try { process.kill(child.pid, 'SIGKILL'); } catch { /* already gone */ }
+  }
+};
+process.on('exit', killAll);
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const probe = net.createServer();
+    probe.once('error', reject);
+    probe.listen(0, '127.0.0.1', () => {
+      const { port } = probe.address();
+      probe.close(() => resolve(port));
+    });
+  });
+}
+
+/** A redis-server on a free port, nothing persisted; resolves once it accepts connections. */
+async function startRedis() {
+  const port = await freePort();
+  const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'],
+    { stdio: 'ignore' });
+  children.add(child);
+  const deadline = Date.now() + 10_000;
+  while (Date.now() < deadline) {
+    const up = await new Promise((resolve) => {
+      const socket = net.connect(port, '127.0.0.1', () => { socket.end(); resolve(true); });
+      socket.once('error', () => resolve(false));
+    });
+    if (up) return { child, url: `redis://127.0.0.1:${port}` };
+    await sleep(50);
+  }
+  throw new Error('redis-server did not start (Debian: apt-get install redis-server)');
+}
+
+/** A cluster node serving this checkout's demo; resolves with its process and demo URL. */
+function startNode(redisUrl, id) {
+  const args = ['--http-addr', '127.0.0.1:0', '--media-ip', '127.0.0.1', '--media-port', '0', '--web-root', WEB_ROOT,
+    '--redis-url', redisUrl, '--node-id', id, '--node-ttl', '2', '--workers', '1'];
+  const child = spawn(SERVER_BIN, args, { stdio: ['ignore', 'pipe', 'ignore'] });
+  children.add(child);
+  return withTimeout(new Promise((resolve, reject) => {
+    let pending = '';
+    child.stdout.setEncoding('utf8');
+    child.stdout.on('data', (chunk) => {
+      pending += chunk;
+      const match = pending.match(/web demo\s+(\S+)/);
+      if (match) resolve({ child, base: match[1] });
+    });
+    child.once('exit', (code) => reject(new Error(`node ${id} exited (${code})`)));
+  }), 15_000, `node ${id} starting`);
+}
+
+/** A gauge from a node's /metrics. */
+async function gauge(base, name) {
+  const text = await withTimeout(fetch(new URL('/metrics', base)).then((r) => r.text()), 5_000, 'reading /metrics');
+  const line = text.split('\n').find((l) => l.startsWith(`${name} `));
+  return line ? Number(line.split(' ')[1]) : NaN;
+}
+
+/** In the page: the status says the call is up. */
+function connected() {
+  return document.querySelector('[data-testid="status"]')?.textContent === 'connected';
+}
+
+/** In the page: `count` remote tiles, each with a video that has a size. */
+function playingTiles(count) {
+  const tiles = document.querySelectorAll('[data-testid="tile"]');
+  return tiles.length === count && [...tiles].every((t) => t.querySelector('video').videoWidth > 0);
+}
+
+describe('cluster mode: a room on one node, the demo sent to it from another', () => {
+  const room = `cluster-${randomBytes(4).toString('hex')}`;
+  let a;
+  let b;
+  let alice;
+  let bob;
+
+  before(async () => {
+    const redis = await startRedis();
+    [a, b, alice, bob] = await Promise.all([
+      startNode(redis.url, 'a'),
+      startNode(redis.url, 'b'),
+      launchParticipant('alice'),
+      launchParticipant('bob'),
+    ]);
+  }, { timeout: 60_000 });
+
+  after(async () => {
+    await Promise.all([alice, bob].filter(Boolean).map(closeParticipant));
+    killAll();
+  }, { timeout: 30_000 });
+
+  it('bob opens the demo on node b and is sent to node a, where alice is: they see each other', { timeout: 2 * JOIN_MS + 10_000 }, async () => {
+    await alice.page.goto(callUrl(a.base, room, 'alice'), { waitUntil: 'load' });
+    await waitUntil(alice, 'joined on node a', connected, null, { timeout: JOIN_MS });
+    const followed = new Promise((resolve) => bob.page.on('console', (m) => {
+      if (m.text().includes('hosted by another server')) resolve(m.text());
+    }));
+    await bob.page.goto(callUrl(b.base, room, 'bob'), { waitUntil: 'load' });
+    await Promise.all([alice, bob].map((p) => waitUntil(p, 'one remote tile with playing video', playingTiles, 1,
+      { timeout: JOIN_MS, describe: describeTiles })));
+    const note = await withTimeout(followed, 1_000, 'the redirect logged');
+    assert.match(note, new RegExp(new URL(a.base).host));
+    assert.equal(await gauge(a.base, 'sfu_rooms'), 1, 'node a hosts the room');
+    assert.equal(await gauge(b.base, 'sfu_rooms'), 0, 'node b hosts nothing');
+    assert.equal(await gauge(a.base, 'sfu_participants'), 2);
+  });
+
+  it('node a is killed: bob reconnects to node b, which takes the room over', { timeout: JOIN_MS + 30_000 }, async (t) => {
+    process.kill(a.child.pid, 'SIGKILL');
+    const killed = Date.now();
+    // Bob's page goes back to its own server (b) with backoff; b starts the room once a's
+    // claim lapses.
+    const deadline = Date.now() + 30_000;
+    let rooms = 0;
+    while (Date.now() < deadline) {
+      rooms = await gauge(b.base, 'sfu_rooms');
+      if (rooms === 1 && await gauge(b.base, 'sfu_participants') === 1) break;
+      await sleep(250);
+    }
+    assert.equal(rooms, 1, 'node b hosts the room now, with bob in it');
+    await waitUntil(bob, 'back in the call', connected, null, { timeout: 5_000 });
+    t.diagnostic(`bob back in the room on node b ${Date.now() - killed} ms after node a was killed`);
+  });
+
+  it('no console errors in any page', () => {
+    // Alice's server died under her: her page's failed reconnects are expected.
+    assert.deepEqual(bob.errors.filter((e) => !/ERR_CONNECTION_REFUSED|WebSocket/.test(e)), []);
+  });
+});
