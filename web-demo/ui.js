@@ -75,6 +75,8 @@ export function playMedia(el) {
   const p = el.play();
   if (!p) return;
   p.catch((err) => {
+    // Said in the console: a viewer who hears nothing may be one the browser would not let play.
+    console.info(`a ${el.tagName.toLowerCase()} element did not start playing: ${err?.name}: ${err?.message}`);
     if (err?.name === 'NotAllowedError') ui.audioUnlockButton.hidden = false;
     // AbortError: the source changed before playback started; the new source plays instead.
   });

@@ -52,6 +52,11 @@ function answerWithoutRed() {
 /** In the page: the audio this page receives (or sends), and whether its SDP has RED. */
 async function audioStats() {
   const out = { inbound: [], outbound: [], localRed: false };
+  // For a report when a viewer hears nothing: how the page plays what it receives.
+  out.elements = [...document.querySelectorAll('audio')].map((a) => ({
+    paused: a.paused, muted: a.muted, volume: a.volume, readyState: a.readyState,
+    tracks: a.srcObject?.getTracks().map((t) => `${t.kind}:${t.readyState}:${t.enabled ? 'on' : 'off'}:${t.muted ? 'muted' : 'live'}`),
+  }));
   for (const pc of window.peerConnections) {
     const sdp = pc.localDescription?.sdp ?? '';
     const audio = sdp.split('m=').filter((m) => m.startsWith('audio'));
@@ -64,6 +69,11 @@ async function audioStats() {
         out.inbound.push({
           codec, packets: s.packetsReceived, lost: s.packetsLost, energy: s.totalAudioEnergy,
           samples: s.totalSamplesReceived, concealed: s.concealedSamples,
+          // For a report when a viewer hears nothing.
+          pt: report.get(s.codecId)?.payloadType, fmtp: report.get(s.codecId)?.sdpFmtpLine,
+          ssrc: s.ssrc, level: s.audioLevel, bytes: s.bytesReceived, jitterBuffer: s.jitterBufferDelay,
+          emitted: s.jitterBufferEmittedCount, silentConcealed: s.silentConcealedSamples,
+          muted: pc.getReceivers().find((r) => r.track.kind === 'audio')?.track.muted,
         });
       } else if (s.type === 'outbound-rtp') {
         out.outbound.push({ codec, packets: s.packetsSent });

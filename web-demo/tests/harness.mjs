@@ -37,6 +37,11 @@ const CHROMIUM_ARGS = [
   '--use-fake-device-for-media-stream',
   '--use-fake-ui-for-media-stream',
   '--allow-loopback-in-peer-connection',
+  // Pages here join by link without a click, so Chromium's autoplay policy may refuse to play
+  // remote audio (the demo then offers an "Enable audio" button): it did so now and then, and
+  // a viewer decoded audio it never played (totalAudioEnergy 0). A user who clicks "Join"
+  // gives the page that permission; the tests check the audio, not the policy.
+  '--autoplay-policy=no-user-gesture-required',
 ];
 
 export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
