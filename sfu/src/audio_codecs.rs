@@ -1,6 +1,7 @@
 //! The audio formats every peer's state machine accepts: Opus first (what str0m answers with
-//! when an offer has it), with RFC 2198 RED around it for publishers when configured
-//! (redundant audio; subscribers get its primary, plain Opus), then G.711 (PCMU, PCMA: RFC 7874 requires them of every WebRTC
+//! when an offer has it), with RFC 2198 RED around it when configured (redundant audio,
+//! forwarded to subscribers that negotiated it and stripped to plain Opus for the others),
+//! then G.711 (PCMU, PCMA: RFC 7874 requires them of every WebRTC
 //! endpoint, and SIP gateways and phones often send nothing else), and RFC 4733 telephone
 //! events (DTMF) at the two clock rates browsers offer (48 kHz beside Opus, 8 kHz beside
 //! G.711). Nothing is transcoded: a subscriber gets a track only in the publisher's own

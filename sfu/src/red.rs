@@ -1,7 +1,7 @@
 //! RFC 2198 redundant audio (RED), as Chromium sends Opus when RED is negotiated: each packet
 //! carries the previous frame(s) again beside its own, so a lost packet's audio comes with the
-//! next one. The server accepts RED from publishers and sends every subscriber its primary
-//! block (plain Opus); nothing else in a RED payload is read.
+//! next one. The server forwards RED as it came to subscribers that negotiated it and strips
+//! it to its primary block (plain Opus) for the others; nothing else in a RED payload is read.
 
 /// The primary block of a RED payload whose primary encoding is payload type `primary_pt`:
 /// `None` if the payload is malformed (headers or block lengths past its end) or its primary
@@ -30,6 +30,24 @@ pub(crate) fn primary_block(payload: &[u8], primary_pt: u8) -> Option<&[u8]> {
         offset += 4;
     }
     payload.get(offset + redundant..)
+}
+
+/// A RED payload whose blocks of payload type `from` say `to` instead (the publisher and a
+/// subscriber numbered the primary codec differently); `None` if malformed.
+pub(crate) fn with_block_type(payload: &[u8], from: u8, to: u8) -> Option<Vec<u8>> {
+    let mut out = payload.to_vec();
+    let mut offset = 0;
+    loop {
+        let header = out.get_mut(offset)?;
+        let more = *header & 0x80 != 0;
+        if *header & 0x7f == from {
+            *header = (*header & 0x80) | (to & 0x7f);
+        }
+        if !more {
+            return Some(out);
+        }
+        offset += 4;
+    }
 }
 
 #[cfg(test)]
@@ -64,6 +82,19 @@ pub(crate) mod tests {
         assert_eq!(
             primary_block(&red_payload(111, &[(960, &[1])], &[]), 111),
             Some(&[][..])
+        );
+    }
+
+    #[test]
+    fn block_types_follow_the_subscriber_numbering() {
+        let red = red_payload(109, &[(960, &[1, 2])], &[9]);
+        let ours = with_block_type(&red, 109, 111).expect("well formed");
+        assert_eq!(primary_block(&ours, 111), Some(&[9][..]));
+        assert_eq!(ours.len(), red.len());
+        assert_eq!(
+            with_block_type(&[0x80 | 109, 0], 109, 111),
+            None,
+            "truncated"
         );
     }
 

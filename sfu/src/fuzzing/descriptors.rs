@@ -105,4 +105,14 @@ pub fn red_payload(data: &[u8]) {
     if payload.first().is_some_and(|h| *h == pt) {
         assert_eq!(crate::red::primary_block(payload, pt), payload.get(1..));
     }
+    // Renumbering the blocks keeps the layout: the same primary under the new type.
+    if let Some(renumbered) = crate::red::with_block_type(payload, pt, 0x7f - pt) {
+        assert_eq!(renumbered.len(), payload.len());
+        if let Some(primary) = crate::red::primary_block(payload, pt) {
+            assert_eq!(
+                crate::red::primary_block(&renumbered, 0x7f - pt),
+                Some(primary)
+            );
+        }
+    }
 }

@@ -23,6 +23,8 @@ use crate::peer::Ctx;
 const ALLOCATION_PERIOD: Duration = Duration::from_millis(500);
 /// Bandwidth set aside per audio track.
 const AUDIO_BPS: u64 = 50_000;
+/// Set aside on top for an audio track sent as RED (redundant audio: about twice the bitrate).
+const RED_EXTRA_BPS: u64 = 40_000;
 /// Share of the egress estimate that padding may fill while a track waits to go up a layer.
 const PAD_SHARE: f64 = 0.85;
 
@@ -135,11 +137,11 @@ impl Bandwidth {
         if video.is_empty() {
             return done;
         }
-        let audio = subs
+        let audio: u64 = subs
             .values()
             .filter(|s| !s.is_video() && s.is_active())
-            .count() as u64
-            * AUDIO_BPS;
+            .map(|s| AUDIO_BPS + if s.sending_red { RED_EXTRA_BPS } else { 0 })
+            .sum();
         // Without an estimate (no transport-wide feedback from this client) there is no
         // bandwidth limit, only the requested quality.
         let budget = self.estimate.map_or(u64::MAX, |e| e.saturating_sub(audio));

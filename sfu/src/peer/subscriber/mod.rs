@@ -303,13 +303,13 @@ impl Subscriber {
             WorkerCounters::add(&ctx.counters().rtp_not_forwarded, 1);
             return;
         };
-        let Some(out_pt) = sub.out_pt(rtc, mid, packet) else {
+        let Some(format) = sub.out_format(rtc, mid, packet) else {
             sub.refuse(packet, info, ctx);
             return;
         };
         let (out, waits_changed) = sub.admit(packet, ctx);
         if let Some(out) = out {
-            sub.write(rtc, mid, packet, (out, out_pt), ctx);
+            sub.write(rtc, mid, packet, (out, format), ctx);
         }
         if waits_changed {
             self.next_retry = earliest_retry(&self.subs, ctx);

@@ -52,7 +52,7 @@ pub(super) struct Subscription {
     /// Which layer is forwarded, and the rewriting.
     pub(super) switcher: LayerSwitcher,
     /// Publisher payload type -> ours (`None`: not accepted), for the last one seen.
-    pub(super) pt_map: Option<(Pt, Option<Pt>)>,
+    pub(super) pt_map: Option<(Pt, Option<OutFormat>)>,
     /// The track's codec was refused (the subscriber did not accept it): said once.
     pub(super) codec_refused: bool,
     /// What the subscriber asked for (quality, view size).
@@ -78,6 +78,8 @@ pub(super) struct Subscription {
     /// The Dependency Descriptors of a scalable AV1 track, told the layers this subscriber
     /// gets.
     descriptors: DescriptorRewriter,
+    /// Audio: its last packet went out as RED (which costs about twice plain Opus).
+    pub(super) sending_red: bool,
 }
 
 /// What a subscription wants of its track's owner.
@@ -117,6 +119,7 @@ impl Subscription {
             awaiting_first_video: video.then_some(now),
             client_request_at: None,
             descriptors: DescriptorRewriter::default(),
+            sending_red: false,
         }
     }
 
@@ -326,15 +329,20 @@ impl Subscription {
         }
     }
 
-    /// Our payload type for `packet`'s format on this subscriber's m-line: `None` if the
+    /// Our payload types for `packet`'s format on this subscriber's m-line: `None` if the
     /// subscriber did not accept that format (no transcoding). One lookup per change of the
     /// incoming payload type, accepted or not.
-    pub(super) fn out_pt(&mut self, rtc: &Rtc, mid: Mid, packet: &ForwardedPacket) -> Option<Pt> {
+    pub(super) fn out_format(
+        &mut self,
+        rtc: &Rtc,
+        mid: Mid,
+        packet: &ForwardedPacket,
+    ) -> Option<OutFormat> {
         let in_pt = packet.params.pt();
         match self.pt_map {
             Some((i, o)) if i == in_pt => o,
             _ => {
-                let o = negotiated_pt(rtc, mid, packet);
+                let o = negotiated_format(rtc, mid, packet);
                 self.pt_map = Some((in_pt, o));
                 o
             }
@@ -372,20 +380,33 @@ impl Subscription {
         rtc: &mut Rtc,
         mid: Mid,
         packet: &ForwardedPacket,
-        (out, out_pt): (Forward, Pt),
+        (out, format): (Forward, OutFormat),
         ctx: &mut Ctx<'_>,
     ) {
-        // Subscribers are offered no RED (peer/mod.rs): a RED packet goes as its primary
-        // block, plain Opus.
-        let payload = if packet.red {
-            let Some(primary) = red::primary_block(&packet.payload, *packet.params.pt()) else {
-                WorkerCounters::add(&ctx.counters().rtp_not_forwarded, 1);
-                return;
-            };
-            WorkerCounters::add(&ctx.counters().rtp_red_stripped, 1);
-            Arc::from(primary)
-        } else {
-            packet.payload.clone()
+        // RED goes on as it came to a subscriber that negotiated it, and as its primary block
+        // (plain Opus) to the others. Always the same for one subscriber: a Chromium receiver
+        // switched between RED and plain Opus packets went silent (measured).
+        self.sending_red = packet.red && format.red.is_some();
+        let (out_pt, payload) = match (packet.red, format.red) {
+            (true, Some(red)) if packet.params.pt() == format.pt => (red, packet.payload.clone()),
+            (true, Some(red)) => {
+                // Its blocks name the publisher's payload type: this subscriber's, then.
+                let from = *packet.params.pt();
+                let Some(blocks) = red::with_block_type(&packet.payload, from, *format.pt) else {
+                    WorkerCounters::add(&ctx.counters().rtp_not_forwarded, 1);
+                    return;
+                };
+                (red, Arc::from(blocks))
+            }
+            (true, None) => {
+                let Some(primary) = red::primary_block(&packet.payload, *packet.params.pt()) else {
+                    WorkerCounters::add(&ctx.counters().rtp_not_forwarded, 1);
+                    return;
+                };
+                WorkerCounters::add(&ctx.counters().rtp_red_stripped, 1);
+                (format.pt, Arc::from(primary))
+            }
+            (false, _) => (format.pt, packet.payload.clone()),
         };
         if !self.rtx_cache_sized
             && let Some(tx) = rtc.direct_api().stream_tx_by_mid(mid, None)
@@ -434,11 +455,26 @@ impl Subscription {
     }
 }
 
-/// Our payload type for the publisher's codec, if the subscriber accepted that codec on this
+/// The payload types a subscriber gets a track's packets with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct OutFormat {
+    /// The publisher's codec.
+    pt: Pt,
+    /// RED around it (RFC 2198), when the subscriber negotiated that too.
+    red: Option<Pt>,
+}
+
+/// Our payload types for the publisher's codec, if the subscriber accepted that codec on this
 /// m-line.
-fn negotiated_pt(rtc: &Rtc, mid: Mid, packet: &ForwardedPacket) -> Option<Pt> {
-    let pt = rtc.codec_config().match_params(packet.params)?.pt();
-    rtc.media(mid)?.remote_pts().contains(&pt).then_some(pt)
+fn negotiated_format(rtc: &Rtc, mid: Mid, packet: &ForwardedPacket) -> Option<OutFormat> {
+    let ours = rtc.codec_config().match_params(packet.params)?;
+    let remote = rtc.media(mid)?.remote_pts();
+    let pt = ours.pt();
+    // Negotiation keeps our RED payload type only if the subscriber's SDP has RED too.
+    remote.contains(&pt).then(|| OutFormat {
+        pt,
+        red: ours.red(),
+    })
 }
 
 /// A client's keyframe requests are passed on at most once per this long.
