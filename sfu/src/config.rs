@@ -32,9 +32,9 @@ pub struct SfuConfig {
     /// Bandwidth a subscriber's estimator starts from, before it has measured anything
     /// (bits per second). Default 1 Mbit/s.
     pub initial_egress_bitrate: u64,
-    /// Accept RED (RFC 2198 redundant audio) around Opus from publishers; subscribers get its
-    /// primary, plain Opus (a Chromium viewer sent RED went silent now and then). Off by
-    /// default.
+    /// Negotiate RED (RFC 2198 redundant audio) around Opus with publishers and subscribers.
+    /// Off by default: it doubles the audio a subscriber's link carries, which starved video
+    /// on thin links (BENCHMARKS.md, "The narrow link with RED").
     pub red_audio: bool,
     /// Estimate each subscriber's downlink (transport-wide congestion control) and fit its
     /// simulcast layers to the estimate. Off, layers follow only what the subscriber asks for

@@ -199,11 +199,7 @@ impl Peer {
             .set_local_ice_credentials(creds)
             .clear_codecs()
             .set_stats_interval(stats_interval);
-        // RED is taken from publishers (with --red-audio) but not offered to subscribers: a
-        // Chromium viewer sent RED now and then decoded nothing but silence for the whole
-        // call (measured in audio-red.test.mjs under load); viewers get its primary, plain Opus.
-        let red = shared.config.red_audio && matches!(role, Role::Publisher(_));
-        config = crate::audio_codecs::enable_audio(config, red).set_extension(
+        config = crate::audio_codecs::enable_audio(config, shared.config.red_audio).set_extension(
             crate::dependency_descriptor::EXTENSION_ID,
             crate::dependency_descriptor::extension(),
         );
