@@ -14,7 +14,7 @@ import { randomBytes } from 'node:crypto';
 import net from 'node:net';
 import {
   SERVER_BIN, WEB_ROOT, startWatchdog, launchParticipant, closeParticipant, callUrl, waitUntil,
-  describeTiles, withTimeout, sleep,
+  describeTiles, withTimeout, sleep, playingTiles,
 } from './harness.mjs';
 
 const TOTAL_BUDGET_MS = 120_000;
@@ -89,12 +89,6 @@ async function gauge(base, name) {
 /** In the page: the status says the call is up. */
 function connected() {
   return document.querySelector('[data-testid="status"]')?.textContent === 'connected';
-}
-
-/** In the page: `count` remote tiles, each with a video that has a size. */
-function playingTiles(count) {
-  const tiles = document.querySelectorAll('[data-testid="tile"]');
-  return tiles.length === count && [...tiles].every((t) => t.querySelector('video').videoWidth > 0);
 }
 
 describe('cluster mode: a room on one node, the demo sent to it from another', () => {

@@ -14,7 +14,7 @@ import { mkdir, stat } from 'node:fs/promises';
 import path from 'node:path';
 import {
   ARTIFACTS, startServer, stopServer, startWatchdog, launchParticipant, closeParticipant, newPage,
-  callUrl, waitUntil, describeTiles, sampleRemoteMedia, bannerText,
+  callUrl, waitUntil, describeTiles, sampleRemoteMedia, bannerText, playingTiles,
 } from './harness.mjs';
 
 const TOTAL_BUDGET_MS = 150_000;
@@ -24,16 +24,6 @@ const STEP_MS = 10_000;
 const LEAVE_MS = 3_000;
 
 const stopWatchdog = startWatchdog(TOTAL_BUDGET_MS);
-
-// ---------------------------------------------------------------------------------------------
-// In-page helpers (run by page.waitForFunction; they cannot see this module's scope).
-// ---------------------------------------------------------------------------------------------
-
-/** `count` remote tiles, each with a video that has a size. */
-function playingTiles(count) {
-  const tiles = document.querySelectorAll('[data-testid="tile"]');
-  return tiles.length === count && [...tiles].every((t) => t.querySelector('video').videoWidth > 0);
-}
 
 describe('group call: three participants in one room', () => {
   const room = `group-${randomBytes(4).toString('hex')}`;

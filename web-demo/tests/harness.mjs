@@ -339,6 +339,12 @@ export async function waitUntil(participant, what, fn, arg, { timeout = 10_000, 
 }
 
 /** In-page: the remote tiles and their videos, for failure messages. */
+/** In the page (`waitUntil`): `count` remote tiles, each with a video that has a size. */
+export function playingTiles(count) {
+  const tiles = document.querySelectorAll('[data-testid="tile"]');
+  return tiles.length === count && [...tiles].every((t) => t.querySelector('video').videoWidth > 0);
+}
+
 export function describeTiles() {
   return [...document.querySelectorAll('[data-testid="tile"], [data-testid="screen-tile"]')].map((tile) => ({
     testid: tile.dataset.testid,
