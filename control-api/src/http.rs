@@ -164,7 +164,13 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         cluster: state
             .cluster
             .as_ref()
-            .map(|c| (c.redis_up(), c.nodes().len(), c.ignored_entries())),
+            .map(|c| crate::metrics::ClusterGauges {
+                redis_up: c.redis_up(),
+                nodes: c.nodes().len(),
+                ignored_entries: c.ignored_entries(),
+                relay_links: c.relay().map(|r| r.links().len()),
+                relay_refused: c.relay().map_or(0, |r| r.refused()),
+            }),
     };
     let body = state.metrics.render(&state.sfu.counters(), &gauges);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()

@@ -292,7 +292,12 @@ impl Server {
                     _ => http_addr.to_string(),
                 };
                 let default_id = format!("{}-{}", host_name(), http_addr.port());
-                cluster::Cluster::new(c, default_id, format!("{scheme}://{host}"))
+                cluster::Cluster::new(
+                    c,
+                    default_id,
+                    format!("{scheme}://{host}"),
+                    config.sfu.advertise_ips.first().copied(),
+                )
             })
             .transpose()
             .map_err(StartError::Cluster)?
@@ -339,6 +344,13 @@ impl Server {
                 redis = %state.config.cluster.as_ref().map(|c| cluster::redacted(&c.redis_url)).unwrap_or_default(),
                 "cluster mode: announcing this node in the Redis registry"
             );
+            if let Some(relay) = cluster.relay() {
+                tracing::info!(
+                    addr = %cluster.me().relay_addr.unwrap_or_default(),
+                    "media relay listening (QUIC; links to the other nodes, authenticated by the cluster secret)"
+                );
+                tokio::spawn(relay.clone().serve(|_| {}));
+            }
             tokio::spawn(cluster::heartbeat(Arc::downgrade(&state), cluster));
         }
         if let Some(tls) = tls.filter(|t| t.files().is_some()) {

@@ -178,10 +178,21 @@ struct ServeArgs {
     /// --advertise-ip if it is 0.0.0.0)]
     #[arg(long, env = "SFU_PUBLIC_URL", requires = "redis_url")]
     public_url: Option<String>,
-    /// UDP address other nodes reach this node's media relay at (IP:PORT), published in the
-    /// registry. [default: none]
-    #[arg(long, env = "SFU_RELAY_ADDR", requires = "redis_url")]
+    /// UDP address of this node's media relay (QUIC) for the other nodes (IP:PORT; port 0: any
+    /// free one; 0.0.0.0 is published as the first --advertise-ip). The nodes link up, one
+    /// connection per pair, each proving the cluster secret. Needs --cluster-secret.
+    /// [default: none]
+    #[arg(long, env = "SFU_RELAY_ADDR", requires_all = ["redis_url", "cluster_secret"])]
     relay_addr: Option<SocketAddr>,
+    /// The cluster's shared secret (at least 16 characters, the same on every node): a node
+    /// links its media relay only to nodes that prove they know it.
+    #[arg(
+        long,
+        env = "SFU_CLUSTER_SECRET",
+        hide_env_values = true,
+        requires = "relay_addr"
+    )]
+    cluster_secret: Option<String>,
     /// Prefix of the registry's Redis keys, so several clusters can share one Redis.
     #[arg(long, env = "SFU_CLUSTER_PREFIX", default_value = "sfu")]
     cluster_prefix: String,
@@ -436,6 +447,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             node_id: args.node_id.clone(),
             public_url: args.public_url.clone(),
             relay_addr: args.relay_addr,
+            secret: args.cluster_secret.clone(),
             key_prefix: args.cluster_prefix.clone(),
             ttl: Duration::from_secs(args.node_ttl),
             ..ClusterConfig::new(url)

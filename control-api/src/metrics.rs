@@ -42,9 +42,23 @@ pub struct Gauges {
     pub webhooks_dropped: u64,
     /// ICE-TCP connections open.
     pub tcp_connections: usize,
-    /// Cluster mode: whether Redis answered the last heartbeat, the live nodes it listed, and
-    /// the malformed registry entries it ignored.
-    pub cluster: Option<(bool, usize, usize)>,
+    /// Cluster mode only.
+    pub cluster: Option<ClusterGauges>,
+}
+
+/// What a cluster node reports about its membership.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClusterGauges {
+    /// Redis answered the last heartbeat.
+    pub redis_up: bool,
+    /// Live nodes it listed.
+    pub nodes: usize,
+    /// Malformed registry entries it ignored.
+    pub ignored_entries: usize,
+    /// Relay links to other nodes (with a relay endpoint).
+    pub relay_links: Option<usize>,
+    /// Relay peers refused (no proof of the cluster secret).
+    pub relay_refused: u64,
 }
 
 /// Counters of the media core that are gauges (levels, not totals).
@@ -224,22 +238,34 @@ fn record_levels(counters: &CounterSnapshot, gauges: &Gauges) {
         describe_gauge!(name, help);
         gauge!(name).set(value as f64);
     }
-    if let Some((redis_up, nodes, ignored)) = gauges.cluster {
+    if let Some(cluster) = gauges.cluster {
         describe_gauge!(
             "sfu_cluster_redis_up",
             "1 if the last heartbeat reached the Redis node registry, else 0."
         );
-        gauge!("sfu_cluster_redis_up").set(f64::from(u8::from(redis_up)));
+        gauge!("sfu_cluster_redis_up").set(f64::from(u8::from(cluster.redis_up)));
         describe_gauge!(
             "sfu_cluster_nodes",
             "Live nodes in the registry as last read (this one included)."
         );
-        gauge!("sfu_cluster_nodes").set(nodes as f64);
+        gauge!("sfu_cluster_nodes").set(cluster.nodes as f64);
         describe_gauge!(
             "sfu_cluster_ignored_entries",
             "Malformed entries in the Redis node registry, ignored."
         );
-        gauge!("sfu_cluster_ignored_entries").set(ignored as f64);
+        gauge!("sfu_cluster_ignored_entries").set(cluster.ignored_entries as f64);
+        if let Some(links) = cluster.relay_links {
+            describe_gauge!(
+                "sfu_relay_links",
+                "Authenticated media relay links (QUIC) to other nodes."
+            );
+            gauge!("sfu_relay_links").set(links as f64);
+            describe_counter!(
+                "sfu_relay_refused_total",
+                "Relay peers refused: no proof of the cluster secret, garbage, or a stalled handshake."
+            );
+            counter!("sfu_relay_refused_total").absolute(cluster.relay_refused);
+        }
     }
 }
 
@@ -293,7 +319,12 @@ mod tests {
             worker_queues: vec![(0, 1024, 0), (5, 1024, 2)],
             webhooks_dropped: 0,
             tcp_connections: 0,
-            cluster: Some((true, 2, 0)),
+            cluster: Some(ClusterGauges {
+                redis_up: true,
+                nodes: 2,
+                relay_links: Some(1),
+                ..ClusterGauges::default()
+            }),
         };
         let metrics = Metrics::new();
         let timings = metrics.timings();
@@ -311,6 +342,7 @@ mod tests {
         assert!(text.contains("sfu_video_subscriptions{state=\"best\"} 0"));
         assert!(text.contains("sfu_cluster_redis_up 1"));
         assert!(text.contains("sfu_cluster_nodes 2"));
+        assert!(text.contains("sfu_relay_links 1"));
         assert!(
             text.contains("sfu_forward_latency_seconds_bucket{le=\"0.0005\"} 1"),
             "{text}"

@@ -526,6 +526,8 @@ pub struct NodeList {
     this_node: String,
     /// The live nodes, this one included, by id (empty outside cluster mode).
     nodes: Vec<NodeInfo>,
+    /// Nodes this one has an authenticated media relay link with, by id.
+    linked: Vec<String>,
 }
 
 /// List the cluster's live nodes, with their URLs and load.
@@ -546,12 +548,14 @@ async fn list_nodes(
             redis_up: cluster.redis_up(),
             this_node: cluster.id(),
             nodes: cluster.nodes(),
+            linked: cluster.linked(),
         },
         None => NodeList {
             cluster: false,
             redis_up: true,
             this_node: "local".to_string(),
             nodes: Vec::new(),
+            linked: Vec::new(),
         },
     }))
 }

@@ -116,7 +116,13 @@ async fn nodes_find_each_other_and_leave_by_exit_or_by_expiry() {
     let (mut a, a_addr) = node(&redis, "a", 3, &[]);
     let (mut b, b_addr) = node(&redis, "b", 3, &[]);
     // c's entry would outlive it by a minute: it must withdraw it when it exits.
-    let (mut c, _) = node(&redis, "c", 60, &["--relay-addr", "127.0.0.1:7999"]);
+    let relay = [
+        "--relay-addr",
+        "127.0.0.1:0",
+        "--cluster-secret",
+        "0123456789abcdef",
+    ];
+    let (mut c, _) = node(&redis, "c", 60, &relay);
 
     assert!(
         lists_within(&a_addr, &["a", "b", "c"], WAIT)
@@ -142,7 +148,14 @@ async fn nodes_find_each_other_and_leave_by_exit_or_by_expiry() {
         .unwrap()
         .clone();
     assert_eq!(b_entry["url"], format!("http://{b_addr}"));
-    assert_eq!(listed["nodes"][2]["relay_addr"], "127.0.0.1:7999");
+    let c_relay = listed["nodes"][2]["relay_addr"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        c_relay.starts_with("127.0.0.1:") && !c_relay.ends_with(":0"),
+        "c's relay, as bound: {c_relay}"
+    );
+    assert!(listed["nodes"][0].get("relay_addr").is_none(), "a has none");
     assert!(
         http_get(&a_addr, "/readyz").await.is_ok(),
         "in the cluster: ready"
@@ -386,6 +399,72 @@ async fn a_room_lives_on_one_node_joins_elsewhere_are_sent_there_and_it_moves_wh
         bot.leave();
     }
     let _ = b.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_relays_link_only_nodes_that_know_the_cluster_secret() {
+    let redis = RedisServer::start().await;
+    let secret = [
+        "--relay-addr",
+        "127.0.0.1:0",
+        "--cluster-secret",
+        "the secret of this cluster",
+    ];
+    let (mut a, a_addr) = node(&redis, "a", 3, &secret);
+    let (mut b, b_addr) = node(&redis, "b", 3, &secret);
+    let stranger = [
+        "--relay-addr",
+        "127.0.0.1:0",
+        "--cluster-secret",
+        "a secret from elsewhere",
+    ];
+    let (mut c, c_addr) = node(&redis, "c", 3, &stranger);
+    let linked = |addr: String| async move {
+        nodes(&addr).await["linked"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    // a and b link (one connection: the smaller id dials); both refuse c, which knows another
+    // secret, and c links with nobody.
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline
+        && !(linked(a_addr.clone()).await == ["b"]
+            && linked(b_addr.clone()).await == ["a"]
+            && gauge(&c_addr, "sfu_relay_refused_total").await >= Some(2.0))
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(linked(a_addr.clone()).await, ["b"]);
+    assert_eq!(linked(b_addr.clone()).await, ["a"]);
+    assert_eq!(linked(c_addr.clone()).await, Vec::<String>::new());
+    assert_eq!(gauge(&a_addr, "sfu_relay_links").await, Some(1.0));
+    assert!(
+        gauge(&c_addr, "sfu_relay_refused_total").await >= Some(2.0),
+        "c refused a and b"
+    );
+    assert!(
+        gauge(&a_addr, "sfu_relay_refused_total").await >= Some(1.0),
+        "a refused c"
+    );
+    // The registry holds the addresses the relays are bound to.
+    for n in nodes(&a_addr).await["nodes"].as_array().unwrap() {
+        let addr: std::net::SocketAddr = n["relay_addr"].as_str().unwrap().parse().unwrap();
+        assert!(addr.port() != 0 && addr.ip().is_loopback(), "{n}");
+    }
+
+    // b dies: a's link to it closes (keep-alives stop; 5 s idle timeout).
+    kill(&mut b, "-KILL");
+    let _ = b.wait();
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline && !linked(a_addr.clone()).await.is_empty() {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(linked(a_addr.clone()).await, Vec::<String>::new());
+    let _ = a.kill();
+    let _ = c.kill();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

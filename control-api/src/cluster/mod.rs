@@ -11,8 +11,9 @@
 //! empty or not. This module owns that view; [`registry`] owns the Redis commands.
 
 pub mod registry;
+pub mod relay;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -34,8 +35,11 @@ pub struct ClusterConfig {
     /// The URL clients reach this node's HTTP/WebSocket API at [default: from the HTTP
     /// address, and TLS].
     pub public_url: Option<String>,
-    /// The UDP address other nodes reach this node's media relay at.
+    /// The UDP address this node's media relay listens on (port 0: any free one), published
+    /// for the other nodes; needs [`ClusterConfig::secret`].
     pub relay_addr: Option<SocketAddr>,
+    /// The cluster secret: nodes relay media only to nodes that prove they know it.
+    pub secret: Option<String>,
     /// Prefix of the registry's Redis keys (several clusters may share one Redis).
     pub key_prefix: String,
     /// How often the node renews its entry and reads the others'.
@@ -53,6 +57,7 @@ impl ClusterConfig {
             node_id: None,
             public_url: None,
             relay_addr: None,
+            secret: None,
             key_prefix: "sfu".to_string(),
             heartbeat: Duration::from_secs(1),
             ttl: Duration::from_secs(5),
@@ -126,7 +131,14 @@ pub struct Cluster {
     /// The rooms this node hosted at the last heartbeat (their claims are renewed, and given
     /// up once they close).
     hosted: Mutex<HashSet<String>>,
+    /// The media relay's endpoint (with `--relay-addr`).
+    relay: Option<Arc<relay::RelayEndpoint>>,
+    /// When a failed dial to a node may be tried again, by node id.
+    dial_after: Mutex<HashMap<String, Instant>>,
 }
+
+/// How long after a failed relay dial the node is tried again.
+const REDIAL_AFTER: Duration = Duration::from_secs(10);
 
 /// Where a room is hosted.
 #[derive(Debug, Clone, PartialEq)]
@@ -156,7 +168,14 @@ impl Cluster {
     /// This node's membership (nothing is sent until the first heartbeat). `url` is where
     /// clients reach it unless [`ClusterConfig::public_url`] says otherwise; `default_id` is its
     /// id unless [`ClusterConfig::node_id`] gives one.
-    pub fn new(config: ClusterConfig, default_id: String, url: String) -> Result<Self, String> {
+    /// `advertised_ip` replaces an unspecified relay address in the registry. Binds the relay's
+    /// endpoint (call within a tokio runtime).
+    pub fn new(
+        config: ClusterConfig,
+        default_id: String,
+        url: String,
+        advertised_ip: Option<std::net::IpAddr>,
+    ) -> Result<Self, String> {
         let timeout = config.heartbeat.max(Duration::from_millis(500));
         let registry = Registry::new(&config.redis_url, &config.key_prefix, timeout)?;
         let id = config.node_id.clone().unwrap_or(default_id);
@@ -171,10 +190,35 @@ impl Cluster {
                 "--public-url {url:?} must be an http:// or https:// URL"
             ));
         }
+        let relay = match (config.relay_addr, &config.secret) {
+            (Some(addr), Some(secret)) => Some(
+                relay::RelayEndpoint::bind(addr, &id, secret.as_bytes())
+                    .map_err(|e| e.to_string())?,
+            ),
+            (Some(_), None) => {
+                return Err(
+                    "--relay-addr needs --cluster-secret (the nodes' shared secret)".into(),
+                );
+            }
+            (None, _) => None,
+        };
+        let relay_addr = match &relay {
+            Some(endpoint) => {
+                let bound = endpoint.local_addr().map_err(|e| e.to_string())?;
+                // An unspecified address (0.0.0.0) is not one others can reach: publish the
+                // advertised one instead.
+                let ip = match (bound.ip().is_unspecified(), advertised_ip) {
+                    (true, Some(ip)) => ip,
+                    _ => bound.ip(),
+                };
+                Some(SocketAddr::new(ip, bound.port()).to_string())
+            }
+            None => None,
+        };
         let me = NodeInfo {
             id,
             url: url.trim_end_matches('/').to_string(),
-            relay_addr: config.relay_addr.map(|a| a.to_string()),
+            relay_addr,
             version: env!("CARGO_PKG_VERSION").to_string(),
             started_at: crate::auth::unix_now(),
             draining: false,
@@ -186,7 +230,70 @@ impl Cluster {
             me: Mutex::new(me),
             view: Mutex::new(View::default()),
             hosted: Mutex::new(HashSet::new()),
+            relay,
+            dial_after: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The media relay's endpoint, when this node has one.
+    pub fn relay(&self) -> Option<&Arc<relay::RelayEndpoint>> {
+        self.relay.as_ref()
+    }
+
+    /// Ids of the nodes this one has a relay link with, sorted.
+    pub fn linked(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .relay
+            .iter()
+            .flat_map(|r| r.links())
+            .map(|l| l.peer().to_string())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// Dials the live nodes this one has no relay link with yet: one connection per pair, so
+    /// the node with the smaller id dials. A refused or failed dial is tried again after
+    /// [`REDIAL_AFTER`].
+    fn link_up(&self, nodes: &[NodeInfo]) {
+        let Some(endpoint) = &self.relay else { return };
+        let me = self.id();
+        let now = Instant::now();
+        for node in nodes {
+            if node.id <= me || endpoint.link(&node.id).is_some() {
+                continue;
+            }
+            let Some(addr) = node
+                .relay_addr
+                .as_deref()
+                .and_then(|a| a.parse::<SocketAddr>().ok())
+            else {
+                continue;
+            };
+            {
+                let mut after = self.dial_after.lock();
+                if after.get(&node.id).is_some_and(|t| *t > now) {
+                    continue;
+                }
+                // Not again while this dial is in flight (the handshake takes at most 5 s).
+                after.insert(node.id.clone(), now + REDIAL_AFTER);
+            }
+            let endpoint = endpoint.clone();
+            let id = node.id.clone();
+            tokio::spawn(async move {
+                match endpoint.connect(addr).await {
+                    Ok(link) if link.peer() != id => tracing::warn!(
+                        expected = %id,
+                        peer = %link.peer(),
+                        "relay: the node at a registered address has another id"
+                    ),
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(node = %id, %addr, error = %e, "relay: cannot link to node; trying again in 10 s")
+                    }
+                }
+            });
+        }
     }
 
     /// Finds the node that hosts `room`, claiming it for this node if none does (a room is
@@ -306,6 +413,7 @@ impl Cluster {
                         "malformed entries in the Redis node registry were ignored"
                     );
                 }
+                self.link_up(&listing.nodes);
                 view.nodes = listing.nodes;
                 view.ignored = listing.ignored;
                 view.redis_up = true;
@@ -456,16 +564,17 @@ mod tests {
     #[tokio::test]
     async fn bad_ids_and_urls_are_refused_at_start() {
         let config = ClusterConfig::new("redis://127.0.0.1:1");
-        assert!(Cluster::new(config.clone(), "a b".into(), "http://x".into()).is_err());
-        assert!(Cluster::new(config.clone(), "a".into(), "ftp://x".into()).is_err());
+        assert!(Cluster::new(config.clone(), "a b".into(), "http://x".into(), None).is_err());
+        assert!(Cluster::new(config.clone(), "a".into(), "ftp://x".into(), None).is_err());
         assert!(
             Cluster::new(
                 ClusterConfig::new("mysql://x"),
                 "a".into(),
-                "http://x".into()
+                "http://x".into(),
+                None
             )
             .is_err()
         );
-        assert!(Cluster::new(config, "a".into(), "http://x".into()).is_ok());
+        assert!(Cluster::new(config, "a".into(), "http://x".into(), None).is_ok());
     }
 }
