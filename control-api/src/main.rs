@@ -173,7 +173,7 @@ struct ServeArgs {
     /// This node's id in the cluster. [default: the host name and the HTTP port]
     #[arg(long, env = "SFU_NODE_ID", requires = "redis_url")]
     node_id: Option<String>,
-    /// The URL clients reach this node at (https://sfu-1.example.com), handed to clients of
+    /// The URL clients reach this node at (like `https://sfu-1.example.com`), handed to clients of
     /// other nodes as a place to reconnect. [default: from --http-addr (and the first
     /// --advertise-ip if it is 0.0.0.0)]
     #[arg(long, env = "SFU_PUBLIC_URL", requires = "redis_url")]

@@ -2,7 +2,7 @@
 //! it last read there about the other nodes.
 //!
 //! Without a Redis URL there is no [`Cluster`] and the server is a single node. With one, a
-//! heartbeat task ([`heartbeat`]) writes this node's [`NodeInfo`] (URL, relay address, load)
+//! heartbeat task (`heartbeat`) writes this node's [`NodeInfo`] (URL, relay address, load)
 //! every [`ClusterConfig::heartbeat`] under a key that expires after [`ClusterConfig::ttl`], and
 //! reads every node's entry back: a node that dies leaves the registry within the time to live,
 //! one that drains says so, and one that leaves withdraws its entry at once. Redis going away
