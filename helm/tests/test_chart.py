@@ -470,6 +470,26 @@ class ClusterMode(unittest.TestCase):
         self.assertEqual(governing["spec"]["clusterIP"], "None")
         self.assertEqual(config_map(self.docs)["data"]["SFU_NODE_TTL"], "5")
 
+    def test_the_pods_relay_media_on_their_own_address_with_a_generated_secret(self):
+        _, c = container(self.docs)
+        names = [e["name"] for e in c["env"]]
+        self.assertLess(names.index("POD_IP"), names.index("SFU_RELAY_ADDR"))
+        e = env(c)
+        self.assertEqual(e["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"], "status.podIP")
+        self.assertEqual(e["SFU_RELAY_ADDR"]["value"], "$(POD_IP):7890")
+        ref = e["SFU_CLUSTER_SECRET"]["valueFrom"]["secretKeyRef"]
+        self.assertEqual(ref["key"], "SFU_CLUSTER_SECRET")
+        self.assertGreaterEqual(len(secret_value(self.docs, "SFU_CLUSTER_SECRET")), 32)
+        udp = [(p["name"], p["containerPort"]) for p in c["ports"] if p["protocol"] == "UDP"]
+        self.assertIn(("relay", 7890), udp)
+        # Off with port 0; from an existing Secret when given.
+        _, c = container(render({"cluster": {"enabled": True, "relay": {"port": 0}}}))
+        self.assertNotIn("SFU_RELAY_ADDR", env(c))
+        docs = render({"cluster": {"enabled": True, "relay": {"existingSecret": "cluster"}}})
+        _, c = container(docs)
+        self.assertEqual(env(c)["SFU_CLUSTER_SECRET"]["valueFrom"]["secretKeyRef"]["name"], "cluster")
+        self.assertNotIn("SFU_CLUSTER_SECRET", one(docs, "Secret")["data"])
+
     def test_the_chart_runs_its_own_redis_when_none_is_given(self):
         _, c = container(self.docs)
         redis = next(d for d in by_kind(self.docs, "Deployment") if d["metadata"]["name"].endswith("-redis"))
@@ -570,6 +590,11 @@ class BadValues(unittest.TestCase):
         with self.assertRaises(helm.HelmError) as e:
             render({"cluster": {"enabled": True, "redis": {"url": "redis://r:6379", "existingSecret": "s"}}})
         self.assertIn("not both", str(e.exception))
+
+    def test_a_short_cluster_secret_is_refused(self):
+        with self.assertRaises(helm.HelmError) as e:
+            render({"cluster": {"enabled": True, "relay": {"secret": "short"}}})
+        self.assertIn("at least 16", str(e.exception))
 
     def test_a_redis_url_must_be_one(self):
         with self.assertRaises(helm.HelmError) as e:

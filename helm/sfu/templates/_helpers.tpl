@@ -123,6 +123,13 @@ app.kubernetes.io/component: turn
 {{- fail "turn.coturn.minPort must not be above turn.coturn.maxPort" }}
 {{- end }}
 {{- end }}
+{{- if and .Values.cluster.relay.secret (lt (len .Values.cluster.relay.secret) 16) }}
+{{- fail "cluster.relay.secret must be at least 16 characters" }}
+{{- end }}
+{{- $relay := int .Values.cluster.relay.port }}
+{{- if or (lt $relay 0) (gt $relay 65535) }}
+{{- fail "cluster.relay.port must be a port number (0 turns the relay off)" }}
+{{- end }}
 {{- if and .Values.cluster.redis.url .Values.cluster.redis.existingSecret }}
 {{- fail "cluster.redis: set either url or existingSecret, not both" }}
 {{- end }}
@@ -150,4 +157,23 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "sfu.redisSelectorLabels" -}}
 app.kubernetes.io/name: {{ include "sfu.name" . }}-redis
 app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* "true" when the pods run the media relay between them. */}}
+{{- define "sfu.relayEnabled" -}}
+{{- if and .Values.cluster.enabled (gt (int .Values.cluster.relay.port) 0) }}true{{ end }}
+{{- end }}
+
+{{/* "true" when the release's Secret holds the cluster secret (given or generated). */}}
+{{- define "sfu.clusterSecretManaged" -}}
+{{- if and (include "sfu.relayEnabled" .) (not .Values.cluster.relay.existingSecret) }}true{{ end }}
+{{- end }}
+
+{{/* The Secret holding the cluster secret, and its key. */}}
+{{- define "sfu.clusterSecretName" -}}
+{{- .Values.cluster.relay.existingSecret | default (include "sfu.fullname" .) }}
+{{- end }}
+
+{{- define "sfu.clusterSecretKey" -}}
+{{- if .Values.cluster.relay.existingSecret }}{{ .Values.cluster.relay.existingSecretKey }}{{ else }}SFU_CLUSTER_SECRET{{ end }}
 {{- end }}
