@@ -127,6 +127,7 @@ async function startJoin() {
     room, displayName, viewer: ui.viewerInput.checked, phase: 'connecting',
     leaving: false, everJoined: false, reconnectAttempts: 0, mediaEverConnected: false, mediaFailures: 0,
     resumes: 0, iceRestarts: 0, lastIceRestart: 0, messageCounts: {}, redirectUrl: null, redirects: 0,
+    alternates: [], alternateTurn: 0, homeDown: false, joinToken: null,
   });
   ui.joinButton.disabled = true;
 
@@ -172,16 +173,28 @@ function enterCallView() {
 // Connection lifecycle: connect, connection lost -> reconnect with backoff, end of the call.
 // ---------------------------------------------------------------------------------------------
 
-/** Gets a fresh token and opens the signalling socket; `join` is sent once it is open. */
+/**
+ * Cluster mode: where to join other than this page's server: the node hosting the room (as
+ * `room_elsewhere` said), or, once this page's server is gone, the other nodes in turn.
+ */
+function clusterTarget() {
+  if (state.redirectUrl) return state.redirectUrl;
+  if (!state.homeDown || !state.alternates.length) return null;
+  return state.alternates[state.alternateTurn++ % state.alternates.length];
+}
+
+/** Gets a token (a fresh one from this page's server) and opens the signalling socket; `join` is sent once it is open. */
 async function connect() {
   const session = ++state.session;
   setStatus(state.everJoined ? 'Reconnecting…' : 'connecting…', state.everJoined ? 'bad' : 'busy');
-  const fetched = state.token
-    ? { token: state.token, wsUrl: signallingUrl() }
+  const target = clusterTarget();
+  // Another node takes the token we joined with (the cluster shares its keys).
+  const fetched = state.token || (target && state.joinToken)
+    ? { token: state.token || state.joinToken, wsUrl: signallingUrl() }
     : await fetchDevToken(state.room, state.identity, state.displayName);
   const { token } = fetched;
-  // Cluster mode: the node hosting the room, as the server said (`room_elsewhere`).
-  const wsUrl = state.redirectUrl ?? fetched.wsUrl;
+  state.joinToken = token;
+  const wsUrl = target ?? fetched.wsUrl;
   if (!isCurrent(session)) return;
   state.journal = new Journal();
   state.resumeToken = null;
@@ -200,6 +213,8 @@ async function connect() {
       if (state.phase === 'joined' && state.resumeToken) {
         signallingLost(`the signalling connection closed (${why})`);
       } else if (state.everJoined) {
+        // A server that does not even accept the socket is gone: in cluster mode, try the others.
+        if (!opened && !target) state.homeDown = true;
         connectionLost(`the signalling connection closed (${why})`);
       } else if (!opened) {
         endCall(`Could not connect to the signalling server at ${wsUrl} (${why}).`);
@@ -361,8 +376,9 @@ function followRedirect(url) {
 function connectionLost(reason, { soon = false } = {}) {
   if (state.phase === 'idle' || state.leaving || state.reconnectTimer) return;
   console.info(`connection lost: ${reason}`);
-  // A node we were sent to that cannot be reached is one that just died.
-  soon ||= state.redirectUrl !== null;
+  // A node we were sent to that cannot be reached is one that just died; and with this page's
+  // server gone, the other nodes are tried one a second.
+  soon ||= state.redirectUrl !== null || (state.homeDown && state.alternates.length > 0);
   dropConnection();
   state.redirectUrl = null;
   state.redirects = 0;
@@ -374,6 +390,8 @@ function connectionLost(reason, { soon = false } = {}) {
   state.reconnectTimer = setTimeout(() => {
     state.reconnectTimer = null;
     connect().catch((err) => {
+      // No token from this page's server: it is gone (cluster mode: the others are tried).
+      state.homeDown = true;
       if (state.phase === 'reconnecting') connectionLost(err.message ?? String(err));
     });
   }, delay);

@@ -23,6 +23,12 @@ export const state = {
   redirects: 0,
   /** Cluster mode: signalling URLs of the other nodes (from `joined`). */
   alternates: [],
+  /** Which of `alternates` to try next. */
+  alternateTurn: 0,
+  /** Cluster mode: this page's server stopped answering; rejoin through `alternates`. */
+  homeDown: false,
+  /** The token of the last join (another node of the cluster takes it too). */
+  joinToken: null,
 
   room: '',
   displayName: '',
