@@ -468,6 +468,53 @@ async fn media_relays_link_only_nodes_that_know_the_cluster_secret() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swarm_spread_over_two_nodes_meets_in_one_room_and_reports_each_node() {
+    let redis = RedisServer::start().await;
+    let (mut a, a_addr) = node(&redis, "a", 3, &[]);
+    let (mut b, b_addr) = node(&redis, "b", 3, &[]);
+    assert!(lists_within(&a_addr, &["a", "b"], WAIT).await.is_some());
+    let args: Vec<String> = format!(
+        "--server {a_addr} --server {b_addr} --json --quiet --join-rate 0 --media synthetic \
+         --rooms 1 --publishers 1 --subscribers 4 --publishers-subscribe false --duration 3 \
+         --join-timeout 15 --max-loss 0"
+    )
+    .split_whitespace()
+    .map(str::to_string)
+    .collect();
+    let output = common::run_binary(
+        env!("CARGO_BIN_EXE_sfu-swarm"),
+        &args,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(output.status.success(), "{}", output.stderr);
+    let report: Value = serde_json::from_str(&output.stdout).unwrap();
+    assert_eq!(report["join"]["success_rate"], 1.0, "{report}");
+    assert_eq!(report["viewers"]["receiving_everything"], 4, "{report}");
+    assert_eq!(report["bad_payloads"], 0);
+    // Bots joined at both nodes; the room lives on one, which forwarded everything.
+    let nodes = report["nodes"].as_array().unwrap();
+    let forwarded: Vec<u64> = nodes
+        .iter()
+        .map(|n| n["rtp_forwarded"].as_u64().unwrap())
+        .collect();
+    assert_eq!(nodes.len(), 2, "{report}");
+    assert_eq!(
+        forwarded.iter().filter(|f| **f == 0).count(),
+        1,
+        "one node idle: {forwarded:?}"
+    );
+    assert!(forwarded.iter().sum::<u64>() > 100, "{forwarded:?}");
+    assert!(
+        output.stderr.contains(&format!("node       {a_addr}")),
+        "{}",
+        output.stderr
+    );
+    let _ = a.kill();
+    let _ = b.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_registry_entries_are_ignored_and_counted() {
     let redis = RedisServer::start().await;
     let entry = |id: &str, url: &str| {

@@ -48,9 +48,10 @@ enum MediaArg {
     about = "Load-test an SFU with a swarm of WebRTC bots and report what viewers experienced."
 )]
 struct Args {
-    /// The server: `host:port`, `http://host:port` or `ws://host:port/rtc` (no TLS).
-    #[arg(long, visible_alias = "url", default_value = "127.0.0.1:7880")]
-    server: String,
+    /// The server: `host:port`, `http://host:port` or `ws://host:port/rtc` (no TLS). Repeat
+    /// for the nodes of a cluster: bots join at each in turn, and each node's cost is reported.
+    #[arg(long = "server", visible_alias = "url", default_value = "127.0.0.1:7880", action = clap::ArgAction::Append)]
+    servers: Vec<String>,
     /// A named scenario; explicit flags override its numbers.
     #[arg(long, value_enum)]
     preset: Option<Preset>,
@@ -169,7 +170,12 @@ fn scenario(args: &Args) -> Scenario {
     let subscribe = args.publishers_subscribe.unwrap_or(subscribe);
     Scenario {
         preset: args.preset.map(|p| format!("{p:?}").to_lowercase()),
-        server: host_port(&args.server),
+        server: host_port(
+            args.servers
+                .first()
+                .map_or("127.0.0.1:7880", String::as_str),
+        ),
+        other_servers: args.servers.iter().skip(1).map(|s| host_port(s)).collect(),
         rooms: args.rooms,
         publishers: args.publishers.unwrap_or(publishers),
         publisher_role: if subscribe {

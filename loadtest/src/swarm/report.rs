@@ -22,6 +22,27 @@ pub struct ServerSample {
     pub process: Option<ProcessSample>,
 }
 
+/// One node of a cluster at the start and end of the measured window.
+#[derive(Debug, Clone)]
+pub struct NodeSamples {
+    /// Its `host:port`.
+    pub server: String,
+    /// At the start of the window.
+    pub start: Option<ServerSample>,
+    /// At the end of the window.
+    pub end: Option<ServerSample>,
+}
+
+/// What one node of a cluster did in the window.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeReport {
+    /// Its `host:port`.
+    pub server: String,
+    /// What it forwarded and what that cost (memory per viewer is not split by node).
+    #[serde(flatten)]
+    pub report: ServerReport,
+}
+
 /// Limits that make the run fail.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct Thresholds {
@@ -63,6 +84,9 @@ pub struct RunData {
     pub server_start: Option<ServerSample>,
     /// The server at the end of the window.
     pub server_end: Option<ServerSample>,
+    /// Each node of a cluster (`server` and the others), at the start and end of the window;
+    /// empty with one server.
+    pub nodes: Vec<NodeSamples>,
     /// The clip, if publishers replayed one.
     pub media: Option<MediaInfo>,
 }
@@ -310,6 +334,8 @@ pub struct Report {
     pub publishers: PublisherSummary,
     /// The server, when its metrics could be read.
     pub server: Option<ServerReport>,
+    /// Each node of a cluster, when bots were spread over several servers.
+    pub nodes: Vec<NodeReport>,
     /// Everything received since the start.
     pub totals: Totals,
     /// Synthetic payloads that did not verify.
@@ -416,6 +442,16 @@ impl Report {
             0.0
         };
         let server = server_report(run, window, viewers.count);
+        let nodes = run
+            .nodes
+            .iter()
+            .filter_map(|n| {
+                Some(NodeReport {
+                    server: n.server.clone(),
+                    report: window_report(n.start?, n.end?, None, window, 0),
+                })
+            })
+            .collect();
         let mut report = Report {
             scenario: run.scenario.clone(),
             media: run.media.clone(),
@@ -435,6 +471,7 @@ impl Report {
             viewers,
             publishers,
             server,
+            nodes,
             totals,
             bad_payloads,
             thresholds,
@@ -598,6 +635,23 @@ impl Report {
         } else {
             let _ = writeln!(out, "server     metrics not available");
         }
+        for node in &self.nodes {
+            let n = &node.report;
+            let _ = writeln!(
+                out,
+                "node       {}: forwarded {} RTP packets ({:.0}/s), {:.1} Mbit/s{}",
+                node.server,
+                n.rtp_forwarded,
+                n.rtp_forwarded_per_second,
+                n.mbit_per_second,
+                match (n.cpu_percent_of_core, n.forwarded_per_cpu_second) {
+                    (Some(cpu), Some(per_cpu)) =>
+                        format!(", {cpu:.0}% of a core, {per_cpu:.0} packets per CPU-second"),
+                    (Some(cpu), None) => format!(", {cpu:.0}% of a core"),
+                    _ => String::new(),
+                }
+            );
+        }
         if self.bad_payloads > 0 {
             let _ = writeln!(out, "payloads   {} did not verify", self.bad_payloads);
         }
@@ -616,6 +670,17 @@ impl Report {
 
 fn server_report(run: &RunData, window: f64, viewers: usize) -> Option<ServerReport> {
     let (a, b) = (run.server_start?, run.server_end?);
+    Some(window_report(a, b, run.server_baseline, window, viewers))
+}
+
+/// What a server did between samples `a` and `b`, `window` seconds apart.
+fn window_report(
+    a: ServerSample,
+    b: ServerSample,
+    baseline: Option<ServerSample>,
+    window: f64,
+    viewers: usize,
+) -> ServerReport {
     let (c0, c1) = (a.counters, b.counters);
     let d = |f: fn(&ServerCounters) -> u64| f(&c1).saturating_sub(f(&c0));
     let forwarded = d(|c| c.rtp_forwarded);
@@ -628,11 +693,8 @@ fn server_report(run: &RunData, window: f64, viewers: usize) -> Option<ServerRep
     let rss = b.process.map(|p| p.rss_bytes);
     let latency = c1.forward_latency.since(&c0.forward_latency);
     let ms = |q: f64| latency.quantile_at_most(q).map(|s| s * 1000.0);
-    let baseline = run
-        .server_baseline
-        .and_then(|s| s.process)
-        .map(|p| p.rss_bytes);
-    Some(ServerReport {
+    let baseline = baseline.and_then(|s| s.process).map(|p| p.rss_bytes);
+    ServerReport {
         rtp_forwarded: forwarded,
         rtp_forwarded_per_second: forwarded as f64 / window,
         rtp_bytes_forwarded: d(|c| c.rtp_bytes_forwarded),
@@ -654,7 +716,7 @@ fn server_report(run: &RunData, window: f64, viewers: usize) -> Option<ServerRep
             (Some(r), Some(b)) if viewers > 0 => Some(r.saturating_sub(b) as f64 / viewers as f64),
             _ => None,
         },
-    })
+    }
 }
 
 #[cfg(test)]

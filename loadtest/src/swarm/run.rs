@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::observe::BotSnapshot;
-use super::report::{MediaInfo, RunData, ServerSample};
+use super::report::{MediaInfo, NodeSamples, RunData, ServerSample};
 use super::scenario::{BotPlan, Scenario, ScenarioError};
 use super::speech;
 use crate::bot::{Bot, MediaSource};
@@ -95,6 +95,7 @@ pub async fn run(
     let bar = progress_bar(options.progress, scenario.duration.as_millis() as u64);
     bar.set_style(style("running  [{bar:30}] {elapsed}/{duration}  {msg}"));
     let server_start = sample_server(&scenario.server, options.server_pid).await;
+    let nodes_start = sample_nodes(scenario).await;
     let now = Instant::now();
     let start: Vec<BotSnapshot> = bots.iter().map(|b| BotSnapshot::take(b, now)).collect();
     let window_start = Instant::now();
@@ -119,6 +120,7 @@ pub async fn run(
         bar.set_message(running_status(&plans, &start, &snapshots, rate));
     }
     let server_end = sample_server(&scenario.server, options.server_pid).await;
+    let nodes_end = sample_nodes(scenario).await;
     let now = Instant::now();
     let end: Vec<BotSnapshot> = bots.iter().map(|b| BotSnapshot::take(b, now)).collect();
     let window = window_start.elapsed();
@@ -135,8 +137,25 @@ pub async fn run(
         server_baseline,
         server_start,
         server_end,
+        nodes: nodes_start
+            .into_iter()
+            .zip(nodes_end)
+            .map(|((server, start), (_, end))| NodeSamples { server, start, end })
+            .collect(),
         media: options.media_info.clone(),
     })
+}
+
+/// Each server of a cluster (none with one server), from its own metrics.
+async fn sample_nodes(scenario: &Scenario) -> Vec<(String, Option<ServerSample>)> {
+    if scenario.other_servers.is_empty() {
+        return Vec::new();
+    }
+    let mut samples = Vec::new();
+    for server in scenario.servers() {
+        samples.push((server.to_string(), sample_server(server, None).await));
+    }
+    samples
 }
 
 /// Asks every bot to leave and waits for them, at most five seconds in all.

@@ -60,6 +60,10 @@ pub struct Scenario {
     pub preset: Option<String>,
     /// The server's `host:port`.
     pub server: String,
+    /// More nodes of the same cluster (`host:port`): signalling bots join at `server` and these
+    /// in turn (a room's bots alike: the node hosting a room sends the others there), and each
+    /// node's cost is reported. WHIP/WHEP bots use `server` only.
+    pub other_servers: Vec<String>,
     /// Rooms.
     pub rooms: usize,
     /// Publishing bots per room.
@@ -222,13 +226,27 @@ impl Scenario {
             .map_err(|e| ScenarioError::Token(e.to_string()))
     }
 
+    /// Every server, `server` first.
+    pub fn servers(&self) -> Vec<&str> {
+        std::iter::once(self.server.as_str())
+            .chain(self.other_servers.iter().map(String::as_str))
+            .collect()
+    }
+
+    /// The server bot `plan` joins at: the servers in turn, by tag.
+    pub fn server_of(&self, plan: &BotPlan) -> &str {
+        let servers = self.servers();
+        let turn = plan.tag as usize % servers.len().max(1);
+        servers.get(turn).copied().unwrap_or(self.server.as_str())
+    }
+
     /// The configuration of the bot for `plan`.
     pub fn bot_config(
         &self,
         plan: &BotPlan,
         media: &MediaSource,
     ) -> Result<BotConfig, ScenarioError> {
-        let ws_url = format!("ws://{}/rtc", self.server);
+        let ws_url = format!("ws://{}/rtc", self.server_of(plan));
         let mut config =
             BotConfig::new(&ws_url, self.token(plan)?, plan.role.publishes(), plan.tag);
         config.fps = self.fps;
@@ -277,6 +295,7 @@ pub(crate) mod tests {
         Scenario {
             preset: None,
             server: "127.0.0.1:7880".into(),
+            other_servers: Vec::new(),
             rooms: 2,
             publishers: 1,
             publisher_role: Role::Publisher,
@@ -332,6 +351,24 @@ pub(crate) mod tests {
         };
         assert_eq!(s.expected_publishers(Role::Both), 4);
         assert_eq!(s.viewers(), 5);
+    }
+
+    #[test]
+    fn bots_are_spread_over_the_nodes_of_a_cluster() {
+        let s = Scenario {
+            other_servers: vec!["127.0.0.1:7890".into(), "127.0.0.1:7900".into()],
+            ..scenario()
+        };
+        let plans = s.plans();
+        let servers: Vec<&str> = plans.iter().map(|p| s.server_of(p)).collect();
+        for server in s.servers() {
+            assert!(servers.contains(&server), "{server} gets bots: {servers:?}");
+        }
+        let url = s
+            .bot_config(&plans[0], &MediaSource::Synthetic)
+            .unwrap()
+            .ws_url;
+        assert_eq!(url, format!("ws://{}/rtc", s.server_of(&plans[0])));
     }
 
     #[test]
