@@ -124,8 +124,8 @@ struct ServeArgs {
     /// on a fast link but sends a join burst harder into slow links and a busy server.
     #[arg(long, env = "SFU_INITIAL_ESTIMATE_KBPS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(100..=100_000))]
     initial_estimate_kbps: u64,
-    /// Negotiate RED (redundant audio, RFC 2198) around Opus: forwarded to subscribers that
-    /// negotiated it, as plain Opus to the others and to any whose link is too thin for it.
+    /// Negotiate RED (redundant audio, RFC 2198) around Opus: forwarded as it came to
+    /// subscribers that negotiated it, as plain Opus to the others, each for the whole call.
     /// It doubles the audio bitrate; worth it where loss, not bandwidth, is the problem.
     #[arg(long, env = "SFU_RED_AUDIO", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     red_audio: bool,

@@ -23,6 +23,7 @@ use crate::protocol::{
     ClientMessage, ErrorCode, OfferedTrack, ParticipantInfo, PcTarget, QualityName, Refusal,
     ServerMessage, TrackInfo,
 };
+use crate::whip::Kind;
 
 use crate::outbox::Outbox;
 use crate::room::{Join, Kick, MutedBy, Room, RoomError, RoomTrack, Via};
@@ -265,8 +266,9 @@ impl Session {
     }
 
     /// In cluster mode, why this node may not start `room_name` (it does not host it): another
-    /// node hosts it (the client is pointed there), or the directory cannot be reached.
-    async fn placed_elsewhere(&self, room_name: &str) -> Option<Refusal> {
+    /// node hosts it (the client is pointed at the same endpoint there: its signalling URL, or
+    /// its WHIP/WHEP URL for `mode`), or the directory cannot be reached.
+    async fn placed_elsewhere(&self, room_name: &str, mode: JoinMode) -> Option<Refusal> {
         let cluster = self.state.cluster.as_ref()?;
         if self.state.rooms.get(room_name).is_some() {
             return None;
@@ -274,7 +276,15 @@ impl Session {
         match cluster.place(room_name).await {
             Placement::Here => None,
             Placement::Elsewhere(node, Some(entry)) => {
-                let url = entry.signalling_url();
+                let url = match mode {
+                    JoinMode::Interactive => entry.signalling_url(),
+                    JoinMode::Publisher => {
+                        entry.url + &crate::whip::endpoint_path(Kind::Whip, room_name)
+                    }
+                    JoinMode::Viewer => {
+                        entry.url + &crate::whip::endpoint_path(Kind::Whep, room_name)
+                    }
+                };
                 Some(
                     Refusal::new(
                         ErrorCode::RoomElsewhere,
@@ -315,7 +325,7 @@ impl Session {
         /// A room may end between being opened and admitting us; it is then opened anew.
         const ATTEMPTS: usize = 3;
         let mut attempt = 0;
-        if let Some(refusal) = self.placed_elsewhere(room_name).await {
+        if let Some(refusal) = self.placed_elsewhere(room_name, mode).await {
             return Err(refusal);
         }
         loop {

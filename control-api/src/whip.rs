@@ -218,7 +218,7 @@ async fn create(
     };
     if let Err(refusal) = session.join(token, mode, Some(&room)).await {
         if let (ErrorCode::RoomElsewhere, Some(url)) = (refusal.code, &refusal.url) {
-            return redirect_to_host(url, kind, &room, query.participant.as_deref());
+            return redirect_to_host(url, query.participant.as_deref());
         }
         return refusal_response(refusal);
     }
@@ -558,25 +558,19 @@ fn no_such_resource() -> Response {
     )
 }
 
-/// 307 to the same endpoint on the node hosting the room (cluster mode), given that node's
-/// signalling URL: WHIP and WHEP clients follow it with the same offer (RFC 9725, 4.5).
-fn redirect_to_host(
-    signalling_url: &str,
-    kind: Kind,
-    room: &str,
-    participant: Option<&str>,
-) -> Response {
-    let base = signalling_url.trim_end_matches("/rtc");
-    let base = match base.split_once("://") {
-        Some(("wss", rest)) => format!("https://{rest}"),
-        Some((_, rest)) => format!("http://{rest}"),
-        None => base.to_string(),
-    };
+/// The path of the `kind` endpoint of `room` (`/whip/ROOM`), the room name percent-encoded.
+pub(crate) fn endpoint_path(kind: Kind, room: &str) -> String {
     let path = match kind {
         Kind::Whip => "whip",
         Kind::Whep => "whep",
     };
-    let mut location = format!("{base}/{path}/{}", encode_path_segment(room));
+    format!("/{path}/{}", encode_path_segment(room))
+}
+
+/// 307 to `url`, the same endpoint on the node hosting the room (cluster mode): WHIP and WHEP
+/// clients follow it with the same offer (RFC 9725, 4.5).
+fn redirect_to_host(url: &str, participant: Option<&str>) -> Response {
+    let mut location = url.to_string();
     if let Some(p) = participant {
         location.push_str(&format!("?participant={}", encode_path_segment(p)));
     }

@@ -167,9 +167,8 @@ struct View {
 impl Cluster {
     /// This node's membership (nothing is sent until the first heartbeat). `url` is where
     /// clients reach it unless [`ClusterConfig::public_url`] says otherwise; `default_id` is its
-    /// id unless [`ClusterConfig::node_id`] gives one.
-    /// `advertised_ip` replaces an unspecified relay address in the registry. Binds the relay's
-    /// endpoint (call within a tokio runtime).
+    /// id unless [`ClusterConfig::node_id`] gives one; `advertised_ip` replaces an unspecified
+    /// relay address in the registry. Binds the relay's endpoint (call within a tokio runtime).
     pub fn new(
         config: ClusterConfig,
         default_id: String,
@@ -259,6 +258,8 @@ impl Cluster {
         let Some(endpoint) = &self.relay else { return };
         let me = self.id();
         let now = Instant::now();
+        // Only waits still running are kept (node ids come and go).
+        self.dial_after.lock().retain(|_, after| *after > now);
         for node in nodes {
             if node.id <= me || endpoint.link(&node.id).is_some() {
                 continue;

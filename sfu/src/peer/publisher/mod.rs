@@ -239,12 +239,13 @@ impl Publisher {
         }
         let keyframe = starts_keyframe(codec, &packet.payload);
         let ext = &packet.header.ext_vals;
-        let raw_descriptor = ext.user_values.get_arc::<RawDescriptor>();
+        // Looked up only for the codecs that read it (not per audio or plain VP8 packet).
+        let raw_descriptor = || ext.user_values.get_arc::<RawDescriptor>();
         let temporal = match codec {
             // Chromium leaves the temporal fields out of VP8's payload descriptor when the
             // Dependency Descriptor is negotiated: then they come from it.
             Codec::Vp8 => vp8_temporal(&packet.payload).or_else(|| {
-                let (layers, _) = stream.descriptors.read(raw_descriptor.clone()?)?;
+                let (layers, _) = stream.descriptors.read(raw_descriptor()?)?;
                 Some(Vp8Temporal {
                     tid: layers.temporal,
                     layer_sync: layers.temporal == 0,
@@ -271,7 +272,7 @@ impl Publisher {
         let svc = match codec {
             Codec::Vp9 if track.rids.is_empty() => vp9_layers(&packet.payload),
             Codec::Av1 | Codec::H264 if track.rids.is_empty() => {
-                match raw_descriptor {
+                match raw_descriptor() {
                     Some(raw) => {
                         let Some((layers, forwarded)) = stream.descriptors.read(raw) else {
                             // Its layer is unknown until the structure is (a keyframe's).
