@@ -39,6 +39,8 @@ const LIMIT_KBIT = 400;
 /** Too little for the lowest layer's full frame rate (about 150 kbit/s with audio on top). */
 const SCARCE_KBIT = 150;
 const THIN_MS = 20_000;
+/** How long the thinned video must play without a new freeze before it is judged. */
+const SETTLED_MS = 2_000;
 const LOSS_PERCENT = 5;
 
 const skip = netns.unsupportedReason();
@@ -133,6 +135,17 @@ async function pollUntil(read, done, timeoutMs, what) {
     await sleep(250);
   }
   throw new Error(`${what}: not within ${timeoutMs} ms; last seen ${JSON.stringify(value)}\n${serverLogTail(15)}`);
+}
+
+/** Since when (per viewer) its freeze count has not changed. */
+const calmSince = new Map();
+
+/** `probe(p)` plus `calmMs`: how long the viewer's freeze count has stayed as it is. */
+async function probeSettled(p) {
+  const s = await probe(p);
+  const last = calmSince.get(p);
+  if (!last || last.freezeCount !== s.freezeCount) calmSince.set(p, { freezeCount: s.freezeCount, since: s.now });
+  return { ...s, calmMs: s.now - calmSince.get(p).since };
 }
 
 /** Counters of `b` minus those of `a` (video playing between two probes). */
@@ -340,13 +353,23 @@ describe('simulcast under constrained networks', { skip: skip ?? false }, () => 
     });
   });
 
-  it(`at ${SCARCE_KBIT} kbit/s the lowest layer's upper temporal layers are dropped: lower frame rate, still playing`, { timeout: THIN_MS + RECOVER_MS + 10_000 }, async () => {
+  it(`at ${SCARCE_KBIT} kbit/s the lowest layer's upper temporal layers are dropped: lower frame rate, still playing`, { timeout: 2 * THIN_MS + RECOVER_MS + 10_000 }, async () => {
+    const beforeLimit = await probe(limited);
     netns.limitDownlink(viewNs, SCARCE_KBIT);
     let thin;
     try {
-      thin = await pollUntil(() => probe(limited), (s) => s.layerState?.current === 0 && s.layerState.max_temporal != null && s.fps > 0 && s.fps <= 20,
-        THIN_MS, 'the viewer gets the lowest layer at a reduced frame rate');
+      const thinned = (s) => s.layerState?.current === 0 && s.layerState.max_temporal != null && s.fps > 0 && s.fps <= 20;
+      thin = await pollUntil(() => probe(limited), thinned, THIN_MS, 'the viewer gets the lowest layer at a reduced frame rate');
       figures.thinnedAfterMs = thin.ms;
+      calmSince.delete(limited);
+      // The cap's onset is a sudden congestion: packets already in flight at the full rate
+      // are lost in the full queue, and a frame that cannot be repaired in time waits for a
+      // keyframe (Chromium asks after 3 s without a decodable frame). That transient is
+      // recorded (figures.thinOnset; issue 14 is about shortening it), not judged here; what
+      // is judged is the thinned state once it holds: no new freeze for SETTLED_MS.
+      const settled = await pollUntil(() => probeSettled(limited), (s) => thinned(s) && s.calmMs >= SETTLED_MS, THIN_MS,
+        `the thinned video plays ${SETTLED_MS} ms without a freeze`);
+      figures.thinOnset = { ...delta(beforeLimit, settled.value), settledAfterMs: thin.ms + settled.ms };
       const strippedBefore = await metric(base, 'sfu_rtp_red_stripped_total');
       const [run] = await watch([limited], 8_000);
       figures.whileThinned = { ...run, fps: (await probe(limited)).fps, maxTemporal: thin.value.layerState.max_temporal };
