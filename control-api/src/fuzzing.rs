@@ -23,11 +23,12 @@ pub type Target = (&'static str, fn(&[u8]));
 
 /// Every target of this crate, by name (the names of `sfu/fuzz/fuzz_targets/*.rs` and of the
 /// corpus directories).
-pub const TARGETS: [Target; 4] = [
+pub const TARGETS: [Target; 5] = [
     ("signalling_json", signalling_json),
     ("whip_fragment", whip_fragment),
     ("access_token", access_token),
     ("http_origin", http_origin),
+    ("relay_wire", relay_wire),
 ];
 
 /// `signalling_json`: a WebSocket text frame from a client.
@@ -271,6 +272,50 @@ pub fn http_origin(data: &[u8]) {
     }
 }
 
+/// What another cluster node sends on a relay link: the input as one media datagram, and as
+/// the bytes of a control stream.
+///
+/// Checks: a datagram that decodes re-encodes to one that decodes the same; a control stream
+/// reads the same messages (and fails or not alike) whether it arrives whole or in pieces of
+/// any size; every message read re-encodes within the bounds and reads back the same.
+pub fn relay_wire(data: &[u8]) {
+    use crate::cluster::wire::{ControlDecoder, MediaDatagram};
+    if let Ok(datagram) = MediaDatagram::decode(data) {
+        let mut out = Vec::new();
+        datagram.encode_into(&mut out);
+        assert_eq!(MediaDatagram::decode(&out), Ok(datagram));
+    }
+    let read = |chunk: usize| {
+        let mut decoder = ControlDecoder::default();
+        let mut messages = Vec::new();
+        for piece in data.chunks(chunk.max(1)) {
+            if decoder.push(piece).is_err() {
+                return (messages, true);
+            }
+            loop {
+                match decoder.next_message() {
+                    Ok(Some(m)) => messages.push(m),
+                    Ok(None) => break,
+                    Err(_) => return (messages, true),
+                }
+            }
+        }
+        (messages, false)
+    };
+    // Pieces of at most one frame, so the decoder's buffer bound is never what differs.
+    let whole = read(crate::cluster::wire::MAX_CONTROL_FRAME);
+    let split = read(usize::from(data.first().copied().unwrap_or(1) % 16) + 1);
+    assert_eq!(whole.0, split.0);
+    for message in &whole.0 {
+        let frame = message
+            .encode()
+            .expect("a message read is within the bounds");
+        let mut decoder = ControlDecoder::default();
+        decoder.push(&frame).expect("one frame fits");
+        assert_eq!(decoder.next_message().ok().flatten().as_ref(), Some(message));
+    }
+}
+
 /// Replays the committed corpus of every target (`sfu/fuzz/corpus/<target>/*`) on stable.
 #[cfg(test)]
 mod replay {
@@ -320,7 +365,12 @@ mod replay {
     }
 
     #[test]
+    fn relay_wire() {
+        replay("relay_wire", super::relay_wire);
+    }
+
+    #[test]
     fn targets_are_listed() {
-        assert_eq!(super::TARGETS.len(), 4);
+        assert_eq!(super::TARGETS.len(), 5);
     }
 }

@@ -12,6 +12,7 @@
 
 pub mod registry;
 pub mod relay;
+pub mod wire;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;

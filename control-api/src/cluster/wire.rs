@@ -1,0 +1,596 @@
+//! What crosses a relay link between two nodes, byte for byte: media datagrams (one RTP
+//! packet of a relayed track each, with what the receiving node needs to route it) and the
+//! control messages on the link's stream (length-prefixed JSON). This module owns the format,
+//! its bounds and its validation; it does no I/O. Everything decoded here came from another
+//! node and is treated as hostile input: a malformed datagram is refused with a reason (the
+//! caller drops and counts it), a malformed control frame ends the link.
+//!
+//! A media datagram, big-endian:
+//!
+//! ```text
+//! 0      1              5       6       7                      15
+//! +------+--------------+-------+-------+----------------------+---------------------+
+//! | 0x01 | relay id u32 | layer | flags | origin send time u64 | RTP packet (clear)  |
+//! +------+--------------+-------+-------+----------------------+---------------------+
+//! ```
+//!
+//! The relay id names one subscription on this link (the origin gives it in
+//! [`RelayControl::Subscribed`]); `layer` is the simulcast layer or SVC spatial layer the
+//! packet belongs to; `flags` say whether it starts a keyframe and whether it repairs a
+//! datagram lost earlier; the send time (microseconds since the Unix epoch, the origin's
+//! clock) lets the edge measure what a hop adds. The RTP packet is the publisher's, as the
+//! origin received it after SRTP: sequence numbers and timestamps untouched, so the edge can
+//! detect loss per layer and rewrite for its own viewers as it does for a local publisher.
+
+use serde::{Deserialize, Serialize};
+
+/// First byte of a media datagram of this version of the format.
+pub const MEDIA_V1: u8 = 0x01;
+/// Bytes before the RTP packet in a media datagram.
+pub const MEDIA_HEADER: usize = 15;
+/// Shortest RTP packet (the fixed header).
+const MIN_RTP: usize = 12;
+/// Longest RTP packet relayed (what a 1500-byte Ethernet MTU carries after IP and UDP).
+pub const MAX_RTP: usize = 1472;
+/// Flag: the packet is the first of a keyframe.
+const FLAG_KEYFRAME: u8 = 0x01;
+/// Flag: the packet repairs one lost on the link (sent again on a NACK).
+const FLAG_REPAIR: u8 = 0x02;
+/// Layers a relayed track may have (simulcast streams or SVC spatial layers).
+pub const MAX_LAYERS: usize = 8;
+/// Longest control frame (its JSON), in bytes.
+pub const MAX_CONTROL_FRAME: usize = 16 * 1024;
+/// Sequence numbers one NACK may name.
+pub const MAX_NACK: usize = 64;
+/// Longest room name, track id, codec name, format parameters and refusal reason.
+const MAX_ROOM: usize = 128;
+const MAX_TRACK: usize = 64;
+const MAX_CODEC: usize = 32;
+const MAX_FMTP: usize = 512;
+const MAX_REASON: usize = 256;
+
+/// Why a datagram or a control frame was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// Shorter than its header, or than an RTP header after it.
+    #[error("datagram too short ({0} bytes)")]
+    TooShort(usize),
+    /// Longer than any RTP packet relayed.
+    #[error("datagram too long ({0} bytes)")]
+    TooLong(usize),
+    /// A first byte this node does not know (another version of the format).
+    #[error("unknown datagram version {0:#04x}")]
+    UnknownVersion(u8),
+    /// The payload is not RTP version 2.
+    #[error("the payload is not RTP")]
+    NotRtp,
+    /// A layer index past [`MAX_LAYERS`].
+    #[error("layer {0} out of range")]
+    Layer(u8),
+    /// A control frame announcing more than [`MAX_CONTROL_FRAME`] bytes.
+    #[error("control frame of {0} bytes (at most {MAX_CONTROL_FRAME})")]
+    FrameTooLong(usize),
+    /// A control frame that is not a valid message.
+    #[error("malformed control message: {0}")]
+    Malformed(String),
+}
+
+/// One media datagram, decoded (borrowing the RTP packet from the datagram).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MediaDatagram<'a> {
+    /// The subscription on this link.
+    pub relay_id: u32,
+    /// Simulcast layer or SVC spatial layer.
+    pub layer: u8,
+    /// The packet starts a keyframe.
+    pub keyframe: bool,
+    /// The packet is sent again, repairing a loss on the link.
+    pub repair: bool,
+    /// When the origin sent it (microseconds since the Unix epoch, its clock).
+    pub sent_at_us: u64,
+    /// The RTP packet, in the clear.
+    pub rtp: &'a [u8],
+}
+
+impl<'a> MediaDatagram<'a> {
+    /// Reads a datagram, checking every bound.
+    pub fn decode(data: &'a [u8]) -> Result<Self, WireError> {
+        let (&version, _) = data.split_first().ok_or(WireError::TooShort(0))?;
+        if version != MEDIA_V1 {
+            return Err(WireError::UnknownVersion(version));
+        }
+        if data.len() < MEDIA_HEADER + MIN_RTP {
+            return Err(WireError::TooShort(data.len()));
+        }
+        let (header, rtp) = data.split_at(MEDIA_HEADER);
+        if rtp.len() > MAX_RTP {
+            return Err(WireError::TooLong(data.len()));
+        }
+        if rtp.first().is_none_or(|b| b >> 6 != 2) {
+            return Err(WireError::NotRtp);
+        }
+        let u32_at = |i: usize| header.get(i..i + 4).and_then(|b| b.try_into().ok());
+        let u64_at = |i: usize| header.get(i..i + 8).and_then(|b| b.try_into().ok());
+        let (Some(id), Some(&layer), Some(&flags), Some(sent)) =
+            (u32_at(1), header.get(5), header.get(6), u64_at(7))
+        else {
+            return Err(WireError::TooShort(data.len()));
+        };
+        if usize::from(layer) >= MAX_LAYERS {
+            return Err(WireError::Layer(layer));
+        }
+        Ok(Self {
+            relay_id: u32::from_be_bytes(id),
+            layer,
+            keyframe: flags & FLAG_KEYFRAME != 0,
+            repair: flags & FLAG_REPAIR != 0,
+            sent_at_us: u64::from_be_bytes(sent),
+            rtp,
+        })
+    }
+
+    /// Writes the datagram into `out` (cleared first), so a sender can reuse one buffer.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        out.clear();
+        out.reserve(MEDIA_HEADER + self.rtp.len());
+        out.push(MEDIA_V1);
+        out.extend_from_slice(&self.relay_id.to_be_bytes());
+        out.push(self.layer);
+        let flags = if self.keyframe { FLAG_KEYFRAME } else { 0 }
+            | if self.repair { FLAG_REPAIR } else { 0 };
+        out.push(flags);
+        out.extend_from_slice(&self.sent_at_us.to_be_bytes());
+        out.extend_from_slice(self.rtp);
+    }
+}
+
+/// What a relayed track is, as the origin describes it to the edge: enough to publish it in
+/// the edge's forwarding graph as if a local publisher had.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayedTrack {
+    /// `audio` or `video`.
+    pub kind: TrackKind,
+    /// Codec name as in SDP (`opus`, `VP8`, ...).
+    pub codec: String,
+    /// RTP clock rate.
+    pub clock_rate: u32,
+    /// Audio channels, where the codec has them.
+    pub channels: Option<u8>,
+    /// The codec's format parameters (`a=fmtp`), as the publisher negotiated them.
+    pub fmtp: String,
+    /// Simulcast streams, or spatial layers of one scalable stream.
+    pub layers: u8,
+    /// One scalable stream (VP9/AV1 SVC) rather than simulcast.
+    pub svc: bool,
+}
+
+/// A track's kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrackKind {
+    /// Audio.
+    Audio,
+    /// Video.
+    Video,
+}
+
+/// A control message on a relay link's stream. `Subscribe`, `SetLayers`, `Unsubscribe`,
+/// `KeyframeRequest` and `Nack` go from the edge (which has viewers) to the origin (which has
+/// the publisher); the others come back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RelayControl {
+    /// Send me track `track` of room `room`: the layers set in `layers` (bit 0: the lowest).
+    Subscribe {
+        /// The room's name.
+        room: String,
+        /// The track's id.
+        track: String,
+        /// Layers wanted, a bit each.
+        layers: u32,
+    },
+    /// The track is relayed as `relay_id`, and is `description`.
+    Subscribed {
+        /// The track's id, as asked.
+        track: String,
+        /// The id its datagrams carry on this link.
+        relay_id: u32,
+        /// What it is.
+        description: RelayedTrack,
+    },
+    /// The origin does not (or no longer does) carry that track.
+    Refused {
+        /// The track's id, as asked.
+        track: String,
+        /// Why, for the log.
+        reason: String,
+    },
+    /// Only these layers are needed now (dynacast across nodes).
+    SetLayers {
+        /// The subscription.
+        relay_id: u32,
+        /// Layers wanted, a bit each.
+        layers: u32,
+    },
+    /// No viewer at the edge wants the track any more.
+    Unsubscribe {
+        /// The subscription.
+        relay_id: u32,
+    },
+    /// A viewer at the edge needs a keyframe of `layer` (the edge sends one per layer however
+    /// many of its viewers asked; the origin coalesces edges and throttles).
+    KeyframeRequest {
+        /// The subscription.
+        relay_id: u32,
+        /// The layer.
+        layer: u8,
+    },
+    /// These RTP sequence numbers of `layer` did not arrive: send them again if still held.
+    Nack {
+        /// The subscription.
+        relay_id: u32,
+        /// The layer.
+        layer: u8,
+        /// Missing sequence numbers (at most [`MAX_NACK`]).
+        seqs: Vec<u16>,
+    },
+    /// Which layers the publisher is sending now (lowest first).
+    LayersAvailable {
+        /// The subscription.
+        relay_id: u32,
+        /// Per layer: sent or not (at most [`MAX_LAYERS`]).
+        active: Vec<bool>,
+    },
+    /// The publisher's sender report for `layer`, for lip sync at the edge.
+    SenderReport {
+        /// The subscription.
+        relay_id: u32,
+        /// The layer.
+        layer: u8,
+        /// NTP time of the report.
+        ntp: u64,
+        /// RTP timestamp at that time.
+        rtp_time: u32,
+    },
+    /// The publisher muted or unmuted the track (or the server did).
+    Muted {
+        /// The subscription.
+        relay_id: u32,
+        /// Muted or not.
+        muted: bool,
+    },
+    /// The track has ended at the origin.
+    Ended {
+        /// The subscription.
+        relay_id: u32,
+    },
+}
+
+impl RelayControl {
+    /// Checks the bounds serde cannot: string lengths, list lengths, layer indices.
+    fn validate(&self) -> Result<(), WireError> {
+        let text = |what: &str, s: &str, max: usize| {
+            if s.len() > max {
+                Err(WireError::Malformed(format!(
+                    "{what} of {} bytes (at most {max})",
+                    s.len()
+                )))
+            } else {
+                Ok(())
+            }
+        };
+        let layer = |l: u8| {
+            if usize::from(l) < MAX_LAYERS {
+                Ok(())
+            } else {
+                Err(WireError::Layer(l))
+            }
+        };
+        match self {
+            Self::Subscribe { room, track, .. } => {
+                text("room", room, MAX_ROOM)?;
+                text("track", track, MAX_TRACK)
+            }
+            Self::Subscribed {
+                track, description, ..
+            } => {
+                text("track", track, MAX_TRACK)?;
+                text("codec", &description.codec, MAX_CODEC)?;
+                text("fmtp", &description.fmtp, MAX_FMTP)?;
+                if usize::from(description.layers) > MAX_LAYERS {
+                    return Err(WireError::Malformed(format!(
+                        "{} layers (at most {MAX_LAYERS})",
+                        description.layers
+                    )));
+                }
+                Ok(())
+            }
+            Self::Refused { track, reason } => {
+                text("track", track, MAX_TRACK)?;
+                text("reason", reason, MAX_REASON)
+            }
+            Self::KeyframeRequest { layer: l, .. } | Self::SenderReport { layer: l, .. } => {
+                layer(*l)
+            }
+            Self::Nack { layer: l, seqs, .. } => {
+                layer(*l)?;
+                if seqs.len() > MAX_NACK {
+                    return Err(WireError::Malformed(format!(
+                        "NACK of {} packets (at most {MAX_NACK})",
+                        seqs.len()
+                    )));
+                }
+                Ok(())
+            }
+            Self::LayersAvailable { active, .. } if active.len() > MAX_LAYERS => Err(
+                WireError::Malformed(format!("{} layers (at most {MAX_LAYERS})", active.len())),
+            ),
+            Self::LayersAvailable { .. }
+            | Self::SetLayers { .. }
+            | Self::Unsubscribe { .. }
+            | Self::Muted { .. }
+            | Self::Ended { .. } => Ok(()),
+        }
+    }
+
+    /// The message as one frame: its length (u32, big-endian), then its JSON. Fails only for
+    /// a message that breaks the bounds the other end enforces (a bug on this side).
+    pub fn encode(&self) -> Result<Vec<u8>, WireError> {
+        self.validate()?;
+        let json = serde_json::to_vec(self).map_err(|e| WireError::Malformed(e.to_string()))?;
+        if json.len() > MAX_CONTROL_FRAME {
+            return Err(WireError::FrameTooLong(json.len()));
+        }
+        let len = u32::try_from(json.len()).map_err(|_| WireError::FrameTooLong(json.len()))?;
+        let mut frame = Vec::with_capacity(4 + json.len());
+        frame.extend_from_slice(&len.to_be_bytes());
+        frame.extend_from_slice(&json);
+        Ok(frame)
+    }
+}
+
+/// Reads control frames out of a byte stream however it is split: bytes go in with
+/// [`push`](Self::push), messages come out of [`next_message`](Self::next_message). Holds at most one frame
+/// (plus the read that completed it); an error leaves the stream unusable, and the caller
+/// ends the link.
+#[derive(Debug, Default)]
+pub struct ControlDecoder {
+    buf: Vec<u8>,
+}
+
+impl ControlDecoder {
+    /// Appends bytes read from the stream. Refuses them if they would make the buffer hold
+    /// more than one whole frame and its length prefix.
+    pub fn push(&mut self, bytes: &[u8]) -> Result<(), WireError> {
+        if self.buf.len() + bytes.len() > 2 * (4 + MAX_CONTROL_FRAME) {
+            return Err(WireError::FrameTooLong(self.buf.len() + bytes.len()));
+        }
+        self.buf.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    /// The next whole message, `None` if more bytes are needed.
+    pub fn next_message(&mut self) -> Result<Option<RelayControl>, WireError> {
+        let Some(prefix) = self.buf.get(..4) else {
+            return Ok(None);
+        };
+        let mut len = [0u8; 4];
+        len.copy_from_slice(prefix);
+        let len = u32::from_be_bytes(len) as usize;
+        if len > MAX_CONTROL_FRAME {
+            return Err(WireError::FrameTooLong(len));
+        }
+        let Some(json) = self.buf.get(4..4 + len) else {
+            return Ok(None);
+        };
+        let message: RelayControl =
+            serde_json::from_slice(json).map_err(|e| WireError::Malformed(e.to_string()))?;
+        self.buf.drain(..4 + len);
+        message.validate()?;
+        Ok(Some(message))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rtp(len: usize) -> Vec<u8> {
+        let mut p = vec![0u8; len];
+        p[0] = 0x80;
+        p[1] = 96;
+        p
+    }
+
+    fn datagram(rtp: &[u8]) -> MediaDatagram<'_> {
+        MediaDatagram {
+            relay_id: 0xdead_beef,
+            layer: 2,
+            keyframe: true,
+            repair: false,
+            sent_at_us: 1_764_540_000_123_456,
+            rtp,
+        }
+    }
+
+    #[test]
+    fn a_datagram_reads_back_as_written() {
+        let packet = rtp(1200);
+        let mut out = Vec::new();
+        datagram(&packet).encode_into(&mut out);
+        assert_eq!(out.len(), MEDIA_HEADER + 1200);
+        assert_eq!(MediaDatagram::decode(&out), Ok(datagram(&packet)));
+        let repair = MediaDatagram {
+            keyframe: false,
+            repair: true,
+            ..datagram(&packet)
+        };
+        repair.encode_into(&mut out);
+        assert_eq!(MediaDatagram::decode(&out), Ok(repair));
+    }
+
+    #[test]
+    fn malformed_datagrams_are_refused_with_a_reason() {
+        let mut good = Vec::new();
+        datagram(&rtp(100)).encode_into(&mut good);
+        assert_eq!(MediaDatagram::decode(&[]), Err(WireError::TooShort(0)));
+        assert_eq!(
+            MediaDatagram::decode(&good[..MEDIA_HEADER + 11]),
+            Err(WireError::TooShort(MEDIA_HEADER + 11))
+        );
+        let mut other = good.clone();
+        other[0] = 0x02;
+        assert_eq!(
+            MediaDatagram::decode(&other),
+            Err(WireError::UnknownVersion(2))
+        );
+        let mut not_rtp = good.clone();
+        not_rtp[MEDIA_HEADER] = 0x40;
+        assert_eq!(MediaDatagram::decode(&not_rtp), Err(WireError::NotRtp));
+        let mut layer = good.clone();
+        layer[5] = 8;
+        assert_eq!(MediaDatagram::decode(&layer), Err(WireError::Layer(8)));
+        let mut long = Vec::new();
+        datagram(&rtp(MAX_RTP + 1)).encode_into(&mut long);
+        assert_eq!(
+            MediaDatagram::decode(&long),
+            Err(WireError::TooLong(long.len()))
+        );
+    }
+
+    fn every_message() -> Vec<RelayControl> {
+        vec![
+            RelayControl::Subscribe {
+                room: "all-hands".into(),
+                track: "TR_1".into(),
+                layers: 0b101,
+            },
+            RelayControl::Subscribed {
+                track: "TR_1".into(),
+                relay_id: 7,
+                description: RelayedTrack {
+                    kind: TrackKind::Video,
+                    codec: "VP8".into(),
+                    clock_rate: 90_000,
+                    channels: None,
+                    fmtp: String::new(),
+                    layers: 3,
+                    svc: false,
+                },
+            },
+            RelayControl::Refused {
+                track: "TR_2".into(),
+                reason: "no such track".into(),
+            },
+            RelayControl::SetLayers {
+                relay_id: 7,
+                layers: 1,
+            },
+            RelayControl::Unsubscribe { relay_id: 7 },
+            RelayControl::KeyframeRequest {
+                relay_id: 7,
+                layer: 0,
+            },
+            RelayControl::Nack {
+                relay_id: 7,
+                layer: 1,
+                seqs: vec![65_535, 0, 1],
+            },
+            RelayControl::LayersAvailable {
+                relay_id: 7,
+                active: vec![true, false, true],
+            },
+            RelayControl::SenderReport {
+                relay_id: 7,
+                layer: 2,
+                ntp: u64::MAX,
+                rtp_time: 3_000,
+            },
+            RelayControl::Muted {
+                relay_id: 7,
+                muted: true,
+            },
+            RelayControl::Ended { relay_id: 7 },
+        ]
+    }
+
+    #[test]
+    fn control_messages_read_back_however_the_stream_splits_them() {
+        let messages = every_message();
+        let stream: Vec<u8> = messages.iter().flat_map(|m| m.encode().unwrap()).collect();
+        for chunk in [1, 3, 64, stream.len()] {
+            let mut decoder = ControlDecoder::default();
+            let mut read = Vec::new();
+            for piece in stream.chunks(chunk) {
+                decoder.push(piece).unwrap();
+                while let Some(m) = decoder.next_message().unwrap() {
+                    read.push(m);
+                }
+            }
+            assert_eq!(read, messages, "read in chunks of {chunk}");
+        }
+    }
+
+    #[test]
+    fn malformed_control_frames_are_refused() {
+        let frame = |json: &str| {
+            let mut f = (json.len() as u32).to_be_bytes().to_vec();
+            f.extend_from_slice(json.as_bytes());
+            f
+        };
+        let refused = |bytes: Vec<u8>| {
+            let mut d = ControlDecoder::default();
+            d.push(&bytes).and_then(|()| d.next_message())
+        };
+        assert!(matches!(
+            refused(frame("{\"type\":\"launch\"}")),
+            Err(WireError::Malformed(_))
+        ));
+        assert!(matches!(
+            refused(frame("not json")),
+            Err(WireError::Malformed(_))
+        ));
+        let nack = format!(
+            "{{\"type\":\"nack\",\"relay_id\":1,\"layer\":0,\"seqs\":[{}]}}",
+            vec!["1"; MAX_NACK + 1].join(",")
+        );
+        assert!(matches!(
+            refused(frame(&nack)),
+            Err(WireError::Malformed(_))
+        ));
+        assert_eq!(
+            refused(frame(
+                "{\"type\":\"keyframe_request\",\"relay_id\":1,\"layer\":9}"
+            )),
+            Err(WireError::Layer(9))
+        );
+        let room = format!(
+            "{{\"type\":\"subscribe\",\"room\":\"{}\",\"track\":\"t\",\"layers\":1}}",
+            "r".repeat(MAX_ROOM + 1)
+        );
+        assert!(matches!(
+            refused(frame(&room)),
+            Err(WireError::Malformed(_))
+        ));
+        // A length past the bound is refused before its bytes arrive.
+        assert_eq!(
+            refused(((MAX_CONTROL_FRAME + 1) as u32).to_be_bytes().to_vec()),
+            Err(WireError::FrameTooLong(MAX_CONTROL_FRAME + 1))
+        );
+        // A sender that never completes a frame cannot make the buffer grow without bound.
+        let mut d = ControlDecoder::default();
+        d.push(&(MAX_CONTROL_FRAME as u32).to_be_bytes()).unwrap();
+        d.push(&vec![b' '; MAX_CONTROL_FRAME]).unwrap();
+        assert!(d.push(&vec![b' '; MAX_CONTROL_FRAME + 8]).is_err());
+    }
+
+    #[test]
+    fn a_message_past_the_bounds_is_not_sent() {
+        let nack = RelayControl::Nack {
+            relay_id: 1,
+            layer: 0,
+            seqs: vec![0; MAX_NACK + 1],
+        };
+        assert!(nack.encode().is_err());
+    }
+}
