@@ -275,7 +275,8 @@ pub fn http_origin(data: &[u8]) {
 /// What another cluster node sends on a relay link: the input as one media datagram, and as
 /// the bytes of a control stream.
 ///
-/// Checks: a datagram that decodes re-encodes to one that decodes the same; a control stream
+/// Checks: a datagram that decodes re-encodes to one that decodes the same, and the relayed RTP
+/// packet in it reads within its bounds (or is refused); a control stream
 /// reads the same messages (and fails or not alike) whether it arrives whole or in pieces of
 /// any size; every message read re-encodes within the bounds and reads back the same.
 pub fn relay_wire(data: &[u8]) {
@@ -284,6 +285,11 @@ pub fn relay_wire(data: &[u8]) {
         let mut out = Vec::new();
         datagram.encode_into(&mut out);
         assert_eq!(MediaDatagram::decode(&out), Ok(datagram));
+        // The packet inside, as the edge reads it: refused or within its bounds.
+        if let Ok(rtp) = sfu::relay::rtp::decode(datagram.rtp) {
+            assert!(rtp.payload.len() <= datagram.rtp.len());
+            assert!(rtp.capture.is_none_or(f64::is_finite));
+        }
     }
     let read = |chunk: usize| {
         let mut decoder = ControlDecoder::default();
@@ -312,7 +318,10 @@ pub fn relay_wire(data: &[u8]) {
             .expect("a message read is within the bounds");
         let mut decoder = ControlDecoder::default();
         decoder.push(&frame).expect("one frame fits");
-        assert_eq!(decoder.next_message().ok().flatten().as_ref(), Some(message));
+        assert_eq!(
+            decoder.next_message().ok().flatten().as_ref(),
+            Some(message)
+        );
     }
 }
 

@@ -107,4 +107,27 @@ pub(crate) enum Command {
     },
     /// Close and forget a peer.
     RemovePeer { peer: PeerId, reply: Reply<()> },
+    /// Create a relay egress (the stand-in for a remote node) in `room`.
+    AddRelayEgress {
+        id: PeerId,
+        room: crate::ids::RoomId,
+        packets: tokio::sync::mpsc::Sender<crate::relay::RelayPacket>,
+        events: tokio::sync::mpsc::UnboundedSender<crate::relay::RelayEvent>,
+        reply: Reply<()>,
+    },
+    /// Set which layers of a track a relay egress carries (none: stop relaying it).
+    RelayLayers {
+        id: PeerId,
+        track: TrackId,
+        layers: u32,
+        reply: Reply<()>,
+    },
+    /// A remote node's viewers need a keyframe of one layer of a relayed track.
+    RelayKeyframe {
+        id: PeerId,
+        track: TrackId,
+        layer: u8,
+    },
+    /// Remove a relay egress: its tracks stop being relayed.
+    RemoveRelayEgress { id: PeerId, reply: Reply<()> },
 }

@@ -61,6 +61,10 @@ counters! {
     rtp_not_forwarded,
     /// Batches of packets dropped because another worker's queue was full.
     queue_drops,
+    /// Packets handed to relay links (for other cluster nodes).
+    relay_packets_sent,
+    /// Packets for relay links dropped because the link's queue was full.
+    relay_packets_dropped,
     /// Keyframe requests received from subscribers (PLI/FIR).
     keyframe_requests_received,
     /// Keyframe requests sent to publishers, after coalescing.

@@ -568,11 +568,85 @@ impl Sfu {
         self.worker_of(peer).ok()
     }
 
+    /// Creates a relay egress in `room`: the stand-in, in this node's forwarding graph, for
+    /// another node whose viewers watch tracks published here. [`Sfu::relay_layers`] says
+    /// which tracks and layers it carries; their packets arrive on the returned receiver
+    /// (at most `capacity` waiting: more are dropped and counted), and the tracks that end on
+    /// the event receiver. Remove it with [`Sfu::remove_relay_egress`].
+    pub async fn add_relay_egress(
+        &self,
+        room: RoomId,
+        capacity: usize,
+    ) -> Result<RelayEgressHandle, SfuError> {
+        let (id, worker) = self.place_in(room)?;
+        let (packets, packet_rx) = mpsc::channel(capacity.max(1));
+        let (events, event_rx) = mpsc::unbounded_channel();
+        self.request(worker, |reply| Command::AddRelayEgress {
+            id,
+            room,
+            packets,
+            events,
+            reply,
+        })
+        .await
+        .inspect_err(|_| self.forget(id, worker))?;
+        Ok(RelayEgressHandle {
+            id,
+            packets: packet_rx,
+            events: event_rx,
+        })
+    }
+
+    /// Sets which layers of `track` relay egress `id` carries, a bit per layer (0: stop
+    /// relaying the track). The track must be published in the relay's room.
+    pub async fn relay_layers(
+        &self,
+        id: PeerId,
+        track: TrackId,
+        layers: u32,
+    ) -> Result<(), SfuError> {
+        let worker = self.worker_of(id)?;
+        self.request(worker, |reply| Command::RelayLayers {
+            id,
+            track,
+            layers,
+            reply,
+        })
+        .await
+    }
+
+    /// Asks the publisher of a relayed track for a keyframe of `layer` (for the remote
+    /// node's viewers; coalesced and throttled with local viewers' requests).
+    pub async fn relay_keyframe(
+        &self,
+        id: PeerId,
+        track: TrackId,
+        layer: u8,
+    ) -> Result<(), SfuError> {
+        let worker = self.worker_of(id)?;
+        self.commands(worker)?
+            .send(Command::RelayKeyframe { id, track, layer })
+            .await
+            .map_err(|_| SfuError::Shutdown)
+    }
+
+    /// Removes a relay egress; the tracks it carried stop being relayed.
+    pub async fn remove_relay_egress(&self, id: PeerId) -> Result<(), SfuError> {
+        let worker = self.worker_of(id)?;
+        self.request(worker, |reply| Command::RemoveRelayEgress { id, reply })
+            .await
+    }
+
     /// Picks the worker for a new peer: the least loaded live one.
     fn place(&self, spec: &PeerSpec) -> Result<(PeerId, usize), SfuError> {
+        self.place_in(spec.room)
+    }
+
+    /// Picks the worker for a new peer (or relay) of `room`: the least loaded live one.
+    fn place_in(&self, room: RoomId) -> Result<(PeerId, usize), SfuError> {
         let shared = self.shared();
-        if !shared.rooms.contains_key(&spec.room) {
-            return Err(SfuError::UnknownRoom(spec.room));
+        if !shared.rooms.contains_key(&room) {
+            return Err(SfuError::UnknownRoom(room));
         }
         let (worker, slot) = shared
             .workers
@@ -632,6 +706,17 @@ impl Sfu {
             .map_err(|_| SfuError::Shutdown)?;
         result.await.map_err(|_| SfuError::Shutdown)?
     }
+}
+
+/// A relay egress: its id, the packets it relays and the news of its tracks.
+#[derive(Debug)]
+pub struct RelayEgressHandle {
+    /// The id the forwarding graph knows it by.
+    pub id: PeerId,
+    /// Packets for the relay link, in the order forwarded.
+    pub packets: mpsc::Receiver<crate::relay::RelayPacket>,
+    /// Tracks that ended.
+    pub events: mpsc::UnboundedReceiver<crate::relay::RelayEvent>,
 }
 
 /// Whether a candidate line names its address with an mDNS `.local` host name.

@@ -46,6 +46,7 @@ mod layer_switch;
 mod packet;
 mod peer;
 mod red;
+pub mod relay;
 mod rewrite;
 mod shared;
 #[cfg(any(test, feature = "fuzzing"))]
@@ -64,7 +65,7 @@ pub use event::{
     TrackKind,
 };
 pub use graph::TrackSnapshot;
-pub use handle::Sfu;
+pub use handle::{RelayEgressHandle, Sfu};
 pub use ids::{ParseIdError, PeerId, RoomId, TrackId};
 pub use layer_choice::{Quality, VideoPreference};
 pub use timings::Timings;

@@ -30,6 +30,8 @@ pub(crate) mod net;
 #[cfg(test)]
 pub(crate) mod raw;
 #[cfg(test)]
+mod relay;
+#[cfg(test)]
 mod scenarios;
 #[cfg(test)]
 mod svc;

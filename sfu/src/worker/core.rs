@@ -32,6 +32,7 @@ use crate::packet::Delivery;
 use crate::peer::publisher::Publisher;
 use crate::peer::subscriber::Subscriber;
 use crate::peer::{Ctx, Peer, PeerInfo, Role, WorkerOutput};
+use crate::relay::egress::{MAX_RELAYED_TRACKS, RelayEgress};
 use crate::shared::{DataReceiver, Shared, WorkerShared};
 
 /// Upper bound on delivery passes per flush, so a delivery loop cannot spin a worker.
@@ -56,6 +57,8 @@ pub(crate) struct WorkerCore {
     due: Vec<PeerId>,
     /// ICE-TCP connections (by remote address) and the peer each one's STUN check named.
     tcp_routes: HashMap<SocketAddr, PeerId>,
+    /// Relay egresses (stand-ins for remote nodes), by the id the graph knows them by.
+    relays: HashMap<PeerId, RelayEgress>,
 }
 
 impl WorkerCore {
@@ -77,6 +80,7 @@ impl WorkerCore {
             dirty: Vec::new(),
             due: Vec::new(),
             tcp_routes: HashMap::new(),
+            relays: HashMap::new(),
             shared,
         }
     }
@@ -237,6 +241,12 @@ impl WorkerCore {
         let to = delivery.to();
         let writes_media = matches!(delivery, Delivery::Rtp { .. } | Delivery::Data { .. });
         let bounce = delivery.bounce();
+        if !self.peers.contains_key(&to)
+            && let Some(relay) = self.relays.get_mut(&to)
+        {
+            relay.handle_delivery(delivery, &self.slot.counters);
+            return;
+        }
         if self
             .with_peer(to, now, |peer, ctx| peer.handle_delivery(delivery, ctx))
             .is_none()
@@ -301,6 +311,10 @@ impl WorkerCore {
         let ids: Vec<PeerId> = self.peers.keys().copied().collect();
         for id in ids {
             self.remove_peer(id, CloseReason::Shutdown, now);
+        }
+        let relays: Vec<PeerId> = self.relays.keys().copied().collect();
+        for id in relays {
+            self.remove_relay(id, now);
         }
     }
 
@@ -596,7 +610,123 @@ impl WorkerCore {
                 };
                 let _ = reply.send(result);
             }
+            Command::AddRelayEgress {
+                id,
+                room,
+                packets,
+                events,
+                reply,
+            } => {
+                self.relays
+                    .insert(id, RelayEgress::new(room, packets, events));
+                let _ = reply.send(Ok(()));
+            }
+            Command::RelayLayers {
+                id,
+                track,
+                layers,
+                reply,
+            } => {
+                let _ = reply.send(self.relay_layers(id, track, layers, now));
+            }
+            Command::RelayKeyframe { id, track, layer } => {
+                let relayed = self
+                    .relays
+                    .get(&id)
+                    .is_some_and(|r| r.tracks.contains_key(&track));
+                if let (true, Some(route)) = (relayed, self.shared.graph.get(track)) {
+                    let request = Delivery::KeyframeRequest {
+                        to: route.publisher.peer,
+                        track,
+                        layer,
+                        urgent: false,
+                    };
+                    self.out.route(self.index, route.publisher, request);
+                    self.run_local(now);
+                }
+            }
+            Command::RemoveRelayEgress { id, reply } => {
+                let result = if self.relays.contains_key(&id) {
+                    self.remove_relay(id, now);
+                    Ok(())
+                } else {
+                    Err(SfuError::UnknownPeer(id))
+                };
+                let _ = reply.send(result);
+            }
         }
+    }
+
+    /// Sets the layers of `track` that relay egress `id` carries (0: none, it stops).
+    fn relay_layers(
+        &mut self,
+        id: PeerId,
+        track: TrackId,
+        layers: u32,
+        now: Instant,
+    ) -> Result<(), SfuError> {
+        let relay = self.relays.get_mut(&id).ok_or(SfuError::UnknownPeer(id))?;
+        let route = self
+            .shared
+            .graph
+            .get(track)
+            .filter(|r| r.room == relay.room)
+            .ok_or(SfuError::UnknownTrack(track))?;
+        let from = crate::graph::PeerLocation {
+            worker: self.index,
+            peer: id,
+        };
+        let delivery = if layers == 0 {
+            if relay.tracks.remove(&track).is_none() {
+                return Ok(());
+            }
+            Delivery::Leave {
+                to: route.publisher.peer,
+                track,
+                from,
+            }
+        } else {
+            if !relay.tracks.contains_key(&track) && relay.tracks.len() >= MAX_RELAYED_TRACKS {
+                return Err(SfuError::Config(format!(
+                    "a relay carries at most {MAX_RELAYED_TRACKS} tracks"
+                )));
+            }
+            relay.tracks.insert(track, layers);
+            Delivery::Want {
+                to: route.publisher.peer,
+                track,
+                from,
+                layers: route.needed_layers(layers),
+                demand: layers,
+            }
+        };
+        self.out.route(self.index, route.publisher, delivery);
+        self.run_local(now);
+        Ok(())
+    }
+
+    /// Removes a relay egress: each track it carried hears it leave.
+    fn remove_relay(&mut self, id: PeerId, now: Instant) {
+        let Some(relay) = self.relays.remove(&id) else {
+            return;
+        };
+        let from = crate::graph::PeerLocation {
+            worker: self.index,
+            peer: id,
+        };
+        for track in relay.tracks.keys() {
+            if let Some(route) = self.shared.graph.get(*track) {
+                let leave = Delivery::Leave {
+                    to: route.publisher.peer,
+                    track: *track,
+                    from,
+                };
+                self.out.route(self.index, route.publisher, leave);
+            }
+        }
+        self.shared.peers.remove(&id);
+        self.slot.load.fetch_sub(1, Ordering::Relaxed);
+        self.run_local(now);
     }
 
     fn accept_offer(

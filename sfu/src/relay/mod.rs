@@ -1,0 +1,39 @@
+//! The media side of relaying tracks between cluster nodes. On the node that has a track's
+//! publisher (the origin), a [`RelayEgress`](egress::RelayEgress) is one subscriber in the
+//! forwarding graph per remote node: it takes the layers that node needs of each track and
+//! turns every packet into a self-describing RTP packet ([`rtp`]) for the relay link. The
+//! transport (QUIC datagrams, the control stream) is the control plane's; nothing here does
+//! I/O beyond handing packets to a bounded channel.
+
+pub(crate) mod egress;
+pub mod rtp;
+
+use crate::ids::TrackId;
+
+/// Why a relayed packet was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RelayError {
+    /// The packet is not one this format writes.
+    #[error("malformed relayed packet: {0}")]
+    Malformed(&'static str),
+}
+
+/// One packet for the relay link, from a relay egress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayPacket {
+    /// The track.
+    pub track: TrackId,
+    /// Its layer (simulcast stream or spatial layer).
+    pub layer: u8,
+    /// It starts a keyframe.
+    pub keyframe: bool,
+    /// The packet, as [`rtp::decode`] reads it.
+    pub rtp: Vec<u8>,
+}
+
+/// What a relay egress tells the control plane besides packets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RelayEvent {
+    /// A relayed track was unpublished at this node: the other node's copy ends.
+    TrackEnded(TrackId),
+}
