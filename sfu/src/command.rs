@@ -130,4 +130,30 @@ pub(crate) enum Command {
     },
     /// Remove a relay egress: its tracks stop being relayed.
     RemoveRelayEgress { id: PeerId, reply: Reply<()> },
+    /// Create a relay ingress (the stand-in for another node's publishers of `spec.room`).
+    AddRelayIngress {
+        id: PeerId,
+        spec: PeerSpec,
+        events: EventSink,
+        requests: tokio::sync::mpsc::UnboundedSender<crate::relay::RelayKeyframeRequest>,
+        reply: Reply<()>,
+    },
+    /// Publish a relayed track through a relay ingress; replies with its id here.
+    RelayPublish {
+        id: PeerId,
+        participant: std::sync::Arc<str>,
+        kind: crate::event::TrackKind,
+        layers: u8,
+        codecs: Vec<crate::relay::RelayCodec>,
+        reply: Reply<TrackId>,
+    },
+    /// Unpublish a relayed track.
+    RelayUnpublish { id: PeerId, track: TrackId },
+    /// Packets from the origin for a relay ingress's tracks.
+    RelayPackets {
+        id: PeerId,
+        packets: Vec<(TrackId, Vec<u8>)>,
+    },
+    /// Remove a relay ingress: its tracks are unpublished.
+    RemoveRelayIngress { id: PeerId, reply: Reply<()> },
 }

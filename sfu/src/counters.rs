@@ -65,6 +65,10 @@ counters! {
     relay_packets_sent,
     /// Packets for relay links dropped because the link's queue was full.
     relay_packets_dropped,
+    /// Packets received from relay links (from other cluster nodes).
+    relay_packets_received,
+    /// Packets from relay links refused: malformed, or of no track or layer relayed here.
+    relay_packets_refused,
     /// Keyframe requests received from subscribers (PLI/FIR).
     keyframe_requests_received,
     /// Keyframe requests sent to publishers, after coalescing.

@@ -637,6 +637,94 @@ impl Sfu {
             .await
     }
 
+    /// Creates a relay ingress in `room`: the stand-in, in this node's forwarding graph, for
+    /// another node's publishers. Tracks published through it ([`Sfu::relay_publish`]) are
+    /// subscribed to like local ones; their packets come in with [`Sfu::relay_packets`].
+    /// Its events (tracks published and unpublished, `LayersWanted` from dynacast: the layers
+    /// to keep asking the origin for) arrive on `events`, and its viewers' keyframe requests
+    /// for the origin on the handle's receiver.
+    pub async fn add_relay_ingress(
+        &self,
+        room: RoomId,
+        events: EventSink,
+    ) -> Result<RelayIngressHandle, SfuError> {
+        let (id, worker) = self.place_in(room)?;
+        let (requests, requests_rx) = mpsc::unbounded_channel();
+        let name: std::sync::Arc<str> = std::sync::Arc::from(format!("relay-{id}"));
+        let spec = PeerSpec {
+            room,
+            participant: name.clone(),
+            identity: name,
+            can_publish_data: false,
+        };
+        self.request(worker, |reply| Command::AddRelayIngress {
+            id,
+            spec,
+            events,
+            requests,
+            reply,
+        })
+        .await
+        .inspect_err(|_| self.forget(id, worker))?;
+        Ok(RelayIngressHandle {
+            id,
+            keyframe_requests: requests_rx,
+        })
+    }
+
+    /// Publishes a track relayed from another node through relay ingress `id`: `participant`
+    /// is its publisher (as the room knows it), `layers` its simulcast streams or spatial
+    /// layers, `codecs` the payload types its packets use. Returns its id on this node.
+    pub async fn relay_publish(
+        &self,
+        id: PeerId,
+        participant: std::sync::Arc<str>,
+        kind: crate::event::TrackKind,
+        layers: u8,
+        codecs: Vec<crate::relay::RelayCodec>,
+    ) -> Result<TrackId, SfuError> {
+        let worker = self.worker_of(id)?;
+        self.request(worker, |reply| Command::RelayPublish {
+            id,
+            participant,
+            kind,
+            layers,
+            codecs,
+            reply,
+        })
+        .await
+    }
+
+    /// Unpublishes a relayed track (it ended at the origin).
+    pub async fn relay_unpublish(&self, id: PeerId, track: TrackId) -> Result<(), SfuError> {
+        let worker = self.worker_of(id)?;
+        self.commands(worker)?
+            .send(Command::RelayUnpublish { id, track })
+            .await
+            .map_err(|_| SfuError::Shutdown)
+    }
+
+    /// Packets from the origin for relay ingress `id` (as [`crate::relay::rtp`] writes them),
+    /// each with its track's id on this node. Malformed ones are dropped and counted.
+    pub async fn relay_packets(
+        &self,
+        id: PeerId,
+        packets: Vec<(TrackId, Vec<u8>)>,
+    ) -> Result<(), SfuError> {
+        let worker = self.worker_of(id)?;
+        self.commands(worker)?
+            .send(Command::RelayPackets { id, packets })
+            .await
+            .map_err(|_| SfuError::Shutdown)
+    }
+
+    /// Removes a relay ingress: its tracks are unpublished.
+    pub async fn remove_relay_ingress(&self, id: PeerId) -> Result<(), SfuError> {
+        let worker = self.worker_of(id)?;
+        self.request(worker, |reply| Command::RemoveRelayIngress { id, reply })
+            .await
+    }
+
     /// Picks the worker for a new peer: the least loaded live one.
     fn place(&self, spec: &PeerSpec) -> Result<(PeerId, usize), SfuError> {
         self.place_in(spec.room)
@@ -717,6 +805,15 @@ pub struct RelayEgressHandle {
     pub packets: mpsc::Receiver<crate::relay::RelayPacket>,
     /// Tracks that ended.
     pub events: mpsc::UnboundedReceiver<crate::relay::RelayEvent>,
+}
+
+/// A relay ingress: its id and its viewers' keyframe requests for the origin.
+#[derive(Debug)]
+pub struct RelayIngressHandle {
+    /// The id the forwarding graph knows it by (its tracks' publisher).
+    pub id: PeerId,
+    /// Keyframe requests for the origin, coalesced and throttled per layer.
+    pub keyframe_requests: mpsc::UnboundedReceiver<crate::relay::RelayKeyframeRequest>,
 }
 
 /// Whether a candidate line names its address with an mDNS `.local` host name.

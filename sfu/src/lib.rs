@@ -65,7 +65,7 @@ pub use event::{
     TrackKind,
 };
 pub use graph::TrackSnapshot;
-pub use handle::{RelayEgressHandle, Sfu};
+pub use handle::{RelayEgressHandle, RelayIngressHandle, Sfu};
 pub use ids::{ParseIdError, PeerId, RoomId, TrackId};
 pub use layer_choice::{Quality, VideoPreference};
 pub use timings::Timings;

@@ -1,12 +1,17 @@
 //! The media side of relaying tracks between cluster nodes. On the node that has a track's
-//! publisher (the origin), a [`RelayEgress`](egress::RelayEgress) is one subscriber in the
-//! forwarding graph per remote node: it takes the layers that node needs of each track and
-//! turns every packet into a self-describing RTP packet ([`rtp`]) for the relay link. The
+//! publisher (the origin), a relay egress (`egress`) is one subscriber in the forwarding
+//! graph per remote node: it takes the layers that node needs of each track and turns every
+//! packet into a self-describing RTP packet ([`rtp`]) for the relay link. On the remote node
+//! (the edge), a relay ingress (`ingress`) publishes each relayed track in its own graph, so
+//! its viewers subscribe to it as to a local one, and sends their keyframe requests back. The
 //! transport (QUIC datagrams, the control stream) is the control plane's; nothing here does
 //! I/O beyond handing packets to a bounded channel.
 
 pub(crate) mod egress;
+pub(crate) mod ingress;
 pub mod rtp;
+
+pub use ingress::{RelayCodec, RelayKeyframeRequest};
 
 use crate::ids::TrackId;
 

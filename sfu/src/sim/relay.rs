@@ -1,7 +1,10 @@
-//! The origin's half of a relay between nodes, on the virtual clock: a relay egress in a
-//! call's forwarding graph carries exactly the layers asked for, as the publisher sent them
+//! A relay between nodes, on the virtual clock. The origin's half: a relay egress in a call's
+//! forwarding graph carries exactly the layers asked for, as the publisher sent them
 //! (decodable frame by frame, with no gap in any layer's sequence numbers), passes keyframe
-//! requests on to the publisher, and hears when the track ends.
+//! requests on to the publisher, and hears when the track ends. Both halves, with two rooms
+//! of one worker standing for two nodes: a viewer of the relayed track at the edge decodes
+//! the origin's publisher, and the edge's dynacast narrows what crosses to what its viewers
+//! want; malformed relayed packets are refused and counted.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -195,4 +198,267 @@ fn a_relay_egress_asks_only_for_tracks_of_its_room() {
         reply,
     });
     assert!(refused.is_err(), "a track of another room is refused");
+}
+
+/// Two rooms of one worker stand for two nodes: alice publishes in the first (the origin), a
+/// relay egress there carries her video to a relay ingress in the second (the edge), whose
+/// viewer subscribes to the relayed track. The test is the control plane between them: it
+/// moves packets, keyframe requests and the edge's dynacast verdicts across.
+struct Hop {
+    egress: PeerId,
+    packets: mpsc::Receiver<RelayPacket>,
+    ingress: PeerId,
+    requests: mpsc::UnboundedReceiver<crate::relay::RelayKeyframeRequest>,
+    events: mpsc::UnboundedReceiver<crate::event::PeerEvent>,
+    origin_track: crate::ids::TrackId,
+    edge_track: crate::ids::TrackId,
+    /// Layers of the packets that crossed, with when.
+    crossed: Vec<(std::time::Instant, u8)>,
+}
+
+impl Hop {
+    /// Runs the world for `d`, carrying what crosses the hop every 5 ms.
+    fn run_for(&mut self, w: &mut World, d: Duration) {
+        let end = w.now() + d;
+        while w.now() < end {
+            w.run_for(Duration::from_millis(5));
+            let now = w.now();
+            let mut batch = Vec::new();
+            while let Ok(p) = self.packets.try_recv() {
+                self.crossed.push((now, p.layer));
+                batch.push((self.edge_track, p.rtp));
+            }
+            if !batch.is_empty() {
+                w.h.core.handle_command(
+                    now,
+                    Command::RelayPackets {
+                        id: self.ingress,
+                        packets: batch,
+                    },
+                );
+            }
+            while let Ok(r) = self.requests.try_recv() {
+                assert_eq!(r.track, self.edge_track);
+                let (id, track) = (self.egress, self.origin_track);
+                w.h.core.handle_command(
+                    now,
+                    Command::RelayKeyframe {
+                        id,
+                        track,
+                        layer: r.layer,
+                    },
+                );
+            }
+            while let Ok(event) = self.events.try_recv() {
+                if let crate::event::PeerEvent::LayersWanted { track, active, .. } = event {
+                    assert_eq!(track, self.edge_track);
+                    let layers = active
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, on)| **on)
+                        .fold(0u32, |bits, (i, _)| bits | 1 << i);
+                    let (id, track) = (self.egress, self.origin_track);
+                    w.h.request(|reply| Command::RelayLayers {
+                        id,
+                        track,
+                        layers,
+                        reply,
+                    })
+                    .expect("relay layers set");
+                }
+            }
+        }
+    }
+
+    /// The layers that crossed since `from`.
+    fn layers_since(&self, from: std::time::Instant) -> Vec<u8> {
+        let mut layers: Vec<u8> = self
+            .crossed
+            .iter()
+            .filter(|(at, _)| *at >= from)
+            .map(|(_, l)| *l)
+            .collect();
+        layers.sort_unstable();
+        layers.dedup();
+        layers
+    }
+}
+
+/// Sets up the hop: the egress carries every layer at first (the edge's dynacast then says
+/// which it keeps), and the relayed track is published at the edge.
+fn hop(w: &mut World, alice: usize) -> Hop {
+    let origin_track = w.video_track(alice);
+    let (egress, mut packets, _egress_events) = relay(w);
+    w.h.request(|reply| Command::RelayLayers {
+        id: egress,
+        track: origin_track,
+        layers: 0b111,
+        reply,
+    })
+    .expect("layers set");
+    w.run_for(Duration::from_millis(200));
+    // The payload type alice's packets carry (the origin would describe her codecs).
+    let first = packets.try_recv().expect("alice's packets are relayed");
+    let pt = rtp::decode(&first.rtp).expect("reads").pt;
+    while packets.try_recv().is_ok() {}
+
+    w.h.room = w.h.add_room();
+    let (ingress, spec) = w.h.place();
+    let (events_tx, events) = mpsc::unbounded_channel();
+    let (requests_tx, requests) = mpsc::unbounded_channel();
+    w.h.request(|reply| Command::AddRelayIngress {
+        id: ingress,
+        spec,
+        events: events_tx,
+        requests: requests_tx,
+        reply,
+    })
+    .expect("ingress added");
+    let codecs = vec![crate::relay::RelayCodec {
+        pt,
+        name: "VP8".into(),
+        clock_rate: 90_000,
+        channels: None,
+        fmtp: String::new(),
+    }];
+    let edge_track =
+        w.h.request(|reply| Command::RelayPublish {
+            id: ingress,
+            participant: std::sync::Arc::from("alice"),
+            kind: crate::event::TrackKind::Video,
+            layers: 3,
+            codecs,
+            reply,
+        })
+        .expect("relayed track published");
+    Hop {
+        egress,
+        packets,
+        ingress,
+        requests,
+        events,
+        origin_track,
+        edge_track,
+        crossed: Vec::new(),
+    }
+}
+
+#[test]
+fn a_viewer_at_the_edge_decodes_the_origin_publisher_and_only_its_layer_crosses() {
+    let (mut w, alice, _bob) = call(73);
+    let mut hop = hop(&mut w, alice);
+    let carol = w.subscriber(vec![hop.edge_track]);
+    let start = w.now();
+    hop.run_for(&mut w, 6 * SECOND);
+    let now = w.now();
+    let source = w.encoder(alice).source;
+    let video = w.video(carol);
+    let from_alice = video.frames_of(source, start, now);
+    assert!(
+        from_alice >= 100,
+        "carol decodes alice's video across the hop: {from_alice} frames in 6 s"
+    );
+    assert_eq!(video.undecodable, 0, "every frame decodes");
+    assert_eq!(video.layer(), Some(2), "carol gets the top layer");
+    let freeze = video.longest_freeze(start + 2 * SECOND, now);
+    assert!(freeze < Duration::from_millis(200), "froze for {freeze:?}");
+
+    // Carol asks for the lowest layer: the edge's dynacast stops asking the origin for the
+    // others, and only that layer crosses.
+    let peer = w.nodes[carol].peer;
+    let track = hop.edge_track;
+    w.h.request(|reply| Command::SetVideoPreference {
+        peer,
+        track,
+        preference: crate::VideoPreference {
+            quality: crate::Quality::Low,
+            max_size: None,
+        },
+        reply,
+    })
+    .expect("preference set");
+    hop.run_for(&mut w, 8 * SECOND);
+    let last = w.now() - 2 * SECOND;
+    assert_eq!(
+        hop.layers_since(last),
+        vec![0],
+        "only the layer carol wants crosses"
+    );
+    assert_eq!(w.video(carol).layer(), Some(0));
+    assert_eq!(w.video(carol).undecodable, 0);
+    let frames = w.video(carol).frames_of(source, last, w.now());
+    assert!(frames >= 40, "{frames} frames in 2 s on the lowest layer");
+
+    // Alice leaves: the origin's relay hears the track end; the edge unpublishes it.
+    let (ingress, track) = (hop.ingress, hop.edge_track);
+    w.h.core
+        .handle_command(w.now(), Command::RelayUnpublish { id: ingress, track });
+    w.run_for(SECOND);
+    assert!(
+        w.h.shared.graph.get(track).is_none(),
+        "the relayed track is gone from the edge's graph"
+    );
+}
+
+/// Relay input is hostile input: packets that do not read, of a payload type or layer the
+/// track does not have, or for a track the relay did not publish, are refused and counted,
+/// and the viewers of the relayed track see nothing of them.
+#[test]
+fn malformed_relayed_packets_are_refused_and_counted() {
+    let (mut w, alice, _bob) = call(74);
+    let mut hop = hop(&mut w, alice);
+    let carol = w.subscriber(vec![hop.edge_track]);
+    hop.run_for(&mut w, 3 * SECOND);
+    // A good packet to spoil, from the origin.
+    let (egress, track) = (hop.egress, hop.origin_track);
+    w.h.core.handle_command(
+        w.now(),
+        Command::RelayKeyframe {
+            id: egress,
+            track,
+            layer: 0,
+        },
+    );
+    w.run_for(Duration::from_millis(100));
+    let good = hop.packets.try_recv().expect("a packet").rtp;
+    let mut wrong_pt = good.clone();
+    wrong_pt[1] = (wrong_pt[1] & 0x80) | 0x7f;
+    let mut wrong_layer = good.clone();
+    let at = good
+        .windows(2)
+        .position(|w| w == [4, 4])
+        .expect("the layering extension");
+    wrong_layer[at + 5] = 7;
+    let edge = hop.edge_track;
+    let unknown = crate::ids::TrackId(u64::MAX);
+    let refused_before = w.h.counters().relay_packets_refused;
+    let frames_before = w.video(carol).decoded.len();
+    let bad = vec![
+        (edge, Vec::new()),
+        (edge, vec![0xff; 40]),
+        (edge, good[..20].to_vec()),
+        (edge, wrong_pt),
+        (edge, wrong_layer),
+        (unknown, good.clone()),
+    ];
+    let count = bad.len() as u64;
+    w.h.core.handle_command(
+        w.now(),
+        Command::RelayPackets {
+            id: hop.ingress,
+            packets: bad,
+        },
+    );
+    assert_eq!(w.h.counters().relay_packets_refused - refused_before, count);
+    hop.run_for(&mut w, 2 * SECOND);
+    assert!(
+        w.video(carol).decoded.len() > frames_before + 30,
+        "carol's video goes on"
+    );
+    assert_eq!(w.video(carol).undecodable, 0);
+    assert_eq!(
+        w.video(carol).untagged,
+        0,
+        "nothing of the garbage reached carol"
+    );
 }

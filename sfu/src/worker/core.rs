@@ -33,6 +33,7 @@ use crate::peer::publisher::Publisher;
 use crate::peer::subscriber::Subscriber;
 use crate::peer::{Ctx, Peer, PeerInfo, Role, WorkerOutput};
 use crate::relay::egress::{MAX_RELAYED_TRACKS, RelayEgress};
+use crate::relay::ingress::RelayIngress;
 use crate::shared::{DataReceiver, Shared, WorkerShared};
 
 /// Upper bound on delivery passes per flush, so a delivery loop cannot spin a worker.
@@ -59,6 +60,8 @@ pub(crate) struct WorkerCore {
     tcp_routes: HashMap<SocketAddr, PeerId>,
     /// Relay egresses (stand-ins for remote nodes), by the id the graph knows them by.
     relays: HashMap<PeerId, RelayEgress>,
+    /// Relay ingresses (stand-ins for remote nodes' publishers), by id.
+    ingresses: HashMap<PeerId, RelayIngress>,
 }
 
 impl WorkerCore {
@@ -81,6 +84,7 @@ impl WorkerCore {
             due: Vec::new(),
             tcp_routes: HashMap::new(),
             relays: HashMap::new(),
+            ingresses: HashMap::new(),
             shared,
         }
     }
@@ -134,6 +138,30 @@ impl WorkerCore {
             Some(reason) => self.remove_peer(id, reason, now),
             None => self.timers.schedule(id, peer.deadline()),
         }
+    }
+
+    /// Runs `f` on a relay ingress with a context, then schedules its next timeout.
+    fn with_ingress<R>(
+        &mut self,
+        id: PeerId,
+        now: Instant,
+        f: impl FnOnce(&mut RelayIngress, &mut Ctx<'_>) -> R,
+    ) -> Option<R> {
+        let ingress = self.ingresses.get_mut(&id)?;
+        let mut ctx = Ctx {
+            now,
+            worker: self.index,
+            shared: &self.shared,
+            counters: &self.slot.counters,
+            out: &mut self.out,
+            demux: &mut self.demux,
+        };
+        let result = f(ingress, &mut ctx);
+        match ingress.deadline() {
+            Some(at) => self.timers.schedule(id, at),
+            None => self.timers.remove(id),
+        }
+        Some(result)
     }
 
     /// The local address replies from `candidate` must leave from (for a socket bound to
@@ -241,11 +269,17 @@ impl WorkerCore {
         let to = delivery.to();
         let writes_media = matches!(delivery, Delivery::Rtp { .. } | Delivery::Data { .. });
         let bounce = delivery.bounce();
-        if !self.peers.contains_key(&to)
-            && let Some(relay) = self.relays.get_mut(&to)
-        {
-            relay.handle_delivery(delivery, &self.slot.counters);
-            return;
+        if !self.peers.contains_key(&to) {
+            if let Some(relay) = self.relays.get_mut(&to) {
+                relay.handle_delivery(delivery, &self.slot.counters);
+                return;
+            }
+            if self.ingresses.contains_key(&to) {
+                self.with_ingress(to, now, |ingress, ctx| {
+                    ingress.handle_delivery(delivery, ctx);
+                });
+                return;
+            }
         }
         if self
             .with_peer(to, now, |peer, ctx| peer.handle_delivery(delivery, ctx))
@@ -284,6 +318,10 @@ impl WorkerCore {
             due.push(id);
         }
         for id in due.drain(..) {
+            if self.ingresses.contains_key(&id) {
+                self.with_ingress(id, now, |ingress, ctx| ingress.on_timeout(ctx));
+                continue;
+            }
             self.with_peer(id, now, |peer, ctx| peer.handle_timeout(ctx));
         }
         self.due = due;
@@ -315,6 +353,10 @@ impl WorkerCore {
         let relays: Vec<PeerId> = self.relays.keys().copied().collect();
         for id in relays {
             self.remove_relay(id, now);
+        }
+        let ingresses: Vec<PeerId> = self.ingresses.keys().copied().collect();
+        for id in ingresses {
+            self.remove_ingress(id, now);
         }
     }
 
@@ -654,7 +696,74 @@ impl WorkerCore {
                 };
                 let _ = reply.send(result);
             }
+            Command::AddRelayIngress {
+                id,
+                spec,
+                events,
+                requests,
+                reply,
+            } => {
+                let span = info_span!("relay", id = %id, room = %spec.room);
+                let info = PeerInfo {
+                    id,
+                    spec,
+                    events,
+                    span,
+                };
+                self.ingresses.insert(id, RelayIngress::new(info, requests));
+                let _ = reply.send(Ok(()));
+            }
+            Command::RelayPublish {
+                id,
+                participant,
+                kind,
+                layers,
+                codecs,
+                reply,
+            } => {
+                let result = self
+                    .with_ingress(id, now, |ingress, ctx| {
+                        ingress.publish(participant, kind, layers, &codecs, ctx)
+                    })
+                    .unwrap_or(Err(SfuError::UnknownPeer(id)));
+                let _ = reply.send(result);
+            }
+            Command::RelayUnpublish { id, track } => {
+                self.with_ingress(id, now, |ingress, ctx| ingress.unpublish(track, ctx));
+                self.run_local(now);
+            }
+            Command::RelayPackets { id, packets } => {
+                let found = self.with_ingress(id, now, |ingress, ctx| {
+                    for (track, bytes) in &packets {
+                        ingress.on_packet(*track, bytes, ctx);
+                    }
+                });
+                if found.is_none() {
+                    let refused = packets.len() as u64;
+                    WorkerCounters::add(&self.counters().relay_packets_refused, refused);
+                }
+                self.run_local(now);
+            }
+            Command::RemoveRelayIngress { id, reply } => {
+                let result = if self.ingresses.contains_key(&id) {
+                    self.remove_ingress(id, now);
+                    Ok(())
+                } else {
+                    Err(SfuError::UnknownPeer(id))
+                };
+                let _ = reply.send(result);
+            }
         }
+    }
+
+    /// Removes a relay ingress: its tracks are unpublished and their subscribers told.
+    fn remove_ingress(&mut self, id: PeerId, now: Instant) {
+        self.with_ingress(id, now, |ingress, ctx| ingress.teardown(ctx));
+        self.ingresses.remove(&id);
+        self.timers.remove(id);
+        self.shared.peers.remove(&id);
+        self.slot.load.fetch_sub(1, Ordering::Relaxed);
+        self.run_local(now);
     }
 
     /// Sets the layers of `track` that relay egress `id` carries (0: none, it stops).

@@ -2,7 +2,7 @@
 //! ([`track`]: its subscribers, keyframe requests, layer rates, dynacast, mute), and each
 //! incoming RTP packet resolved to its track and layer and fanned out.
 
-mod track;
+pub(crate) mod track;
 
 use std::collections::HashMap;
 use std::sync::Arc;

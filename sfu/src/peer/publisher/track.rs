@@ -24,28 +24,46 @@ use crate::keyframe_throttle::KeyframeThrottle;
 use crate::packet::{Delivery, ForwardedPacket};
 use crate::peer::{Ctx, PeerInfo};
 
-/// One subscriber of the track, as its owner knows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Downstream {
-    pub(super) at: PeerLocation,
-    /// Bit `i` set: the subscriber is sent the packets of layer `i`.
-    pub(super) layers: u32,
-    /// Bit `i` set: the subscriber asks for up to layer `i`; dynacast keeps it sent.
-    pub(super) demand: u32,
+/// Where a track's keyframe requests go: the publisher's own state machine (as a PLI), or,
+/// for a track relayed from another node, that node (see `relay::ingress`).
+pub(crate) trait Upstream {
+    /// Asks for a keyframe of the stream `layer` (`rid` in the track's simulcast order).
+    fn request_keyframe(&mut self, mid: Mid, rid: Option<Rid>, layer: usize, ctx: &mut Ctx<'_>);
 }
 
-pub(super) struct PublishedTrack {
-    pub(super) mid: Mid,
+impl Upstream for Rtc {
+    fn request_keyframe(&mut self, mid: Mid, rid: Option<Rid>, _layer: usize, ctx: &mut Ctx<'_>) {
+        let mut api = self.direct_api();
+        if let Some(rx) = api.stream_rx_by_mid(mid, rid) {
+            rx.request_keyframe(KeyframeRequestKind::Pli);
+            WorkerCounters::add(&ctx.counters().keyframe_requests_sent, 1);
+            debug!(%mid, ?rid, "keyframe requested from publisher");
+        }
+    }
+}
+
+/// One subscriber of the track, as its owner knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Downstream {
+    pub(crate) at: PeerLocation,
+    /// Bit `i` set: the subscriber is sent the packets of layer `i`.
+    pub(crate) layers: u32,
+    /// Bit `i` set: the subscriber asks for up to layer `i`; dynacast keeps it sent.
+    pub(crate) demand: u32,
+}
+
+pub(crate) struct PublishedTrack {
+    pub(crate) mid: Mid,
     /// The track's shared facts, written here and read by the subscribers' workers.
-    pub(super) route: Arc<TrackRoute>,
+    pub(crate) route: Arc<TrackRoute>,
     /// Simulcast RIDs in layer order (empty without simulcast).
-    pub(super) rids: Vec<Rid>,
+    pub(crate) rids: Vec<Rid>,
     /// Who receives the track, in the order they joined.
     downstream: Vec<Downstream>,
     /// One per layer.
     throttles: Vec<KeyframeThrottle>,
     /// Audio tracks only.
-    pub(super) meter: Option<AudioLevelMeter>,
+    pub(crate) meter: Option<AudioLevelMeter>,
     /// Payload bytes per layer since the last rate sample.
     layer_bytes: [u64; MAX_LAYERS],
     /// Smoothed bitrate of each layer alone, bits per second.
@@ -65,7 +83,7 @@ pub(super) struct PublishedTrack {
 }
 
 impl PublishedTrack {
-    pub(super) fn new(
+    pub(crate) fn new(
         mid: Mid,
         route: Arc<TrackRoute>,
         rids: Vec<Rid>,
@@ -96,7 +114,7 @@ impl PublishedTrack {
     }
 
     /// The earliest moment this track has work to do.
-    pub(super) fn deadline(&self) -> Option<Instant> {
+    pub(crate) fn deadline(&self) -> Option<Instant> {
         let throttles = self.throttles.iter().filter_map(KeyframeThrottle::deadline);
         let sample = self.sampled_at.map(|at| at + RATE_SAMPLE);
         throttles
@@ -108,7 +126,7 @@ impl PublishedTrack {
 
     /// A subscriber joins, or changes the layers it receives and asks for. A layer it asks for
     /// that dynacast paused is resumed at once.
-    pub(super) fn want(&mut self, wanted: Downstream, info: &PeerInfo, ctx: &Ctx<'_>) {
+    pub(crate) fn want(&mut self, wanted: Downstream, info: &PeerInfo, ctx: &Ctx<'_>) {
         match self.downstream.iter_mut().find(|d| d.at == wanted.at) {
             Some(known) => *known = wanted,
             None => self.downstream.push(wanted),
@@ -130,12 +148,12 @@ impl PublishedTrack {
     }
 
     /// A subscriber leaves.
-    pub(super) fn leave(&mut self, at: PeerLocation) {
+    pub(crate) fn leave(&mut self, at: PeerLocation) {
         self.downstream.retain(|d| d.at != at);
     }
 
     /// Counts an incoming packet of `layer` (its payload size) for the layer rates.
-    pub(super) fn on_received(&mut self, layer: u8, bytes: usize, now: Instant) {
+    pub(crate) fn on_received(&mut self, layer: u8, bytes: usize, now: Instant) {
         if let Some(sum) = self.layer_bytes.get_mut(usize::from(layer)) {
             *sum += bytes as u64;
         }
@@ -145,7 +163,7 @@ impl PublishedTrack {
 
     /// A packet of a scalable stream: the track's layers are its spatial layers, counted and
     /// sized from the scalability structure its keyframes carry. Returns the packet's layer.
-    pub(super) fn on_svc_packet(&mut self, layers: &SvcLayers) -> u8 {
+    pub(crate) fn on_svc_packet(&mut self, layers: &SvcLayers) -> u8 {
         if !self.route.is_scalable() {
             // Before its layers are marked active: a subscriber that sees them also sees this.
             self.route.set_scalable();
@@ -182,7 +200,7 @@ impl PublishedTrack {
     }
 
     /// A keyframe of `layer` arrived (it answers the requests on their way).
-    pub(super) fn on_keyframe(&mut self, layer: u8) {
+    pub(crate) fn on_keyframe(&mut self, layer: u8) {
         if let Some(throttle) = self.throttles.get_mut(usize::from(layer)) {
             throttle.on_keyframe();
         }
@@ -190,7 +208,7 @@ impl PublishedTrack {
 
     /// Whether a packet of `layer` may go out now: not while muted, and after an unmute not
     /// before the layer's next keyframe.
-    pub(super) fn admits(&mut self, layer: u8, keyframe: bool) -> bool {
+    pub(crate) fn admits(&mut self, layer: u8, keyframe: bool) -> bool {
         if self.muted {
             return false;
         }
@@ -205,12 +223,12 @@ impl PublishedTrack {
     }
 
     /// Whether anyone receives the track.
-    pub(super) fn has_downstream(&self) -> bool {
+    pub(crate) fn has_downstream(&self) -> bool {
         !self.downstream.is_empty()
     }
 
     /// The hot path's last step: `packet` to every subscriber that receives its layer.
-    pub(super) fn fan_out(&mut self, packet: &Arc<ForwardedPacket>, ctx: &mut Ctx<'_>) {
+    pub(crate) fn fan_out(&mut self, packet: &Arc<ForwardedPacket>, ctx: &mut Ctx<'_>) {
         let bit = 1u32 << u32::from(packet.layer.min(31));
         let mut delivered = false;
         for d in &self.downstream {
@@ -230,9 +248,9 @@ impl PublishedTrack {
 
     /// Asks the publisher for a keyframe of `layer` through its throttle (`urgent`: at once
     /// unless one is on its way). Returns whether a request went out now.
-    pub(super) fn ask_keyframe(
+    pub(crate) fn ask_keyframe(
         &mut self,
-        rtc: &mut Rtc,
+        upstream: &mut impl Upstream,
         layer: usize,
         urgent: bool,
         ctx: &mut Ctx<'_>,
@@ -243,15 +261,15 @@ impl PublishedTrack {
             .get_mut(stream)
             .is_some_and(|throttle| throttle.request(ctx.now, urgent));
         if sent {
-            request_keyframe(rtc, self.mid, self.rids.get(stream).copied(), ctx);
+            upstream.request_keyframe(self.mid, self.rids.get(stream).copied(), stream, ctx);
         }
         sent
     }
 
     /// A subscriber wants a keyframe of `layer` (a layer dynacast paused is resumed first).
-    pub(super) fn on_keyframe_request(
+    pub(crate) fn on_keyframe_request(
         &mut self,
-        rtc: &mut Rtc,
+        upstream: &mut impl Upstream,
         info: &PeerInfo,
         layer: u8,
         urgent: bool,
@@ -265,28 +283,33 @@ impl PublishedTrack {
             WorkerCounters::add(&ctx.counters().layers_resumed, 1);
             self.announce_layers(paused, info);
         }
-        if self.ask_keyframe(rtc, usize::from(layer), urgent, ctx) && urgent {
+        if self.ask_keyframe(upstream, usize::from(layer), urgent, ctx) && urgent {
             WorkerCounters::add(&ctx.counters().urgent_keyframe_requests, 1);
         }
     }
 
     /// Mutes (or unmutes) the track. A video track unmuted resumes each layer at its next
     /// keyframe, asked for at once.
-    pub(super) fn set_muted(&mut self, rtc: &mut Rtc, muted: bool, ctx: &mut Ctx<'_>) {
+    pub(crate) fn set_muted(
+        &mut self,
+        upstream: &mut impl Upstream,
+        muted: bool,
+        ctx: &mut Ctx<'_>,
+    ) {
         if self.muted != muted {
             info!(track = %self.route.id, muted, "track mute set by the control plane");
             if !muted && self.route.kind == TrackKind::Video {
                 let layers = self.throttles.len().clamp(1, 32);
                 self.resume_at_keyframe = u32::MAX >> (32 - layers);
                 for layer in 0..layers {
-                    self.ask_keyframe(rtc, layer, true, ctx);
+                    self.ask_keyframe(upstream, layer, true, ctx);
                 }
             }
         }
         self.muted = muted;
     }
 
-    pub(super) fn counters(&self) -> TrackCounters {
+    pub(crate) fn counters(&self) -> TrackCounters {
         TrackCounters {
             received_packets: self.received_packets,
             forwarded_packets: self.forwarded_packets,
@@ -295,7 +318,7 @@ impl PublishedTrack {
     }
 
     /// The track and who receives it, for stats and tests.
-    pub(super) fn snapshot(&self) -> TrackSnapshot {
+    pub(crate) fn snapshot(&self) -> TrackSnapshot {
         TrackSnapshot {
             track: self.route.id,
             room: self.route.room,
@@ -306,7 +329,12 @@ impl PublishedTrack {
 
     /// Periodic work: layer rates, dynacast, audio level, keyframe requests held back by the
     /// throttle. Returns whether it wrote to the state machine.
-    pub(super) fn on_timeout(&mut self, rtc: &mut Rtc, info: &PeerInfo, ctx: &mut Ctx<'_>) -> bool {
+    pub(crate) fn on_timeout(
+        &mut self,
+        upstream: &mut impl Upstream,
+        info: &PeerInfo,
+        ctx: &mut Ctx<'_>,
+    ) -> bool {
         self.sample_rates(ctx.now);
         self.run_dynacast(info, ctx);
         if let Some(level) = self.meter.as_mut().and_then(|m| m.poll(ctx.now)) {
@@ -319,7 +347,7 @@ impl PublishedTrack {
         let mut mutated = false;
         for (layer, throttle) in self.throttles.iter_mut().enumerate() {
             if throttle.poll(ctx.now) {
-                request_keyframe(rtc, self.mid, self.rids.get(layer).copied(), ctx);
+                upstream.request_keyframe(self.mid, self.rids.get(layer).copied(), layer, ctx);
                 mutated = true;
             }
         }
@@ -327,7 +355,7 @@ impl PublishedTrack {
     }
 
     /// The track is unpublished: out of the directory, and every subscriber told.
-    pub(super) fn end(self, info: &PeerInfo, ctx: &mut Ctx<'_>) {
+    pub(crate) fn end(self, info: &PeerInfo, ctx: &mut Ctx<'_>) {
         let id = self.route.id;
         ctx.shared.graph.unpublish(id);
         for d in &self.downstream {
@@ -427,12 +455,3 @@ impl PublishedTrack {
 const RATE_SAMPLE: Duration = Duration::from_millis(500);
 /// Weight of a new sample in a layer's smoothed bitrate.
 const RATE_SMOOTHING: f64 = 0.25;
-
-fn request_keyframe(rtc: &mut Rtc, mid: Mid, rid: Option<Rid>, ctx: &mut Ctx<'_>) {
-    let mut api = rtc.direct_api();
-    if let Some(rx) = api.stream_rx_by_mid(mid, rid) {
-        rx.request_keyframe(KeyframeRequestKind::Pli);
-        WorkerCounters::add(&ctx.counters().keyframe_requests_sent, 1);
-        debug!(%mid, ?rid, "keyframe requested from publisher");
-    }
-}
