@@ -128,6 +128,13 @@ pub(crate) enum Command {
         track: TrackId,
         layer: u8,
     },
+    /// Send packets of a relayed track's layer again (lost on the link).
+    RelayNack {
+        id: PeerId,
+        track: TrackId,
+        layer: u8,
+        seqs: Vec<u16>,
+    },
     /// Remove a relay egress: its tracks stop being relayed.
     RemoveRelayEgress { id: PeerId, reply: Reply<()> },
     /// Create a relay ingress (the stand-in for another node's publishers of `spec.room`).
@@ -135,7 +142,7 @@ pub(crate) enum Command {
         id: PeerId,
         spec: PeerSpec,
         events: EventSink,
-        requests: tokio::sync::mpsc::UnboundedSender<crate::relay::RelayKeyframeRequest>,
+        requests: tokio::sync::mpsc::UnboundedSender<crate::relay::RelayRequest>,
         reply: Reply<()>,
     },
     /// Publish a relayed track through a relay ingress; replies with its id here.

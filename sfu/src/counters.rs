@@ -69,6 +69,10 @@ counters! {
     relay_packets_received,
     /// Packets from relay links refused: malformed, or of no track or layer relayed here.
     relay_packets_refused,
+    /// Loss reports sent to another node about packets missing on a relay link.
+    relay_nacks_sent,
+    /// Packets sent again on a relay link, asked for by the other node.
+    relay_packets_repaired,
     /// Keyframe requests received from subscribers (PLI/FIR).
     keyframe_requests_received,
     /// Keyframe requests sent to publishers, after coalescing.

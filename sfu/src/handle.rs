@@ -630,6 +630,28 @@ impl Sfu {
             .map_err(|_| SfuError::Shutdown)
     }
 
+    /// Sends again, on relay egress `id`, the packets of `track`'s `layer` with these sequence
+    /// numbers (the other node lost them on the link), if still held (the last second or
+    /// so); at most [`crate::relay::MAX_NACK`] are looked at.
+    pub async fn relay_nack(
+        &self,
+        id: PeerId,
+        track: TrackId,
+        layer: u8,
+        seqs: Vec<u16>,
+    ) -> Result<(), SfuError> {
+        let worker = self.worker_of(id)?;
+        self.commands(worker)?
+            .send(Command::RelayNack {
+                id,
+                track,
+                layer,
+                seqs,
+            })
+            .await
+            .map_err(|_| SfuError::Shutdown)
+    }
+
     /// Removes a relay egress; the tracks it carried stop being relayed.
     pub async fn remove_relay_egress(&self, id: PeerId) -> Result<(), SfuError> {
         let worker = self.worker_of(id)?;
@@ -641,8 +663,8 @@ impl Sfu {
     /// another node's publishers. Tracks published through it ([`Sfu::relay_publish`]) are
     /// subscribed to like local ones; their packets come in with [`Sfu::relay_packets`].
     /// Its events (tracks published and unpublished, `LayersWanted` from dynacast: the layers
-    /// to keep asking the origin for) arrive on `events`, and its viewers' keyframe requests
-    /// for the origin on the handle's receiver.
+    /// to keep asking the origin for) arrive on `events`, and what to ask the origin for
+    /// (keyframes, packets lost on the link) on the handle's receiver.
     pub async fn add_relay_ingress(
         &self,
         room: RoomId,
@@ -668,7 +690,7 @@ impl Sfu {
         .inspect_err(|_| self.forget(id, worker))?;
         Ok(RelayIngressHandle {
             id,
-            keyframe_requests: requests_rx,
+            requests: requests_rx,
         })
     }
 
@@ -812,8 +834,9 @@ pub struct RelayEgressHandle {
 pub struct RelayIngressHandle {
     /// The id the forwarding graph knows it by (its tracks' publisher).
     pub id: PeerId,
-    /// Keyframe requests for the origin, coalesced and throttled per layer.
-    pub keyframe_requests: mpsc::UnboundedReceiver<crate::relay::RelayKeyframeRequest>,
+    /// What to ask the origin for: keyframes (coalesced and throttled per layer) and
+    /// packets lost on the link.
+    pub requests: mpsc::UnboundedReceiver<crate::relay::RelayRequest>,
 }
 
 /// Whether a candidate line names its address with an mDNS `.local` host name.

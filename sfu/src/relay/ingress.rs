@@ -63,14 +63,31 @@ impl RelayCodec {
     }
 }
 
-/// A keyframe request for the origin: the relayed track and the layer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RelayKeyframeRequest {
-    /// The track, as this node knows it.
-    pub track: TrackId,
-    /// Its layer.
-    pub layer: u8,
+/// What the edge asks the origin for, about one relayed track (as this node knows it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RelayRequest {
+    /// A keyframe of `layer` (its viewers need one; coalesced and throttled per layer).
+    Keyframe {
+        /// The track.
+        track: TrackId,
+        /// Its layer.
+        layer: u8,
+    },
+    /// These packets of `layer` did not arrive: send them again (at most
+    /// [`MAX_NACK`] sequence numbers, the publisher's).
+    Nack {
+        /// The track.
+        track: TrackId,
+        /// Its layer.
+        layer: u8,
+        /// The missing sequence numbers.
+        seqs: Vec<u16>,
+    },
 }
+
+/// Sequence numbers one loss report names at most (a longer gap is an outage: what it
+/// missed is older than repairs help, and its viewers ask for a keyframe).
+pub const MAX_NACK: usize = 64;
 
 /// A relayed track and what reading its packets needs.
 struct IngressTrack {
@@ -82,14 +99,14 @@ struct IngressTrack {
 
 /// Sends a relayed track's keyframe requests to the origin.
 struct ToOrigin<'a> {
-    requests: &'a mpsc::UnboundedSender<RelayKeyframeRequest>,
+    requests: &'a mpsc::UnboundedSender<RelayRequest>,
     track: TrackId,
 }
 
 impl Upstream for ToOrigin<'_> {
     fn request_keyframe(&mut self, _mid: Mid, _rid: Option<Rid>, layer: usize, ctx: &mut Ctx<'_>) {
         let layer = u8::try_from(layer).unwrap_or(u8::MAX);
-        let request = RelayKeyframeRequest {
+        let request = RelayRequest::Keyframe {
             track: self.track,
             layer,
         };
@@ -104,15 +121,12 @@ impl Upstream for ToOrigin<'_> {
 pub(crate) struct RelayIngress {
     pub(crate) info: PeerInfo,
     tracks: Vec<IngressTrack>,
-    requests: mpsc::UnboundedSender<RelayKeyframeRequest>,
+    requests: mpsc::UnboundedSender<RelayRequest>,
     published: u32,
 }
 
 impl RelayIngress {
-    pub(crate) fn new(
-        info: PeerInfo,
-        requests: mpsc::UnboundedSender<RelayKeyframeRequest>,
-    ) -> Self {
+    pub(crate) fn new(info: PeerInfo, requests: mpsc::UnboundedSender<RelayRequest>) -> Self {
         Self {
             info,
             tracks: Vec::new(),
@@ -326,7 +340,25 @@ impl RelayIngress {
                 route.has_temporal.store(true, Ordering::Relaxed);
             }
         }
+        let before = *newest;
         let seq = extend(newest, p.seq);
+        if let Some(last) = before
+            && seq > last + 1
+        {
+            // A gap on the link: ask the origin to send what is missing again.
+            let missing = seq - last - 1;
+            if missing as usize <= MAX_NACK {
+                let seqs = (last + 1..seq).map(|s| s as u16).collect();
+                let nack = RelayRequest::Nack {
+                    track,
+                    layer: p.layer,
+                    seqs,
+                };
+                if self.requests.send(nack).is_ok() {
+                    WorkerCounters::add(&counters.relay_nacks_sent, 1);
+                }
+            }
+        }
         if p.keyframe {
             t.track.on_keyframe(if svc.is_some() { 0 } else { p.layer });
             if params.spec().codec == Codec::Vp8

@@ -11,7 +11,7 @@ pub(crate) mod egress;
 pub(crate) mod ingress;
 pub mod rtp;
 
-pub use ingress::{RelayCodec, RelayKeyframeRequest};
+pub use ingress::{MAX_NACK, RelayCodec, RelayRequest};
 
 use crate::ids::TrackId;
 
@@ -32,6 +32,8 @@ pub struct RelayPacket {
     pub layer: u8,
     /// It starts a keyframe.
     pub keyframe: bool,
+    /// It is sent again, asked for by the other node (a loss on the link repaired).
+    pub repair: bool,
     /// The packet, as [`rtp::decode`] reads it.
     pub rtp: Vec<u8>,
 }

@@ -4,7 +4,8 @@
 //! requests on to the publisher, and hears when the track ends. Both halves, with two rooms
 //! of one worker standing for two nodes: a viewer of the relayed track at the edge decodes
 //! the origin's publisher, and the edge's dynacast narrows what crosses to what its viewers
-//! want; malformed relayed packets are refused and counted.
+//! want; loss on the link is repaired from the origin's recent packets without a keyframe;
+//! malformed relayed packets are refused and counted.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -208,12 +209,18 @@ struct Hop {
     egress: PeerId,
     packets: mpsc::Receiver<RelayPacket>,
     ingress: PeerId,
-    requests: mpsc::UnboundedReceiver<crate::relay::RelayKeyframeRequest>,
+    requests: mpsc::UnboundedReceiver<crate::relay::RelayRequest>,
     events: mpsc::UnboundedReceiver<crate::event::PeerEvent>,
     origin_track: crate::ids::TrackId,
     edge_track: crate::ids::TrackId,
     /// Layers of the packets that crossed, with when.
     crossed: Vec<(std::time::Instant, u8)>,
+    /// The link loses one packet in this many (first sendings only, not repairs).
+    lose_one_in: Option<usize>,
+    /// Packets sent on the link, and those it lost.
+    keyframes: usize,
+    sent: usize,
+    lost: usize,
 }
 
 impl Hop {
@@ -225,6 +232,15 @@ impl Hop {
             let now = w.now();
             let mut batch = Vec::new();
             while let Ok(p) = self.packets.try_recv() {
+                self.sent += 1;
+                if !p.repair
+                    && self
+                        .lose_one_in
+                        .is_some_and(|n| self.sent.is_multiple_of(n))
+                {
+                    self.lost += 1;
+                    continue;
+                }
                 self.crossed.push((now, p.layer));
                 batch.push((self.edge_track, p.rtp));
             }
@@ -238,16 +254,28 @@ impl Hop {
                 );
             }
             while let Ok(r) = self.requests.try_recv() {
-                assert_eq!(r.track, self.edge_track);
                 let (id, track) = (self.egress, self.origin_track);
-                w.h.core.handle_command(
-                    now,
-                    Command::RelayKeyframe {
-                        id,
-                        track,
-                        layer: r.layer,
-                    },
-                );
+                let command = match r {
+                    crate::relay::RelayRequest::Keyframe { track: t, layer } => {
+                        assert_eq!(t, self.edge_track);
+                        self.keyframes += 1;
+                        Command::RelayKeyframe { id, track, layer }
+                    }
+                    crate::relay::RelayRequest::Nack {
+                        track: t,
+                        layer,
+                        seqs,
+                    } => {
+                        assert_eq!(t, self.edge_track);
+                        Command::RelayNack {
+                            id,
+                            track,
+                            layer,
+                            seqs,
+                        }
+                    }
+                };
+                w.h.core.handle_command(now, command);
             }
             while let Ok(event) = self.events.try_recv() {
                 if let crate::event::PeerEvent::LayersWanted { track, active, .. } = event {
@@ -340,6 +368,10 @@ fn hop(w: &mut World, alice: usize) -> Hop {
         origin_track,
         edge_track,
         crossed: Vec::new(),
+        lose_one_in: None,
+        keyframes: 0,
+        sent: 0,
+        lost: 0,
     }
 }
 
@@ -460,5 +492,44 @@ fn malformed_relayed_packets_are_refused_and_counted() {
         w.video(carol).untagged,
         0,
         "nothing of the garbage reached carol"
+    );
+}
+
+/// Loss on the link (one packet in 40) is repaired from the origin's recent packets: the
+/// viewer at the edge decodes every frame, and the publisher is not asked for a keyframe.
+#[test]
+fn loss_on_the_link_is_repaired_without_asking_the_publisher_for_a_keyframe() {
+    let (mut w, alice, _bob) = call(75);
+    let mut hop = hop(&mut w, alice);
+    let carol = w.subscriber(vec![hop.edge_track]);
+    // Until carol's estimate has taken her to the top layer (each step up is a keyframe).
+    hop.run_for(&mut w, 6 * SECOND);
+    assert_eq!(w.video(carol).layer(), Some(2));
+    let requests: u32 = w.encoder(alice).keyframe_requests.iter().sum();
+    let repaired = w.h.counters().relay_packets_repaired;
+    let undecodable = w.video(carol).undecodable;
+    let from = w.now();
+    hop.lose_one_in = Some(40);
+    hop.run_for(&mut w, 6 * SECOND);
+    let now = w.now();
+    assert!(hop.lost >= 20, "the link lost {} packets", hop.lost);
+    let repaired = w.h.counters().relay_packets_repaired - repaired;
+    assert_eq!(
+        repaired as usize, hop.lost,
+        "every lost packet was sent again"
+    );
+    assert_eq!(
+        w.video(carol).undecodable,
+        undecodable,
+        "every frame decodes"
+    );
+    let freeze = w.video(carol).longest_freeze(from, now);
+    assert!(freeze < Duration::from_millis(150), "froze for {freeze:?}");
+    let after: u32 = w.encoder(alice).keyframe_requests.iter().sum();
+    assert_eq!(after, requests, "no keyframe was asked of the publisher");
+    assert_eq!(
+        w.video(carol).layer(),
+        Some(2),
+        "carol stays on the top layer"
     );
 }

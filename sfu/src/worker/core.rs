@@ -687,6 +687,16 @@ impl WorkerCore {
                     self.run_local(now);
                 }
             }
+            Command::RelayNack {
+                id,
+                track,
+                layer,
+                seqs,
+            } => {
+                if let Some(relay) = self.relays.get_mut(&id) {
+                    relay.repair(track, layer, &seqs, &self.slot.counters);
+                }
+            }
             Command::RemoveRelayEgress { id, reply } => {
                 let result = if self.relays.contains_key(&id) {
                     self.remove_relay(id, now);
@@ -786,9 +796,10 @@ impl WorkerCore {
             peer: id,
         };
         let delivery = if layers == 0 {
-            if relay.tracks.remove(&track).is_none() {
+            if !relay.tracks.contains_key(&track) {
                 return Ok(());
             }
+            relay.forget(track);
             Delivery::Leave {
                 to: route.publisher.peer,
                 track,
