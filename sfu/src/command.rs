@@ -89,6 +89,11 @@ pub(crate) enum Command {
         muted: bool,
         reply: Reply<TrackCounters>,
     },
+    /// Describe a published track's payload formats (for another node to relay it).
+    TrackCodecs {
+        track: TrackId,
+        reply: Reply<Vec<crate::relay::RelayCodec>>,
+    },
     /// Read a published track's counters.
     TrackCounters {
         track: TrackId,

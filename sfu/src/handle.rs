@@ -479,6 +479,17 @@ impl Sfu {
             .await
     }
 
+    /// The payload formats a published track's packets may carry (what another node needs to
+    /// publish it when relayed there: [`Sfu::relay_publish`]).
+    pub async fn track_codecs(
+        &self,
+        track: TrackId,
+    ) -> Result<Vec<crate::relay::RelayCodec>, SfuError> {
+        let worker = self.worker_of_track(track)?;
+        self.request(worker, |reply| Command::TrackCodecs { track, reply })
+            .await
+    }
+
     /// Totals of the workers' counters.
     pub fn counters(&self) -> CounterSnapshot {
         self.shared().counters()

@@ -46,6 +46,25 @@ pub struct RelayCodec {
 }
 
 impl RelayCodec {
+    /// The description of a payload format the forwarding graph holds; `None` for formats
+    /// that are not a media codec (retransmissions, RED, which travel folded into theirs).
+    pub(crate) fn of(params: &PayloadParams) -> Option<Self> {
+        let spec = params.spec();
+        if matches!(
+            spec.codec,
+            Codec::Rtx | Codec::Red | Codec::Null | Codec::Unknown
+        ) {
+            return None;
+        }
+        Some(Self {
+            pt: *params.pt(),
+            name: spec.codec.to_string(),
+            clock_rate: spec.clock_rate.get(),
+            channels: spec.channels,
+            fmtp: spec.format.to_string(),
+        })
+    }
+
     /// The codec as the forwarding graph holds it; `None` for a codec this server does not
     /// forward.
     fn params(&self) -> Option<PayloadParams> {
@@ -202,6 +221,12 @@ impl RelayIngress {
             newest: [None; MAX_LAYERS],
         });
         Ok(id)
+    }
+
+    /// The payload formats of a track it publishes (to relay it further).
+    pub(crate) fn codecs(&self, track: TrackId) -> Option<Vec<RelayCodec>> {
+        let t = self.tracks.iter().find(|t| t.track.route.id == track)?;
+        Some(t.codecs.iter().filter_map(RelayCodec::of).collect())
     }
 
     /// Unpublishes a relayed track (it ended at the origin, or the link went away).
@@ -448,6 +473,12 @@ mod tests {
             fmtp: "profile-id=0".into(),
         };
         assert!(codec("VP8").params().is_some());
+        let params = codec("VP8").params().expect("VP8");
+        let back = RelayCodec::of(&params).expect("described");
+        assert_eq!(
+            (back.pt, back.name.as_str(), back.clock_rate),
+            (96, "VP8", 90_000)
+        );
         assert!(codec("rtx").params().is_none());
         assert!(codec("nonsense").params().is_none());
         assert!(

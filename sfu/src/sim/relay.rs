@@ -316,7 +316,7 @@ impl Hop {
 /// which it keeps), and the relayed track is published at the edge.
 fn hop(w: &mut World, alice: usize) -> Hop {
     let origin_track = w.video_track(alice);
-    let (egress, mut packets, _egress_events) = relay(w);
+    let (egress, packets, _egress_events) = relay(w);
     w.h.request(|reply| Command::RelayLayers {
         id: egress,
         track: origin_track,
@@ -324,12 +324,19 @@ fn hop(w: &mut World, alice: usize) -> Hop {
         reply,
     })
     .expect("layers set");
-    w.run_for(Duration::from_millis(200));
-    // The payload type alice's packets carry (the origin would describe her codecs).
-    let first = packets.try_recv().expect("alice's packets are relayed");
-    let pt = rtp::decode(&first.rtp).expect("reads").pt;
-    while packets.try_recv().is_ok() {}
-
+    // What the origin tells the edge about the track: its payload formats.
+    let codecs =
+        w.h.request(|reply| Command::TrackCodecs {
+            track: origin_track,
+            reply,
+        })
+        .expect("the track's codecs");
+    assert!(
+        codecs
+            .iter()
+            .any(|c| c.name == "VP8" && c.clock_rate == 90_000),
+        "{codecs:?}"
+    );
     w.h.room = w.h.add_room();
     let (ingress, spec) = w.h.place();
     let (events_tx, events) = mpsc::unbounded_channel();
@@ -342,13 +349,6 @@ fn hop(w: &mut World, alice: usize) -> Hop {
         reply,
     })
     .expect("ingress added");
-    let codecs = vec![crate::relay::RelayCodec {
-        pt,
-        name: "VP8".into(),
-        clock_rate: 90_000,
-        channels: None,
-        fmtp: String::new(),
-    }];
     let edge_track =
         w.h.request(|reply| Command::RelayPublish {
             id: ingress,
@@ -454,7 +454,7 @@ fn malformed_relayed_packets_are_refused_and_counted() {
     w.run_for(Duration::from_millis(100));
     let good = hop.packets.try_recv().expect("a packet").rtp;
     let mut wrong_pt = good.clone();
-    wrong_pt[1] = (wrong_pt[1] & 0x80) | 0x7f;
+    wrong_pt[1] = (wrong_pt[1] & 0x80) | 20; // unassigned: no payload type of the track
     let mut wrong_layer = good.clone();
     let at = good
         .windows(2)

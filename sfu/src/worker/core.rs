@@ -620,6 +620,22 @@ impl WorkerCore {
                 });
                 let _ = reply.send(result);
             }
+            Command::TrackCodecs { track, reply } => {
+                let relayed = self
+                    .shared
+                    .graph
+                    .get(track)
+                    .and_then(|route| self.ingresses.get(&route.publisher.peer))
+                    .and_then(|ingress| ingress.codecs(track));
+                let result = match relayed {
+                    Some(codecs) => Ok(codecs),
+                    None => self.on_publisher_of(track, now, |peer, _| match &peer.role {
+                        Role::Publisher(p) => p.codecs(&peer.rtc, track),
+                        Role::Subscriber(_) => None,
+                    }),
+                };
+                let _ = reply.send(result);
+            }
             Command::TrackCounters { track, reply } => {
                 let result = self.on_publisher_of(track, now, |peer, _| match &peer.role {
                     Role::Publisher(p) => p.counters(track),

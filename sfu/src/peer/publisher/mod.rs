@@ -379,6 +379,24 @@ impl Publisher {
         }
     }
 
+    /// The payload formats a published track's packets may carry, as negotiated with its
+    /// publisher (for another node that relays it).
+    pub(crate) fn codecs(
+        &self,
+        rtc: &Rtc,
+        track: TrackId,
+    ) -> Option<Vec<crate::relay::RelayCodec>> {
+        let t = self.tracks.iter().find(|t| t.route.id == track)?;
+        let media = rtc.media(t.mid)?;
+        let codecs = media
+            .remote_pts()
+            .iter()
+            .filter_map(|pt| rtc.codec_config().find(|p| p.pt() == *pt))
+            .filter_map(crate::relay::RelayCodec::of)
+            .collect();
+        Some(codecs)
+    }
+
     /// A published track's counters.
     pub(crate) fn counters(&self, track: TrackId) -> Option<TrackCounters> {
         self.tracks
