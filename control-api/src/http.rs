@@ -170,6 +170,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
                 ignored_entries: c.ignored_entries(),
                 relay_links: c.relay().map(|r| r.links().len()),
                 relay_refused: c.relay().map_or(0, |r| r.refused()),
+                relayed: c.relayed().counts(),
             }),
     };
     let body = state.metrics.render(&state.sfu.counters(), &gauges);

@@ -349,7 +349,9 @@ impl Server {
                     addr = %cluster.me().relay_addr.unwrap_or_default(),
                     "media relay listening (QUIC; links to the other nodes, authenticated by the cluster secret)"
                 );
-                tokio::spawn(relay.clone().serve(|_| {}));
+                let relayed = cluster.relayed().clone();
+                relayed.start(Arc::downgrade(&state));
+                tokio::spawn(relay.clone().serve(move |link| relayed.attach(link)));
             }
             tokio::spawn(cluster::heartbeat(Arc::downgrade(&state), cluster));
         }

@@ -59,6 +59,8 @@ pub struct ClusterGauges {
     pub relay_links: Option<usize>,
     /// Relay peers refused (no proof of the cluster secret).
     pub relay_refused: u64,
+    /// What the relayed rooms counted on the links.
+    pub relayed: crate::cluster::relay_rooms::RelayCounts,
 }
 
 /// Counters of the media core that are gauges (levels, not totals).
@@ -105,6 +107,7 @@ impl Metrics {
             ("sfu_forward_latency_seconds", &LATENCY_BUCKETS[..]),
             ("sfu_connect_seconds", &SETUP_BUCKETS[..]),
             ("sfu_first_video_packet_seconds", &SETUP_BUCKETS[..]),
+            ("sfu_relay_hop_seconds", &LATENCY_BUCKETS[..]),
         ];
         let builder = buckets.into_iter().fold(builder, |b, (name, bounds)| {
             // The bucket lists are constants and not empty: this cannot fail.
@@ -140,6 +143,19 @@ impl Metrics {
                 connect: histogram!("sfu_connect_seconds"),
                 first_video_packet: histogram!("sfu_first_video_packet_seconds"),
             }
+        })
+    }
+
+    /// The histogram of what a relay hop adds (cluster mode).
+    pub fn relay_hop(&self) -> metrics::Histogram {
+        metrics::with_local_recorder(&self.recorder, || {
+            describe_histogram!(
+                "sfu_relay_hop_seconds",
+                Unit::Seconds,
+                "What a relay hop adds: from the origin node writing a packet's datagram to this \
+                 node reading it (the nodes' clocks must agree)."
+            );
+            histogram!("sfu_relay_hop_seconds")
         })
     }
 
@@ -265,6 +281,27 @@ fn record_levels(counters: &CounterSnapshot, gauges: &Gauges) {
                 "Relay peers refused: no proof of the cluster secret, garbage, or a stalled handshake."
             );
             counter!("sfu_relay_refused_total").absolute(cluster.relay_refused);
+            let counts = cluster.relayed;
+            for (name, help, value) in [
+                (
+                    "sfu_relay_datagrams_refused_total",
+                    "Relay datagrams refused: malformed, or for no track relayed here.",
+                    counts.datagrams_refused,
+                ),
+                (
+                    "sfu_relay_datagrams_dropped_total",
+                    "Relay datagrams not sent: the link was congested or closed.",
+                    counts.datagrams_dropped,
+                ),
+                (
+                    "sfu_relay_control_refused_total",
+                    "Malformed relay control messages (each ended its link).",
+                    counts.control_refused,
+                ),
+            ] {
+                describe_counter!(name, help);
+                counter!(name).absolute(value);
+            }
         }
     }
 }

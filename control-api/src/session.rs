@@ -267,14 +267,27 @@ impl Session {
 
     /// In cluster mode, why this node may not start `room_name` (it does not host it): another
     /// node hosts it (the client is pointed at the same endpoint there: its signalling URL, or
-    /// its WHIP/WHEP URL for `mode`), or the directory cannot be reached.
-    async fn placed_elsewhere(&self, room_name: &str, mode: JoinMode) -> Option<Refusal> {
+    /// its WHIP/WHEP URL for `mode`), or the directory cannot be reached. A WebSocket
+    /// participant that may not publish is served here instead, when this node has a relay
+    /// link to the host: the room is opened here as an edge room of the host's.
+    async fn placed_elsewhere(
+        &self,
+        room_name: &str,
+        mode: JoinMode,
+        grants: &Grants,
+    ) -> Option<Refusal> {
         let cluster = self.state.cluster.as_ref()?;
-        if self.state.rooms.get(room_name).is_some() {
+        let relayed = cluster.relayed();
+        let edge_here = relayed.is_edge(room_name);
+        let viewer_only = mode == JoinMode::Interactive && !grants.may_publish();
+        if self.state.rooms.get(room_name).is_some() && (!edge_here || viewer_only) {
             return None;
         }
         match cluster.place(room_name).await {
             Placement::Here => None,
+            Placement::Elsewhere(node, Some(_)) if viewer_only && relayed.linked_to(&node) => {
+                relayed.edge_room(room_name, &node).await.err()
+            }
             Placement::Elsewhere(node, Some(entry)) => {
                 let url = match mode {
                     JoinMode::Interactive => entry.signalling_url(),
@@ -325,7 +338,7 @@ impl Session {
         /// A room may end between being opened and admitting us; it is then opened anew.
         const ATTEMPTS: usize = 3;
         let mut attempt = 0;
-        if let Some(refusal) = self.placed_elsewhere(room_name, mode).await {
+        if let Some(refusal) = self.placed_elsewhere(room_name, mode, grants).await {
             return Err(refusal);
         }
         loop {
@@ -731,7 +744,7 @@ fn not_joined() -> Refusal {
     Refusal::new(ErrorCode::NotJoined, "join first")
 }
 
-fn internal(what: &str, e: &SfuError) -> Refusal {
+pub(crate) fn internal(what: &str, e: &SfuError) -> Refusal {
     warn!(error = %e, "cannot {what}");
     Refusal::new(
         ErrorCode::Internal,

@@ -547,3 +547,96 @@ async fn without_redis_there_is_no_cluster() {
     assert!(gauge(&addr, "sfu_cluster_redis_up").await.is_none());
     let _ = single.kill();
 }
+
+/// A token for `room` that may subscribe but not publish (a live stream's audience).
+fn viewer_token(room: &str, identity: &str) -> String {
+    let grants = Grants {
+        room: Some(room.to_string()),
+        room_join: true,
+        can_publish: Some(false),
+        ..Grants::default()
+    };
+    let claims = Claims::new(DEV_API_KEY, identity, Duration::from_secs(600), grants);
+    ApiKeys::dev().mint(&claims).unwrap()
+}
+
+/// A counter on `addr`'s metrics page (0 when absent).
+async fn counter(addr: &str, name: &str) -> f64 {
+    gauge(addr, name).await.unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_at_another_node_is_served_there_with_the_hosts_media_relayed_intact() {
+    let redis = RedisServer::start().await;
+    let relay = [
+        "--relay-addr",
+        "127.0.0.1:0",
+        "--cluster-secret",
+        "the secret of this cluster",
+    ];
+    let (mut a, a_addr) = node(&redis, "a", 3, &relay);
+    let (mut b, b_addr) = node(&redis, "b", 3, &relay);
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline && nodes(&b_addr).await["linked"] != serde_json::json!(["a"]) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(nodes(&b_addr).await["linked"], serde_json::json!(["a"]));
+    let a_rtc = format!("ws://{a_addr}/rtc");
+    let b_rtc = format!("ws://{b_addr}/rtc");
+
+    let publisher = Bot::spawn(BotConfig::new(&a_rtc, token("show", "pub"), true, 1));
+    assert!(publisher.wait_for(WAIT, |s| s.participant.is_some()).await);
+    // A viewer that may not publish, at b: served there (no redirect), with a's media.
+    let viewer = Bot::spawn(BotConfig::new(
+        &b_rtc,
+        viewer_token("show", "viewer"),
+        false,
+        2,
+    ));
+    assert!(
+        viewer
+            .wait_for(WAIT, |s| s.packets_from(1, PayloadKind::Vp8) >= 100
+                && s.packets_from(1, PayloadKind::Opus) >= 50)
+            .await,
+        "the viewer at b gets the publisher's video and audio: {:?}",
+        viewer.state().error()
+    );
+    let state = viewer.state();
+    assert_eq!(state.joined_via, None, "served where it connected");
+    assert_eq!(state.bad_payloads, 0, "every payload arrived byte for byte");
+    assert!(counter(&a_addr, "sfu_relay_packets_sent_total").await >= 150.0);
+    assert!(counter(&b_addr, "sfu_relay_packets_received_total").await >= 150.0);
+    assert_eq!(
+        counter(&b_addr, "sfu_relay_packets_refused_total").await,
+        0.0
+    );
+    assert!(
+        counter(&b_addr, "sfu_relay_hop_seconds_count").await >= 100.0,
+        "b measures the hop"
+    );
+    // The room is hosted by a: b's copy is not claimed (a publisher at b is sent to a).
+    let publisher_at_b = Bot::spawn(BotConfig::new(&b_rtc, token("show", "pub2"), true, 3));
+    assert!(
+        publisher_at_b
+            .wait_for(WAIT, |s| s.joined_via.as_deref() == Some(a_rtc.as_str()))
+            .await,
+        "a publisher joining at b is sent to the host: {:?}",
+        publisher_at_b.state().error()
+    );
+
+    // The viewer leaves: b's edge room ends, and a stops relaying the room.
+    viewer.leave();
+    let deadline = Instant::now() + WAIT;
+    let sent = || counter(&a_addr, "sfu_relay_packets_sent_total");
+    let mut stopped = false;
+    while Instant::now() < deadline && !stopped {
+        let before = sent().await;
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        stopped = sent().await == before;
+    }
+    assert!(stopped, "a stops relaying once b has no viewer");
+    publisher.leave();
+    publisher_at_b.leave();
+    let _ = a.kill();
+    let _ = b.kill();
+}

@@ -12,6 +12,7 @@
 
 pub mod registry;
 pub mod relay;
+pub mod relay_rooms;
 pub mod wire;
 
 use std::collections::{HashMap, HashSet};
@@ -136,6 +137,8 @@ pub struct Cluster {
     relay: Option<Arc<relay::RelayEndpoint>>,
     /// When a failed dial to a node may be tried again, by node id.
     dial_after: Mutex<HashMap<String, Instant>>,
+    /// The rooms relayed over the links, both ways.
+    relayed: Arc<relay_rooms::RelayRooms>,
 }
 
 /// How long after a failed relay dial the node is tried again.
@@ -232,12 +235,19 @@ impl Cluster {
             hosted: Mutex::new(HashSet::new()),
             relay,
             dial_after: Mutex::new(HashMap::new()),
+            relayed: Arc::default(),
         })
     }
 
     /// The media relay's endpoint, when this node has one.
     pub fn relay(&self) -> Option<&Arc<relay::RelayEndpoint>> {
         self.relay.as_ref()
+    }
+
+    /// The rooms relayed over this node's links (rooms hosted here with viewers elsewhere,
+    /// rooms hosted elsewhere with viewers here).
+    pub fn relayed(&self) -> &Arc<relay_rooms::RelayRooms> {
+        &self.relayed
     }
 
     /// Ids of the nodes this one has a relay link with, sorted.
@@ -282,6 +292,7 @@ impl Cluster {
             }
             let endpoint = endpoint.clone();
             let id = node.id.clone();
+            let relayed = self.relayed.clone();
             tokio::spawn(async move {
                 match endpoint.connect(addr).await {
                     Ok(link) if link.peer() != id => tracing::warn!(
@@ -289,7 +300,7 @@ impl Cluster {
                         peer = %link.peer(),
                         "relay: the node at a registered address has another id"
                     ),
-                    Ok(_) => {}
+                    Ok(link) => relayed.attach(link),
                     Err(e) => {
                         tracing::warn!(node = %id, %addr, error = %e, "relay: cannot link to node; trying again in 10 s")
                     }
@@ -527,7 +538,14 @@ pub(crate) async fn heartbeat(state: Weak<AppState>, cluster: Arc<Cluster>) {
     loop {
         every.tick().await;
         let Some((load, draining, rooms)) = state.upgrade().map(|state| {
-            let rooms = state.rooms.list().iter().map(|r| r.name.clone()).collect();
+            // Rooms hosted here: not those served here for another node (edge rooms).
+            let rooms = state
+                .rooms
+                .list()
+                .iter()
+                .map(|r| r.name.clone())
+                .filter(|name| !cluster.relayed.is_edge(name))
+                .collect();
             (sampler.sample(&state), state.is_draining(), rooms)
         }) else {
             return;

@@ -81,6 +81,27 @@ impl RelayLink {
             .map_err(|e| RelayError::Connection(e.to_string()))
     }
 
+    /// Opens a stream to the other node (it reads it with [`RelayLink::accept_uni`]).
+    pub async fn open_uni(&self) -> Result<quinn::SendStream, RelayError> {
+        self.connection
+            .open_uni()
+            .await
+            .map_err(|e| RelayError::Connection(e.to_string()))
+    }
+
+    /// The next stream the other node opened.
+    pub async fn accept_uni(&self) -> Result<quinn::RecvStream, RelayError> {
+        self.connection
+            .accept_uni()
+            .await
+            .map_err(|e| RelayError::Connection(e.to_string()))
+    }
+
+    /// Closes the link, telling the other node why.
+    pub fn close(&self, why: &str) {
+        self.connection.close(0u32.into(), why.as_bytes());
+    }
+
     /// Resolves when the link closes, with why.
     pub async fn closed(&self) -> String {
         self.connection.closed().await.to_string()

@@ -15,7 +15,7 @@
 //! ```
 //!
 //! The relay id names one subscription on this link (the origin gives it in
-//! [`RelayControl::Subscribed`]); `layer` is the simulcast layer or SVC spatial layer the
+//! [`RelayControl::TrackAdded`]); `layer` is the simulcast layer or SVC spatial layer the
 //! packet belongs to; `flags` say whether it starts a keyframe and whether it repairs a
 //! datagram lost earlier; the send time (microseconds since the Unix epoch, the origin's
 //! clock) lets the edge measure what a hop adds. The RTP packet is the publisher's, as the
@@ -45,6 +45,10 @@ pub const MAX_NACK: usize = 64;
 /// Longest room name, track id, codec name, format parameters and refusal reason.
 const MAX_ROOM: usize = 128;
 const MAX_TRACK: usize = 64;
+const MAX_RID: usize = 16;
+const MAX_NAME: usize = 256;
+/// Payload formats one relayed track may list.
+pub const MAX_CODECS: usize = 16;
 const MAX_CODEC: usize = 32;
 const MAX_FMTP: usize = 512;
 const MAX_REASON: usize = 256;
@@ -144,24 +148,42 @@ impl<'a> MediaDatagram<'a> {
     }
 }
 
-/// What a relayed track is, as the origin describes it to the edge: enough to publish it in
-/// the edge's forwarding graph as if a local publisher had.
+/// A payload format of a relayed track (as its publisher negotiated it at the origin).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RelayedTrack {
-    /// `audio` or `video`.
-    pub kind: TrackKind,
+pub struct WireCodec {
+    /// Payload type in the relayed packets.
+    pub pt: u8,
     /// Codec name as in SDP (`opus`, `VP8`, ...).
-    pub codec: String,
+    pub name: String,
     /// RTP clock rate.
     pub clock_rate: u32,
     /// Audio channels, where the codec has them.
     pub channels: Option<u8>,
-    /// The codec's format parameters (`a=fmtp`), as the publisher negotiated them.
+    /// Format parameters (`a=fmtp`).
     pub fmtp: String,
+}
+
+/// A track of a room at the origin, as the edge needs it to publish it to its viewers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayedTrack {
+    /// Its publisher's participant id.
+    pub participant: String,
+    /// Its publisher's identity.
+    pub identity: String,
+    /// Its publisher's display name.
+    pub name: String,
+    /// `audio` or `video`.
+    pub kind: TrackKind,
+    /// What it shows (`camera`, `microphone`, `screen`, ...).
+    pub source: String,
+    /// Simulcast RIDs in layer order (empty without simulcast).
+    pub simulcast: Vec<String>,
     /// Simulcast streams, or spatial layers of one scalable stream.
     pub layers: u8,
-    /// One scalable stream (VP9/AV1 SVC) rather than simulcast.
-    pub svc: bool,
+    /// Muted at the origin.
+    pub muted: bool,
+    /// Its payload formats.
+    pub codecs: Vec<WireCodec>,
 }
 
 /// A track's kind.
@@ -174,95 +196,75 @@ pub enum TrackKind {
     Video,
 }
 
-/// A control message on a relay link's stream. `Subscribe`, `SetLayers`, `Unsubscribe`,
-/// `KeyframeRequest` and `Nack` go from the edge (which has viewers) to the origin (which has
-/// the publisher); the others come back.
+/// A control message on a relay link's stream. A node that serves viewers of a room hosted by
+/// another (the edge) sends `room_subscribe` and, per relayed track, `set_layers`,
+/// `keyframe_request` and `nack`; the room's host (the origin) answers with `track_added`,
+/// `track_removed`, `muted` or `room_refused`. Relay ids are the origin's, one per relayed
+/// track on the link.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum RelayControl {
-    /// Send me track `track` of room `room`: the layers set in `layers` (bit 0: the lowest).
-    Subscribe {
+    /// Relay me room `room`'s tracks (some of its viewers are on my node).
+    RoomSubscribe {
         /// The room's name.
         room: String,
-        /// The track's id.
-        track: String,
-        /// Layers wanted, a bit each.
-        layers: u32,
     },
-    /// The track is relayed as `relay_id`, and is `description`.
-    Subscribed {
-        /// The track's id, as asked.
-        track: String,
-        /// The id its datagrams carry on this link.
-        relay_id: u32,
-        /// What it is.
-        description: RelayedTrack,
+    /// I have no viewer of `room` any more.
+    RoomUnsubscribe {
+        /// The room's name.
+        room: String,
     },
-    /// The origin does not (or no longer does) carry that track.
-    Refused {
-        /// The track's id, as asked.
-        track: String,
+    /// The origin does not (or no longer does) host `room`.
+    RoomRefused {
+        /// The room's name.
+        room: String,
         /// Why, for the log.
         reason: String,
     },
-    /// Only these layers are needed now (dynacast across nodes).
+    /// A track of `room` is relayed as `relay_id` (no layer crosses until `set_layers`).
+    TrackAdded {
+        /// The room's name.
+        room: String,
+        /// Its id on this link.
+        relay_id: u32,
+        /// What it is.
+        track: RelayedTrack,
+    },
+    /// The track ended at the origin.
+    TrackRemoved {
+        /// Its id on this link.
+        relay_id: u32,
+    },
+    /// The track was muted or unmuted at the origin.
+    Muted {
+        /// Its id on this link.
+        relay_id: u32,
+        /// Muted or not.
+        muted: bool,
+    },
+    /// Send these layers of the track (bit 0: the lowest; 0: none).
     SetLayers {
-        /// The subscription.
+        /// Its id on this link.
         relay_id: u32,
         /// Layers wanted, a bit each.
         layers: u32,
     },
-    /// No viewer at the edge wants the track any more.
-    Unsubscribe {
-        /// The subscription.
-        relay_id: u32,
-    },
-    /// A viewer at the edge needs a keyframe of `layer` (the edge sends one per layer however
-    /// many of its viewers asked; the origin coalesces edges and throttles).
+    /// A viewer at the edge needs a keyframe of `layer` (one per layer however many viewers
+    /// asked; the origin coalesces edges and throttles).
     KeyframeRequest {
-        /// The subscription.
+        /// Its id on this link.
         relay_id: u32,
         /// The layer.
         layer: u8,
     },
     /// These RTP sequence numbers of `layer` did not arrive: send them again if still held.
     Nack {
-        /// The subscription.
+        /// Its id on this link.
         relay_id: u32,
         /// The layer.
         layer: u8,
         /// Missing sequence numbers (at most [`MAX_NACK`]).
         seqs: Vec<u16>,
-    },
-    /// Which layers the publisher is sending now (lowest first).
-    LayersAvailable {
-        /// The subscription.
-        relay_id: u32,
-        /// Per layer: sent or not (at most [`MAX_LAYERS`]).
-        active: Vec<bool>,
-    },
-    /// The publisher's sender report for `layer`, for lip sync at the edge.
-    SenderReport {
-        /// The subscription.
-        relay_id: u32,
-        /// The layer.
-        layer: u8,
-        /// NTP time of the report.
-        ntp: u64,
-        /// RTP timestamp at that time.
-        rtp_time: u32,
-    },
-    /// The publisher muted or unmuted the track (or the server did).
-    Muted {
-        /// The subscription.
-        relay_id: u32,
-        /// Muted or not.
-        muted: bool,
-    },
-    /// The track has ended at the origin.
-    Ended {
-        /// The subscription.
-        relay_id: u32,
     },
 }
 
@@ -287,31 +289,41 @@ impl RelayControl {
             }
         };
         match self {
-            Self::Subscribe { room, track, .. } => {
-                text("room", room, MAX_ROOM)?;
-                text("track", track, MAX_TRACK)
+            Self::RoomSubscribe { room } | Self::RoomUnsubscribe { room } => {
+                text("room", room, MAX_ROOM)
             }
-            Self::Subscribed {
-                track, description, ..
-            } => {
-                text("track", track, MAX_TRACK)?;
-                text("codec", &description.codec, MAX_CODEC)?;
-                text("fmtp", &description.fmtp, MAX_FMTP)?;
-                if usize::from(description.layers) > MAX_LAYERS {
+            Self::RoomRefused { room, reason } => {
+                text("room", room, MAX_ROOM)?;
+                text("reason", reason, MAX_REASON)
+            }
+            Self::TrackAdded { room, track, .. } => {
+                text("room", room, MAX_ROOM)?;
+                text("participant", &track.participant, MAX_TRACK)?;
+                text("identity", &track.identity, MAX_NAME)?;
+                text("name", &track.name, MAX_NAME)?;
+                text("source", &track.source, MAX_TRACK)?;
+                if usize::from(track.layers) > MAX_LAYERS || track.simulcast.len() > MAX_LAYERS {
                     return Err(WireError::Malformed(format!(
                         "{} layers (at most {MAX_LAYERS})",
-                        description.layers
+                        track.layers.max(track.simulcast.len() as u8)
                     )));
+                }
+                for rid in &track.simulcast {
+                    text("rid", rid, MAX_RID)?;
+                }
+                if track.codecs.len() > MAX_CODECS {
+                    return Err(WireError::Malformed(format!(
+                        "{} codecs (at most {MAX_CODECS})",
+                        track.codecs.len()
+                    )));
+                }
+                for codec in &track.codecs {
+                    text("codec", &codec.name, MAX_CODEC)?;
+                    text("fmtp", &codec.fmtp, MAX_FMTP)?;
                 }
                 Ok(())
             }
-            Self::Refused { track, reason } => {
-                text("track", track, MAX_TRACK)?;
-                text("reason", reason, MAX_REASON)
-            }
-            Self::KeyframeRequest { layer: l, .. } | Self::SenderReport { layer: l, .. } => {
-                layer(*l)
-            }
+            Self::KeyframeRequest { layer: l, .. } => layer(*l),
             Self::Nack { layer: l, seqs, .. } => {
                 layer(*l)?;
                 if seqs.len() > MAX_NACK {
@@ -322,14 +334,7 @@ impl RelayControl {
                 }
                 Ok(())
             }
-            Self::LayersAvailable { active, .. } if active.len() > MAX_LAYERS => Err(
-                WireError::Malformed(format!("{} layers (at most {MAX_LAYERS})", active.len())),
-            ),
-            Self::LayersAvailable { .. }
-            | Self::SetLayers { .. }
-            | Self::Unsubscribe { .. }
-            | Self::Muted { .. }
-            | Self::Ended { .. } => Ok(()),
+            Self::TrackRemoved { .. } | Self::Muted { .. } | Self::SetLayers { .. } => Ok(()),
         }
     }
 
@@ -460,33 +465,38 @@ mod tests {
 
     fn every_message() -> Vec<RelayControl> {
         vec![
-            RelayControl::Subscribe {
+            RelayControl::RoomSubscribe {
                 room: "all-hands".into(),
-                track: "TR_1".into(),
-                layers: 0b101,
             },
-            RelayControl::Subscribed {
-                track: "TR_1".into(),
+            RelayControl::TrackAdded {
+                room: "all-hands".into(),
                 relay_id: 7,
-                description: RelayedTrack {
+                track: RelayedTrack {
+                    participant: "PA_1".into(),
+                    identity: "alice".into(),
+                    name: "Alice".into(),
                     kind: TrackKind::Video,
-                    codec: "VP8".into(),
-                    clock_rate: 90_000,
-                    channels: None,
-                    fmtp: String::new(),
+                    source: "camera".into(),
+                    simulcast: vec!["q".into(), "h".into(), "f".into()],
                     layers: 3,
-                    svc: false,
+                    muted: false,
+                    codecs: vec![WireCodec {
+                        pt: 96,
+                        name: "VP8".into(),
+                        clock_rate: 90_000,
+                        channels: None,
+                        fmtp: String::new(),
+                    }],
                 },
             },
-            RelayControl::Refused {
-                track: "TR_2".into(),
-                reason: "no such track".into(),
+            RelayControl::RoomRefused {
+                room: "other".into(),
+                reason: "not hosted here".into(),
             },
             RelayControl::SetLayers {
                 relay_id: 7,
                 layers: 1,
             },
-            RelayControl::Unsubscribe { relay_id: 7 },
             RelayControl::KeyframeRequest {
                 relay_id: 7,
                 layer: 0,
@@ -496,21 +506,14 @@ mod tests {
                 layer: 1,
                 seqs: vec![65_535, 0, 1],
             },
-            RelayControl::LayersAvailable {
-                relay_id: 7,
-                active: vec![true, false, true],
-            },
-            RelayControl::SenderReport {
-                relay_id: 7,
-                layer: 2,
-                ntp: u64::MAX,
-                rtp_time: 3_000,
-            },
             RelayControl::Muted {
                 relay_id: 7,
                 muted: true,
             },
-            RelayControl::Ended { relay_id: 7 },
+            RelayControl::TrackRemoved { relay_id: 7 },
+            RelayControl::RoomUnsubscribe {
+                room: "all-hands".into(),
+            },
         ]
     }
 
@@ -565,7 +568,7 @@ mod tests {
             Err(WireError::Layer(9))
         );
         let room = format!(
-            "{{\"type\":\"subscribe\",\"room\":\"{}\",\"track\":\"t\",\"layers\":1}}",
+            "{{\"type\":\"room_subscribe\",\"room\":\"{}\"}}",
             "r".repeat(MAX_ROOM + 1)
         );
         assert!(matches!(

@@ -430,6 +430,13 @@ impl Room {
         self.tell(Command::PublishTrack { track }).await;
     }
 
+    /// Publishes a track relayed from the room's host node, by its participant `publisher`
+    /// (this node serves some of the room's viewers: see `cluster::relay_rooms`).
+    pub async fn publish_remote_track(&self, track: RoomTrack, publisher: ParticipantInfo) {
+        self.tell(Command::PublishRemoteTrack { track, publisher })
+            .await;
+    }
+
     /// A track ended.
     pub async fn unpublish_track(&self, track: TrackId) {
         self.tell(Command::UnpublishTrack { track }).await;

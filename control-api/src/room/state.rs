@@ -61,6 +61,9 @@ pub(super) struct RoomState {
     announced: Vec<String>,
     /// Join counter (orders participants by arrival).
     joins: u64,
+    /// Participants of the room at its host node whose tracks are relayed here (an edge room:
+    /// see `cluster::relay_rooms`). Shown to members; not members themselves.
+    remote: Vec<ParticipantInfo>,
 }
 
 /// What a mute request changed.
@@ -120,7 +123,7 @@ impl RoomState {
         self.members.values()
     }
 
-    /// The visible members other than `except`.
+    /// The visible members other than `except`, and the remote participants.
     pub(super) fn visible_others(&self, except: &str) -> Vec<ParticipantInfo> {
         let mut others: Vec<&Member> = self
             .members
@@ -128,7 +131,35 @@ impl RoomState {
             .filter(|m| !m.hidden && m.info.id != except)
             .collect();
         others.sort_by_key(|m| m.seq);
-        others.into_iter().map(|m| m.info.clone()).collect()
+        let members = others.into_iter().map(|m| m.info.clone());
+        members.chain(self.remote.iter().cloned()).collect()
+    }
+
+    /// Records a participant of the host whose track is relayed here; `true` if new.
+    pub(super) fn add_remote(&mut self, info: ParticipantInfo) -> bool {
+        if self.remote.iter().any(|r| r.id == info.id) {
+            return false;
+        }
+        self.remote.push(info);
+        true
+    }
+
+    /// Whether `participant` is a remote participant.
+    pub(super) fn is_remote(&self, participant: &str) -> bool {
+        self.remote.iter().any(|r| r.id == participant)
+    }
+
+    /// Forgets a remote participant that has no track here any more; returns it if so.
+    pub(super) fn drop_remote_if_idle(&mut self, participant: &str) -> Option<ParticipantInfo> {
+        if self
+            .tracks
+            .iter()
+            .any(|t| t.track.info.participant == participant)
+        {
+            return None;
+        }
+        let pos = self.remote.iter().position(|r| r.id == participant)?;
+        Some(self.remote.remove(pos))
     }
 
     /// Everyone, by arrival.

@@ -30,6 +30,11 @@ pub(super) enum Command {
     PublishTrack {
         track: RoomTrack,
     },
+    /// A track of a participant of the room's host node, relayed here (an edge room).
+    PublishRemoteTrack {
+        track: RoomTrack,
+        publisher: crate::protocol::ParticipantInfo,
+    },
     UnpublishTrack {
         track: TrackId,
     },
@@ -176,6 +181,9 @@ impl RoomTask {
                 let _ = reply.send(());
             }
             Command::PublishTrack { track } => self.publish(track).await,
+            Command::PublishRemoteTrack { track, publisher } => {
+                self.publish_remote(track, publisher).await;
+            }
             Command::UnpublishTrack { track } => self.unpublish(track),
             Command::SetMuted {
                 participant,
@@ -406,10 +414,56 @@ impl RoomTask {
         }
     }
 
+    /// A relayed track of the host's participant `publisher`: its members see the
+    /// participant appear (once) and the track, and receive it. No webhook: the host sends
+    /// them, once per event.
+    async fn publish_remote(
+        &mut self,
+        track: RoomTrack,
+        publisher: crate::protocol::ParticipantInfo,
+    ) {
+        if publisher.id != track.info.participant || self.state.member(&publisher.id).is_some() {
+            return;
+        }
+        if self.state.add_remote(publisher.clone()) {
+            self.broadcast(
+                &ServerMessage::ParticipantJoined {
+                    participant: publisher,
+                },
+                None,
+            );
+        }
+        let id = track.id;
+        let info = track.info.clone();
+        let receivers = self.state.publish(track);
+        self.broadcast(&ServerMessage::TrackPublished { track: info }, None);
+        for (subscriber, e) in self.sfu.subscribe_all(&receivers, id).await {
+            debug!(%subscriber, error = %e, "auto-subscribe failed");
+        }
+    }
+
     fn unpublish(&mut self, track: TrackId) {
         let Some(removed) = self.state.unpublish(track) else {
             return;
         };
+        if self.state.is_remote(&removed.info.participant) {
+            self.broadcast(
+                &ServerMessage::TrackUnpublished {
+                    track: removed.info.id,
+                    participant: removed.info.participant.clone(),
+                },
+                None,
+            );
+            if let Some(gone) = self.state.drop_remote_if_idle(&removed.info.participant) {
+                self.broadcast(
+                    &ServerMessage::ParticipantLeft {
+                        participant: gone.id,
+                    },
+                    None,
+                );
+            }
+            return;
+        }
         let publisher = self
             .state
             .member(&removed.info.participant)

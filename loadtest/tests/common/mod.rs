@@ -223,6 +223,18 @@ pub async fn tracks_when(
 pub fn start_server_process(extra: &[&str]) -> (std::process::Child, String) {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
+    // SFU_TEST_LOG_DIR=DIR keeps each server's log there (at SFU_TEST_LOG, default warn).
+    let level = std::env::var("SFU_TEST_LOG").unwrap_or_else(|_| "warn".into());
+    let stderr = match std::env::var_os("SFU_TEST_LOG_DIR") {
+        Some(dir) => {
+            static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let path =
+                std::path::Path::new(&dir).join(format!("server-{}-{n}.log", std::process::id()));
+            Stdio::from(std::fs::File::create(path).expect("the log file"))
+        }
+        None => Stdio::null(),
+    };
     let mut child = Command::new(server_binary())
         .args([
             "--http-addr",
@@ -230,11 +242,11 @@ pub fn start_server_process(extra: &[&str]) -> (std::process::Child, String) {
             "--media-port",
             "0",
             "--log",
-            "warn",
+            &level,
         ])
         .args(extra)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .expect("the server starts");
     let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();

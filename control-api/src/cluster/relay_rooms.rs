@@ -1,0 +1,862 @@
+//! Rooms that span nodes: over each relay link, the rooms this node relays to the other
+//! (it hosts them: the origin) and those it receives from it (it serves some of their viewers:
+//! the edge). This module owns that bookkeeping and the protocol ([`super::wire`]) on the
+//! link; the media core does the forwarding (a relay egress per room at the origin, a relay
+//! ingress per room at the edge, see `sfu::relay`).
+//!
+//! A room is hosted by one node (its claim in Redis). A participant that may not publish and
+//! joins at another node is served there: that node opens the room locally as an edge room,
+//! asks the host for it (`room_subscribe`), publishes each track the host announces
+//! (`track_added`) through its relay ingress, and its viewers subscribe to them as to local
+//! ones. What crosses is what the edge's viewers want: its dynacast sends `set_layers`, its
+//! viewers' keyframe requests and the gaps it sees on the link go back as `keyframe_request`
+//! and `nack`. When its last viewer leaves, the edge room ends and the edge unsubscribes.
+//!
+//! Not yet relayed (the host's members and the edge's viewers do not see each other): the
+//! participant list, data messages, active speakers; publishers are still sent to the host.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use sfu::relay::RelayRequest;
+use sfu::{PeerEvent, PeerId, TrackId};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use super::relay::RelayLink;
+use super::wire::{
+    ControlDecoder, MAX_CODECS, MediaDatagram, RelayControl, RelayedTrack, TrackKind, WireCodec,
+};
+use crate::AppState;
+use crate::protocol::{ErrorCode, Refusal, TrackInfo};
+use crate::room::{Room, RoomTrack};
+
+/// Control messages queued for a link before it is considered stuck (and closed).
+const CONTROL_QUEUE: usize = 4096;
+/// Packets an origin room's relay egress holds for the link.
+const EGRESS_QUEUE: usize = 4096;
+/// How often an origin room's tracks are compared with what the edge was told.
+const TRACK_POLL: Duration = Duration::from_millis(200);
+/// Datagrams handed to the media core in one command, at most.
+const DATAGRAM_BATCH: usize = 64;
+/// Rooms one link may subscribe to at the origin.
+const MAX_ROOMS_PER_LINK: usize = 4096;
+
+/// The relayed rooms of every link of this node.
+#[derive(Default)]
+pub struct RelayRooms {
+    state: OnceLock<Weak<AppState>>,
+    links: Mutex<HashMap<String, Arc<LinkRooms>>>,
+    /// What a hop adds (recorded into the server's registry once started).
+    hop: OnceLock<metrics::Histogram>,
+    counts: Arc<Counts>,
+}
+
+/// What the relayed rooms counted.
+#[derive(Default)]
+struct Counts {
+    datagrams_refused: AtomicU64,
+    datagrams_dropped: AtomicU64,
+    control_refused: AtomicU64,
+}
+
+/// What the relayed rooms counted, for the metrics page.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RelayCounts {
+    /// Datagrams refused: malformed, or for no track relayed here.
+    pub datagrams_refused: u64,
+    /// Datagrams not sent: the link was congested or closed.
+    pub datagrams_dropped: u64,
+    /// Malformed control messages (each ended its link).
+    pub control_refused: u64,
+}
+
+impl RelayRooms {
+    /// Gives the server's state (once it exists).
+    pub(crate) fn start(&self, state: Weak<AppState>) {
+        if let Some(s) = state.upgrade() {
+            let _ = self.hop.set(s.metrics.relay_hop());
+        }
+        let _ = self.state.set(state);
+    }
+
+    /// What the relayed rooms counted so far.
+    pub fn counts(&self) -> RelayCounts {
+        RelayCounts {
+            datagrams_refused: self.counts.datagrams_refused.load(Ordering::Relaxed),
+            datagrams_dropped: self.counts.datagrams_dropped.load(Ordering::Relaxed),
+            control_refused: self.counts.control_refused.load(Ordering::Relaxed),
+        }
+    }
+
+    /// A link came up: its rooms are served from now on (replacing those of an older link to
+    /// the same node, which closed).
+    pub fn attach(self: &Arc<Self>, link: RelayLink) {
+        let Some(state) = self.state.get().cloned() else {
+            return;
+        };
+        let peer = link.peer().to_string();
+        let (out, queue) = mpsc::channel(CONTROL_QUEUE);
+        let rooms = Arc::new(LinkRooms {
+            link: link.clone(),
+            state,
+            out,
+            inner: Mutex::new(Inner::default()),
+            hop: self.hop.get().cloned(),
+            counts: self.counts.clone(),
+        });
+        self.links.lock().insert(peer.clone(), rooms.clone());
+        tokio::spawn(write_control(link.clone(), queue));
+        tokio::spawn(rooms.clone().read_control());
+        tokio::spawn(rooms.clone().read_datagrams());
+        let this = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let why = link.closed().await;
+            rooms.close(&why).await;
+            if let Some(this) = this.upgrade() {
+                let mut links = this.links.lock();
+                if links.get(&peer).is_some_and(|r| Arc::ptr_eq(r, &rooms)) {
+                    links.remove(&peer);
+                }
+            }
+        });
+    }
+
+    /// Opens `name` here as an edge room of `host` (this node serves some of its viewers):
+    /// the local room, subscribed over the link to `host`. Refused if there is no link.
+    pub async fn edge_room(&self, name: &str, host: &str) -> Result<Arc<Room>, Refusal> {
+        let link = self.links.lock().get(host).cloned().ok_or_else(|| {
+            Refusal::new(
+                ErrorCode::ClusterUnavailable,
+                format!(
+                    "room {name:?} is hosted by node {host}, which this node cannot reach; join again in a few seconds"
+                ),
+            )
+        })?;
+        link.edge_room(name).await
+    }
+
+    /// Whether this node has a relay link to `node`.
+    pub fn linked_to(&self, node: &str) -> bool {
+        self.links.lock().contains_key(node)
+    }
+
+    /// Whether `name` is open here as an edge room (a publisher must go to its host).
+    pub fn is_edge(&self, name: &str) -> bool {
+        self.links
+            .lock()
+            .values()
+            .any(|l| l.inner.lock().edge.contains_key(name))
+    }
+}
+
+/// One link's relayed rooms.
+struct LinkRooms {
+    link: RelayLink,
+    state: Weak<AppState>,
+    out: mpsc::Sender<RelayControl>,
+    inner: Mutex<Inner>,
+    hop: Option<metrics::Histogram>,
+    counts: Arc<Counts>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Rooms this node hosts that the other node subscribed to, by name.
+    origin: HashMap<String, OriginRoom>,
+    /// Origin side: relayed track by relay id (the room it is in, and its id here).
+    relayed: HashMap<u32, (String, TrackId)>,
+    next_relay_id: u32,
+    /// Rooms this node serves viewers of, hosted by the other node, by name.
+    edge: HashMap<String, EdgeRoom>,
+    /// Edge side: relayed track by relay id (its room, its id here, its relay ingress).
+    received: HashMap<u32, (String, TrackId, PeerId)>,
+}
+
+/// A room hosted here, relayed to the other node.
+struct OriginRoom {
+    egress: PeerId,
+    /// Its tracks as the other node was told: id here to relay id.
+    tracks: HashMap<TrackId, u32>,
+    /// Stops the room's tasks.
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+/// A room hosted by the other node, served here.
+struct EdgeRoom {
+    room: Weak<Room>,
+    ingress: PeerId,
+}
+
+impl LinkRooms {
+    fn send(&self, message: RelayControl) {
+        if self.out.try_send(message).is_err() {
+            warn!(peer = %self.link.peer(), "relay: the link's control queue is full; closing it");
+            self.link.close("control queue full");
+        }
+    }
+
+    // ---- the edge side ------------------------------------------------------------------
+
+    /// Opens (or finds) the edge room `name`.
+    async fn edge_room(self: &Arc<Self>, name: &str) -> Result<Arc<Room>, Refusal> {
+        let state = self.state.upgrade().ok_or_else(shutting_down)?;
+        if let Some(room) = self
+            .inner
+            .lock()
+            .edge
+            .get(name)
+            .and_then(|e| e.room.upgrade())
+        {
+            return Ok(room);
+        }
+        let room = state.rooms.open(name)?;
+        let (events, event_rx) = mpsc::unbounded_channel();
+        let ingress = state
+            .sfu
+            .add_relay_ingress(room.id, events)
+            .await
+            .map_err(|e| crate::session::internal("start relaying the room", &e))?;
+        let stale = self.inner.lock().edge.insert(
+            name.to_string(),
+            EdgeRoom {
+                room: Arc::downgrade(&room),
+                ingress: ingress.id,
+            },
+        );
+        if let Some(stale) = stale {
+            let _ = state.sfu.remove_relay_ingress(stale.ingress).await;
+        }
+        info!(room = name, host = %self.link.peer(), "serving viewers of a room hosted by another node");
+        self.send(RelayControl::RoomSubscribe {
+            room: name.to_string(),
+        });
+        tokio::spawn(self.clone().edge_requests(ingress.id, ingress.requests));
+        tokio::spawn(self.clone().edge_events(event_rx));
+        tokio::spawn(
+            self.clone()
+                .edge_watch(name.to_string(), Arc::downgrade(&room)),
+        );
+        Ok(room)
+    }
+
+    /// The ingress's requests (keyframes, lost packets) go to the host.
+    async fn edge_requests(
+        self: Arc<Self>,
+        ingress: PeerId,
+        mut requests: mpsc::UnboundedReceiver<RelayRequest>,
+    ) {
+        while let Some(request) = requests.recv().await {
+            let track = match &request {
+                RelayRequest::Keyframe { track, .. } | RelayRequest::Nack { track, .. } => *track,
+            };
+            let Some(relay_id) = self.relay_id_of(ingress, track) else {
+                continue;
+            };
+            self.send(match request {
+                RelayRequest::Keyframe { layer, .. } => {
+                    RelayControl::KeyframeRequest { relay_id, layer }
+                }
+                RelayRequest::Nack { layer, seqs, .. } => RelayControl::Nack {
+                    relay_id,
+                    layer,
+                    seqs,
+                },
+            });
+        }
+    }
+
+    /// The ingress's dynacast says which layers its viewers want: the host sends only those.
+    async fn edge_events(self: Arc<Self>, mut events: mpsc::UnboundedReceiver<PeerEvent>) {
+        while let Some(event) = events.recv().await {
+            if let PeerEvent::LayersWanted {
+                peer,
+                track,
+                active,
+                ..
+            } = event
+                && let Some(relay_id) = self.relay_id_of(peer, track)
+            {
+                let layers = active
+                    .iter()
+                    .take(32)
+                    .enumerate()
+                    .filter(|(_, on)| **on)
+                    .fold(0u32, |bits, (i, _)| bits | 1 << i);
+                self.send(RelayControl::SetLayers { relay_id, layers });
+            }
+        }
+    }
+
+    /// When the edge room ends (its last viewer left), unsubscribes and forgets it.
+    async fn edge_watch(self: Arc<Self>, name: String, room: Weak<Room>) {
+        let mut every = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            every.tick().await;
+            let open = room.upgrade().is_some_and(|r| {
+                self.state
+                    .upgrade()
+                    .and_then(|s| s.rooms.get(&name))
+                    .is_some_and(|now| Arc::ptr_eq(&now, &r))
+            });
+            if open {
+                continue;
+            }
+            let ingress = {
+                let mut inner = self.inner.lock();
+                let mine = inner.edge.get(&name).is_some_and(|e| e.room.ptr_eq(&room));
+                if !mine {
+                    return;
+                }
+                let ingress = inner.edge.remove(&name).map(|e| e.ingress);
+                inner.received.retain(|_, (r, ..)| *r != name);
+                ingress
+            };
+            info!(room = %name, "no viewer of the relayed room left here; unsubscribed");
+            self.send(RelayControl::RoomUnsubscribe { room: name });
+            if let (Some(ingress), Some(state)) = (ingress, self.state.upgrade()) {
+                let _ = state.sfu.remove_relay_ingress(ingress).await;
+            }
+            return;
+        }
+    }
+
+    fn relay_id_of(&self, ingress: PeerId, track: TrackId) -> Option<u32> {
+        self.inner
+            .lock()
+            .received
+            .iter()
+            .find(|(_, (_, t, i))| *t == track && *i == ingress)
+            .map(|(id, _)| *id)
+    }
+
+    /// The host announced a track of an edge room: published here, all its layers asked for
+    /// until the edge's dynacast says otherwise.
+    async fn track_added(&self, room_name: String, relay_id: u32, track: RelayedTrack) {
+        let Some(state) = self.state.upgrade() else {
+            return;
+        };
+        let (ingress, room) = {
+            let inner = self.inner.lock();
+            let Some(edge) = inner.edge.get(&room_name) else {
+                return;
+            };
+            if inner.received.contains_key(&relay_id) {
+                return;
+            }
+            (edge.ingress, edge.room.upgrade())
+        };
+        let Some(room) = room else { return };
+        let kind = match track.kind {
+            TrackKind::Audio => sfu::TrackKind::Audio,
+            TrackKind::Video => sfu::TrackKind::Video,
+        };
+        let codecs = track
+            .codecs
+            .iter()
+            .take(MAX_CODECS)
+            .map(|c| sfu::relay::RelayCodec {
+                pt: c.pt,
+                name: c.name.clone(),
+                clock_rate: c.clock_rate,
+                channels: c.channels,
+                fmtp: c.fmtp.clone(),
+            })
+            .collect();
+        let participant: Arc<str> = Arc::from(track.participant.as_str());
+        let id = match state
+            .sfu
+            .relay_publish(ingress, participant, kind, track.layers.max(1), codecs)
+            .await
+        {
+            Ok(id) => id,
+            Err(e) => {
+                warn!(room = %room_name, error = %e, "relay: cannot publish a relayed track");
+                return;
+            }
+        };
+        self.inner
+            .lock()
+            .received
+            .insert(relay_id, (room_name, id, ingress));
+        let layers = u32::MAX >> (32 - u32::from(track.layers.clamp(1, 32)));
+        self.send(RelayControl::SetLayers { relay_id, layers });
+        let publisher = crate::protocol::ParticipantInfo {
+            id: track.participant.clone(),
+            identity: track.identity,
+            name: track.name,
+        };
+        let info = TrackInfo {
+            id: id.to_string(),
+            participant: track.participant,
+            kind: kind.as_str().to_string(),
+            source: track.source,
+            mid: format!("relay-{relay_id}"),
+            simulcast: track.simulcast,
+            muted: track.muted,
+        };
+        room.publish_remote_track(RoomTrack { id, info }, publisher)
+            .await;
+    }
+
+    /// The host's track ended (or the room is no longer relayed): unpublished here.
+    async fn track_removed(&self, relay_id: u32) {
+        let Some((room_name, id, ingress)) = self.inner.lock().received.remove(&relay_id) else {
+            return;
+        };
+        let Some(state) = self.state.upgrade() else {
+            return;
+        };
+        let _ = state.sfu.relay_unpublish(ingress, id).await;
+        if let Some(room) = state.rooms.get(&room_name) {
+            room.unpublish_track(id).await;
+        }
+    }
+
+    /// Media from the host, batched per ingress into the media core.
+    async fn read_datagrams(self: Arc<Self>) {
+        let Some(state) = self.state.upgrade().map(|s| Arc::downgrade(&s)) else {
+            return;
+        };
+        while let Ok(first) = self.link.read_datagram().await {
+            let mut datagrams = vec![first];
+            while datagrams.len() < DATAGRAM_BATCH {
+                match tokio::time::timeout(Duration::ZERO, self.link.read_datagram()).await {
+                    Ok(Ok(more)) => datagrams.push(more),
+                    _ => break,
+                }
+            }
+            let mut batches: HashMap<PeerId, Vec<(TrackId, Vec<u8>)>> = HashMap::new();
+            let now_us = unix_micros();
+            {
+                let inner = self.inner.lock();
+                for datagram in &datagrams {
+                    let Ok(media) = MediaDatagram::decode(datagram) else {
+                        self.counts
+                            .datagrams_refused
+                            .fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    };
+                    let Some((_, track, ingress)) = inner.received.get(&media.relay_id) else {
+                        self.counts
+                            .datagrams_refused
+                            .fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    };
+                    if let Some(hop) = &self.hop
+                        && !media.repair
+                        && now_us >= media.sent_at_us
+                    {
+                        hop.record((now_us - media.sent_at_us) as f64 / 1e6);
+                    }
+                    batches
+                        .entry(*ingress)
+                        .or_default()
+                        .push((*track, media.rtp.to_vec()));
+                }
+            }
+            let Some(state) = state.upgrade() else { return };
+            for (ingress, packets) in batches {
+                let _ = state.sfu.relay_packets(ingress, packets).await;
+            }
+        }
+    }
+
+    // ---- the origin side ----------------------------------------------------------------
+
+    /// The other node serves viewers of `name`: relays it if this node hosts it.
+    async fn room_subscribe(self: &Arc<Self>, name: String) {
+        let Some(state) = self.state.upgrade() else {
+            return;
+        };
+        if self.inner.lock().origin.contains_key(&name) {
+            return;
+        }
+        let refuse = |reason: &str| RelayControl::RoomRefused {
+            room: name.clone(),
+            reason: reason.to_string(),
+        };
+        if self.inner.lock().origin.len() >= MAX_ROOMS_PER_LINK {
+            self.send(refuse("too many rooms relayed on this link"));
+            return;
+        }
+        let Some(room) = state.rooms.get(&name) else {
+            self.send(refuse("no such room on this node"));
+            return;
+        };
+        let egress = match state.sfu.add_relay_egress(room.id, EGRESS_QUEUE).await {
+            Ok(egress) => egress,
+            Err(e) => {
+                self.send(refuse(&format!("cannot relay it: {e}")));
+                return;
+            }
+        };
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        self.inner.lock().origin.insert(
+            name.clone(),
+            OriginRoom {
+                egress: egress.id,
+                tracks: HashMap::new(),
+                stop,
+            },
+        );
+        info!(room = %name, node = %self.link.peer(), "relaying a room to another node's viewers");
+        tokio::spawn(
+            self.clone()
+                .origin_packets(name.clone(), egress.packets, stopped.clone()),
+        );
+        tokio::spawn(
+            self.clone()
+                .origin_tracks(name, Arc::downgrade(&room), stopped),
+        );
+    }
+
+    /// The other node has no viewer of `name` any more.
+    async fn room_unsubscribe(&self, name: &str) {
+        let Some(origin) = self.inner.lock().origin.remove(name) else {
+            return;
+        };
+        let _ = origin.stop.send(true);
+        self.inner.lock().relayed.retain(|_, (r, _)| r != name);
+        if let Some(state) = self.state.upgrade() {
+            let _ = state.sfu.remove_relay_egress(origin.egress).await;
+        }
+    }
+
+    /// The egress's packets, as datagrams on the link.
+    async fn origin_packets(
+        self: Arc<Self>,
+        name: String,
+        mut packets: mpsc::Receiver<sfu::relay::RelayPacket>,
+        mut stopped: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut relay_ids: HashMap<TrackId, u32> = HashMap::new();
+        let mut buffer = Vec::new();
+        loop {
+            let packet = tokio::select! {
+                p = packets.recv() => p,
+                _ = stopped.changed() => None,
+            };
+            let Some(packet) = packet else { return };
+            let relay_id = match relay_ids.get(&packet.track) {
+                Some(id) => *id,
+                None => {
+                    let inner = self.inner.lock();
+                    let Some(id) = inner
+                        .origin
+                        .get(&name)
+                        .and_then(|o| o.tracks.get(&packet.track))
+                    else {
+                        continue;
+                    };
+                    relay_ids.insert(packet.track, *id);
+                    *id
+                }
+            };
+            let datagram = MediaDatagram {
+                relay_id,
+                layer: packet.layer,
+                keyframe: packet.keyframe,
+                repair: packet.repair,
+                sent_at_us: unix_micros(),
+                rtp: &packet.rtp,
+            };
+            datagram.encode_into(&mut buffer);
+            if self
+                .link
+                .send_datagram(bytes::Bytes::copy_from_slice(&buffer))
+                .is_err()
+            {
+                self.counts
+                    .datagrams_dropped
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Tells the other node about the room's tracks as they come and go.
+    async fn origin_tracks(
+        self: Arc<Self>,
+        name: String,
+        room: Weak<Room>,
+        mut stopped: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut every = tokio::time::interval(TRACK_POLL);
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                _ = stopped.changed() => return,
+            }
+            let (Some(room), Some(state)) = (room.upgrade(), self.state.upgrade()) else {
+                self.room_gone(&name).await;
+                return;
+            };
+            if !state
+                .rooms
+                .get(&name)
+                .is_some_and(|r| Arc::ptr_eq(&r, &room))
+            {
+                self.room_gone(&name).await;
+                return;
+            }
+            let snapshot = room.snapshot().await;
+            let tracks = snapshot.tracks;
+            let known: HashMap<TrackId, u32> = match self.inner.lock().origin.get(&name) {
+                Some(o) => o.tracks.clone(),
+                None => return,
+            };
+            for track in tracks.iter().filter(|t| !known.contains_key(&t.id)) {
+                // Only the room's own participants' tracks (not tracks relayed into it).
+                let Some(publisher) = snapshot
+                    .members
+                    .iter()
+                    .find(|m| m.info.id == track.info.participant)
+                    .map(|m| m.info.clone())
+                else {
+                    continue;
+                };
+                let Ok(codecs) = state.sfu.track_codecs(track.id).await else {
+                    continue;
+                };
+                let layers = u8::try_from(track.info.simulcast.len().clamp(1, 8)).unwrap_or(1);
+                let relay_id = {
+                    let mut inner = self.inner.lock();
+                    inner.next_relay_id = inner.next_relay_id.wrapping_add(1);
+                    let id = inner.next_relay_id;
+                    let Some(origin) = inner.origin.get_mut(&name) else {
+                        return;
+                    };
+                    origin.tracks.insert(track.id, id);
+                    inner.relayed.insert(id, (name.clone(), track.id));
+                    id
+                };
+                let kind = if track.info.kind == "audio" {
+                    TrackKind::Audio
+                } else {
+                    TrackKind::Video
+                };
+                self.send(RelayControl::TrackAdded {
+                    room: name.clone(),
+                    relay_id,
+                    track: RelayedTrack {
+                        participant: track.info.participant.clone(),
+                        identity: publisher.identity,
+                        name: publisher.name,
+                        kind,
+                        source: track.info.source.clone(),
+                        simulcast: track.info.simulcast.iter().take(8).cloned().collect(),
+                        layers,
+                        muted: track.info.muted,
+                        codecs: codecs
+                            .into_iter()
+                            .take(MAX_CODECS)
+                            .map(|c| WireCodec {
+                                pt: c.pt,
+                                name: c.name,
+                                clock_rate: c.clock_rate,
+                                channels: c.channels,
+                                fmtp: c.fmtp,
+                            })
+                            .collect(),
+                    },
+                });
+            }
+            let gone: Vec<(TrackId, u32)> = known
+                .into_iter()
+                .filter(|(id, _)| !tracks.iter().any(|t| t.id == *id))
+                .collect();
+            for (id, relay_id) in gone {
+                {
+                    let mut inner = self.inner.lock();
+                    if let Some(origin) = inner.origin.get_mut(&name) {
+                        origin.tracks.remove(&id);
+                    }
+                    inner.relayed.remove(&relay_id);
+                }
+                self.send(RelayControl::TrackRemoved { relay_id });
+            }
+        }
+    }
+
+    /// A relayed room closed here: the other node hears that its tracks ended.
+    async fn room_gone(&self, name: &str) {
+        let ids: Vec<u32> = self
+            .inner
+            .lock()
+            .origin
+            .get(name)
+            .map(|o| o.tracks.values().copied().collect())
+            .unwrap_or_default();
+        for relay_id in ids {
+            self.send(RelayControl::TrackRemoved { relay_id });
+        }
+        self.send(RelayControl::RoomRefused {
+            room: name.to_string(),
+            reason: "the room closed".into(),
+        });
+        self.room_unsubscribe(name).await;
+    }
+
+    /// What the other node asks of a track relayed from here.
+    async fn on_track_request(&self, message: RelayControl) {
+        let relay_id = match &message {
+            RelayControl::SetLayers { relay_id, .. }
+            | RelayControl::KeyframeRequest { relay_id, .. }
+            | RelayControl::Nack { relay_id, .. } => *relay_id,
+            _ => return,
+        };
+        let found = {
+            let inner = self.inner.lock();
+            inner
+                .relayed
+                .get(&relay_id)
+                .and_then(|(room, track)| inner.origin.get(room).map(|o| (o.egress, *track)))
+        };
+        let (Some((egress, track)), Some(state)) = (found, self.state.upgrade()) else {
+            return;
+        };
+        let result = match message {
+            RelayControl::SetLayers { layers, .. } => {
+                state.sfu.relay_layers(egress, track, layers).await
+            }
+            RelayControl::KeyframeRequest { layer, .. } => {
+                state.sfu.relay_keyframe(egress, track, layer).await
+            }
+            RelayControl::Nack { layer, seqs, .. } => {
+                state.sfu.relay_nack(egress, track, layer, seqs).await
+            }
+            _ => Ok(()),
+        };
+        if let Err(e) = result {
+            debug!(relay_id, error = %e, "relay: request for a track that is gone");
+        }
+    }
+
+    // ---- both ---------------------------------------------------------------------------
+
+    /// Reads the other node's control stream and acts on each message; a malformed one ends
+    /// the link.
+    async fn read_control(self: Arc<Self>) {
+        let Ok(mut stream) = self.link.accept_uni().await else {
+            return;
+        };
+        let mut decoder = ControlDecoder::default();
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let read = match stream.read(&mut buf).await {
+                Ok(Some(n)) => n,
+                _ => return,
+            };
+            let Some(bytes) = buf.get(..read) else { return };
+            if let Err(e) = decoder.push(bytes) {
+                self.malformed(&e);
+                return;
+            }
+            loop {
+                match decoder.next_message() {
+                    Ok(Some(message)) => self.on_message(message).await,
+                    Ok(None) => break,
+                    Err(e) => {
+                        self.malformed(&e);
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    fn malformed(&self, error: &super::wire::WireError) {
+        self.counts.control_refused.fetch_add(1, Ordering::Relaxed);
+        warn!(peer = %self.link.peer(), %error, "relay: malformed control message; closing the link");
+        self.link.close("malformed control message");
+    }
+
+    async fn on_message(self: &Arc<Self>, message: RelayControl) {
+        match message {
+            RelayControl::RoomSubscribe { room } => self.room_subscribe(room).await,
+            RelayControl::RoomUnsubscribe { room } => self.room_unsubscribe(&room).await,
+            RelayControl::RoomRefused { room, reason } => {
+                warn!(room = %room, %reason, "relay: the host refused (or stopped) relaying a room");
+                let ids: Vec<u32> = self
+                    .inner
+                    .lock()
+                    .received
+                    .iter()
+                    .filter(|(_, (r, ..))| *r == room)
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in ids {
+                    self.track_removed(id).await;
+                }
+            }
+            RelayControl::TrackAdded {
+                room,
+                relay_id,
+                track,
+            } => self.track_added(room, relay_id, track).await,
+            RelayControl::TrackRemoved { relay_id } => self.track_removed(relay_id).await,
+            RelayControl::Muted { .. } => {}
+            request @ (RelayControl::SetLayers { .. }
+            | RelayControl::KeyframeRequest { .. }
+            | RelayControl::Nack { .. }) => self.on_track_request(request).await,
+        }
+    }
+
+    /// The link closed: relayed rooms stop both ways; edge rooms lose their tracks (their
+    /// viewers stay and get them again if a new link comes up and they rejoin).
+    async fn close(&self, why: &str) {
+        info!(peer = %self.link.peer(), reason = why, "relay: rooms over the link stop");
+        let origin: Vec<String> = self.inner.lock().origin.keys().cloned().collect();
+        for name in origin {
+            self.room_unsubscribe(&name).await;
+        }
+        let received: Vec<u32> = self.inner.lock().received.keys().copied().collect();
+        for id in received {
+            self.track_removed(id).await;
+        }
+        let edges: Vec<PeerId> = self
+            .inner
+            .lock()
+            .edge
+            .drain()
+            .map(|(_, e)| e.ingress)
+            .collect();
+        if let Some(state) = self.state.upgrade() {
+            for ingress in edges {
+                let _ = state.sfu.remove_relay_ingress(ingress).await;
+            }
+        }
+    }
+}
+
+/// Writes this node's control messages on a stream of their own.
+async fn write_control(link: RelayLink, mut queue: mpsc::Receiver<RelayControl>) {
+    let Ok(mut stream) = link.open_uni().await else {
+        return;
+    };
+    while let Some(message) = queue.recv().await {
+        let frame = match message.encode() {
+            Ok(frame) => frame,
+            Err(e) => {
+                warn!(error = %e, "relay: a control message past the bounds was not sent");
+                continue;
+            }
+        };
+        if stream.write_all(&frame).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn unix_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+fn shutting_down() -> Refusal {
+    Refusal::new(ErrorCode::Draining, "the server is shutting down")
+}
