@@ -39,7 +39,8 @@ use crate::room::{MutedBy, Room, RoomError, RoomSettings, RoomSnapshot};
     ),
     components(schemas(
         CreateRoom, RoomBody, RoomList, ParticipantBody, ParticipantList, TrackBody, TrackList,
-        MuteBody, SubscriptionBody, ErrorBody, NodeList, NodeInfo, NodeLoad
+        MuteBody, SubscriptionBody, ErrorBody, NodeList, NodeInfo, NodeLoad,
+        crate::cluster::relay_rooms::RelayedRoom, crate::cluster::relay_rooms::RelayedTrackState
     )),
     modifiers(&BearerAuth),
     security(("bearer" = []))
@@ -528,6 +529,8 @@ pub struct NodeList {
     nodes: Vec<NodeInfo>,
     /// Nodes this one has an authenticated media relay link with, by id.
     linked: Vec<String>,
+    /// Rooms relayed over those links, both ways.
+    relayed: Vec<crate::cluster::relay_rooms::RelayedRoom>,
 }
 
 /// List the cluster's live nodes, with their URLs and load.
@@ -549,6 +552,7 @@ async fn list_nodes(
             this_node: cluster.id(),
             nodes: cluster.nodes(),
             linked: cluster.linked(),
+            relayed: cluster.relayed().summary(),
         },
         None => NodeList {
             cluster: false,
@@ -556,6 +560,7 @@ async fn list_nodes(
             this_node: "local".to_string(),
             nodes: Vec::new(),
             linked: Vec::new(),
+            relayed: Vec::new(),
         },
     }))
 }

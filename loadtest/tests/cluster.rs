@@ -640,3 +640,157 @@ async fn a_viewer_at_another_node_is_served_there_with_the_hosts_media_relayed_i
     let _ = a.kill();
     let _ = b.kill();
 }
+
+/// The video track a viewer was told of (in `joined` or `track_published`).
+fn video_track_seen(state: &loadtest::bot::BotState) -> Option<String> {
+    state.messages.iter().find_map(|m| match m {
+        ServerMessage::Joined { tracks, .. } => tracks
+            .iter()
+            .find(|t| t.kind == "video")
+            .map(|t| t.id.clone()),
+        ServerMessage::TrackPublished { track } if track.kind == "video" => Some(track.id.clone()),
+        _ => None,
+    })
+}
+
+/// What `addr` relays to `node` now: per track kind, the layers crossing.
+async fn relayed_to(addr: &str, node: &str) -> Vec<(String, Vec<u64>)> {
+    let mut out: Vec<(String, Vec<u64>)> = nodes(addr).await["relayed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["node"] == node && r["direction"] == "out")
+        .flat_map(|r| r["tracks"].as_array().unwrap().clone())
+        .map(|t| {
+            let layers = t["layers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| l.as_u64().unwrap())
+                .collect();
+            (t["kind"].as_str().unwrap().to_string(), layers)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_a_track_crosses_once_per_node_and_layer_and_viewers_move_when_a_node_dies() {
+    let redis = RedisServer::start().await;
+    // Layers follow the viewers' requests only (bots on loopback read jitter as congestion).
+    let args = [
+        "--relay-addr",
+        "127.0.0.1:0",
+        "--cluster-secret",
+        "the secret of this cluster",
+        "--congestion-control",
+        "false",
+    ];
+    let (mut a, a_addr) = node(&redis, "a", 3, &args);
+    let (mut b, b_addr) = node(&redis, "b", 3, &args);
+    let (mut c, c_addr) = node(&redis, "c", 3, &args);
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline
+        && nodes(&a_addr).await["linked"] != serde_json::json!(["b", "c"])
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        nodes(&a_addr).await["linked"],
+        serde_json::json!(["b", "c"])
+    );
+    let rtc = |addr: &str| format!("ws://{addr}/rtc");
+
+    let mut publisher = BotConfig::new(&rtc(&a_addr), token("show", "pub"), true, 1);
+    publisher.simulcast = true;
+    publisher.packets_per_frame = 4;
+    let publisher = Bot::spawn(publisher);
+    assert!(publisher.wait_for(WAIT, |s| s.participant.is_some()).await);
+    let viewers: Vec<Bot> = [(&b_addr, 2), (&b_addr, 3), (&c_addr, 4)]
+        .into_iter()
+        .map(|(addr, tag)| {
+            Bot::spawn(BotConfig::new(
+                &rtc(addr),
+                viewer_token("show", &format!("viewer-{tag}")),
+                false,
+                tag,
+            ))
+        })
+        .collect();
+    for v in &viewers {
+        assert!(
+            v.wait_for(WAIT, |s| s.packets_from(1, PayloadKind::Vp8) >= 100
+                && s.packets_from(1, PayloadKind::Opus) >= 50)
+                .await,
+            "every viewer gets the publisher's media: {:?}",
+            v.state().error()
+        );
+        assert_eq!(v.state().bad_payloads, 0, "byte for byte");
+        assert_eq!(v.state().joined_via, None, "served where it connected");
+    }
+    // The viewer at c asks for the lowest layer: only that layer crosses to c. b's two viewers
+    // (auto: the top layer) take one stream of it, not one each, and the lowest layer, which
+    // dynacast never pauses (cheap, and what a new viewer starts on, as at a publisher).
+    let track = video_track_seen(&viewers[2].state()).expect("the viewer at c knows the video");
+    let low = serde_json::json!({"type": "set_quality", "track": track, "quality": "low"});
+    viewers[2].signal(serde_json::from_value(low).unwrap());
+    let want_c = vec![
+        ("audio".to_string(), vec![0]),
+        ("video".to_string(), vec![0]),
+    ];
+    let want_b = vec![
+        ("audio".to_string(), vec![0]),
+        ("video".to_string(), vec![0, 2]),
+    ];
+    let deadline = Instant::now() + 2 * WAIT;
+    while Instant::now() < deadline
+        && !(relayed_to(&a_addr, "c").await == want_c && relayed_to(&a_addr, "b").await == want_b)
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        relayed_to(&a_addr, "c").await,
+        want_c,
+        "only the low layer crosses to c"
+    );
+    assert_eq!(
+        relayed_to(&a_addr, "b").await,
+        want_b,
+        "one stream to b for its two viewers"
+    );
+    let before = viewers[2].state().packets_from(1, PayloadKind::Vp8);
+    assert!(
+        viewers[2]
+            .wait_for(WAIT, |s| s.packets_from(1, PayloadKind::Vp8) >= before + 50)
+            .await,
+        "the viewer at c keeps playing on the low layer"
+    );
+
+    // b dies: a viewer that was there, joining again at c (as clients do from the
+    // alternates they were given), plays within 5 s.
+    kill(&mut b, "-KILL");
+    let _ = b.wait();
+    let killed = Instant::now();
+    let moved = Bot::spawn(BotConfig::new(
+        &rtc(&c_addr),
+        viewer_token("show", "viewer-2"),
+        false,
+        5,
+    ));
+    assert!(
+        moved
+            .wait_for(WAIT, |s| s.packets_from(1, PayloadKind::Vp8) >= 30)
+            .await,
+        "the viewer moved to c plays: {:?}",
+        moved.state().error()
+    );
+    let took = killed.elapsed();
+    assert!(took < Duration::from_secs(5), "back within 5 s: {took:?}");
+    assert_eq!(moved.state().bad_payloads, 0);
+    for v in viewers.iter().chain([&moved, &publisher]) {
+        v.leave();
+    }
+    let _ = a.kill();
+    let _ = c.kill();
+}

@@ -139,6 +139,65 @@ impl RelayRooms {
         link.edge_room(name).await
     }
 
+    /// What is relayed now: per link, the rooms hosted here sent to the other node (with the
+    /// layers it asked for of each track) and the rooms received from it.
+    pub fn summary(&self) -> Vec<RelayedRoom> {
+        let links: Vec<Arc<LinkRooms>> = self.links.lock().values().cloned().collect();
+        let mut rooms = Vec::new();
+        for link in links {
+            let node = link.link.peer().to_string();
+            let inner = link.inner.lock();
+            for (name, origin) in &inner.origin {
+                let mut tracks: Vec<RelayedTrackState> = origin
+                    .tracks
+                    .iter()
+                    .map(|(id, relay_id)| {
+                        let (kind, bits) = origin
+                            .layers
+                            .get(relay_id)
+                            .copied()
+                            .unwrap_or((TrackKind::Video, 0));
+                        RelayedTrackState {
+                            track: id.to_string(),
+                            kind: kind_name(kind).to_string(),
+                            layers: (0..32u8).filter(|l| bits & 1 << l != 0).collect(),
+                        }
+                    })
+                    .collect();
+                tracks.sort_by(|a, b| a.track.cmp(&b.track));
+                rooms.push(RelayedRoom {
+                    node: node.clone(),
+                    direction: "out".into(),
+                    room: name.clone(),
+                    tracks,
+                });
+            }
+            for name in inner.edge.keys() {
+                let mut tracks: Vec<RelayedTrackState> = inner
+                    .received
+                    .values()
+                    .filter(|(r, ..)| r == name)
+                    .map(|(_, id, _)| RelayedTrackState {
+                        track: id.to_string(),
+                        kind: String::new(),
+                        layers: Vec::new(),
+                    })
+                    .collect();
+                tracks.sort_by(|a, b| a.track.cmp(&b.track));
+                rooms.push(RelayedRoom {
+                    node: node.clone(),
+                    direction: "in".into(),
+                    room: name.clone(),
+                    tracks,
+                });
+            }
+        }
+        rooms.sort_by(|a, b| {
+            (&a.node, &a.direction, &a.room).cmp(&(&b.node, &b.direction, &b.room))
+        });
+        rooms
+    }
+
     /// Whether this node has a relay link to `node`.
     pub fn linked_to(&self, node: &str) -> bool {
         self.links.lock().contains_key(node)
@@ -150,6 +209,38 @@ impl RelayRooms {
             .lock()
             .values()
             .any(|l| l.inner.lock().edge.contains_key(name))
+    }
+}
+
+/// A room relayed over a link, as `GET /api/nodes` lists it.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct RelayedRoom {
+    /// The node at the other end of the link.
+    pub node: String,
+    /// `out`: hosted here, sent to that node's viewers; `in`: hosted there, received for
+    /// viewers here.
+    pub direction: String,
+    /// The room's name.
+    pub room: String,
+    /// Its tracks relayed: their ids on this node.
+    pub tracks: Vec<RelayedTrackState>,
+}
+
+/// A track relayed over a link.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct RelayedTrackState {
+    /// Its id on this node.
+    pub track: String,
+    /// `audio` or `video` (for tracks sent; empty for tracks received).
+    pub kind: String,
+    /// The layers crossing (for tracks sent: what the other node asked for last).
+    pub layers: Vec<u8>,
+}
+
+fn kind_name(kind: TrackKind) -> &'static str {
+    match kind {
+        TrackKind::Audio => "audio",
+        TrackKind::Video => "video",
     }
 }
 
@@ -181,6 +272,8 @@ struct OriginRoom {
     egress: PeerId,
     /// Its tracks as the other node was told: id here to relay id.
     tracks: HashMap<TrackId, u32>,
+    /// The layers the other node asked for last, per relay id (bit per layer), and the kind.
+    layers: HashMap<u32, (TrackKind, u32)>,
     /// Stops the room's tasks.
     stop: tokio::sync::watch::Sender<bool>,
 }
@@ -500,6 +593,7 @@ impl LinkRooms {
             OriginRoom {
                 egress: egress.id,
                 tracks: HashMap::new(),
+                layers: HashMap::new(),
                 stop,
             },
         );
@@ -622,6 +716,11 @@ impl LinkRooms {
                     continue;
                 };
                 let layers = u8::try_from(track.info.simulcast.len().clamp(1, 8)).unwrap_or(1);
+                let kind = if track.info.kind == "audio" {
+                    TrackKind::Audio
+                } else {
+                    TrackKind::Video
+                };
                 let relay_id = {
                     let mut inner = self.inner.lock();
                     inner.next_relay_id = inner.next_relay_id.wrapping_add(1);
@@ -630,13 +729,9 @@ impl LinkRooms {
                         return;
                     };
                     origin.tracks.insert(track.id, id);
+                    origin.layers.insert(id, (kind, 0));
                     inner.relayed.insert(id, (name.clone(), track.id));
                     id
-                };
-                let kind = if track.info.kind == "audio" {
-                    TrackKind::Audio
-                } else {
-                    TrackKind::Video
                 };
                 self.send(RelayControl::TrackAdded {
                     room: name.clone(),
@@ -673,6 +768,7 @@ impl LinkRooms {
                     let mut inner = self.inner.lock();
                     if let Some(origin) = inner.origin.get_mut(&name) {
                         origin.tracks.remove(&id);
+                        origin.layers.remove(&relay_id);
                     }
                     inner.relayed.remove(&relay_id);
                 }
@@ -720,7 +816,18 @@ impl LinkRooms {
         };
         let result = match message {
             RelayControl::SetLayers { layers, .. } => {
-                state.sfu.relay_layers(egress, track, layers).await
+                let result = state.sfu.relay_layers(egress, track, layers).await;
+                if result.is_ok() {
+                    let mut inner = self.inner.lock();
+                    let room = inner.relayed.get(&relay_id).map(|(r, _)| r.clone());
+                    if let Some(entry) = room
+                        .and_then(|r| inner.origin.get_mut(&r))
+                        .and_then(|o| o.layers.get_mut(&relay_id))
+                    {
+                        entry.1 = layers;
+                    }
+                }
+                result
             }
             RelayControl::KeyframeRequest { layer, .. } => {
                 state.sfu.relay_keyframe(egress, track, layer).await
