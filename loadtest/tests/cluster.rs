@@ -585,7 +585,9 @@ async fn a_viewer_at_another_node_is_served_there_with_the_hosts_media_relayed_i
     let b_rtc = format!("ws://{b_addr}/rtc");
 
     let publisher = Bot::spawn(BotConfig::new(&a_rtc, token("show", "pub"), true, 1));
+    publisher.set_audio_level(-20);
     assert!(publisher.wait_for(WAIT, |s| s.participant.is_some()).await);
+    let publisher_id = publisher.state().participant.unwrap();
     // A viewer that may not publish, at b: served there (no redirect), with a's media.
     let viewer = Bot::spawn(BotConfig::new(
         &b_rtc,
@@ -614,6 +616,51 @@ async fn a_viewer_at_another_node_is_served_there_with_the_hosts_media_relayed_i
         counter(&b_addr, "sfu_relay_hop_seconds_count").await >= 100.0,
         "b measures the hop"
     );
+    // The host's participants are shown at b, its active speakers and data messages cross.
+    assert!(
+        viewer
+            .wait_for(WAIT, |s| s.saw(|m| match m {
+                ServerMessage::Joined { participants, .. } => {
+                    participants.iter().any(|p| p.id == publisher_id)
+                }
+                ServerMessage::ParticipantJoined { participant } => participant.id == publisher_id,
+                _ => false,
+            }))
+            .await,
+        "the viewer at b is shown the publisher at a"
+    );
+    let speaking = |s: &loadtest::bot::BotState| {
+        s.messages.iter().rev().find_map(|m| match m {
+            ServerMessage::ActiveSpeakers { speakers } => Some(
+                speakers
+                    .iter()
+                    .map(|s| s.participant.clone())
+                    .collect::<Vec<_>>(),
+            ),
+            _ => None,
+        })
+    };
+    assert!(
+        viewer
+            .wait_for(WAIT, |s| speaking(s) == Some(vec![publisher_id.clone()]))
+            .await,
+        "the publisher at a is an active speaker at b: {:?}",
+        speaking(&viewer.state())
+    );
+    assert!(publisher.wait_for(WAIT, |s| s.data_open).await);
+    publisher.send_data("hello across nodes");
+    assert!(
+        viewer
+            .wait_for(WAIT, |s| s
+                .data
+                .iter()
+                .any(|d| d.contains("hello across nodes")))
+            .await,
+        "a data message crosses to b"
+    );
+    let message = viewer.with_state(|s| s.data.iter().find(|d| d.contains("across")).cloned());
+    let envelope: Value = serde_json::from_str(&message.unwrap_or_default()).unwrap();
+    assert_eq!(envelope["from"], publisher_id.as_str(), "with its sender");
     // The room is hosted by a: b's copy is not claimed (a publisher at b is sent to a).
     let publisher_at_b = Bot::spawn(BotConfig::new(&b_rtc, token("show", "pub2"), true, 3));
     assert!(

@@ -117,7 +117,7 @@ pub(crate) enum Command {
         id: PeerId,
         room: crate::ids::RoomId,
         packets: tokio::sync::mpsc::Sender<crate::relay::RelayPacket>,
-        events: tokio::sync::mpsc::UnboundedSender<crate::relay::RelayEvent>,
+        events: tokio::sync::mpsc::Sender<crate::relay::RelayEvent>,
         reply: Reply<()>,
     },
     /// Set which layers of a track a relay egress carries (none: stop relaying it).
@@ -147,7 +147,7 @@ pub(crate) enum Command {
         id: PeerId,
         spec: PeerSpec,
         events: EventSink,
-        requests: tokio::sync::mpsc::UnboundedSender<crate::relay::RelayRequest>,
+        requests: tokio::sync::mpsc::Sender<crate::relay::RelayRequest>,
         reply: Reply<()>,
     },
     /// Publish a relayed track through a relay ingress; replies with its id here.
@@ -165,6 +165,13 @@ pub(crate) enum Command {
     RelayPackets {
         id: PeerId,
         packets: Vec<(TrackId, Vec<u8>)>,
+    },
+    /// A data message from another node (wrapped with its sender's identity) for the members
+    /// of relay endpoint `id`'s room (not back to the relay itself).
+    RelayData {
+        id: PeerId,
+        binary: bool,
+        bytes: Vec<u8>,
     },
     /// Remove a relay ingress: its tracks are unpublished.
     RemoveRelayIngress { id: PeerId, reply: Reply<()> },

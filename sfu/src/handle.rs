@@ -591,7 +591,7 @@ impl Sfu {
     ) -> Result<RelayEgressHandle, SfuError> {
         let (id, worker) = self.place_in(room)?;
         let (packets, packet_rx) = mpsc::channel(capacity.max(1));
-        let (events, event_rx) = mpsc::unbounded_channel();
+        let (events, event_rx) = mpsc::channel(crate::relay::RELAY_EVENT_QUEUE);
         self.request(worker, |reply| Command::AddRelayEgress {
             id,
             room,
@@ -682,7 +682,7 @@ impl Sfu {
         events: EventSink,
     ) -> Result<RelayIngressHandle, SfuError> {
         let (id, worker) = self.place_in(room)?;
-        let (requests, requests_rx) = mpsc::unbounded_channel();
+        let (requests, requests_rx) = mpsc::channel(crate::relay::RELAY_EVENT_QUEUE);
         let name: std::sync::Arc<str> = std::sync::Arc::from(format!("relay-{id}"));
         let spec = PeerSpec {
             room,
@@ -747,6 +747,21 @@ impl Sfu {
         let worker = self.worker_of(id)?;
         self.commands(worker)?
             .send(Command::RelayPackets { id, packets })
+            .await
+            .map_err(|_| SfuError::Shutdown)
+    }
+
+    /// Delivers a data message that came from another node (wrapped with its sender's
+    /// identity) to the members of relay endpoint `id`'s room (egress or ingress).
+    pub async fn relay_data(
+        &self,
+        id: PeerId,
+        binary: bool,
+        bytes: Vec<u8>,
+    ) -> Result<(), SfuError> {
+        let worker = self.worker_of(id)?;
+        self.commands(worker)?
+            .send(Command::RelayData { id, binary, bytes })
             .await
             .map_err(|_| SfuError::Shutdown)
     }
@@ -836,8 +851,9 @@ pub struct RelayEgressHandle {
     pub id: PeerId,
     /// Packets for the relay link, in the order forwarded.
     pub packets: mpsc::Receiver<crate::relay::RelayPacket>,
-    /// Tracks that ended.
-    pub events: mpsc::UnboundedReceiver<crate::relay::RelayEvent>,
+    /// Tracks that ended, and the room's data messages for the other node (at most
+    /// [`crate::relay::RELAY_EVENT_QUEUE`] waiting: more are dropped and counted).
+    pub events: mpsc::Receiver<crate::relay::RelayEvent>,
 }
 
 /// A relay ingress: its id and its viewers' keyframe requests for the origin.
@@ -847,7 +863,7 @@ pub struct RelayIngressHandle {
     pub id: PeerId,
     /// What to ask the origin for: keyframes (coalesced and throttled per layer) and
     /// packets lost on the link.
-    pub requests: mpsc::UnboundedReceiver<crate::relay::RelayRequest>,
+    pub requests: mpsc::Receiver<crate::relay::RelayRequest>,
 }
 
 /// Whether a candidate line names its address with an mDNS `.local` host name.

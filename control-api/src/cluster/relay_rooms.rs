@@ -12,8 +12,9 @@
 //! viewers' keyframe requests and the gaps it sees on the link go back as `keyframe_request`
 //! and `nack`. When its last viewer leaves, the edge room ends and the edge unsubscribes.
 //!
-//! Not yet relayed (the host's members and the edge's viewers do not see each other): the
-//! participant list, data messages, active speakers; publishers are still sent to the host.
+//! Data messages cross both ways (each relay endpoint is one of its room's data receivers);
+//! the edge's active speakers come from the relayed audio's levels. Not yet relayed: the
+//! edge's viewers are not shown to the host's members; publishers are still sent to the host.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -327,7 +328,10 @@ impl LinkRooms {
         self.send(RelayControl::RoomSubscribe {
             room: name.to_string(),
         });
-        tokio::spawn(self.clone().edge_requests(ingress.id, ingress.requests));
+        tokio::spawn(
+            self.clone()
+                .edge_requests(name.to_string(), ingress.id, ingress.requests),
+        );
         tokio::spawn(self.clone().edge_events(event_rx));
         tokio::spawn(
             self.clone()
@@ -336,15 +340,23 @@ impl LinkRooms {
         Ok(room)
     }
 
-    /// The ingress's requests (keyframes, lost packets) go to the host.
+    /// The ingress's requests (keyframes, lost packets) and its room's data messages go to the
+    /// host.
     async fn edge_requests(
         self: Arc<Self>,
+        room: String,
         ingress: PeerId,
-        mut requests: mpsc::UnboundedReceiver<RelayRequest>,
+        mut requests: mpsc::Receiver<RelayRequest>,
     ) {
         while let Some(request) = requests.recv().await {
             let track = match &request {
                 RelayRequest::Keyframe { track, .. } | RelayRequest::Nack { track, .. } => *track,
+                RelayRequest::Data { binary, bytes } => {
+                    if let Some(message) = data_message(&room, *binary, bytes) {
+                        self.send(message);
+                    }
+                    continue;
+                }
             };
             let Some(relay_id) = self.relay_id_of(ingress, track) else {
                 continue;
@@ -358,6 +370,7 @@ impl LinkRooms {
                     layer,
                     seqs,
                 },
+                RelayRequest::Data { .. } => continue,
             });
         }
     }
@@ -365,6 +378,10 @@ impl LinkRooms {
     /// The ingress's dynacast says which layers its viewers want: the host sends only those.
     async fn edge_events(self: Arc<Self>, mut events: mpsc::UnboundedReceiver<PeerEvent>) {
         while let Some(event) = events.recv().await {
+            if let PeerEvent::AudioLevel { peer, track, level } = event {
+                self.edge_audio_level(peer, track, level).await;
+                continue;
+            }
             if let PeerEvent::LayersWanted {
                 peer,
                 track,
@@ -381,6 +398,32 @@ impl LinkRooms {
                     .fold(0u32, |bits, (i, _)| bits | 1 << i);
                 self.send(RelayControl::SetLayers { relay_id, layers });
             }
+        }
+    }
+
+    /// A relayed audio track's level: its publisher speaks (or stops) in the edge room.
+    async fn edge_audio_level(&self, ingress: PeerId, track: TrackId, level: f32) {
+        let room_name = self
+            .inner
+            .lock()
+            .received
+            .values()
+            .find(|(_, t, i)| *t == track && *i == ingress)
+            .map(|(room, ..)| room.clone());
+        let (Some(room_name), Some(state)) = (room_name, self.state.upgrade()) else {
+            return;
+        };
+        let Some(room) = state.rooms.get(&room_name) else {
+            return;
+        };
+        let participant = room
+            .tracks()
+            .await
+            .into_iter()
+            .find(|t| t.id == track)
+            .map(|t| t.info.participant);
+        if let Some(participant) = participant {
+            room.audio_level(&participant, level).await;
         }
     }
 
@@ -604,6 +647,10 @@ impl LinkRooms {
         );
         tokio::spawn(
             self.clone()
+                .origin_events(name.clone(), egress.events, stopped.clone()),
+        );
+        tokio::spawn(
+            self.clone()
                 .origin_tracks(name, Arc::downgrade(&room), stopped),
         );
     }
@@ -668,6 +715,54 @@ impl LinkRooms {
                     .datagrams_dropped
                     .fetch_add(1, Ordering::Relaxed);
             }
+        }
+    }
+
+    /// The room's data messages go to the other node's members.
+    async fn origin_events(
+        self: Arc<Self>,
+        name: String,
+        mut events: mpsc::Receiver<sfu::relay::RelayEvent>,
+        mut stopped: tokio::sync::watch::Receiver<bool>,
+    ) {
+        loop {
+            let event = tokio::select! {
+                e = events.recv() => e,
+                _ = stopped.changed() => None,
+            };
+            match event {
+                Some(sfu::relay::RelayEvent::Data { binary, bytes }) => {
+                    if let Some(message) = data_message(&name, binary, &bytes) {
+                        self.send(message);
+                    }
+                }
+                Some(_) => {}
+                None => return,
+            }
+        }
+    }
+
+    /// A data message from the other node's members of `room`, for the members here.
+    async fn on_data(&self, room: &str, binary: bool, data: String) {
+        let bytes = if binary {
+            use base64::Engine;
+            match base64::engine::general_purpose::STANDARD.decode(data.as_bytes()) {
+                Ok(bytes) => bytes,
+                Err(_) => return,
+            }
+        } else {
+            data.into_bytes()
+        };
+        let relay = {
+            let inner = self.inner.lock();
+            inner
+                .edge
+                .get(room)
+                .map(|e| e.ingress)
+                .or_else(|| inner.origin.get(room).map(|o| o.egress))
+        };
+        if let (Some(relay), Some(state)) = (relay, self.state.upgrade()) {
+            let _ = state.sfu.relay_data(relay, binary, bytes).await;
         }
     }
 
@@ -851,7 +946,7 @@ impl LinkRooms {
             return;
         };
         let mut decoder = ControlDecoder::default();
-        let mut buf = vec![0u8; 16 * 1024];
+        let mut buf = vec![0u8; 64 * 1024];
         loop {
             let read = match stream.read(&mut buf).await {
                 Ok(Some(n)) => n,
@@ -906,6 +1001,7 @@ impl LinkRooms {
             } => self.track_added(room, relay_id, track).await,
             RelayControl::TrackRemoved { relay_id } => self.track_removed(relay_id).await,
             RelayControl::Muted { .. } => {}
+            RelayControl::Data { room, binary, data } => self.on_data(&room, binary, data).await,
             request @ (RelayControl::SetLayers { .. }
             | RelayControl::KeyframeRequest { .. }
             | RelayControl::Nack { .. }) => self.on_track_request(request).await,
@@ -956,6 +1052,21 @@ async fn write_control(link: RelayLink, mut queue: mpsc::Receiver<RelayControl>)
             return;
         }
     }
+}
+
+/// A data message for the link (`None`: longer than the link carries; dropped).
+fn data_message(room: &str, binary: bool, bytes: &[u8]) -> Option<RelayControl> {
+    let data = if binary {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    } else {
+        String::from_utf8(bytes.to_vec()).ok()?
+    };
+    (data.len() <= super::wire::MAX_DATA).then(|| RelayControl::Data {
+        room: room.to_string(),
+        binary,
+        data,
+    })
 }
 
 fn unix_micros() -> u64 {

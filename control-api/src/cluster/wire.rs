@@ -39,7 +39,9 @@ const FLAG_REPAIR: u8 = 0x02;
 /// Layers a relayed track may have (simulcast streams or SVC spatial layers).
 pub const MAX_LAYERS: usize = 8;
 /// Longest control frame (its JSON), in bytes.
-pub const MAX_CONTROL_FRAME: usize = 16 * 1024;
+pub const MAX_CONTROL_FRAME: usize = 64 * 1024;
+/// Longest data message relayed (its text, or its binary form in base64), in bytes.
+pub const MAX_DATA: usize = 48 * 1024;
 /// Sequence numbers one NACK may name.
 pub const MAX_NACK: usize = 64;
 /// Longest room name, track id, codec name, format parameters and refusal reason.
@@ -266,6 +268,16 @@ pub enum RelayControl {
         /// Missing sequence numbers (at most [`MAX_NACK`]).
         seqs: Vec<u16>,
     },
+    /// A data message of `room`'s members at the sending node, already wrapped with its
+    /// sender's identity, for the members at the other (either way).
+    Data {
+        /// The room's name.
+        room: String,
+        /// A binary message (`data` is then base64).
+        binary: bool,
+        /// The message (at most [`MAX_DATA`] bytes as sent).
+        data: String,
+    },
 }
 
 impl RelayControl {
@@ -333,6 +345,10 @@ impl RelayControl {
                     )));
                 }
                 Ok(())
+            }
+            Self::Data { room, data, .. } => {
+                text("room", room, MAX_ROOM)?;
+                text("data", data, MAX_DATA)
             }
             Self::TrackRemoved { .. } | Self::Muted { .. } | Self::SetLayers { .. } => Ok(()),
         }
@@ -511,6 +527,11 @@ mod tests {
                 muted: true,
             },
             RelayControl::TrackRemoved { relay_id: 7 },
+            RelayControl::Data {
+                room: "all-hands".into(),
+                binary: false,
+                data: "{\"from\":\"PA_1\",\"identity\":\"alice\",\"data\":\"hi\"}".into(),
+            },
             RelayControl::RoomUnsubscribe {
                 room: "all-hands".into(),
             },

@@ -159,6 +159,7 @@ impl RoomState {
             return None;
         }
         let pos = self.remote.iter().position(|r| r.id == participant)?;
+        self.levels.remove(participant);
         Some(self.remote.remove(pos))
     }
 
@@ -290,7 +291,7 @@ impl RoomState {
     /// Records a participant's speaking level (0: stopped). Returns the new speakers list if
     /// who speaks, or their order, changed.
     pub(super) fn update_speaker(&mut self, participant: &str, level: f32) -> Option<Vec<Speaker>> {
-        if level > 0.0 && self.members.contains_key(participant) {
+        if level > 0.0 && (self.members.contains_key(participant) || self.is_remote(participant)) {
             self.levels.insert(participant.to_string(), level);
         } else {
             self.levels.remove(participant);
@@ -303,7 +304,9 @@ impl RoomState {
         let mut speakers: Vec<Speaker> = self
             .levels
             .iter()
-            .filter(|(id, _)| self.members.get(*id).is_some_and(|m| !m.hidden))
+            .filter(|(id, _)| {
+                self.members.get(*id).is_some_and(|m| !m.hidden) || self.is_remote(id)
+            })
             .map(|(id, level)| Speaker {
                 participant: id.clone(),
                 level: *level,

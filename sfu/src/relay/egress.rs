@@ -33,14 +33,14 @@ pub(crate) struct RelayEgress {
     /// subscribers: no copy).
     sent: HashMap<(TrackId, u8), VecDeque<Arc<ForwardedPacket>>>,
     packets: mpsc::Sender<RelayPacket>,
-    events: mpsc::UnboundedSender<RelayEvent>,
+    events: mpsc::Sender<RelayEvent>,
 }
 
 impl RelayEgress {
     pub(crate) fn new(
         room: RoomId,
         packets: mpsc::Sender<RelayPacket>,
-        events: mpsc::UnboundedSender<RelayEvent>,
+        events: mpsc::Sender<RelayEvent>,
     ) -> Self {
         Self {
             room,
@@ -79,13 +79,19 @@ impl RelayEgress {
             Delivery::TrackEnded { track, .. } => {
                 if self.tracks.remove(&track).is_some() {
                     self.sent.retain(|(t, _), _| *t != track);
-                    let _ = self.events.send(RelayEvent::TrackEnded(track));
+                    let _ = self.events.try_send(RelayEvent::TrackEnded(track));
                 }
             }
-            Delivery::Data { .. }
-            | Delivery::Want { .. }
-            | Delivery::Leave { .. }
-            | Delivery::KeyframeRequest { .. } => {}
+            Delivery::Data { message, .. } => {
+                let data = RelayEvent::Data {
+                    binary: message.binary,
+                    bytes: message.bytes.clone(),
+                };
+                if self.events.try_send(data).is_err() {
+                    WorkerCounters::add(&counters.data_dropped, 1);
+                }
+            }
+            Delivery::Want { .. } | Delivery::Leave { .. } | Delivery::KeyframeRequest { .. } => {}
         }
     }
 

@@ -102,6 +102,14 @@ pub enum RelayRequest {
         /// The missing sequence numbers.
         seqs: Vec<u16>,
     },
+    /// A data message of this node's members (wrapped with its sender's identity), for the
+    /// host's room.
+    Data {
+        /// Binary (or text).
+        binary: bool,
+        /// The wrapped message.
+        bytes: Vec<u8>,
+    },
 }
 
 /// Sequence numbers one loss report names at most (a longer gap is an outage: what it
@@ -118,7 +126,7 @@ struct IngressTrack {
 
 /// Sends a relayed track's keyframe requests to the origin.
 struct ToOrigin<'a> {
-    requests: &'a mpsc::UnboundedSender<RelayRequest>,
+    requests: &'a mpsc::Sender<RelayRequest>,
     track: TrackId,
 }
 
@@ -129,7 +137,7 @@ impl Upstream for ToOrigin<'_> {
             track: self.track,
             layer,
         };
-        if self.requests.send(request).is_ok() {
+        if self.requests.try_send(request).is_ok() {
             WorkerCounters::add(&ctx.counters().keyframe_requests_sent, 1);
             debug!(track = %self.track, layer, "keyframe requested from the origin node");
         }
@@ -140,12 +148,12 @@ impl Upstream for ToOrigin<'_> {
 pub(crate) struct RelayIngress {
     pub(crate) info: PeerInfo,
     tracks: Vec<IngressTrack>,
-    requests: mpsc::UnboundedSender<RelayRequest>,
+    requests: mpsc::Sender<RelayRequest>,
     published: u32,
 }
 
 impl RelayIngress {
-    pub(crate) fn new(info: PeerInfo, requests: mpsc::UnboundedSender<RelayRequest>) -> Self {
+    pub(crate) fn new(info: PeerInfo, requests: mpsc::Sender<RelayRequest>) -> Self {
         Self {
             info,
             tracks: Vec::new(),
@@ -312,7 +320,16 @@ impl RelayIngress {
                         .on_keyframe_request(&mut origin, &self.info, layer, urgent, ctx);
                 }
             }
-            Delivery::Rtp { .. } | Delivery::Data { .. } | Delivery::TrackEnded { .. } => {}
+            Delivery::Data { message, .. } => {
+                let data = RelayRequest::Data {
+                    binary: message.binary,
+                    bytes: message.bytes.clone(),
+                };
+                if self.requests.try_send(data).is_err() {
+                    WorkerCounters::add(&ctx.counters().data_dropped, 1);
+                }
+            }
+            Delivery::Rtp { .. } | Delivery::TrackEnded { .. } => {}
         }
     }
 
@@ -379,7 +396,7 @@ impl RelayIngress {
                     layer: p.layer,
                     seqs,
                 };
-                if self.requests.send(nack).is_ok() {
+                if self.requests.try_send(nack).is_ok() {
                     WorkerCounters::add(&counters.relay_nacks_sent, 1);
                 }
             }
@@ -393,7 +410,7 @@ impl RelayIngress {
             }
         }
         let (audio_level, voice_activity) = match p.audio_level {
-            Some((level, vad)) => (Some(level), Some(vad)),
+            Some((level, vad)) => (Some(level), vad),
             None => (None, None),
         };
         if let Some(meter) = &mut t.track.meter {

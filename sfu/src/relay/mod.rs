@@ -43,4 +43,15 @@ pub struct RelayPacket {
 pub enum RelayEvent {
     /// A relayed track was unpublished at this node: the other node's copy ends.
     TrackEnded(TrackId),
+    /// A data message of the room (already wrapped with its sender's identity), for the
+    /// other node's members.
+    Data {
+        /// Binary (or text).
+        binary: bool,
+        /// The wrapped message.
+        bytes: Vec<u8>,
+    },
 }
+
+/// Events a relay endpoint queues for the control plane before dropping (and counting) more.
+pub const RELAY_EVENT_QUEUE: usize = 1024;

@@ -4,7 +4,7 @@
 //!
 //! | id | bytes | what |
 //! |----|-------|------|
-//! | 1 | 1 | audio level (RFC 6464: voice activity bit, level in -dBov) |
+//! | 1 | 2 | audio level in -dBov, and voice activity (0: not said, 1: no, 2: yes) |
 //! | 2 | 1 | video orientation (CVO bits) |
 //! | 3 | 8 | capture time, seconds since the Unix epoch (`f64`, big-endian) |
 //! | 4 | 4 | layering: flags, VP8 temporal layer, SVC temporal layer, layer |
@@ -52,8 +52,8 @@ pub struct RelayedRtp<'a> {
     pub temporal: Option<(u8, bool, bool)>,
     /// Scalable stream frame boundaries: start, end, temporal layer.
     pub svc: Option<(bool, bool, u8)>,
-    /// Audio level (-dBov, negative) and voice activity.
-    pub audio_level: Option<(i8, bool)>,
+    /// Audio level (-dBov, negative) and voice activity, if the sender said.
+    pub audio_level: Option<(i8, Option<bool>)>,
     /// Video orientation (CVO bits).
     pub orientation: Option<u8>,
     /// Capture time, seconds since the Unix epoch.
@@ -75,9 +75,13 @@ pub(crate) fn encode(p: &ForwardedPacket, out: &mut Vec<u8>) {
     out.extend_from_slice(&[0, 0]);
     let start = out.len();
     if let Some(level) = p.audio_level {
-        let vad = u8::from(p.voice_activity.unwrap_or(false)) << 7;
+        let vad = match p.voice_activity {
+            None => 0,
+            Some(false) => 1,
+            Some(true) => 2,
+        };
         let level = level.unsigned_abs().min(127);
-        out.extend_from_slice(&[EXT_AUDIO_LEVEL, 1, vad | level]);
+        out.extend_from_slice(&[EXT_AUDIO_LEVEL, 2, level, vad]);
     }
     if let Some(orientation) = p.video_orientation {
         out.extend_from_slice(&[EXT_ORIENTATION, 1, orientation as u8]);
@@ -173,8 +177,13 @@ pub fn decode(data: &[u8]) -> Result<RelayedRtp<'_>, RelayError> {
             .ok_or(malformed("extension past the end"))?;
         rest = after.get(usize::from(len)..).unwrap_or_default();
         match (id, value) {
-            (EXT_AUDIO_LEVEL, &[v]) => {
-                p.audio_level = Some((-((v & 0x7f) as i8), v & 0x80 != 0));
+            (EXT_AUDIO_LEVEL, &[level, vad]) if level <= 127 && vad <= 2 => {
+                let vad = match vad {
+                    0 => None,
+                    1 => Some(false),
+                    _ => Some(true),
+                };
+                p.audio_level = Some((-(level as i8), vad));
             }
             (EXT_ORIENTATION, &[v]) => p.orientation = Some(v & 0x03),
             (EXT_CAPTURE, v) if v.len() == 8 => {
@@ -271,7 +280,7 @@ mod tests {
         assert!(read.keyframe && !read.red);
         assert_eq!(read.temporal, Some((2, true, true)));
         assert_eq!(read.svc, None);
-        assert_eq!(read.audio_level, Some((-42, true)));
+        assert_eq!(read.audio_level, Some((-42, Some(true))));
         assert_eq!(read.orientation, Some(VideoOrientation::Deg90 as u8));
         assert_eq!(read.capture, Some(1_764_540_000.25));
         assert_eq!(read.payload, &p.payload[..]);

@@ -26,10 +26,10 @@ fn relay(
 ) -> (
     PeerId,
     mpsc::Receiver<RelayPacket>,
-    mpsc::UnboundedReceiver<RelayEvent>,
+    mpsc::Receiver<RelayEvent>,
 ) {
     let (packets_tx, packets) = mpsc::channel(100_000);
-    let (events_tx, events) = mpsc::unbounded_channel();
+    let (events_tx, events) = mpsc::channel(crate::relay::RELAY_EVENT_QUEUE);
     let (id, _) = w.h.place();
     let room = w.h.room;
     w.h.request(|reply| Command::AddRelayEgress {
@@ -209,7 +209,7 @@ struct Hop {
     egress: PeerId,
     packets: mpsc::Receiver<RelayPacket>,
     ingress: PeerId,
-    requests: mpsc::UnboundedReceiver<crate::relay::RelayRequest>,
+    requests: mpsc::Receiver<crate::relay::RelayRequest>,
     events: mpsc::UnboundedReceiver<crate::event::PeerEvent>,
     origin_track: crate::ids::TrackId,
     edge_track: crate::ids::TrackId,
@@ -274,6 +274,7 @@ impl Hop {
                             seqs,
                         }
                     }
+                    crate::relay::RelayRequest::Data { .. } => continue,
                 };
                 w.h.core.handle_command(now, command);
             }
@@ -340,7 +341,7 @@ fn hop(w: &mut World, alice: usize) -> Hop {
     w.h.room = w.h.add_room();
     let (ingress, spec) = w.h.place();
     let (events_tx, events) = mpsc::unbounded_channel();
-    let (requests_tx, requests) = mpsc::unbounded_channel();
+    let (requests_tx, requests) = mpsc::channel(crate::relay::RELAY_EVENT_QUEUE);
     w.h.request(|reply| Command::AddRelayIngress {
         id: ingress,
         spec,

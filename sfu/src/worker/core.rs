@@ -677,6 +677,7 @@ impl WorkerCore {
             } => {
                 self.relays
                     .insert(id, RelayEgress::new(room, packets, events));
+                self.add_data_receiver(room, id);
                 let _ = reply.send(Ok(()));
             }
             Command::RelayLayers {
@@ -736,7 +737,9 @@ impl WorkerCore {
                     events,
                     span,
                 };
+                let room = info.spec.room;
                 self.ingresses.insert(id, RelayIngress::new(info, requests));
+                self.add_data_receiver(room, id);
                 let _ = reply.send(Ok(()));
             }
             Command::RelayPublish {
@@ -770,6 +773,27 @@ impl WorkerCore {
                 }
                 self.run_local(now);
             }
+            Command::RelayData { id, binary, bytes } => {
+                let room = match (self.relays.get(&id), self.ingresses.get(&id)) {
+                    (Some(egress), _) => Some(egress.room),
+                    (None, Some(ingress)) => Some(ingress.info.spec.room),
+                    (None, None) => None,
+                };
+                let receivers = room
+                    .and_then(|room| self.shared.rooms.get(&room))
+                    .map(|members| members.data_receivers.clone())
+                    .unwrap_or_default();
+                let message = Arc::new(crate::packet::DataMessage { binary, bytes });
+                for r in receivers.iter().filter(|r| r.at.peer != id) {
+                    let delivery = Delivery::Data {
+                        to: r.at.peer,
+                        message: message.clone(),
+                    };
+                    self.out.route(self.index, r.at, delivery);
+                }
+                WorkerCounters::add(&self.counters().data_relayed, 1);
+                self.run_local(now);
+            }
             Command::RemoveRelayIngress { id, reply } => {
                 let result = if self.ingresses.contains_key(&id) {
                     self.remove_ingress(id, now);
@@ -784,6 +808,9 @@ impl WorkerCore {
 
     /// Removes a relay ingress: its tracks are unpublished and their subscribers told.
     fn remove_ingress(&mut self, id: PeerId, now: Instant) {
+        if let Some(room) = self.ingresses.get(&id).map(|i| i.info.spec.room) {
+            self.remove_data_receiver(room, id);
+        }
         self.with_ingress(id, now, |ingress, ctx| ingress.teardown(ctx));
         self.ingresses.remove(&id);
         self.timers.remove(id);
@@ -841,11 +868,33 @@ impl WorkerCore {
         Ok(())
     }
 
+    /// Adds relay endpoint `id` to `room`'s receivers of data messages (it passes them to
+    /// the other node).
+    fn add_data_receiver(&mut self, room: crate::ids::RoomId, id: PeerId) {
+        if let Some(mut members) = self.shared.rooms.get_mut(&room) {
+            members.data_receivers.push(crate::shared::DataReceiver {
+                at: crate::graph::PeerLocation {
+                    worker: self.index,
+                    peer: id,
+                },
+                participant: Arc::from(""),
+            });
+        }
+    }
+
+    /// Takes relay endpoint `id` out of `room`'s receivers of data messages.
+    fn remove_data_receiver(&mut self, room: crate::ids::RoomId, id: PeerId) {
+        if let Some(mut members) = self.shared.rooms.get_mut(&room) {
+            members.data_receivers.retain(|r| r.at.peer != id);
+        }
+    }
+
     /// Removes a relay egress: each track it carried hears it leave.
     fn remove_relay(&mut self, id: PeerId, now: Instant) {
         let Some(relay) = self.relays.remove(&id) else {
             return;
         };
+        self.remove_data_receiver(relay.room, id);
         let from = crate::graph::PeerLocation {
             worker: self.index,
             peer: id,
