@@ -191,7 +191,7 @@ async function connect() {
   // Another node takes the token we joined with (the cluster shares its keys).
   const fetched = state.token || (target && state.joinToken)
     ? { token: state.token || state.joinToken, wsUrl: signallingUrl() }
-    : await fetchDevToken(state.room, state.identity, state.displayName);
+    : await fetchDevToken(state.room, state.identity, state.displayName, state.viewer);
   const { token } = fetched;
   state.joinToken = token;
   const wsUrl = target ?? fetched.wsUrl;

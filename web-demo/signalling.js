@@ -9,10 +9,15 @@ const PING_EVERY_MS = 10_000;
 const SILENCE_LIMIT_MS = 25_000;
 const TOKEN_TIMEOUT_MS = 10_000;
 
-/** Gets an access token from the dev-mode endpoint. Resolves with {token, wsUrl}. */
-export async function fetchDevToken(room, identity, name) {
+/**
+ * Gets an access token from the dev-mode endpoint (a viewer's may not publish, so in a cluster
+ * any node serves it). Resolves with {token, wsUrl}.
+ */
+export async function fetchDevToken(room, identity, name, viewer = false) {
   const url = new URL('/dev/token', location.origin);
-  url.search = new URLSearchParams({ room, identity, name }).toString();
+  const query = { room, identity, name };
+  if (viewer) query.role = 'viewer';
+  url.search = new URLSearchParams(query).toString();
   let response;
   try {
     response = await fetch(url, { signal: AbortSignal.timeout(TOKEN_TIMEOUT_MS) });

@@ -64,6 +64,8 @@ struct DevTokenQuery {
     room: String,
     identity: Option<String>,
     name: Option<String>,
+    /// `viewer`: the token may not publish (a cluster serves it at any node).
+    role: Option<String>,
 }
 
 /// Mints a token for the demo. Exists only while the server runs with the built-in
@@ -88,7 +90,7 @@ async fn dev_token(
         return json_error(
             StatusCode::BAD_REQUEST,
             "bad_request",
-            "give ?room=NAME (1 to 128 characters), and optionally &identity=ID&name=NAME",
+            "give ?room=NAME (1 to 128 characters), and optionally &identity=ID&name=NAME&role=viewer",
         );
     };
     let identity = q
@@ -98,6 +100,7 @@ async fn dev_token(
     let grants = Grants {
         room: Some(q.room),
         room_join: true,
+        can_publish: (q.role.as_deref() == Some("viewer")).then_some(false),
         ..Grants::default()
     };
     let key = state.keys.first_key().unwrap_or_default().to_string();

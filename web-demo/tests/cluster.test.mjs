@@ -2,7 +2,10 @@
 // and the demo opened on the other node is sent there (`room_elsewhere`) and sees the call.
 // When the hosting node is killed, the demo on the other node reconnects to its own server,
 // which takes the room over once the dead node's claim lapses (2 s time to live), and the demo
-// whose own server died joins there too (the `alternates` its `joined` named).
+// whose own server died joins there too (the `alternates` its `joined` named). Then, with the
+// media relay on: the demo opened as a viewer (`role=viewer`) on the node that does not host
+// the room is served there, the host's video and audio relayed to it, with the host's
+// participant shown, its active speaker and its chat.
 //
 //   cd web-demo/tests && npm install && node --test cluster.test.mjs
 //
@@ -63,9 +66,9 @@ async function startRedis() {
 }
 
 /** A cluster node serving this checkout's demo; resolves with its process and demo URL. */
-function startNode(redisUrl, id) {
+function startNode(redisUrl, id, extra = []) {
   const args = ['--http-addr', '127.0.0.1:0', '--media-ip', '127.0.0.1', '--media-port', '0', '--web-root', WEB_ROOT,
-    '--redis-url', redisUrl, '--node-id', id, '--node-ttl', '2', '--workers', '1'];
+    '--redis-url', redisUrl, '--node-id', id, '--node-ttl', '2', '--workers', '1', ...extra];
   const child = spawn(SERVER_BIN, args, { stdio: ['ignore', 'pipe', 'ignore'] });
   children.add(child);
   return withTimeout(new Promise((resolve, reject) => {
@@ -153,5 +156,62 @@ describe('cluster mode: a room on one node, the demo sent to it from another', (
   it('no console errors in any page but failed connections to the dead node', () => {
     const unexpected = (p) => p.errors.filter((e) => !/ERR_CONNECTION_REFUSED|WebSocket|Failed to load resource/.test(e));
     assert.deepEqual([...unexpected(alice), ...unexpected(bob)], []);
+  });
+});
+
+describe('cluster mode with the media relay: a viewer served by the node it opened', () => {
+  const room = `relay-${randomBytes(4).toString('hex')}`;
+  const relay = ['--relay-addr', '127.0.0.1:0', '--cluster-secret', 'the secret of this test cluster'];
+  let a;
+  let b;
+  let alice;
+  let bob;
+
+  before(async () => {
+    const redis = await startRedis();
+    [a, b, alice, bob] = await Promise.all([
+      startNode(redis.url, 'a', relay),
+      startNode(redis.url, 'b', relay),
+      launchParticipant('alice', { speaks: true }),
+      launchParticipant('bob'),
+    ]);
+  }, { timeout: 60_000 });
+
+  after(async () => {
+    await Promise.all([alice, bob].filter(Boolean).map(closeParticipant));
+    killAll();
+  }, { timeout: 30_000 });
+
+  it("bob opens the demo as a viewer on node b: served there, he decodes alice's video from node a", { timeout: 2 * JOIN_MS + 10_000 }, async () => {
+    await alice.page.goto(callUrl(a.base, room, 'alice'), { waitUntil: 'load' });
+    await waitUntil(alice, 'joined on node a', connected, null, { timeout: JOIN_MS });
+    let redirected = false;
+    bob.page.on('console', (m) => { if (m.text().includes('hosted by another server')) redirected = true; });
+    await bob.page.goto(callUrl(b.base, room, 'bob', { role: 'viewer' }), { waitUntil: 'load' });
+    await waitUntil(bob, 'alice\'s tile with playing video', playingTiles, 1, { timeout: JOIN_MS, describe: describeTiles });
+    assert.equal(redirected, false, 'bob stayed on node b');
+    assert.equal(await gauge(b.base, 'sfu_participants'), 1, 'node b serves bob');
+    const relayed = await gauge(b.base, 'sfu_relay_packets_received_total');
+    assert.ok(relayed > 0, `the video came over the relay: ${relayed} packets`);
+    assert.equal(await gauge(b.base, 'sfu_relay_packets_refused_total'), 0);
+  });
+
+  it('bob sees alice speaking and her chat message', { timeout: 2 * JOIN_MS + 5_000 }, async () => {
+    await waitUntil(bob, 'highlights alice as speaking', ([name]) => {
+      const tile = [...document.querySelectorAll('[data-testid="tile"]')]
+        .find((t) => t.querySelector('.tile-name')?.textContent === name);
+      return tile?.classList.contains('speaking') === true;
+    }, ['alice'], { timeout: JOIN_MS, describe: describeTiles });
+    const text = `hello node b ${randomBytes(3).toString('hex')}`;
+    await alice.page.fill('#chat-input', text);
+    await alice.page.press('#chat-input', 'Enter');
+    await waitUntil(bob, `shows "${text}" from alice`,
+      ([body]) => [...document.querySelectorAll('#chat-log li')]
+        .some((li) => li.querySelector('.chat-from')?.textContent === 'alice' && li.querySelector('.chat-text')?.textContent === body),
+      [text], { timeout: JOIN_MS });
+  });
+
+  it('no console errors in either page', () => {
+    assert.deepEqual([...alice.errors, ...bob.errors], []);
   });
 });
