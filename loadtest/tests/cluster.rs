@@ -11,7 +11,7 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 use common::redis::RedisServer;
-use common::{WAIT, start_server_process, token};
+use common::{ServerProcess, WAIT, start_server_process, token};
 use control_api::auth::{ApiKeys, Claims, DEV_API_KEY, Grants};
 use control_api::protocol::ErrorCode;
 use loadtest::bot::{Bot, BotConfig};
@@ -22,7 +22,7 @@ use serde_json::Value;
 
 /// A node of a cluster at `redis`, one media worker, with `extra` arguments; returns the
 /// process and its HTTP address.
-fn node(redis: &RedisServer, id: &str, ttl: u64, extra: &[&str]) -> (Child, String) {
+fn node(redis: &RedisServer, id: &str, ttl: u64, extra: &[&str]) -> (ServerProcess, String) {
     let ttl = ttl.to_string();
     let url = redis.url();
     let args = [

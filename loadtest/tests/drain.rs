@@ -10,7 +10,7 @@ mod common;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use common::{WAIT, start_server_process, token};
+use common::{ServerProcess, WAIT, start_server_process, token};
 use control_api::protocol::ErrorCode;
 use loadtest::bot::{Bot, BotConfig};
 use loadtest::server_probe::http_get;
@@ -18,12 +18,12 @@ use loadtest::signal::ServerMessage;
 use loadtest::synthetic::PayloadKind;
 
 /// Starts the server; returns it and its HTTP address.
-fn start() -> (Child, String) {
+fn start() -> (ServerProcess, String) {
     start_with(&["--drain-timeout", "60"])
 }
 
 /// Starts the server (one worker) with `extra` arguments.
-fn start_with(extra: &[&str]) -> (Child, String) {
+fn start_with(extra: &[&str]) -> (ServerProcess, String) {
     start_server_process(&[&["--workers", "1"], extra].concat())
 }
 

@@ -543,8 +543,8 @@ pub(crate) async fn heartbeat(state: Weak<AppState>, cluster: Arc<Cluster>) {
                 .rooms
                 .list()
                 .iter()
+                .filter(|r| !r.edge)
                 .map(|r| r.name.clone())
-                .filter(|name| !cluster.relayed.is_edge(name))
                 .collect();
             (sampler.sample(&state), state.is_draining(), rooms)
         }) else {

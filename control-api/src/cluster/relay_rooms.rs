@@ -307,7 +307,7 @@ impl LinkRooms {
         {
             return Ok(room);
         }
-        let room = state.rooms.open(name)?;
+        let room = state.rooms.open_edge(name)?;
         let (events, event_rx) = mpsc::unbounded_channel();
         let ingress = state
             .sfu

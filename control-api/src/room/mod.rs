@@ -244,6 +244,9 @@ pub struct Room {
     /// Members now (kept by the task, read by the metrics).
     members: Arc<AtomicUsize>,
     commands: mpsc::Sender<Command>,
+    /// Hosted by another node, opened here for its viewers (cluster mode): its start and end
+    /// are the host's to announce (no room webhooks from here).
+    pub edge: bool,
 }
 
 impl Rooms {
@@ -275,7 +278,23 @@ impl Rooms {
             metadata: String::new(),
             explicit: false,
         };
-        self.insert(&mut rooms, name, settings)
+        self.insert(&mut rooms, name, settings, false)
+    }
+
+    /// The room `name` opened here for viewers of the same room hosted by another node (an
+    /// edge room: see `cluster::relay_rooms`), or the room already open here.
+    pub fn open_edge(&self, name: &str) -> Result<Arc<Room>, Refusal> {
+        let mut rooms = self.registry.rooms.lock();
+        if let Some(room) = rooms.get(name) {
+            return Ok(room.clone());
+        }
+        let settings = RoomSettings {
+            max_participants: self.limits.max_participants,
+            empty_timeout: Duration::ZERO,
+            metadata: String::new(),
+            explicit: false,
+        };
+        self.insert(&mut rooms, name, settings, true)
     }
 
     /// Creates a room through the room service.
@@ -287,7 +306,7 @@ impl Rooms {
                 format!("room {name:?} already exists"),
             ));
         }
-        self.insert(&mut rooms, name, settings)
+        self.insert(&mut rooms, name, settings, false)
     }
 
     fn insert(
@@ -295,6 +314,7 @@ impl Rooms {
         rooms: &mut HashMap<String, Arc<Room>>,
         name: &str,
         settings: RoomSettings,
+        edge: bool,
     ) -> Result<Arc<Room>, Refusal> {
         let max = self.limits.max_rooms;
         if max > 0 && rooms.len() >= max {
@@ -311,10 +331,13 @@ impl Rooms {
             created_at: crate::auth::unix_now(),
             members: Arc::new(AtomicUsize::new(0)),
             commands,
+            edge,
         });
         rooms.insert(name.to_string(), room.clone());
-        tracing::info!(room = name, id = %room.id, explicit = room.settings.explicit, "room created");
-        self.webhooks.emit(EventKind::RoomStarted, name, None, None);
+        tracing::info!(room = name, id = %room.id, explicit = room.settings.explicit, edge, "room created");
+        if !edge {
+            self.webhooks.emit(EventKind::RoomStarted, name, None, None);
+        }
         let task = RoomTask::new(
             room.clone(),
             self.sfu.clone(),

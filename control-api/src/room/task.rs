@@ -151,8 +151,10 @@ impl RoomTask {
             registry.remove(&self.room);
         }
         self.sfu.close_room(self.room.id);
-        self.webhooks
-            .emit(EventKind::RoomFinished, &self.room.name, None, None);
+        if !self.room.edge {
+            self.webhooks
+                .emit(EventKind::RoomFinished, &self.room.name, None, None);
+        }
         info!(room = %self.room.name, "room closed");
     }
 

@@ -217,10 +217,34 @@ pub async fn tracks_when(
     }
 }
 
+/// A server process started by a test, killed (by PID) when dropped, so a test that fails
+/// half-way leaves nothing running.
+pub struct ServerProcess(std::process::Child);
+
+impl std::ops::Deref for ServerProcess {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for ServerProcess {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts the real server process ([`server_binary`]) on free loopback ports, logging warnings
 /// only, with `extra` arguments; returns it and its HTTP `host:port`, read from its banner. Its
 /// output is drained on a thread so it never blocks on a full pipe.
-pub fn start_server_process(extra: &[&str]) -> (std::process::Child, String) {
+pub fn start_server_process(extra: &[&str]) -> (ServerProcess, String) {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
     // SFU_TEST_LOG_DIR=DIR keeps each server's log there (at SFU_TEST_LOG, default warn).
@@ -264,5 +288,5 @@ pub fn start_server_process(extra: &[&str]) -> (std::process::Child, String) {
         }
     };
     std::thread::spawn(move || lines.for_each(drop));
-    (child, addr)
+    (ServerProcess(child), addr)
 }
