@@ -22,7 +22,7 @@ use crate::event::{PeerEvent, TrackInfo, TrackKind};
 use crate::ids::TrackId;
 use crate::keyframe::vp8_keyframe_size;
 use crate::packet::{Delivery, ForwardedPacket, SvcFrame};
-use crate::peer::publisher::track::{Downstream, PublishedTrack, Upstream};
+use crate::peer::publisher::track::{PublishedTrack, Upstream, apply_delivery};
 use crate::peer::{Ctx, PeerInfo};
 
 /// Tracks one relay ingress may publish.
@@ -124,22 +124,25 @@ struct IngressTrack {
     newest: [Option<u64>; MAX_LAYERS],
 }
 
-/// Sends a relayed track's keyframe requests to the origin.
+/// Sends relayed tracks' keyframe requests to the origin.
 struct ToOrigin<'a> {
     requests: &'a mpsc::Sender<RelayRequest>,
-    track: TrackId,
 }
 
 impl Upstream for ToOrigin<'_> {
-    fn request_keyframe(&mut self, _mid: Mid, _rid: Option<Rid>, layer: usize, ctx: &mut Ctx<'_>) {
+    fn request_keyframe(
+        &mut self,
+        track: TrackId,
+        _mid: Mid,
+        _rid: Option<Rid>,
+        layer: usize,
+        ctx: &mut Ctx<'_>,
+    ) {
         let layer = u8::try_from(layer).unwrap_or(u8::MAX);
-        let request = RelayRequest::Keyframe {
-            track: self.track,
-            layer,
-        };
+        let request = RelayRequest::Keyframe { track, layer };
         if self.requests.try_send(request).is_ok() {
             WorkerCounters::add(&ctx.counters().keyframe_requests_sent, 1);
-            debug!(track = %self.track, layer, "keyframe requested from the origin node");
+            debug!(%track, layer, "keyframe requested from the origin node");
         }
     }
 }
@@ -259,11 +262,10 @@ impl RelayIngress {
 
     /// Periodic work of every track (rates, dynacast, audio levels, throttled requests).
     pub(crate) fn on_timeout(&mut self, ctx: &mut Ctx<'_>) {
+        let mut origin = ToOrigin {
+            requests: &self.requests,
+        };
         for t in &mut self.tracks {
-            let mut origin = ToOrigin {
-                requests: &self.requests,
-                track: t.track.route.id,
-            };
             t.track.on_timeout(&mut origin, &self.info, ctx);
         }
     }
@@ -271,66 +273,21 @@ impl RelayIngress {
     /// A subscriber of this node joins, changes or leaves a relayed track, or wants a
     /// keyframe of it.
     pub(crate) fn handle_delivery(&mut self, delivery: Delivery, ctx: &mut Ctx<'_>) {
-        match delivery {
-            Delivery::Want {
-                track,
-                from,
-                layers,
-                demand,
-                ..
-            } => match self.tracks.iter_mut().find(|t| t.track.route.id == track) {
-                Some(t) => t.track.want(
-                    Downstream {
-                        at: from,
-                        layers,
-                        demand,
-                    },
-                    &self.info,
-                    ctx,
-                ),
-                None => ctx.deliver(
-                    from,
-                    Delivery::TrackEnded {
-                        to: from.peer,
-                        track,
-                    },
-                ),
-            },
-            Delivery::Leave { track, from, .. } => {
-                if let Some(t) = self.tracks.iter_mut().find(|t| t.track.route.id == track) {
-                    t.track.leave(from);
-                }
+        if let Delivery::Data { message, .. } = &delivery {
+            let data = RelayRequest::Data {
+                binary: message.binary,
+                bytes: message.bytes.clone(),
+            };
+            if self.requests.try_send(data).is_err() {
+                WorkerCounters::add(&ctx.counters().data_dropped, 1);
             }
-            Delivery::KeyframeRequest {
-                track,
-                layer,
-                urgent,
-                ..
-            } => {
-                if let Some(t) = self
-                    .tracks
-                    .iter_mut()
-                    .find(|t| t.track.route.id == track && t.track.route.kind == TrackKind::Video)
-                {
-                    let mut origin = ToOrigin {
-                        requests: &self.requests,
-                        track,
-                    };
-                    t.track
-                        .on_keyframe_request(&mut origin, &self.info, layer, urgent, ctx);
-                }
-            }
-            Delivery::Data { message, .. } => {
-                let data = RelayRequest::Data {
-                    binary: message.binary,
-                    bytes: message.bytes.clone(),
-                };
-                if self.requests.try_send(data).is_err() {
-                    WorkerCounters::add(&ctx.counters().data_dropped, 1);
-                }
-            }
-            Delivery::Rtp { .. } | Delivery::TrackEnded { .. } => {}
+            return;
         }
+        let mut origin = ToOrigin {
+            requests: &self.requests,
+        };
+        let tracks = self.tracks.iter_mut().map(|t| &mut t.track);
+        apply_delivery(tracks, delivery, &mut origin, &self.info, ctx);
     }
 
     /// One packet from the origin for `track`: read, accounted and fanned out as a local

@@ -15,7 +15,7 @@ use str0m::rtp::{RtpPacket, Ssrc};
 use str0m::{Event, Rtc};
 use tracing::{debug, info};
 
-use self::track::{Downstream, PublishedTrack};
+use self::track::PublishedTrack;
 use super::{Ctx, PeerInfo};
 use crate::counters::WorkerCounters;
 use crate::data_relay;
@@ -439,52 +439,7 @@ impl Publisher {
         delivery: Delivery,
         ctx: &mut Ctx<'_>,
     ) {
-        match delivery {
-            Delivery::Want {
-                track,
-                from,
-                layers,
-                demand,
-                ..
-            } => match self.tracks.iter_mut().find(|t| t.route.id == track) {
-                Some(t) => t.want(
-                    Downstream {
-                        at: from,
-                        layers,
-                        demand,
-                    },
-                    info,
-                    ctx,
-                ),
-                None => ctx.deliver(
-                    from,
-                    Delivery::TrackEnded {
-                        to: from.peer,
-                        track,
-                    },
-                ),
-            },
-            Delivery::Leave { track, from, .. } => {
-                if let Some(t) = self.tracks.iter_mut().find(|t| t.route.id == track) {
-                    t.leave(from);
-                }
-            }
-            Delivery::KeyframeRequest {
-                track,
-                layer,
-                urgent,
-                ..
-            } => {
-                if let Some(t) = self
-                    .tracks
-                    .iter_mut()
-                    .find(|t| t.route.id == track && t.route.kind == TrackKind::Video)
-                {
-                    t.on_keyframe_request(rtc, info, layer, urgent, ctx);
-                }
-            }
-            Delivery::Rtp { .. } | Delivery::Data { .. } | Delivery::TrackEnded { .. } => {}
-        }
+        track::apply_delivery(self.tracks.iter_mut(), delivery, rtc, info, ctx);
     }
 
     /// Sends coalesced keyframe requests and audio levels that are due. Returns whether it

@@ -19,6 +19,7 @@ use crate::counters::WorkerCounters;
 use crate::dynacast::Dynacast;
 use crate::event::{PeerEvent, TrackCounters, TrackKind};
 use crate::graph::{PeerLocation, TrackRoute, TrackSnapshot};
+use crate::ids::TrackId;
 use crate::keyframe::SvcLayers;
 use crate::keyframe_throttle::KeyframeThrottle;
 use crate::packet::{Delivery, ForwardedPacket};
@@ -27,12 +28,27 @@ use crate::peer::{Ctx, PeerInfo};
 /// Where a track's keyframe requests go: the publisher's own state machine (as a PLI), or,
 /// for a track relayed from another node, that node (see `relay::ingress`).
 pub(crate) trait Upstream {
-    /// Asks for a keyframe of the stream `layer` (`rid` in the track's simulcast order).
-    fn request_keyframe(&mut self, mid: Mid, rid: Option<Rid>, layer: usize, ctx: &mut Ctx<'_>);
+    /// Asks for a keyframe of `track`'s stream `layer` (`mid`, and `rid` in the track's
+    /// simulcast order, where the publisher sends it).
+    fn request_keyframe(
+        &mut self,
+        track: TrackId,
+        mid: Mid,
+        rid: Option<Rid>,
+        layer: usize,
+        ctx: &mut Ctx<'_>,
+    );
 }
 
 impl Upstream for Rtc {
-    fn request_keyframe(&mut self, mid: Mid, rid: Option<Rid>, _layer: usize, ctx: &mut Ctx<'_>) {
+    fn request_keyframe(
+        &mut self,
+        _track: TrackId,
+        mid: Mid,
+        rid: Option<Rid>,
+        _layer: usize,
+        ctx: &mut Ctx<'_>,
+    ) {
         let mut api = self.direct_api();
         if let Some(rx) = api.stream_rx_by_mid(mid, rid) {
             rx.request_keyframe(KeyframeRequestKind::Pli);
@@ -261,7 +277,8 @@ impl PublishedTrack {
             .get_mut(stream)
             .is_some_and(|throttle| throttle.request(ctx.now, urgent));
         if sent {
-            upstream.request_keyframe(self.mid, self.rids.get(stream).copied(), stream, ctx);
+            let rid = self.rids.get(stream).copied();
+            upstream.request_keyframe(self.route.id, self.mid, rid, stream, ctx);
         }
         sent
     }
@@ -347,7 +364,8 @@ impl PublishedTrack {
         let mut mutated = false;
         for (layer, throttle) in self.throttles.iter_mut().enumerate() {
             if throttle.poll(ctx.now) {
-                upstream.request_keyframe(self.mid, self.rids.get(layer).copied(), layer, ctx);
+                let rid = self.rids.get(layer).copied();
+                upstream.request_keyframe(self.route.id, self.mid, rid, layer, ctx);
                 mutated = true;
             }
         }
@@ -448,6 +466,60 @@ impl PublishedTrack {
             }
         }
         self.sampled_at = Some(now);
+    }
+}
+
+/// A subscriber's wish about one of a publisher's `tracks` (join or change its layers, leave,
+/// want a keyframe), applied to that track; one who wants a track that is gone hears that it
+/// ended. Media and data deliveries are not for a publisher: ignored.
+pub(crate) fn apply_delivery<'a>(
+    tracks: impl IntoIterator<Item = &'a mut PublishedTrack>,
+    delivery: Delivery,
+    upstream: &mut impl Upstream,
+    info: &PeerInfo,
+    ctx: &mut Ctx<'_>,
+) {
+    let Some(track) = (match &delivery {
+        Delivery::Want { track, .. }
+        | Delivery::Leave { track, .. }
+        | Delivery::KeyframeRequest { track, .. } => Some(*track),
+        Delivery::Rtp { .. } | Delivery::Data { .. } | Delivery::TrackEnded { .. } => None,
+    }) else {
+        return;
+    };
+    let found = tracks.into_iter().find(|t| t.route.id == track);
+    match (delivery, found) {
+        (
+            Delivery::Want {
+                from,
+                layers,
+                demand,
+                ..
+            },
+            Some(t),
+        ) => t.want(
+            Downstream {
+                at: from,
+                layers,
+                demand,
+            },
+            info,
+            ctx,
+        ),
+        (Delivery::Want { from, .. }, None) => ctx.deliver(
+            from,
+            Delivery::TrackEnded {
+                to: from.peer,
+                track,
+            },
+        ),
+        (Delivery::Leave { from, .. }, Some(t)) => t.leave(from),
+        (Delivery::KeyframeRequest { layer, urgent, .. }, Some(t))
+            if t.route.kind == TrackKind::Video =>
+        {
+            t.on_keyframe_request(upstream, info, layer, urgent, ctx);
+        }
+        _ => {}
     }
 }
 
