@@ -45,6 +45,8 @@ const TRACK_POLL: Duration = Duration::from_millis(200);
 const DATAGRAM_BATCH: usize = 64;
 /// Rooms one link may subscribe to at the origin.
 const MAX_ROOMS_PER_LINK: usize = 4096;
+/// An edge room with no member for this long is closed (its viewer's join failed).
+const EDGE_EMPTY_FOR: Duration = Duration::from_secs(10);
 
 /// The relayed rooms of every link of this node.
 #[derive(Default)]
@@ -430,15 +432,29 @@ impl LinkRooms {
     /// When the edge room ends (its last viewer left), unsubscribes and forgets it.
     async fn edge_watch(self: Arc<Self>, name: String, room: Weak<Room>) {
         let mut every = tokio::time::interval(Duration::from_millis(500));
+        let mut empty_since = None;
         loop {
             every.tick().await;
-            let open = room.upgrade().is_some_and(|r| {
+            let open = room.upgrade().filter(|r| {
                 self.state
                     .upgrade()
                     .and_then(|s| s.rooms.get(&name))
-                    .is_some_and(|now| Arc::ptr_eq(&now, &r))
+                    .is_some_and(|now| Arc::ptr_eq(&now, r))
             });
-            if open {
+            if let Some(open) = open {
+                // A room opened for a viewer whose join then failed has no member to leave
+                // and end it: it ends here after a while, not relayed for nobody.
+                if open.member_count() > 0 {
+                    empty_since = None;
+                    continue;
+                }
+                let since = *empty_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() >= EDGE_EMPTY_FOR
+                    && let Some(state) = self.state.upgrade()
+                {
+                    info!(room = %name, "an edge room nobody joined is closed");
+                    state.rooms.delete(&name).await;
+                }
                 continue;
             }
             let ingress = {
