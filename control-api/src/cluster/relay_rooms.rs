@@ -691,7 +691,6 @@ impl LinkRooms {
         mut stopped: tokio::sync::watch::Receiver<bool>,
     ) {
         let mut relay_ids: HashMap<TrackId, u32> = HashMap::new();
-        let mut buffer = Vec::new();
         loop {
             let packet = tokio::select! {
                 p = packets.recv() => p,
@@ -721,12 +720,10 @@ impl LinkRooms {
                 sent_at_us: unix_micros(),
                 rtp: &packet.rtp,
             };
+            // Written once into the buffer the link sends (no copy into a scratch buffer first).
+            let mut buffer = Vec::new();
             datagram.encode_into(&mut buffer);
-            if self
-                .link
-                .send_datagram(bytes::Bytes::copy_from_slice(&buffer))
-                .is_err()
-            {
+            if self.link.send_datagram(bytes::Bytes::from(buffer)).is_err() {
                 self.counts
                     .datagrams_dropped
                     .fetch_add(1, Ordering::Relaxed);
