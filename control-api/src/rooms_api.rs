@@ -694,7 +694,10 @@ async fn remove_participant(
 ) -> Result<StatusCode, ApiError> {
     admin.may_admin(&room)?;
     let room = room_of(&state, &room)?;
-    if let Some((token, expires)) = room.kick(&participant, "removed by the room service").await {
+    if let Some((token, expires)) = room
+        .kick(&participant, crate::room::REMOVED_BY_ROOM_SERVICE)
+        .await
+    {
         // It cannot come straight back with the same token.
         state.revoked.revoke(&token, expires);
         Ok(StatusCode::NO_CONTENT)

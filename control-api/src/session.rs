@@ -268,24 +268,23 @@ impl Session {
     /// In cluster mode, why this node may not start `room_name` (it does not host it): another
     /// node hosts it (the client is pointed at the same endpoint there: its signalling URL, or
     /// its WHIP/WHEP URL for `mode`), or the directory cannot be reached. A WebSocket
-    /// participant that may not publish is served here instead, when this node has a relay
-    /// link to the host: the room is opened here as an edge room of the host's.
-    async fn placed_elsewhere(
-        &self,
-        room_name: &str,
-        mode: JoinMode,
-        grants: &Grants,
-    ) -> Option<Refusal> {
+    /// participant is served here instead, when this node has a relay link to the host: the
+    /// room is opened here as an edge room of the host's, and the host admits it.
+    async fn placed_elsewhere(&self, room_name: &str, mode: JoinMode) -> Option<Refusal> {
         let cluster = self.state.cluster.as_ref()?;
         let relayed = cluster.relayed();
-        let edge_here = relayed.is_edge(room_name);
-        let viewer_only = mode == JoinMode::Interactive && !grants.may_publish();
-        if self.state.rooms.get(room_name).is_some() && (!edge_here || viewer_only) {
+        // Signalling participants are served at any node with a relay link to the room's
+        // host (an edge room here); WHIP and WHEP, which bind their tracks at once, at the
+        // host.
+        let served_here = mode == JoinMode::Interactive;
+        if let Some(room) = self.state.rooms.get(room_name)
+            && (!room.edge || served_here)
+        {
             return None;
         }
         match cluster.place(room_name).await {
             Placement::Here => None,
-            Placement::Elsewhere(node, Some(_)) if viewer_only && relayed.linked_to(&node) => {
+            Placement::Elsewhere(node, Some(_)) if served_here && relayed.linked_to(&node) => {
                 relayed.edge_room(room_name, &node).await.err()
             }
             Placement::Elsewhere(node, Some(entry)) => {
@@ -338,7 +337,7 @@ impl Session {
         /// A room may end between being opened and admitting us; it is then opened anew.
         const ATTEMPTS: usize = 3;
         let mut attempt = 0;
-        if let Some(refusal) = self.placed_elsewhere(room_name, mode, grants).await {
+        if let Some(refusal) = self.placed_elsewhere(room_name, mode).await {
             return Err(refusal);
         }
         loop {
@@ -368,7 +367,21 @@ impl Session {
                 token: token.clone(),
                 subscribe,
             };
-            match room.join(join).await {
+            let relayed = self.state.cluster.as_ref().map(|c| c.relayed().clone());
+            if room.edge
+                && let Some(relayed) = &relayed
+            {
+                // The room's host decides (its limit, one session per identity).
+                relayed.admit(&room, me, grants.hidden).await?;
+            }
+            let joined = room.join(join).await;
+            if joined.is_err()
+                && room.edge
+                && let Some(relayed) = &relayed
+            {
+                relayed.member_left(&room, &me.id);
+            }
+            match joined {
                 Ok(subscriber) => return Ok((room, spec, subscriber)),
                 Err(RoomError::Closing) if attempt < ATTEMPTS => continue,
                 Err(RoomError::Media(e)) => {
@@ -699,6 +712,11 @@ impl Session {
             .flatten()
             .collect();
         joined.room.leave(&joined.me.id, peers).await;
+        if joined.room.edge
+            && let Some(cluster) = &self.state.cluster
+        {
+            cluster.relayed().member_left(&joined.room, &joined.me.id);
+        }
         info!(room = %joined.room.name, participant = %joined.me.id, reason, "left");
         self.send(ServerMessage::Left {
             reason: reason.to_string(),

@@ -661,14 +661,64 @@ async fn a_viewer_at_another_node_is_served_there_with_the_hosts_media_relayed_i
     let message = viewer.with_state(|s| s.data.iter().find(|d| d.contains("across")).cloned());
     let envelope: Value = serde_json::from_str(&message.unwrap_or_default()).unwrap();
     assert_eq!(envelope["from"], publisher_id.as_str(), "with its sender");
-    // The room is hosted by a: b's copy is not claimed (a publisher at b is sent to a).
+    // A publisher joining at b is served there too: its media reaches a's member over the
+    // link (and b's viewer directly), byte for byte.
     let publisher_at_b = Bot::spawn(BotConfig::new(&b_rtc, token("show", "pub2"), true, 3));
     assert!(
-        publisher_at_b
-            .wait_for(WAIT, |s| s.joined_via.as_deref() == Some(a_rtc.as_str()))
+        publisher
+            .wait_for(WAIT, |s| s.packets_from(3, PayloadKind::Vp8) >= 100
+                && s.packets_from(3, PayloadKind::Opus) >= 50)
             .await,
-        "a publisher joining at b is sent to the host: {:?}",
+        "the member at a gets the publisher at b: {:?}",
         publisher_at_b.state().error()
+    );
+    assert_eq!(publisher_at_b.state().joined_via, None, "served at b");
+    assert_eq!(publisher.state().bad_payloads, 0, "byte for byte");
+    assert!(
+        viewer
+            .wait_for(WAIT, |s| s.packets_from(3, PayloadKind::Vp8) >= 100)
+            .await
+    );
+    let pub2_id = publisher_at_b.state().participant.unwrap();
+    let viewer_id = viewer.state().participant.unwrap();
+    // Membership is the host's: a lists b's members (connected via relay), its members were
+    // told they joined, and a mute at b is seen at a.
+    let listed = participants(&a_addr, "show").await;
+    assert!(
+        listed.contains(&(viewer_id.clone(), "relay".into()))
+            && listed.contains(&(pub2_id.clone(), "relay".into()))
+            && listed.contains(&(publisher_id.clone(), "websocket".into())),
+        "a lists everyone: {listed:?}"
+    );
+    assert!(publisher.state().saw(
+        |m| matches!(m, ServerMessage::ParticipantJoined { participant } if participant.id == pub2_id)
+    ));
+    publisher_at_b.set_audio_muted(true);
+    assert!(
+        publisher
+            .wait_for(WAIT, |s| s.saw(|m| matches!(
+                m,
+                ServerMessage::TrackMuted { participant, muted: true, .. } if *participant == pub2_id
+            )))
+            .await,
+        "a mute at b is seen at a"
+    );
+    // b's members leave a's list when they leave b.
+    publisher_at_b.leave();
+    assert!(
+        publisher
+            .wait_for(WAIT, |s| s.saw(|m| matches!(
+                m,
+                ServerMessage::ParticipantLeft { participant } if *participant == pub2_id
+            )))
+            .await,
+        "a's member sees the publisher at b leave"
+    );
+    assert!(
+        !participants(&a_addr, "show")
+            .await
+            .iter()
+            .any(|(id, _)| *id == pub2_id)
     );
 
     // The viewer leaves: b's edge room ends, and a stops relaying the room.
@@ -683,7 +733,168 @@ async fn a_viewer_at_another_node_is_served_there_with_the_hosts_media_relayed_i
     }
     assert!(stopped, "a stops relaying once b has no viewer");
     publisher.leave();
-    publisher_at_b.leave();
+    let _ = a.kill();
+    let _ = b.kill();
+}
+
+/// A room's participants as its node's room service lists them: id and how connected.
+async fn participants(addr: &str, room: &str) -> Vec<(String, String)> {
+    let grants = Grants {
+        room: Some(room.to_string()),
+        room_admin: true,
+        ..Grants::default()
+    };
+    let claims = Claims::new(DEV_API_KEY, "ops", Duration::from_secs(600), grants);
+    let auth = format!("Bearer {}", ApiKeys::dev().mint(&claims).unwrap());
+    let path = format!("/api/rooms/{room}/participants");
+    let response = http_request(addr, "GET", &path, &[("Authorization", &auth)], "")
+        .await
+        .unwrap();
+    assert_eq!(response.status, 200, "{}", response.body);
+    let body: Value = serde_json::from_str(&response.body).unwrap();
+    body["participants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["id"].as_str().unwrap().to_string(),
+                p["via"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rooms_limit_holds_across_nodes_and_the_host_removes_a_member_served_elsewhere() {
+    let redis = RedisServer::start().await;
+    let relay = [
+        "--relay-addr",
+        "127.0.0.1:0",
+        "--cluster-secret",
+        "the secret of this cluster",
+    ];
+    let (mut a, a_addr) = node(&redis, "a", 3, &relay);
+    let (mut b, b_addr) = node(&redis, "b", 3, &relay);
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline && nodes(&b_addr).await["linked"] != serde_json::json!(["a"]) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let grants = Grants {
+        room_create: true,
+        ..Grants::default()
+    };
+    let claims = Claims::new(DEV_API_KEY, "ops", Duration::from_secs(600), grants);
+    let auth = format!("Bearer {}", ApiKeys::dev().mint(&claims).unwrap());
+    let created = http_request(
+        &a_addr,
+        "POST",
+        "/api/rooms",
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
+        r#"{"name": "small", "max_participants": 2}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(created.status, 201, "{}", created.body);
+    let rtc = |addr: &str| format!("ws://{addr}/rtc");
+    let first = Bot::spawn(BotConfig::new(
+        &rtc(&a_addr),
+        token("small", "one"),
+        true,
+        1,
+    ));
+    assert!(first.wait_for(WAIT, |s| s.participant.is_some()).await);
+    let second = Bot::spawn(BotConfig::new(
+        &rtc(&b_addr),
+        token("small", "two"),
+        false,
+        2,
+    ));
+    assert!(
+        second.wait_for(WAIT, |s| s.participant.is_some()).await,
+        "{:?}",
+        second.state().error()
+    );
+    // The third, at b where the room has one member, is refused: the room has two.
+    let third = Bot::spawn(BotConfig::new(
+        &rtc(&b_addr),
+        token("small", "three"),
+        false,
+        3,
+    ));
+    assert!(
+        third
+            .wait_for(WAIT, |s| s
+                .error()
+                .is_some_and(|(code, _)| code == ErrorCode::RoomFull))
+            .await,
+        "the room's limit holds across nodes: {:?}",
+        third.state().error()
+    );
+    // The same identity joining at b replaces its session at a (one session per identity).
+    let again = Bot::spawn(BotConfig::new(
+        &rtc(&b_addr),
+        token("small", "one"),
+        false,
+        4,
+    ));
+    assert!(
+        again.wait_for(WAIT, |s| s.participant.is_some()).await,
+        "{:?}",
+        again.state().error()
+    );
+    assert!(
+        first
+            .wait_for(WAIT, |s| s.saw(|m| matches!(m, ServerMessage::Left { .. })))
+            .await,
+        "the older session of the identity is replaced"
+    );
+    // The room service at a removes the member served at b.
+    let second_id = second.state().participant.unwrap();
+    let admin = Grants {
+        room: Some("small".into()),
+        room_admin: true,
+        ..Grants::default()
+    };
+    let claims = Claims::new(DEV_API_KEY, "ops", Duration::from_secs(600), admin);
+    let auth = format!("Bearer {}", ApiKeys::dev().mint(&claims).unwrap());
+    let removed = http_request(
+        &a_addr,
+        "DELETE",
+        &format!("/api/rooms/small/participants/{second_id}"),
+        &[("Authorization", &auth)],
+        "",
+    )
+    .await
+    .unwrap();
+    assert_eq!(removed.status, 204, "{}", removed.body);
+    assert!(
+        second
+            .wait_for(WAIT, |s| s.saw(|m| matches!(m, ServerMessage::Left { .. })))
+            .await,
+        "the member at b is disconnected"
+    );
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline
+        && participants(&a_addr, "small")
+            .await
+            .iter()
+            .any(|(id, _)| *id == second_id)
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !participants(&a_addr, "small")
+            .await
+            .iter()
+            .any(|(id, _)| *id == second_id)
+    );
+    for bot in [&first, &second, &third, &again] {
+        bot.leave();
+    }
     let _ = a.kill();
     let _ = b.kill();
 }
@@ -813,6 +1024,23 @@ async fn three_nodes_a_track_crosses_once_per_node_and_layer_and_viewers_move_wh
             .await,
         "the viewer at c keeps playing on the low layer"
     );
+
+    // A publisher at c reaches b's viewers through the host, and the host's member.
+    let mut far = BotConfig::new(&rtc(&c_addr), token("show", "far"), true, 6);
+    far.packets_per_frame = 4;
+    let far = Bot::spawn(far);
+    for bot in [&viewers[0], &publisher] {
+        assert!(
+            bot.wait_for(WAIT, |s| s.packets_from(6, PayloadKind::Vp8) >= 50
+                && s.packets_from(6, PayloadKind::Opus) >= 25)
+                .await,
+            "the publisher at c is seen at b and a: {:?}",
+            far.state().error()
+        );
+        assert_eq!(bot.state().bad_payloads, 0, "byte for byte");
+    }
+    assert_eq!(far.state().joined_via, None, "served at c");
+    far.leave();
 
     // b dies: a viewer that was there, joining again at c (as clients do from the
     // alternates they were given), plays within 5 s.

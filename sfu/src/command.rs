@@ -118,6 +118,8 @@ pub(crate) enum Command {
         room: crate::ids::RoomId,
         packets: tokio::sync::mpsc::Sender<crate::relay::RelayPacket>,
         events: tokio::sync::mpsc::Sender<crate::relay::RelayEvent>,
+        /// Receives the room's data messages (see [`crate::Sfu::add_relay_egress`]).
+        carries_data: bool,
         reply: Reply<()>,
     },
     /// Set which layers of a track a relay egress carries (none: stop relaying it).
@@ -148,6 +150,8 @@ pub(crate) enum Command {
         spec: PeerSpec,
         events: EventSink,
         requests: tokio::sync::mpsc::Sender<crate::relay::RelayRequest>,
+        /// Receives the room's data messages (see [`crate::Sfu::add_relay_ingress`]).
+        carries_data: bool,
         reply: Reply<()>,
     },
     /// Publish a relayed track through a relay ingress; replies with its id here.

@@ -584,10 +584,15 @@ impl Sfu {
     /// which tracks and layers it carries; their packets arrive on the returned receiver
     /// (at most `capacity` waiting: more are dropped and counted), and the tracks that end on
     /// the event receiver. Remove it with [`Sfu::remove_relay_egress`].
+    ///
+    /// With `carries_data`, the room's data messages also go to the event receiver (and
+    /// [`Sfu::relay_data`] through it reaches the room's members): one endpoint per link and
+    /// room carries them, or a message would cross twice, or back.
     pub async fn add_relay_egress(
         &self,
         room: RoomId,
         capacity: usize,
+        carries_data: bool,
     ) -> Result<RelayEgressHandle, SfuError> {
         let (id, worker) = self.place_in(room)?;
         let (packets, packet_rx) = mpsc::channel(capacity.max(1));
@@ -597,6 +602,7 @@ impl Sfu {
             room,
             packets,
             events,
+            carries_data,
             reply,
         })
         .await
@@ -675,11 +681,13 @@ impl Sfu {
     /// subscribed to like local ones; their packets come in with [`Sfu::relay_packets`].
     /// Its events (tracks published and unpublished, `LayersWanted` from dynacast: the layers
     /// to keep asking the origin for) arrive on `events`, and what to ask the origin for
-    /// (keyframes, packets lost on the link) on the handle's receiver.
+    /// (keyframes, packets lost on the link) on the handle's receiver; with `carries_data`
+    /// also the room's data messages (as for [`Sfu::add_relay_egress`]).
     pub async fn add_relay_ingress(
         &self,
         room: RoomId,
         events: EventSink,
+        carries_data: bool,
     ) -> Result<RelayIngressHandle, SfuError> {
         let (id, worker) = self.place_in(room)?;
         let (requests, requests_rx) = mpsc::channel(crate::relay::RELAY_EVENT_QUEUE);
@@ -695,6 +703,7 @@ impl Sfu {
             spec,
             events,
             requests,
+            carries_data,
             reply,
         })
         .await

@@ -4,17 +4,26 @@
 //! link; the media core does the forwarding (a relay egress per room at the origin, a relay
 //! ingress per room at the edge, see `sfu::relay`).
 //!
-//! A room is hosted by one node (its claim in Redis). A participant that may not publish and
-//! joins at another node is served there: that node opens the room locally as an edge room,
-//! asks the host for it (`room_subscribe`), publishes each track the host announces
-//! (`track_added`) through its relay ingress, and its viewers subscribe to them as to local
-//! ones. What crosses is what the edge's viewers want: its dynacast sends `set_layers`, its
-//! viewers' keyframe requests and the gaps it sees on the link go back as `keyframe_request`
-//! and `nack`. When its last viewer leaves, the edge room ends and the edge unsubscribes.
+//! A room is hosted by one node (its claim in Redis). A participant joining it at another
+//! node is served there: that node opens the room locally as an edge room and asks the host
+//! for it (`room_subscribe`); the host answers in kind. From then on each side is the origin
+//! of the tracks published at its node: it announces them (`track_added`, `muted`,
+//! `track_removed`) and relays them through a relay egress; the other side publishes each
+//! through its relay ingress, and its members subscribe to them as to local ones. What
+//! crosses is what the receiving side's members want: its dynacast sends `set_layers`, their
+//! keyframe requests and the gaps it sees on the link go back as `keyframe_request` and
+//! `nack`. A track published at one edge reaches another through the host.
 //!
-//! Data messages cross both ways (each relay endpoint is one of its room's data receivers);
-//! the edge's active speakers come from the relayed audio's levels. Not yet relayed: the
-//! edge's viewers are not shown to the host's members; publishers are still sent to the host.
+//! Membership is the host's room's: an edge asks it to `admit` each participant joining
+//! there (the room's limit and its one-session-per-identity rule hold cluster-wide; the
+//! participant is a member of the host's room, connected `via` relay, listed and counted
+//! there, its webhooks sent from there) and says when it leaves; the host tells each edge of
+//! the members elsewhere. When the edge's last member leaves, the edge room ends and the
+//! edge unsubscribes.
+//!
+//! Data messages cross both ways, through the host's egress and the edge's ingress only (a
+//! message would otherwise cross twice); the edge's active speakers come from the relayed
+//! audio's levels, the host's from its ingress's.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,10 +39,11 @@ use tracing::{debug, info, warn};
 use super::relay::RelayLink;
 use super::wire::{
     ControlDecoder, MAX_CODECS, MediaDatagram, RelayControl, RelayedTrack, TrackKind, WireCodec,
+    WireParticipant,
 };
 use crate::AppState;
-use crate::protocol::{ErrorCode, Refusal, TrackInfo};
-use crate::room::{Room, RoomTrack};
+use crate::protocol::{ErrorCode, ParticipantInfo, Refusal, TrackInfo};
+use crate::room::{Join, Room, RoomError, RoomTrack, Via};
 
 /// Control messages queued for a link before it is considered stuck (and closed).
 const CONTROL_QUEUE: usize = 4096;
@@ -47,6 +57,12 @@ const DATAGRAM_BATCH: usize = 64;
 const MAX_ROOMS_PER_LINK: usize = 4096;
 /// An edge room with no member for this long is closed (its viewer's join failed).
 const EDGE_EMPTY_FOR: Duration = Duration::from_secs(10);
+/// How long an edge waits for the host to admit a participant.
+const ADMIT_WITHIN: Duration = Duration::from_secs(5);
+/// Admissions one link may have waiting for the host's answer.
+const MAX_PENDING_ADMITS: usize = 1024;
+/// Members one link may have admitted at the host, over all its rooms.
+const MAX_ADMITTED_PER_LINK: usize = 100_000;
 
 /// The relayed rooms of every link of this node.
 #[derive(Default)]
@@ -206,12 +222,56 @@ impl RelayRooms {
         self.links.lock().contains_key(node)
     }
 
-    /// Whether `name` is open here as an edge room (a publisher must go to its host).
-    pub fn is_edge(&self, name: &str) -> bool {
+    /// The link serving edge room `room`.
+    fn link_of_edge(&self, room: &Arc<Room>) -> Option<Arc<LinkRooms>> {
         self.links
             .lock()
             .values()
-            .any(|l| l.inner.lock().edge.contains_key(name))
+            .find(|l| {
+                l.inner
+                    .lock()
+                    .edge
+                    .get(&room.name)
+                    .is_some_and(|e| e.room.upgrade().is_some_and(|r| Arc::ptr_eq(&r, room)))
+            })
+            .cloned()
+    }
+
+    /// Asks the host of edge room `room` to admit `me` (the room's limit and its
+    /// one-session-per-identity rule are the host's). Once admitted, the participant is a
+    /// member there until [`Self::member_left`].
+    pub async fn admit(
+        &self,
+        room: &Arc<Room>,
+        me: &ParticipantInfo,
+        hidden: bool,
+    ) -> Result<(), Refusal> {
+        let unreachable = || {
+            Refusal::new(
+                ErrorCode::ClusterUnavailable,
+                format!(
+                    "room {:?} is hosted by another node, which did not answer; join again in a few seconds",
+                    room.name
+                ),
+            )
+        };
+        let link = self.link_of_edge(room).ok_or_else(unreachable)?;
+        let answer = link.admit(&room.name, me, hidden)?;
+        match tokio::time::timeout(ADMIT_WITHIN, answer).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(refusal))) => Err(refusal),
+            _ => {
+                link.member_left(&room.name, &me.id);
+                Err(unreachable())
+            }
+        }
+    }
+
+    /// A member of edge room `room` admitted by its host left.
+    pub fn member_left(&self, room: &Arc<Room>, participant: &str) {
+        if let Some(link) = self.link_of_edge(room) {
+            link.member_left(&room.name, participant);
+        }
     }
 }
 
@@ -257,6 +317,9 @@ struct LinkRooms {
     counts: Arc<Counts>,
 }
 
+/// The host's answer to an admission.
+type Admission = tokio::sync::oneshot::Sender<Result<(), Refusal>>;
+
 #[derive(Default)]
 struct Inner {
     /// Rooms this node hosts that the other node subscribed to, by name.
@@ -268,6 +331,22 @@ struct Inner {
     edge: HashMap<String, EdgeRoom>,
     /// Edge side: relayed track by relay id (its room, its id here, its relay ingress).
     received: HashMap<u32, (String, TrackId, PeerId)>,
+    /// Host side: per room, the members admitted for the other node's sessions.
+    admitted: HashMap<String, std::collections::HashSet<String>>,
+    /// Edge side: admissions waiting for the host's answer, by request.
+    pending: HashMap<u32, Admission>,
+    /// Edge side: per room, the members the host admitted for this node.
+    asked: HashMap<String, std::collections::HashSet<String>>,
+    next_request: u32,
+}
+
+impl Inner {
+    fn admitted_count(&self) -> usize {
+        self.admitted
+            .values()
+            .map(std::collections::HashSet::len)
+            .sum()
+    }
 }
 
 /// A room hosted here, relayed to the other node.
@@ -277,6 +356,10 @@ struct OriginRoom {
     tracks: HashMap<TrackId, u32>,
     /// The layers the other node asked for last, per relay id (bit per layer), and the kind.
     layers: HashMap<u32, (TrackKind, u32)>,
+    /// Whether each track was last announced muted, per relay id.
+    muted: HashMap<u32, bool>,
+    /// The members the other node was told of (the host's side).
+    members: std::collections::HashSet<String>,
     /// Stops the room's tasks.
     stop: tokio::sync::watch::Sender<bool>,
 }
@@ -313,7 +396,7 @@ impl LinkRooms {
         let (events, event_rx) = mpsc::unbounded_channel();
         let ingress = state
             .sfu
-            .add_relay_ingress(room.id, events)
+            .add_relay_ingress(room.id, events, true)
             .await
             .map_err(|e| crate::session::internal("start relaying the room", &e))?;
         let stale = self.inner.lock().edge.insert(
@@ -340,6 +423,131 @@ impl LinkRooms {
                 .edge_watch(name.to_string(), Arc::downgrade(&room)),
         );
         Ok(room)
+    }
+
+    /// Asks the host to admit `me` to edge room `room`; the answer comes on the receiver.
+    fn admit(
+        &self,
+        room: &str,
+        me: &ParticipantInfo,
+        hidden: bool,
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<(), Refusal>>, Refusal> {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let request = {
+            let mut inner = self.inner.lock();
+            if inner.pending.len() >= MAX_PENDING_ADMITS {
+                return Err(Refusal::new(
+                    ErrorCode::ClusterUnavailable,
+                    "too many joins waiting for the room's host node; join again in a few seconds",
+                ));
+            }
+            inner.next_request = inner.next_request.wrapping_add(1);
+            let request = inner.next_request;
+            inner.pending.insert(request, answer);
+            inner
+                .asked
+                .entry(room.to_string())
+                .or_default()
+                .insert(me.id.clone());
+            request
+        };
+        self.send(RelayControl::Admit {
+            room: room.to_string(),
+            request,
+            participant: WireParticipant {
+                id: me.id.clone(),
+                identity: me.identity.clone(),
+                name: me.name.clone(),
+            },
+            hidden,
+        });
+        Ok(answered)
+    }
+
+    /// A member this node asked the host to admit left (or its join failed here).
+    fn member_left(&self, room: &str, participant: &str) {
+        let known = {
+            let mut inner = self.inner.lock();
+            let known = inner
+                .asked
+                .get_mut(room)
+                .is_some_and(|members| members.remove(participant));
+            if inner.asked.get(room).is_some_and(|m| m.is_empty()) {
+                inner.asked.remove(room);
+            }
+            known
+        };
+        if known {
+            self.send(RelayControl::MemberLeft {
+                room: room.to_string(),
+                participant: participant.to_string(),
+            });
+        }
+    }
+
+    /// The host's answer to an admission.
+    fn on_admitted(&self, request: u32, refused: Option<String>, full: bool) {
+        let Some(answer) = self.inner.lock().pending.remove(&request) else {
+            return;
+        };
+        let result = match refused {
+            None => Ok(()),
+            Some(reason) => Err(Refusal::new(
+                if full {
+                    ErrorCode::RoomFull
+                } else {
+                    ErrorCode::ClusterUnavailable
+                },
+                reason,
+            )),
+        };
+        let _ = answer.send(result);
+    }
+
+    /// The host tells of a member elsewhere, or that one left.
+    async fn on_member(&self, room: &str, joined: Option<WireParticipant>, left: Option<String>) {
+        let Some(state) = self.state.upgrade() else {
+            return;
+        };
+        let Some(room) = state.rooms.get(room).filter(|r| r.edge) else {
+            return;
+        };
+        if !self.inner.lock().edge.contains_key(&room.name) {
+            return;
+        }
+        if let Some(p) = joined {
+            room.add_remote(ParticipantInfo {
+                id: p.id,
+                identity: p.identity,
+                name: p.name,
+            })
+            .await;
+        }
+        if let Some(participant) = left {
+            room.remove_remote(&participant).await;
+        }
+    }
+
+    /// The host disconnects a member it admitted for this node.
+    async fn on_kick(&self, room: &str, participant: &str, reason: &str) {
+        let asked = self
+            .inner
+            .lock()
+            .asked
+            .get(room)
+            .is_some_and(|m| m.contains(participant));
+        let Some(state) = self.state.upgrade() else {
+            return;
+        };
+        let Some(room) = state.rooms.get(room).filter(|r| r.edge && asked) else {
+            return;
+        };
+        if let Some((token, expires)) = room.kick(participant, reason).await
+            && reason == crate::room::REMOVED_BY_ROOM_SERVICE
+        {
+            // It cannot come straight back here with the same token either.
+            state.revoked.revoke(&token, expires);
+        }
     }
 
     /// The ingress's requests (keyframes, lost packets) and its room's data messages go to the
@@ -467,8 +675,16 @@ impl LinkRooms {
                 inner.received.retain(|_, (r, ..)| *r != name);
                 ingress
             };
-            info!(room = %name, "no viewer of the relayed room left here; unsubscribed");
-            self.send(RelayControl::RoomUnsubscribe { room: name });
+            let left = self.inner.lock().asked.remove(&name).unwrap_or_default();
+            for participant in left {
+                self.send(RelayControl::MemberLeft {
+                    room: name.clone(),
+                    participant,
+                });
+            }
+            info!(room = %name, "no member of the relayed room left here; unsubscribed");
+            self.send(RelayControl::RoomUnsubscribe { room: name.clone() });
+            self.room_unsubscribe(&name).await;
             if let (Some(ingress), Some(state)) = (ingress, self.state.upgrade()) {
                 let _ = state.sfu.remove_relay_ingress(ingress).await;
             }
@@ -619,7 +835,9 @@ impl LinkRooms {
 
     // ---- the origin side ----------------------------------------------------------------
 
-    /// The other node serves viewers of `name`: relays it if this node hosts it.
+    /// The other node serves members of `name`: relays the tracks published here (at the
+    /// host: all but those the other node sent; at an edge, answering its host: its own
+    /// members'). The host also subscribes in turn, to receive the edge's publishers.
     async fn room_subscribe(self: &Arc<Self>, name: String) {
         let Some(state) = self.state.upgrade() else {
             return;
@@ -639,7 +857,12 @@ impl LinkRooms {
             self.send(refuse("no such room on this node"));
             return;
         };
-        let egress = match state.sfu.add_relay_egress(room.id, EGRESS_QUEUE).await {
+        let hosted = !room.edge;
+        let egress = match state
+            .sfu
+            .add_relay_egress(room.id, EGRESS_QUEUE, hosted)
+            .await
+        {
             Ok(egress) => egress,
             Err(e) => {
                 self.send(refuse(&format!("cannot relay it: {e}")));
@@ -653,9 +876,14 @@ impl LinkRooms {
                 egress: egress.id,
                 tracks: HashMap::new(),
                 layers: HashMap::new(),
+                muted: HashMap::new(),
+                members: std::collections::HashSet::new(),
                 stop,
             },
         );
+        if hosted {
+            self.host_ingress(&name, &room).await;
+        }
         info!(room = %name, node = %self.link.peer(), "relaying a room to another node's viewers");
         tokio::spawn(
             self.clone()
@@ -671,15 +899,201 @@ impl LinkRooms {
         );
     }
 
-    /// The other node has no viewer of `name` any more.
+    /// At the host: receives the edge's publishers' tracks of `room` (an ingress that carries
+    /// no data: the host's egress does) and asks the edge for them.
+    async fn host_ingress(self: &Arc<Self>, name: &str, room: &Arc<Room>) {
+        let Some(state) = self.state.upgrade() else {
+            return;
+        };
+        let (events, event_rx) = mpsc::unbounded_channel();
+        let ingress = match state.sfu.add_relay_ingress(room.id, events, false).await {
+            Ok(ingress) => ingress,
+            Err(e) => {
+                warn!(room = name, error = %e, "relay: cannot receive the edge's tracks");
+                return;
+            }
+        };
+        let stale = self.inner.lock().edge.insert(
+            name.to_string(),
+            EdgeRoom {
+                room: Arc::downgrade(room),
+                ingress: ingress.id,
+            },
+        );
+        if let Some(stale) = stale {
+            let _ = state.sfu.remove_relay_ingress(stale.ingress).await;
+        }
+        tokio::spawn(
+            self.clone()
+                .edge_requests(name.to_string(), ingress.id, ingress.requests),
+        );
+        tokio::spawn(self.clone().edge_events(event_rx));
+        self.send(RelayControl::RoomSubscribe {
+            room: name.to_string(),
+        });
+    }
+
+    /// The other node has no member of `name` any more (or the link closed): relaying stops
+    /// both ways, and at the host the members it had admitted leave.
     async fn room_unsubscribe(&self, name: &str) {
         let Some(origin) = self.inner.lock().origin.remove(name) else {
             return;
         };
         let _ = origin.stop.send(true);
         self.inner.lock().relayed.retain(|_, (r, _)| r != name);
-        if let Some(state) = self.state.upgrade() {
-            let _ = state.sfu.remove_relay_egress(origin.egress).await;
+        let Some(state) = self.state.upgrade() else {
+            return;
+        };
+        let _ = state.sfu.remove_relay_egress(origin.egress).await;
+        let Some(room) = state.rooms.get(name).filter(|r| !r.edge) else {
+            return;
+        };
+        let (ingress, admitted) = {
+            let mut inner = self.inner.lock();
+            let ingress = inner
+                .edge
+                .remove(name)
+                .filter(|e| e.room.upgrade().is_some_and(|r| Arc::ptr_eq(&r, &room)))
+                .map(|e| e.ingress);
+            if ingress.is_some() {
+                inner.received.retain(|_, (r, ..)| r != name);
+            }
+            (ingress, inner.admitted.remove(name).unwrap_or_default())
+        };
+        for participant in admitted {
+            room.leave(&participant, Vec::new()).await;
+        }
+        if let Some(ingress) = ingress {
+            let _ = state.sfu.remove_relay_ingress(ingress).await;
+        }
+    }
+
+    /// At the host: admits a participant joining at the other node as a member of the room
+    /// here (connected `via` relay), or says why not.
+    async fn on_admit(
+        self: &Arc<Self>,
+        name: String,
+        request: u32,
+        participant: WireParticipant,
+        hidden: bool,
+    ) {
+        let refuse = |reason: String, full: bool| RelayControl::Admitted {
+            request,
+            refused: Some(reason),
+            full,
+        };
+        let Some(state) = self.state.upgrade() else {
+            return;
+        };
+        let room = state.rooms.get(&name).filter(|r| !r.edge);
+        let subscribed = self.inner.lock().origin.contains_key(&name);
+        let (Some(room), true) = (room, subscribed) else {
+            self.send(refuse(
+                format!("room {name:?} is not hosted there any more; join again"),
+                false,
+            ));
+            return;
+        };
+        if self.inner.lock().admitted_count() >= MAX_ADMITTED_PER_LINK {
+            self.send(refuse(
+                "too many members relayed from one node".into(),
+                false,
+            ));
+            return;
+        }
+        let (kick, mut kicks) = mpsc::unbounded_channel::<String>();
+        let info = ParticipantInfo {
+            id: participant.id.clone(),
+            identity: participant.identity,
+            name: participant.name,
+        };
+        let join = Join {
+            info,
+            hidden,
+            via: Via::Relay,
+            outbox: crate::outbox::outbox().0,
+            kick,
+            ice_servers: Vec::new(),
+            resume_token: None,
+            alternates: Vec::new(),
+            token: (String::new(), 0),
+            subscribe: None,
+        };
+        match room.join(join).await {
+            Ok(_) => {
+                self.inner
+                    .lock()
+                    .admitted
+                    .entry(name.clone())
+                    .or_default()
+                    .insert(participant.id.clone());
+                self.send(RelayControl::Admitted {
+                    request,
+                    refused: None,
+                    full: false,
+                });
+                // The room's kicks for the member go to the node that serves it (the channel
+                // closes when the member leaves).
+                let link = self.clone();
+                tokio::spawn(async move {
+                    while let Some(reason) = kicks.recv().await {
+                        link.send(RelayControl::Kick {
+                            room: name.clone(),
+                            participant: participant.id.clone(),
+                            reason,
+                        });
+                    }
+                });
+            }
+            Err(e) => {
+                let full = matches!(e, RoomError::Full { .. });
+                self.send(refuse(e.to_string(), full));
+            }
+        }
+    }
+
+    /// At the host: a member admitted for the other node left.
+    async fn on_member_left_at_host(&self, name: &str, participant: &str) {
+        let known = self
+            .inner
+            .lock()
+            .admitted
+            .get_mut(name)
+            .is_some_and(|m| m.remove(participant));
+        if !known {
+            return;
+        }
+        if let Some(room) = self
+            .state
+            .upgrade()
+            .and_then(|s| s.rooms.get(name))
+            .filter(|r| !r.edge)
+        {
+            room.leave(participant, Vec::new()).await;
+        }
+    }
+
+    /// A relayed track was muted or unmuted at its origin: so it is here.
+    async fn on_muted(&self, relay_id: u32, muted: bool) {
+        let Some((room_name, id, _)) = self.inner.lock().received.get(&relay_id).cloned() else {
+            return;
+        };
+        let Some(room) = self.state.upgrade().and_then(|s| s.rooms.get(&room_name)) else {
+            return;
+        };
+        let track = id.to_string();
+        let participant = room
+            .tracks()
+            .await
+            .into_iter()
+            .find(|t| t.id == id)
+            .map(|t| t.info.participant);
+        if let Some(participant) = participant
+            && let Err(e) = room
+                .set_muted(&participant, &track, muted, crate::room::MutedBy::Publisher)
+                .await
+        {
+            debug!(relay_id, error = %e, "relay: a relayed track's mute not applied");
         }
     }
 
@@ -766,20 +1180,30 @@ impl LinkRooms {
         } else {
             data.into_bytes()
         };
+        let Some(state) = self.state.upgrade() else {
+            return;
+        };
+        let Some(edge) = state.rooms.get(room).map(|r| r.edge) else {
+            return;
+        };
+        // The endpoint that carries the room's data on this link: the edge's ingress, the
+        // host's egress.
         let relay = {
             let inner = self.inner.lock();
-            inner
-                .edge
-                .get(room)
-                .map(|e| e.ingress)
-                .or_else(|| inner.origin.get(room).map(|o| o.egress))
+            if edge {
+                inner.edge.get(room).map(|e| e.ingress)
+            } else {
+                inner.origin.get(room).map(|o| o.egress)
+            }
         };
-        if let (Some(relay), Some(state)) = (relay, self.state.upgrade()) {
+        if let Some(relay) = relay {
             let _ = state.sfu.relay_data(relay, binary, bytes).await;
         }
     }
 
-    /// Tells the other node about the room's tracks as they come and go.
+    /// Tells the other node about the room as it changes: at the host, the members elsewhere
+    /// than at that node; on both sides, the tracks published here (not those received from
+    /// that node) and their mutes.
     async fn origin_tracks(
         self: Arc<Self>,
         name: String,
@@ -805,13 +1229,71 @@ impl LinkRooms {
                 return;
             }
             let snapshot = room.snapshot().await;
-            let tracks = snapshot.tracks;
+            // Members admitted for the other node, and tracks received from it: its own.
+            let (theirs, received): (std::collections::HashSet<String>, Vec<TrackId>) = {
+                let inner = self.inner.lock();
+                (
+                    inner.admitted.get(&name).cloned().unwrap_or_default(),
+                    inner
+                        .received
+                        .values()
+                        .filter(|(r, ..)| *r == name)
+                        .map(|(_, id, _)| *id)
+                        .collect(),
+                )
+            };
+            let ours = |participant: &str| {
+                !theirs.contains(participant)
+                    && snapshot.members.iter().any(|m| m.info.id == participant)
+            };
+            let mut left = Vec::new();
+            if !room.edge {
+                let visible: Vec<&ParticipantInfo> = snapshot
+                    .members
+                    .iter()
+                    .filter(|m| !m.hidden && ours(&m.info.id))
+                    .map(|m| &m.info)
+                    .collect();
+                let mut joined = Vec::new();
+                {
+                    let mut inner = self.inner.lock();
+                    let Some(origin) = inner.origin.get_mut(&name) else {
+                        return;
+                    };
+                    for m in &visible {
+                        if origin.members.insert(m.id.clone()) {
+                            joined.push((*m).clone());
+                        }
+                    }
+                    origin.members.retain(|id| {
+                        let here = visible.iter().any(|m| m.id == *id);
+                        if !here {
+                            left.push(id.clone());
+                        }
+                        here
+                    });
+                }
+                for p in joined {
+                    self.send(RelayControl::MemberJoined {
+                        room: name.clone(),
+                        participant: WireParticipant {
+                            id: p.id,
+                            identity: p.identity,
+                            name: p.name,
+                        },
+                    });
+                }
+            }
+            let tracks: Vec<&RoomTrack> = snapshot
+                .tracks
+                .iter()
+                .filter(|t| !received.contains(&t.id) && ours(&t.info.participant))
+                .collect();
             let known: HashMap<TrackId, u32> = match self.inner.lock().origin.get(&name) {
                 Some(o) => o.tracks.clone(),
                 None => return,
             };
             for track in tracks.iter().filter(|t| !known.contains_key(&t.id)) {
-                // Only the room's own participants' tracks (not tracks relayed into it).
                 let Some(publisher) = snapshot
                     .members
                     .iter()
@@ -820,52 +1302,25 @@ impl LinkRooms {
                 else {
                     continue;
                 };
-                let Ok(codecs) = state.sfu.track_codecs(track.id).await else {
-                    continue;
+                self.announce_track(&state, &name, track, publisher).await;
+            }
+            let changed: Vec<(u32, bool)> = {
+                let mut inner = self.inner.lock();
+                let Some(origin) = inner.origin.get_mut(&name) else {
+                    return;
                 };
-                let layers = u8::try_from(track.info.simulcast.len().clamp(1, 8)).unwrap_or(1);
-                let kind = if track.info.kind == "audio" {
-                    TrackKind::Audio
-                } else {
-                    TrackKind::Video
-                };
-                let relay_id = {
-                    let mut inner = self.inner.lock();
-                    inner.next_relay_id = inner.next_relay_id.wrapping_add(1);
-                    let id = inner.next_relay_id;
-                    let Some(origin) = inner.origin.get_mut(&name) else {
-                        return;
-                    };
-                    origin.tracks.insert(track.id, id);
-                    origin.layers.insert(id, (kind, 0));
-                    inner.relayed.insert(id, (name.clone(), track.id));
-                    id
-                };
-                self.send(RelayControl::TrackAdded {
-                    room: name.clone(),
-                    relay_id,
-                    track: RelayedTrack {
-                        participant: track.info.participant.clone(),
-                        identity: publisher.identity,
-                        name: publisher.name,
-                        kind,
-                        source: track.info.source.clone(),
-                        simulcast: track.info.simulcast.iter().take(8).cloned().collect(),
-                        layers,
-                        muted: track.info.muted,
-                        codecs: codecs
-                            .into_iter()
-                            .take(MAX_CODECS)
-                            .map(|c| WireCodec {
-                                pt: c.pt,
-                                name: c.name,
-                                clock_rate: c.clock_rate,
-                                channels: c.channels,
-                                fmtp: c.fmtp,
-                            })
-                            .collect(),
-                    },
-                });
+                tracks
+                    .iter()
+                    .filter_map(|t| {
+                        let relay_id = *origin.tracks.get(&t.id)?;
+                        let was = origin.muted.insert(relay_id, t.info.muted);
+                        (was != Some(t.info.muted)).then_some((relay_id, t.info.muted))
+                    })
+                    .filter(|(relay_id, _)| known.values().any(|k| k == relay_id))
+                    .collect()
+            };
+            for (relay_id, muted) in changed {
+                self.send(RelayControl::Muted { relay_id, muted });
             }
             let gone: Vec<(TrackId, u32)> = known
                 .into_iter()
@@ -877,12 +1332,76 @@ impl LinkRooms {
                     if let Some(origin) = inner.origin.get_mut(&name) {
                         origin.tracks.remove(&id);
                         origin.layers.remove(&relay_id);
+                        origin.muted.remove(&relay_id);
                     }
                     inner.relayed.remove(&relay_id);
                 }
                 self.send(RelayControl::TrackRemoved { relay_id });
             }
+            for participant in left {
+                self.send(RelayControl::MemberLeft {
+                    room: name.clone(),
+                    participant,
+                });
+            }
         }
+    }
+
+    /// Announces a track published here to the other node (its relay id on this link).
+    async fn announce_track(
+        &self,
+        state: &AppState,
+        name: &str,
+        track: &RoomTrack,
+        publisher: ParticipantInfo,
+    ) {
+        let Ok(codecs) = state.sfu.track_codecs(track.id).await else {
+            return;
+        };
+        let layers = u8::try_from(track.info.simulcast.len().clamp(1, 8)).unwrap_or(1);
+        let kind = if track.info.kind == "audio" {
+            TrackKind::Audio
+        } else {
+            TrackKind::Video
+        };
+        let relay_id = {
+            let mut inner = self.inner.lock();
+            inner.next_relay_id = inner.next_relay_id.wrapping_add(1);
+            let id = inner.next_relay_id;
+            let Some(origin) = inner.origin.get_mut(name) else {
+                return;
+            };
+            origin.tracks.insert(track.id, id);
+            origin.layers.insert(id, (kind, 0));
+            origin.muted.insert(id, track.info.muted);
+            inner.relayed.insert(id, (name.to_string(), track.id));
+            id
+        };
+        self.send(RelayControl::TrackAdded {
+            room: name.to_string(),
+            relay_id,
+            track: RelayedTrack {
+                participant: track.info.participant.clone(),
+                identity: publisher.identity,
+                name: publisher.name,
+                kind,
+                source: track.info.source.clone(),
+                simulcast: track.info.simulcast.iter().take(8).cloned().collect(),
+                layers,
+                muted: track.info.muted,
+                codecs: codecs
+                    .into_iter()
+                    .take(MAX_CODECS)
+                    .map(|c| WireCodec {
+                        pt: c.pt,
+                        name: c.name,
+                        clock_rate: c.clock_rate,
+                        channels: c.channels,
+                        fmtp: c.fmtp,
+                    })
+                    .collect(),
+            },
+        });
     }
 
     /// A relayed room closed here: the other node hears that its tracks ended.
@@ -1013,7 +1532,30 @@ impl LinkRooms {
                 track,
             } => self.track_added(room, relay_id, track).await,
             RelayControl::TrackRemoved { relay_id } => self.track_removed(relay_id).await,
-            RelayControl::Muted { .. } => {}
+            RelayControl::Muted { relay_id, muted } => self.on_muted(relay_id, muted).await,
+            RelayControl::Admit {
+                room,
+                request,
+                participant,
+                hidden,
+            } => self.on_admit(room, request, participant, hidden).await,
+            RelayControl::Admitted {
+                request,
+                refused,
+                full,
+            } => self.on_admitted(request, refused, full),
+            RelayControl::MemberJoined { room, participant } => {
+                self.on_member(&room, Some(participant), None).await;
+            }
+            RelayControl::MemberLeft { room, participant } => {
+                self.on_member_left_at_host(&room, &participant).await;
+                self.on_member(&room, None, Some(participant)).await;
+            }
+            RelayControl::Kick {
+                room,
+                participant,
+                reason,
+            } => self.on_kick(&room, &participant, &reason).await,
             RelayControl::Data { room, binary, data } => self.on_data(&room, binary, data).await,
             request @ (RelayControl::SetLayers { .. }
             | RelayControl::KeyframeRequest { .. }
@@ -1033,16 +1575,27 @@ impl LinkRooms {
         for id in received {
             self.track_removed(id).await;
         }
-        let edges: Vec<PeerId> = self
+        let edges: Vec<(PeerId, Weak<Room>)> = self
             .inner
             .lock()
             .edge
             .drain()
-            .map(|(_, e)| e.ingress)
+            .map(|(_, e)| (e.ingress, e.room))
             .collect();
+        let pending: Vec<Admission> = self.inner.lock().pending.drain().map(|(_, a)| a).collect();
+        for answer in pending {
+            let _ = answer.send(Err(Refusal::new(
+                ErrorCode::ClusterUnavailable,
+                format!("the link to node {} closed; join again", self.link.peer()),
+            )));
+        }
+        self.inner.lock().asked.clear();
         if let Some(state) = self.state.upgrade() {
-            for ingress in edges {
+            for (ingress, room) in edges {
                 let _ = state.sfu.remove_relay_ingress(ingress).await;
+                if let Some(room) = room.upgrade().filter(|r| r.edge) {
+                    room.clear_remote().await;
+                }
             }
         }
     }

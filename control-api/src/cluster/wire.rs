@@ -188,6 +188,17 @@ pub struct RelayedTrack {
     pub codecs: Vec<WireCodec>,
 }
 
+/// A member of a room at one node, as the other node is told of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireParticipant {
+    /// Its participant id (unique in the room, cluster-wide).
+    pub id: String,
+    /// Its identity (from its access token).
+    pub identity: String,
+    /// Its display name.
+    pub name: String,
+}
+
 /// A track's kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -198,11 +209,15 @@ pub enum TrackKind {
     Video,
 }
 
-/// A control message on a relay link's stream. A node that serves viewers of a room hosted by
-/// another (the edge) sends `room_subscribe` and, per relayed track, `set_layers`,
-/// `keyframe_request` and `nack`; the room's host (the origin) answers with `track_added`,
-/// `track_removed`, `muted` or `room_refused`. Relay ids are the origin's, one per relayed
-/// track on the link.
+/// A control message on a relay link's stream. A node that serves members of a room hosted by
+/// another (the edge) sends `room_subscribe`; the room's host answers with `room_subscribe`
+/// in turn (it receives the edge's publishers' tracks), or `room_refused`. Then each side, as
+/// the origin of the tracks published at its node, sends `track_added`, `track_removed` and
+/// `muted`, and, as their receiver, `set_layers`, `keyframe_request` and `nack` per track.
+/// Relay ids are the sender of the track's, one per relayed track and direction on the link.
+/// Membership is the host's: an edge asks it to `admit` each member joining there and says
+/// when it left (`member_left`); the host tells each edge of the members elsewhere
+/// (`member_joined`, `member_left`) and may `kick` one of the edge's.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum RelayControl {
@@ -267,6 +282,52 @@ pub enum RelayControl {
         layer: u8,
         /// Missing sequence numbers (at most [`MAX_NACK`]).
         seqs: Vec<u16>,
+    },
+    /// Edge to host: may `participant`, joining `room` at the edge, be a member? The host
+    /// applies the room's limit and its one-session-per-identity rule, answers `admitted`,
+    /// and counts the participant as a member until `member_left`.
+    Admit {
+        /// The room's name.
+        room: String,
+        /// Names the answer.
+        request: u32,
+        /// Who joins.
+        participant: WireParticipant,
+        /// Invisible to the other members.
+        hidden: bool,
+    },
+    /// Host to edge: the answer to `admit` `request`.
+    Admitted {
+        /// The request answered.
+        request: u32,
+        /// Why not (`None`: admitted).
+        refused: Option<String>,
+        /// Refused because the room is full.
+        full: bool,
+    },
+    /// Host to edge: a member of `room` at another node (the host or a third node).
+    MemberJoined {
+        /// The room's name.
+        room: String,
+        /// Who.
+        participant: WireParticipant,
+    },
+    /// A member left `room` (edge to host: one it admitted; host to edge: one it announced).
+    MemberLeft {
+        /// The room's name.
+        room: String,
+        /// Its participant id.
+        participant: String,
+    },
+    /// Host to edge: disconnect a member of `room` admitted there (the room service removed
+    /// it, or its identity joined again elsewhere).
+    Kick {
+        /// The room's name.
+        room: String,
+        /// Its participant id.
+        participant: String,
+        /// What the participant is told.
+        reason: String,
     },
     /// A data message of `room`'s members at the sending node, already wrapped with its
     /// sender's identity, for the members at the other (either way).
@@ -349,6 +410,31 @@ impl RelayControl {
             Self::Data { room, data, .. } => {
                 text("room", room, MAX_ROOM)?;
                 text("data", data, MAX_DATA)
+            }
+            Self::Admit {
+                room, participant, ..
+            }
+            | Self::MemberJoined { room, participant } => {
+                text("room", room, MAX_ROOM)?;
+                text("participant", &participant.id, MAX_TRACK)?;
+                text("identity", &participant.identity, MAX_NAME)?;
+                text("name", &participant.name, MAX_NAME)
+            }
+            Self::Admitted { refused, .. } => {
+                text("reason", refused.as_deref().unwrap_or(""), MAX_REASON)
+            }
+            Self::MemberLeft { room, participant } => {
+                text("room", room, MAX_ROOM)?;
+                text("participant", participant, MAX_TRACK)
+            }
+            Self::Kick {
+                room,
+                participant,
+                reason,
+            } => {
+                text("room", room, MAX_ROOM)?;
+                text("participant", participant, MAX_TRACK)?;
+                text("reason", reason, MAX_REASON)
             }
             Self::TrackRemoved { .. } | Self::Muted { .. } | Self::SetLayers { .. } => Ok(()),
         }

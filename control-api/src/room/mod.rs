@@ -31,6 +31,10 @@ use crate::protocol::{ErrorCode, ParticipantInfo, Refusal, TrackInfo};
 use crate::turn::IceServer;
 use crate::webhook::{EventKind, Webhooks};
 
+/// What a participant removed by the room service is told (and, in cluster mode, how the node
+/// serving it knows to revoke its token there too).
+pub const REMOVED_BY_ROOM_SERVICE: &str = "removed by the room service";
+
 /// Commands a room's task holds before senders wait.
 const COMMAND_QUEUE: usize = 256;
 
@@ -72,6 +76,9 @@ pub enum Via {
     Whip,
     /// A WHEP viewer.
     Whep,
+    /// Connected to another node of the cluster, which serves it; admitted here, at the
+    /// room's host, so the room's membership and limits hold cluster-wide.
+    Relay,
 }
 
 impl Via {
@@ -81,6 +88,16 @@ impl Via {
             Via::WebSocket => "websocket",
             Via::Whip => "whip",
             Via::Whep => "whep",
+            Via::Relay => "relay",
+        }
+    }
+
+    /// What kind of session it is, for the one-session-per-identity rule: a signalling
+    /// session at another node replaces one here, and the other way round.
+    pub(crate) fn session_kind(self) -> Via {
+        match self {
+            Via::Relay => Via::WebSocket,
+            other => other,
         }
     }
 }
@@ -458,6 +475,25 @@ impl Room {
     pub async fn publish_remote_track(&self, track: RoomTrack, publisher: ParticipantInfo) {
         self.tell(Command::PublishRemoteTrack { track, publisher })
             .await;
+    }
+
+    /// A member of the room at another node, as the host announced it (an edge room).
+    pub async fn add_remote(&self, participant: ParticipantInfo) {
+        self.tell(Command::AddRemote { participant }).await;
+    }
+
+    /// A member at another node left: it and its relayed tracks leave the members' view.
+    pub async fn remove_remote(&self, participant: &str) {
+        self.tell(Command::RemoveRemote {
+            participant: participant.to_string(),
+        })
+        .await;
+    }
+
+    /// The link to the room's host closed: the members at other nodes leave the members' view
+    /// (an edge room).
+    pub async fn clear_remote(&self) {
+        self.tell(Command::ClearRemote).await;
     }
 
     /// A track ended.

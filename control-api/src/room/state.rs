@@ -61,8 +61,8 @@ pub(super) struct RoomState {
     announced: Vec<String>,
     /// Join counter (orders participants by arrival).
     joins: u64,
-    /// Participants of the room at its host node whose tracks are relayed here (an edge room:
-    /// see `cluster::relay_rooms`). Shown to members; not members themselves.
+    /// Members of the room at other nodes, as its host announces them (an edge room: see
+    /// `cluster::relay_rooms`). Shown to members; not members here.
     remote: Vec<ParticipantInfo>,
 }
 
@@ -82,6 +82,14 @@ impl RoomState {
 
     pub(super) fn len(&self) -> usize {
         self.members.len()
+    }
+
+    /// Members connected to this node (not admitted for another node's session).
+    pub(super) fn local_len(&self) -> usize {
+        self.members
+            .values()
+            .filter(|m| m.via != Via::Relay)
+            .count()
     }
 
     /// Adds a member, numbered by arrival.
@@ -144,23 +152,32 @@ impl RoomState {
         true
     }
 
+    /// The remote participants' ids.
+    pub(super) fn remote_ids(&self) -> Vec<String> {
+        self.remote.iter().map(|r| r.id.clone()).collect()
+    }
+
     /// Whether `participant` is a remote participant.
     pub(super) fn is_remote(&self, participant: &str) -> bool {
         self.remote.iter().any(|r| r.id == participant)
     }
 
-    /// Forgets a remote participant that has no track here any more; returns it if so.
-    pub(super) fn drop_remote_if_idle(&mut self, participant: &str) -> Option<ParticipantInfo> {
-        if self
-            .tracks
-            .iter()
-            .any(|t| t.track.info.participant == participant)
-        {
-            return None;
-        }
+    /// Forgets a remote participant and its tracks (still to be unpublished in the media
+    /// core by whoever relayed them).
+    pub(super) fn remove_remote(
+        &mut self,
+        participant: &str,
+    ) -> Option<(ParticipantInfo, Vec<RoomTrack>)> {
         let pos = self.remote.iter().position(|r| r.id == participant)?;
         self.levels.remove(participant);
-        Some(self.remote.remove(pos))
+        let (gone, kept): (Vec<Published>, Vec<Published>) = std::mem::take(&mut self.tracks)
+            .into_iter()
+            .partition(|t| t.track.info.participant == participant);
+        self.tracks = kept;
+        Some((
+            self.remote.remove(pos),
+            gone.into_iter().map(|p| p.track).collect(),
+        ))
     }
 
     /// Everyone, by arrival.

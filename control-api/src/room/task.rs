@@ -38,6 +38,16 @@ pub(super) enum Command {
     UnpublishTrack {
         track: TrackId,
     },
+    /// A member of the room at another node (an edge room, told by the host).
+    AddRemote {
+        participant: crate::protocol::ParticipantInfo,
+    },
+    /// That member left.
+    RemoveRemote {
+        participant: String,
+    },
+    /// Every member at another node left (the link to the host closed).
+    ClearRemote,
     SetMuted {
         participant: String,
         track: String,
@@ -158,11 +168,26 @@ impl RoomTask {
         info!(room = %self.room.name, "room closed");
     }
 
-    /// Publishes the member count (read by the node's participant cap and stats).
+    /// Publishes the count of members connected to this node (read by the node's participant
+    /// cap and stats; members admitted for another node count there).
     fn count_members(&self) {
         self.room
             .members
-            .store(self.state.len(), std::sync::atomic::Ordering::Relaxed);
+            .store(self.state.local_len(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Sends a room event's webhook, unless the room is hosted by another node, which sends
+    /// it (once per event, cluster-wide).
+    fn emit(
+        &self,
+        kind: EventKind,
+        participant: Option<&crate::protocol::ParticipantInfo>,
+        track: Option<&TrackInfo>,
+    ) {
+        if !self.room.edge {
+            self.webhooks
+                .emit(kind, &self.room.name, participant, track);
+        }
     }
 
     async fn handle(&mut self, command: Command) {
@@ -185,6 +210,19 @@ impl RoomTask {
             Command::PublishTrack { track } => self.publish(track).await,
             Command::PublishRemoteTrack { track, publisher } => {
                 self.publish_remote(track, publisher).await;
+            }
+            Command::AddRemote { participant } => {
+                if self.state.member(&participant.id).is_none()
+                    && self.state.add_remote(participant.clone())
+                {
+                    self.broadcast(&ServerMessage::ParticipantJoined { participant }, None);
+                }
+            }
+            Command::RemoveRemote { participant } => self.remove_remote(&participant),
+            Command::ClearRemote => {
+                for participant in self.state.remote_ids() {
+                    self.remove_remote(&participant);
+                }
             }
             Command::UnpublishTrack { track } => self.unpublish(track),
             Command::SetMuted {
@@ -280,7 +318,7 @@ impl RoomTask {
             .members()
             .filter(|old| {
                 join.via != super::Via::Whep
-                    && old.via == join.via
+                    && old.via.session_kind() == join.via.session_kind()
                     && old.info.identity == join.info.identity
             })
             .collect();
@@ -326,12 +364,7 @@ impl RoomTask {
                 None,
             );
         }
-        self.webhooks.emit(
-            EventKind::ParticipantJoined,
-            &self.room.name,
-            Some(&join.info),
-            None,
-        );
+        self.emit(EventKind::ParticipantJoined, Some(&join.info), None);
         info!(room = %self.room.name, participant = %me, identity = %join.info.identity, "joined");
         self.state.add(Member {
             info: join.info,
@@ -361,9 +394,8 @@ impl RoomTask {
             let _ = self.sfu.remove_peer(peer).await;
         }
         for track in &tracks {
-            self.webhooks.emit(
+            self.emit(
                 EventKind::TrackUnpublished,
-                &self.room.name,
                 Some(&member.info),
                 Some(&track.info),
             );
@@ -386,12 +418,7 @@ impl RoomTask {
                 None,
             );
         }
-        self.webhooks.emit(
-            EventKind::ParticipantLeft,
-            &self.room.name,
-            Some(&member.info),
-            None,
-        );
+        self.emit(EventKind::ParticipantLeft, Some(&member.info), None);
     }
 
     async fn publish(&mut self, track: RoomTrack) {
@@ -403,12 +430,7 @@ impl RoomTask {
         let id = track.id;
         let info = track.info.clone();
         let receivers = self.state.publish(track);
-        self.webhooks.emit(
-            EventKind::TrackPublished,
-            &self.room.name,
-            Some(&publisher),
-            Some(&info),
-        );
+        self.emit(EventKind::TrackPublished, Some(&publisher), Some(&info));
         self.broadcast(&ServerMessage::TrackPublished { track: info }, None);
         // Every receiver at once: one command per media worker.
         for (subscriber, e) in self.sfu.subscribe_all(&receivers, id).await {
@@ -424,7 +446,12 @@ impl RoomTask {
         track: RoomTrack,
         publisher: crate::protocol::ParticipantInfo,
     ) {
-        if publisher.id != track.info.participant || self.state.member(&publisher.id).is_some() {
+        if publisher.id != track.info.participant {
+            return;
+        }
+        if self.state.member(&publisher.id).is_some() {
+            // At the host: a member admitted for another node publishes there.
+            self.publish(track).await;
             return;
         }
         if self.state.add_remote(publisher.clone()) {
@@ -444,6 +471,31 @@ impl RoomTask {
         }
     }
 
+    /// A member at another node left: its relayed tracks end here and the members are told.
+    fn remove_remote(&mut self, participant: &str) {
+        let Some((gone, tracks)) = self.state.remove_remote(participant) else {
+            return;
+        };
+        for track in tracks {
+            self.broadcast(
+                &ServerMessage::TrackUnpublished {
+                    track: track.info.id,
+                    participant: gone.id.clone(),
+                },
+                None,
+            );
+        }
+        if let Some(speakers) = self.state.speakers_if_changed() {
+            self.broadcast(&ServerMessage::ActiveSpeakers { speakers }, None);
+        }
+        self.broadcast(
+            &ServerMessage::ParticipantLeft {
+                participant: gone.id,
+            },
+            None,
+        );
+    }
+
     fn unpublish(&mut self, track: TrackId) {
         let Some(removed) = self.state.unpublish(track) else {
             return;
@@ -456,23 +508,14 @@ impl RoomTask {
                 },
                 None,
             );
-            if let Some(gone) = self.state.drop_remote_if_idle(&removed.info.participant) {
-                self.broadcast(
-                    &ServerMessage::ParticipantLeft {
-                        participant: gone.id,
-                    },
-                    None,
-                );
-            }
             return;
         }
         let publisher = self
             .state
             .member(&removed.info.participant)
             .map(|m| m.info.clone());
-        self.webhooks.emit(
+        self.emit(
             EventKind::TrackUnpublished,
-            &self.room.name,
             publisher.as_ref(),
             Some(&removed.info),
         );

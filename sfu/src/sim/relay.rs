@@ -37,6 +37,7 @@ fn relay(
         room,
         packets: packets_tx,
         events: events_tx,
+        carries_data: true,
         reply,
     })
     .expect("relay added");
@@ -347,6 +348,7 @@ fn hop(w: &mut World, alice: usize) -> Hop {
         spec,
         events: events_tx,
         requests: requests_tx,
+        carries_data: true,
         reply,
     })
     .expect("ingress added");

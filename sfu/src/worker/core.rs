@@ -673,11 +673,14 @@ impl WorkerCore {
                 room,
                 packets,
                 events,
+                carries_data,
                 reply,
             } => {
                 self.relays
                     .insert(id, RelayEgress::new(room, packets, events));
-                self.add_data_receiver(room, id);
+                if carries_data {
+                    self.add_data_receiver(room, id);
+                }
                 let _ = reply.send(Ok(()));
             }
             Command::RelayLayers {
@@ -728,6 +731,7 @@ impl WorkerCore {
                 spec,
                 events,
                 requests,
+                carries_data,
                 reply,
             } => {
                 let span = info_span!("relay", id = %id, room = %spec.room);
@@ -739,7 +743,9 @@ impl WorkerCore {
                 };
                 let room = info.spec.room;
                 self.ingresses.insert(id, RelayIngress::new(info, requests));
-                self.add_data_receiver(room, id);
+                if carries_data {
+                    self.add_data_receiver(room, id);
+                }
                 let _ = reply.send(Ok(()));
             }
             Command::RelayPublish {
