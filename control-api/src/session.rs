@@ -278,7 +278,7 @@ impl Session {
         // host.
         let served_here = mode == JoinMode::Interactive;
         if let Some(room) = self.state.rooms.get(room_name)
-            && (!room.edge || served_here)
+            && (!room.is_edge() || served_here)
         {
             return None;
         }
@@ -368,7 +368,7 @@ impl Session {
                 subscribe,
             };
             let relayed = self.state.cluster.as_ref().map(|c| c.relayed().clone());
-            if room.edge
+            if room.is_edge()
                 && let Some(relayed) = &relayed
             {
                 // The room's host decides (its limit, one session per identity).
@@ -376,7 +376,7 @@ impl Session {
             }
             let joined = room.join(join).await;
             if joined.is_err()
-                && room.edge
+                && room.is_edge()
                 && let Some(relayed) = &relayed
             {
                 relayed.member_left(&room, &me.id);
@@ -712,7 +712,7 @@ impl Session {
             .flatten()
             .collect();
         joined.room.leave(&joined.me.id, peers).await;
-        if joined.room.edge
+        if joined.room.is_edge()
             && let Some(cluster) = &self.state.cluster
         {
             cluster.relayed().member_left(&joined.room, &joined.me.id);

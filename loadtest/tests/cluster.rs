@@ -1069,3 +1069,96 @@ async fn three_nodes_a_track_crosses_once_per_node_and_layer_and_viewers_move_wh
     let _ = a.kill();
     let _ = c.kill();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_a_rooms_host_dies_its_members_at_other_nodes_carry_on_with_a_new_host() {
+    let redis = RedisServer::start().await;
+    let args = [
+        "--relay-addr",
+        "127.0.0.1:0",
+        "--cluster-secret",
+        "the secret of this cluster",
+    ];
+    let (mut a, a_addr) = node(&redis, "a", 3, &args);
+    let (mut b, b_addr) = node(&redis, "b", 3, &args);
+    let (mut c, c_addr) = node(&redis, "c", 3, &args);
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline
+        && !(nodes(&b_addr).await["linked"] == serde_json::json!(["a", "c"])
+            && nodes(&c_addr).await["linked"] == serde_json::json!(["a", "b"]))
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        nodes(&b_addr).await["linked"],
+        serde_json::json!(["a", "c"])
+    );
+    let rtc = |addr: &str| format!("ws://{addr}/rtc");
+    // Hosted by a (its first member); a viewer at b, a publisher at c.
+    let first = Bot::spawn(BotConfig::new(
+        &rtc(&a_addr),
+        token("show", "first"),
+        true,
+        1,
+    ));
+    assert!(first.wait_for(WAIT, |s| s.participant.is_some()).await);
+    let viewer = Bot::spawn(BotConfig::new(
+        &rtc(&b_addr),
+        viewer_token("show", "viewer"),
+        false,
+        2,
+    ));
+    let far = Bot::spawn(BotConfig::new(&rtc(&c_addr), token("show", "far"), true, 3));
+    assert!(
+        viewer
+            .wait_for(WAIT, |s| s.packets_from(3, PayloadKind::Vp8) >= 50
+                && s.packets_from(1, PayloadKind::Vp8) >= 50)
+            .await,
+        "the viewer at b gets both publishers: {:?}",
+        viewer.state().error()
+    );
+
+    // a dies: b and c agree on a new host through the directory, and the publisher at c
+    // reaches the viewer at b again, neither of them joining again.
+    kill(&mut a, "-KILL");
+    let _ = a.wait();
+    let killed = Instant::now();
+    let before = viewer.state().packets_from(3, PayloadKind::Vp8);
+    assert!(
+        viewer
+            .wait_for(2 * WAIT, |s| s.packets_from(3, PayloadKind::Vp8)
+                >= before + 10)
+            .await,
+        "the viewer at b gets the publisher at c again: {:?}",
+        viewer.state().error()
+    );
+    let took = killed.elapsed();
+    eprintln!("media from c reached b again {took:?} after the host died (node TTL 3 s)");
+    assert!(took < Duration::from_secs(8), "{took:?}");
+    assert_eq!(viewer.state().bad_payloads, 0);
+    assert!(
+        !viewer
+            .state()
+            .saw(|m| matches!(m, ServerMessage::Left { .. })),
+        "the viewer stayed in the call"
+    );
+    // The first publisher, joining again at b (as its client would from its alternates), is
+    // seen at c.
+    let back = Bot::spawn(BotConfig::new(
+        &rtc(&b_addr),
+        token("show", "first"),
+        true,
+        4,
+    ));
+    assert!(
+        far.wait_for(WAIT, |s| s.packets_from(4, PayloadKind::Vp8) >= 30)
+            .await,
+        "the returning publisher at b reaches c: {:?}",
+        back.state().error()
+    );
+    for bot in [&first, &viewer, &far, &back] {
+        bot.leave();
+    }
+    let _ = b.kill();
+    let _ = c.kill();
+}

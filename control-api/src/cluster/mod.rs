@@ -543,7 +543,7 @@ pub(crate) async fn heartbeat(state: Weak<AppState>, cluster: Arc<Cluster>) {
                 .rooms
                 .list()
                 .iter()
-                .filter(|r| !r.edge)
+                .filter(|r| !r.is_edge())
                 .map(|r| r.name.clone())
                 .collect();
             (sampler.sample(&state), state.is_draining(), rooms)

@@ -102,6 +102,11 @@ impl RelayLink {
         self.connection.close(0u32.into(), why.as_bytes());
     }
 
+    /// Whether the link has closed.
+    pub fn is_closed(&self) -> bool {
+        self.connection.close_reason().is_some()
+    }
+
     /// Resolves when the link closes, with why.
     pub async fn closed(&self) -> String {
         self.connection.closed().await.to_string()
@@ -380,17 +385,17 @@ impl RelayEndpoint {
     }
 }
 
-/// Links stay up while both nodes do (a keep-alive every second) and close within
-/// [`IDLE_TIMEOUT`] of the other node going silent.
+/// Links stay up while both nodes do (a keep-alive every half second) and close within
+/// [`IDLE_TIMEOUT`] of the other node going silent: the rooms it hosted find a new host then.
 fn transport() -> quinn::TransportConfig {
     let mut transport = quinn::TransportConfig::default();
-    transport.keep_alive_interval(Some(Duration::from_secs(1)));
+    transport.keep_alive_interval(Some(Duration::from_millis(500)));
     transport.max_idle_timeout(quinn::IdleTimeout::try_from(IDLE_TIMEOUT).ok());
     transport
 }
 
 /// How long a link lasts without hearing from the other node.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+const IDLE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Which end of a connection a proof is for (so a proof cannot be reflected back).
 #[derive(Clone, Copy)]

@@ -36,6 +36,7 @@ use sfu::{PeerEvent, PeerId, TrackId};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use super::Placement;
 use super::relay::RelayLink;
 use super::wire::{
     ControlDecoder, MAX_CODECS, MediaDatagram, RelayControl, RelayedTrack, TrackKind, WireCodec,
@@ -57,6 +58,10 @@ const DATAGRAM_BATCH: usize = 64;
 const MAX_ROOMS_PER_LINK: usize = 4096;
 /// An edge room with no member for this long is closed (its viewer's join failed).
 const EDGE_EMPTY_FOR: Duration = Duration::from_secs(10);
+/// How often an edge room whose host was lost asks the directory for its next host.
+const REHOME_POLL: Duration = Duration::from_millis(250);
+/// How long an edge room waits for a next host before its members are asked to join again.
+const REHOME_WITHIN: Duration = Duration::from_secs(30);
 /// How long an edge waits for the host to admit a participant.
 const ADMIT_WITHIN: Duration = Duration::from_secs(5);
 /// Admissions one link may have waiting for the host's answer.
@@ -134,14 +139,67 @@ impl RelayRooms {
         let this = Arc::downgrade(self);
         tokio::spawn(async move {
             let why = link.closed().await;
-            rooms.close(&why).await;
+            let orphans = rooms.close(&why).await;
             if let Some(this) = this.upgrade() {
-                let mut links = this.links.lock();
-                if links.get(&peer).is_some_and(|r| Arc::ptr_eq(r, &rooms)) {
-                    links.remove(&peer);
+                {
+                    let mut links = this.links.lock();
+                    if links.get(&peer).is_some_and(|r| Arc::ptr_eq(r, &rooms)) {
+                        links.remove(&peer);
+                    }
+                }
+                for (name, room) in orphans {
+                    tokio::spawn(this.clone().rehome(name, room));
                 }
             }
         });
+    }
+
+    /// Edge room `name` lost its link to its host: once the cluster's directory names the
+    /// room's next host, it is served from there (its members admitted again), or, if that is
+    /// this node, hosted here. Its members stay connected meanwhile (their local media
+    /// carries on); after [`REHOME_WITHIN`] without a host they are told to join again.
+    async fn rehome(self: Arc<Self>, name: String, room: Weak<Room>) {
+        let started = tokio::time::Instant::now();
+        let mut every = tokio::time::interval(REHOME_POLL);
+        loop {
+            every.tick().await;
+            let Some(state) = self.state.get().and_then(Weak::upgrade) else {
+                return;
+            };
+            let Some(room) = room.upgrade().filter(|r| {
+                r.is_edge()
+                    && r.member_count() > 0
+                    && state
+                        .rooms
+                        .get(&name)
+                        .is_some_and(|now| Arc::ptr_eq(&now, r))
+            }) else {
+                return;
+            };
+            let Some(cluster) = state.cluster.clone() else {
+                return;
+            };
+            match cluster.place(&name).await {
+                Placement::Here => {
+                    room.become_host();
+                    info!(room = %name, "the room's host was lost: this node hosts it now");
+                    return;
+                }
+                Placement::Elsewhere(node, Some(_)) => {
+                    let link = self.links.lock().get(&node).cloned();
+                    if let Some(link) = link {
+                        link.reattach_edge(&name, &room).await;
+                        return;
+                    }
+                }
+                _ => {}
+            }
+            if started.elapsed() >= REHOME_WITHIN {
+                warn!(room = %name, "the room's host was lost and no node took it over; its members here are asked to join again");
+                state.rooms.delete(&name).await;
+                return;
+            }
+        }
     }
 
     /// Opens `name` here as an edge room of `host` (this node serves some of its viewers):
@@ -393,6 +451,18 @@ impl LinkRooms {
             return Ok(room);
         }
         let room = state.rooms.open_edge(name)?;
+        self.serve_edge(&state, name, &room).await?;
+        Ok(room)
+    }
+
+    /// Receives edge room `room` from the host over this link: its ingress, the subscription
+    /// and the tasks that follow it.
+    async fn serve_edge(
+        self: &Arc<Self>,
+        state: &AppState,
+        name: &str,
+        room: &Arc<Room>,
+    ) -> Result<(), Refusal> {
         let (events, event_rx) = mpsc::unbounded_channel();
         let ingress = state
             .sfu
@@ -409,7 +479,7 @@ impl LinkRooms {
         if let Some(stale) = stale {
             let _ = state.sfu.remove_relay_ingress(stale.ingress).await;
         }
-        info!(room = name, host = %self.link.peer(), "serving viewers of a room hosted by another node");
+        info!(room = name, host = %self.link.peer(), "serving members of a room hosted by another node");
         self.send(RelayControl::RoomSubscribe {
             room: name.to_string(),
         });
@@ -420,9 +490,43 @@ impl LinkRooms {
         tokio::spawn(self.clone().edge_events(event_rx));
         tokio::spawn(
             self.clone()
-                .edge_watch(name.to_string(), Arc::downgrade(&room)),
+                .edge_watch(name.to_string(), Arc::downgrade(room)),
         );
-        Ok(room)
+        Ok(())
+    }
+
+    /// Serves edge room `room`, whose host was lost, from its new host over this link: the
+    /// host admits its members again (those it refuses are disconnected, told why).
+    async fn reattach_edge(self: &Arc<Self>, name: &str, room: &Arc<Room>) {
+        let Some(state) = self.state.upgrade() else {
+            return;
+        };
+        if let Err(refusal) = self.serve_edge(&state, name, room).await {
+            warn!(room = name, reason = %refusal.message, "relay: cannot serve the room from its new host");
+            return;
+        }
+        let members = room.snapshot().await.members;
+        // Every request first, then the answers: one round trip for them all.
+        let answers: Vec<(String, Result<_, Refusal>)> = members
+            .iter()
+            .filter(|m| m.via != Via::Relay)
+            .map(|m| (m.info.id.clone(), self.admit(name, &m.info, m.hidden)))
+            .collect();
+        let count = answers.len();
+        for (participant, answer) in answers {
+            let answer = match answer {
+                Ok(answer) => tokio::time::timeout(ADMIT_WITHIN, answer).await,
+                Err(refusal) => Ok(Ok(Err(refusal))),
+            };
+            let refused = match answer {
+                Ok(Ok(Ok(()))) => continue,
+                Ok(Ok(Err(refusal))) => refusal.message,
+                _ => "the room's new host did not answer; join again".to_string(),
+            };
+            self.member_left(name, &participant);
+            room.kick(&participant, &refused).await;
+        }
+        info!(room = name, host = %self.link.peer(), members = count, "the room's new host serves it");
     }
 
     /// Asks the host to admit `me` to edge room `room`; the answer comes on the receiver.
@@ -509,7 +613,7 @@ impl LinkRooms {
         let Some(state) = self.state.upgrade() else {
             return;
         };
-        let Some(room) = state.rooms.get(room).filter(|r| r.edge) else {
+        let Some(room) = state.rooms.get(room).filter(|r| r.is_edge()) else {
             return;
         };
         if !self.inner.lock().edge.contains_key(&room.name) {
@@ -539,7 +643,7 @@ impl LinkRooms {
         let Some(state) = self.state.upgrade() else {
             return;
         };
-        let Some(room) = state.rooms.get(room).filter(|r| r.edge && asked) else {
+        let Some(room) = state.rooms.get(room).filter(|r| r.is_edge() && asked) else {
             return;
         };
         if let Some((token, expires)) = room.kick(participant, reason).await
@@ -649,6 +753,10 @@ impl LinkRooms {
                     .and_then(|s| s.rooms.get(&name))
                     .is_some_and(|now| Arc::ptr_eq(&now, r))
             });
+            if self.link.is_closed() || open.as_ref().is_some_and(|r| !r.is_edge()) {
+                // Served over another link now, or hosted here.
+                return;
+            }
             if let Some(open) = open {
                 // A room opened for a viewer whose join then failed has no member to leave
                 // and end it: it ends here after a while, not relayed for nobody.
@@ -857,7 +965,7 @@ impl LinkRooms {
             self.send(refuse("no such room on this node"));
             return;
         };
-        let hosted = !room.edge;
+        let hosted = !room.is_edge();
         let egress = match state
             .sfu
             .add_relay_egress(room.id, EGRESS_QUEUE, hosted)
@@ -945,7 +1053,7 @@ impl LinkRooms {
             return;
         };
         let _ = state.sfu.remove_relay_egress(origin.egress).await;
-        let Some(room) = state.rooms.get(name).filter(|r| !r.edge) else {
+        let Some(room) = state.rooms.get(name).filter(|r| !r.is_edge()) else {
             return;
         };
         let (ingress, admitted) = {
@@ -985,7 +1093,7 @@ impl LinkRooms {
         let Some(state) = self.state.upgrade() else {
             return;
         };
-        let room = state.rooms.get(&name).filter(|r| !r.edge);
+        let room = state.rooms.get(&name).filter(|r| !r.is_edge());
         let subscribed = self.inner.lock().origin.contains_key(&name);
         let (Some(room), true) = (room, subscribed) else {
             self.send(refuse(
@@ -1067,7 +1175,7 @@ impl LinkRooms {
             .state
             .upgrade()
             .and_then(|s| s.rooms.get(name))
-            .filter(|r| !r.edge)
+            .filter(|r| !r.is_edge())
         {
             room.leave(participant, Vec::new()).await;
         }
@@ -1183,7 +1291,7 @@ impl LinkRooms {
         let Some(state) = self.state.upgrade() else {
             return;
         };
-        let Some(edge) = state.rooms.get(room).map(|r| r.edge) else {
+        let Some(edge) = state.rooms.get(room).map(|r| r.is_edge()) else {
             return;
         };
         // The endpoint that carries the room's data on this link: the edge's ingress, the
@@ -1247,7 +1355,7 @@ impl LinkRooms {
                     && snapshot.members.iter().any(|m| m.info.id == participant)
             };
             let mut left = Vec::new();
-            if !room.edge {
+            if !room.is_edge() {
                 let visible: Vec<&ParticipantInfo> = snapshot
                     .members
                     .iter()
@@ -1565,7 +1673,7 @@ impl LinkRooms {
 
     /// The link closed: relayed rooms stop both ways; edge rooms lose their tracks (their
     /// viewers stay and get them again if a new link comes up and they rejoin).
-    async fn close(&self, why: &str) {
+    async fn close(&self, why: &str) -> Vec<(String, Weak<Room>)> {
         info!(peer = %self.link.peer(), reason = why, "relay: rooms over the link stop");
         let origin: Vec<String> = self.inner.lock().origin.keys().cloned().collect();
         for name in origin {
@@ -1590,14 +1698,17 @@ impl LinkRooms {
             )));
         }
         self.inner.lock().asked.clear();
+        let mut orphans = Vec::new();
         if let Some(state) = self.state.upgrade() {
             for (ingress, room) in edges {
                 let _ = state.sfu.remove_relay_ingress(ingress).await;
-                if let Some(room) = room.upgrade().filter(|r| r.edge) {
+                if let Some(room) = room.upgrade().filter(|r| r.is_edge()) {
                     room.clear_remote().await;
+                    orphans.push((room.name.clone(), Arc::downgrade(&room)));
                 }
             }
         }
+        orphans
     }
 }
 

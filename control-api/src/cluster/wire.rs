@@ -621,6 +621,38 @@ mod tests {
             RelayControl::RoomUnsubscribe {
                 room: "all-hands".into(),
             },
+            RelayControl::Admit {
+                room: "all-hands".into(),
+                request: 3,
+                participant: WireParticipant {
+                    id: "PA_2".into(),
+                    identity: "bob".into(),
+                    name: "Bob".into(),
+                },
+                hidden: false,
+            },
+            RelayControl::Admitted {
+                request: 3,
+                refused: Some("room \"all-hands\" is full (2 participants); try later".into()),
+                full: true,
+            },
+            RelayControl::MemberJoined {
+                room: "all-hands".into(),
+                participant: WireParticipant {
+                    id: "PA_1".into(),
+                    identity: "alice".into(),
+                    name: "Alice".into(),
+                },
+            },
+            RelayControl::MemberLeft {
+                room: "all-hands".into(),
+                participant: "PA_1".into(),
+            },
+            RelayControl::Kick {
+                room: "all-hands".into(),
+                participant: "PA_2".into(),
+                reason: "removed by the room service".into(),
+            },
         ]
     }
 
@@ -680,6 +712,14 @@ mod tests {
         );
         assert!(matches!(
             refused(frame(&room)),
+            Err(WireError::Malformed(_))
+        ));
+        let admit = format!(
+            "{{\"type\":\"admit\",\"room\":\"r\",\"request\":1,\"hidden\":false,\"participant\":{{\"id\":\"PA_1\",\"name\":\"\",\"identity\":\"{}\"}}}}",
+            "i".repeat(MAX_NAME + 1)
+        );
+        assert!(matches!(
+            refused(frame(&admit)),
             Err(WireError::Malformed(_))
         ));
         // A length past the bound is refused before its bytes arrive.

@@ -261,9 +261,10 @@ pub struct Room {
     /// Members now (kept by the task, read by the metrics).
     members: Arc<AtomicUsize>,
     commands: mpsc::Sender<Command>,
-    /// Hosted by another node, opened here for its viewers (cluster mode): its start and end
-    /// are the host's to announce (no room webhooks from here).
-    pub edge: bool,
+    /// Hosted by another node, opened here for its members (cluster mode): its events are
+    /// the host's to announce (no webhooks from here). Cleared if this node takes the room
+    /// over from a host that was lost.
+    edge: std::sync::atomic::AtomicBool,
 }
 
 impl Rooms {
@@ -348,7 +349,7 @@ impl Rooms {
             created_at: crate::auth::unix_now(),
             members: Arc::new(AtomicUsize::new(0)),
             commands,
-            edge,
+            edge: std::sync::atomic::AtomicBool::new(edge),
         });
         rooms.insert(name.to_string(), room.clone());
         tracing::info!(room = name, id = %room.id, explicit = room.settings.explicit, edge, "room created");
@@ -436,6 +437,17 @@ impl Room {
     /// Sends the task a command that needs no answer (nothing happens if the room has ended).
     async fn tell(&self, command: Command) {
         let _ = self.commands.send(command).await;
+    }
+
+    /// Whether the room is hosted by another node (an edge room, see `cluster::relay_rooms`).
+    pub fn is_edge(&self) -> bool {
+        self.edge.load(Ordering::Acquire)
+    }
+
+    /// This node hosts the room from now on (its host was lost and this node holds its claim
+    /// now); its members become the room's whole membership.
+    pub fn become_host(&self) {
+        self.edge.store(false, Ordering::Release);
     }
 
     /// Members now.

@@ -413,6 +413,44 @@ mod tests {
     }
 
     #[test]
+    fn members_served_by_other_nodes_count_in_the_room_not_on_this_node() {
+        let mut room = RoomState::default();
+        room.add(member("alice", Some(1)));
+        let mut bob = member("bob", None);
+        bob.via = Via::Relay;
+        room.add(bob);
+        assert_eq!((room.len(), room.local_len()), (2, 1));
+        // A signalling session at another node and one here are the same kind of session.
+        assert_eq!(Via::Relay.session_kind(), Via::WebSocket.session_kind());
+        assert_ne!(Via::Whep.session_kind(), Via::WebSocket.session_kind());
+    }
+
+    #[test]
+    fn a_remote_participant_leaves_with_its_tracks() {
+        let mut room = RoomState::default();
+        room.add(member("alice", Some(1)));
+        let carol = ParticipantInfo {
+            id: "carol".into(),
+            identity: "carol".into(),
+            name: "Carol".into(),
+        };
+        assert!(room.add_remote(carol.clone()));
+        assert!(!room.add_remote(carol), "once");
+        assert_eq!(room.publish(track(20, "carol")), vec![PeerId(1)]);
+        room.publish(track(21, "alice"));
+        assert_eq!(room.visible_others("alice").len(), 1);
+        let (gone, tracks) = room.remove_remote("carol").unwrap();
+        assert_eq!(gone.id, "carol");
+        assert_eq!(
+            tracks.iter().map(|t| t.id).collect::<Vec<_>>(),
+            vec![TrackId(20)]
+        );
+        assert_eq!(room.tracks().len(), 1, "alice's track stays");
+        assert!(room.visible_others("alice").is_empty());
+        assert!(room.remove_remote("carol").is_none());
+    }
+
+    #[test]
     fn a_publisher_cannot_unmute_what_an_administrator_muted() {
         let mut room = RoomState::default();
         room.add(member("alice", None));

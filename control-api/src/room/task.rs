@@ -161,7 +161,7 @@ impl RoomTask {
             registry.remove(&self.room);
         }
         self.sfu.close_room(self.room.id);
-        if !self.room.edge {
+        if !self.room.is_edge() {
             self.webhooks
                 .emit(EventKind::RoomFinished, &self.room.name, None, None);
         }
@@ -184,7 +184,7 @@ impl RoomTask {
         participant: Option<&crate::protocol::ParticipantInfo>,
         track: Option<&TrackInfo>,
     ) {
-        if !self.room.edge {
+        if !self.room.is_edge() {
             self.webhooks
                 .emit(kind, &self.room.name, participant, track);
         }
