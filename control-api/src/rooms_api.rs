@@ -313,7 +313,8 @@ pub struct ParticipantBody {
     name: String,
     /// Join time, seconds since the Unix epoch.
     joined_at: u64,
-    /// How it is connected: `websocket`, `whip` or `whep`.
+    /// How it is connected: `websocket`, `whip` or `whep`; in cluster mode `relay` for a
+    /// participant connected to another node (listed by the room's host).
     via: String,
     /// Hidden from the other participants.
     hidden: bool,
@@ -620,7 +621,7 @@ async fn participant_bodies(room: &Room) -> Vec<ParticipantBody> {
             identity: m.info.identity,
             name: m.info.name,
             joined_at: m.joined_at,
-            via: m.via.as_str().to_string(),
+            via: if m.relayed { "relay" } else { m.via.as_str() }.to_string(),
             hidden: m.hidden,
         })
         .collect()

@@ -267,24 +267,20 @@ impl Session {
 
     /// In cluster mode, why this node may not start `room_name` (it does not host it): another
     /// node hosts it (the client is pointed at the same endpoint there: its signalling URL, or
-    /// its WHIP/WHEP URL for `mode`), or the directory cannot be reached. A WebSocket
-    /// participant is served here instead, when this node has a relay link to the host: the
+    /// its WHIP/WHEP URL for `mode`), or the directory cannot be reached. A participant is
+    /// served here instead, when this node has a relay link to the host: the
     /// room is opened here as an edge room of the host's, and the host admits it.
     async fn placed_elsewhere(&self, room_name: &str, mode: JoinMode) -> Option<Refusal> {
         let cluster = self.state.cluster.as_ref()?;
         let relayed = cluster.relayed();
-        // Signalling participants are served at any node with a relay link to the room's
-        // host (an edge room here); WHIP and WHEP, which bind their tracks at once, at the
-        // host.
-        let served_here = mode == JoinMode::Interactive;
-        if let Some(room) = self.state.rooms.get(room_name)
-            && (!room.is_edge() || served_here)
-        {
+        // Every participant is served at any node with a relay link to the room's host (an
+        // edge room here).
+        if self.state.rooms.get(room_name).is_some() {
             return None;
         }
         match cluster.place(room_name).await {
             Placement::Here => None,
-            Placement::Elsewhere(node, Some(_)) if served_here && relayed.linked_to(&node) => {
+            Placement::Elsewhere(node, Some(_)) if relayed.linked_to(&node) => {
                 relayed.edge_room(room_name, &node).await.err()
             }
             Placement::Elsewhere(node, Some(entry)) => {
@@ -351,14 +347,16 @@ impl Session {
             };
             let subscribe = (mode == JoinMode::Interactive && grants.may_subscribe())
                 .then(|| (spec.clone(), self.events.clone()));
+            let via = match mode {
+                JoinMode::Interactive => Via::WebSocket,
+                JoinMode::Publisher => Via::Whip,
+                JoinMode::Viewer => Via::Whep,
+            };
             let join = Join {
                 info: me.clone(),
                 hidden: grants.hidden,
-                via: match mode {
-                    JoinMode::Interactive => Via::WebSocket,
-                    JoinMode::Publisher => Via::Whip,
-                    JoinMode::Viewer => Via::Whep,
-                },
+                via,
+                relayed: false,
                 outbox: self.outbox.clone(),
                 kick: self.kick.clone(),
                 ice_servers: self.state.ice_servers(&me.identity, expires),
@@ -372,7 +370,7 @@ impl Session {
                 && let Some(relayed) = &relayed
             {
                 // The room's host decides (its limit, one session per identity).
-                relayed.admit(&room, me, grants.hidden).await?;
+                relayed.admit(&room, me, via, grants.hidden).await?;
             }
             let joined = room.join(join).await;
             if joined.is_err()
@@ -439,6 +437,9 @@ impl Session {
         let Some(joined) = &mut self.joined else {
             return Err(not_joined());
         };
+        if joined.room.is_edge() {
+            relayed_tracks_arrived(&joined.room, follow).await;
+        }
         let (peer, answer) = joined
             .room
             .subscribe_from_offer(
@@ -721,6 +722,37 @@ impl Session {
         self.send(ServerMessage::Left {
             reason: reason.to_string(),
         });
+    }
+}
+
+/// Waits (at most [`RELAYED_TRACKS_WITHIN`]) until an edge room just opened has the host's
+/// tracks a WHEP viewer would receive (they arrive over the relay link after the room
+/// opens; a WHEP answer binds its tracks at once): a video track of `follow` (or of anyone),
+/// and then no new track for a moment (the host announces a publisher's tracks together).
+async fn relayed_tracks_arrived(room: &Room, follow: Option<&str>) {
+    use std::time::Duration;
+    const RELAYED_TRACKS_WITHIN: Duration = Duration::from_secs(3);
+    const SETTLED: Duration = Duration::from_millis(100);
+    const POLL: Duration = Duration::from_millis(20);
+    let deadline = tokio::time::Instant::now() + RELAYED_TRACKS_WITHIN;
+    let mut seen = 0;
+    let mut settled_at = None;
+    while tokio::time::Instant::now() < deadline {
+        let tracks = room.tracks().await;
+        let video = tracks
+            .iter()
+            .any(|t| t.info.kind == "video" && follow.is_none_or(|f| f == t.info.participant));
+        if video {
+            let now = tokio::time::Instant::now();
+            if tracks.len() != seen {
+                seen = tracks.len();
+                settled_at = Some(now + SETTLED);
+            }
+            if settled_at.is_some_and(|at| now >= at) {
+                return;
+            }
+        }
+        tokio::time::sleep(POLL).await;
     }
 }
 

@@ -732,6 +732,63 @@ async fn a_viewer_at_another_node_is_served_there_with_the_hosts_media_relayed_i
         stopped = sent().await == before;
     }
     assert!(stopped, "a stops relaying once b has no viewer");
+
+    // WHEP and WHIP at b are served there too: a WHEP viewer at b gets a's publisher over the
+    // link, and a WHIP publisher at b reaches a's member.
+    let received = counter(&b_addr, "sfu_relay_packets_received_total").await;
+    // Two of them, sharing one token, as a page embedding a stream does: both stay.
+    let wheps: Vec<Bot> = [5, 7]
+        .into_iter()
+        .map(|tag| {
+            let mut whep = BotConfig::new("", viewer_token("show", "whep"), false, tag);
+            whep.transport = loadtest::bot::Transport::Whep {
+                server: b_addr.clone(),
+                room: "show".into(),
+                participant: None,
+            };
+            Bot::spawn(whep)
+        })
+        .collect();
+    for whep in &wheps {
+        assert!(
+            whep.wait_for(WAIT, |s| s.packets_from(1, PayloadKind::Vp8) >= 60
+                && s.packets_from(1, PayloadKind::Opus) >= 30)
+                .await,
+            "a WHEP viewer at b gets a's publisher: {:?}",
+            whep.state().error()
+        );
+        assert_eq!(whep.state().bad_payloads, 0);
+    }
+    assert!(
+        counter(&b_addr, "sfu_relay_packets_received_total").await >= received + 60.0,
+        "over the link, served at b"
+    );
+    let mut whip = BotConfig::new("", token("show", "encoder"), true, 6);
+    whip.transport = loadtest::bot::Transport::Whip {
+        server: b_addr.clone(),
+        room: "show".into(),
+    };
+    let whip = Bot::spawn(whip);
+    assert!(
+        publisher
+            .wait_for(WAIT, |s| s.packets_from(6, PayloadKind::Vp8) >= 60)
+            .await,
+        "a WHIP publisher at b reaches a's member: {:?}",
+        whip.state().error()
+    );
+    assert!(
+        participants(&a_addr, "show")
+            .await
+            .iter()
+            .filter(|(_, via)| via == "relay")
+            .count()
+            == 3,
+        "a lists b's WHEP viewers and WHIP publisher"
+    );
+    for bot in wheps.iter().chain([&whip]) {
+        assert_eq!(bot.state().ended, None, "still in the room");
+        bot.leave();
+    }
     publisher.leave();
     let _ = a.kill();
     let _ = b.kill();

@@ -40,7 +40,7 @@ use super::Placement;
 use super::relay::RelayLink;
 use super::wire::{
     ControlDecoder, MAX_CODECS, MediaDatagram, RelayControl, RelayedTrack, TrackKind, WireCodec,
-    WireParticipant,
+    WireParticipant, WireVia,
 };
 use crate::AppState;
 use crate::protocol::{ErrorCode, ParticipantInfo, Refusal, TrackInfo};
@@ -302,6 +302,7 @@ impl RelayRooms {
         &self,
         room: &Arc<Room>,
         me: &ParticipantInfo,
+        via: Via,
         hidden: bool,
     ) -> Result<(), Refusal> {
         let unreachable = || {
@@ -314,7 +315,7 @@ impl RelayRooms {
             )
         };
         let link = self.link_of_edge(room).ok_or_else(unreachable)?;
-        let answer = link.admit(&room.name, me, hidden)?;
+        let answer = link.admit(&room.name, me, via, hidden)?;
         match tokio::time::timeout(ADMIT_WITHIN, answer).await {
             Ok(Ok(Ok(()))) => Ok(()),
             Ok(Ok(Err(refusal))) => Err(refusal),
@@ -472,7 +473,7 @@ impl LinkRooms {
         let stale = self.inner.lock().edge.insert(
             name.to_string(),
             EdgeRoom {
-                room: Arc::downgrade(&room),
+                room: Arc::downgrade(room),
                 ingress: ingress.id,
             },
         );
@@ -509,8 +510,13 @@ impl LinkRooms {
         // Every request first, then the answers: one round trip for them all.
         let answers: Vec<(String, Result<_, Refusal>)> = members
             .iter()
-            .filter(|m| m.via != Via::Relay)
-            .map(|m| (m.info.id.clone(), self.admit(name, &m.info, m.hidden)))
+            .filter(|m| !m.relayed)
+            .map(|m| {
+                (
+                    m.info.id.clone(),
+                    self.admit(name, &m.info, m.via, m.hidden),
+                )
+            })
             .collect();
         let count = answers.len();
         for (participant, answer) in answers {
@@ -534,6 +540,7 @@ impl LinkRooms {
         &self,
         room: &str,
         me: &ParticipantInfo,
+        via: Via,
         hidden: bool,
     ) -> Result<tokio::sync::oneshot::Receiver<Result<(), Refusal>>, Refusal> {
         let (answer, answered) = tokio::sync::oneshot::channel();
@@ -562,6 +569,11 @@ impl LinkRooms {
                 id: me.id.clone(),
                 identity: me.identity.clone(),
                 name: me.name.clone(),
+            },
+            via: match via {
+                Via::WebSocket => WireVia::Websocket,
+                Via::Whip => WireVia::Whip,
+                Via::Whep => WireVia::Whep,
             },
             hidden,
         });
@@ -1083,6 +1095,7 @@ impl LinkRooms {
         name: String,
         request: u32,
         participant: WireParticipant,
+        via: WireVia,
         hidden: bool,
     ) {
         let refuse = |reason: String, full: bool| RelayControl::Admitted {
@@ -1118,7 +1131,12 @@ impl LinkRooms {
         let join = Join {
             info,
             hidden,
-            via: Via::Relay,
+            via: match via {
+                WireVia::Websocket => Via::WebSocket,
+                WireVia::Whip => Via::Whip,
+                WireVia::Whep => Via::Whep,
+            },
+            relayed: true,
             outbox: crate::outbox::outbox().0,
             kick,
             ice_servers: Vec::new(),
@@ -1645,8 +1663,9 @@ impl LinkRooms {
                 room,
                 request,
                 participant,
+                via,
                 hidden,
-            } => self.on_admit(room, request, participant, hidden).await,
+            } => self.on_admit(room, request, participant, via, hidden).await,
             RelayControl::Admitted {
                 request,
                 refused,

@@ -199,6 +199,18 @@ pub struct WireParticipant {
     pub name: String,
 }
 
+/// How a member is connected to the node that serves it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WireVia {
+    /// The signalling WebSocket.
+    Websocket,
+    /// A WHIP publisher.
+    Whip,
+    /// A WHEP viewer.
+    Whep,
+}
+
 /// A track's kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -293,6 +305,8 @@ pub enum RelayControl {
         request: u32,
         /// Who joins.
         participant: WireParticipant,
+        /// How it is connected (one session per identity and kind of session).
+        via: WireVia,
         /// Invisible to the other members.
         hidden: bool,
     },
@@ -629,6 +643,7 @@ mod tests {
                     identity: "bob".into(),
                     name: "Bob".into(),
                 },
+                via: WireVia::Whep,
                 hidden: false,
             },
             RelayControl::Admitted {
@@ -715,7 +730,7 @@ mod tests {
             Err(WireError::Malformed(_))
         ));
         let admit = format!(
-            "{{\"type\":\"admit\",\"room\":\"r\",\"request\":1,\"hidden\":false,\"participant\":{{\"id\":\"PA_1\",\"name\":\"\",\"identity\":\"{}\"}}}}",
+            "{{\"type\":\"admit\",\"room\":\"r\",\"request\":1,\"via\":\"whep\",\"hidden\":false,\"participant\":{{\"id\":\"PA_1\",\"name\":\"\",\"identity\":\"{}\"}}}}",
             "i".repeat(MAX_NAME + 1)
         );
         assert!(matches!(

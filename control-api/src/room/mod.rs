@@ -76,9 +76,6 @@ pub enum Via {
     Whip,
     /// A WHEP viewer.
     Whep,
-    /// Connected to another node of the cluster, which serves it; admitted here, at the
-    /// room's host, so the room's membership and limits hold cluster-wide.
-    Relay,
 }
 
 impl Via {
@@ -88,16 +85,6 @@ impl Via {
             Via::WebSocket => "websocket",
             Via::Whip => "whip",
             Via::Whep => "whep",
-            Via::Relay => "relay",
-        }
-    }
-
-    /// What kind of session it is, for the one-session-per-identity rule: a signalling
-    /// session at another node replaces one here, and the other way round.
-    pub(crate) fn session_kind(self) -> Via {
-        match self {
-            Via::Relay => Via::WebSocket,
-            other => other,
         }
     }
 }
@@ -133,6 +120,8 @@ pub struct MemberSummary {
     pub subscriber: Option<PeerId>,
     /// Hidden participants are listed for administrators.
     pub hidden: bool,
+    /// Connected to another node of the cluster, which serves it (see [`Join::relayed`]).
+    pub relayed: bool,
 }
 
 /// A room's participants and tracks, read at one moment.
@@ -152,6 +141,10 @@ pub struct Join {
     pub hidden: bool,
     /// How it is connected.
     pub via: Via,
+    /// Connected to another node of the cluster, which serves it: admitted here, at the
+    /// room's host, so that the room's membership and limits hold cluster-wide (its messages
+    /// go nowhere: that node tells it what happens).
+    pub relayed: bool,
     /// Its messages (the room sends `joined` there first).
     pub outbox: Outbox,
     /// How to disconnect it.

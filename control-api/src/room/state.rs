@@ -23,6 +23,8 @@ pub(super) struct Member {
     pub(super) joined_at: u64,
     pub(super) seq: u64,
     pub(super) via: Via,
+    /// Served by another node of the cluster (see `Join::relayed`).
+    pub(super) relayed: bool,
     pub(super) subscriber: Option<PeerId>,
     /// Receives only this participant's tracks (a WHEP viewer of one publisher).
     pub(super) follows: Option<String>,
@@ -86,10 +88,7 @@ impl RoomState {
 
     /// Members connected to this node (not admitted for another node's session).
     pub(super) fn local_len(&self) -> usize {
-        self.members
-            .values()
-            .filter(|m| m.via != Via::Relay)
-            .count()
+        self.members.values().filter(|m| !m.relayed).count()
     }
 
     /// Adds a member, numbered by arrival.
@@ -190,6 +189,7 @@ impl RoomState {
                 info: m.info.clone(),
                 joined_at: m.joined_at,
                 via: m.via,
+                relayed: m.relayed,
                 subscriber: m.subscriber,
                 hidden: m.hidden,
             })
@@ -373,6 +373,7 @@ mod tests {
             joined_at: 0,
             seq: 0,
             via: Via::WebSocket,
+            relayed: false,
             subscriber: subscriber.map(PeerId),
             follows: None,
             token: (String::new(), 0),
@@ -417,12 +418,9 @@ mod tests {
         let mut room = RoomState::default();
         room.add(member("alice", Some(1)));
         let mut bob = member("bob", None);
-        bob.via = Via::Relay;
+        bob.relayed = true;
         room.add(bob);
         assert_eq!((room.len(), room.local_len()), (2, 1));
-        // A signalling session at another node and one here are the same kind of session.
-        assert_eq!(Via::Relay.session_kind(), Via::WebSocket.session_kind());
-        assert_ne!(Via::Whep.session_kind(), Via::WebSocket.session_kind());
     }
 
     #[test]

@@ -318,7 +318,7 @@ impl RoomTask {
             .members()
             .filter(|old| {
                 join.via != super::Via::Whep
-                    && old.via.session_kind() == join.via.session_kind()
+                    && old.via == join.via
                     && old.info.identity == join.info.identity
             })
             .collect();
@@ -374,6 +374,7 @@ impl RoomTask {
             joined_at: crate::auth::unix_now(),
             seq: 0,
             via: join.via,
+            relayed: join.relayed,
             subscriber,
             follows: None,
             token: join.token,
