@@ -1219,3 +1219,112 @@ async fn when_a_rooms_host_dies_its_members_at_other_nodes_carry_on_with_a_new_h
     let _ = b.kill();
     let _ = c.kill();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_across_nodes_carry_on_while_redis_is_away_and_new_ones_start_once_it_is_back() {
+    let mut redis = RedisServer::start().await;
+    let relay = [
+        "--relay-addr",
+        "127.0.0.1:0",
+        "--cluster-secret",
+        "the secret of this cluster",
+    ];
+    let (mut a, a_addr) = node(&redis, "a", 3, &relay);
+    let (mut b, b_addr) = node(&redis, "b", 3, &relay);
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline && nodes(&b_addr).await["linked"] != serde_json::json!(["a"]) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rtc = |addr: &str| format!("ws://{addr}/rtc");
+    let publisher = Bot::spawn(BotConfig::new(&rtc(&a_addr), token("call", "pub"), true, 1));
+    assert!(publisher.wait_for(WAIT, |s| s.participant.is_some()).await);
+    let viewer = Bot::spawn(BotConfig::new(
+        &rtc(&b_addr),
+        viewer_token("call", "viewer"),
+        false,
+        2,
+    ));
+    assert!(
+        viewer
+            .wait_for(WAIT, |s| s.packets_from(1, PayloadKind::Vp8) >= 30)
+            .await,
+        "{:?}",
+        viewer.state().error()
+    );
+
+    // Redis away for 10 s: the call across the nodes carries on, and the room open at b
+    // takes a new member (its host admits it over the link); a room nobody hosts cannot start.
+    redis.kill();
+    let stopped = Instant::now();
+    for addr in [&a_addr, &b_addr] {
+        assert!(gauge_becomes(addr, "sfu_cluster_redis_up", 0.0).await);
+    }
+    let late = Bot::spawn(BotConfig::new(
+        &rtc(&b_addr),
+        viewer_token("call", "late"),
+        false,
+        3,
+    ));
+    assert!(
+        late.wait_for(WAIT, |s| s.packets_from(1, PayloadKind::Vp8) >= 30)
+            .await,
+        "a new member at b while Redis is away: {:?}",
+        late.state().error()
+    );
+    let stranger = Bot::spawn(BotConfig::new(
+        &rtc(&b_addr),
+        viewer_token("elsewhere", "x"),
+        false,
+        4,
+    ));
+    assert!(stranger.wait_for(WAIT, |s| s.error().is_some()).await);
+    assert_eq!(
+        stranger.state().error().unwrap().0,
+        ErrorCode::ClusterUnavailable
+    );
+    while stopped.elapsed() < Duration::from_secs(10) {
+        let before = viewer.state().packets_from(1, PayloadKind::Vp8);
+        assert!(
+            viewer
+                .wait_for(WAIT, |s| s.packets_from(1, PayloadKind::Vp8) >= before + 15)
+                .await,
+            "the call across the nodes carries on without Redis ({:?} in)",
+            stopped.elapsed()
+        );
+    }
+
+    // Redis back (empty): the nodes announce themselves again and a new room's viewer at b is
+    // served there with its host's media.
+    redis.restart().await;
+    for addr in [&a_addr, &b_addr] {
+        assert!(gauge_becomes(addr, "sfu_cluster_redis_up", 1.0).await);
+    }
+    assert!(lists_within(&b_addr, &["a", "b"], WAIT).await.is_some());
+    let second = Bot::spawn(BotConfig::new(
+        &rtc(&a_addr),
+        token("after", "pub2"),
+        true,
+        5,
+    ));
+    assert!(second.wait_for(WAIT, |s| s.participant.is_some()).await);
+    let new_viewer = Bot::spawn(BotConfig::new(
+        &rtc(&b_addr),
+        viewer_token("after", "viewer2"),
+        false,
+        6,
+    ));
+    assert!(
+        new_viewer
+            .wait_for(WAIT, |s| s.packets_from(5, PayloadKind::Vp8) >= 30)
+            .await,
+        "a cross-node join once Redis is back: {:?}",
+        new_viewer.state().error()
+    );
+    assert_eq!(new_viewer.state().joined_via, None, "served at b");
+    assert_eq!(new_viewer.state().bad_payloads, 0);
+    for bot in [&publisher, &viewer, &late, &stranger, &second, &new_viewer] {
+        bot.leave();
+    }
+    let _ = a.kill();
+    let _ = b.kill();
+}
