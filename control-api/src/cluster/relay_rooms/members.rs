@@ -1,0 +1,254 @@
+//! A room's membership across a link: the host admits (or refuses) each participant joining
+//! at an edge, counts it as a member until it leaves, and forwards the room's kicks to it;
+//! the edge waits for the answer and tells the host of each member that leaves.
+
+use super::*;
+
+impl LinkRooms {
+    /// Asks the host to admit `me` to edge room `room`; the answer comes on the receiver.
+    pub(super) fn admit(
+        &self,
+        room: &str,
+        me: &ParticipantInfo,
+        via: Via,
+        hidden: bool,
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<(), Refusal>>, Refusal> {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let request = {
+            let mut inner = self.inner.lock();
+            if inner.pending.len() >= MAX_PENDING_ADMITS {
+                return Err(Refusal::new(
+                    ErrorCode::ClusterUnavailable,
+                    "too many joins waiting for the room's host node; join again in a few seconds",
+                ));
+            }
+            inner.next_request = inner.next_request.wrapping_add(1);
+            let request = inner.next_request;
+            inner.pending.insert(request, answer);
+            inner
+                .asked
+                .entry(room.to_string())
+                .or_default()
+                .insert(me.id.clone());
+            request
+        };
+        self.send(RelayControl::Admit {
+            room: room.to_string(),
+            request,
+            participant: WireParticipant {
+                id: me.id.clone(),
+                identity: me.identity.clone(),
+                name: me.name.clone(),
+            },
+            via: match via {
+                Via::WebSocket => WireVia::Websocket,
+                Via::Whip => WireVia::Whip,
+                Via::Whep => WireVia::Whep,
+            },
+            hidden,
+        });
+        Ok(answered)
+    }
+
+    /// A member this node asked the host to admit left (or its join failed here).
+    pub(super) fn member_left(&self, room: &str, participant: &str) {
+        let known = {
+            let mut inner = self.inner.lock();
+            let known = inner
+                .asked
+                .get_mut(room)
+                .is_some_and(|members| members.remove(participant));
+            if inner.asked.get(room).is_some_and(|m| m.is_empty()) {
+                inner.asked.remove(room);
+            }
+            known
+        };
+        if known {
+            self.send(RelayControl::MemberLeft {
+                room: room.to_string(),
+                participant: participant.to_string(),
+            });
+        }
+    }
+
+    /// The host's answer to an admission.
+    pub(super) fn on_admitted(&self, request: u32, refused: Option<String>, full: bool) {
+        let Some(answer) = self.inner.lock().pending.remove(&request) else {
+            return;
+        };
+        let result = match refused {
+            None => Ok(()),
+            Some(reason) => Err(Refusal::new(
+                if full {
+                    ErrorCode::RoomFull
+                } else {
+                    ErrorCode::ClusterUnavailable
+                },
+                reason,
+            )),
+        };
+        let _ = answer.send(result);
+    }
+
+    /// The host tells of a member elsewhere, or that one left.
+    pub(super) async fn on_member(
+        &self,
+        room: &str,
+        joined: Option<WireParticipant>,
+        left: Option<String>,
+    ) {
+        let Some(state) = self.state.upgrade() else {
+            return;
+        };
+        let Some(room) = state.rooms.get(room).filter(|r| r.is_edge()) else {
+            return;
+        };
+        if !self.inner.lock().edge.contains_key(&room.name) {
+            return;
+        }
+        if let Some(p) = joined {
+            room.add_remote(ParticipantInfo {
+                id: p.id,
+                identity: p.identity,
+                name: p.name,
+            })
+            .await;
+        }
+        if let Some(participant) = left {
+            room.remove_remote(&participant).await;
+        }
+    }
+
+    /// The host disconnects a member it admitted for this node.
+    pub(super) async fn on_kick(&self, room: &str, participant: &str, reason: &str) {
+        let asked = self
+            .inner
+            .lock()
+            .asked
+            .get(room)
+            .is_some_and(|m| m.contains(participant));
+        let Some(state) = self.state.upgrade() else {
+            return;
+        };
+        let Some(room) = state.rooms.get(room).filter(|r| r.is_edge() && asked) else {
+            return;
+        };
+        if let Some((token, expires)) = room.kick(participant, reason).await
+            && reason == crate::room::REMOVED_BY_ROOM_SERVICE
+        {
+            // It cannot come straight back here with the same token either.
+            state.revoked.revoke(&token, expires);
+        }
+    }
+
+    /// At the host: admits a participant joining at the other node as a member of the room
+    /// here (connected `via` relay), or says why not.
+    pub(super) async fn on_admit(
+        self: &Arc<Self>,
+        name: String,
+        request: u32,
+        participant: WireParticipant,
+        via: WireVia,
+        hidden: bool,
+    ) {
+        let refuse = |reason: String, full: bool| RelayControl::Admitted {
+            request,
+            refused: Some(reason),
+            full,
+        };
+        let Some(state) = self.state.upgrade() else {
+            return;
+        };
+        let room = state.rooms.get(&name).filter(|r| !r.is_edge());
+        let subscribed = self.inner.lock().origin.contains_key(&name);
+        let (Some(room), true) = (room, subscribed) else {
+            self.send(refuse(
+                format!("room {name:?} is not hosted there any more; join again"),
+                false,
+            ));
+            return;
+        };
+        if self.inner.lock().admitted_count() >= MAX_ADMITTED_PER_LINK {
+            self.send(refuse(
+                "too many members relayed from one node".into(),
+                false,
+            ));
+            return;
+        }
+        let (kick, mut kicks) = mpsc::unbounded_channel::<String>();
+        let info = ParticipantInfo {
+            id: participant.id.clone(),
+            identity: participant.identity,
+            name: participant.name,
+        };
+        let join = Join {
+            info,
+            hidden,
+            via: match via {
+                WireVia::Websocket => Via::WebSocket,
+                WireVia::Whip => Via::Whip,
+                WireVia::Whep => Via::Whep,
+            },
+            relayed: true,
+            outbox: crate::outbox::outbox().0,
+            kick,
+            ice_servers: Vec::new(),
+            resume_token: None,
+            alternates: Vec::new(),
+            token: (String::new(), 0),
+            subscribe: None,
+        };
+        match room.join(join).await {
+            Ok(_) => {
+                self.inner
+                    .lock()
+                    .admitted
+                    .entry(name.clone())
+                    .or_default()
+                    .insert(participant.id.clone());
+                self.send(RelayControl::Admitted {
+                    request,
+                    refused: None,
+                    full: false,
+                });
+                // The room's kicks for the member go to the node that serves it (the channel
+                // closes when the member leaves).
+                let link = self.clone();
+                tokio::spawn(async move {
+                    while let Some(reason) = kicks.recv().await {
+                        link.send(RelayControl::Kick {
+                            room: name.clone(),
+                            participant: participant.id.clone(),
+                            reason,
+                        });
+                    }
+                });
+            }
+            Err(e) => {
+                let full = matches!(e, RoomError::Full { .. });
+                self.send(refuse(e.to_string(), full));
+            }
+        }
+    }
+
+    /// At the host: a member admitted for the other node left.
+    pub(super) async fn on_member_left_at_host(&self, name: &str, participant: &str) {
+        let known = self
+            .inner
+            .lock()
+            .admitted
+            .get_mut(name)
+            .is_some_and(|m| m.remove(participant));
+        if !known {
+            return;
+        }
+        if let Some(room) = self
+            .state
+            .upgrade()
+            .and_then(|s| s.rooms.get(name))
+            .filter(|r| !r.is_edge())
+        {
+            room.leave(participant, Vec::new()).await;
+        }
+    }
+}
