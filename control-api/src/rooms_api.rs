@@ -757,11 +757,17 @@ async fn mute_track(
 ) -> Result<Json<TrackBody>, ApiError> {
     admin.may_admin(&room)?;
     let room = room_of(&state, &room)?;
-    parse_track(&track)?;
+    let id = parse_track(&track)?;
     let info = room
         .set_muted(&participant, &track, request.muted, MutedBy::Admin)
         .await
         .map_err(room_error)?;
+    if let Some(cluster) = &state.cluster
+        && !room.is_edge()
+    {
+        // A track published at another node is muted there too.
+        cluster.relayed().admin_muted(&room.name, id, request.muted);
+    }
     Ok(Json(track_body(&info)))
 }
 

@@ -703,6 +703,60 @@ async fn a_viewer_at_another_node_is_served_there_with_the_hosts_media_relayed_i
             .await,
         "a mute at b is seen at a"
     );
+    // The room service at a mutes b's publisher's video: it stops at b, where its publisher
+    // is, for b's viewer too (which receives it without crossing the link).
+    let pub2_video = publisher.with_state(|s| {
+        s.messages.iter().find_map(|m| match m {
+            ServerMessage::TrackPublished { track }
+                if track.participant == pub2_id && track.kind == "video" =>
+            {
+                Some(track.id.clone())
+            }
+            _ => None,
+        })
+    });
+    let pub2_video = pub2_video.expect("a's member was told of b's publisher's video");
+    let grants = Grants {
+        room: Some("show".into()),
+        room_admin: true,
+        ..Grants::default()
+    };
+    let claims = Claims::new(DEV_API_KEY, "ops", Duration::from_secs(600), grants);
+    let auth = format!("Bearer {}", ApiKeys::dev().mint(&claims).unwrap());
+    let muted = http_request(
+        &a_addr,
+        "POST",
+        &format!("/api/rooms/show/participants/{pub2_id}/tracks/{pub2_video}/mute"),
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
+        r#"{"muted": true}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(muted.status, 200, "{}", muted.body);
+    let deadline = Instant::now() + WAIT;
+    let mut stopped = false;
+    let video_from_b = || {
+        (
+            viewer.state().packets_from(3, PayloadKind::Vp8),
+            publisher.state().packets_from(3, PayloadKind::Vp8),
+        )
+    };
+    while Instant::now() < deadline && !stopped {
+        let before = video_from_b();
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        stopped = video_from_b() == before;
+    }
+    assert!(
+        stopped,
+        "neither b's viewer nor a's member gets the video muted at a"
+    );
+    assert!(
+        viewer.state().packets_from(3, PayloadKind::Opus) > 0,
+        "only the video was muted"
+    );
     // b's members leave a's list when they leave b.
     publisher_at_b.leave();
     assert!(

@@ -271,6 +271,14 @@ pub enum RelayControl {
         /// Muted or not.
         muted: bool,
     },
+    /// The room's administrator (at the host) muted or unmuted a track the receiver sends:
+    /// it stops (or resumes) forwarding it at its source too, where the publisher is.
+    AdminMute {
+        /// Its id on this link (the receiver's, as it announced the track).
+        relay_id: u32,
+        /// Muted or not.
+        muted: bool,
+    },
     /// Send these layers of the track (bit 0: the lowest; 0: none).
     SetLayers {
         /// Its id on this link.
@@ -450,7 +458,10 @@ impl RelayControl {
                 text("participant", participant, MAX_TRACK)?;
                 text("reason", reason, MAX_REASON)
             }
-            Self::TrackRemoved { .. } | Self::Muted { .. } | Self::SetLayers { .. } => Ok(()),
+            Self::TrackRemoved { .. }
+            | Self::Muted { .. }
+            | Self::AdminMute { .. }
+            | Self::SetLayers { .. } => Ok(()),
         }
     }
 
@@ -627,6 +638,10 @@ mod tests {
                 muted: true,
             },
             RelayControl::TrackRemoved { relay_id: 7 },
+            RelayControl::AdminMute {
+                relay_id: 7,
+                muted: true,
+            },
             RelayControl::Data {
                 room: "all-hands".into(),
                 binary: false,

@@ -260,6 +260,22 @@ impl RelayIngress {
         self.tracks.iter().filter_map(|t| t.track.deadline()).min()
     }
 
+    /// Mutes (or unmutes) a relayed track here (the room's administrator did): its packets
+    /// stop at this node, as a local publisher's would.
+    pub(crate) fn set_muted(
+        &mut self,
+        track: TrackId,
+        muted: bool,
+        ctx: &mut Ctx<'_>,
+    ) -> Option<crate::event::TrackCounters> {
+        let mut origin = ToOrigin {
+            requests: &self.requests,
+        };
+        let t = self.tracks.iter_mut().find(|t| t.track.route.id == track)?;
+        t.track.set_muted(&mut origin, muted, ctx);
+        Some(t.track.counters())
+    }
+
     /// Periodic work of every track (rates, dynacast, audio levels, throttled requests).
     pub(crate) fn on_timeout(&mut self, ctx: &mut Ctx<'_>) {
         let mut origin = ToOrigin {

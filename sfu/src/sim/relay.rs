@@ -536,3 +536,43 @@ fn loss_on_the_link_is_repaired_without_asking_the_publisher_for_a_keyframe() {
         "carol stays on the top layer"
     );
 }
+
+/// The room's administrator mutes a relayed track at the node that receives it: its viewers
+/// there get nothing more of it; unmuted, they resume on a keyframe asked of the origin.
+#[test]
+fn a_relayed_track_muted_at_the_edge_stops_there_and_resumes_on_a_keyframe() {
+    let (mut w, alice, _bob) = call(79);
+    let mut hop = hop(&mut w, alice);
+    let carol = w.subscriber(vec![hop.edge_track]);
+    hop.run_for(&mut w, 3 * SECOND);
+    let source = w.encoder(alice).source;
+    let track = hop.edge_track;
+    w.h.request(|reply| Command::SetTrackMuted {
+        track,
+        muted: true,
+        reply,
+    })
+    .expect("the relayed track is muted at the edge");
+    hop.run_for(&mut w, SECOND);
+    let muted_at = w.now();
+    hop.run_for(&mut w, 2 * SECOND);
+    let frames = w.video(carol).frames_of(source, muted_at, w.now());
+    assert_eq!(frames, 0, "nothing reaches carol while muted");
+
+    let keyframes = hop.keyframes;
+    w.h.request(|reply| Command::SetTrackMuted {
+        track,
+        muted: false,
+        reply,
+    })
+    .expect("unmuted");
+    let unmuted_at = w.now();
+    hop.run_for(&mut w, 3 * SECOND);
+    assert!(
+        hop.keyframes > keyframes,
+        "a keyframe is asked of the origin at once"
+    );
+    let frames = w.video(carol).frames_of(source, unmuted_at, w.now());
+    assert!(frames >= 40, "carol plays again: {frames} frames in 3 s");
+    assert_eq!(w.video(carol).undecodable, 0);
+}

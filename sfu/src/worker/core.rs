@@ -615,9 +615,22 @@ impl WorkerCore {
                 muted,
                 reply,
             } => {
-                let result = self.on_publisher_of(track, now, |peer, ctx| {
-                    peer.set_track_muted(track, muted, ctx)
-                });
+                let ingress = self
+                    .shared
+                    .graph
+                    .get(track)
+                    .map(|route| route.publisher.peer)
+                    .filter(|id| self.ingresses.contains_key(id));
+                let result = match ingress {
+                    // A relayed track: muted at this node's ingress.
+                    Some(id) => self
+                        .with_ingress(id, now, |ingress, ctx| ingress.set_muted(track, muted, ctx))
+                        .flatten()
+                        .ok_or(SfuError::UnknownTrack(track)),
+                    None => self.on_publisher_of(track, now, |peer, ctx| {
+                        peer.set_track_muted(track, muted, ctx)
+                    }),
+                };
                 let _ = reply.send(result);
             }
             Command::TrackCodecs { track, reply } => {

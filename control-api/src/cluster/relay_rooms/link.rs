@@ -73,6 +73,9 @@ impl LinkRooms {
             } => self.track_added(room, relay_id, track).await,
             RelayControl::TrackRemoved { relay_id } => self.track_removed(relay_id).await,
             RelayControl::Muted { relay_id, muted } => self.on_muted(relay_id, muted).await,
+            RelayControl::AdminMute { relay_id, muted } => {
+                self.on_admin_mute(relay_id, muted).await;
+            }
             RelayControl::Admit {
                 room,
                 request,

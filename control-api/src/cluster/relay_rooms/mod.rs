@@ -338,6 +338,25 @@ impl RelayRooms {
         }
     }
 
+    /// The room service here muted (or unmuted) `track` of hosted room `room`: if the track
+    /// comes from another node, it is muted where its publisher is too (its members there
+    /// receive it without crossing any link).
+    pub fn admin_muted(&self, room: &str, track: TrackId, muted: bool) {
+        let links: Vec<Arc<LinkRooms>> = self.links.lock().values().cloned().collect();
+        for link in links {
+            let relay_id = link
+                .inner
+                .lock()
+                .received
+                .iter()
+                .find(|(_, (r, t, _))| r == room && *t == track)
+                .map(|(id, _)| *id);
+            if let Some(relay_id) = relay_id {
+                link.send(RelayControl::AdminMute { relay_id, muted });
+            }
+        }
+    }
+
     /// A member of edge room `room` admitted by its host left.
     pub fn member_left(&self, room: &Arc<Room>, participant: &str) {
         if let Some(link) = self.link_of_edge(room) {

@@ -432,6 +432,35 @@ impl LinkRooms {
         self.room_unsubscribe(name).await;
     }
 
+    /// The room's administrator at the host muted a track published here: applied here, where
+    /// its packets are forwarded from (the host hears of the mute as of any other).
+    pub(super) async fn on_admin_mute(&self, relay_id: u32, muted: bool) {
+        let Some((room_name, id)) = self.inner.lock().relayed.get(&relay_id).cloned() else {
+            return;
+        };
+        let Some(room) = self.state.upgrade().and_then(|s| s.rooms.get(&room_name)) else {
+            return;
+        };
+        let participant = room
+            .tracks()
+            .await
+            .into_iter()
+            .find(|t| t.id == id)
+            .map(|t| t.info.participant);
+        if let Some(participant) = participant
+            && let Err(e) = room
+                .set_muted(
+                    &participant,
+                    &id.to_string(),
+                    muted,
+                    crate::room::MutedBy::Admin,
+                )
+                .await
+        {
+            debug!(relay_id, error = %e, "relay: the host's mute not applied");
+        }
+    }
+
     /// What the other node asks of a track relayed from here.
     pub(super) async fn on_track_request(&self, message: RelayControl) {
         let relay_id = match &message {
