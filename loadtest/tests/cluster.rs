@@ -848,6 +848,28 @@ async fn a_viewer_at_another_node_is_served_there_with_the_hosts_media_relayed_i
     let _ = b.kill();
 }
 
+/// A webhook receiver on a free loopback port: its URL, and the events it got.
+async fn webhook_receiver() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
+    use axum::routing::post;
+    let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let got = events.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        post(move |body: axum::body::Bytes| {
+            let got = got.clone();
+            async move {
+                let event: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                got.lock().unwrap().push(event);
+                axum::http::StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, events)
+}
+
 /// A room's participants as its node's room service lists them: id and how connected.
 async fn participants(addr: &str, room: &str) -> Vec<(String, String)> {
     let grants = Grants {
@@ -879,11 +901,14 @@ async fn participants(addr: &str, room: &str) -> Vec<(String, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rooms_limit_holds_across_nodes_and_the_host_removes_a_member_served_elsewhere() {
     let redis = RedisServer::start().await;
+    let (hook, events) = webhook_receiver().await;
     let relay = [
         "--relay-addr",
         "127.0.0.1:0",
         "--cluster-secret",
         "the secret of this cluster",
+        "--webhook-url",
+        &hook,
     ];
     let (mut a, a_addr) = node(&redis, "a", 3, &relay);
     let (mut b, b_addr) = node(&redis, "b", 3, &relay);
@@ -917,7 +942,7 @@ async fn a_rooms_limit_holds_across_nodes_and_the_host_removes_a_member_served_e
         true,
         1,
     ));
-    assert!(first.wait_for(WAIT, |s| s.participant.is_some()).await);
+    assert!(first.wait_for(WAIT, |s| s.publish_connected).await);
     let second = Bot::spawn(BotConfig::new(
         &rtc(&b_addr),
         token("small", "two"),
@@ -961,7 +986,8 @@ async fn a_rooms_limit_holds_across_nodes_and_the_host_removes_a_member_served_e
         first
             .wait_for(WAIT, |s| s.saw(|m| matches!(m, ServerMessage::Left { .. })))
             .await,
-        "the older session of the identity is replaced"
+        "the older session of the identity is replaced: {:?}",
+        first.state().ended
     );
     // The room service at a removes the member served at b.
     let second_id = second.state().participant.unwrap();
@@ -1003,6 +1029,31 @@ async fn a_rooms_limit_holds_across_nodes_and_the_host_removes_a_member_served_e
             .iter()
             .any(|(id, _)| *id == second_id)
     );
+    // Webhooks are sent once per event, by the host, whichever node serves the participant.
+    let count = |event: &str, participant: &str| {
+        events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| {
+                e["event"] == event
+                    && e["room"] == "small"
+                    && (participant.is_empty() || e["participant"]["id"] == participant)
+            })
+            .count()
+    };
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline && count("participant_left", &second_id) == 0 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        count("participant_joined", &second_id),
+        1,
+        "{:?}",
+        events.lock().unwrap()
+    );
+    assert_eq!(count("participant_left", &second_id), 1);
+    assert_eq!(count("room_started", ""), 1);
     for bot in [&first, &second, &third, &again] {
         bot.leave();
     }

@@ -9,6 +9,7 @@ impl LinkRooms {
     /// Opens (or finds) the edge room `name`.
     pub(super) async fn edge_room(self: &Arc<Self>, name: &str) -> Result<Arc<Room>, Refusal> {
         let state = self.state.upgrade().ok_or_else(shutting_down)?;
+        let _opening = self.opening.lock().await;
         if let Some(room) = self
             .inner
             .lock()
@@ -69,9 +70,12 @@ impl LinkRooms {
         let Some(state) = self.state.upgrade() else {
             return;
         };
-        if let Err(refusal) = self.serve_edge(&state, name, room).await {
-            warn!(room = name, reason = %refusal.message, "relay: cannot serve the room from its new host");
-            return;
+        {
+            let _opening = self.opening.lock().await;
+            if let Err(refusal) = self.serve_edge(&state, name, room).await {
+                warn!(room = name, reason = %refusal.message, "relay: cannot serve the room from its new host");
+                return;
+            }
         }
         let members = room.snapshot().await.members;
         // Every request first, then the answers: one round trip for them all.

@@ -143,6 +143,7 @@ impl RelayRooms {
             inner: Mutex::new(Inner::default()),
             hop: self.hop.get().cloned(),
             counts: self.counts.clone(),
+            opening: tokio::sync::Mutex::new(()),
         });
         self.links.lock().insert(peer.clone(), rooms.clone());
         tokio::spawn(write_control(link.clone(), queue));
@@ -326,7 +327,22 @@ impl RelayRooms {
                 ),
             )
         };
-        let link = self.link_of_edge(room).ok_or_else(unreachable)?;
+        // The room may still be opening (another join opened it a moment ago) or finding a
+        // new host (its host was lost): its link is waited for.
+        let deadline = tokio::time::Instant::now() + ADMIT_WITHIN;
+        let link = loop {
+            if let Some(link) = self.link_of_edge(room) {
+                break link;
+            }
+            if !room.is_edge() {
+                // This node hosts the room now: the room here decides.
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(unreachable());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
         let answer = link.admit(&room.name, me, via, hidden)?;
         match tokio::time::timeout(ADMIT_WITHIN, answer).await {
             Ok(Ok(Ok(()))) => Ok(()),
@@ -405,6 +421,8 @@ struct LinkRooms {
     inner: Mutex<Inner>,
     hop: Option<metrics::Histogram>,
     counts: Arc<Counts>,
+    /// Held while an edge room is opened, so that joins arriving together open it once.
+    opening: tokio::sync::Mutex<()>,
 }
 
 /// The host's answer to an admission.
