@@ -5,7 +5,8 @@
 // whose own server died joins there too (the `alternates` its `joined` named). Then, with the
 // media relay on: the demo opened as a viewer (`role=viewer`) on the node that does not host
 // the room is served there, the host's video and audio relayed to it, with the host's
-// participant shown, its active speaker and its chat.
+// participant shown, its active speaker and its chat; opened again as a participant there,
+// its camera crosses to the host's member too.
 //
 //   cd web-demo/tests && npm install && node --test cluster.test.mjs
 //
@@ -209,6 +210,17 @@ describe('cluster mode with the media relay: a viewer served by the node it open
       ([body]) => [...document.querySelectorAll('#chat-log li')]
         .some((li) => li.querySelector('.chat-from')?.textContent === 'alice' && li.querySelector('.chat-text')?.textContent === body),
       [text], { timeout: JOIN_MS });
+  });
+
+  it('bob joins again on node b as a participant: served there, alice on node a sees his video and he hers', { timeout: 2 * JOIN_MS + 10_000 }, async () => {
+    let redirected = false;
+    bob.page.on('console', (m) => { if (m.text().includes('hosted by another server')) redirected = true; });
+    await bob.page.goto(callUrl(b.base, room, 'bob'), { waitUntil: 'load' });
+    await Promise.all([alice, bob].map((p) => waitUntil(p, 'the other\'s tile with playing video', playingTiles, 1,
+      { timeout: JOIN_MS, describe: describeTiles })));
+    assert.equal(redirected, false, 'bob stayed on node b');
+    assert.equal(await gauge(b.base, 'sfu_participants'), 1, 'node b serves bob');
+    assert.equal(await gauge(a.base, 'sfu_participants'), 1, 'node a serves alice');
   });
 
   it('no console errors in either page', () => {
