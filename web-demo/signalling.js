@@ -10,8 +10,8 @@ const SILENCE_LIMIT_MS = 25_000;
 const TOKEN_TIMEOUT_MS = 10_000;
 
 /**
- * Gets an access token from the dev-mode endpoint (a viewer's may not publish, so in a cluster
- * any node serves it). Resolves with {token, wsUrl}.
+ * Gets an access token from the dev-mode endpoint (a viewer's may not publish). Resolves with
+ * {token, wsUrl}.
  */
 export async function fetchDevToken(room, identity, name, viewer = false) {
   const url = new URL('/dev/token', location.origin);

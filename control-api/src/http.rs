@@ -64,7 +64,7 @@ struct DevTokenQuery {
     room: String,
     identity: Option<String>,
     name: Option<String>,
-    /// `viewer`: the token may not publish (a cluster serves it at any node).
+    /// `viewer`: the token may not publish.
     role: Option<String>,
 }
 
