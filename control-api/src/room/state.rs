@@ -11,6 +11,9 @@ use super::{MemberSummary, MutedBy, RoomError, RoomTrack, Via};
 use crate::outbox::Outbox;
 use crate::protocol::{ParticipantInfo, Speaker, TrackInfo};
 
+/// Members at other nodes an edge room shows, at most.
+pub(super) const MAX_REMOTE: usize = 10_000;
+
 /// Where a member's disconnection requests go (the reason is told to the client).
 pub type Kick = tokio::sync::mpsc::UnboundedSender<String>;
 
@@ -142,9 +145,10 @@ impl RoomState {
         members.chain(self.remote.iter().cloned()).collect()
     }
 
-    /// Records a participant of the host whose track is relayed here; `true` if new.
+    /// Records a member of the room at another node; `true` if new. At most [`MAX_REMOTE`]
+    /// (another node's announcements are input too).
     pub(super) fn add_remote(&mut self, info: ParticipantInfo) -> bool {
-        if self.remote.iter().any(|r| r.id == info.id) {
+        if self.remote.len() >= MAX_REMOTE || self.remote.iter().any(|r| r.id == info.id) {
             return false;
         }
         self.remote.push(info);
@@ -446,6 +450,19 @@ mod tests {
         assert_eq!(room.tracks().len(), 1, "alice's track stays");
         assert!(room.visible_others("alice").is_empty());
         assert!(room.remove_remote("carol").is_none());
+    }
+
+    #[test]
+    fn members_announced_by_other_nodes_are_bounded() {
+        let mut room = RoomState::default();
+        for i in 0..MAX_REMOTE + 5 {
+            room.add_remote(ParticipantInfo {
+                id: format!("PA_{i}"),
+                identity: format!("i{i}"),
+                name: String::new(),
+            });
+        }
+        assert_eq!(room.remote_ids().len(), MAX_REMOTE);
     }
 
     #[test]
