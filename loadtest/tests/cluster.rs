@@ -549,6 +549,46 @@ async fn without_redis_there_is_no_cluster() {
 }
 
 /// A token for `room` that may subscribe but not publish (a live stream's audience).
+/// Nodes `ids` (sorted) of a cluster at `redis` with the media relay on and `extra`
+/// arguments, once each has a relay link to every other.
+async fn relay_nodes<const N: usize>(
+    redis: &RedisServer,
+    ids: [&str; N],
+    extra: &[&str],
+) -> [(ServerProcess, String); N] {
+    let relay = [
+        "--relay-addr",
+        "127.0.0.1:0",
+        "--cluster-secret",
+        "the secret of this cluster",
+    ];
+    let args = [&relay[..], extra].concat();
+    let started: Vec<(ServerProcess, String)> =
+        ids.iter().map(|id| node(redis, id, 3, &args)).collect();
+    let deadline = Instant::now() + WAIT;
+    for (i, (_, addr)) in started.iter().enumerate() {
+        let others: Vec<&str> = ids
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, id)| *id)
+            .collect();
+        let want = serde_json::json!(others);
+        while Instant::now() < deadline && nodes(addr).await["linked"] != want {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            nodes(addr).await["linked"],
+            want,
+            "{} links to the others",
+            ids[i]
+        );
+    }
+    started
+        .try_into()
+        .unwrap_or_else(|_| unreachable!("one process per id"))
+}
+
 fn viewer_token(room: &str, identity: &str) -> String {
     let grants = Grants {
         room: Some(room.to_string()),
@@ -568,19 +608,7 @@ async fn counter(addr: &str, name: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_viewer_at_another_node_is_served_there_with_the_hosts_media_relayed_intact() {
     let redis = RedisServer::start().await;
-    let relay = [
-        "--relay-addr",
-        "127.0.0.1:0",
-        "--cluster-secret",
-        "the secret of this cluster",
-    ];
-    let (mut a, a_addr) = node(&redis, "a", 3, &relay);
-    let (mut b, b_addr) = node(&redis, "b", 3, &relay);
-    let deadline = Instant::now() + WAIT;
-    while Instant::now() < deadline && nodes(&b_addr).await["linked"] != serde_json::json!(["a"]) {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(nodes(&b_addr).await["linked"], serde_json::json!(["a"]));
+    let [(mut a, a_addr), (mut b, b_addr)] = relay_nodes(&redis, ["a", "b"], &[]).await;
     let a_rtc = format!("ws://{a_addr}/rtc");
     let b_rtc = format!("ws://{b_addr}/rtc");
 
@@ -902,20 +930,8 @@ async fn participants(addr: &str, room: &str) -> Vec<(String, String)> {
 async fn a_rooms_limit_holds_across_nodes_and_the_host_removes_a_member_served_elsewhere() {
     let redis = RedisServer::start().await;
     let (hook, events) = webhook_receiver().await;
-    let relay = [
-        "--relay-addr",
-        "127.0.0.1:0",
-        "--cluster-secret",
-        "the secret of this cluster",
-        "--webhook-url",
-        &hook,
-    ];
-    let (mut a, a_addr) = node(&redis, "a", 3, &relay);
-    let (mut b, b_addr) = node(&redis, "b", 3, &relay);
-    let deadline = Instant::now() + WAIT;
-    while Instant::now() < deadline && nodes(&b_addr).await["linked"] != serde_json::json!(["a"]) {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let hooks = ["--webhook-url", &hook];
+    let [(mut a, a_addr), (mut b, b_addr)] = relay_nodes(&redis, ["a", "b"], &hooks).await;
     let grants = Grants {
         room_create: true,
         ..Grants::default()
@@ -1099,27 +1115,9 @@ async fn relayed_to(addr: &str, node: &str) -> Vec<(String, Vec<u64>)> {
 async fn three_nodes_a_track_crosses_once_per_node_and_layer_and_viewers_move_when_a_node_dies() {
     let redis = RedisServer::start().await;
     // Layers follow the viewers' requests only (bots on loopback read jitter as congestion).
-    let args = [
-        "--relay-addr",
-        "127.0.0.1:0",
-        "--cluster-secret",
-        "the secret of this cluster",
-        "--congestion-control",
-        "false",
-    ];
-    let (mut a, a_addr) = node(&redis, "a", 3, &args);
-    let (mut b, b_addr) = node(&redis, "b", 3, &args);
-    let (mut c, c_addr) = node(&redis, "c", 3, &args);
-    let deadline = Instant::now() + WAIT;
-    while Instant::now() < deadline
-        && nodes(&a_addr).await["linked"] != serde_json::json!(["b", "c"])
-    {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(
-        nodes(&a_addr).await["linked"],
-        serde_json::json!(["b", "c"])
-    );
+    let args = ["--congestion-control", "false"];
+    let [(mut a, a_addr), (mut b, b_addr), (mut c, c_addr)] =
+        relay_nodes(&redis, ["a", "b", "c"], &args).await;
     let rtc = |addr: &str| format!("ws://{addr}/rtc");
 
     let mut publisher = BotConfig::new(&rtc(&a_addr), token("show", "pub"), true, 1);
@@ -1235,26 +1233,8 @@ async fn three_nodes_a_track_crosses_once_per_node_and_layer_and_viewers_move_wh
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_a_rooms_host_dies_its_members_at_other_nodes_carry_on_with_a_new_host() {
     let redis = RedisServer::start().await;
-    let args = [
-        "--relay-addr",
-        "127.0.0.1:0",
-        "--cluster-secret",
-        "the secret of this cluster",
-    ];
-    let (mut a, a_addr) = node(&redis, "a", 3, &args);
-    let (mut b, b_addr) = node(&redis, "b", 3, &args);
-    let (mut c, c_addr) = node(&redis, "c", 3, &args);
-    let deadline = Instant::now() + WAIT;
-    while Instant::now() < deadline
-        && !(nodes(&b_addr).await["linked"] == serde_json::json!(["a", "c"])
-            && nodes(&c_addr).await["linked"] == serde_json::json!(["a", "b"]))
-    {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(
-        nodes(&b_addr).await["linked"],
-        serde_json::json!(["a", "c"])
-    );
+    let [(mut a, a_addr), (mut b, b_addr), (mut c, c_addr)] =
+        relay_nodes(&redis, ["a", "b", "c"], &[]).await;
     let rtc = |addr: &str| format!("ws://{addr}/rtc");
     // Hosted by a (its first member); a viewer at b, a publisher at c.
     let first = Bot::spawn(BotConfig::new(
@@ -1328,18 +1308,7 @@ async fn when_a_rooms_host_dies_its_members_at_other_nodes_carry_on_with_a_new_h
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_across_nodes_carry_on_while_redis_is_away_and_new_ones_start_once_it_is_back() {
     let mut redis = RedisServer::start().await;
-    let relay = [
-        "--relay-addr",
-        "127.0.0.1:0",
-        "--cluster-secret",
-        "the secret of this cluster",
-    ];
-    let (mut a, a_addr) = node(&redis, "a", 3, &relay);
-    let (mut b, b_addr) = node(&redis, "b", 3, &relay);
-    let deadline = Instant::now() + WAIT;
-    while Instant::now() < deadline && nodes(&b_addr).await["linked"] != serde_json::json!(["a"]) {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let [(mut a, a_addr), (mut b, b_addr)] = relay_nodes(&redis, ["a", "b"], &[]).await;
     let rtc = |addr: &str| format!("ws://{addr}/rtc");
     let publisher = Bot::spawn(BotConfig::new(&rtc(&a_addr), token("call", "pub"), true, 1));
     assert!(publisher.wait_for(WAIT, |s| s.participant.is_some()).await);

@@ -592,6 +592,15 @@ impl Room {
         self.snapshot().await.tracks
     }
 
+    /// Who publishes `track` (its participant id), if it is published here.
+    pub async fn publisher_of(&self, track: TrackId) -> Option<String> {
+        self.tracks()
+            .await
+            .into_iter()
+            .find(|t| t.id == track)
+            .map(|t| t.info.participant)
+    }
+
     /// Disconnects a participant (by id or identity). Returns the token it joined with (id
     /// and expiry), or `None` if it is not here.
     pub async fn kick(&self, participant: &str, reason: &str) -> Option<(String, u64)> {

@@ -32,12 +32,32 @@ impl LinkRooms {
         name: &str,
         room: &Arc<Room>,
     ) -> Result<(), Refusal> {
+        self.receive_room(state, name, room, true)
+            .await
+            .map_err(|e| crate::session::internal("start relaying the room", &e))?;
+        info!(room = name, host = %self.link.peer(), "serving members of a room hosted by another node");
+        tokio::spawn(
+            self.clone()
+                .edge_watch(name.to_string(), Arc::downgrade(room)),
+        );
+        Ok(())
+    }
+
+    /// Receives the tracks the other node publishes in `room` through a new relay ingress
+    /// (which also carries the room's data with `carries_data`: at the edge), and asks the
+    /// other node for them.
+    pub(super) async fn receive_room(
+        self: &Arc<Self>,
+        state: &AppState,
+        name: &str,
+        room: &Arc<Room>,
+        carries_data: bool,
+    ) -> Result<(), sfu::SfuError> {
         let (events, event_rx) = mpsc::unbounded_channel();
         let ingress = state
             .sfu
-            .add_relay_ingress(room.id, events, true)
-            .await
-            .map_err(|e| crate::session::internal("start relaying the room", &e))?;
+            .add_relay_ingress(room.id, events, carries_data)
+            .await?;
         let stale = self.inner.lock().edge.insert(
             name.to_string(),
             EdgeRoom {
@@ -48,19 +68,14 @@ impl LinkRooms {
         if let Some(stale) = stale {
             let _ = state.sfu.remove_relay_ingress(stale.ingress).await;
         }
-        info!(room = name, host = %self.link.peer(), "serving members of a room hosted by another node");
-        self.send(RelayControl::RoomSubscribe {
-            room: name.to_string(),
-        });
         tokio::spawn(
             self.clone()
                 .edge_requests(name.to_string(), ingress.id, ingress.requests),
         );
         tokio::spawn(self.clone().edge_events(event_rx));
-        tokio::spawn(
-            self.clone()
-                .edge_watch(name.to_string(), Arc::downgrade(room)),
-        );
+        self.send(RelayControl::RoomSubscribe {
+            room: name.to_string(),
+        });
         Ok(())
     }
 
@@ -185,12 +200,7 @@ impl LinkRooms {
         let Some(room) = state.rooms.get(&room_name) else {
             return;
         };
-        let participant = room
-            .tracks()
-            .await
-            .into_iter()
-            .find(|t| t.id == track)
-            .map(|t| t.info.participant);
+        let participant = room.publisher_of(track).await;
         if let Some(participant) = participant {
             room.audio_level(&participant, level).await;
         }
@@ -405,12 +415,7 @@ impl LinkRooms {
             return;
         };
         let track = id.to_string();
-        let participant = room
-            .tracks()
-            .await
-            .into_iter()
-            .find(|t| t.id == id)
-            .map(|t| t.info.participant);
+        let participant = room.publisher_of(id).await;
         if let Some(participant) = participant
             && let Err(e) = room
                 .set_muted(&participant, &track, muted, crate::room::MutedBy::Publisher)

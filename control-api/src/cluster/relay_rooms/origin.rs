@@ -75,32 +75,9 @@ impl LinkRooms {
         let Some(state) = self.state.upgrade() else {
             return;
         };
-        let (events, event_rx) = mpsc::unbounded_channel();
-        let ingress = match state.sfu.add_relay_ingress(room.id, events, false).await {
-            Ok(ingress) => ingress,
-            Err(e) => {
-                warn!(room = name, error = %e, "relay: cannot receive the edge's tracks");
-                return;
-            }
-        };
-        let stale = self.inner.lock().edge.insert(
-            name.to_string(),
-            EdgeRoom {
-                room: Arc::downgrade(room),
-                ingress: ingress.id,
-            },
-        );
-        if let Some(stale) = stale {
-            let _ = state.sfu.remove_relay_ingress(stale.ingress).await;
+        if let Err(e) = self.receive_room(&state, name, room, false).await {
+            warn!(room = name, error = %e, "relay: cannot receive the edge's tracks");
         }
-        tokio::spawn(
-            self.clone()
-                .edge_requests(name.to_string(), ingress.id, ingress.requests),
-        );
-        tokio::spawn(self.clone().edge_events(event_rx));
-        self.send(RelayControl::RoomSubscribe {
-            room: name.to_string(),
-        });
     }
 
     /// The other node has no member of `name` any more (or the link closed): relaying stops
@@ -441,12 +418,7 @@ impl LinkRooms {
         let Some(room) = self.state.upgrade().and_then(|s| s.rooms.get(&room_name)) else {
             return;
         };
-        let participant = room
-            .tracks()
-            .await
-            .into_iter()
-            .find(|t| t.id == id)
-            .map(|t| t.info.participant);
+        let participant = room.publisher_of(id).await;
         if let Some(participant) = participant
             && let Err(e) = room
                 .set_muted(
