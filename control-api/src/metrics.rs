@@ -73,6 +73,12 @@ const LATENCY_BUCKETS: [f64; 16] = [
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05,
     0.1, 0.25, 0.5, 1.0,
 ];
+/// Bucket bounds of the subscribers' estimate and target histograms, bits per second: 50 kbit/s
+/// (audio only) to 20 Mbit/s (several screens and cameras in full).
+const BITRATE_BUCKETS: [f64; 16] = [
+    50e3, 100e3, 150e3, 250e3, 400e3, 600e3, 800e3, 1e6, 1.25e6, 1.5e6, 2e6, 3e6, 5e6, 8e6, 12e6,
+    20e6,
+];
 /// Bucket bounds of the connect and first-packet histograms, seconds: 10 ms to 30 s.
 const SETUP_BUCKETS: [f64; 14] = [
     0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 15.0, 30.0,
@@ -108,6 +114,8 @@ impl Metrics {
             ("sfu_connect_seconds", &SETUP_BUCKETS[..]),
             ("sfu_first_video_packet_seconds", &SETUP_BUCKETS[..]),
             ("sfu_relay_hop_seconds", &LATENCY_BUCKETS[..]),
+            ("sfu_subscriber_estimate_bps", &BITRATE_BUCKETS[..]),
+            ("sfu_subscriber_target_bps", &BITRATE_BUCKETS[..]),
         ];
         let builder = buckets.into_iter().fold(builder, |b, (name, bounds)| {
             // The bucket lists are constants and not empty: this cannot fail.
@@ -138,10 +146,24 @@ impl Metrics {
                 Unit::Seconds,
                 "From a video subscription to its first packet sent to the subscriber."
             );
+            describe_histogram!(
+                "sfu_subscriber_estimate_bps",
+                Unit::BitsPerSecond,
+                "Each receiving subscriber's egress bandwidth estimate, sampled as its layers are \
+                 allocated from it (every 0.5 s, and at once when it falls below what is sent)."
+            );
+            describe_histogram!(
+                "sfu_subscriber_target_bps",
+                Unit::BitsPerSecond,
+                "What each receiving subscriber's allocation sends (video layers chosen plus an \
+                 audio allowance), sampled with sfu_subscriber_estimate_bps."
+            );
             Timings {
                 forward_latency: histogram!("sfu_forward_latency_seconds"),
                 connect: histogram!("sfu_connect_seconds"),
                 first_video_packet: histogram!("sfu_first_video_packet_seconds"),
+                subscriber_estimate: histogram!("sfu_subscriber_estimate_bps"),
+                subscriber_target: histogram!("sfu_subscriber_target_bps"),
             }
         })
     }
@@ -188,6 +210,8 @@ fn record_levels(counters: &CounterSnapshot, gauges: &Gauges) {
     for (name, value) in counters.fields() {
         if let Some(state) = name.strip_prefix("video_") {
             gauge!("sfu_video_subscriptions", "state" => state).set(value as f64);
+        } else if let Some(layer) = name.strip_prefix("on_layer_") {
+            gauge!("sfu_video_subscriptions_on_layer", "layer" => layer).set(value as f64);
         } else if name == "peers" {
             // Rendered below with the control plane's gauges.
         } else if CORE_GAUGES.contains(&name) {
@@ -200,6 +224,11 @@ fn record_levels(counters: &CounterSnapshot, gauges: &Gauges) {
         "sfu_video_subscriptions",
         "Video subscriptions by why their layer is what it is (best, requested, bandwidth, \
          unavailable) and those waiting_keyframe for a switch."
+    );
+    describe_gauge!(
+        "sfu_video_subscriptions_on_layer",
+        "Video subscriptions by the layer they forward now (simulcast stream or spatial layer; \
+         3 counts 3 and above)."
     );
     describe_gauge!(
         "sfu_worker_queue_depth",
@@ -377,6 +406,7 @@ mod tests {
         assert!(text.contains("sfu_worker_queue_depth{worker=\"1\"} 5"));
         assert!(text.contains("sfu_worker_queue_drops_total{worker=\"1\"} 2"));
         assert!(text.contains("sfu_video_subscriptions{state=\"best\"} 0"));
+        assert!(text.contains("sfu_video_subscriptions_on_layer{layer=\"0\"} 0"));
         assert!(text.contains("sfu_cluster_redis_up 1"));
         assert!(text.contains("sfu_cluster_nodes 2"));
         assert!(text.contains("sfu_relay_links 1"));

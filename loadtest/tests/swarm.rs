@@ -119,6 +119,12 @@ async fn a_small_swarm_reports_what_the_server_forwarded() {
         "{page}"
     );
     assert!(count("sfu_forward_latency_seconds_count") > 0.0, "{page}");
+    // Every viewer's estimate and what its allocation sent, sampled at least once each.
+    let estimates = count("sfu_subscriber_estimate_bps_count");
+    assert!(estimates >= 6.0, "{page}");
+    assert_eq!(count("sfu_subscriber_target_bps_count"), estimates);
+    let mean = count("sfu_subscriber_estimate_bps_sum") / estimates;
+    assert!(mean >= 100_000.0, "mean estimate {mean} bit/s");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

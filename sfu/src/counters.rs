@@ -105,6 +105,15 @@ counters! {
     video_unavailable,
     /// Video subscriptions waiting for a keyframe of the layer they switch to (a gauge).
     video_waiting_keyframe,
+    /// Video subscriptions forwarding their lowest layer (a gauge; simulcast stream or
+    /// spatial layer 0).
+    on_layer_0,
+    /// Video subscriptions forwarding layer 1 (a gauge).
+    on_layer_1,
+    /// Video subscriptions forwarding layer 2 (a gauge).
+    on_layer_2,
+    /// Video subscriptions forwarding layer 3 or above (a gauge).
+    on_layer_3,
     /// Simulcast layers paused at their publisher because nobody receives them (dynacast).
     layers_paused,
     /// Dynacast-paused layers resumed because a subscriber wanted them.

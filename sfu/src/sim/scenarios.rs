@@ -104,12 +104,18 @@ fn a_capped_viewer_steps_down_to_the_layer_that_fits_and_climbs_back() {
     let (mut w, _, bob) = call(2);
     w.run_for(5 * SECOND);
     assert_eq!(w.video(bob).layer(), Some(2));
+    let on_layers = |w: &World| {
+        let c = w.h.counters();
+        [c.on_layer_0, c.on_layer_1, c.on_layer_2, c.on_layer_3]
+    };
+    assert_eq!(on_layers(&w), [0, 0, 1, 0], "the layer gauges follow");
     w.nodes[bob].down.config = PathConfig::limited(400_000);
     let capped = w.now();
     w.run_for(20 * SECOND);
     let end = w.now();
     let video = w.video(bob);
     assert_eq!(video.layer(), Some(0), "switches: {:?}", video.switches());
+    assert_eq!(on_layers(&w), [1, 0, 0, 0]);
     // Straight to the layer that fits, not through the middle one (whose keyframe would
     // queue behind the top layer's packets in the saturated link).
     let after_cap: Vec<(u8, u8)> = video

@@ -170,6 +170,9 @@ impl Bandwidth {
         // a constrained link and causes the losses and freezes it should avoid (measured).
         let used = allocation.used.saturating_add(audio);
         self.in_use = used;
+        let timings = &ctx.shared.config.timings;
+        timings.subscriber_estimate.record(estimate as f64);
+        timings.subscriber_target.record(used as f64);
         let held_back = allocation.next_step > allocation.used;
         let (minimum, wanted) = if held_back {
             let next = (allocation.next_step.saturating_add(audio) as f64 * UP_FACTOR) as u64;

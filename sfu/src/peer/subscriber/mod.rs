@@ -31,7 +31,7 @@ pub(crate) use self::data::DATA_CHANNEL_LABEL;
 use self::data::DataRelay;
 use self::negotiation::{Negotiation, Placement};
 use self::subscription::{
-    ReportedLayers, Subscription, ask_keyframe, awaits_keyframe, earliest_retry,
+    ReportedLayers, Subscription, ask_keyframe, awaits_keyframe, earliest_retry, layer_gauge,
 };
 use super::{Ctx, PeerInfo};
 use crate::counters::WorkerCounters;
@@ -368,6 +368,15 @@ impl Subscriber {
                     (false, true) => WorkerCounters::add(&ctx.counters().video_waiting_keyframe, 1),
                     (true, false) => WorkerCounters::sub(&ctx.counters().video_waiting_keyframe, 1),
                     _ => {}
+                }
+                let was_on = sub.reported.and_then(|r| r.current);
+                if was_on != state.current {
+                    if let Some(gauge) = layer_gauge(was_on, ctx) {
+                        WorkerCounters::sub(gauge, 1);
+                    }
+                    if let Some(gauge) = layer_gauge(state.current, ctx) {
+                        WorkerCounters::add(gauge, 1);
+                    }
                 }
                 sub.reported = Some(state);
                 info.emit(PeerEvent::LayerState {

@@ -221,8 +221,12 @@ impl Subscription {
     /// Takes the subscription out of the worker's gauges (it is going away).
     pub(super) fn clear_gauges(&mut self, ctx: &Ctx<'_>) {
         self.set_reason(None, ctx);
-        if self.reported.take().is_some_and(awaits_keyframe) {
+        let reported = self.reported.take();
+        if reported.is_some_and(awaits_keyframe) {
             WorkerCounters::sub(&ctx.counters().video_waiting_keyframe, 1);
+        }
+        if let Some(gauge) = layer_gauge(reported.and_then(|r| r.current), ctx) {
+            WorkerCounters::sub(gauge, 1);
         }
     }
 
@@ -497,6 +501,20 @@ pub(super) struct ReportedLayers {
 /// A reported layer state that waits for the target's keyframe.
 pub(super) fn awaits_keyframe(state: ReportedLayers) -> bool {
     state.target.is_some() && state.current != state.target
+}
+
+/// The worker's gauge of video subscriptions forwarding `layer`.
+pub(super) fn layer_gauge<'a>(
+    layer: Option<u8>,
+    ctx: &'a Ctx<'_>,
+) -> Option<&'a std::sync::atomic::AtomicU64> {
+    let c = ctx.counters();
+    Some(match layer? {
+        0 => &c.on_layer_0,
+        1 => &c.on_layer_1,
+        2 => &c.on_layer_2,
+        _ => &c.on_layer_3,
+    })
 }
 
 fn reason_gauge<'a>(reason: LayerReason, ctx: &'a Ctx<'_>) -> &'a std::sync::atomic::AtomicU64 {
