@@ -435,6 +435,28 @@ fn a_viewer_at_the_edge_decodes_the_origin_publisher_and_only_its_layer_crosses(
     );
 }
 
+/// Where the layering extension's data starts in a relayed packet (walking its two-byte
+/// header extensions; searching for its bytes could match a timestamp).
+fn layering_extension(rtp: &[u8]) -> Option<usize> {
+    let csrcs = usize::from(rtp.first()? & 0x0f);
+    let start = 12 + 4 * csrcs;
+    let words = u16::from_be_bytes([*rtp.get(start + 2)?, *rtp.get(start + 3)?]);
+    let end = start + 4 + 4 * usize::from(words);
+    let mut at = start + 4;
+    while at + 2 <= end {
+        let (id, len) = (*rtp.get(at)?, usize::from(*rtp.get(at + 1)?));
+        if id == 0 {
+            at += 1;
+            continue;
+        }
+        if id == 4 {
+            return Some(at + 2);
+        }
+        at += 2 + len;
+    }
+    None
+}
+
 /// Relay input is hostile input: packets that do not read, of a payload type or layer the
 /// track does not have, or for a track the relay did not publish, are refused and counted,
 /// and the viewers of the relayed track see nothing of them.
@@ -459,32 +481,34 @@ fn malformed_relayed_packets_are_refused_and_counted() {
     let mut wrong_pt = good.clone();
     wrong_pt[1] = (wrong_pt[1] & 0x80) | 20; // unassigned: no payload type of the track
     let mut wrong_layer = good.clone();
-    let at = good
-        .windows(2)
-        .position(|w| w == [4, 4])
-        .expect("the layering extension");
-    wrong_layer[at + 5] = 7;
+    let at = layering_extension(&good).expect("the layering extension");
+    wrong_layer[at + 3] = 7;
     let edge = hop.edge_track;
     let unknown = crate::ids::TrackId(u64::MAX);
-    let refused_before = w.h.counters().relay_packets_refused;
     let frames_before = w.video(carol).decoded.len();
-    let bad = vec![
-        (edge, Vec::new()),
-        (edge, vec![0xff; 40]),
-        (edge, good[..20].to_vec()),
-        (edge, wrong_pt),
-        (edge, wrong_layer),
-        (unknown, good.clone()),
+    let bad = [
+        ("empty", edge, Vec::new()),
+        ("not RTP", edge, vec![0xff; 40]),
+        ("cut in its extensions", edge, good[..20].to_vec()),
+        ("a payload type the track lacks", edge, wrong_pt),
+        ("a layer the track lacks", edge, wrong_layer),
+        ("an unknown track", unknown, good.clone()),
     ];
-    let count = bad.len() as u64;
-    w.h.core.handle_command(
-        w.now(),
-        Command::RelayPackets {
-            id: hop.ingress,
-            packets: bad,
-        },
-    );
-    assert_eq!(w.h.counters().relay_packets_refused - refused_before, count);
+    for (what, track, packet) in bad {
+        let refused_before = w.h.counters().relay_packets_refused;
+        w.h.core.handle_command(
+            w.now(),
+            Command::RelayPackets {
+                id: hop.ingress,
+                packets: vec![(track, packet)],
+            },
+        );
+        assert_eq!(
+            w.h.counters().relay_packets_refused - refused_before,
+            1,
+            "refused: {what}"
+        );
+    }
     hop.run_for(&mut w, 2 * SECOND);
     assert!(
         w.video(carol).decoded.len() > frames_before + 30,
