@@ -32,7 +32,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/healthz", get(liveness))
         .route("/readyz", get(readiness))
         .merge(crate::whip::routes(state.clone()))
-        .merge(crate::rooms_api::routes())
+        .merge(crate::rooms_api::routes(state.clone()))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .fallback(get(static_file))
         .with_state(state)

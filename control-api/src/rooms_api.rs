@@ -66,10 +66,9 @@ impl utoipa::Modify for BearerAuth {
 }
 
 /// The room service routes.
-pub fn routes() -> Router<Arc<AppState>> {
-    Router::new()
-        .route("/api/openapi.json", get(openapi))
-        .route("/api/rooms", post(create_room).get(list_rooms))
+pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
+    // Calls about one room: those about an edge room go to its host.
+    let rooms = Router::new()
         .route("/api/rooms/{room}", get(get_room).delete(delete_room))
         .route("/api/rooms/{room}/participants", get(list_participants))
         .route(
@@ -85,7 +84,53 @@ pub fn routes() -> Router<Arc<AppState>> {
             post(update_subscriptions),
         )
         .route("/api/rooms/{room}/tracks", get(list_tracks))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state,
+            calls_go_to_the_host,
+        ));
+    Router::new()
+        .route("/api/openapi.json", get(openapi))
+        .route("/api/rooms", post(create_room).get(list_rooms))
         .route("/api/nodes", get(list_nodes))
+        .merge(rooms)
+}
+
+/// Cluster mode: a call about a room this node serves for its host (an edge room: this node
+/// holds only its own members' part of it) goes to the host, which holds the whole room: a
+/// 307 to the same path and query there.
+async fn calls_go_to_the_host(
+    State(state): State<Arc<AppState>>,
+    // Only a caller with a valid token learns where a room is.
+    _admin: Admin,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match host_location(&state, request.uri()) {
+        Some(location) => {
+            let mut response = json_error(
+                StatusCode::TEMPORARY_REDIRECT,
+                "room_elsewhere",
+                &format!("the room is hosted by another node: {location}"),
+            );
+            if let Ok(value) = header::HeaderValue::from_str(&location) {
+                response.headers_mut().insert(header::LOCATION, value);
+            }
+            response
+        }
+        None => next.run(request).await,
+    }
+}
+
+/// Where a room-service call about an edge room goes: the same path at the room's host.
+fn host_location(state: &AppState, uri: &axum::http::Uri) -> Option<String> {
+    let cluster = state.cluster.as_ref()?;
+    // Room names are letters, digits, '-', '_' and '.': nothing to decode.
+    let name = uri.path().strip_prefix("/api/rooms/")?.split('/').next()?;
+    let room = state.rooms.get(name).filter(|r| r.is_edge())?;
+    let host = cluster.relayed().host_of(&room)?;
+    let url = cluster.nodes().into_iter().find(|n| n.id == host)?.url;
+    let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+    Some(format!("{}{path}", url.trim_end_matches('/')))
 }
 
 async fn openapi() -> Response {

@@ -709,6 +709,18 @@ async fn a_viewer_at_another_node_is_served_there_with_the_hosts_media_relayed_i
     );
     let pub2_id = publisher_at_b.state().participant.unwrap();
     let viewer_id = viewer.state().participant.unwrap();
+    // The room service at b sends calls about the room to its host.
+    let path = "/api/rooms/show/participants";
+    let auth = format!("Bearer {}", list_token());
+    let at_b = http_request(&b_addr, "GET", path, &[("Authorization", &auth)], "")
+        .await
+        .unwrap();
+    assert_eq!(at_b.status, 307, "{}", at_b.body);
+    assert!(
+        at_b.body.contains(&format!("{a_addr}{path}")),
+        "to the same path at a: {}",
+        at_b.body
+    );
     // Membership is the host's: a lists b's members (connected via relay), its members were
     // told they joined, and a mute at b is seen at a.
     let listed = participants(&a_addr, "show").await;

@@ -354,6 +354,11 @@ impl RelayRooms {
         }
     }
 
+    /// The node that hosts edge room `room` (over whose link it is served).
+    pub fn host_of(&self, room: &Arc<Room>) -> Option<String> {
+        self.link_of_edge(room).map(|l| l.link.peer().to_string())
+    }
+
     /// The room service here muted (or unmuted) `track` of hosted room `room`: if the track
     /// comes from another node, it is muted where its publisher is too (its members there
     /// receive it without crossing any link).
