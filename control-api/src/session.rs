@@ -333,11 +333,12 @@ impl Session {
         /// A room may end between being opened and admitting us; it is then opened anew.
         const ATTEMPTS: usize = 3;
         let mut attempt = 0;
-        if let Some(refusal) = self.placed_elsewhere(room_name, mode).await {
-            return Err(refusal);
-        }
         loop {
             attempt += 1;
+            // Each attempt: a room that ended meanwhile may be hosted elsewhere by now.
+            if let Some(refusal) = self.placed_elsewhere(room_name, mode).await {
+                return Err(refusal);
+            }
             let room = self.state.rooms.open(room_name)?;
             let spec = PeerSpec {
                 room: room.id,
@@ -725,9 +726,9 @@ impl Session {
     }
 }
 
-/// Waits (at most [`RELAYED_TRACKS_WITHIN`]) until an edge room just opened has the host's
-/// tracks a WHEP viewer would receive (they arrive over the relay link after the room
-/// opens; a WHEP answer binds its tracks at once): a video track of `follow` (or of anyone),
+/// Waits (at most [`RELAYED_TRACKS_WITHIN`]) until an edge room has the tracks a WHEP viewer
+/// would receive (in a room just opened here they arrive over the relay link a moment later;
+/// a WHEP answer binds its tracks at once): a track of `follow` (without one: a video track),
 /// and then no new track for a moment (the host announces a publisher's tracks together).
 async fn relayed_tracks_arrived(room: &Room, follow: Option<&str>) {
     use std::time::Duration;
@@ -739,10 +740,11 @@ async fn relayed_tracks_arrived(room: &Room, follow: Option<&str>) {
     let mut settled_at = None;
     while tokio::time::Instant::now() < deadline {
         let tracks = room.tracks().await;
-        let video = tracks
-            .iter()
-            .any(|t| t.info.kind == "video" && follow.is_none_or(|f| f == t.info.participant));
-        if video {
+        let wanted = tracks.iter().any(|t| match follow {
+            Some(f) => f == t.info.participant,
+            None => t.info.kind == "video",
+        });
+        if wanted {
             let now = tokio::time::Instant::now();
             if tracks.len() != seen {
                 seen = tracks.len();

@@ -1082,6 +1082,39 @@ async fn a_rooms_limit_holds_across_nodes_and_the_host_removes_a_member_served_e
     );
     assert_eq!(count("participant_left", &second_id), 1);
     assert_eq!(count("room_started", ""), 1);
+    // The room service at a deletes the room: the member served at b is disconnected and the
+    // room ends at a (its members at other nodes leave it at once).
+    let grants = Grants {
+        room_create: true,
+        ..Grants::default()
+    };
+    let claims = Claims::new(DEV_API_KEY, "ops", Duration::from_secs(600), grants);
+    let auth = format!("Bearer {}", ApiKeys::dev().mint(&claims).unwrap());
+    let deleted = http_request(
+        &a_addr,
+        "DELETE",
+        "/api/rooms/small",
+        &[("Authorization", &auth)],
+        "",
+    )
+    .await
+    .unwrap();
+    assert_eq!(deleted.status, 204, "{}", deleted.body);
+    assert!(
+        again
+            .wait_for(WAIT, |s| s.saw(|m| matches!(m, ServerMessage::Left { .. })))
+            .await,
+        "the member at b is told the room ended"
+    );
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline && count("room_finished", "") == 0 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        count("room_finished", ""),
+        1,
+        "the deleted room ends at its host"
+    );
     for bot in [&first, &second, &third, &again] {
         bot.leave();
     }
@@ -1408,6 +1441,23 @@ async fn calls_across_nodes_carry_on_while_redis_is_away_and_new_ones_start_once
     );
     assert_eq!(new_viewer.state().joined_via, None, "served at b");
     assert_eq!(new_viewer.state().bad_payloads, 0);
+    // Its only viewer at b leaves and another comes at once (a page reloaded): the room b
+    // opens again is relayed afresh.
+    new_viewer.leave();
+    let reloaded = Bot::spawn(BotConfig::new(
+        &rtc(&b_addr),
+        viewer_token("after", "viewer2"),
+        false,
+        7,
+    ));
+    assert!(
+        reloaded
+            .wait_for(WAIT, |s| s.packets_from(5, PayloadKind::Vp8) >= 30)
+            .await,
+        "a viewer rejoining at once gets the media again: {:?}",
+        reloaded.state().error()
+    );
+    reloaded.leave();
     for bot in [&publisher, &viewer, &late, &stranger, &second, &new_viewer] {
         bot.leave();
     }

@@ -48,7 +48,8 @@ pub const MAX_NACK: usize = 64;
 const MAX_ROOM: usize = 128;
 const MAX_TRACK: usize = 64;
 const MAX_RID: usize = 16;
-const MAX_NAME: usize = 256;
+/// Longest identity or display name.
+pub const MAX_NAME: usize = 256;
 /// Payload formats one relayed track may list.
 pub const MAX_CODECS: usize = 16;
 const MAX_CODEC: usize = 32;

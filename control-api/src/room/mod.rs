@@ -300,7 +300,8 @@ impl Rooms {
             return Ok(room.clone());
         }
         let settings = RoomSettings {
-            max_participants: self.limits.max_participants,
+            // The host applies the room's limit to every member, wherever it joins.
+            max_participants: 0,
             empty_timeout: Duration::ZERO,
             metadata: String::new(),
             explicit: false,

@@ -291,6 +291,17 @@ impl RoomTask {
                 for member in self.state.members() {
                     let _ = member.kick.send(reason.clone());
                 }
+                // Members served by other nodes leave at once: the room is out of the
+                // registry, where their nodes' word that they left would look for it.
+                let relayed: Vec<String> = self
+                    .state
+                    .members()
+                    .filter(|m| m.relayed)
+                    .map(|m| m.info.id.clone())
+                    .collect();
+                for participant in relayed {
+                    self.leave(&participant, Vec::new()).await;
+                }
             }
         }
     }
@@ -453,6 +464,11 @@ impl RoomTask {
         if self.state.member(&publisher.id).is_some() {
             // At the host: a member admitted for another node publishes there.
             self.publish(track).await;
+            return;
+        }
+        if !self.room.is_edge() {
+            // At the host, a relayed track is a member's (one that left meanwhile: its node
+            // ends the track too).
             return;
         }
         if self.state.add_remote(publisher.clone()) {

@@ -10,14 +10,20 @@ impl LinkRooms {
     pub(super) async fn edge_room(self: &Arc<Self>, name: &str) -> Result<Arc<Room>, Refusal> {
         let state = self.state.upgrade().ok_or_else(shutting_down)?;
         let _opening = self.opening.lock().await;
-        if let Some(room) = self
-            .inner
-            .lock()
-            .edge
-            .get(name)
-            .and_then(|e| e.room.upgrade())
-        {
-            return Ok(room);
+        let entry = self.inner.lock().edge.get(name).map(|e| e.room.clone());
+        match entry.map(|r| r.upgrade()) {
+            Some(Some(room))
+                if state
+                    .rooms
+                    .get(name)
+                    .is_some_and(|r| Arc::ptr_eq(&r, &room)) =>
+            {
+                return Ok(room);
+            }
+            // The room ended a moment ago and its watcher has not seen it yet: its
+            // subscription ends first, so that the host relays the new one afresh.
+            Some(_) => self.forget_edge(name).await,
+            None => {}
         }
         let room = state.rooms.open_edge(name)?;
         self.serve_edge(&state, name, &room).await?;
@@ -32,9 +38,7 @@ impl LinkRooms {
         name: &str,
         room: &Arc<Room>,
     ) -> Result<(), Refusal> {
-        self.receive_room(state, name, room, true)
-            .await
-            .map_err(|e| crate::session::internal("start relaying the room", &e))?;
+        self.receive_room(state, name, room, true).await?;
         info!(room = name, host = %self.link.peer(), "serving members of a room hosted by another node");
         tokio::spawn(
             self.clone()
@@ -52,12 +56,19 @@ impl LinkRooms {
         name: &str,
         room: &Arc<Room>,
         carries_data: bool,
-    ) -> Result<(), sfu::SfuError> {
+    ) -> Result<(), Refusal> {
+        if self.link.is_closed() {
+            return Err(Refusal::new(
+                ErrorCode::ClusterUnavailable,
+                format!("the link to node {} closed; join again", self.link.peer()),
+            ));
+        }
         let (events, event_rx) = mpsc::unbounded_channel();
         let ingress = state
             .sfu
             .add_relay_ingress(room.id, events, carries_data)
-            .await?;
+            .await
+            .map_err(|e| crate::session::internal("start relaying the room", &e))?;
         let stale = self.inner.lock().edge.insert(
             name.to_string(),
             EdgeRoom {
@@ -105,17 +116,19 @@ impl LinkRooms {
             })
             .collect();
         let count = answers.len();
+        let deadline = tokio::time::Instant::now() + ADMIT_WITHIN;
         for (participant, answer) in answers {
-            let answer = match answer {
-                Ok(answer) => tokio::time::timeout(ADMIT_WITHIN, answer).await,
-                Err(refusal) => Ok(Ok(Err(refusal))),
-            };
             let refused = match answer {
-                Ok(Ok(Ok(()))) => continue,
-                Ok(Ok(Err(refusal))) => refusal.message,
-                _ => "the room's new host did not answer; join again".to_string(),
+                Ok((request, answer)) => match tokio::time::timeout_at(deadline, answer).await {
+                    Ok(Ok(Ok(()))) => continue,
+                    Ok(Ok(Err(refusal))) => refusal.message,
+                    _ => {
+                        self.abandon(request);
+                        "the room's new host did not answer; join again".to_string()
+                    }
+                },
+                Err(refusal) => refusal.message,
             };
-            self.member_left(name, &participant);
             room.kick(&participant, &refused).await;
         }
         info!(room = name, host = %self.link.peer(), members = count, "the room's new host serves it");
@@ -238,30 +251,41 @@ impl LinkRooms {
                 }
                 continue;
             }
-            let ingress = {
-                let mut inner = self.inner.lock();
-                let mine = inner.edge.get(&name).is_some_and(|e| e.room.ptr_eq(&room));
-                if !mine {
-                    return;
-                }
-                let ingress = inner.edge.remove(&name).map(|e| e.ingress);
-                inner.received.retain(|_, (r, ..)| *r != name);
-                ingress
-            };
-            let left = self.inner.lock().asked.remove(&name).unwrap_or_default();
-            for participant in left {
-                self.send(RelayControl::MemberLeft {
-                    room: name.clone(),
-                    participant,
-                });
-            }
-            info!(room = %name, "no member of the relayed room left here; unsubscribed");
-            self.send(RelayControl::RoomUnsubscribe { room: name.clone() });
-            self.room_unsubscribe(&name).await;
-            if let (Some(ingress), Some(state)) = (ingress, self.state.upgrade()) {
-                let _ = state.sfu.remove_relay_ingress(ingress).await;
+            let mine = self
+                .inner
+                .lock()
+                .edge
+                .get(&name)
+                .is_some_and(|e| e.room.ptr_eq(&room));
+            if mine {
+                info!(room = %name, "no member of the relayed room left here; unsubscribed");
+                self.forget_edge(&name).await;
             }
             return;
+        }
+    }
+
+    /// Ends edge room `name`'s subscription over this link: the host hears its members left
+    /// and that it is unsubscribed; its ingress and this side's egress go.
+    pub(super) async fn forget_edge(&self, name: &str) {
+        let (ingress, left) = {
+            let mut inner = self.inner.lock();
+            let ingress = inner.edge.remove(name).map(|e| e.ingress);
+            inner.received.retain(|_, (r, ..)| r != name);
+            (ingress, inner.asked.remove(name).unwrap_or_default())
+        };
+        for participant in left {
+            self.send(RelayControl::MemberLeft {
+                room: name.to_string(),
+                participant,
+            });
+        }
+        self.send(RelayControl::RoomUnsubscribe {
+            room: name.to_string(),
+        });
+        self.room_unsubscribe(name).await;
+        if let (Some(ingress), Some(state)) = (ingress, self.state.upgrade()) {
+            let _ = state.sfu.remove_relay_ingress(ingress).await;
         }
     }
 

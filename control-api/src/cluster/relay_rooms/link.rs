@@ -107,8 +107,9 @@ impl LinkRooms {
         }
     }
 
-    /// The link closed: relayed rooms stop both ways; edge rooms lose their tracks (their
-    /// viewers stay and get them again if a new link comes up and they rejoin).
+    /// The link closed: relayed rooms stop both ways; edge rooms lose their tracks and the
+    /// members shown from the host, and are returned to find the room's next host (their
+    /// members stay meanwhile).
     pub(super) async fn close(&self, why: &str) -> Vec<(String, Weak<Room>)> {
         info!(peer = %self.link.peer(), reason = why, "relay: rooms over the link stop");
         let origin: Vec<String> = self.inner.lock().origin.keys().cloned().collect();
@@ -127,7 +128,7 @@ impl LinkRooms {
             .map(|(_, e)| (e.ingress, e.room))
             .collect();
         let pending: Vec<Admission> = self.inner.lock().pending.drain().map(|(_, a)| a).collect();
-        for answer in pending {
+        for (answer, ..) in pending {
             let _ = answer.send(Err(Refusal::new(
                 ErrorCode::ClusterUnavailable,
                 format!("the link to node {} closed; join again", self.link.peer()),

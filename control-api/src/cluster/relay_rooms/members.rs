@@ -5,14 +5,38 @@
 use super::*;
 
 impl LinkRooms {
-    /// Asks the host to admit `me` to edge room `room`; the answer comes on the receiver.
+    /// Asks the host to admit `me` to edge room `room`: the request's number, and the
+    /// receiver its answer comes on. Refused at once if the request cannot cross the link (an
+    /// identity longer than the link carries) or too many wait.
     pub(super) fn admit(
         &self,
         room: &str,
         me: &ParticipantInfo,
         via: Via,
         hidden: bool,
-    ) -> Result<tokio::sync::oneshot::Receiver<Result<(), Refusal>>, Refusal> {
+    ) -> Result<(u32, tokio::sync::oneshot::Receiver<Result<(), Refusal>>), Refusal> {
+        let mut message = RelayControl::Admit {
+            room: room.to_string(),
+            request: 0,
+            participant: WireParticipant {
+                id: me.id.clone(),
+                identity: me.identity.clone(),
+                // A display name is cut to what the link carries, on a character boundary.
+                name: truncated(&me.name, crate::cluster::wire::MAX_NAME),
+            },
+            via: match via {
+                Via::WebSocket => WireVia::Websocket,
+                Via::Whip => WireVia::Whip,
+                Via::Whep => WireVia::Whep,
+            },
+            hidden,
+        };
+        if let Err(e) = message.encode() {
+            return Err(Refusal::new(
+                ErrorCode::BadMessage,
+                format!("this participant cannot join at a node that does not host the room: {e}"),
+            ));
+        }
         let (answer, answered) = tokio::sync::oneshot::channel();
         let request = {
             let mut inner = self.inner.lock();
@@ -24,7 +48,9 @@ impl LinkRooms {
             }
             inner.next_request = inner.next_request.wrapping_add(1);
             let request = inner.next_request;
-            inner.pending.insert(request, answer);
+            inner
+                .pending
+                .insert(request, (answer, room.to_string(), me.id.clone()));
             inner
                 .asked
                 .entry(room.to_string())
@@ -32,22 +58,20 @@ impl LinkRooms {
                 .insert(me.id.clone());
             request
         };
-        self.send(RelayControl::Admit {
-            room: room.to_string(),
-            request,
-            participant: WireParticipant {
-                id: me.id.clone(),
-                identity: me.identity.clone(),
-                name: me.name.clone(),
-            },
-            via: match via {
-                Via::WebSocket => WireVia::Websocket,
-                Via::Whip => WireVia::Whip,
-                Via::Whep => WireVia::Whep,
-            },
-            hidden,
-        });
-        Ok(answered)
+        if let RelayControl::Admit { request: r, .. } = &mut message {
+            *r = request;
+        }
+        self.send(message);
+        Ok((request, answered))
+    }
+
+    /// An admission not answered in time: forgotten (and, should the host have admitted the
+    /// participant after all, it hears that it left).
+    pub(super) fn abandon(&self, request: u32) {
+        let pending = self.inner.lock().pending.remove(&request);
+        if let Some((_, room, participant)) = pending {
+            self.member_left(&room, &participant);
+        }
     }
 
     /// A member this node asked the host to admit left (or its join failed here).
@@ -73,9 +97,19 @@ impl LinkRooms {
 
     /// The host's answer to an admission.
     pub(super) fn on_admitted(&self, request: u32, refused: Option<String>, full: bool) {
-        let Some(answer) = self.inner.lock().pending.remove(&request) else {
+        let Some((answer, room, participant)) = self.inner.lock().pending.remove(&request) else {
             return;
         };
+        if refused.is_some() {
+            // Not a member at the host: nothing to tell it when the session ends.
+            let mut inner = self.inner.lock();
+            if let Some(asked) = inner.asked.get_mut(&room) {
+                asked.remove(&participant);
+                if asked.is_empty() {
+                    inner.asked.remove(&room);
+                }
+            }
+        }
         let result = match refused {
             None => Ok(()),
             Some(reason) => Err(Refusal::new(
@@ -107,6 +141,16 @@ impl LinkRooms {
             return;
         }
         if let Some(p) = joined {
+            // One of this node's own members is not shown to it as a member elsewhere.
+            let ours = self
+                .inner
+                .lock()
+                .asked
+                .get(&room.name)
+                .is_some_and(|a| a.contains(&p.id));
+            if ours {
+                return;
+            }
             room.add_remote(ParticipantInfo {
                 id: p.id,
                 identity: p.identity,
@@ -198,14 +242,26 @@ impl LinkRooms {
             token: (String::new(), 0),
             subscribe: None,
         };
+        // Recorded before the room announces the member, so that it is never announced to
+        // the node it is at.
+        self.inner
+            .lock()
+            .admitted
+            .entry(name.clone())
+            .or_default()
+            .insert(participant.id.clone());
         match room.join(join).await {
+            Ok(_) if self.link.is_closed() || !self.inner.lock().origin.contains_key(&name) => {
+                // The link closed (or the room was unsubscribed) meanwhile: nobody will say
+                // when this member leaves.
+                self.forget_admitted(&name, &participant.id);
+                room.leave(&participant.id, Vec::new()).await;
+                self.send(refuse(
+                    "the room is no longer relayed to that node; join again".into(),
+                    false,
+                ));
+            }
             Ok(_) => {
-                self.inner
-                    .lock()
-                    .admitted
-                    .entry(name.clone())
-                    .or_default()
-                    .insert(participant.id.clone());
                 self.send(RelayControl::Admitted {
                     request,
                     refused: None,
@@ -225,30 +281,48 @@ impl LinkRooms {
                 });
             }
             Err(e) => {
+                self.forget_admitted(&name, &participant.id);
                 let full = matches!(e, RoomError::Full { .. });
                 self.send(refuse(e.to_string(), full));
             }
         }
     }
 
+    /// At the host: `participant` is no longer a member admitted for the other node.
+    fn forget_admitted(&self, room: &str, participant: &str) -> bool {
+        let mut inner = self.inner.lock();
+        let known = inner
+            .admitted
+            .get_mut(room)
+            .is_some_and(|m| m.remove(participant));
+        if inner.admitted.get(room).is_some_and(|m| m.is_empty()) {
+            inner.admitted.remove(room);
+        }
+        known
+    }
+
     /// At the host: a member admitted for the other node left.
     pub(super) async fn on_member_left_at_host(&self, name: &str, participant: &str) {
-        let known = self
-            .inner
-            .lock()
-            .admitted
-            .get_mut(name)
-            .is_some_and(|m| m.remove(participant));
-        if !known {
+        if !self.forget_admitted(name, participant) {
             return;
         }
-        if let Some(room) = self
-            .state
-            .upgrade()
-            .and_then(|s| s.rooms.get(name))
-            .filter(|r| !r.is_edge())
-        {
+        let room = self
+            .inner
+            .lock()
+            .origin
+            .get(name)
+            .and_then(|o| o.room.upgrade());
+        if let Some(room) = room.filter(|r| !r.is_edge()) {
             room.leave(participant, Vec::new()).await;
         }
     }
+}
+
+/// `s` cut to at most `max` bytes, on a character boundary.
+fn truncated(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.get(..end).unwrap_or_default().to_string()
 }

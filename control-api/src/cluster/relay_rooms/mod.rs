@@ -76,8 +76,9 @@ const REHOME_POLL: Duration = Duration::from_millis(250);
 const REHOME_WITHIN: Duration = Duration::from_secs(30);
 /// How long an edge waits for the host to admit a participant.
 const ADMIT_WITHIN: Duration = Duration::from_secs(5);
-/// Admissions one link may have waiting for the host's answer.
-const MAX_PENDING_ADMITS: usize = 1024;
+/// Admissions one link may have waiting for the host's answer (a room re-homed with all its
+/// members asks for them together).
+const MAX_PENDING_ADMITS: usize = 16_384;
 /// Members one link may have admitted at the host, over all its rooms.
 const MAX_ADMITTED_PER_LINK: usize = 100_000;
 
@@ -181,7 +182,6 @@ impl RelayRooms {
             };
             let Some(room) = room.upgrade().filter(|r| {
                 r.is_edge()
-                    && r.member_count() > 0
                     && state
                         .rooms
                         .get(&name)
@@ -189,6 +189,11 @@ impl RelayRooms {
             }) else {
                 return;
             };
+            if room.member_count() == 0 {
+                // Nobody to serve (a join was under way when the link closed): closed here.
+                state.rooms.delete(&name).await;
+                return;
+            }
             let Some(cluster) = state.cluster.clone() else {
                 return;
             };
@@ -343,12 +348,12 @@ impl RelayRooms {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
-        let answer = link.admit(&room.name, me, via, hidden)?;
+        let (request, answer) = link.admit(&room.name, me, via, hidden)?;
         match tokio::time::timeout(ADMIT_WITHIN, answer).await {
             Ok(Ok(Ok(()))) => Ok(()),
             Ok(Ok(Err(refusal))) => Err(refusal),
             _ => {
-                link.member_left(&room.name, &me.id);
+                link.abandon(request);
                 Err(unreachable())
             }
         }
@@ -430,8 +435,12 @@ struct LinkRooms {
     opening: tokio::sync::Mutex<()>,
 }
 
-/// The host's answer to an admission.
-type Admission = tokio::sync::oneshot::Sender<Result<(), Refusal>>;
+/// Where the host's answer to an admission goes, with the room and participant it is for.
+type Admission = (
+    tokio::sync::oneshot::Sender<Result<(), Refusal>>,
+    String,
+    String,
+);
 
 #[derive(Default)]
 struct Inner {
@@ -475,6 +484,8 @@ struct OriginRoom {
     muted: HashMap<u32, bool>,
     /// The members the other node was told of (the host's side).
     members: std::collections::HashSet<String>,
+    /// The room (even once out of the registry: a deleted room's members still leave it).
+    room: Weak<Room>,
     /// Stops the room's tasks.
     stop: tokio::sync::watch::Sender<bool>,
 }

@@ -27,6 +27,17 @@ impl LinkRooms {
             self.send(refuse("no such room on this node"));
             return;
         };
+        // An edge room answers its host only (the room is not hosted here).
+        let from_its_host = self
+            .inner
+            .lock()
+            .edge
+            .get(&name)
+            .is_some_and(|e| e.room.upgrade().is_some_and(|r| Arc::ptr_eq(&r, &room)));
+        if room.is_edge() && !from_its_host {
+            self.send(refuse("the room is not hosted on this node"));
+            return;
+        }
         let hosted = !room.is_edge();
         let egress = match state
             .sfu
@@ -48,6 +59,7 @@ impl LinkRooms {
                 layers: HashMap::new(),
                 muted: HashMap::new(),
                 members: std::collections::HashSet::new(),
+                room: Arc::downgrade(&room),
                 stop,
             },
         );
@@ -76,7 +88,7 @@ impl LinkRooms {
             return;
         };
         if let Err(e) = self.receive_room(&state, name, room, false).await {
-            warn!(room = name, error = %e, "relay: cannot receive the edge's tracks");
+            warn!(room = name, reason = %e.message, "relay: cannot receive the edge's tracks");
         }
     }
 
@@ -92,7 +104,9 @@ impl LinkRooms {
             return;
         };
         let _ = state.sfu.remove_relay_egress(origin.egress).await;
-        let Some(room) = state.rooms.get(name).filter(|r| !r.is_edge()) else {
+        // The room itself, even if it left the registry (deleted): its members admitted for
+        // the other node must leave it for it to end.
+        let Some(room) = origin.room.upgrade().filter(|r| !r.is_edge()) else {
             return;
         };
         let (ingress, admitted) = {
@@ -228,10 +242,13 @@ impl LinkRooms {
                         .collect(),
                 )
             };
-            let ours = |participant: &str| {
-                !theirs.contains(participant)
-                    && snapshot.members.iter().any(|m| m.info.id == participant)
-            };
+            let members: std::collections::HashSet<&str> = snapshot
+                .members
+                .iter()
+                .map(|m| m.info.id.as_str())
+                .collect();
+            let ours =
+                |participant: &str| !theirs.contains(participant) && members.contains(participant);
             let mut left = Vec::new();
             if !room.is_edge() {
                 let visible: Vec<&ParticipantInfo> = snapshot
@@ -251,8 +268,10 @@ impl LinkRooms {
                             joined.push((*m).clone());
                         }
                     }
+                    let visible_ids: std::collections::HashSet<&str> =
+                        visible.iter().map(|m| m.id.as_str()).collect();
                     origin.members.retain(|id| {
-                        let here = visible.iter().any(|m| m.id == *id);
+                        let here = visible_ids.contains(id.as_str());
                         if !here {
                             left.push(id.clone());
                         }
