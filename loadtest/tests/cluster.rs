@@ -43,10 +43,14 @@ fn node(redis: &RedisServer, id: &str, ttl: u64, extra: &[&str]) -> (ServerProce
 }
 
 fn list_token() -> String {
-    let grants = Grants {
+    admin_token(Grants {
         room_list: true,
         ..Grants::default()
-    };
+    })
+}
+
+/// A room-service token of `grants` (development keys).
+fn admin_token(grants: Grants) -> String {
     let claims = Claims::new(DEV_API_KEY, "ops", Duration::from_secs(600), grants);
     ApiKeys::dev().mint(&claims).unwrap()
 }
@@ -761,8 +765,7 @@ async fn a_viewer_at_another_node_is_served_there_with_the_hosts_media_relayed_i
         room_admin: true,
         ..Grants::default()
     };
-    let claims = Claims::new(DEV_API_KEY, "ops", Duration::from_secs(600), grants);
-    let auth = format!("Bearer {}", ApiKeys::dev().mint(&claims).unwrap());
+    let auth = format!("Bearer {}", admin_token(grants));
     let muted = http_request(
         &a_addr,
         "POST",
@@ -917,8 +920,7 @@ async fn participants(addr: &str, room: &str) -> Vec<(String, String)> {
         room_admin: true,
         ..Grants::default()
     };
-    let claims = Claims::new(DEV_API_KEY, "ops", Duration::from_secs(600), grants);
-    let auth = format!("Bearer {}", ApiKeys::dev().mint(&claims).unwrap());
+    let auth = format!("Bearer {}", admin_token(grants));
     let path = format!("/api/rooms/{room}/participants");
     let response = http_request(addr, "GET", &path, &[("Authorization", &auth)], "")
         .await
@@ -948,8 +950,7 @@ async fn a_rooms_limit_holds_across_nodes_and_the_host_removes_a_member_served_e
         room_create: true,
         ..Grants::default()
     };
-    let claims = Claims::new(DEV_API_KEY, "ops", Duration::from_secs(600), grants);
-    let auth = format!("Bearer {}", ApiKeys::dev().mint(&claims).unwrap());
+    let auth = format!("Bearer {}", admin_token(grants));
     let created = http_request(
         &a_addr,
         "POST",
@@ -1024,8 +1025,7 @@ async fn a_rooms_limit_holds_across_nodes_and_the_host_removes_a_member_served_e
         room_admin: true,
         ..Grants::default()
     };
-    let claims = Claims::new(DEV_API_KEY, "ops", Duration::from_secs(600), admin);
-    let auth = format!("Bearer {}", ApiKeys::dev().mint(&claims).unwrap());
+    let auth = format!("Bearer {}", admin_token(admin));
     let removed = http_request(
         &a_addr,
         "DELETE",
@@ -1088,8 +1088,7 @@ async fn a_rooms_limit_holds_across_nodes_and_the_host_removes_a_member_served_e
         room_create: true,
         ..Grants::default()
     };
-    let claims = Claims::new(DEV_API_KEY, "ops", Duration::from_secs(600), grants);
-    let auth = format!("Bearer {}", ApiKeys::dev().mint(&claims).unwrap());
+    let auth = format!("Bearer {}", admin_token(grants));
     let deleted = http_request(
         &a_addr,
         "DELETE",
