@@ -593,6 +593,17 @@ async fn relay_nodes<const N: usize>(
         .unwrap_or_else(|_| unreachable!("one process per id"))
 }
 
+/// A bot that joins `room` at signalling URL `url` as `identity`, with a token that may not
+/// publish; its payloads' tag is `tag`.
+fn viewer_bot(url: &str, room: &str, identity: &str, tag: u32) -> Bot {
+    Bot::spawn(BotConfig::new(
+        url,
+        viewer_token(room, identity),
+        false,
+        tag,
+    ))
+}
+
 fn viewer_token(room: &str, identity: &str) -> String {
     let grants = Grants {
         room: Some(room.to_string()),
@@ -621,12 +632,7 @@ async fn a_viewer_at_another_node_is_served_there_with_the_hosts_media_relayed_i
     assert!(publisher.wait_for(WAIT, |s| s.participant.is_some()).await);
     let publisher_id = publisher.state().participant.unwrap();
     // A viewer that may not publish, at b: served there (no redirect), with a's media.
-    let viewer = Bot::spawn(BotConfig::new(
-        &b_rtc,
-        viewer_token("show", "viewer"),
-        false,
-        2,
-    ));
+    let viewer = viewer_bot(&b_rtc, "show", "viewer", 2);
     assert!(
         viewer
             .wait_for(WAIT, |s| s.packets_from(1, PayloadKind::Vp8) >= 100
@@ -1251,12 +1257,7 @@ async fn three_nodes_a_track_crosses_once_per_node_and_layer_and_viewers_move_wh
     kill(&mut b, "-KILL");
     let _ = b.wait();
     let killed = Instant::now();
-    let moved = Bot::spawn(BotConfig::new(
-        &rtc(&c_addr),
-        viewer_token("show", "viewer-2"),
-        false,
-        5,
-    ));
+    let moved = viewer_bot(&rtc(&c_addr), "show", "viewer-2", 5);
     assert!(
         moved
             .wait_for(WAIT, |s| s.packets_from(1, PayloadKind::Vp8) >= 30)
@@ -1288,12 +1289,7 @@ async fn when_a_rooms_host_dies_its_members_at_other_nodes_carry_on_with_a_new_h
         1,
     ));
     assert!(first.wait_for(WAIT, |s| s.participant.is_some()).await);
-    let viewer = Bot::spawn(BotConfig::new(
-        &rtc(&b_addr),
-        viewer_token("show", "viewer"),
-        false,
-        2,
-    ));
+    let viewer = viewer_bot(&rtc(&b_addr), "show", "viewer", 2);
     let far = Bot::spawn(BotConfig::new(&rtc(&c_addr), token("show", "far"), true, 3));
     assert!(
         viewer
@@ -1356,12 +1352,7 @@ async fn calls_across_nodes_carry_on_while_redis_is_away_and_new_ones_start_once
     let rtc = |addr: &str| format!("ws://{addr}/rtc");
     let publisher = Bot::spawn(BotConfig::new(&rtc(&a_addr), token("call", "pub"), true, 1));
     assert!(publisher.wait_for(WAIT, |s| s.participant.is_some()).await);
-    let viewer = Bot::spawn(BotConfig::new(
-        &rtc(&b_addr),
-        viewer_token("call", "viewer"),
-        false,
-        2,
-    ));
+    let viewer = viewer_bot(&rtc(&b_addr), "call", "viewer", 2);
     assert!(
         viewer
             .wait_for(WAIT, |s| s.packets_from(1, PayloadKind::Vp8) >= 30)
@@ -1377,24 +1368,14 @@ async fn calls_across_nodes_carry_on_while_redis_is_away_and_new_ones_start_once
     for addr in [&a_addr, &b_addr] {
         assert!(gauge_becomes(addr, "sfu_cluster_redis_up", 0.0).await);
     }
-    let late = Bot::spawn(BotConfig::new(
-        &rtc(&b_addr),
-        viewer_token("call", "late"),
-        false,
-        3,
-    ));
+    let late = viewer_bot(&rtc(&b_addr), "call", "late", 3);
     assert!(
         late.wait_for(WAIT, |s| s.packets_from(1, PayloadKind::Vp8) >= 30)
             .await,
         "a new member at b while Redis is away: {:?}",
         late.state().error()
     );
-    let stranger = Bot::spawn(BotConfig::new(
-        &rtc(&b_addr),
-        viewer_token("elsewhere", "x"),
-        false,
-        4,
-    ));
+    let stranger = viewer_bot(&rtc(&b_addr), "elsewhere", "x", 4);
     assert!(stranger.wait_for(WAIT, |s| s.error().is_some()).await);
     assert_eq!(
         stranger.state().error().unwrap().0,
@@ -1425,12 +1406,7 @@ async fn calls_across_nodes_carry_on_while_redis_is_away_and_new_ones_start_once
         5,
     ));
     assert!(second.wait_for(WAIT, |s| s.participant.is_some()).await);
-    let new_viewer = Bot::spawn(BotConfig::new(
-        &rtc(&b_addr),
-        viewer_token("after", "viewer2"),
-        false,
-        6,
-    ));
+    let new_viewer = viewer_bot(&rtc(&b_addr), "after", "viewer2", 6);
     assert!(
         new_viewer
             .wait_for(WAIT, |s| s.packets_from(5, PayloadKind::Vp8) >= 30)
@@ -1443,12 +1419,7 @@ async fn calls_across_nodes_carry_on_while_redis_is_away_and_new_ones_start_once
     // Its only viewer at b leaves and another comes at once (a page reloaded): the room b
     // opens again is relayed afresh.
     new_viewer.leave();
-    let reloaded = Bot::spawn(BotConfig::new(
-        &rtc(&b_addr),
-        viewer_token("after", "viewer2"),
-        false,
-        7,
-    ));
+    let reloaded = viewer_bot(&rtc(&b_addr), "after", "viewer2", 7);
     assert!(
         reloaded
             .wait_for(WAIT, |s| s.packets_from(5, PayloadKind::Vp8) >= 30)

@@ -13,7 +13,7 @@ use tracing::{debug, info};
 
 use super::state::{Member, RoomState};
 use super::{Join, MutedBy, Registry, Room, RoomError, RoomSnapshot, RoomTrack};
-use crate::protocol::{ServerMessage, TrackInfo};
+use crate::protocol::{ParticipantInfo, ServerMessage, TrackInfo};
 use crate::webhook::{EventKind, Webhooks};
 
 /// One command for a room's task.
@@ -33,14 +33,14 @@ pub(super) enum Command {
     /// A track of a participant of the room's host node, relayed here (an edge room).
     PublishRemoteTrack {
         track: RoomTrack,
-        publisher: crate::protocol::ParticipantInfo,
+        publisher: ParticipantInfo,
     },
     UnpublishTrack {
         track: TrackId,
     },
     /// A member of the room at another node (an edge room, told by the host).
     AddRemote {
-        participant: crate::protocol::ParticipantInfo,
+        participant: ParticipantInfo,
     },
     /// That member left.
     RemoveRemote {
@@ -181,7 +181,7 @@ impl RoomTask {
     fn emit(
         &self,
         kind: EventKind,
-        participant: Option<&crate::protocol::ParticipantInfo>,
+        participant: Option<&ParticipantInfo>,
         track: Option<&TrackInfo>,
     ) {
         if !self.room.is_edge() {
@@ -212,10 +212,8 @@ impl RoomTask {
                 self.publish_remote(track, publisher).await;
             }
             Command::AddRemote { participant } => {
-                if self.state.member(&participant.id).is_none()
-                    && self.state.add_remote(participant.clone())
-                {
-                    self.broadcast(&ServerMessage::ParticipantJoined { participant }, None);
+                if self.state.member(&participant.id).is_none() {
+                    self.add_remote(participant);
                 }
             }
             Command::RemoveRemote { participant } => self.remove_remote(&participant),
@@ -405,16 +403,17 @@ impl RoomTask {
         for peer in peers.into_iter().chain(member.subscriber) {
             let _ = self.sfu.remove_peer(peer).await;
         }
-        for track in &tracks {
-            self.emit(
-                EventKind::TrackUnpublished,
-                Some(&member.info),
-                Some(&track.info),
-            );
+        self.announce_departure(&member.info, member.hidden, &tracks);
+    }
+
+    /// Tells the room that `who` left with its `tracks` (and, at the host, the webhooks).
+    fn announce_departure(&mut self, who: &ParticipantInfo, hidden: bool, tracks: &[RoomTrack]) {
+        for track in tracks {
+            self.emit(EventKind::TrackUnpublished, Some(who), Some(&track.info));
             self.broadcast(
                 &ServerMessage::TrackUnpublished {
                     track: track.info.id.clone(),
-                    participant: member.info.id.clone(),
+                    participant: who.id.clone(),
                 },
                 None,
             );
@@ -422,15 +421,15 @@ impl RoomTask {
         if let Some(speakers) = self.state.speakers_if_changed() {
             self.broadcast(&ServerMessage::ActiveSpeakers { speakers }, None);
         }
-        if !member.hidden {
+        if !hidden {
             self.broadcast(
                 &ServerMessage::ParticipantLeft {
-                    participant: member.info.id.clone(),
+                    participant: who.id.clone(),
                 },
                 None,
             );
         }
-        self.emit(EventKind::ParticipantLeft, Some(&member.info), None);
+        self.emit(EventKind::ParticipantLeft, Some(who), None);
     }
 
     async fn publish(&mut self, track: RoomTrack) {
@@ -453,11 +452,7 @@ impl RoomTask {
     /// A relayed track of the host's participant `publisher`: its members see the
     /// participant appear (once) and the track, and receive it. No webhook: the host sends
     /// them, once per event.
-    async fn publish_remote(
-        &mut self,
-        track: RoomTrack,
-        publisher: crate::protocol::ParticipantInfo,
-    ) {
+    async fn publish_remote(&mut self, track: RoomTrack, publisher: ParticipantInfo) {
         if publisher.id != track.info.participant {
             return;
         }
@@ -471,14 +466,7 @@ impl RoomTask {
             // ends the track too).
             return;
         }
-        if self.state.add_remote(publisher.clone()) {
-            self.broadcast(
-                &ServerMessage::ParticipantJoined {
-                    participant: publisher,
-                },
-                None,
-            );
-        }
+        self.add_remote(publisher);
         let id = track.id;
         let info = track.info.clone();
         let receivers = self.state.publish(track);
@@ -488,29 +476,19 @@ impl RoomTask {
         }
     }
 
-    /// A member at another node left: its relayed tracks end here and the members are told.
+    /// A member at another node, as the host announced it: the members see it join (once).
+    fn add_remote(&mut self, participant: ParticipantInfo) {
+        if self.state.add_remote(participant.clone()) {
+            self.broadcast(&ServerMessage::ParticipantJoined { participant }, None);
+        }
+    }
+
+    /// A member at another node left: its relayed tracks end here and the members are told
+    /// (an edge room: no webhooks).
     fn remove_remote(&mut self, participant: &str) {
-        let Some((gone, tracks)) = self.state.remove_remote(participant) else {
-            return;
-        };
-        for track in tracks {
-            self.broadcast(
-                &ServerMessage::TrackUnpublished {
-                    track: track.info.id,
-                    participant: gone.id.clone(),
-                },
-                None,
-            );
+        if let Some((gone, tracks)) = self.state.remove_remote(participant) {
+            self.announce_departure(&gone, false, &tracks);
         }
-        if let Some(speakers) = self.state.speakers_if_changed() {
-            self.broadcast(&ServerMessage::ActiveSpeakers { speakers }, None);
-        }
-        self.broadcast(
-            &ServerMessage::ParticipantLeft {
-                participant: gone.id,
-            },
-            None,
-        );
     }
 
     fn unpublish(&mut self, track: TrackId) {

@@ -615,13 +615,7 @@ impl WorkerCore {
                 muted,
                 reply,
             } => {
-                let ingress = self
-                    .shared
-                    .graph
-                    .get(track)
-                    .map(|route| route.publisher.peer)
-                    .filter(|id| self.ingresses.contains_key(id));
-                let result = match ingress {
+                let result = match self.ingress_of(track) {
                     // A relayed track: muted at this node's ingress.
                     Some(id) => self
                         .with_ingress(id, now, |ingress, ctx| ingress.set_muted(track, muted, ctx))
@@ -635,10 +629,8 @@ impl WorkerCore {
             }
             Command::TrackCodecs { track, reply } => {
                 let relayed = self
-                    .shared
-                    .graph
-                    .get(track)
-                    .and_then(|route| self.ingresses.get(&route.publisher.peer))
+                    .ingress_of(track)
+                    .and_then(|id| self.ingresses.get(&id))
                     .and_then(|ingress| ingress.codecs(track));
                 let result = match relayed {
                     Some(codecs) => Ok(codecs),
@@ -985,6 +977,12 @@ impl WorkerCore {
     }
 
     /// Runs `f` on the publisher of `track` (a peer of this worker).
+    /// The relay ingress that publishes `track` here, if it is a relayed track.
+    fn ingress_of(&self, track: TrackId) -> Option<PeerId> {
+        let peer = self.shared.graph.get(track)?.publisher.peer;
+        self.ingresses.contains_key(&peer).then_some(peer)
+    }
+
     fn on_publisher_of<R>(
         &mut self,
         track: TrackId,

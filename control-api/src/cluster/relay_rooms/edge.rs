@@ -432,20 +432,33 @@ impl LinkRooms {
 
     /// A relayed track was muted or unmuted at its origin: so it is here.
     pub(super) async fn on_muted(&self, relay_id: u32, muted: bool) {
-        let Some((room_name, id, _)) = self.inner.lock().received.get(&relay_id).cloned() else {
+        let found = self.inner.lock().received.get(&relay_id).cloned();
+        if let Some((room, id, _)) = found {
+            self.set_muted(&room, id, muted, crate::room::MutedBy::Publisher)
+                .await;
+        }
+    }
+
+    /// Mutes or unmutes `track` of room `room` here, as its publisher or the room's
+    /// administrator.
+    pub(super) async fn set_muted(
+        &self,
+        room: &str,
+        track: TrackId,
+        muted: bool,
+        by: crate::room::MutedBy,
+    ) {
+        let Some(room) = self.state.upgrade().and_then(|s| s.rooms.get(room)) else {
             return;
         };
-        let Some(room) = self.state.upgrade().and_then(|s| s.rooms.get(&room_name)) else {
+        let Some(participant) = room.publisher_of(track).await else {
             return;
         };
-        let track = id.to_string();
-        let participant = room.publisher_of(id).await;
-        if let Some(participant) = participant
-            && let Err(e) = room
-                .set_muted(&participant, &track, muted, crate::room::MutedBy::Publisher)
-                .await
+        if let Err(e) = room
+            .set_muted(&participant, &track.to_string(), muted, by)
+            .await
         {
-            debug!(relay_id, error = %e, "relay: a relayed track's mute not applied");
+            debug!(%track, error = %e, "relay: a relayed mute not applied");
         }
     }
 }

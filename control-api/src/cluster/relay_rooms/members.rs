@@ -24,11 +24,7 @@ impl LinkRooms {
                 // A display name is cut to what the link carries, on a character boundary.
                 name: truncated(&me.name, crate::cluster::wire::MAX_NAME),
             },
-            via: match via {
-                Via::WebSocket => WireVia::Websocket,
-                Via::Whip => WireVia::Whip,
-                Via::Whep => WireVia::Whep,
-            },
+            via: wire_via(via),
             hidden,
         };
         if let Err(e) = message.encode() {
@@ -76,17 +72,7 @@ impl LinkRooms {
 
     /// A member this node asked the host to admit left (or its join failed here).
     pub(super) fn member_left(&self, room: &str, participant: &str) {
-        let known = {
-            let mut inner = self.inner.lock();
-            let known = inner
-                .asked
-                .get_mut(room)
-                .is_some_and(|members| members.remove(participant));
-            if inner.asked.get(room).is_some_and(|m| m.is_empty()) {
-                inner.asked.remove(room);
-            }
-            known
-        };
+        let known = take_member(&mut self.inner.lock().asked, room, participant);
         if known {
             self.send(RelayControl::MemberLeft {
                 room: room.to_string(),
@@ -102,13 +88,7 @@ impl LinkRooms {
         };
         if refused.is_some() {
             // Not a member at the host: nothing to tell it when the session ends.
-            let mut inner = self.inner.lock();
-            if let Some(asked) = inner.asked.get_mut(&room) {
-                asked.remove(&participant);
-                if asked.is_empty() {
-                    inner.asked.remove(&room);
-                }
-            }
+            take_member(&mut self.inner.lock().asked, &room, &participant);
         }
         let result = match refused {
             None => Ok(()),
@@ -290,15 +270,7 @@ impl LinkRooms {
 
     /// At the host: `participant` is no longer a member admitted for the other node.
     fn forget_admitted(&self, room: &str, participant: &str) -> bool {
-        let mut inner = self.inner.lock();
-        let known = inner
-            .admitted
-            .get_mut(room)
-            .is_some_and(|m| m.remove(participant));
-        if inner.admitted.get(room).is_some_and(|m| m.is_empty()) {
-            inner.admitted.remove(room);
-        }
-        known
+        take_member(&mut self.inner.lock().admitted, room, participant)
     }
 
     /// At the host: a member admitted for the other node left.
@@ -315,6 +287,32 @@ impl LinkRooms {
         if let Some(room) = room.filter(|r| !r.is_edge()) {
             room.leave(participant, Vec::new()).await;
         }
+    }
+}
+
+/// Removes `participant` from `room`'s set in `members` (and the set once empty); whether it
+/// was there.
+fn take_member(
+    members: &mut HashMap<String, std::collections::HashSet<String>>,
+    room: &str,
+    participant: &str,
+) -> bool {
+    let Some(set) = members.get_mut(room) else {
+        return false;
+    };
+    let known = set.remove(participant);
+    if set.is_empty() {
+        members.remove(room);
+    }
+    known
+}
+
+/// How a member is connected, as the link says it.
+fn wire_via(via: Via) -> WireVia {
+    match via {
+        Via::WebSocket => WireVia::Websocket,
+        Via::Whip => WireVia::Whip,
+        Via::Whep => WireVia::Whep,
     }
 }
 

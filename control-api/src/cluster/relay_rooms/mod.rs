@@ -1,8 +1,8 @@
-//! Rooms that span nodes: over each relay link, the rooms this node relays to the other
-//! (it hosts them: the origin) and those it receives from it (it serves some of their viewers:
-//! the edge). This module owns that bookkeeping and the protocol ([`super::wire`]) on the
-//! link; the media core does the forwarding (a relay egress per room at the origin, a relay
-//! ingress per room at the edge, see `sfu::relay`).
+//! Rooms that span nodes: over each relay link, the rooms this node hosts and the other node
+//! serves members of, and the rooms the other node hosts and this one serves members of (edge
+//! rooms). This module owns that bookkeeping and the protocol ([`super::wire`]) on the link;
+//! the media core does the forwarding (per room and link, a relay egress for the tracks
+//! published at this node and a relay ingress for the other node's, see `sfu::relay`).
 //!
 //! A room is hosted by one node (its claim in Redis). A participant joining it at another
 //! node is served there: that node opens the room locally as an edge room and asks the host
@@ -62,8 +62,9 @@ use link::{data_message, shutting_down, unix_micros, write_control};
 const CONTROL_QUEUE: usize = 4096;
 /// Packets an origin room's relay egress holds for the link.
 const EGRESS_QUEUE: usize = 4096;
-/// How often an origin room's tracks are compared with what the edge was told.
-const TRACK_POLL: Duration = Duration::from_millis(200);
+/// How often a relayed room's members, tracks and mutes are compared with what the other
+/// node was told.
+const SYNC_POLL: Duration = Duration::from_millis(200);
 /// Datagrams handed to the media core in one command, at most.
 const DATAGRAM_BATCH: usize = 64;
 /// Rooms one link may subscribe to at the origin.
@@ -220,7 +221,7 @@ impl RelayRooms {
         }
     }
 
-    /// Opens `name` here as an edge room of `host` (this node serves some of its viewers):
+    /// Opens `name` here as an edge room of `host` (this node serves some of its members):
     /// the local room, subscribed over the link to `host`. Refused if there is no link.
     pub async fn edge_room(&self, name: &str, host: &str) -> Result<Arc<Room>, Refusal> {
         let link = self.links.lock().get(host).cloned().ok_or_else(|| {
@@ -234,8 +235,8 @@ impl RelayRooms {
         link.edge_room(name).await
     }
 
-    /// What is relayed now: per link, the rooms hosted here sent to the other node (with the
-    /// layers it asked for of each track) and the rooms received from it.
+    /// What is relayed now: per link, the rooms whose tracks published here go to the other
+    /// node (with the layers it asked for of each track) and those whose tracks come from it.
     pub fn summary(&self) -> Vec<RelayedRoom> {
         let links: Vec<Arc<LinkRooms>> = self.links.lock().values().cloned().collect();
         let mut rooms = Vec::new();
@@ -308,7 +309,7 @@ impl RelayRooms {
                     .lock()
                     .edge
                     .get(&room.name)
-                    .is_some_and(|e| e.room.upgrade().is_some_and(|r| Arc::ptr_eq(&r, room)))
+                    .is_some_and(|e| e.is(room))
             })
             .cloned()
     }
@@ -396,8 +397,8 @@ impl RelayRooms {
 pub struct RelayedRoom {
     /// The node at the other end of the link.
     pub node: String,
-    /// `out`: hosted here, sent to that node's viewers; `in`: hosted there, received for
-    /// viewers here.
+    /// `out`: tracks published here, sent to that node's members; `in`: tracks published
+    /// there, received for the members here.
     pub direction: String,
     /// The room's name.
     pub room: String,
@@ -494,4 +495,11 @@ struct OriginRoom {
 struct EdgeRoom {
     room: Weak<Room>,
     ingress: PeerId,
+}
+
+impl EdgeRoom {
+    /// Whether it is `room` (not an earlier room of the same name).
+    fn is(&self, room: &Arc<Room>) -> bool {
+        self.room.upgrade().is_some_and(|r| Arc::ptr_eq(&r, room))
+    }
 }

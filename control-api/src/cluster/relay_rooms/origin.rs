@@ -33,7 +33,7 @@ impl LinkRooms {
             .lock()
             .edge
             .get(&name)
-            .is_some_and(|e| e.room.upgrade().is_some_and(|r| Arc::ptr_eq(&r, &room)));
+            .is_some_and(|e| e.is(&room));
         if room.is_edge() && !from_its_host {
             self.send(refuse("the room is not hosted on this node"));
             return;
@@ -77,7 +77,7 @@ impl LinkRooms {
         );
         tokio::spawn(
             self.clone()
-                .origin_tracks(name, Arc::downgrade(&room), stopped),
+                .sync_origin(name, Arc::downgrade(&room), stopped),
         );
     }
 
@@ -114,7 +114,7 @@ impl LinkRooms {
             let ingress = inner
                 .edge
                 .remove(name)
-                .filter(|e| e.room.upgrade().is_some_and(|r| Arc::ptr_eq(&r, &room)))
+                .filter(|e| e.is(&room))
                 .map(|e| e.ingress);
             if ingress.is_some() {
                 inner.received.retain(|_, (r, ..)| r != name);
@@ -137,42 +137,49 @@ impl LinkRooms {
         mut stopped: tokio::sync::watch::Receiver<bool>,
     ) {
         let mut relay_ids: HashMap<TrackId, u32> = HashMap::new();
+        let mut batch = Vec::with_capacity(DATAGRAM_BATCH);
         loop {
-            let packet = tokio::select! {
-                p = packets.recv() => p,
-                _ = stopped.changed() => None,
+            let received = tokio::select! {
+                n = packets.recv_many(&mut batch, DATAGRAM_BATCH) => n,
+                _ = stopped.changed() => 0,
             };
-            let Some(packet) = packet else { return };
-            let relay_id = match relay_ids.get(&packet.track) {
-                Some(id) => *id,
-                None => {
-                    let inner = self.inner.lock();
-                    let Some(id) = inner
-                        .origin
-                        .get(&name)
-                        .and_then(|o| o.tracks.get(&packet.track))
-                    else {
-                        continue;
-                    };
-                    relay_ids.insert(packet.track, *id);
-                    *id
+            if received == 0 {
+                return;
+            }
+            // One clock read per batch: the packets of a batch left the worker together.
+            let sent_at_us = unix_micros();
+            for packet in batch.drain(..) {
+                let relay_id = match relay_ids.get(&packet.track) {
+                    Some(id) => *id,
+                    None => {
+                        let inner = self.inner.lock();
+                        let Some(id) = inner
+                            .origin
+                            .get(&name)
+                            .and_then(|o| o.tracks.get(&packet.track))
+                        else {
+                            continue;
+                        };
+                        relay_ids.insert(packet.track, *id);
+                        *id
+                    }
+                };
+                let datagram = MediaDatagram {
+                    relay_id,
+                    layer: packet.layer,
+                    keyframe: packet.keyframe,
+                    repair: packet.repair,
+                    sent_at_us,
+                    rtp: &packet.rtp,
+                };
+                // Written once into the buffer the link sends (no scratch buffer first).
+                let mut buffer = Vec::new();
+                datagram.encode_into(&mut buffer);
+                if self.link.send_datagram(bytes::Bytes::from(buffer)).is_err() {
+                    self.counts
+                        .datagrams_dropped
+                        .fetch_add(1, Ordering::Relaxed);
                 }
-            };
-            let datagram = MediaDatagram {
-                relay_id,
-                layer: packet.layer,
-                keyframe: packet.keyframe,
-                repair: packet.repair,
-                sent_at_us: unix_micros(),
-                rtp: &packet.rtp,
-            };
-            // Written once into the buffer the link sends (no copy into a scratch buffer first).
-            let mut buffer = Vec::new();
-            datagram.encode_into(&mut buffer);
-            if self.link.send_datagram(bytes::Bytes::from(buffer)).is_err() {
-                self.counts
-                    .datagrams_dropped
-                    .fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -204,13 +211,13 @@ impl LinkRooms {
     /// Tells the other node about the room as it changes: at the host, the members elsewhere
     /// than at that node; on both sides, the tracks published here (not those received from
     /// that node) and their mutes.
-    pub(super) async fn origin_tracks(
+    pub(super) async fn sync_origin(
         self: Arc<Self>,
         name: String,
         room: Weak<Room>,
         mut stopped: tokio::sync::watch::Receiver<bool>,
     ) {
-        let mut every = tokio::time::interval(TRACK_POLL);
+        let mut every = tokio::time::interval(SYNC_POLL);
         loop {
             tokio::select! {
                 _ = every.tick() => {}
@@ -314,6 +321,7 @@ impl LinkRooms {
                 let Some(origin) = inner.origin.get_mut(&name) else {
                     return;
                 };
+                // (A track announced just now was announced with its mute.)
                 tracks
                     .iter()
                     .filter_map(|t| {
@@ -321,7 +329,6 @@ impl LinkRooms {
                         let was = origin.muted.insert(relay_id, t.info.muted);
                         (was != Some(t.info.muted)).then_some((relay_id, t.info.muted))
                     })
-                    .filter(|(relay_id, _)| known.values().any(|k| k == relay_id))
                     .collect()
             };
             for (relay_id, muted) in changed {
@@ -431,24 +438,10 @@ impl LinkRooms {
     /// The room's administrator at the host muted a track published here: applied here, where
     /// its packets are forwarded from (the host hears of the mute as of any other).
     pub(super) async fn on_admin_mute(&self, relay_id: u32, muted: bool) {
-        let Some((room_name, id)) = self.inner.lock().relayed.get(&relay_id).cloned() else {
-            return;
-        };
-        let Some(room) = self.state.upgrade().and_then(|s| s.rooms.get(&room_name)) else {
-            return;
-        };
-        let participant = room.publisher_of(id).await;
-        if let Some(participant) = participant
-            && let Err(e) = room
-                .set_muted(
-                    &participant,
-                    &id.to_string(),
-                    muted,
-                    crate::room::MutedBy::Admin,
-                )
-                .await
-        {
-            debug!(relay_id, error = %e, "relay: the host's mute not applied");
+        let found = self.inner.lock().relayed.get(&relay_id).cloned();
+        if let Some((room, id)) = found {
+            self.set_muted(&room, id, muted, crate::room::MutedBy::Admin)
+                .await;
         }
     }
 
