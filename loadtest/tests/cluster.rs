@@ -1305,6 +1305,15 @@ async fn when_a_rooms_host_dies_its_members_at_other_nodes_carry_on_with_a_new_h
     kill(&mut a, "-KILL");
     let _ = a.wait();
     let killed = Instant::now();
+    // Counted once b knows a is gone: packets still on their way through a do not count.
+    let deadline = Instant::now() + 2 * WAIT;
+    while Instant::now() < deadline
+        && nodes(&b_addr).await["linked"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|n| n == "a"))
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let before = viewer.state().packets_from(3, PayloadKind::Vp8);
     assert!(
         viewer

@@ -69,13 +69,21 @@ impl LinkRooms {
             .add_relay_ingress(room.id, events, carries_data)
             .await
             .map_err(|e| crate::session::internal("start relaying the room", &e))?;
-        let stale = self.inner.lock().edge.insert(
-            name.to_string(),
-            EdgeRoom {
-                room: Arc::downgrade(room),
-                ingress: ingress.id,
-            },
-        );
+        let stale = {
+            // Recorded and subscribed at once: whatever finds the room's link here (an
+            // admission) is sent after the subscription.
+            let mut inner = self.inner.lock();
+            self.send(RelayControl::RoomSubscribe {
+                room: name.to_string(),
+            });
+            inner.edge.insert(
+                name.to_string(),
+                EdgeRoom {
+                    room: Arc::downgrade(room),
+                    ingress: ingress.id,
+                },
+            )
+        };
         if let Some(stale) = stale {
             let _ = state.sfu.remove_relay_ingress(stale.ingress).await;
         }
@@ -84,9 +92,6 @@ impl LinkRooms {
                 .edge_requests(name.to_string(), ingress.id, ingress.requests),
         );
         tokio::spawn(self.clone().edge_events(event_rx));
-        self.send(RelayControl::RoomSubscribe {
-            room: name.to_string(),
-        });
         Ok(())
     }
 

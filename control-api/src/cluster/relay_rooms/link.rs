@@ -127,13 +127,9 @@ impl LinkRooms {
             .drain()
             .map(|(_, e)| (e.ingress, e.room))
             .collect();
-        let pending: Vec<Admission> = self.inner.lock().pending.drain().map(|(_, a)| a).collect();
-        for (answer, ..) in pending {
-            let _ = answer.send(Err(Refusal::new(
-                ErrorCode::ClusterUnavailable,
-                format!("the link to node {} closed; join again", self.link.peer()),
-            )));
-        }
+        // Admissions waiting for an answer are dropped unanswered: each is asked again of the
+        // room's next host.
+        self.inner.lock().pending.clear();
         self.inner.lock().asked.clear();
         let mut orphans = Vec::new();
         if let Some(state) = self.state.upgrade() {

@@ -333,31 +333,39 @@ impl RelayRooms {
                 ),
             )
         };
-        // The room may still be opening (another join opened it a moment ago) or finding a
-        // new host (its host was lost): its link is waited for.
-        let deadline = tokio::time::Instant::now() + ADMIT_WITHIN;
-        let link = loop {
-            if let Some(link) = self.link_of_edge(room) {
-                break link;
-            }
-            if !room.is_edge() {
-                // This node hosts the room now: the room here decides.
-                return Ok(());
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(unreachable());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        let (request, answer) = link.admit(&room.name, me, via, hidden)?;
-        match tokio::time::timeout(ADMIT_WITHIN, answer).await {
-            Ok(Ok(Ok(()))) => Ok(()),
-            Ok(Ok(Err(refusal))) => Err(refusal),
-            _ => {
-                link.abandon(request);
-                Err(unreachable())
+        /// Links lost while one admission waits, at most (each host lost is followed by
+        /// the room's next).
+        const LINKS_LOST: usize = 3;
+        for _ in 0..LINKS_LOST {
+            // The room may still be opening (another join opened it a moment ago) or finding
+            // a new host (its host was lost): its link is waited for.
+            let deadline = tokio::time::Instant::now() + ADMIT_WITHIN;
+            let link = loop {
+                if let Some(link) = self.link_of_edge(room) {
+                    break link;
+                }
+                if !room.is_edge() {
+                    // This node hosts the room now: the room here decides.
+                    return Ok(());
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(unreachable());
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
+            let (request, answer) = link.admit(&room.name, me, via, hidden)?;
+            match tokio::time::timeout(ADMIT_WITHIN, answer).await {
+                Ok(Ok(result)) => return result,
+                // The link closed before the host answered: asked again of the room's next
+                // host.
+                Ok(Err(_)) => continue,
+                Err(_) => {
+                    link.abandon(request);
+                    return Err(unreachable());
+                }
             }
         }
+        Err(unreachable())
     }
 
     /// The node that hosts edge room `room` (over whose link it is served).

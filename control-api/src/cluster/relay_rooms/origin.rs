@@ -35,8 +35,17 @@ impl LinkRooms {
             .get(&name)
             .is_some_and(|e| e.is(&room));
         if room.is_edge() && !from_its_host {
-            self.send(refuse("the room is not hosted on this node"));
-            return;
+            // Another node takes this node for the room's host: so it is if it holds the
+            // room's claim (its host was lost and this node is taking it over).
+            let here = match &state.cluster {
+                Some(cluster) => matches!(cluster.place(&name).await, Placement::Here),
+                None => false,
+            };
+            if !here {
+                self.send(refuse("the room is not hosted on this node"));
+                return;
+            }
+            room.become_host();
         }
         let hosted = !room.is_edge();
         let egress = match state
