@@ -1,11 +1,13 @@
 //! Shares a subscriber's egress bandwidth estimate among its video tracks: per track, the best
 //! simulcast layer that fits, within what the subscriber asked for and what the publisher sends.
 //!
-//! Going down is immediate: a layer that no longer fits in the estimate is dropped at once.
-//! Going up needs headroom (the estimate must exceed the cost by [`UP_FACTOR`]); a track the
-//! bandwidth held back must also see that headroom for [`UP_HOLD`] first, so an estimate
-//! hovering at a boundary does not make the layer flap and the subscriber's bandwidth
-//! estimator gets time to probe before media follows. An upgrade that has to be undone for
+//! Going down is immediate: a layer that no longer fits in the [`Budget`] for what is being
+//! sent is dropped at once (that budget may tolerate a short dip of the estimate: the caller
+//! decides). Going up needs headroom (the estimate must exceed the cost by [`UP_FACTOR`]); a
+//! track the bandwidth held back must also see that headroom for [`UP_HOLD`] first, so an
+//! estimate hovering at a boundary does not make the layer flap and the subscriber's bandwidth
+//! estimator gets time to probe before media follows; then it climbs as far as the lowest
+//! estimate seen over that hold allows, not one layer per hold. An upgrade that has to be undone for
 //! bandwidth within [`UPGRADE_TRIAL`] doubles that track's hold (up to [`MAX_UP_HOLD`]); one that
 //! lasts resets it. A track that was not held back by the bandwidth (starting, or the
 //! subscriber asked for more) goes up at once.
@@ -115,11 +117,32 @@ pub(crate) struct Choice {
     pub(crate) reason: LayerReason,
 }
 
+/// What a subscriber's video may cost, in bits per second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Budget {
+    /// For layers a track goes up to (with [`UP_FACTOR`] headroom) or starts on.
+    pub(crate) fresh: u64,
+    /// For the layers being forwarded now: at least `fresh`, more while a dip of the estimate
+    /// is tolerated.
+    pub(crate) keep: u64,
+}
+
+impl From<u64> for Budget {
+    /// The same budget for keeping and for going up.
+    fn from(bps: u64) -> Self {
+        Self {
+            fresh: bps,
+            keep: bps,
+        }
+    }
+}
+
 /// The allocator of one subscriber.
 #[derive(Debug, Default)]
 pub(crate) struct Allocator {
-    /// Per track: since when its next layer up has been affordable.
-    affordable_since: HashMap<TrackId, Instant>,
+    /// Per track: since when its next layer up has been affordable, and the lowest budget
+    /// (less the headroom) seen since.
+    affordable_since: HashMap<TrackId, (Instant, u64)>,
     /// Tracks whose last choice was held down by the bandwidth.
     limited: HashSet<TrackId>,
     /// Per track: the hold before its next upgrade, if longer than [`UP_HOLD`].
@@ -146,13 +169,18 @@ pub(crate) struct Allocation {
 }
 
 impl Allocator {
-    /// Chooses a layer per track for `budget` bits per second (the estimate, less audio).
+    /// Chooses a layer per track for `budget` (from the estimate, less audio).
     pub(crate) fn allocate(
         &mut self,
         now: Instant,
-        budget: u64,
+        budget: impl Into<Budget>,
         tracks: &[(TrackId, TrackNeeds)],
     ) -> Allocation {
+        let Budget {
+            fresh: budget,
+            keep,
+        } = budget.into();
+        let keep = keep.max(budget);
         let allowed: Vec<Vec<u8>> = tracks.iter().map(|(_, n)| n.allowed()).collect();
         // Index into `allowed` of each track's layer; start everyone at the bottom.
         let mut pick: Vec<Option<usize>> = allowed
@@ -184,7 +212,7 @@ impl Allocator {
                 if let Some(slot) = trial.get_mut(t) {
                     *slot = Some(i + 1);
                 }
-                if cost(&trial) > budget {
+                if cost(&trial) > keep {
                     break;
                 }
                 pick = trial;
@@ -214,16 +242,38 @@ impl Allocator {
                     self.affordable_since.remove(id);
                     break;
                 }
-                let since = *self.affordable_since.entry(*id).or_insert(now);
+                let (since, lowest) = *self
+                    .affordable_since
+                    .entry(*id)
+                    .and_modify(|(_, lowest)| *lowest = (*lowest).min(up_budget))
+                    .or_insert((now, up_budget));
                 let hold = self.hold.get(id).copied().unwrap_or(UP_HOLD);
                 if self.limited.contains(id) && now.saturating_duration_since(since) < hold {
                     break;
                 }
+                pick = trial;
                 if self.limited.contains(id) {
                     self.upgraded_at.insert(*id, now);
+                    // Held back and affordable for the whole hold: climb as far as the lowest
+                    // budget over the hold allows (a cap just lifted is not climbed one hold
+                    // per layer); a layer beyond that needs a hold of its own.
+                    while let (Some(i), Some(layers)) =
+                        (pick.get(t).copied().flatten(), allowed.get(t))
+                    {
+                        if layers.get(i + 1).is_none() {
+                            break;
+                        }
+                        let mut further = pick.clone();
+                        if let Some(slot) = further.get_mut(t) {
+                            *slot = Some(i + 1);
+                        }
+                        if cost(&further) > lowest {
+                            break;
+                        }
+                        pick = further;
+                    }
                 }
-                self.affordable_since.insert(*id, now);
-                pick = trial;
+                self.affordable_since.insert(*id, (now, up_budget));
             }
         }
         let present = |id: &TrackId| tracks.iter().any(|(t, _)| t == id);
@@ -653,5 +703,57 @@ mod tests {
         // Even with far too little, each track keeps its lowest layer.
         let a = alloc.allocate(t0, 100_000, &tracks);
         assert!(a.choices.iter().all(|(_, c)| c.layer == Some(0)));
+    }
+
+    #[test]
+    fn a_lifted_limit_is_climbed_in_one_hold_not_one_hold_per_layer() {
+        let t0 = Instant::now();
+        let mut alloc = Allocator::default();
+        let id = TrackId(1);
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let a = alloc.allocate(at(0), 300_000, &[(id, needs(Some(2), None))]);
+        assert_eq!(one(&a).layer, Some(0));
+        // The limit lifts: room for the top layer with headroom, held for UP_HOLD.
+        let a = alloc.allocate(at(500), 3_000_000, &[(id, needs(Some(0), None))]);
+        assert_eq!(one(&a).layer, Some(0), "held first");
+        let a = alloc.allocate(at(2500), 3_000_000, &[(id, needs(Some(0), None))]);
+        assert_eq!(one(&a).layer, Some(2), "straight to the top: {a:?}");
+        // Room over the hold for the middle layer only (the estimate dipped meanwhile): there.
+        let mut alloc = Allocator::default();
+        alloc.allocate(at(0), 300_000, &[(id, needs(Some(2), None))]);
+        alloc.allocate(at(500), 3_000_000, &[(id, needs(Some(0), None))]);
+        alloc.allocate(at(1500), 800_000, &[(id, needs(Some(0), None))]);
+        let a = alloc.allocate(at(2500), 3_000_000, &[(id, needs(Some(0), None))]);
+        assert_eq!(
+            one(&a).layer,
+            Some(1),
+            "as high as the lowest budget allowed: {a:?}"
+        );
+    }
+
+    #[test]
+    fn a_keep_budget_holds_the_layer_being_sent_and_raises_none() {
+        let t0 = Instant::now();
+        let mut alloc = Allocator::default();
+        let id = TrackId(1);
+        let dip = Budget {
+            fresh: 1_300_000,
+            keep: 1_700_000,
+        };
+        let a = alloc.allocate(t0, dip, &[(id, needs(Some(2), None))]);
+        assert_eq!(one(&a).layer, Some(2), "kept through the dip");
+        let a = Allocator::default().allocate(t0, dip, &[(id, needs(None, None))]);
+        assert_eq!(
+            one(&a).layer,
+            Some(1),
+            "a new track starts within the fresh budget"
+        );
+        // A keep budget below the fresh one changes nothing.
+        let low = Budget {
+            fresh: 2_000_000,
+            keep: 100_000,
+        };
+        let a = Allocator::default().allocate(t0, low, &[(id, needs(Some(2), None))]);
+        assert_eq!(one(&a).layer, Some(2));
     }
 }

@@ -129,8 +129,16 @@ fn a_capped_viewer_steps_down_to_the_layer_that_fits_and_climbs_back() {
     assert!(frames[0] >= 100, "the lowest layer plays: {frames:?}");
     assert_smooth(&w, bob, end - 5 * SECOND, end, 500);
     w.nodes[bob].down.config = PathConfig::default();
+    let lifted = w.now();
     w.run_until(30 * SECOND, |w| w.video(bob).layer() == Some(2));
     assert_eq!(w.video(bob).layer(), Some(2), "back on the top layer");
+    // Issue 14's bound: back on the top layer within 15 s of the limit being lifted.
+    let took = w.now() - lifted;
+    assert!(
+        took <= 15 * SECOND,
+        "back on the top layer after {took:?}: {:?}",
+        w.video(bob).switches()
+    );
     assert_switches_on_keyframes(&w, bob);
 }
 

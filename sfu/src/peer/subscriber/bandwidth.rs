@@ -3,6 +3,18 @@
 //! [`Allocator`] that shares it among the video tracks every half second or at once when the
 //! estimate falls below what is sent, the padding and probing target given back to the
 //! estimator, and the [`EstimatorRestart`] for an estimator stuck below the demand.
+//!
+//! The layers are kept steady where the estimate is not: a dip of the estimate below what
+//! is sent is ridden out for [`DIP_GRACE`] if it is shallow (within [`DIP_MARGIN`]) and the link
+//! loses nothing (GoogCC cuts its estimate to 0.85 of the acknowledged rate at every
+//! delay spike, then climbs back in a second or two: measured on open links, each cut cost a
+//! layer switch and two keyframe waits).
+//!
+//! A fall of the estimate to below [`ONSET_FALL`] of what is sent is the onset of congestion:
+//! the estimator's first cut still counts the packets the link's queue was draining, and it
+//! cuts again within a second. The layers are then chosen for [`ONSET_SHARE`] of the estimate,
+//! so a track goes straight to the layer the link will carry rather than stopping on the way
+//! (each downgrade waits for a keyframe, frozen; an upgrade costs no freeze).
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -13,9 +25,9 @@ use str0m::bwe::Bitrate;
 use tracing::{debug, trace};
 
 use super::subscription::Subscription;
-use crate::allocator::{Allocator, LayerReason, TrackNeeds, UP_FACTOR};
+use crate::allocator::{Allocator, Budget, LayerReason, TrackNeeds, UP_FACTOR};
 use crate::counters::WorkerCounters;
-use crate::estimator_restart::EstimatorRestart;
+use crate::estimator_restart::{EstimatorRestart, MAX_LOSS};
 use crate::ids::TrackId;
 use crate::peer::Ctx;
 
@@ -27,6 +39,14 @@ const AUDIO_BPS: u64 = 50_000;
 const RED_EXTRA_BPS: u64 = 40_000;
 /// Share of the egress estimate that padding may fill while a track waits to go up a layer.
 const PAD_SHARE: f64 = 0.85;
+/// The longest dip of the estimate below what is sent that the layers ride out.
+const DIP_GRACE: Duration = Duration::from_secs(2);
+/// ... if what is sent is at most this much above the estimate (the budget grows by it).
+const DIP_MARGIN: f64 = 1.35;
+/// An estimate below this share of what is sent is the onset of congestion...
+const ONSET_FALL: f64 = 0.7;
+/// ... and the layers are chosen for this share of it.
+const ONSET_SHARE: f64 = 0.6;
 
 /// The bandwidth side of one subscriber.
 #[derive(Debug, Default)]
@@ -45,6 +65,8 @@ pub(super) struct Bandwidth {
     restart: EstimatorRestart,
     /// When the allocator runs next (while tracks are received).
     next_allocation: Option<Instant>,
+    /// Since when the estimate has been below `in_use`.
+    dip_since: Option<Instant>,
 }
 
 /// What an allocation did.
@@ -144,9 +166,9 @@ impl Bandwidth {
             .sum();
         // Without an estimate (no transport-wide feedback from this client) there is no
         // bandwidth limit, only the requested quality.
-        let budget = self.estimate.map_or(u64::MAX, |e| e.saturating_sub(audio));
+        let budget = self.budget(audio, ctx.now);
         let allocation = self.allocator.allocate(ctx.now, budget, &video);
-        trace!(estimate = ?self.estimate, audio, ?allocation, "allocated");
+        trace!(estimate = ?self.estimate, audio, ?budget, ?allocation, "allocated");
         for ((id, choice), max_temporal) in allocation.choices.iter().zip(&allocation.max_temporal)
         {
             if let Some(sub) = subs.get_mut(id) {
@@ -194,5 +216,81 @@ impl Bandwidth {
             );
         }
         done
+    }
+
+    /// The video budget: the estimate less `audio`; for the layers being sent, more during a
+    /// shallow dip of the estimate on a link without congestion loss (see [`DIP_GRACE`]).
+    fn budget(&mut self, audio: u64, now: Instant) -> Budget {
+        let Some(estimate) = self.estimate else {
+            return Budget::from(u64::MAX);
+        };
+        let fresh = estimate.saturating_sub(audio);
+        if estimate >= self.in_use {
+            self.dip_since = None;
+            return Budget::from(fresh);
+        }
+        if (estimate as f64) < self.in_use as f64 * ONSET_FALL {
+            let share = (estimate as f64 * ONSET_SHARE) as u64;
+            return Budget::from(share.saturating_sub(audio));
+        }
+        let since = *self.dip_since.get_or_insert(now);
+        let shallow = estimate as f64 * DIP_MARGIN >= self.in_use as f64;
+        let congested = self.loss.is_some_and(|l| l > MAX_LOSS);
+        if shallow && !congested && now.saturating_duration_since(since) < DIP_GRACE {
+            Budget {
+                fresh,
+                keep: (fresh as f64 * DIP_MARGIN) as u64,
+            }
+        } else {
+            Budget::from(fresh)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sending(estimate: u64, in_use: u64, loss: f32) -> Bandwidth {
+        Bandwidth {
+            estimate: Some(estimate),
+            in_use,
+            loss: Some(loss),
+            ..Bandwidth::default()
+        }
+    }
+
+    #[test]
+    fn a_shallow_dip_is_ridden_out_for_the_grace_and_no_longer() {
+        let t0 = Instant::now();
+        let mut b = sending(800_000, 1_000_000, 0.0);
+        let dip = b.budget(50_000, t0);
+        assert_eq!(dip.fresh, 750_000);
+        assert_eq!(dip.keep, (750_000.0 * DIP_MARGIN) as u64);
+        assert_eq!(b.budget(50_000, t0 + DIP_GRACE / 2).keep, dip.keep);
+        assert_eq!(b.budget(50_000, t0 + DIP_GRACE), Budget::from(750_000));
+        // Back above what is sent: the next dip has its own grace.
+        b.estimate = Some(1_100_000);
+        assert_eq!(b.budget(50_000, t0 + DIP_GRACE), Budget::from(1_050_000));
+        b.estimate = Some(800_000);
+        assert_eq!(b.budget(50_000, t0 + 2 * DIP_GRACE).keep, dip.keep);
+    }
+
+    #[test]
+    fn no_dip_is_ridden_out_under_congestion_loss_or_a_deep_fall() {
+        let t0 = Instant::now();
+        let lossy = sending(800_000, 1_000_000, 0.2).budget(50_000, t0);
+        assert_eq!(lossy, Budget::from(750_000));
+        // The onset of congestion: chosen for a share of the estimate.
+        let onset = sending(400_000, 1_000_000, 0.0).budget(50_000, t0);
+        assert_eq!(
+            onset,
+            Budget::from((400_000.0 * ONSET_SHARE) as u64 - 50_000)
+        );
+        assert_eq!(
+            Bandwidth::default().budget(50_000, t0),
+            Budget::from(u64::MAX),
+            "no estimate, no limit"
+        );
     }
 }
