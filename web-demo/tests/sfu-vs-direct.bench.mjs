@@ -107,13 +107,16 @@ function startSampling(pcName) {
 // A direct call, signalled by this script: the publisher's page offers, the viewer's answers.
 // ---------------------------------------------------------------------------------------------
 
-async function gatheredDescription(pc) {
-  if (pc.iceGatheringState !== 'complete') {
-    await new Promise((resolve) => pc.addEventListener('icegatheringstatechange', () => {
-      if (pc.iceGatheringState === 'complete') resolve();
-    }));
-  }
-  return { type: pc.localDescription.type, sdp: pc.localDescription.sdp };
+/** Installed in both pages: a connection's local description once its candidates are gathered. */
+function installGathered() {
+  window.__gathered = async (pc) => {
+    if (pc.iceGatheringState !== 'complete') {
+      await new Promise((resolve) => pc.addEventListener('icegatheringstatechange', () => {
+        if (pc.iceGatheringState === 'complete') resolve();
+      }));
+    }
+    return { type: pc.localDescription.type, sdp: pc.localDescription.sdp };
+  };
 }
 
 function directOffer() {
@@ -125,11 +128,7 @@ function directOffer() {
     const vp8 = RTCRtpSender.getCapabilities('video').codecs.filter((c) => /vp8|rtx/i.test(c.mimeType));
     pc.getTransceivers().find((t) => t.sender.track?.kind === 'video').setCodecPreferences(vp8);
     await pc.setLocalDescription();
-    await new Promise((resolve) => {
-      if (pc.iceGatheringState === 'complete') resolve();
-      else pc.addEventListener('icegatheringstatechange', () => pc.iceGatheringState === 'complete' && resolve());
-    });
-    return { type: pc.localDescription.type, sdp: pc.localDescription.sdp };
+    return window.__gathered(pc);
   })();
 }
 
@@ -146,11 +145,7 @@ function directAnswer(offer) {
     };
     await pc.setRemoteDescription(offer);
     await pc.setLocalDescription();
-    await new Promise((resolve) => {
-      if (pc.iceGatheringState === 'complete') resolve();
-      else pc.addEventListener('icegatheringstatechange', () => pc.iceGatheringState === 'complete' && resolve());
-    });
-    return { type: pc.localDescription.type, sdp: pc.localDescription.sdp };
+    return window.__gathered(pc);
   })();
 }
 
@@ -217,6 +212,7 @@ async function episode(mode, run) {
       launchParticipant('viewer', { executablePath: viewBin, args }),
     ]);
     await viewer.page.addInitScript(watchFirstFrame);
+    await Promise.all([publisher, viewer].map((p) => p.page.addInitScript(installGathered)));
     let joinedAt;
     if (mode === 'sfu') {
       const room = `bench-${randomBytes(4).toString('hex')}`;
