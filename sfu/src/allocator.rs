@@ -201,18 +201,8 @@ impl Allocator {
             let Some(current) = tracks.get(t).and_then(|(_, n)| n.current) else {
                 continue;
             };
-            while let (Some(i), Some(layers)) = (pick.get(t).copied().flatten(), allowed.get(t)) {
-                let Some(&next) = layers.get(i + 1) else {
-                    break;
-                };
-                if next > current {
-                    break;
-                }
-                let mut trial = pick.clone();
-                if let Some(slot) = trial.get_mut(t) {
-                    *slot = Some(i + 1);
-                }
-                if cost(&trial) > keep {
+            while let Some(trial) = raised(&pick, &allowed, t) {
+                if layer_of(t, &trial).is_none_or(|l| l > current) || cost(&trial) > keep {
                     break;
                 }
                 pick = trial;
@@ -225,23 +215,11 @@ impl Allocator {
                 continue;
             };
             loop {
-                let (Some(i), Some(layers)) = (pick.get(t).copied().flatten(), allowed.get(t))
+                let Some(trial) = raised(&pick, &allowed, t).filter(|p| cost(p) <= up_budget)
                 else {
                     self.affordable_since.remove(id);
                     break;
                 };
-                if layers.get(i + 1).is_none() {
-                    self.affordable_since.remove(id);
-                    break;
-                }
-                let mut trial = pick.clone();
-                if let Some(slot) = trial.get_mut(t) {
-                    *slot = Some(i + 1);
-                }
-                if cost(&trial) > up_budget {
-                    self.affordable_since.remove(id);
-                    break;
-                }
                 let (since, lowest) = *self
                     .affordable_since
                     .entry(*id)
@@ -257,19 +235,9 @@ impl Allocator {
                     // Held back and affordable for the whole hold: climb as far as the lowest
                     // budget over the hold allows (a cap just lifted is not climbed one hold
                     // per layer); a layer beyond that needs a hold of its own.
-                    while let (Some(i), Some(layers)) =
-                        (pick.get(t).copied().flatten(), allowed.get(t))
+                    while let Some(further) =
+                        raised(&pick, &allowed, t).filter(|p| cost(p) <= lowest)
                     {
-                        if layers.get(i + 1).is_none() {
-                            break;
-                        }
-                        let mut further = pick.clone();
-                        if let Some(slot) = further.get_mut(t) {
-                            *slot = Some(i + 1);
-                        }
-                        if cost(&further) > lowest {
-                            break;
-                        }
                         pick = further;
                     }
                 }
@@ -316,13 +284,7 @@ impl Allocator {
             choices.push((*id, Choice { layer, reason }));
         }
         let next_step = (0..tracks.len())
-            .filter_map(|t| {
-                let i = pick.get(t).copied().flatten()?;
-                allowed.get(t)?.get(i + 1)?;
-                let mut trial = pick.clone();
-                *trial.get_mut(t)? = Some(i + 1);
-                Some(cost(&trial))
-            })
+            .filter_map(|t| Some(cost(&raised(&pick, &allowed, t)?)))
             .min()
             .unwrap_or(used);
         // A thinned track grows back into its full frame rate first.
@@ -339,6 +301,16 @@ impl Allocator {
             next_step,
         }
     }
+}
+
+/// `pick` (an index into `allowed` per track) with track `t` one allowed layer higher, if it
+/// has one.
+fn raised(pick: &[Option<usize>], allowed: &[Vec<u8>], t: usize) -> Option<Vec<Option<usize>>> {
+    let i = pick.get(t).copied().flatten()?;
+    allowed.get(t)?.get(i + 1)?;
+    let mut trial = pick.to_vec();
+    *trial.get_mut(t)? = Some(i + 1);
+    Some(trial)
 }
 
 impl Allocator {

@@ -117,11 +117,11 @@ mod tests {
         assert!(!r.check(t0, 800_000, true, None));
         assert!(r.check(t0 + 3 * S, 800_000, true, None));
         assert!(!r.check(t0 + 5 * S, 800_000, true, None), "waits 6 s now");
-        // The restart moved it (a sawing estimate on a narrow link moves all the time).
         assert!(
             !r.check(t0 + 5500 * MS, 840_000, true, None),
             "creeping is still"
         );
+        // The estimate moves (a sawing estimate on a narrow link moves all the time).
         assert!(!r.check(t0 + 6 * S, 600_000, true, None));
         assert!(!r.check(t0 + 8 * S, 600_000, true, None));
         assert!(r.check(t0 + 9 * S, 600_000, true, None), "3 s again");

@@ -219,7 +219,8 @@ impl Bandwidth {
     }
 
     /// The video budget: the estimate less `audio`; for the layers being sent, more during a
-    /// shallow dip of the estimate on a link without congestion loss (see [`DIP_GRACE`]).
+    /// shallow dip of the estimate on a link losing at most [`MAX_LOSS`] (see [`DIP_GRACE`]);
+    /// less at the onset of congestion (see [`ONSET_FALL`]).
     fn budget(&mut self, audio: u64, now: Instant) -> Budget {
         let Some(estimate) = self.estimate else {
             return Budget::from(u64::MAX);
@@ -235,8 +236,8 @@ impl Bandwidth {
         }
         let since = *self.dip_since.get_or_insert(now);
         let shallow = estimate as f64 * DIP_MARGIN >= self.in_use as f64;
-        let congested = self.loss.is_some_and(|l| l > MAX_LOSS);
-        if shallow && !congested && now.saturating_duration_since(since) < DIP_GRACE {
+        let lossy = self.loss.is_some_and(|l| l > MAX_LOSS);
+        if shallow && !lossy && now.saturating_duration_since(since) < DIP_GRACE {
             Budget {
                 fresh,
                 keep: (fresh as f64 * DIP_MARGIN) as u64,
