@@ -62,8 +62,10 @@ pub struct BotConfig {
     pub ws_url: String,
     /// Access token.
     pub token: String,
-    /// Publish audio and video.
+    /// Publish audio and video (audio alone without [`BotConfig::publish_video`]).
     pub publish: bool,
+    /// Publish video besides audio (default: yes; no for an audio-only room).
+    pub publish_video: bool,
     /// Tag written into every payload this bot sends.
     pub tag: u32,
     /// Video frames per second.
@@ -111,6 +113,7 @@ impl BotConfig {
             ws_url: ws_url.to_string(),
             token,
             publish,
+            publish_video: true,
             tag,
             fps: 30,
             packets_per_frame: 2,
@@ -524,12 +527,14 @@ impl Bot {
 struct Publisher {
     peer: ClientPeer,
     pending: Option<SdpPendingOffer>,
-    video: Mid,
+    /// The video mid (`None` when publishing audio alone).
+    video: Option<Mid>,
     audio: Mid,
     data: Option<ChannelId>,
     ready: bool,
     pts: Option<(Pt, Pt)>,
-    /// RIDs of the video layers, lowest first (one `None` without simulcast).
+    /// RIDs of the video layers, lowest first (one `None` without simulcast, none without
+    /// video).
     rids: Vec<Option<Rid>>,
     media: MediaOut,
 }
@@ -856,20 +861,24 @@ impl Bots<'_> {
             }
             s
         });
-        let video = api.add_media(
-            MediaKind::Video,
-            Direction::SendOnly,
-            Some(tag.clone()),
-            None,
-            simulcast,
-        );
+        let video = self.config.publish_video.then(|| {
+            api.add_media(
+                MediaKind::Video,
+                Direction::SendOnly,
+                Some(tag.clone()),
+                None,
+                simulcast,
+            )
+        });
         let audio = api.add_media(MediaKind::Audio, Direction::SendOnly, Some(tag), None, None);
         api.add_channel("data".to_string());
         let Some((offer, pending)) = api.apply() else {
             return Err(BotError::Sdp("nothing to offer".into()));
         };
         peer.drain(&mut self.events)?;
-        let rids: Vec<Option<Rid>> = if self.config.simulcast {
+        let rids: Vec<Option<Rid>> = if !self.config.publish_video {
+            Vec::new()
+        } else if self.config.simulcast {
             SIMULCAST_RIDS.iter().map(|r| Some(Rid::from(*r))).collect()
         } else {
             vec![None]
@@ -1174,17 +1183,14 @@ impl Bots<'_> {
                 Event::Connected => state.subscribe_connected = true,
                 Event::IceConnectionStateChange(ice) => state.subscribe_ice.push(ice),
                 Event::RtpPacket(packet) => {
-                    let codec = sub
+                    let (codec, clock_rate) = sub
                         .rtc
                         .codec_config()
                         .find(|p| p.pt() == packet.header.payload_type)
-                        .map(|p| p.spec().codec);
+                        .map(|p| (Some(p.spec().codec), p.spec().clock_rate.get()))
+                        .unwrap_or((None, 90_000));
                     if codec == Some(Codec::Tele) {
-                        let rate = sub
-                            .rtc
-                            .codec_config()
-                            .find(|p| p.pt() == packet.header.payload_type)
-                            .map_or(8000, |p| p.spec().clock_rate.get());
+                        let rate = clock_rate;
                         Tone::record(
                             &mut state.tones,
                             packet.header.timestamp,
@@ -1234,6 +1240,13 @@ impl Bots<'_> {
                         packet.header.marker,
                         video,
                     );
+                    if codec == Some(Codec::Opus) {
+                        stream.quality.on_timing(
+                            packet.timestamp,
+                            packet.header.timestamp,
+                            clock_rate,
+                        );
+                    }
                     if self.config.record_seqs {
                         stream.seqs.push(seq);
                     }
@@ -1393,7 +1406,9 @@ impl Bots<'_> {
                         RtpWrite::new(vp8, packet.seq.into(), packet.ts, now, packet.payload)
                             .marker(packet.marker)
                             .nackable(true);
-                    if let Some(tx) = api.stream_tx_by_mid(p.video, rid) {
+                    if let Some(mid) = p.video
+                        && let Some(tx) = api.stream_tx_by_mid(mid, rid)
+                    {
                         tx.write_rtp(write);
                     }
                 }

@@ -157,6 +157,24 @@ impl Clip {
         })
     }
 
+    /// The tone alone, `seconds` long, for publishers that send no video (an audio room).
+    pub fn audio_only(seconds: u32) -> Result<Clip, ClipError> {
+        let started = Instant::now();
+        let audio = encode_tone(seconds.max(1) as usize * 50)?;
+        Ok(Clip {
+            fps: 30,
+            layers: Vec::new(),
+            audio,
+            encode_time: started.elapsed(),
+        })
+    }
+
+    /// Average bitrate of the audio, bits per second (20 ms packets).
+    pub fn audio_bitrate(&self) -> f64 {
+        let bytes: usize = self.audio.iter().map(|p| p.len()).sum();
+        bytes as f64 * 8.0 / (self.audio.len().max(1) as f64 * 0.02)
+    }
+
     /// Frames in the loop.
     pub fn frames(&self) -> usize {
         self.layers.first().map_or(0, |l| l.frames.len())
@@ -226,5 +244,14 @@ mod tests {
         }
         assert_eq!(clip.next_keyframe(1), 5);
         assert_eq!(clip.next_keyframe(6), 0);
+    }
+
+    #[test]
+    fn an_audio_only_clip_has_the_tone_and_no_video() {
+        let clip = Clip::audio_only(1).unwrap();
+        assert!(clip.layers.is_empty());
+        assert_eq!((clip.frames(), clip.audio.len()), (0, 50));
+        let kbps = clip.audio_bitrate() / 1000.0;
+        assert!((8.0..=64.0).contains(&kbps), "{kbps} kbit/s");
     }
 }

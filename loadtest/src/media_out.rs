@@ -152,7 +152,8 @@ pub(crate) struct MediaOut {
 const MAX_CATCH_UP: Duration = Duration::from_millis(500);
 
 impl MediaOut {
-    /// `layers` outgoing video streams (lowest first), numbering from random starts.
+    /// `layers` outgoing video streams (lowest first; none for an audio-only publisher),
+    /// numbering from random starts.
     pub(crate) fn new(
         source: &MediaSource,
         synthetic: SyntheticVideo,
@@ -187,7 +188,7 @@ impl MediaOut {
         };
         MediaOut {
             source,
-            layers: (0..layers.max(1))
+            layers: (0..layers)
                 .map(|i| LayerOut {
                     seq: start + 20_000 * i as u64,
                     picture_id: rand::random::<u16>() & 0x7fff,
@@ -224,6 +225,7 @@ impl MediaOut {
     pub(crate) fn next_due(&self) -> Option<Instant> {
         match self.source {
             Source::Live { .. } => None,
+            _ if self.layers.is_empty() => Some(self.next_audio),
             _ => Some(self.next_video.min(self.next_audio)),
         }
     }
@@ -252,7 +254,7 @@ impl MediaOut {
         if now.saturating_duration_since(self.next_audio) > MAX_CATCH_UP {
             self.next_audio = now;
         }
-        while self.next_video <= now {
+        while !self.layers.is_empty() && self.next_video <= now {
             self.video_frame(out);
             self.next_video += frame_interval;
         }
@@ -442,6 +444,18 @@ mod tests {
                 .count(),
             4
         );
+    }
+
+    #[test]
+    fn an_audio_only_publisher_sends_audio_alone_and_waits_for_it() {
+        let t0 = Instant::now();
+        let mut m = MediaOut::new(&MediaSource::Synthetic, synthetic(), 0, t0);
+        let mut out = Vec::new();
+        m.due(t0 + Duration::from_millis(100), &mut out);
+        assert_eq!(out.len(), 6);
+        assert!(out.iter().all(|o| o.layer.is_none()));
+        // The next wake-up is the next audio packet, not a video frame long overdue.
+        assert_eq!(m.next_due(), Some(t0 + Duration::from_millis(120)));
     }
 
     #[test]

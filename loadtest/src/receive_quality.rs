@@ -1,6 +1,7 @@
 //! What a viewer experiences on one received stream, updated packet by packet: when the first
 //! frame could be shown, frames, freezes (no new video frame for longer than [`FREEZE`]),
-//! bytes, packets lost and the picture size. Audio has no freezes: a sender in DTX (Opus's
+//! bytes, packets lost, the picture size and (audio) the interarrival jitter of RFC 3550.
+//! Audio has no freezes: a sender in DTX (Opus's
 //! discontinuous transmission) sends a packet every 400 ms or less while silent, which is
 //! silence, not a stall; its sequence numbers stay consecutive, so it is not loss either.
 //! Time is passed in; nothing here reads a clock.
@@ -39,6 +40,11 @@ pub struct StreamQuality {
     pub size: Option<(u16, u16)>,
     /// Whether the stream is video.
     pub video: bool,
+    /// Interarrival jitter (RFC 3550, section 6.4.1), in seconds, once two packets with
+    /// timing have arrived (see [`StreamQuality::on_timing`]).
+    pub jitter: Option<f64>,
+    /// Arrival and RTP timestamp of the latest packet with timing.
+    last_timing: Option<(Instant, u32)>,
     decodable: bool,
     in_frame: bool,
 }
@@ -82,6 +88,25 @@ impl StreamQuality {
         self.first_frame.get_or_insert(now);
         self.last_frame = Some(now);
         self.frames += 1;
+    }
+
+    /// Records when a packet with RTP timestamp `rtp_ts` (at `clock_rate` Hz) arrived: the
+    /// jitter estimate moves by 1/16 of how much later or earlier than the previous packet it
+    /// came, relative to their timestamps. Meant for audio, where every packet has its own
+    /// timestamp (a video frame's packets share one).
+    pub fn on_timing(&mut self, now: Instant, rtp_ts: u32, clock_rate: u32) {
+        if let Some((at, ts)) = self.last_timing {
+            let arrival = if now >= at {
+                now.duration_since(at).as_secs_f64()
+            } else {
+                -at.duration_since(now).as_secs_f64()
+            };
+            let sent = f64::from(rtp_ts.wrapping_sub(ts) as i32) / f64::from(clock_rate.max(1));
+            let d = (arrival - sent).abs();
+            let j = self.jitter.unwrap_or(0.0);
+            self.jitter = Some(j + (d - j) / 16.0);
+        }
+        self.last_timing = Some((now, rtp_ts));
     }
 
     /// Packets the sequence numbers say were sent from the first to the highest received.
@@ -142,6 +167,26 @@ mod tests {
             q.freezes_at(ms(1500)),
             (2, Duration::from_millis(830 + 600))
         );
+    }
+
+    #[test]
+    fn jitter_stays_zero_on_time_and_grows_with_late_packets() {
+        let t0 = Instant::now();
+        let mut q = StreamQuality::default();
+        let ts0 = u32::MAX - 960; // the timestamps wrap on the way
+        for i in 0..50u32 {
+            let at = t0 + Duration::from_millis(u64::from(i) * 20);
+            q.on_timing(at, ts0.wrapping_add(i * 960), 48_000);
+        }
+        assert!(q.jitter.unwrap() < 1e-9, "{:?}", q.jitter);
+        // Every other packet 10 ms late: each difference is 10 ms, so J tends to 10 ms.
+        for i in 50..400u32 {
+            let late = if i % 2 == 0 { 10 } else { 0 };
+            let at = t0 + Duration::from_millis(u64::from(i) * 20 + late);
+            q.on_timing(at, ts0.wrapping_add(i * 960), 48_000);
+        }
+        let j = q.jitter.unwrap();
+        assert!((0.0095..=0.0105).contains(&j), "{j}");
     }
 
     #[test]

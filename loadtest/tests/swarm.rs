@@ -166,3 +166,163 @@ async fn a_threshold_fails_the_run() {
     assert_eq!(report["verdict"]["passed"], false);
     assert!(output.stderr.contains("FAIL"), "{}", output.stderr);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audio_room_hears_every_speaker_and_reports_no_video() {
+    let server = start_server(2).await;
+    let addr = server.http_addr.to_string();
+    // The audio-room preset (speakers who talk, hear each other and send no video), smaller.
+    let output = run_binary(
+        SWARM,
+        &args(
+            &addr,
+            "--preset audio-room --publishers 3 --subscribers 5 --duration 4 --join-timeout 15 --max-loss 0",
+        ),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(output.status.success(), "{}", output.stderr);
+    let report: Value = serde_json::from_str(&output.stdout).expect("the report is JSON");
+    let scenario = &report["scenario"];
+    assert_eq!(scenario["preset"], "audio-room");
+    assert_eq!(scenario["audio_only"], true);
+    assert_eq!(scenario["speech"], true);
+    assert_eq!(report["media"]["layers"], serde_json::json!([]));
+    assert!(report["media"]["audio_kbps"].as_f64().unwrap() > 0.0);
+
+    // 5 listeners and 3 speakers (who hear the other two) all hear everyone they should.
+    let viewers = &report["viewers"];
+    assert_eq!(viewers["count"], 8);
+    assert_eq!(viewers["receiving_everything"], 8, "{viewers}");
+    for v in report["per_viewer"].as_array().unwrap() {
+        let listener = v["identity"].as_str().unwrap().contains("-sub-");
+        let speakers = if listener { 3 } else { 2 };
+        assert_eq!(v["publishers_received"], speakers, "{v}");
+        assert_eq!(v["publishers_expected"], speakers, "{v}");
+        // 50 packets a second from each speaker over the 4-second window.
+        let packets = v["audio_packets"].as_f64().unwrap();
+        assert!(packets > f64::from(speakers) * 50.0 * 4.0 * 0.8, "{v}");
+        assert_eq!(v["packets"].as_f64().unwrap(), packets, "audio alone: {v}");
+        assert_eq!(v["layers"], serde_json::json!([]), "{v}");
+        assert!(v["ttff_ms"].as_f64().is_some(), "first audio: {v}");
+    }
+    // No video anywhere, and the report says so.
+    assert_eq!(viewers["video_packets_received"], 0);
+    assert_eq!(viewers["layers"], serde_json::json!({}));
+    let audio = &viewers["audio"];
+    assert_eq!(audio["streams"], 5 * 3 + 3 * 2, "{audio}");
+    assert_eq!(audio["packets_lost"], 0);
+    assert!(
+        audio["packets_per_second_per_viewer"].as_f64().unwrap() > 80.0,
+        "{audio}"
+    );
+    assert!(audio["jitter_ms"]["max"].as_f64().unwrap() >= 0.0);
+    assert!(
+        output.stderr.contains("none in this run (audio only)"),
+        "{}",
+        output.stderr
+    );
+    assert!(output.stderr.contains("first audio"), "{}", output.stderr);
+    // What the server forwarded is what the listeners heard.
+    let forwarded = report["server"]["rtp_forwarded"].as_f64().unwrap();
+    let heard = audio["packets_received"].as_f64().unwrap();
+    assert!(
+        close(forwarded, heard, 0.02),
+        "server forwarded {forwarded}, viewers heard {heard}"
+    );
+}
+
+/// The `points` of the first polyline in the chart titled `title`.
+fn chart_points<'a>(html: &'a str, title: &str) -> Vec<&'a str> {
+    let chart = html
+        .split("<svg")
+        .find(|svg| svg.contains(&format!(">{title}</text>")))
+        .unwrap_or_else(|| panic!("a chart titled {title}"));
+    let points = chart
+        .split("<polyline")
+        .nth(1)
+        .and_then(|p| p.split("points=\"").nth(1))
+        .and_then(|p| p.split('"').next())
+        .unwrap_or_else(|| panic!("{title} has a line: {chart}"));
+    points.split_whitespace().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_html_report_charts_a_timeline_sampled_every_second() {
+    let server = start_server(2).await;
+    let addr = server.http_addr.to_string();
+    let dir = std::env::temp_dir().join(format!("sfu-swarm-report-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("report.html");
+    let output = run_binary(
+        SWARM,
+        &args(
+            &addr,
+            &format!(
+                "--publishers 1 --subscribers 3 --publishers-subscribe false --simulcast \
+                 --video-size 640x360 --duration 5 --join-timeout 15 --report {}",
+                path.display()
+            ),
+        ),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(output.status.success(), "{}", output.stderr);
+    let report: Value = serde_json::from_str(&output.stdout).expect("the report is JSON");
+    let html = std::fs::read_to_string(&path).expect("the HTML report was written");
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // One self-contained page: no scripts, no files fetched.
+    assert!(html.starts_with("<!DOCTYPE html>"), "{html}");
+    assert!(html.trim_end().ends_with("</html>"));
+    assert!(!html.contains("<script") && !html.contains(" src=") && !html.contains("<link"));
+    let charts = html.matches("<svg").count();
+    assert!(charts >= 8, "{charts} charts");
+    assert_eq!(charts, html.matches("</svg>").count());
+    // Lines through the samples for the viewers' bitrate and the server's CPU.
+    for title in [
+        "Received bitrate per viewer",
+        "Server CPU",
+        "Forwarded RTP packets",
+    ] {
+        let points = chart_points(&html, title);
+        assert!(points.len() >= 4, "{title}: {points:?}");
+        for point in points {
+            let (x, y) = point.split_once(',').unwrap();
+            assert!(
+                x.parse::<f64>().is_ok() && y.parse::<f64>().is_ok(),
+                "{point}"
+            );
+        }
+    }
+    // The summary figures and the verdict.
+    assert!(html.contains("Verdict: pass"));
+    assert!(html.contains("4 of 4 bots"), "{html}");
+    let forwarded = report["server"]["rtp_forwarded_per_second"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        html.contains(&format!("{forwarded:.0} RTP packets/s")),
+        "{forwarded:.0} pkt/s in the page"
+    );
+
+    // The timeline in the JSON: one sample a second across the 5-second window.
+    let timeline = &report["timeline"];
+    assert_eq!(timeline["interval_seconds"], 1.0);
+    let samples = timeline["samples"].as_array().unwrap();
+    assert!((5..=6).contains(&samples.len()), "{timeline}");
+    let times: Vec<f64> = samples.iter().map(|s| s["t"].as_f64().unwrap()).collect();
+    assert!((0.9..1.5).contains(&times[0]), "{times:?}");
+    assert!(*times.last().unwrap() >= 4.9, "{times:?}");
+    for pair in times.windows(2) {
+        assert!((0.4..1.6).contains(&(pair[1] - pair[0])), "{times:?}");
+    }
+    for s in samples {
+        assert!(s["bitrate_kbps"]["p50"].as_f64().unwrap() > 20.0, "{s}");
+        assert!(s["video_packets_per_second"].as_f64().unwrap() > 0.0, "{s}");
+        let srv = &s["server"];
+        assert!(srv["forwarded_per_second"].as_f64().unwrap() > 100.0, "{s}");
+        assert!(srv["cpu_cores"].as_f64().is_some(), "{s}");
+        assert!(srv["rss_bytes"].as_u64().unwrap() > 0, "{s}");
+    }
+}

@@ -1,15 +1,17 @@
 //! `sfu-swarm`: a swarm of WebRTC bots against a running server (this one over its signalling
 //! protocol, or any WHIP/WHEP server), reporting what viewers experienced and, when the server
-//! runs on this machine, what it cost the server per forwarded packet. Thresholds make it exit
-//! non-zero, so it can gate a deployment.
+//! runs on this machine, what it cost the server per forwarded packet: as a table, JSON, or a
+//! self-contained HTML page with charts over time. Thresholds make it exit non-zero, so it can
+//! gate a deployment.
 
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use clap::{Parser, ValueEnum};
 use loadtest::bot::MediaSource;
 use loadtest::clip::{Clip, ClipSpec};
+use loadtest::swarm::html;
 use loadtest::swarm::report::{MediaInfo, Report, Thresholds};
 use loadtest::swarm::run::{RunOptions, run};
 use loadtest::swarm::scenario::{Media, Protocol, Role, Scenario};
@@ -23,6 +25,9 @@ enum Preset {
     Meeting,
     /// One publisher, many viewers (`--subscribers`, default 50).
     Livestream,
+    /// An audio room, like LiveKit's audio benchmark: 10 speakers who talk and fall silent
+    /// (`--speech`) and hear each other, 300 listeners, audio only (`--audio-only`).
+    AudioRoom,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -58,10 +63,11 @@ struct Args {
     /// Number of rooms.
     #[arg(long, default_value_t = 1)]
     rooms: usize,
-    /// Publishing bots per room (in a meeting, participants per room). [default: 1; meeting: 5]
+    /// Publishing bots per room (in a meeting, participants per room). [default: 1; meeting:
+    /// 5; audio-room: 10]
     #[arg(long)]
     publishers: Option<usize>,
-    /// Viewing-only bots per room. [default: 20; meeting: 0; livestream: 50]
+    /// Viewing-only bots per room. [default: 20; meeting: 0; livestream: 50; audio-room: 300]
     #[arg(long)]
     subscribers: Option<usize>,
     /// Whether publishers also subscribe. [default: yes, except in a livestream]
@@ -82,6 +88,10 @@ struct Args {
     /// What publishers send.
     #[arg(long, value_enum, default_value = "clip")]
     media: MediaArg,
+    /// Publishers send audio alone, no video (the report then shows audio packets, loss and
+    /// jitter, and says there was no video). [default: no; audio-room: yes]
+    #[arg(long)]
+    audio_only: bool,
     /// Top video size of the clip, WIDTHxHEIGHT.
     #[arg(long, default_value = "1280x720", value_parser = parse_size)]
     video_size: (u32, u32),
@@ -107,7 +117,8 @@ struct Args {
     /// WHEP endpoint path (`{room}` is replaced by the room name).
     #[arg(long, default_value = "/whep/{room}")]
     whep_path: String,
-    /// Publishers talk and fall silent (the audio-level extension changes).
+    /// Publishers talk and fall silent (the audio-level extension changes). [default: no;
+    /// audio-room: yes]
     #[arg(long)]
     speech: bool,
     /// Publishers mute their microphone for a third of every period of this many seconds.
@@ -138,6 +149,15 @@ struct Args {
     /// Print the report as JSON on stdout (the table then goes to stderr).
     #[arg(long)]
     json: bool,
+    /// Also write the report as one self-contained HTML page with charts over time (viewers'
+    /// bitrate, layers, freezes and audio; the server's CPU, forwarded packets and memory).
+    /// [default: none]
+    #[arg(long, value_name = "FILE.html")]
+    report: Option<std::path::PathBuf>,
+    /// Seconds between the samples of the timeline (in the JSON and the HTML report); longer
+    /// when the window would need more than 3600 samples.
+    #[arg(long, default_value_t = 1.0, value_name = "SECONDS")]
+    sample_interval: f64,
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
@@ -165,11 +185,16 @@ fn scenario(args: &Args) -> Scenario {
     let (publishers, subscribers, subscribe) = match args.preset {
         Some(Preset::Meeting) => (5, 0, true),
         Some(Preset::Livestream) => (1, 50, false),
+        Some(Preset::AudioRoom) => (10, 300, true),
         None => (1, 20, true),
     };
+    let audio_room = args.preset == Some(Preset::AudioRoom);
     let subscribe = args.publishers_subscribe.unwrap_or(subscribe);
     Scenario {
-        preset: args.preset.map(|p| format!("{p:?}").to_lowercase()),
+        preset: args
+            .preset
+            .and_then(|p| p.to_possible_value())
+            .map(|v| v.get_name().to_string()),
         server: host_port(
             args.servers
                 .first()
@@ -192,6 +217,7 @@ fn scenario(args: &Args) -> Scenario {
             MediaArg::Clip => Media::Clip,
             MediaArg::Synthetic => Media::Synthetic,
         },
+        audio_only: args.audio_only || audio_room,
         video_size: args.video_size,
         fps: args.fps.clamp(1, 120),
         packets_per_frame: args.packets_per_frame,
@@ -202,7 +228,7 @@ fn scenario(args: &Args) -> Scenario {
         },
         whip_path: args.whip_path.clone(),
         whep_path: args.whep_path.clone(),
-        speech: args.speech,
+        speech: args.speech || audio_room,
         mute_every: args.mute_every.map(|s| Duration::from_secs_f64(s.max(0.3))),
         room_prefix: args.room_prefix.clone(),
         api_key: args.api_key.clone(),
@@ -217,6 +243,28 @@ fn main() -> ExitCode {
     let scenario = scenario(&args);
     let (media, media_info) = match scenario.media {
         Media::Synthetic => (MediaSource::Synthetic, None),
+        Media::Clip if scenario.audio_only => {
+            let clip = match Clip::audio_only(ClipSpec::default().seconds) {
+                Ok(clip) => clip,
+                Err(e) => {
+                    eprintln!("error: cannot encode the bots' media: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let info = MediaInfo {
+                layers: Vec::new(),
+                layer_kbps: Vec::new(),
+                audio_kbps: (clip.audio_bitrate() / 100.0).round() / 10.0,
+                encode_ms: clip.encode_time.as_secs_f64() * 1000.0,
+            };
+            eprintln!(
+                "media: {} s loop of Opus ({} kbit/s), no video, encoded in {:.0} ms",
+                ClipSpec::default().seconds,
+                info.audio_kbps,
+                info.encode_ms
+            );
+            (MediaSource::Clip(Arc::new(clip)), Some(info))
+        }
         Media::Clip => {
             let spec = ClipSpec {
                 width: scenario.video_size.0,
@@ -239,6 +287,7 @@ fn main() -> ExitCode {
                     .iter()
                     .map(|l| (l.bitrate(clip.fps) / 100.0).round() / 10.0)
                     .collect(),
+                audio_kbps: (clip.audio_bitrate() / 100.0).round() / 10.0,
                 encode_ms: clip.encode_time.as_secs_f64() * 1000.0,
             };
             eprintln!(
@@ -271,6 +320,11 @@ fn main() -> ExitCode {
         server_pid: args.server_pid,
         progress: !args.quiet,
         media_info,
+        sample_interval: Duration::from_secs_f64(if args.sample_interval.is_finite() {
+            args.sample_interval.clamp(0.05, 3600.0)
+        } else {
+            1.0
+        }),
     };
     let run = match runtime.block_on(run(&scenario, &media, &options)) {
         Ok(run) => run,
@@ -284,6 +338,14 @@ fn main() -> ExitCode {
         max_ttff_p95_ms: args.max_ttff_p95,
     };
     let report = Report::new(&run, thresholds);
+    if let Some(path) = &args.report {
+        let page = html::page(&report, SystemTime::now());
+        if let Err(e) = std::fs::write(path, page) {
+            eprintln!("error: cannot write the report to {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+        eprintln!("report: {}", path.display());
+    }
     if args.json {
         eprint!("{}", report.table());
         match serde_json::to_string_pretty(&report) {

@@ -25,6 +25,8 @@ pub struct StreamSnapshot {
     pub frames: u64,
     /// Freezes, one going on now included.
     pub freezes: u32,
+    /// A freeze is going on now.
+    pub frozen: bool,
     /// Their total length.
     pub freeze_time: Duration,
     /// When the first frame could be shown.
@@ -33,6 +35,8 @@ pub struct StreamSnapshot {
     pub size: Option<(u16, u16)>,
     /// Simulcast layer (synthetic media only: 0 = lowest).
     pub layer: Option<u8>,
+    /// Interarrival jitter (audio), ms.
+    pub jitter_ms: Option<f64>,
 }
 
 /// A bot at one moment.
@@ -91,10 +95,12 @@ impl BotSnapshot {
                     lost: q.lost(),
                     frames: q.frames,
                     freezes,
+                    frozen: freezes > q.freezes,
                     freeze_time,
                     first_frame: q.first_frame,
                     size: q.size,
                     layer: st.layer,
+                    jitter_ms: q.jitter.map(|j| j * 1000.0),
                 }
             })
             .collect();
@@ -120,20 +126,22 @@ impl BotSnapshot {
         self.joined_at.is_some()
     }
 
-    /// Time from start to the first video frame that could be shown.
-    pub fn time_to_first_frame(&self) -> Option<Duration> {
+    /// Time from start to the first video frame that could be shown (with `video` false, in
+    /// an audio-only run: to the first audio packet).
+    pub fn time_to_first_frame(&self, video: bool) -> Option<Duration> {
         let first = self
             .streams
             .iter()
-            .filter(|s| s.video)
+            .filter(|s| s.video == video)
             .filter_map(|s| s.first_frame)
             .min()?;
         Some(first.saturating_duration_since(self.started?))
     }
 
-    /// Publishers whose audio and video have both arrived (a WHEP viewer's one publisher has
-    /// no id: it counts once).
-    pub fn complete_publishers(&self) -> usize {
+    /// Publishers whose audio and video have both arrived (with `video` false, in an
+    /// audio-only run: whose audio has); a WHEP viewer's one publisher has no id: it counts
+    /// once.
+    pub fn complete_publishers(&self, video: bool) -> usize {
         let with = |video: bool| -> BTreeSet<Option<&str>> {
             self.streams
                 .iter()
@@ -141,7 +149,41 @@ impl BotSnapshot {
                 .map(|s| s.publisher.as_deref())
                 .collect()
         };
-        with(true).intersection(&with(false)).count()
+        if video {
+            with(true).intersection(&with(false)).count()
+        } else {
+            with(false).len()
+        }
+    }
+
+    /// Packets received on the video (or audio) streams.
+    pub fn packets_of(&self, video: bool) -> u64 {
+        self.streams
+            .iter()
+            .filter(|s| s.video == video)
+            .map(|s| s.packets)
+            .sum()
+    }
+
+    /// Packets expected and lost on the video (or audio) streams.
+    pub fn expected_and_lost_of(&self, video: bool) -> (u64, u64) {
+        self.streams
+            .iter()
+            .filter(|s| s.video == video)
+            .fold((0, 0), |(e, l), s| (e + s.expected, l + s.lost))
+    }
+
+    /// Jitter of each audio stream that has an estimate, ms.
+    pub fn audio_jitter_ms(&self) -> impl Iterator<Item = f64> + '_ {
+        self.streams
+            .iter()
+            .filter(|s| !s.video)
+            .filter_map(|s| s.jitter_ms)
+    }
+
+    /// Whether a video stream is frozen now.
+    pub fn frozen(&self) -> bool {
+        self.streams.iter().any(|s| s.frozen)
     }
 
     /// Packets received on every stream.

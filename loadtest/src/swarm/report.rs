@@ -1,7 +1,8 @@
 //! The swarm's report: what viewers experienced (joins, time to first frame, bitrate, loss,
-//! NACKs, PLIs, freezes, layers) and what it cost the server, computed from bot snapshots and
-//! server samples taken at the start and end of the measured window; printed as a table or
-//! JSON, and checked against thresholds.
+//! NACKs, PLIs, freezes, layers; in an audio-only run, audio packets, loss and jitter) and what
+//! it cost the server, computed from bot snapshots and server samples taken at the start and
+//! end of the measured window, with a timeline sampled through it; printed as a table, JSON or
+//! an HTML page (see [`super::html`]), and checked against thresholds.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -11,6 +12,7 @@ use serde::Serialize;
 
 use super::observe::BotSnapshot;
 use super::scenario::{BotPlan, Scenario};
+use super::timeline::Timeline;
 use crate::server_probe::{ProcessSample, ServerCounters};
 
 /// The server's counters and (if known) its process's CPU time and memory.
@@ -55,10 +57,12 @@ pub struct Thresholds {
 /// The clip publishers replayed.
 #[derive(Debug, Clone, Serialize)]
 pub struct MediaInfo {
-    /// Layer sizes, lowest first (`"1280x720"`).
+    /// Layer sizes, lowest first (`"1280x720"`; none in an audio-only run).
     pub layers: Vec<String>,
     /// Average bitrate of each layer, kbit/s.
     pub layer_kbps: Vec<f64>,
+    /// Average bitrate of the Opus audio, kbit/s.
+    pub audio_kbps: f64,
     /// Time spent encoding it, ms.
     pub encode_ms: f64,
 }
@@ -89,6 +93,8 @@ pub struct RunData {
     pub nodes: Vec<NodeSamples>,
     /// The clip, if publishers replayed one.
     pub media: Option<MediaInfo>,
+    /// Samples through the window.
+    pub timeline: Timeline,
 }
 
 /// Percentiles of a set of durations, in milliseconds.
@@ -151,7 +157,8 @@ pub struct Spread {
 }
 
 impl Spread {
-    fn of(values: &[f64]) -> Spread {
+    /// Of `values` (all zero when there are none).
+    pub(crate) fn of(values: &[f64]) -> Spread {
         let mut v = values.to_vec();
         v.sort_by(f64::total_cmp);
         let n = v.len();
@@ -189,7 +196,7 @@ pub struct ViewerReport {
     pub identity: String,
     /// Room.
     pub room: String,
-    /// Join to first frame, ms.
+    /// Join to first frame (audio only: to the first audio packet), ms.
     pub ttff_ms: Option<f64>,
     /// Received bitrate over the window, kbit/s (payload).
     pub bitrate_kbps: f64,
@@ -197,6 +204,10 @@ pub struct ViewerReport {
     pub packets: u64,
     /// Packets lost in the window.
     pub lost: u64,
+    /// Audio packets received in the window.
+    pub audio_packets: u64,
+    /// Audio interarrival jitter at the end, the largest over its audio streams, ms.
+    pub audio_jitter_ms: Option<f64>,
     /// NACKs sent (whole run).
     pub nacks: u64,
     /// PLIs and FIRs sent (whole run).
@@ -207,10 +218,30 @@ pub struct ViewerReport {
     pub freeze_ms: f64,
     /// Picture size (or layer) of each video stream at the end.
     pub layers: Vec<String>,
-    /// Publishers whose audio and video arrived.
+    /// Publishers whose audio and video (audio only: whose audio) arrived.
     pub publishers_received: usize,
     /// Publishers it should receive.
     pub publishers_expected: usize,
+}
+
+/// Audio received by all viewers together.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AudioSummary {
+    /// Audio streams received at the end (one per viewer and publisher heard).
+    pub streams: usize,
+    /// Audio packets received in the window.
+    pub packets_received: u64,
+    /// Per viewer and second (mean).
+    pub packets_per_second_per_viewer: f64,
+    /// Audio packets the sequence numbers say were sent in the window.
+    pub packets_expected: u64,
+    /// Audio packets lost in the window.
+    pub packets_lost: u64,
+    /// `packets_lost / packets_expected`, percent.
+    pub loss_percent: f64,
+    /// Interarrival jitter (RFC 3550) of the audio streams at the end, ms, as the bots saw
+    /// it (their own scheduling delays included).
+    pub jitter_ms: Spread,
 }
 
 /// All viewers together.
@@ -218,12 +249,15 @@ pub struct ViewerReport {
 pub struct ViewerSummary {
     /// Viewers (bots that subscribe).
     pub count: usize,
-    /// Viewers that received audio and video from every publisher they should.
+    /// Viewers that received audio and video (audio only: audio) from every publisher they
+    /// should.
     pub receiving_everything: usize,
     /// Received bitrate per viewer, kbit/s.
     pub bitrate_kbps: Spread,
     /// Packets received in the window.
     pub packets_received: u64,
+    /// Video packets among them (none in an audio-only run).
+    pub video_packets_received: u64,
     /// Payload bytes received in the window.
     pub bytes_received: u64,
     /// Packets the sequence numbers say were sent in the window.
@@ -242,6 +276,8 @@ pub struct ViewerSummary {
     pub freeze_seconds: f64,
     /// Video streams by the size (or layer) received at the end.
     pub layers: BTreeMap<String, usize>,
+    /// Audio alone.
+    pub audio: AudioSummary,
 }
 
 /// What the server did in the window and what it cost.
@@ -346,6 +382,8 @@ pub struct Report {
     pub verdict: Verdict,
     /// One entry per viewer.
     pub per_viewer: Vec<ViewerReport>,
+    /// Samples through the window (viewers and server over time).
+    pub timeline: Timeline,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -356,6 +394,9 @@ impl Report {
     /// Computes the report.
     pub fn new(run: &RunData, thresholds: Thresholds) -> Report {
         let window = run.window.as_secs_f64().max(1e-9);
+        let video = run.scenario.video();
+        let mut audio = AudioSummary::default();
+        let mut jitter = Vec::new();
         let bots = run.plans.iter().zip(run.start.iter().zip(&run.end));
         let mut per_viewer = Vec::new();
         let mut publishers = PublisherSummary::default();
@@ -390,20 +431,35 @@ impl Report {
             let (f1, t1) = end.freezes();
             let packets = end.packets().saturating_sub(start.packets());
             let bytes = end.bytes().saturating_sub(start.bytes());
+            let audio_packets = end
+                .packets_of(false)
+                .saturating_sub(start.packets_of(false));
+            let ((ae0, al0), (ae1, al1)) = (
+                start.expected_and_lost_of(false),
+                end.expected_and_lost_of(false),
+            );
+            audio.streams += end.streams.iter().filter(|s| !s.video).count();
+            audio.packets_received += audio_packets;
+            audio.packets_expected += ae1.saturating_sub(ae0);
+            audio.packets_lost += al1.saturating_sub(al0);
+            let viewer_jitter: Vec<f64> = end.audio_jitter_ms().collect();
+            jitter.extend(&viewer_jitter);
             per_viewer.push((
                 ViewerReport {
                     identity: plan.identity.clone(),
                     room: plan.room.clone(),
-                    ttff_ms: end.time_to_first_frame().map(ms),
+                    ttff_ms: end.time_to_first_frame(video).map(ms),
                     bitrate_kbps: bytes as f64 * 8.0 / window / 1000.0,
                     packets,
                     lost: l1.saturating_sub(l0),
+                    audio_packets,
+                    audio_jitter_ms: viewer_jitter.into_iter().reduce(f64::max),
                     nacks: end.nacks_sent,
                     plis: end.plis_sent,
                     freezes: f1.saturating_sub(f0),
                     freeze_ms: ms(t1.saturating_sub(t0)),
                     layers: end.sizes(),
-                    publishers_received: end.complete_publishers(),
+                    publishers_received: end.complete_publishers(video),
                     publishers_expected: run.scenario.expected_publishers(plan.role),
                 },
                 bytes,
@@ -424,6 +480,7 @@ impl Report {
             }
             rates.push(v.bitrate_kbps);
             viewers.packets_received += v.packets;
+            viewers.video_packets_received += v.packets.saturating_sub(v.audio_packets);
             viewers.bytes_received += bytes;
             viewers.packets_expected += expected;
             viewers.packets_lost += v.lost;
@@ -436,6 +493,18 @@ impl Report {
             }
         }
         viewers.bitrate_kbps = Spread::of(&rates);
+        audio.packets_per_second_per_viewer = if viewers.count > 0 {
+            audio.packets_received as f64 / viewers.count as f64 / window
+        } else {
+            0.0
+        };
+        audio.loss_percent = if audio.packets_expected > 0 {
+            audio.packets_lost as f64 * 100.0 / audio.packets_expected as f64
+        } else {
+            0.0
+        };
+        audio.jitter_ms = Spread::of(&jitter);
+        viewers.audio = audio;
         viewers.loss_percent = if viewers.packets_expected > 0 {
             viewers.packets_lost as f64 * 100.0 / viewers.packets_expected as f64
         } else {
@@ -477,6 +546,7 @@ impl Report {
             thresholds,
             verdict: Verdict::default(),
             per_viewer: per_viewer.into_iter().map(|(v, ..)| v).collect(),
+            timeline: run.timeline.clone(),
         };
         report.verdict = report.check();
         report
@@ -525,7 +595,7 @@ impl Report {
         let f1 = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.0}"));
         let _ = writeln!(
             out,
-            "scenario   {} room(s) x ({} {} + {} viewers), {} media{}, {}, {:.1} s measured",
+            "scenario   {} room(s) x ({} {} + {} viewers), {} media{}{}, {}, {:.1} s measured",
             s.rooms,
             s.publishers,
             match s.publisher_role {
@@ -537,7 +607,12 @@ impl Report {
                 super::scenario::Media::Clip => "clip",
                 super::scenario::Media::Synthetic => "synthetic",
             },
-            if s.simulcast { ", simulcast" } else { "" },
+            if s.simulcast && s.video() {
+                ", simulcast"
+            } else {
+                ""
+            },
+            if s.audio_only { ", audio only" } else { "" },
             match s.protocol {
                 super::scenario::Protocol::Signalling => "signalling",
                 super::scenario::Protocol::WhipWhep => "WHIP/WHEP",
@@ -560,7 +635,12 @@ impl Report {
         let t = &self.ttff_ms;
         let _ = writeln!(
             out,
-            "first frame  p50 {} ms  p95 {} ms  p99 {} ms  max {} ms{}",
+            "{}  p50 {} ms  p95 {} ms  p99 {} ms  max {} ms{}",
+            if s.video() {
+                "first frame"
+            } else {
+                "first audio"
+            },
             f1(t.p50),
             f1(t.p95),
             f1(t.p99),
@@ -586,14 +666,34 @@ impl Report {
             "loss       {:.3}% ({} of {} packets); NACKs sent {}; PLIs sent {}",
             v.loss_percent, v.packets_lost, v.packets_expected, v.nacks_sent, v.plis_sent
         );
-        let layers: Vec<String> = v.layers.iter().map(|(k, n)| format!("{k}: {n}")).collect();
+        let a = &v.audio;
         let _ = writeln!(
             out,
-            "freezes    {} totalling {:.1} s; layers received: {}",
-            v.freezes,
-            v.freeze_seconds,
-            layers.join(", ")
+            "audio      {:.1} packets/s per viewer ({} streams), loss {:.3}% ({} of {}); jitter ms p50 {:.1} max {:.1}",
+            a.packets_per_second_per_viewer,
+            a.streams,
+            a.loss_percent,
+            a.packets_lost,
+            a.packets_expected,
+            a.jitter_ms.p50,
+            a.jitter_ms.max
         );
+        if s.video() {
+            let layers: Vec<String> = v.layers.iter().map(|(k, n)| format!("{k}: {n}")).collect();
+            let _ = writeln!(
+                out,
+                "freezes    {} totalling {:.1} s; layers received: {}",
+                v.freezes,
+                v.freeze_seconds,
+                layers.join(", ")
+            );
+        } else {
+            let _ = writeln!(
+                out,
+                "video      none in this run (audio only): no freezes or layers; {} video packets received",
+                v.video_packets_received
+            );
+        }
         if let Some(srv) = &self.server {
             let _ = writeln!(
                 out,

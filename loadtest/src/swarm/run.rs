@@ -1,6 +1,7 @@
 //! Running a swarm: start the bots at the join rate, wait (bounded) until every viewer shows
 //! frames from every publisher it should, measure for the scenario's duration with the server
-//! sampled at both ends, then leave. A live progress bar shows where it is.
+//! sampled at both ends and bots and server sampled at a fixed interval in between (the
+//! timeline), then leave. A live progress bar shows where it is.
 
 use std::time::{Duration, Instant};
 
@@ -10,6 +11,7 @@ use super::observe::BotSnapshot;
 use super::report::{MediaInfo, NodeSamples, RunData, ServerSample};
 use super::scenario::{BotPlan, Scenario, ScenarioError};
 use super::speech;
+use super::timeline::Sampler;
 use crate::bot::{Bot, MediaSource};
 use crate::server_probe::{ProcessSample, sample_process, scrape};
 
@@ -34,7 +36,7 @@ pub async fn sample_server(server: &str, pid: Option<u32>) -> Option<ServerSampl
 }
 
 /// Options of a run besides the scenario.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct RunOptions {
     /// The server's PID, for its CPU time from `/proc` (same machine).
     pub server_pid: Option<u32>,
@@ -42,6 +44,19 @@ pub struct RunOptions {
     pub progress: bool,
     /// The clip's description, for the report.
     pub media_info: Option<MediaInfo>,
+    /// How often the timeline samples bots and server (default 1 s).
+    pub sample_interval: Duration,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            server_pid: None,
+            progress: false,
+            media_info: None,
+            sample_interval: Duration::from_secs(1),
+        }
+    }
 }
 
 /// Runs the scenario with publishers sending `media`.
@@ -95,20 +110,36 @@ pub async fn run(
     let bar = progress_bar(options.progress, scenario.duration.as_millis() as u64);
     bar.set_style(style("running  [{bar:30}] {elapsed}/{duration}  {msg}"));
     let server_start = sample_server(&scenario.server, options.server_pid).await;
+    let server_start_at = Instant::now();
     let nodes_start = sample_nodes(scenario).await;
     let now = Instant::now();
     let start: Vec<BotSnapshot> = bots.iter().map(|b| BotSnapshot::take(b, now)).collect();
     let window_start = Instant::now();
+    let window_end = window_start + scenario.duration;
+    let mut sampler = Sampler::new(
+        options.sample_interval,
+        scenario.duration,
+        window_start,
+        start.clone(),
+        server_start.map(|s| (server_start_at, s)),
+    );
     let mut previous = (
         window_start,
         start.iter().map(BotSnapshot::bytes).sum::<u64>(),
     );
-    while window_start.elapsed() < scenario.duration {
-        let left = scenario.duration.saturating_sub(window_start.elapsed());
-        tokio::time::sleep(left.min(TICK)).await;
+    while Instant::now() < window_end {
+        let wake = (Instant::now() + TICK)
+            .min(sampler.next_due())
+            .min(window_end);
+        tokio::time::sleep_until(wake.into()).await;
         speech.tick(&plans, &bots);
         let now = Instant::now();
         let snapshots: Vec<BotSnapshot> = bots.iter().map(|b| BotSnapshot::take(b, now)).collect();
+        if now >= sampler.next_due() && sampler.next_due() <= window_end {
+            let server = sample_server(&scenario.server, options.server_pid).await;
+            let server = server.map(|s| (Instant::now(), s));
+            sampler.record(now, &plans, snapshots.clone(), server);
+        }
         let bytes: u64 = snapshots.iter().map(BotSnapshot::bytes).sum();
         let rate = (bytes.saturating_sub(previous.1)) as f64 * 8.0
             / now
@@ -120,10 +151,20 @@ pub async fn run(
         bar.set_message(running_status(&plans, &start, &snapshots, rate));
     }
     let server_end = sample_server(&scenario.server, options.server_pid).await;
+    let server_end_at = Instant::now();
     let nodes_end = sample_nodes(scenario).await;
     let now = Instant::now();
     let end: Vec<BotSnapshot> = bots.iter().map(|b| BotSnapshot::take(b, now)).collect();
     let window = window_start.elapsed();
+    if sampler.behind(now) {
+        // The window's tail, shorter than an interval.
+        sampler.record(
+            now,
+            &plans,
+            end.clone(),
+            server_end.map(|s| (server_end_at, s)),
+        );
+    }
     bar.finish();
 
     leave_all(bots).await;
@@ -143,6 +184,7 @@ pub async fn run(
             .map(|((server, start), (_, end))| NodeSamples { server, start, end })
             .collect(),
         media: options.media_info.clone(),
+        timeline: sampler.finish(),
     })
 }
 
@@ -187,7 +229,7 @@ fn style(template: &str) -> ProgressStyle {
 }
 
 fn receiving_everything(scenario: &Scenario, plan: &BotPlan, snapshot: &BotSnapshot) -> bool {
-    snapshot.complete_publishers() >= scenario.expected_publishers(plan.role)
+    snapshot.complete_publishers(scenario.video()) >= scenario.expected_publishers(plan.role)
 }
 
 fn everyone_receiving(scenario: &Scenario, plans: &[BotPlan], bots: &[Bot]) -> bool {

@@ -84,6 +84,8 @@ pub struct Scenario {
     pub simulcast: bool,
     /// What publishers send.
     pub media: Media,
+    /// Publishers send audio alone (an audio room): no video anywhere in the run.
+    pub audio_only: bool,
     /// Top video size of the clip.
     pub video_size: (u32, u32),
     /// Frames per second.
@@ -199,6 +201,11 @@ impl Scenario {
         }
     }
 
+    /// Whether publishers send video (everything but an audio-only run).
+    pub fn video(&self) -> bool {
+        !self.audio_only
+    }
+
     /// Viewing bots in the whole swarm.
     pub fn viewers(&self) -> usize {
         self.plans().iter().filter(|p| p.role.subscribes()).count()
@@ -253,6 +260,7 @@ impl Scenario {
         config.packets_per_frame = self.packets_per_frame;
         config.video_packet_bytes = self.packet_bytes;
         config.simulcast = self.simulcast;
+        config.publish_video = self.video();
         config.media = media.clone();
         config.verify_payloads = self.media == Media::Synthetic;
         config.record_seqs = false;
@@ -305,6 +313,7 @@ pub(crate) mod tests {
             join_timeout: Duration::from_secs(10),
             simulcast: true,
             media: Media::Clip,
+            audio_only: false,
             video_size: (1280, 720),
             fps: 30,
             packets_per_frame: 8,
@@ -382,5 +391,22 @@ pub(crate) mod tests {
         let viewer = s.bot_config(&plans[2], &MediaSource::Synthetic).unwrap();
         assert_eq!(viewer.http_path.as_deref(), Some("/watch/swarm-0/whep"));
         assert!(matches!(viewer.transport, Transport::Whep { .. }));
+    }
+
+    #[test]
+    fn audio_only_publishers_send_no_video() {
+        let s = Scenario {
+            audio_only: true,
+            ..scenario()
+        };
+        let plans = s.plans();
+        let publisher = s.bot_config(&plans[0], &MediaSource::Synthetic).unwrap();
+        assert!(publisher.publish && !publisher.publish_video);
+        assert!(
+            scenario()
+                .bot_config(&plans[0], &MediaSource::Synthetic)
+                .unwrap()
+                .publish_video
+        );
     }
 }
