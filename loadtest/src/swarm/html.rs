@@ -103,13 +103,38 @@ same run's figures, timeline and per-viewer rows are in its <code>--json</code> 
 }
 
 fn verdict(report: &Report, out: &mut String) {
+    let v = &report.viewers;
+    // The verdict is the thresholds'; say at a glance when viewers missed media anyway.
+    let short = (v.receiving_everything < v.count).then(|| {
+        format!(
+            "Only {} of {} viewers received every publisher they should{}.",
+            v.receiving_everything,
+            v.count,
+            if report.ttff_ms.missing > 0 {
+                format!("; {} received nothing", report.ttff_ms.missing)
+            } else {
+                String::new()
+            }
+        )
+    });
     if report.verdict.passed {
-        out.push_str("<div class=\"verdict pass\">Verdict: pass</div>\n");
+        out.push_str("<div class=\"verdict pass\">Verdict: pass");
+        if let Some(short) = short {
+            let _ = write!(
+                out,
+                "<ul><li>{} (No threshold covers this: see --max-loss and --max-ttff-p95.)</li></ul>",
+                escape(&short)
+            );
+        }
+        out.push_str("</div>\n");
         return;
     }
     out.push_str("<div class=\"verdict fail\">Verdict: FAIL<ul>");
     for violation in &report.verdict.violations {
         let _ = write!(out, "<li>{}</li>", escape(violation));
+    }
+    if let Some(short) = short {
+        let _ = write!(out, "<li>{}</li>", escape(&short));
     }
     out.push_str("</ul></div>\n");
 }
@@ -446,6 +471,22 @@ mod tests {
         let html = page(&report(true), UNIX_EPOCH);
         assert!(html.contains("no video in this run (audio only)"));
         assert!(html.contains("generated 1970-01-01 00:00 UTC"));
+    }
+
+    #[test]
+    fn a_pass_still_says_when_viewers_missed_media() {
+        let mut r = report(true);
+        r.viewers.count = 310;
+        r.viewers.receiving_everything = 97;
+        r.ttff_ms.missing = 213;
+        let html = page(&r, UNIX_EPOCH);
+        assert!(html.contains("Verdict: pass"));
+        assert!(
+            html.contains(
+                "Only 97 of 310 viewers received every publisher they should; 213 received nothing."
+            ),
+            "{html}"
+        );
     }
 
     #[test]

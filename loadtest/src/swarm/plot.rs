@@ -120,12 +120,10 @@ fn tick_label(v: f64, step: f64) -> String {
     } else {
         ((-step.log10()).ceil() as usize).min(6)
     };
-    let v = if v.abs() < step * divisor * 1e-9 {
-        0.0
-    } else {
-        v / divisor
-    };
-    format!("{v:.decimals$}{suffix}")
+    if v.abs() < step * divisor * 1e-9 {
+        return "0".to_string();
+    }
+    format!("{:.decimals$}{suffix}", v / divisor)
 }
 
 /// Text for SVG and HTML: `&`, `<`, `>` and quotes escaped.
@@ -441,6 +439,7 @@ mod tests {
         let flat = Axis::covering([0.0, 0.0].into_iter(), true);
         assert!(flat.hi > flat.lo, "a flat series still gets an axis");
         assert_eq!(tick_label(45_000.0, 5_000.0), "45k");
+        assert_eq!(tick_label(0.0, 5_000.0), "0");
         assert_eq!(tick_label(0.25, 0.05), "0.25");
         assert_eq!(tick_label(3_000_000.0, 500_000.0), "3.0M");
     }
