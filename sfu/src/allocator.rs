@@ -4,13 +4,15 @@
 //! Going down is immediate: a layer that no longer fits in the [`Budget`] for what is being
 //! sent is dropped at once (that budget may tolerate a short dip of the estimate: the caller
 //! decides). Going up needs headroom (the estimate must exceed the cost by [`UP_FACTOR`]); a
-//! track the bandwidth held back must also see that headroom for [`UP_HOLD`] first, so an
-//! estimate hovering at a boundary does not make the layer flap and the subscriber's bandwidth
-//! estimator gets time to probe before media follows; then it climbs as far as the lowest
-//! estimate seen over that hold allows, not one layer per hold. An upgrade that has to be undone for
-//! bandwidth within [`UPGRADE_TRIAL`] doubles that track's hold (up to [`MAX_UP_HOLD`]); one that
-//! lasts resets it. A track that was not held back by the bandwidth (starting, or the
-//! subscriber asked for more) goes up at once.
+//! track held back by the bandwidth after it lost a layer to it must also see that headroom
+//! for [`UP_HOLD`] first, so an estimate hovering at a boundary does not make the layer flap
+//! and the subscriber's bandwidth estimator gets time to probe before media follows; then it
+//! climbs as far as the lowest estimate seen over that hold allows, not one layer per hold.
+//! An upgrade that has to be undone for bandwidth within [`UPGRADE_TRIAL`] doubles that
+//! track's hold (up to [`MAX_UP_HOLD`]); one that lasts resets it. A track that has not lost a
+//! layer (starting on what the estimator's initial guess allows, or the subscriber asked for
+//! more) goes up at once, and so does any track when the estimate was just measured by the
+//! estimator's probes ([`Budget::probed`]).
 //!
 //! When even the lowest layer does not fit, a track sent with VP8 temporal layers is thinned:
 //! its upper temporal layers are dropped (half, then a quarter of the frame rate), with the
@@ -125,6 +127,10 @@ pub(crate) struct Budget {
     /// For the layers being forwarded now: at least `fresh`, more while a dip of the estimate
     /// is tolerated.
     pub(crate) keep: u64,
+    /// `fresh` was just measured by the estimator's probes (after a restart): tracks go up as
+    /// far as it allows without waiting out a hold, which exists to give the estimator time
+    /// to probe.
+    pub(crate) probed: bool,
 }
 
 impl From<u64> for Budget {
@@ -133,6 +139,7 @@ impl From<u64> for Budget {
         Self {
             fresh: bps,
             keep: bps,
+            probed: false,
         }
     }
 }
@@ -149,6 +156,20 @@ pub(crate) struct Allocator {
     hold: HashMap<TrackId, Duration>,
     /// Per track: when it last went up for bandwidth, while that upgrade is on trial.
     upgraded_at: HashMap<TrackId, Instant>,
+    /// Per track allocated before: its last choice, and whether an allocation has taken a
+    /// layer away from it for bandwidth. Only such a track's upgrades wait out a hold: one
+    /// still climbing from where it started (its first layer is chosen from the estimator's
+    /// initial guess) goes up as soon as the estimate allows.
+    history: HashMap<TrackId, History>,
+}
+
+/// What the allocator remembers of one track's earlier choices.
+#[derive(Debug, Clone, Copy, Default)]
+struct History {
+    /// The layer chosen last time.
+    layer: Option<u8>,
+    /// An allocation has lowered its layer for bandwidth.
+    lost_layer: bool,
 }
 
 /// What an allocation decided.
@@ -179,6 +200,7 @@ impl Allocator {
         let Budget {
             fresh: budget,
             keep,
+            probed,
         } = budget.into();
         let keep = keep.max(budget);
         let allowed: Vec<Vec<u8>> = tracks.iter().map(|(_, n)| n.allowed()).collect();
@@ -226,7 +248,9 @@ impl Allocator {
                     .and_modify(|(_, lowest)| *lowest = (*lowest).min(up_budget))
                     .or_insert((now, up_budget));
                 let hold = self.hold.get(id).copied().unwrap_or(UP_HOLD);
-                if self.limited.contains(id) && now.saturating_duration_since(since) < hold {
+                let lost = self.history.get(id).is_some_and(|h| h.lost_layer);
+                let holds = self.limited.contains(id) && lost && !probed;
+                if holds && now.saturating_duration_since(since) < hold {
                     break;
                 }
                 pick = trial;
@@ -248,6 +272,7 @@ impl Allocator {
         self.affordable_since.retain(|id, _| present(id));
         self.hold.retain(|id, _| present(id));
         self.upgraded_at.retain(|id, _| present(id));
+        self.history.retain(|id, _| present(id));
         self.limited.clear();
 
         let (max_temporal, used) = self.thin_temporal(tracks, &pick, &allowed, budget);
@@ -381,10 +406,16 @@ impl Allocator {
         reason: LayerReason,
         now: Instant,
     ) {
+        let went_down = matches!((before, now_on), (Some(b), Some(n)) if n < b);
+        // Lowered from what an allocation chose (the layer a track is on before its first
+        // allocation is not one it lost).
+        let history = self.history.entry(id).or_default();
+        let lowered = matches!((history.layer, now_on), (Some(b), Some(n)) if n < b);
+        history.lost_layer |= lowered && reason == LayerReason::Bandwidth;
+        history.layer = now_on;
         let Some(&at) = self.upgraded_at.get(&id) else {
             return;
         };
-        let went_down = matches!((before, now_on), (Some(b), Some(n)) if n < b);
         if went_down && reason == LayerReason::Bandwidth {
             let hold = self.hold.get(&id).copied().unwrap_or(UP_HOLD);
             self.hold.insert(id, (hold * 2).min(MAX_UP_HOLD));
@@ -417,11 +448,20 @@ mod tests {
         a.choices[0].1
     }
 
+    /// An allocator that has put track `id` on the top layer at `t` (so a later fall is a
+    /// layer lost to the bandwidth, not a start).
+    fn on_top(id: TrackId, t: Instant) -> Allocator {
+        let mut alloc = Allocator::default();
+        let a = alloc.allocate(t, 10_000_000, &[(id, needs(None, None))]);
+        assert_eq!(one(&a).layer, Some(2));
+        alloc
+    }
+
     #[test]
     fn downgrade_is_immediate_upgrade_waits_for_headroom_and_hold() {
         let t0 = Instant::now();
-        let mut alloc = Allocator::default();
         let id = TrackId(1);
+        let mut alloc = on_top(id, t0);
         // On the top layer, the estimate drops to 700 kbit/s: down to the middle at once.
         let a = alloc.allocate(t0, 700_000, &[(id, needs(Some(2), None))]);
         assert_eq!(
@@ -482,7 +522,8 @@ mod tests {
                 reason: LayerReason::Best
             }
         );
-        // Starting with too little for the top: as high as fits, and from then on held.
+        // Starting with too little for the top: as high as fits, and up as soon as the
+        // estimate allows (the first layer came from the estimator's initial guess)...
         let mut fresh = Allocator::default();
         let a = fresh.allocate(t0, 1_000_000, &[(id, needs(None, None))]);
         assert_eq!(
@@ -494,11 +535,31 @@ mod tests {
         );
         assert_eq!((a.used, a.next_step), (500_000, 1_500_000));
         let a = fresh.allocate(t0 + 100 * MS, 10_000_000, &[(id, needs(Some(1), None))]);
+        assert_eq!(one(&a).layer, Some(2), "no hold on the first climb");
+        // ... but once a layer has been taken away for bandwidth, going back up waits.
+        let a = fresh.allocate(t0 + 200 * MS, 1_000_000, &[(id, needs(Some(2), None))]);
+        assert_eq!(one(&a).layer, Some(1));
+        let a = fresh.allocate(t0 + 300 * MS, 10_000_000, &[(id, needs(Some(1), None))]);
         assert_eq!(
             one(&a).layer,
             Some(1),
             "an upgrade after a bandwidth limit waits"
         );
+    }
+
+    #[test]
+    fn after_an_estimator_restart_the_probed_estimate_is_climbed_at_once() {
+        let t0 = Instant::now();
+        let id = TrackId(1);
+        let mut alloc = on_top(id, t0);
+        let a = alloc.allocate(t0, 300_000, &[(id, needs(Some(2), None))]);
+        assert_eq!(one(&a).layer, Some(0));
+        let probed = Budget {
+            probed: true,
+            ..Budget::from(3_000_000)
+        };
+        let a = alloc.allocate(t0 + 500 * MS, probed, &[(id, needs(Some(0), None))]);
+        assert_eq!(one(&a).layer, Some(2), "no hold: {a:?}");
     }
 
     #[test]
@@ -585,8 +646,8 @@ mod tests {
     #[test]
     fn an_estimate_hovering_at_a_boundary_does_not_flap() {
         let t0 = Instant::now();
-        let mut alloc = Allocator::default();
         let id = TrackId(1);
+        let mut alloc = on_top(id, t0);
         let mut layer = Some(2);
         let mut changes = 0;
         for i in 0..200u32 {
@@ -680,8 +741,8 @@ mod tests {
     #[test]
     fn a_lifted_limit_is_climbed_in_one_hold_not_one_hold_per_layer() {
         let t0 = Instant::now();
-        let mut alloc = Allocator::default();
         let id = TrackId(1);
+        let mut alloc = on_top(id, t0);
         let at = |ms: u64| t0 + Duration::from_millis(ms);
         let a = alloc.allocate(at(0), 300_000, &[(id, needs(Some(2), None))]);
         assert_eq!(one(&a).layer, Some(0));
@@ -691,7 +752,7 @@ mod tests {
         let a = alloc.allocate(at(2500), 3_000_000, &[(id, needs(Some(0), None))]);
         assert_eq!(one(&a).layer, Some(2), "straight to the top: {a:?}");
         // Room over the hold for the middle layer only (the estimate dipped meanwhile): there.
-        let mut alloc = Allocator::default();
+        let mut alloc = on_top(id, t0);
         alloc.allocate(at(0), 300_000, &[(id, needs(Some(2), None))]);
         alloc.allocate(at(500), 3_000_000, &[(id, needs(Some(0), None))]);
         alloc.allocate(at(1500), 800_000, &[(id, needs(Some(0), None))]);
@@ -711,6 +772,7 @@ mod tests {
         let dip = Budget {
             fresh: 1_300_000,
             keep: 1_700_000,
+            probed: false,
         };
         let a = alloc.allocate(t0, dip, &[(id, needs(Some(2), None))]);
         assert_eq!(one(&a).layer, Some(2), "kept through the dip");
@@ -724,6 +786,7 @@ mod tests {
         let low = Budget {
             fresh: 2_000_000,
             keep: 100_000,
+            probed: false,
         };
         let a = Allocator::default().allocate(t0, low, &[(id, needs(Some(2), None))]);
         assert_eq!(one(&a).layer, Some(2));

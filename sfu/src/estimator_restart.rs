@@ -22,7 +22,7 @@
 use std::time::{Duration, Instant};
 
 /// How long the estimate may stay flat while the allocator wants more, before a restart.
-pub(crate) const STUCK_AFTER: Duration = Duration::from_secs(3);
+pub(crate) const STUCK_AFTER: Duration = Duration::from_secs(2);
 /// The longest wait between two restarts.
 pub(crate) const MAX_WAIT: Duration = Duration::from_secs(24);
 /// An estimate further than this fraction from the one at the start of the wait is moving.
@@ -107,7 +107,7 @@ mod tests {
                 restarts.push(ms / 1000);
             }
         }
-        assert_eq!(restarts, vec![3, 9, 21, 45, 69, 93, 117]);
+        assert_eq!(restarts, vec![2, 6, 14, 30, 54, 78, 102]);
     }
 
     #[test]
@@ -115,16 +115,16 @@ mod tests {
         let t0 = Instant::now();
         let mut r = EstimatorRestart::default();
         assert!(!r.check(t0, 800_000, true, None));
-        assert!(r.check(t0 + 3 * S, 800_000, true, None));
-        assert!(!r.check(t0 + 5 * S, 800_000, true, None), "waits 6 s now");
+        assert!(r.check(t0 + 2 * S, 800_000, true, None));
+        assert!(!r.check(t0 + 5 * S, 800_000, true, None), "waits 4 s now");
         assert!(
             !r.check(t0 + 5500 * MS, 840_000, true, None),
             "creeping is still"
         );
         // The estimate moves (a sawing estimate on a narrow link moves all the time).
         assert!(!r.check(t0 + 6 * S, 600_000, true, None));
-        assert!(!r.check(t0 + 8 * S, 600_000, true, None));
-        assert!(r.check(t0 + 9 * S, 600_000, true, None), "3 s again");
+        assert!(!r.check(t0 + 7500 * MS, 600_000, true, None));
+        assert!(r.check(t0 + 8 * S, 600_000, true, None), "2 s again");
         let mut sawing = EstimatorRestart::default();
         for s in 0..30u32 {
             let estimate = if s % 2 == 0 { 300_000 } else { 550_000 };

@@ -88,6 +88,18 @@ fn a_viewer_on_a_clean_path_gets_the_top_layer_and_decodes_every_frame() {
         "on the top layer: {:?}",
         video.switches()
     );
+    // Started on what the initial estimate allows, up as soon as the first probes answer
+    // (issue 14: a start-up hold kept new viewers on the middle layer for 2-3 s).
+    let top_at = video
+        .decoded
+        .iter()
+        .find(|f| f.layer == 2)
+        .map(|f| f.at - joined);
+    assert!(
+        top_at.is_some_and(|t| t < Duration::from_millis(1500)),
+        "top layer after {top_at:?}: {:?}",
+        video.switches()
+    );
     assert_smooth(&w, bob, end - 5 * SECOND, end, 100);
     let frames = video.frames_per_layer(end - 5 * SECOND, end);
     assert!(
@@ -132,10 +144,11 @@ fn a_capped_viewer_steps_down_to_the_layer_that_fits_and_climbs_back() {
     let lifted = w.now();
     w.run_until(30 * SECOND, |w| w.video(bob).layer() == Some(2));
     assert_eq!(w.video(bob).layer(), Some(2), "back on the top layer");
-    // Issue 14's bound: back on the top layer within 15 s of the limit being lifted.
+    // Issue 14's bound is 15 s; here, with no other load, 4.1 s (10.8 s before the estimator
+    // restart probed for the whole demand and the probed estimate was climbed without a hold).
     let took = w.now() - lifted;
     assert!(
-        took <= 15 * SECOND,
+        took <= 7 * SECOND,
         "back on the top layer after {took:?}: {:?}",
         w.video(bob).switches()
     );

@@ -48,6 +48,17 @@ const ONSET_FALL: f64 = 0.7;
 /// ... and the layers are chosen for this share of it.
 const ONSET_SHARE: f64 = 0.6;
 
+/// How long after an estimator restart it is asked to probe for everything the tracks want,
+/// and the tracks climb to what its estimate allows without waiting out a hold. str0m's
+/// start-up probes after a restart go to 3 and 6 times the estimate, each capped at twice the
+/// wanted rate: aimed at the next layer up they found only that layer, and the layer above
+/// took a second probe round and hold. A restart happens only on a link losing nothing, with
+/// a still estimate. (The virtual-clock capped-viewer scenario was back on the top layer
+/// 10.8 s after the limit was lifted before this, the 2 s still-wait of
+/// [`crate::estimator_restart::STUCK_AFTER`] and the free first climb of
+/// [`crate::allocator::Allocator`]; 4.1 s after.)
+const RESTART_PROBING: Duration = Duration::from_secs(3);
+
 /// The bandwidth side of one subscriber.
 #[derive(Debug, Default)]
 pub(super) struct Bandwidth {
@@ -67,6 +78,10 @@ pub(super) struct Bandwidth {
     next_allocation: Option<Instant>,
     /// Since when the estimate has been below `in_use`.
     dip_since: Option<Instant>,
+    /// After an estimator restart, until when the estimator is asked to probe for all the
+    /// tracks want rather than the next layer up, and the layers follow its estimate without
+    /// a hold (see [`RESTART_PROBING`]).
+    probe_all_until: Option<Instant>,
 }
 
 /// What an allocation did.
@@ -166,7 +181,8 @@ impl Bandwidth {
             .sum();
         // Without an estimate (no transport-wide feedback from this client) there is no
         // bandwidth limit, only the requested quality.
-        let budget = self.budget(audio, ctx.now);
+        let mut budget = self.budget(audio, ctx.now);
+        budget.probed = self.probe_all_until.is_some_and(|t| ctx.now < t);
         let allocation = self.allocator.allocate(ctx.now, budget, &video);
         trace!(estimate = ?self.estimate, audio, ?budget, ?allocation, "allocated");
         for ((id, choice), max_temporal) in allocation.choices.iter().zip(&allocation.max_temporal)
@@ -196,18 +212,29 @@ impl Bandwidth {
         timings.subscriber_estimate.record(estimate as f64);
         timings.subscriber_target.record(used as f64);
         let held_back = allocation.next_step > allocation.used;
+        let restarting = self.restart.check(ctx.now, estimate, held_back, self.loss);
+        if restarting {
+            self.probe_all_until = Some(ctx.now + RESTART_PROBING);
+            budget.probed = true;
+        }
+        let with_headroom = |bps: u64| (bps.saturating_add(audio) as f64 * UP_FACTOR) as u64;
         let (minimum, wanted) = if held_back {
-            let next = (allocation.next_step.saturating_add(audio) as f64 * UP_FACTOR) as u64;
+            let next = with_headroom(allocation.next_step);
             let padded = next.min((estimate as f64 * PAD_SHARE) as u64).max(used);
-            (padded, next)
+            if budget.probed {
+                (padded, with_headroom(allocation.wanted).max(next))
+            } else {
+                (padded, next)
+            }
         } else {
             (used, used)
         };
         rtc.bwe()
             .set_bitrate(Bitrate::bps(minimum), Bitrate::bps(wanted));
         done.mutated = true;
-        if self.restart.check(ctx.now, estimate, held_back, self.loss) {
-            // Stuck below what the tracks want on a link without loss: probe afresh.
+        if restarting {
+            // Stuck below what the tracks want on a link without loss: probe afresh, for
+            // everything they want (above).
             rtc.bwe().reset(Bitrate::bps(estimate));
             WorkerCounters::add(&ctx.counters().estimator_restarts, 1);
             debug!(
@@ -241,6 +268,7 @@ impl Bandwidth {
             Budget {
                 fresh,
                 keep: (fresh as f64 * DIP_MARGIN) as u64,
+                probed: false,
             }
         } else {
             Budget::from(fresh)
