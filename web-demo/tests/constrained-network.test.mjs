@@ -5,9 +5,9 @@
 //
 // Checked: quality requests give the layer asked for (low = 320 wide, high = 1280 wide); layers
 // nobody receives are paused at the publisher (dynacast) and resumed when wanted; a viewer joining
-// ten times reaches the top layer within 10 s of its first picture each time; the limited
-// viewer drops to a lower layer within 10 s and keeps playing, and returns to the top layer
-// within 30 s of the limit being lifted, while the other viewer is unaffected; on a link too
+// ten times reaches the top layer within 3 s of its first picture each time; the limited
+// viewer drops to a lower layer within 3 s and keeps playing, and returns to the top layer
+// within 15 s of the limit being lifted, while the other viewer is unaffected; on a link too
 // thin for the lowest layer, its upper temporal layers are dropped; with 5% loss on
 // the viewer's downlink or the publisher's uplink, NACKs are answered and video keeps playing.
 // The same call with the camera in VP9 SVC and in AV1 SVC (one stream, three spatial layers),
@@ -32,8 +32,15 @@ const TOTAL_BUDGET_MS = 720_000;
 const JOIN_MS = 20_000;
 const TOP_LAYER_MS = 45_000;
 const SWITCH_MS = 10_000;
-const DOWNGRADE_MS = 10_000;
-const RECOVER_MS = 30_000;
+/**
+ * Issue 14's bounds: a lower layer within 3 s of the limit (1.1-1.6 s measured, CI included),
+ * the top layer again within 15 s of the lift (3.1-7.2 s here after 640ade0; before it 5.4-14.8
+ * s in CI runs).
+ */
+const DOWNGRADE_MS = 3_000;
+const RECOVER_MS = 15_000;
+/** From a limit too narrow for the lowest layer back to its full frame rate (5-6 s measured). */
+const FULL_RATE_MS = 30_000;
 const CONSTRAINED_MS = 15_000;
 const LOSS_MS = 10_000;
 const LIMIT_KBIT = 400;
@@ -45,12 +52,12 @@ const SETTLED_MS = 2_000;
 const LOSS_PERCENT = 5;
 /**
  * Joins of one viewer on the open link, each to reach the top layer within TOP_AFTER_JOIN_MS of
- * its first picture. Issue 14 asks for 3 s; measured 12-549 ms here and 256-3,339 ms in a CI run
- * (one join of ten over 3 s: not met every time yet). The bound guards against the pinned call
- * (one stayed 85 s on a lower layer) with room for a loaded machine; the times are recorded.
+ * its first picture: issue 14's bound, against the pinned call (one stayed 85 s on a lower layer).
+ * Measured 6-596 ms after 640ade0 (the first climb no longer waits out a hold); before it, one
+ * join of ten in a CI run took 3,339 ms.
  */
 const JOINS = 10;
-const TOP_AFTER_JOIN_MS = 10_000;
+const TOP_AFTER_JOIN_MS = 3_000;
 
 const skip = netns.unsupportedReason();
 const stopWatchdog = startWatchdog(TOTAL_BUDGET_MS);
@@ -355,7 +362,7 @@ describe('simulcast under constrained networks', { skip: skip ?? false }, () => 
     assert.ok(times.every((ms) => ms <= TOP_AFTER_JOIN_MS), `every join on the top layer within ${TOP_AFTER_JOIN_MS} ms of its first picture: ${times}`);
   });
 
-  it(`a viewer limited to ${LIMIT_KBIT} kbit/s drops a layer within 10 s, keeps playing, and recovers within 30 s`, { timeout: TOP_LAYER_MS + DOWNGRADE_MS + 2 * CONSTRAINED_MS + RECOVER_MS + 20_000 }, async () => {
+  it(`a viewer limited to ${LIMIT_KBIT} kbit/s drops a layer within ${DOWNGRADE_MS / 1000} s, keeps playing, and recovers within ${RECOVER_MS / 1000} s`, { timeout: TOP_LAYER_MS + DOWNGRADE_MS + 2 * CONSTRAINED_MS + RECOVER_MS + 20_000 }, async () => {
     await pollUntil(() => probe(limited), (s) => s.width === 1280 && s.layerState?.current === 2,
       TOP_LAYER_MS, 'the viewer to be limited starts on the top layer');
     // The same watch with no limit: what this machine's load alone does to the two viewers.
@@ -381,7 +388,7 @@ describe('simulcast under constrained networks', { skip: skip ?? false }, () => 
     });
   });
 
-  it(`at ${SCARCE_KBIT} kbit/s the lowest layer's upper temporal layers are dropped: lower frame rate, still playing`, { timeout: 2 * THIN_MS + RECOVER_MS + 10_000 }, async () => {
+  it(`at ${SCARCE_KBIT} kbit/s the lowest layer's upper temporal layers are dropped: lower frame rate, still playing`, { timeout: 2 * THIN_MS + FULL_RATE_MS + 10_000 }, async () => {
     const beforeLimit = await probe(limited);
     netns.limitDownlink(viewNs, SCARCE_KBIT);
     let thin;
@@ -407,7 +414,7 @@ describe('simulcast under constrained networks', { skip: skip ?? false }, () => 
     } finally {
       netns.clearDownlink(viewNs);
     }
-    const full = await pollUntil(() => probe(limited), (s) => s.layerState && s.layerState.max_temporal == null && s.fps >= 20, RECOVER_MS,
+    const full = await pollUntil(() => probe(limited), (s) => s.layerState && s.layerState.max_temporal == null && s.fps >= 20, FULL_RATE_MS,
       'the full frame rate comes back once the limit is lifted');
     figures.fullRateBackMs = full.ms;
   });
@@ -480,7 +487,7 @@ for (const { codec, svc } of OTHER_MODES) describe(`${codec.toUpperCase()} ${svc
     await free.page.evaluate(chooseQuality, 'auto');
   });
 
-  it(`a viewer limited to ${LIMIT_KBIT} kbit/s steps down within 10 s without freezing, and recovers within 30 s`, { timeout: TOP_LAYER_MS + DOWNGRADE_MS + CONSTRAINED_MS + RECOVER_MS + 20_000 }, async () => {
+  it(`a viewer limited to ${LIMIT_KBIT} kbit/s steps down within ${DOWNGRADE_MS / 1000} s without freezing, and recovers within ${RECOVER_MS / 1000} s`, { timeout: TOP_LAYER_MS + DOWNGRADE_MS + CONSTRAINED_MS + RECOVER_MS + 20_000 }, async () => {
     const { limited } = call;
     await pollUntil(() => probe(limited), (s) => s.width === 1280 && s.layerState?.current === 2,
       TOP_LAYER_MS, 'the viewer to be limited starts on the top layer');
@@ -513,7 +520,7 @@ describe('VP8 simulcast with end-to-end encryption under a constrained downlink'
     figures.topLayerAfterJoinMs = high.ms;
   });
 
-  it(`a viewer limited to ${LIMIT_KBIT} kbit/s steps down within 10 s without freezing, and recovers within 30 s`, { timeout: TOP_LAYER_MS + DOWNGRADE_MS + CONSTRAINED_MS + RECOVER_MS + 20_000 }, async () => {
+  it(`a viewer limited to ${LIMIT_KBIT} kbit/s steps down within ${DOWNGRADE_MS / 1000} s without freezing, and recovers within ${RECOVER_MS / 1000} s`, { timeout: TOP_LAYER_MS + DOWNGRADE_MS + CONSTRAINED_MS + RECOVER_MS + 20_000 }, async () => {
     await limitStepDownAndRecover(call, figures, (freeRun) => {
       assert.ok(freeRun.frames >= 10 * freeRun.seconds, `the free viewer keeps its frame rate: ${JSON.stringify(freeRun)}`);
     });
