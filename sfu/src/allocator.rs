@@ -305,7 +305,7 @@ impl Allocator {
             if reason == LayerReason::Bandwidth {
                 self.limited.insert(*id);
             }
-            self.judge_upgrade(*id, needs.current, layer, reason, now);
+            self.judge_upgrade(*id, layer, reason, now);
             choices.push((*id, Choice { layer, reason }));
         }
         let next_step = (0..tracks.len())
@@ -396,27 +396,27 @@ impl Allocator {
         }
         (chosen, total)
     }
-    /// Ends the trial of a track's last upgrade: undone for bandwidth in time, it failed and
-    /// the hold doubles; otherwise, once the trial is over, the hold is back to normal.
+    /// Records a track's choice in its history (a layer lost to the bandwidth), and ends the
+    /// trial of its last upgrade: undone for bandwidth in time, it failed and the hold doubles;
+    /// otherwise, once the trial is over, the hold is back to normal.
     fn judge_upgrade(
         &mut self,
         id: TrackId,
-        before: Option<u8>,
         now_on: Option<u8>,
         reason: LayerReason,
         now: Instant,
     ) {
-        let went_down = matches!((before, now_on), (Some(b), Some(n)) if n < b);
         // Lowered from what an allocation chose (the layer a track is on before its first
         // allocation is not one it lost).
         let history = self.history.entry(id).or_default();
         let lowered = matches!((history.layer, now_on), (Some(b), Some(n)) if n < b);
-        history.lost_layer |= lowered && reason == LayerReason::Bandwidth;
+        let lost = lowered && reason == LayerReason::Bandwidth;
+        history.lost_layer |= lost;
         history.layer = now_on;
         let Some(&at) = self.upgraded_at.get(&id) else {
             return;
         };
-        if went_down && reason == LayerReason::Bandwidth {
+        if lost {
             let hold = self.hold.get(&id).copied().unwrap_or(UP_HOLD);
             self.hold.insert(id, (hold * 2).min(MAX_UP_HOLD));
             self.upgraded_at.remove(&id);
