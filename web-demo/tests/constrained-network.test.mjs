@@ -164,6 +164,30 @@ async function probeSettled(p) {
   return { ...s, calmMs: s.now - calmSince.get(p).since };
 }
 
+/**
+ * Samples `p` every 200 ms in the background until `stop()`, which resolves the longest single
+ * freeze seen: the largest step of `totalFreezesDuration` between two samples where the freeze
+ * count grew (exact for one freeze per step, an upper bound for more), and the count of freezes.
+ */
+function trackFreezes(p) {
+  let longest = 0;
+  let last = null;
+  let running = true;
+  // Ends by itself too (a failed test may never call `stop`): after two minutes.
+  const until = Date.now() + 120_000;
+  const loop = (async () => {
+    while (running && Date.now() < until) {
+      const s = await probe(p).catch(() => null);
+      if (s?.freezeCount != null) {
+        if (last && s.freezeCount > last.freezeCount) longest = Math.max(longest, s.freezeSeconds - last.freezeSeconds);
+        last = s;
+      }
+      await sleep(200);
+    }
+  })();
+  return { stop: async () => { running = false; await loop; return +longest.toFixed(2); } };
+}
+
 /** Counters of `b` minus those of `a` (video playing between two probes). */
 function delta(a, b) {
   return {
@@ -266,6 +290,7 @@ async function joinCall({ base, publisher, limited, free }, room, query = {}, vi
  */
 async function limitStepDownAndRecover({ limited, free, viewNs }, figures, whileLimited) {
   const before = await probe(limited);
+  const freezeLog = trackFreezes(limited);
   netns.limitDownlink(viewNs, LIMIT_KBIT);
   try {
     const down = await pollUntil(() => probe(limited), (s) => s.width > 0 && s.width < 1280 && s.layerState?.current < 2, DOWNGRADE_MS,
@@ -289,6 +314,9 @@ async function limitStepDownAndRecover({ limited, free, viewNs }, figures, while
     'the viewer returns to the top layer once the limit is lifted');
   figures.recoverMs = up.ms;
   const total = delta(before, up.value);
+  // Issue 14 asks for none over 500 ms; measured, not yet asserted (0.4-0.6 s: the frame under
+  // way when the queue overflows, before any estimate can move; the direct call 0.4 s).
+  total.longestFreeze = await freezeLog.stop();
   figures.limitedTotal = total;
   assert.ok(total.freezeSeconds <= 5, `freezes over the whole episode stay short: ${JSON.stringify(total)}`);
 }
@@ -419,7 +447,12 @@ describe('simulcast under constrained networks', { skip: skip ?? false }, () => 
     figures.fullRateBackMs = full.ms;
   });
 
-  it(`with ${LOSS_PERCENT}% loss on the viewer's downlink, NACKs are answered and video keeps playing`, { timeout: LOSS_MS + 15_000 }, async () => {
+  it(`with ${LOSS_PERCENT}% loss on the viewer's downlink, NACKs are answered and video keeps playing`, { timeout: TOP_LAYER_MS + 2 * LOSS_MS + 15_000 }, async () => {
+    // On the top layer (the most packets per frame, so the most frames hit by a loss), against
+    // the same viewer's frame rate just before without loss (issue 14 asks for >= 0.95 of it).
+    await pollUntil(() => probe(limited), (s) => s.width === 1280 && s.layerState?.current === 2, TOP_LAYER_MS,
+      'the viewer is back on the top layer before the loss');
+    const [lossless] = await watch([limited], LOSS_MS);
     const nacksBefore = await metric(base, 'sfu_nacks_received_total');
     netns.setLoss(viewNs, 'downlink', LOSS_PERCENT);
     let run;
@@ -429,7 +462,10 @@ describe('simulcast under constrained networks', { skip: skip ?? false }, () => 
       netns.clearLoss(viewNs);
     }
     const nacksAfter = await metric(base, 'sfu_nacks_received_total');
-    figures.downlinkLoss = { ...run, serverNacks: nacksAfter - nacksBefore };
+    figures.downlinkLoss = {
+      ...run, serverNacks: nacksAfter - nacksBefore, lossless,
+      fpsShare: +((run.frames / run.seconds) / Math.max(1, lossless.frames / lossless.seconds)).toFixed(2),
+    };
     assert.ok(run.nacks > 0, `the viewer sends NACKs: ${JSON.stringify(run)}`);
     assert.ok(nacksAfter > nacksBefore, 'the server receives them');
     if (run.retransmitted != null) assert.ok(run.retransmitted > 0, `retransmissions arrive: ${JSON.stringify(run)}`);
