@@ -44,6 +44,18 @@ const MAX_REMOTE_CANDIDATES: usize = 32;
 /// one str0m's own pacer follows.
 pub(crate) const ESTIMATE_INTERVAL: Duration = Duration::from_millis(250);
 
+/// str0m's egress pacer releases one packet per timeout and asks to be woken again this long
+/// after the time it was last given (so that time moves between packets). A drain runs such
+/// a timeout at once instead of leaving it to the worker's next turn, which would let a
+/// subscriber with many streams (an audio room: one per speaker) send fewer packets per second
+/// than it is written when the worker is busy, its queue growing without end (measured).
+const PACER_STEP: Duration = Duration::from_micros(1);
+
+/// At most this many pacer steps per drain, so one subscriber's backlog cannot hold the worker
+/// from the others; the rest goes out at its next timeout. (Its str0m clock runs ahead of the
+/// worker's by at most this many [`PACER_STEP`]s.)
+const PACER_STEPS_PER_DRAIN: u32 = 256;
+
 /// Output of a worker's peers, collected during one turn of the worker loop.
 #[derive(Debug)]
 pub(crate) struct WorkerOutput {
@@ -375,8 +387,23 @@ impl Peer {
 
     /// Polls the state machine until it only has a timeout left, dispatching what comes out.
     pub(crate) fn drain(&mut self, ctx: &mut Ctx<'_>) {
+        // The time last given to the state machine: a pacer step moves it on by PACER_STEP.
+        let mut clock = ctx.now;
+        let mut steps = 0;
         loop {
             match self.rtc.poll_output() {
+                Ok(Output::Timeout(t))
+                    if t <= clock + PACER_STEP && steps < PACER_STEPS_PER_DRAIN =>
+                {
+                    steps += 1;
+                    clock = clock.max(t);
+                    if let Err(e) = self.rtc.handle_input(Input::Timeout(clock)) {
+                        self.on_rtc_error(e, ctx);
+                        if self.closed.is_some() {
+                            return;
+                        }
+                    }
+                }
                 Ok(Output::Timeout(t)) => {
                     self.rtc_deadline = t;
                     return;

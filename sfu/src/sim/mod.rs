@@ -24,6 +24,8 @@ pub(crate) mod worker;
 #[cfg(test)]
 mod audio_formats;
 #[cfg(test)]
+mod audio_room;
+#[cfg(test)]
 mod hostile_wire;
 #[cfg(test)]
 pub(crate) mod net;
