@@ -113,7 +113,7 @@ impl Session {
                     c.input(Input::Timeout(now));
                 }
             }
-            self.h.core.handle_timers(now);
+            self.h.core.handle_timers(now, &mut |_| {});
             self.pump();
             if now >= end {
                 return;

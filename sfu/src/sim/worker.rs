@@ -219,7 +219,7 @@ impl Harness {
     /// Ends the worker's turn: what it sends (its deliveries to other workers are dropped:
     /// there are none).
     pub(crate) fn flush(&mut self) -> Vec<Transmit> {
-        self.core.flush(self.now);
+        self.core.flush(self.now, &mut |_| {});
         self.core.out.remote.iter_mut().for_each(Vec::clear);
         self.core.out.control.clear();
         std::mem::take(&mut self.core.out.transmits)

@@ -668,7 +668,7 @@ impl World {
             }
             produce_media(n, now);
         }
-        self.h.core.handle_timers(now);
+        self.h.core.handle_timers(now, &mut |_| {});
         for t in self.h.flush() {
             if let Some(n) = self
                 .nodes

@@ -39,6 +39,14 @@ use crate::shared::{DataReceiver, Shared, WorkerShared};
 /// Upper bound on delivery passes per flush, so a delivery loop cannot spin a worker.
 const MAX_FLUSH_ROUNDS: usize = 8;
 
+/// While a flush or a timer pass goes through the peers, their datagrams are handed to the
+/// socket whenever at least this many have gathered, not all at the end: the first
+/// subscribers of a fan-out do not wait for the last ones' pacer bursts.
+const SEND_EVERY: usize = 32;
+
+/// What a flush or a timer pass hands the gathered datagrams (`core.out.transmits`) to.
+pub(crate) type Sender<'a> = dyn FnMut(&mut WorkerCore) + 'a;
+
 /// One worker's peers and routing state.
 pub(crate) struct WorkerCore {
     index: usize,
@@ -312,7 +320,7 @@ impl WorkerCore {
     /// Each due peer runs once per call: one whose next deadline is `now` again (str0m's
     /// estimator can ask for that when it measures a zero round-trip time) waits for the next
     /// turn instead of keeping the worker in this loop.
-    pub(crate) fn handle_timers(&mut self, now: Instant) {
+    pub(crate) fn handle_timers(&mut self, now: Instant, send: &mut Sender<'_>) {
         let mut due = std::mem::take(&mut self.due);
         while let Some(id) = self.timers.pop_due(now) {
             due.push(id);
@@ -323,13 +331,14 @@ impl WorkerCore {
                 continue;
             }
             self.with_peer(id, now, |peer, ctx| peer.handle_timeout(ctx));
+            self.send_gathered(send);
         }
         self.due = due;
         self.run_local(now);
     }
 
     /// Sends what was written to subscribers this turn.
-    pub(crate) fn flush(&mut self, now: Instant) {
+    pub(crate) fn flush(&mut self, now: Instant, send: &mut Sender<'_>) {
         for _ in 0..MAX_FLUSH_ROUNDS {
             if self.dirty.is_empty() {
                 break;
@@ -339,8 +348,16 @@ impl WorkerCore {
                     peer.dirty = false;
                     peer.handle_timeout(ctx);
                 });
+                self.send_gathered(send);
             }
             self.run_local(now);
+        }
+    }
+
+    /// Hands the datagrams gathered so far to `send` once there are [`SEND_EVERY`].
+    fn send_gathered(&mut self, send: &mut Sender<'_>) {
+        if self.out.transmits.len() >= SEND_EVERY {
+            send(self);
         }
     }
 

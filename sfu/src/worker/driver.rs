@@ -245,10 +245,11 @@ async fn run(
         let now = Instant::now();
         // Flush first: a subscriber written to this turn gets its one timeout here, which also
         // moves its timer past now, so the timer pass below does not run it a second time.
-        core.flush(now);
-        core.handle_timers(now);
-        core.flush(now);
-        io.send(core, slot);
+        let mut send = |core: &mut WorkerCore| io.send(core, slot);
+        core.flush(now, &mut send);
+        core.handle_timers(now, &mut send);
+        core.flush(now, &mut send);
+        send(core);
         pass_deliveries(core, shared, &slot.counters);
     }
     core.shutdown(Instant::now());
