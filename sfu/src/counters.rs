@@ -59,6 +59,9 @@ counters! {
     rtp_bytes_forwarded,
     /// RTP packets not forwarded to a subscriber (no matching codec, not yet started, stale).
     rtp_not_forwarded,
+    /// RTP packets dropped for a subscriber whose send queue was stuck (its oldest packet
+    /// waited longer than a stream may: the worker or its link could not keep up).
+    rtp_dropped_backlog,
     /// Batches of packets dropped because another worker's queue was full.
     queue_drops,
     /// Packets handed to relay links (for other cluster nodes).

@@ -7,11 +7,13 @@
 //!   negotiation at a time; or the client's fixed m-lines for WHEP);
 //! - [`bandwidth`]: the egress estimate and the [`crate::allocator::Allocator`] that shares it
 //!   among the video tracks, within what the subscriber asked for and what the publishers send;
-//! - [`data`]: the room's data messages.
+//! - [`data`]: the room's data messages;
+//! - [`backlog`]: how long a packet may wait behind the pacer before new ones are dropped.
 //!
 //! This module routes the peer's inputs (events, deliveries, timeouts, commands) to them and
 //! reports each video track's layer state to the control plane ([`PeerEvent::LayerState`]).
 
+mod backlog;
 mod bandwidth;
 mod data;
 mod negotiation;

@@ -28,6 +28,8 @@ use crate::packet::{Delivery, ForwardedPacket};
 use crate::peer::{Ctx, PeerInfo};
 use crate::red;
 
+use super::backlog;
+
 /// How long sent video packets are kept to answer NACKs. str0m keeps 3 s by default; a NACK
 /// later than 1.5 s (several round trips even on a 300 ms path) comes too late to help the
 /// picture, and the cache is the largest per-subscriber allocation (~260 KiB per 1.5 Mbit/s
@@ -435,10 +437,15 @@ impl Subscription {
             WorkerCounters::add(&ctx.counters().rtp_not_forwarded, 1);
             return;
         };
+        let video = needs_keyframe(packet.params.spec().codec);
+        if backlog::is_stuck(tx.queue_info(), ctx.now, video) {
+            WorkerCounters::add(&ctx.counters().rtp_dropped_backlog, 1);
+            return;
+        }
         let mut write = RtpWrite::new(out_pt, out.seq.into(), out.ts, packet.arrival, payload)
             .marker(out.marker)
             .ext_vals(ext)
-            .nackable(needs_keyframe(packet.params.spec().codec));
+            .nackable(video);
         if let Some(patch) = out.vp8 {
             write = write.vp8_patch(patch);
         }
