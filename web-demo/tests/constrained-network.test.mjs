@@ -386,10 +386,19 @@ describe('simulcast under constrained networks', { skip: skip ?? false }, () => 
       const restartsBefore = await metric(base, 'sfu_estimator_restarts_total');
       await limited.page.goto(callUrl(base, room, limited.name, { role: 'viewer' }), { waitUntil: 'load' });
       const first = await pollUntil(() => probe(limited), (s) => s.width > 0, JOIN_MS, `join ${i}: the publisher's video plays`);
-      const top = await pollUntil(() => probe(limited), (s) => s.width === 1280 && s.layerState?.current === 2, TOP_LAYER_MS,
-        `join ${i}: the top layer`);
+      // Each change of (width, the server's layer and reason) on the way up.
+      const seen = [];
+      const top = await pollUntil(async () => {
+        const s = await probe(limited);
+        const state = `${s.width}/${s.layerState?.current}/${s.layerState?.reason}`;
+        if (seen.at(-1) !== state) seen.push(state);
+        return s;
+      }, (s) => s.width === 1280 && s.layerState?.current === 2, TOP_LAYER_MS, `join ${i}: the top layer`);
       times.push(top.ms);
-      climbs.push({ firstWidth: first.value.width, restarts: (await metric(base, 'sfu_estimator_restarts_total')) - restartsBefore });
+      climbs.push({
+        firstWidth: first.value.width, seen,
+        restarts: (await metric(base, 'sfu_estimator_restarts_total')) - restartsBefore,
+      });
     }
     figures.joinsTopMs = times;
     figures.joinClimbs = climbs;
