@@ -166,8 +166,8 @@ async function probeSettled(p) {
 
 /**
  * Samples `p` every 200 ms in the background until `stop()`, which resolves the longest single
- * freeze seen: the largest step of `totalFreezesDuration` between two samples where the freeze
- * count grew (exact for one freeze per step, an upper bound for more), and the count of freezes.
+ * freeze seen (seconds): the largest step of `totalFreezesDuration` between two samples where the
+ * freeze count grew (exact for one freeze per step, an upper bound for more).
  */
 function trackFreezes(p) {
   let longest = 0;
@@ -314,8 +314,8 @@ async function limitStepDownAndRecover({ limited, free, viewNs }, figures, while
     'the viewer returns to the top layer once the limit is lifted');
   figures.recoverMs = up.ms;
   const total = delta(before, up.value);
-  // Issue 14 asks for none over 500 ms; measured, not yet asserted (0.4-0.6 s: the frame under
-  // way when the queue overflows, before any estimate can move; the direct call 0.4 s).
+  // Issue 14 asks for none over 500 ms; recorded, not yet asserted: 0.2-0.8 s for VP8 and H264,
+  // up to 2.5 s for VP9 and AV1 SVC (BENCHMARKS.md).
   total.longestFreeze = await freezeLog.stop();
   figures.limitedTotal = total;
   assert.ok(total.freezeSeconds <= 5, `freezes over the whole episode stay short: ${JSON.stringify(total)}`);

@@ -1,7 +1,7 @@
 //! An audio room on a busy worker: one listener to many speakers, with congestion control on
 //! (str0m's egress pacer releases one packet per timeout), on a worker that wakes once per
-//! audio frame instead of at each deadline. Every packet still reaches the listener in the
-//! turn it was written: nothing queues up in the server.
+//! audio frame instead of at each deadline. Every packet still reaches the listener: nothing
+//! is left queued in the server.
 
 use std::time::Duration;
 
@@ -26,7 +26,7 @@ fn speak(w: &mut World, speakers: &[(NodeId, u8)], i: u64) {
 }
 
 /// Ten speakers to one listener, the worker turning once per 20 ms frame: the listener gets
-/// every frame of every speaker, each within a turn and a network delay of being sent. (Before
+/// every frame of every speaker by four turns after the last was sent. (Before
 /// the drain ran the pacer's own steps, each turn released a packet or two per subscriber and
 /// the rest queued without bound: the audio-room benchmark's memory growth.)
 #[test]
