@@ -325,7 +325,10 @@ fn a_nack_for_every_sequence_number_gets_no_more_bytes_sent() {
         storm.nacks,
         calm.nacks
     );
-    assert!(storm.media_bytes > 100_000 && storm.rtx_bytes > 0);
+    assert!(
+        storm.media_bytes > 100_000 && storm.rtx_bytes > 0,
+        "{storm:?} {calm:?}"
+    );
     let (calm_total, storm_total) = (
         calm.media_bytes + calm.rtx_bytes,
         storm.media_bytes + storm.rtx_bytes,
@@ -351,6 +354,7 @@ fn a_nack_for_every_sequence_number_gets_no_more_bytes_sent() {
 }
 
 /// What a NACK storm (or its absence) did.
+#[derive(Debug)]
 struct Storm {
     /// Bytes the hostile viewer was sent on its video's media and RTX SSRCs.
     media_bytes: u64,

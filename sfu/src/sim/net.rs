@@ -1,6 +1,7 @@
 //! A simulated network path, one direction: propagation delay, jitter (which reorders),
-//! a bottleneck rate with a drop-tail queue, random and bursty loss, and outages. Seeded, so
-//! a scenario loses the same packets every run.
+//! a bottleneck rate with a drop-tail queue, random and bursty loss, outages, and a receiver
+//! starved of CPU (it reads its socket in bursts). Seeded, so a scenario loses the same
+//! packets every run.
 
 use std::time::{Duration, Instant};
 
@@ -16,6 +17,17 @@ pub(crate) struct Bursts {
     pub(crate) start: f64,
     /// Chance per datagram that a bad path turns good again (1 / mean burst length).
     pub(crate) end: f64,
+}
+
+/// A receiving host starved of CPU: now and then it does not run for a while, and what
+/// arrives meanwhile waits in its socket buffer, read all at once when it runs again (so
+/// its arrival times bunch up as if a queue had built and drained; nothing is lost).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Stalls {
+    /// Time between the end of one stall and the start of the next, uniform in this range.
+    pub(crate) gap: (Duration, Duration),
+    /// How long a stall lasts, uniform in this range.
+    pub(crate) length: (Duration, Duration),
 }
 
 /// How a path behaves. The default is a clean 1 ms path with no rate limit.
@@ -35,6 +47,8 @@ pub(crate) struct PathConfig {
     pub(crate) bursts: Option<Bursts>,
     /// The path is cut: everything is lost.
     pub(crate) down: bool,
+    /// The receiver at the end of the path stalls.
+    pub(crate) stalls: Option<Stalls>,
 }
 
 impl Default for PathConfig {
@@ -47,6 +61,7 @@ impl Default for PathConfig {
             loss: 0.0,
             bursts: None,
             down: false,
+            stalls: None,
         }
     }
 }
@@ -89,6 +104,8 @@ pub(crate) struct Path {
     /// When the bottleneck has sent everything queued so far.
     busy_until: Option<Instant>,
     bad: bool,
+    /// The receiver's current or next stall (start, end), while `config.stalls` is set.
+    stall: Option<(Instant, Instant)>,
     /// Sorted by arrival time, then by order of sending.
     in_flight: Vec<InFlight>,
     sent_order: u64,
@@ -102,6 +119,7 @@ impl Path {
             rng: StdRng::seed_from_u64(seed),
             busy_until: None,
             bad: false,
+            stall: None,
             in_flight: Vec::new(),
             sent_order: 0,
             stats: PathStats::default(),
@@ -145,7 +163,7 @@ impl Path {
             let nanos = u64::try_from(self.config.jitter.as_nanos()).unwrap_or(u64::MAX);
             Duration::from_nanos(self.rng.random_range(0..=nanos))
         };
-        let at = leaves + self.config.delay + jitter;
+        let at = self.read_at(leaves + self.config.delay + jitter);
         self.sent_order += 1;
         let order = self.sent_order;
         let index = self
@@ -159,6 +177,33 @@ impl Path {
                 transmit,
             },
         );
+    }
+
+    /// When the receiver reads a datagram that reaches it at `at`: at once, or at the end of
+    /// the stall `at` falls in. (Datagrams are sent in time order and jitter is small beside
+    /// a stall, so the stall schedule only moves forward.)
+    fn read_at(&mut self, at: Instant) -> Instant {
+        let Some(stalls) = self.config.stalls else {
+            self.stall = None;
+            return at;
+        };
+        let pick = |rng: &mut StdRng, (lo, hi): (Duration, Duration)| {
+            let span = u64::try_from(hi.saturating_sub(lo).as_nanos()).unwrap_or(u64::MAX);
+            lo + Duration::from_nanos(rng.random_range(0..=span))
+        };
+        let (mut start, mut end) = match self.stall {
+            Some(s) => s,
+            None => {
+                let start = at + pick(&mut self.rng, stalls.gap);
+                (start, start + pick(&mut self.rng, stalls.length))
+            }
+        };
+        while end <= at {
+            start = end + pick(&mut self.rng, stalls.gap);
+            end = start + pick(&mut self.rng, stalls.length);
+        }
+        self.stall = Some((start, end));
+        if at >= start { end } else { at }
     }
 
     /// When the next datagram arrives.

@@ -14,7 +14,16 @@
 //! the estimator's first cut still counts the packets the link's queue was draining, and it
 //! cuts again within a second. The layers are then chosen for [`ONSET_SHARE`] of the estimate,
 //! so a track goes straight to the layer the link will carry rather than stopping on the way
-//! (each downgrade waits for a keyframe, frozen; an upgrade costs no freeze).
+//! (each downgrade waits for a keyframe, frozen; an upgrade costs no freeze). If the link
+//! loses nothing as the estimate falls, the fall is checked by probing for everything the
+//! tracks want (see [`RESTART_PROBING`]): a receiver starved of CPU reads its socket in bursts,
+//! which the delay-based estimator takes for a queue, and an open link then answers the probe
+//! at once instead of being climbed back over seconds.
+//!
+//! Until the estimator has measured anything its estimate is the configured starting guess
+//! (1 Mbit/s by default, below a 720p top layer): it does not lower the layers a new
+//! subscriber started on (that cost every join a switch down and back up within its first
+//! second); the first measurement does, or the guess itself after [`UNMEASURED_GRACE`].
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -59,6 +68,16 @@ const ONSET_SHARE: f64 = 0.6;
 /// [`crate::allocator::Allocator`]; 4.1 s after.)
 const RESTART_PROBING: Duration = Duration::from_secs(3);
 
+/// How many times a fall of the estimate on a link losing nothing is checked by probing (a
+/// probe can be spoilt: a receiver that stalls in the middle of one measures it slow).
+const VERIFY_PROBES: u8 = 3;
+
+/// How long the starting guess of the estimate is not taken as a measurement (it does not
+/// lower the layers): the estimator's first probes answer within a second on a working
+/// link, and a client that never sends feedback (its estimate never moves) gets no more
+/// than this of layers above the guess.
+const UNMEASURED_GRACE: Duration = Duration::from_millis(1500);
+
 /// The bandwidth side of one subscriber.
 #[derive(Debug, Default)]
 pub(super) struct Bandwidth {
@@ -78,10 +97,19 @@ pub(super) struct Bandwidth {
     next_allocation: Option<Instant>,
     /// Since when the estimate has been below `in_use`.
     dip_since: Option<Instant>,
-    /// After an estimator restart, until when the estimator is asked to probe for all the
-    /// tracks want rather than the next layer up, and the layers follow its estimate without
-    /// a hold (see [`RESTART_PROBING`]).
+    /// After an estimator restart or a loss-free fall of the estimate, until when the
+    /// estimator is asked to probe for all the tracks want rather than the next layer up, and
+    /// the layers follow its estimate without a hold (see [`RESTART_PROBING`]).
     probe_all_until: Option<Instant>,
+    /// The estimate has moved from the configured starting guess (the estimator measured), or
+    /// [`UNMEASURED_GRACE`] has passed since the first estimate.
+    measured: bool,
+    /// When the allocator first had an estimate.
+    first_estimate_at: Option<Instant>,
+    /// The estimate fell on a link losing nothing: the estimator is restarted from it so that
+    /// it probes at once, and again after each probing spell while the tracks are held back
+    /// and the link loses nothing, this many more times (see the module's documentation).
+    verify_probes_left: u8,
 }
 
 /// What an allocation did.
@@ -181,6 +209,11 @@ impl Bandwidth {
             .sum();
         // Without an estimate (no transport-wide feedback from this client) there is no
         // bandwidth limit, only the requested quality.
+        if let Some(estimate) = self.estimate {
+            let first = *self.first_estimate_at.get_or_insert(ctx.now);
+            self.measured |= estimate != ctx.shared.config.initial_egress_bitrate
+                || ctx.now.saturating_duration_since(first) >= UNMEASURED_GRACE;
+        }
         let mut budget = self.budget(audio, ctx.now);
         budget.probed = self.probe_all_until.is_some_and(|t| ctx.now < t);
         let allocation = self.allocator.allocate(ctx.now, budget, &video);
@@ -212,7 +245,16 @@ impl Bandwidth {
         timings.subscriber_estimate.record(estimate as f64);
         timings.subscriber_target.record(used as f64);
         let held_back = allocation.next_step > allocation.used;
-        let restarting = self.restart.check(ctx.now, estimate, held_back, self.loss);
+        let stuck = self.restart.check(ctx.now, estimate, held_back, self.loss);
+        if !held_back || self.loss.is_some_and(|l| l > MAX_LOSS) {
+            self.verify_probes_left = 0;
+        }
+        let verifying =
+            self.verify_probes_left > 0 && self.probe_all_until.is_none_or(|t| ctx.now >= t);
+        if verifying {
+            self.verify_probes_left -= 1;
+        }
+        let restarting = stuck || verifying;
         if restarting {
             self.probe_all_until = Some(ctx.now + RESTART_PROBING);
             budget.probed = true;
@@ -233,37 +275,54 @@ impl Bandwidth {
             .set_bitrate(Bitrate::bps(minimum), Bitrate::bps(wanted));
         done.mutated = true;
         if restarting {
-            // Stuck below what the tracks want on a link without loss: probe afresh, for
-            // everything they want (above).
+            // Stuck below what the tracks want, or fallen deeply, on a link without loss:
+            // probe afresh, for everything they want (above).
             rtc.bwe().reset(Bitrate::bps(estimate));
             WorkerCounters::add(&ctx.counters().estimator_restarts, 1);
             debug!(
                 estimate,
-                "bandwidth estimator restarted: stuck below the demand"
+                stuck, verifying, "bandwidth estimator restarted to probe the link"
             );
         }
         done
     }
 
     /// The video budget: the estimate less `audio`; for the layers being sent, more during a
-    /// shallow dip of the estimate on a link losing at most [`MAX_LOSS`] (see [`DIP_GRACE`]);
-    /// less at the onset of congestion (see [`ONSET_FALL`]).
+    /// shallow dip of the estimate on a link losing at most [`MAX_LOSS`] (see [`DIP_GRACE`])
+    /// and until the estimator has measured anything; less at the onset of congestion (see
+    /// [`ONSET_FALL`]). A fall on a link losing at most [`MAX_LOSS`] starts a probe for all
+    /// the tracks want.
     fn budget(&mut self, audio: u64, now: Instant) -> Budget {
         let Some(estimate) = self.estimate else {
             return Budget::from(u64::MAX);
         };
         let fresh = estimate.saturating_sub(audio);
+        if !self.measured {
+            return Budget {
+                fresh,
+                keep: u64::MAX,
+                probed: false,
+            };
+        }
         if estimate >= self.in_use {
             self.dip_since = None;
             return Budget::from(fresh);
         }
+        let lossy = self.loss.is_some_and(|l| l > MAX_LOSS);
+        // The layers go down now, unless the dip is ridden out: on a link losing nothing the
+        // fall is checked by probing, once per probing spell.
+        let mut lower = |budget: u64| {
+            if !lossy && self.verify_probes_left == 0 {
+                self.verify_probes_left = VERIFY_PROBES;
+            }
+            Budget::from(budget)
+        };
         if (estimate as f64) < self.in_use as f64 * ONSET_FALL {
             let share = (estimate as f64 * ONSET_SHARE) as u64;
-            return Budget::from(share.saturating_sub(audio));
+            return lower(share.saturating_sub(audio));
         }
         let since = *self.dip_since.get_or_insert(now);
         let shallow = estimate as f64 * DIP_MARGIN >= self.in_use as f64;
-        let lossy = self.loss.is_some_and(|l| l > MAX_LOSS);
         if shallow && !lossy && now.saturating_duration_since(since) < DIP_GRACE {
             Budget {
                 fresh,
@@ -271,7 +330,7 @@ impl Bandwidth {
                 probed: false,
             }
         } else {
-            Budget::from(fresh)
+            lower(fresh)
         }
     }
 }
@@ -285,6 +344,7 @@ mod tests {
             estimate: Some(estimate),
             in_use,
             loss: Some(loss),
+            measured: true,
             ..Bandwidth::default()
         }
     }
@@ -303,6 +363,23 @@ mod tests {
         assert_eq!(b.budget(50_000, t0 + DIP_GRACE), Budget::from(1_050_000));
         b.estimate = Some(800_000);
         assert_eq!(b.budget(50_000, t0 + 2 * DIP_GRACE).keep, dip.keep);
+    }
+
+    #[test]
+    fn the_starting_guess_lowers_nothing_and_a_loss_free_fall_is_probed() {
+        let t0 = Instant::now();
+        let mut unmeasured = sending(1_000_000, 1_500_000, 0.0);
+        unmeasured.measured = false;
+        assert_eq!(unmeasured.budget(50_000, t0).keep, u64::MAX);
+        // Measured: the same fall lowers the layers and is to be checked by probing...
+        let mut b = sending(1_000_000, 1_500_000, 0.0);
+        // (an onset: below ONSET_FALL of what is sent)
+        assert_eq!(b.budget(50_000, t0), Budget::from(550_000));
+        assert_eq!(b.verify_probes_left, VERIFY_PROBES);
+        // ... not on a lossy link.
+        let mut lossy = sending(1_000_000, 1_500_000, 0.1);
+        lossy.budget(50_000, t0);
+        assert_eq!(lossy.verify_probes_left, 0);
     }
 
     #[test]
