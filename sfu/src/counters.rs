@@ -121,8 +121,9 @@ counters! {
     layers_paused,
     /// Dynacast-paused layers resumed because a subscriber wanted them.
     layers_resumed,
-    /// Subscriber bandwidth estimators restarted because they were stuck below what the
-    /// subscriber's tracks want on a link without loss.
+    /// Subscriber bandwidth estimators restarted, on a link without loss, because they were
+    /// stuck below what the subscriber's tracks want or fell and lowered a layer (either way
+    /// to probe the link afresh).
     estimator_restarts,
     /// Keyframe requests sent at once for a subscriber that stopped a layer its bandwidth
     /// no longer carries (not held back by the throttle).

@@ -380,7 +380,8 @@ describe('simulcast under constrained networks', { skip: skip ?? false }, () => 
     // every layer's size: a call once stayed pinned at a lower layer that way (issue 14).
     const times = [];
     // How each join climbed, for when one is slow: the layer of its first picture and the
-    // server's estimator restarts (stuck estimates, 2 s each) during the climb.
+    // server's estimator restarts (a stuck estimate after 2 s, or a fall on a link losing
+    // nothing, checked by probing) during the climb.
     const climbs = [];
     for (let i = 1; i <= JOINS; i++) {
       const restartsBefore = await metric(base, 'sfu_estimator_restarts_total');

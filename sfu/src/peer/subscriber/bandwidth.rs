@@ -14,11 +14,13 @@
 //! the estimator's first cut still counts the packets the link's queue was draining, and it
 //! cuts again within a second. The layers are then chosen for [`ONSET_SHARE`] of the estimate,
 //! so a track goes straight to the layer the link will carry rather than stopping on the way
-//! (each downgrade waits for a keyframe, frozen; an upgrade costs no freeze). If the link
-//! loses nothing as the estimate falls, the fall is checked by probing for everything the
-//! tracks want (see [`RESTART_PROBING`]): a receiver starved of CPU reads its socket in bursts,
-//! which the delay-based estimator takes for a queue, and an open link then answers the probe
-//! at once instead of being climbed back over seconds.
+//! (each downgrade waits for a keyframe, frozen; an upgrade costs no freeze).
+//!
+//! If the link loses nothing as the estimate falls, nor in the [`VERIFY_AFTER`] after, the
+//! fall is checked by probing for everything the tracks want (see [`RESTART_PROBING`]): a
+//! receiver starved of CPU reads its socket in bursts, which the delay-based estimator takes
+//! for a queue, and an open link then answers the probe at once instead of being climbed
+//! back over seconds.
 //!
 //! Until the estimator has measured anything its estimate is the configured starting guess
 //! (1 Mbit/s by default, below a 720p top layer): it does not lower the layers a new
@@ -69,8 +71,18 @@ const ONSET_SHARE: f64 = 0.6;
 const RESTART_PROBING: Duration = Duration::from_secs(3);
 
 /// How many times a fall of the estimate on a link losing nothing is checked by probing (a
-/// probe can be spoilt: a receiver that stalls in the middle of one measures it slow).
+/// probe can be spoilt: a receiver that stalls in the middle of one measures it slow)...
 const VERIFY_PROBES: u8 = 3;
+/// ... the first this long after the fall and each next this long after the one before, if the link has lost nothing for [`LOSS_QUIET`]
+/// then (the loss is measured over the last second). A link that just narrowed loses packets
+/// around the fall (its queue overflowed while the estimate fell) and is not probed: a
+/// restarted estimator forgets that loss and starts from the fallen estimate, still above the
+/// link. (With the probe at once, a CI run of the browser test saw a viewer capped at
+/// 400 kbit/s go back to the top layer during the cap, 4.3 s frozen, and another switch
+/// layers 7 times under the cap.)
+const VERIFY_AFTER: Duration = Duration::from_secs(1);
+/// How long a link must have lost nothing for a fall of its estimate to be checked by probing.
+const LOSS_QUIET: Duration = Duration::from_secs(10);
 
 /// How long the starting guess of the estimate is not taken as a measurement (it does not
 /// lower the layers): the estimator's first probes answer within a second on a working
@@ -92,6 +104,8 @@ pub(super) struct Bandwidth {
     in_use: u64,
     /// Egress loss fraction over the last second.
     loss: Option<f32>,
+    /// When the loss last exceeded [`MAX_LOSS`].
+    lossy_at: Option<Instant>,
     restart: EstimatorRestart,
     /// When the allocator runs next (while tracks are received).
     next_allocation: Option<Instant>,
@@ -107,9 +121,11 @@ pub(super) struct Bandwidth {
     /// When the allocator first had an estimate.
     first_estimate_at: Option<Instant>,
     /// The estimate fell on a link losing nothing: the estimator is restarted from it so that
-    /// it probes at once, and again after each probing spell while the tracks are held back
-    /// and the link loses nothing, this many more times (see the module's documentation).
+    /// it probes, this many more times while the tracks are held back and the link loses
+    /// nothing (see the module's documentation).
     verify_probes_left: u8,
+    /// The earliest time of the next such probe.
+    verify_after: Option<Instant>,
 }
 
 /// What an allocation did.
@@ -148,6 +164,9 @@ impl Bandwidth {
     pub(super) fn on_raw(&mut self, bps: u64, loss: Option<f32>, now: Instant) {
         self.raw_estimate = true;
         self.loss = loss;
+        if loss.is_some_and(|l| l > MAX_LOSS) {
+            self.lossy_at = Some(now);
+        }
         self.on_estimate(bps, now);
     }
 
@@ -246,13 +265,14 @@ impl Bandwidth {
         timings.subscriber_target.record(used as f64);
         let held_back = allocation.next_step > allocation.used;
         let stuck = self.restart.check(ctx.now, estimate, held_back, self.loss);
-        if !held_back || self.loss.is_some_and(|l| l > MAX_LOSS) {
+        if !held_back || !self.loss_quiet(ctx.now) {
             self.verify_probes_left = 0;
         }
         let verifying =
-            self.verify_probes_left > 0 && self.probe_all_until.is_none_or(|t| ctx.now >= t);
+            self.verify_probes_left > 0 && self.verify_after.is_none_or(|t| ctx.now >= t);
         if verifying {
             self.verify_probes_left -= 1;
+            self.verify_after = Some(ctx.now + VERIFY_AFTER);
         }
         let restarting = stuck || verifying;
         if restarting {
@@ -287,11 +307,19 @@ impl Bandwidth {
         done
     }
 
+    /// The link has lost at most [`MAX_LOSS`] for [`LOSS_QUIET`].
+    fn loss_quiet(&self, now: Instant) -> bool {
+        self.loss.is_none_or(|l| l <= MAX_LOSS)
+            && self
+                .lossy_at
+                .is_none_or(|t| now.saturating_duration_since(t) >= LOSS_QUIET)
+    }
+
     /// The video budget: the estimate less `audio`; for the layers being sent, more during a
     /// shallow dip of the estimate on a link losing at most [`MAX_LOSS`] (see [`DIP_GRACE`])
     /// and until the estimator has measured anything; less at the onset of congestion (see
-    /// [`ONSET_FALL`]). A fall on a link losing at most [`MAX_LOSS`] starts a probe for all
-    /// the tracks want.
+    /// [`ONSET_FALL`]). A fall that lowers the layers on a link quiet for [`LOSS_QUIET`] is
+    /// to be checked by probing (see [`VERIFY_AFTER`]).
     fn budget(&mut self, audio: u64, now: Instant) -> Budget {
         let Some(estimate) = self.estimate else {
             return Budget::from(u64::MAX);
@@ -311,9 +339,11 @@ impl Bandwidth {
         let lossy = self.loss.is_some_and(|l| l > MAX_LOSS);
         // The layers go down now, unless the dip is ridden out: on a link losing nothing the
         // fall is checked by probing, once per probing spell.
+        let quiet = self.loss_quiet(now);
         let mut lower = |budget: u64| {
-            if !lossy && self.verify_probes_left == 0 {
+            if quiet && self.verify_probes_left == 0 {
                 self.verify_probes_left = VERIFY_PROBES;
+                self.verify_after = Some(now + VERIFY_AFTER);
             }
             Budget::from(budget)
         };
@@ -371,15 +401,23 @@ mod tests {
         let mut unmeasured = sending(1_000_000, 1_500_000, 0.0);
         unmeasured.measured = false;
         assert_eq!(unmeasured.budget(50_000, t0).keep, u64::MAX);
-        // Measured: the same fall lowers the layers and is to be checked by probing...
+        // Measured: the same fall lowers the layers and is to be checked by probing, a
+        // second later...
         let mut b = sending(1_000_000, 1_500_000, 0.0);
         // (an onset: below ONSET_FALL of what is sent)
         assert_eq!(b.budget(50_000, t0), Budget::from(550_000));
         assert_eq!(b.verify_probes_left, VERIFY_PROBES);
-        // ... not on a lossy link.
+        assert_eq!(b.verify_after, Some(t0 + VERIFY_AFTER));
+        // ... not on a lossy link, nor on one that lost within LOSS_QUIET.
         let mut lossy = sending(1_000_000, 1_500_000, 0.1);
         lossy.budget(50_000, t0);
         assert_eq!(lossy.verify_probes_left, 0);
+        let mut lost = sending(1_000_000, 1_500_000, 0.0);
+        lost.lossy_at = Some(t0);
+        lost.budget(50_000, t0 + LOSS_QUIET / 2);
+        assert_eq!(lost.verify_probes_left, 0);
+        lost.budget(50_000, t0 + LOSS_QUIET);
+        assert_eq!(lost.verify_probes_left, VERIFY_PROBES);
     }
 
     #[test]
