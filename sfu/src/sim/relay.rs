@@ -539,6 +539,10 @@ fn loss_on_the_link_is_repaired_without_asking_the_publisher_for_a_keyframe() {
     hop.lose_one_in = Some(40);
     hop.run_for(&mut w, 6 * SECOND);
     let now = w.now();
+    // A packet lost in the last milliseconds is noticed (by the next one of its layer) and
+    // repaired after them.
+    hop.lose_one_in = None;
+    hop.run_for(&mut w, SECOND / 2);
     assert!(hop.lost >= 20, "the link lost {} packets", hop.lost);
     let repaired = w.h.counters().relay_packets_repaired - repaired;
     assert_eq!(
