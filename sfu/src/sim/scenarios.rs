@@ -1103,6 +1103,7 @@ fn a_viewer_starved_of_cpu_is_not_held_below_the_top_layer() {
             w.nodes[bob].down.config.stalls = Some(stalls);
             let joined = w.now();
             w.run_for(7 * SECOND);
+            let until = w.now();
             let video = w.video(bob);
             let switches: Vec<(f64, u8, u8)> = video
                 .switches()
@@ -1112,22 +1113,7 @@ fn a_viewer_starved_of_cpu_is_not_held_below_the_top_layer() {
             let top_at = video.decoded.iter().find(|f| f.layer == 2).map(|f| f.at);
             // The join: on the top layer within a second, and never off it for more than
             // 2.5 s (a fall is checked by probing a second later; before, 3-6 s).
-            let until = joined + 7 * SECOND;
-            let mut off_top = Duration::ZERO;
-            let mut last_top = top_at;
-            for f in video
-                .decoded
-                .iter()
-                .filter(|f| f.layer == 2 && f.at <= until)
-            {
-                if let Some(last) = last_top {
-                    off_top = off_top.max(f.at.saturating_duration_since(last));
-                }
-                last_top = Some(f.at);
-            }
-            if let Some(last) = last_top {
-                off_top = off_top.max(until.saturating_duration_since(last));
-            }
+            let off_top = top_at.map_or(Duration::MAX, |t| video.longest_off_layer(2, t, until));
             if top_at.is_none_or(|t| t - joined >= SECOND) || off_top > 2500 * ms(1) {
                 slow.push(format!(
                     "seed {seed}, {stalls:?}: top layer at {:?}, off it for up to {off_top:?} \

@@ -428,6 +428,12 @@ impl Vp8Receiver {
         self.freeze_where(from, to, |d| d.source == source)
     }
 
+    /// The longest time between `from` and `to` without a decoded frame of `layer` (what a
+    /// viewer spends off that layer).
+    pub(crate) fn longest_off_layer(&self, layer: u8, from: Instant, to: Instant) -> Duration {
+        self.freeze_where(from, to, |d| d.layer == layer)
+    }
+
     fn freeze_where(
         &self,
         from: Instant,

@@ -16,11 +16,11 @@
 //! so a track goes straight to the layer the link will carry rather than stopping on the way
 //! (each downgrade waits for a keyframe, frozen; an upgrade costs no freeze).
 //!
-//! If the link loses nothing as the estimate falls, nor in the [`VERIFY_AFTER`] after, the
-//! fall is checked by probing for everything the tracks want (see [`RESTART_PROBING`]): a
-//! receiver starved of CPU reads its socket in bursts, which the delay-based estimator takes
-//! for a queue, and an open link then answers the probe at once instead of being climbed
-//! back over seconds.
+//! A fall that lowers the layers on a link that has lost nothing for [`LOSS_QUIET`] is
+//! checked by probing for everything the tracks want, [`VERIFY_AFTER`] later if the link
+//! still loses nothing (see [`RESTART_PROBING`]): a receiver starved of CPU reads its socket
+//! in bursts, which the delay-based estimator takes for a queue, and an open link then
+//! answers the probe at once instead of being climbed back over seconds.
 //!
 //! Until the estimator has measured anything its estimate is the configured starting guess
 //! (1 Mbit/s by default, below a 720p top layer): it does not lower the layers a new
@@ -73,8 +73,9 @@ const RESTART_PROBING: Duration = Duration::from_secs(3);
 /// How many times a fall of the estimate on a link losing nothing is checked by probing (a
 /// probe can be spoilt: a receiver that stalls in the middle of one measures it slow)...
 const VERIFY_PROBES: u8 = 3;
-/// ... the first this long after the fall and each next this long after the one before, if the link has lost nothing for [`LOSS_QUIET`]
-/// then (the loss is measured over the last second). A link that just narrowed loses packets
+/// ... the first this long after the fall and each next this long after the one before, if
+/// the link has lost nothing for [`LOSS_QUIET`] then (the loss is measured over the last
+/// second). A link that just narrowed loses packets
 /// around the fall (its queue overflowed while the estimate fell) and is not probed: a
 /// restarted estimator forgets that loss and starts from the fallen estimate, still above the
 /// link. (With the probe at once, a CI run of the browser test saw a viewer capped at
@@ -295,8 +296,8 @@ impl Bandwidth {
             .set_bitrate(Bitrate::bps(minimum), Bitrate::bps(wanted));
         done.mutated = true;
         if restarting {
-            // Stuck below what the tracks want, or fallen deeply, on a link without loss:
-            // probe afresh, for everything they want (above).
+            // Stuck below what the tracks want, or fallen and lowered a layer, on a link
+            // without loss: probe afresh, for everything they want (above).
             rtc.bwe().reset(Bitrate::bps(estimate));
             WorkerCounters::add(&ctx.counters().estimator_restarts, 1);
             debug!(
@@ -337,8 +338,8 @@ impl Bandwidth {
             return Budget::from(fresh);
         }
         let lossy = self.loss.is_some_and(|l| l > MAX_LOSS);
-        // The layers go down now, unless the dip is ridden out: on a link losing nothing the
-        // fall is checked by probing, once per probing spell.
+        // The layers go down now, unless the dip is ridden out: on a quiet link the fall is
+        // to be checked by probing (up to VERIFY_PROBES times, see `allocate`).
         let quiet = self.loss_quiet(now);
         let mut lower = |budget: u64| {
             if quiet && self.verify_probes_left == 0 {
