@@ -80,6 +80,9 @@ counters! {
     keyframe_requests_received,
     /// Keyframe requests sent to publishers, after coalescing.
     keyframe_requests_sent,
+    /// Video subscriptions started from their track's latest keyframe and the frames since,
+    /// kept by its owner (no keyframe request needed).
+    subscriptions_started_from_cache,
     /// NACKs received from subscribers (answered from the egress RTX cache).
     nacks_received,
     /// Subscriptions whose track's codec the subscriber did not accept (not forwarded).

@@ -78,6 +78,12 @@ pub(crate) enum Delivery {
         to: PeerId,
         packet: Arc<ForwardedPacket>,
     },
+    /// Start a new subscriber with a stream's packets from its latest keyframe on (the
+    /// owner's start cache), in order, before the packets that follow them.
+    Replay {
+        to: PeerId,
+        packets: Vec<Arc<ForwardedPacket>>,
+    },
     /// Send a data channel message to a subscriber.
     Data {
         to: PeerId,
@@ -121,6 +127,7 @@ impl Delivery {
     pub(crate) fn to(&self) -> PeerId {
         match self {
             Delivery::Rtp { to, .. }
+            | Delivery::Replay { to, .. }
             | Delivery::Data { to, .. }
             | Delivery::Want { to, .. }
             | Delivery::Leave { to, .. }
@@ -148,6 +155,54 @@ impl Delivery {
     /// must travel on the reliable control lane, not the droppable media lane). Their rate is
     /// bounded by their senders: a subscription's changes of layer and its keyframe requests.
     pub(crate) fn is_control(&self) -> bool {
-        !matches!(self, Delivery::Rtp { .. } | Delivery::Data { .. })
+        !matches!(
+            self,
+            Delivery::Rtp { .. } | Delivery::Replay { .. } | Delivery::Data { .. }
+        )
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use str0m::format::{Codec, CodecSpec, FormatParams, PayloadParams};
+    use str0m::media::{Frequency, Pt};
+
+    use super::ForwardedPacket;
+
+    /// A VP8 packet of layer 0 with RTP timestamp `ts`, `bytes` of payload, arrived `at`.
+    pub(crate) fn video_packet(
+        ts: u32,
+        keyframe: bool,
+        bytes: usize,
+        at: Instant,
+    ) -> ForwardedPacket {
+        let spec = CodecSpec {
+            codec: Codec::Vp8,
+            clock_rate: Frequency::NINETY_KHZ,
+            channels: None,
+            format: FormatParams::default(),
+        };
+        ForwardedPacket {
+            track: crate::ids::TrackId(1),
+            layer: 0,
+            params: PayloadParams::new(Pt::from(96), None, spec),
+            seq: u64::from(ts),
+            ts,
+            marker: true,
+            keyframe,
+            red: false,
+            temporal: None,
+            svc: None,
+            descriptor: None,
+            payload: Arc::from(vec![0u8; bytes]),
+            audio_level: None,
+            voice_activity: None,
+            video_orientation: None,
+            arrival: at,
+            capture: None,
+        }
     }
 }

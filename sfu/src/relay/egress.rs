@@ -54,27 +54,11 @@ impl RelayEgress {
     /// Media or news from a track's owner.
     pub(crate) fn handle_delivery(&mut self, delivery: Delivery, counters: &WorkerCounters) {
         match delivery {
-            Delivery::Rtp { packet, .. } => {
-                let wanted = self
-                    .tracks
-                    .get(&packet.track)
-                    .is_some_and(|layers| layers & 1 << u32::from(packet.layer.min(31)) != 0);
-                if !wanted {
-                    return;
+            Delivery::Rtp { packet, .. } => self.send(packet, counters),
+            Delivery::Replay { packets, .. } => {
+                for packet in packets {
+                    self.send(packet, counters);
                 }
-                match self.packets.try_send(relayed(&packet, false)) {
-                    Ok(()) => WorkerCounters::add(&counters.relay_packets_sent, 1),
-                    Err(_) => WorkerCounters::add(&counters.relay_packets_dropped, 1),
-                }
-                let sent = self.sent.entry((packet.track, packet.layer)).or_default();
-                while sent.len() >= REPAIR_PACKETS
-                    || sent.front().is_some_and(|p| {
-                        packet.arrival.saturating_duration_since(p.arrival) > REPAIR_AGE
-                    })
-                {
-                    sent.pop_front();
-                }
-                sent.push_back(packet);
             }
             Delivery::TrackEnded { track, .. } => {
                 if self.tracks.remove(&track).is_some() {
@@ -93,6 +77,30 @@ impl RelayEgress {
             }
             Delivery::Want { .. } | Delivery::Leave { .. } | Delivery::KeyframeRequest { .. } => {}
         }
+    }
+
+    /// Passes a packet of a relayed track to the link, and keeps it to repair losses.
+    fn send(&mut self, packet: Arc<ForwardedPacket>, counters: &WorkerCounters) {
+        let wanted = self
+            .tracks
+            .get(&packet.track)
+            .is_some_and(|layers| layers & 1 << u32::from(packet.layer.min(31)) != 0);
+        if !wanted {
+            return;
+        }
+        match self.packets.try_send(relayed(&packet, false)) {
+            Ok(()) => WorkerCounters::add(&counters.relay_packets_sent, 1),
+            Err(_) => WorkerCounters::add(&counters.relay_packets_dropped, 1),
+        }
+        let sent = self.sent.entry((packet.track, packet.layer)).or_default();
+        while sent.len() >= REPAIR_PACKETS
+            || sent
+                .front()
+                .is_some_and(|p| packet.arrival.saturating_duration_since(p.arrival) > REPAIR_AGE)
+        {
+            sent.pop_front();
+        }
+        sent.push_back(packet);
     }
 
     /// The remote node stops receiving `track` (it asked for no layer of it).

@@ -192,6 +192,65 @@ fn a_lost_keyframe_request_is_retried() {
     );
 }
 
+/// A viewer joining soon after a keyframe starts from it: the track's owner sends it that
+/// keyframe and every packet since (its start cache), so it decodes at once, every frame, up
+/// to the live edge, and the publisher is not asked for another keyframe. A viewer joining
+/// later, when that keyframe is old, gets one asked for as before.
+#[test]
+fn a_viewer_joining_soon_after_a_keyframe_starts_from_it_without_a_request() {
+    let mut w = World::new(31);
+    let alice = w.publisher(&CHROMIUM_720P, true);
+    let track = w.video_track(alice);
+    w.run_for(2 * SECOND);
+    let first = w.subscriber(vec![track]);
+    w.run_until(2 * SECOND, |w| !w.video(first).decoded.is_empty());
+    let asked = |w: &mut World| w.encoder(alice).keyframe_requests.iter().sum::<u32>();
+    let requests = asked(&mut w);
+
+    let joined = w.now();
+    let second = w.subscriber(vec![track]);
+    w.run_for(3 * SECOND);
+    assert_eq!(
+        asked(&mut w),
+        requests,
+        "the second viewer's join asked the publisher for a keyframe"
+    );
+    let video = w.video(second);
+    let start = video
+        .decoded
+        .first()
+        .expect("the second viewer sees nothing");
+    assert!(start.key, "it starts on a keyframe");
+    let key = w.video(first).decoded.first().map(|f| (f.layer, f.frame));
+    assert_eq!(
+        Some((start.layer, start.frame)),
+        key,
+        "the first viewer's keyframe, replayed"
+    );
+    assert!(
+        start.at - joined < Duration::from_millis(150),
+        "first frame {:?} after the join",
+        start.at - joined
+    );
+    assert_eq!(video.undecodable, 0, "every replayed frame decodes");
+    assert_continuous_picture_ids(&w, second);
+    let end = w.now();
+    assert_smooth(&w, second, start.at, end, 100);
+
+    // Long after that keyframe: asked for, as without the cache.
+    let third = w.subscriber(vec![track]);
+    w.run_for(2 * SECOND);
+    assert!(
+        asked(&mut w) > requests,
+        "the third viewer's join asked for no keyframe"
+    );
+    assert!(
+        !w.video(third).decoded.is_empty(),
+        "the third viewer sees nothing"
+    );
+    assert_eq!(w.video(third).undecodable, 0);
+}
+
 /// Dynacast: layers nobody receives are paused at the publisher, and come back (starting
 /// with a keyframe) when a viewer wants them.
 #[test]

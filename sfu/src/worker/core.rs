@@ -275,7 +275,10 @@ impl WorkerCore {
 
     fn deliver(&mut self, now: Instant, delivery: Delivery) {
         let to = delivery.to();
-        let writes_media = matches!(delivery, Delivery::Rtp { .. } | Delivery::Data { .. });
+        let writes_media = matches!(
+            delivery,
+            Delivery::Rtp { .. } | Delivery::Replay { .. } | Delivery::Data { .. }
+        );
         let bounce = delivery.bounce();
         if !self.peers.contains_key(&to) {
             if let Some(relay) = self.relays.get_mut(&to) {

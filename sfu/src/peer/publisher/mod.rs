@@ -2,6 +2,7 @@
 //! ([`track`]: its subscribers, keyframe requests, layer rates, dynacast, mute), and each
 //! incoming RTP packet resolved to its track and layer and fanned out.
 
+mod start_cache;
 pub(crate) mod track;
 
 use std::collections::HashMap;
@@ -309,7 +310,7 @@ impl Publisher {
             meter.on_packet(ext.audio_level, ext.voice_activity, ctx.now);
         }
         track.on_received(layer, packet.payload.len(), ctx.now);
-        if !track.admits(stream.layer, keyframe) || !track.has_downstream() {
+        if !track.admits(stream.layer, keyframe) {
             return;
         }
         let capture = packet.last_sender_info.map(|sr| {

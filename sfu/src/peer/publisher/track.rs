@@ -1,7 +1,8 @@
 //! One published track and its owner's state: who receives it and which of its layers each
 //! wants (plain fields: the publisher's worker alone reads and writes them, subscribers on any
 //! worker send [`Delivery::Want`] and [`Delivery::Leave`]), its keyframe requests coalesced
-//! per layer, its measured layer rates, dynacast and mute. A scalable (SVC) stream's spatial
+//! per layer, its measured layer rates, dynacast and mute, and each incoming stream's latest
+//! group of pictures that a joining subscriber starts with. A scalable (SVC) stream's spatial
 //! layers are its layers: learned from its packets, each one's rate published as what
 //! receiving up to it costs.
 
@@ -24,6 +25,8 @@ use crate::keyframe::SvcLayers;
 use crate::keyframe_throttle::KeyframeThrottle;
 use crate::packet::{Delivery, ForwardedPacket};
 use crate::peer::{Ctx, PeerInfo};
+
+use super::start_cache::StartCache;
 
 /// Where a track's keyframe requests go: the publisher's own state machine (as a PLI), or,
 /// for a track relayed from another node, that node (see `relay::ingress`).
@@ -76,8 +79,10 @@ pub(crate) struct PublishedTrack {
     pub(crate) rids: Vec<Rid>,
     /// Who receives the track, in the order they joined.
     downstream: Vec<Downstream>,
-    /// One per layer.
+    /// One per incoming stream (simulcast layer; the one stream of a scalable track).
     throttles: Vec<KeyframeThrottle>,
+    /// Video: one per incoming stream, what a joining subscriber starts with.
+    start: Vec<StartCache>,
     /// Audio tracks only.
     pub(crate) meter: Option<AudioLevelMeter>,
     /// Payload bytes per layer since the last rate sample.
@@ -116,6 +121,11 @@ impl PublishedTrack {
             throttles: (0..layers)
                 .map(|_| KeyframeThrottle::new(keyframe_interval))
                 .collect(),
+            start: if kind == TrackKind::Video {
+                (0..layers).map(|_| StartCache::default()).collect()
+            } else {
+                Vec::new()
+            },
             meter: (kind == TrackKind::Audio).then(AudioLevelMeter::default),
             layer_bytes: [0; MAX_LAYERS],
             layer_rates: [0; MAX_LAYERS],
@@ -141,11 +151,21 @@ impl PublishedTrack {
     }
 
     /// A subscriber joins, or changes the layers it receives and asks for. A layer it asks for
-    /// that dynacast paused is resumed at once.
-    pub(crate) fn want(&mut self, wanted: Downstream, info: &PeerInfo, ctx: &Ctx<'_>) {
+    /// that dynacast paused is resumed at once. A joining video subscriber is started: sent
+    /// the stream's latest group of pictures if it is recent, else a keyframe is asked for.
+    pub(crate) fn want(
+        &mut self,
+        upstream: &mut impl Upstream,
+        wanted: Downstream,
+        info: &PeerInfo,
+        ctx: &mut Ctx<'_>,
+    ) {
         match self.downstream.iter_mut().find(|d| d.at == wanted.at) {
             Some(known) => *known = wanted,
-            None => self.downstream.push(wanted),
+            None => {
+                self.downstream.push(wanted);
+                self.start_downstream(upstream, wanted, ctx);
+            }
         }
         let asked = wanted.layers | wanted.demand;
         let Some(dynacast) = self.dynacast.as_mut() else {
@@ -160,6 +180,48 @@ impl PublishedTrack {
         if let Some(paused) = resumed {
             WorkerCounters::add(&ctx.counters().layers_resumed, 1);
             self.announce_layers(paused, info);
+        }
+    }
+
+    /// Starts a joining subscriber on the streams of the layers it receives: from the start
+    /// cache where it holds a recent keyframe, else with a keyframe request (through the
+    /// throttle). Not while its layers are unknown (it wants them all until the publisher's
+    /// are known, and will ask for the one it picks).
+    fn start_downstream(
+        &mut self,
+        upstream: &mut impl Upstream,
+        joined: Downstream,
+        ctx: &mut Ctx<'_>,
+    ) {
+        if self.start.is_empty() || joined.layers == u32::MAX {
+            return;
+        }
+        let mut streams = 0u32;
+        for layer in 0..self.route.layer_count().min(32) {
+            if joined.layers & (1 << layer) != 0 {
+                streams |= 1 << self.stream_of(usize::from(layer));
+            }
+        }
+        for stream in 0..self.start.len().min(32) {
+            if streams & (1 << stream) == 0 {
+                continue;
+            }
+            match self.start.get(stream).and_then(|c| c.fresh(ctx.now)) {
+                Some(group) if !self.muted => {
+                    let packets = group.to_vec();
+                    WorkerCounters::add(&ctx.counters().subscriptions_started_from_cache, 1);
+                    ctx.deliver(
+                        joined.at,
+                        Delivery::Replay {
+                            to: joined.at.peer,
+                            packets,
+                        },
+                    );
+                }
+                _ => {
+                    self.ask_keyframe(upstream, stream, false, ctx);
+                }
+            }
         }
     }
 
@@ -224,27 +286,35 @@ impl PublishedTrack {
 
     /// Whether a packet of `layer` may go out now: not while muted, and after an unmute not
     /// before the layer's next keyframe.
+    /// `layer` is the incoming stream's. Nobody receiving the track also stops it here (and
+    /// the stream's start cache, which must not skip the packets in between).
     pub(crate) fn admits(&mut self, layer: u8, keyframe: bool) -> bool {
-        if self.muted {
-            return false;
-        }
         let bit = 1u32 << u32::from(layer.min(31));
-        if self.resume_at_keyframe & bit != 0 {
-            if !keyframe {
-                return false;
-            }
+        let admitted = if self.muted {
+            false
+        } else if self.resume_at_keyframe & bit != 0 && !keyframe {
+            false
+        } else {
             self.resume_at_keyframe &= !bit;
+            true
+        };
+        if admitted && !self.downstream.is_empty() {
+            return true;
         }
-        true
+        let stream = self.stream_of(usize::from(layer));
+        if let Some(cache) = self.start.get_mut(stream) {
+            cache.clear();
+        }
+        false
     }
 
-    /// Whether anyone receives the track.
-    pub(crate) fn has_downstream(&self) -> bool {
-        !self.downstream.is_empty()
-    }
-
-    /// The hot path's last step: `packet` to every subscriber that receives its layer.
+    /// The hot path's last step: `packet` to every subscriber that receives its layer (and
+    /// to the start cache of its stream).
     pub(crate) fn fan_out(&mut self, packet: &Arc<ForwardedPacket>, ctx: &mut Ctx<'_>) {
+        let stream = self.stream_of(usize::from(packet.layer));
+        if let Some(cache) = self.start.get_mut(stream) {
+            cache.on_packet(packet);
+        }
         let bit = 1u32 << u32::from(packet.layer.min(31));
         let mut delivered = false;
         for d in &self.downstream {
@@ -483,7 +553,10 @@ pub(crate) fn apply_delivery<'a>(
         Delivery::Want { track, .. }
         | Delivery::Leave { track, .. }
         | Delivery::KeyframeRequest { track, .. } => Some(*track),
-        Delivery::Rtp { .. } | Delivery::Data { .. } | Delivery::TrackEnded { .. } => None,
+        Delivery::Rtp { .. }
+        | Delivery::Replay { .. }
+        | Delivery::Data { .. }
+        | Delivery::TrackEnded { .. } => None,
     }) else {
         return;
     };
@@ -498,6 +571,7 @@ pub(crate) fn apply_delivery<'a>(
             },
             Some(t),
         ) => t.want(
+            upstream,
             Downstream {
                 at: from,
                 layers,

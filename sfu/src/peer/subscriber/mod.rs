@@ -219,10 +219,10 @@ impl Subscriber {
         sub.join(here, layers, ctx);
         sub.switcher.set_target(target);
         self.bandwidth.start(ctx.now);
-        if sub.route.kind == TrackKind::Video
-            && let Some(layer) = target
-        {
-            ask_keyframe(sub, layer, false, ctx);
+        if sub.route.kind == TrackKind::Video && target.is_some() {
+            // The join is the request: the owner starts us from its latest keyframe or asks
+            // the publisher for one. Asked again if nothing comes.
+            sub.keyframe_asked_at = Some(ctx.now);
             self.next_retry = earliest_retry(&self.subs, ctx);
         }
         info!(%track, "subscription active");
@@ -278,7 +278,12 @@ impl Subscriber {
         ctx: &mut Ctx<'_>,
     ) {
         match delivery {
-            Delivery::Rtp { packet, .. } => self.forward(rtc, info, &packet, ctx),
+            Delivery::Rtp { packet, .. } => self.forward(rtc, info, &packet, false, ctx),
+            Delivery::Replay { packets, .. } => {
+                for packet in &packets {
+                    self.forward(rtc, info, packet, true, ctx);
+                }
+            }
             Delivery::Data { message, .. } => self.data.deliver(rtc, message, ctx),
             Delivery::TrackEnded { track, .. } => {
                 self.unsubscribe(track, ctx);
@@ -290,11 +295,14 @@ impl Subscriber {
     }
 
     /// The hot path: one packet of a track this peer receives.
+    /// One packet of a track this peer receives (`replayed`: from its owner's start cache,
+    /// not just arrived).
     fn forward(
         &mut self,
         rtc: &mut Rtc,
         info: &PeerInfo,
         packet: &ForwardedPacket,
+        replayed: bool,
         ctx: &mut Ctx<'_>,
     ) {
         let Some(sub) = self.subs.get_mut(&packet.track) else {
@@ -311,7 +319,7 @@ impl Subscriber {
         };
         let (out, waits_changed) = sub.admit(packet, ctx);
         if let Some(out) = out {
-            sub.write(rtc, mid, packet, (out, format), ctx);
+            sub.write(rtc, mid, packet, (out, format), replayed, ctx);
         }
         if waits_changed {
             self.next_retry = earliest_retry(&self.subs, ctx);

@@ -380,13 +380,15 @@ impl Subscription {
     }
 
     /// The hot path's second half: rewrites an admitted packet for this subscriber (payload
-    /// type, numbers, VP8 patch) and writes it to the subscriber's state machine.
+    /// type, numbers, VP8 patch) and writes it to the subscriber's state machine. A packet
+    /// `replayed` from the start cache arrived long ago: not a latency sample.
     pub(super) fn write(
         &mut self,
         rtc: &mut Rtc,
         mid: Mid,
         packet: &ForwardedPacket,
         (out, format): (Forward, OutFormat),
+        replayed: bool,
         ctx: &mut Ctx<'_>,
     ) {
         // RED goes on as it came to a subscriber that negotiated it, and as its primary block
@@ -451,10 +453,12 @@ impl Subscription {
         }
         let ssrc = tx.ssrc();
         tx.write_rtp(write);
-        // The low 16 bits are the sequence number on the wire.
-        ctx.out
-            .latency
-            .on_forward(*ssrc, out.seq as u16, packet.arrival);
+        if !replayed {
+            // The low 16 bits are the sequence number on the wire.
+            ctx.out
+                .latency
+                .on_forward(*ssrc, out.seq as u16, packet.arrival);
+        }
         if let Some(since) = self.awaiting_first_video.take() {
             let took = ctx.now.saturating_duration_since(since);
             let timings = &ctx.shared.config.timings;
