@@ -1,5 +1,6 @@
 //! The publishing side of a peer: the tracks the client sends, each one owned here
-//! ([`track`]: its subscribers, keyframe requests, layer rates, dynacast, mute), and each
+//! ([`track`]: its subscribers, keyframe requests, layer rates, dynacast, mute, and the
+//! latest group of pictures a joining subscriber starts with, [`start_cache`]), and each
 //! incoming RTP packet resolved to its track and layer and fanned out.
 
 mod start_cache;
