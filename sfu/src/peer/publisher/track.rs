@@ -284,20 +284,16 @@ impl PublishedTrack {
         }
     }
 
-    /// Whether a packet of `layer` may go out now: not while muted, and after an unmute not
-    /// before the layer's next keyframe.
-    /// `layer` is the incoming stream's. Nobody receiving the track also stops it here (and
-    /// the stream's start cache, which must not skip the packets in between).
+    /// Whether a packet of stream `layer` goes out: not while muted, after an unmute not
+    /// before the layer's next keyframe, and not while nobody receives the track. A packet
+    /// that does not go out also ends the stream's start cache (a group of pictures with a
+    /// gap would not decode).
     pub(crate) fn admits(&mut self, layer: u8, keyframe: bool) -> bool {
         let bit = 1u32 << u32::from(layer.min(31));
-        let admitted = if self.muted {
-            false
-        } else if self.resume_at_keyframe & bit != 0 && !keyframe {
-            false
-        } else {
+        let admitted = !self.muted && (keyframe || self.resume_at_keyframe & bit == 0);
+        if admitted {
             self.resume_at_keyframe &= !bit;
-            true
-        };
+        }
         if admitted && !self.downstream.is_empty() {
             return true;
         }
