@@ -228,43 +228,29 @@ mod tests {
     use std::sync::Arc;
     use std::time::Instant;
 
-    use str0m::format::{Codec, CodecSpec, FormatParams, PayloadParams};
-    use str0m::media::{Frequency, Pt};
     use str0m::rtp::VideoOrientation;
 
     use super::*;
     use crate::keyframe::Vp8Temporal;
     use crate::packet::SvcFrame;
+    use crate::packet::tests::video_packet;
 
     fn packet() -> ForwardedPacket {
-        let spec = CodecSpec {
-            codec: Codec::Vp8,
-            clock_rate: Frequency::NINETY_KHZ,
-            channels: None,
-            format: FormatParams::default(),
-        };
         ForwardedPacket {
-            track: crate::ids::TrackId(1),
             layer: 2,
-            params: PayloadParams::new(Pt::from(96), None, spec),
             seq: 0x1_2345,
             ts: 0xdead_beef,
-            marker: true,
-            keyframe: true,
-            red: false,
             temporal: Some(Vp8Temporal {
                 tid: 2,
                 layer_sync: true,
                 frame_start: true,
             }),
-            svc: None,
-            descriptor: None,
             payload: Arc::from(vec![0x90, 0x80, 0x12, 0x34, 1, 2, 3]),
             audio_level: Some(-42),
             voice_activity: Some(true),
             video_orientation: Some(VideoOrientation::Deg90),
-            arrival: Instant::now(),
             capture: Some(1_764_540_000.25),
+            ..video_packet(0, true, 0, Instant::now())
         }
     }
 
