@@ -389,6 +389,14 @@ impl Subscriber {
                     }
                 }
                 sub.reported = Some(state);
+                debug!(
+                    track = %id,
+                    current = ?state.current,
+                    target = ?state.target,
+                    reason = reason.as_str(),
+                    max_temporal = ?state.max_temporal,
+                    "layer state"
+                );
                 info.emit(PeerEvent::LayerState {
                     peer: info.id,
                     track: *id,
