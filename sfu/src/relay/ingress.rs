@@ -390,7 +390,7 @@ impl RelayIngress {
             meter.on_packet(audio_level, voice_activity, ctx.now);
         }
         t.track.on_received(p.layer, p.payload.len(), ctx.now);
-        if !t.track.admits(p.layer, p.keyframe) {
+        if !t.track.admits(p.layer, p.ts, p.keyframe) {
             return;
         }
         let forwarded = Arc::new(ForwardedPacket {

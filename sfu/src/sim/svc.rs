@@ -260,6 +260,59 @@ fn each_viewer_gets_the_spatial_layers_it_asked_for_and_switches_at_the_right_pi
     assert_well_formed(&down, "bob going down");
 }
 
+/// A viewer that joins a scalable stream soon after its keyframe starts from it (the track
+/// owner's start cache, which holds the stream's one group of pictures): it gets that keyframe
+/// picture and every picture since, well formed, and the publisher is asked for nothing.
+#[test]
+fn a_viewer_joining_a_scalable_stream_soon_after_its_keyframe_starts_from_it() {
+    let mut w = World::new(93);
+    let alice = w.sender(MediaKind::Video, |c| c.clear_codecs().enable_vp9(true));
+    let pt = w.nodes[alice]
+        .client
+        .pt(Codec::Vp9)
+        .expect("the server answers VP9");
+    let mut encoder = Vp9Svc::new();
+    encoder.send_picture(&mut w, alice, pt);
+    let track = *w.nodes[alice]
+        .tracks
+        .first()
+        .expect("the track is published");
+    let vp9_viewer = |c: str0m::RtcConfig| c.clear_codecs().enable_vp9(true);
+    let carol = w.add_subscriber_with(vec![track], vp9_viewer);
+    // Carol watches through the next keyframe (picture 30) and a few pictures more.
+    while encoder.picture < KEYFRAME_EVERY + 3 {
+        encoder.send_picture(&mut w, alice, pt);
+    }
+    assert!(
+        received(&w, carol).iter().any(|p| p.key),
+        "carol got a keyframe"
+    );
+    let asked = w.nodes[alice].client.keyframe_requests.len();
+    let bob = w.add_subscriber_with(vec![track], vp9_viewer);
+    for _ in 0..20 {
+        encoder.send_picture(&mut w, alice, pt);
+    }
+    let got = received(&w, bob);
+    let first = got.first().expect("bob gets the stream");
+    assert_eq!(
+        (first.picture, first.spatial, first.key),
+        (KEYFRAME_EVERY as u16, 0, true),
+        "bob starts on the latest keyframe, replayed"
+    );
+    assert_well_formed(&got, "bob from the replayed keyframe on");
+    let pictures = top_layers(&got);
+    assert_eq!(
+        pictures.len(),
+        usize::from(pictures.last().map_or(0, |p| p.0) - first.picture) + 1,
+        "every picture from the keyframe on: {pictures:?}"
+    );
+    assert_eq!(
+        w.nodes[alice].client.keyframe_requests.len(),
+        asked,
+        "bob's join asked the publisher for a keyframe"
+    );
+}
+
 /// A synthetic AV1 L3T3 encoder whose payloads say nothing (as if encrypted end to end): its
 /// layers, frame boundaries and keyframes are only in its Dependency Descriptors.
 struct Av1Svc {

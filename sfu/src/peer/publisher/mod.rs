@@ -311,7 +311,7 @@ impl Publisher {
             meter.on_packet(ext.audio_level, ext.voice_activity, ctx.now);
         }
         track.on_received(layer, packet.payload.len(), ctx.now);
-        if !track.admits(stream.layer, keyframe) {
+        if !track.admits(stream.layer, packet.header.timestamp, keyframe) {
             return;
         }
         let capture = packet.last_sender_info.map(|sr| {

@@ -193,20 +193,29 @@ impl PublishedTrack {
         joined: Downstream,
         ctx: &mut Ctx<'_>,
     ) {
-        if self.start.is_empty() || joined.layers == u32::MAX {
+        if self.start.is_empty() || joined.layers == 0 {
             return;
         }
-        let mut streams = 0u32;
-        for layer in 0..self.route.layer_count().min(32) {
-            if joined.layers & (1 << layer) != 0 {
-                streams |= 1 << self.stream_of(usize::from(layer));
-            }
-        }
+        let streams = if self.route.is_scalable() {
+            // Its one stream (the subscriber asks for every layer: it drops what it skips).
+            1
+        } else if joined.layers == u32::MAX {
+            return;
+        } else {
+            joined.layers
+        };
+        let paused = self.dynacast.as_ref().map_or(0, Dynacast::paused);
         for stream in 0..self.start.len().min(32) {
-            if streams & (1 << stream) == 0 {
+            let bit = 1u32 << stream;
+            if streams & bit == 0 {
                 continue;
             }
-            match self.start.get(stream).and_then(|c| c.fresh(ctx.now)) {
+            // A paused layer's group is of a stream that has stopped: it resumes (in `want`)
+            // with a keyframe.
+            let cached = (paused & bit == 0)
+                .then(|| self.start.get(stream).and_then(|c| c.fresh(ctx.now)))
+                .flatten();
+            match cached {
                 Some(group) if !self.muted => {
                     let packets = group.to_vec();
                     WorkerCounters::add(&ctx.counters().subscriptions_started_from_cache, 1);
@@ -284,11 +293,11 @@ impl PublishedTrack {
         }
     }
 
-    /// Whether a packet of stream `layer` goes out: not while muted, after an unmute not
-    /// before the layer's next keyframe, and not while nobody receives the track. A packet
-    /// that does not go out also ends the stream's start cache (a group of pictures with a
-    /// gap would not decode).
-    pub(crate) fn admits(&mut self, layer: u8, keyframe: bool) -> bool {
+    /// Whether a packet of stream `layer` (picture `ts`) goes out: not while muted, after an
+    /// unmute not before the layer's next keyframe, and not while nobody receives the track.
+    /// A packet that does not go out also ends the stream's start cache (a group of pictures
+    /// with a gap would not decode).
+    pub(crate) fn admits(&mut self, layer: u8, ts: u32, keyframe: bool) -> bool {
         let bit = 1u32 << u32::from(layer.min(31));
         let admitted = !self.muted && (keyframe || self.resume_at_keyframe & bit == 0);
         if admitted {
@@ -299,7 +308,7 @@ impl PublishedTrack {
         }
         let stream = self.stream_of(usize::from(layer));
         if let Some(cache) = self.start.get_mut(stream) {
-            cache.clear();
+            cache.spoil(ts);
         }
         false
     }
@@ -420,6 +429,9 @@ impl PublishedTrack {
     ) -> bool {
         self.sample_rates(ctx.now);
         self.run_dynacast(info, ctx);
+        for cache in &mut self.start {
+            cache.expire(ctx.now);
+        }
         if let Some(level) = self.meter.as_mut().and_then(|m| m.poll(ctx.now)) {
             info.emit(PeerEvent::AudioLevel {
                 peer: info.id,
