@@ -156,23 +156,34 @@ fn top_layers(packets: &[Seen]) -> Vec<(u16, u8)> {
     tops
 }
 
-#[test]
-fn each_viewer_gets_the_spatial_layers_it_asked_for_and_switches_at_the_right_pictures() {
-    let mut w = World::new(91);
+/// A VP9 publisher with its first picture sent (which publishes its track): the node, its
+/// payload type, its encoder and the track.
+fn vp9_publisher(w: &mut World) -> (NodeId, u8, Vp9Svc, TrackId) {
     let alice = w.sender(MediaKind::Video, |c| c.clear_codecs().enable_vp9(true));
     let pt = w.nodes[alice]
         .client
         .pt(Codec::Vp9)
         .expect("the server answers VP9");
     let mut encoder = Vp9Svc::new();
-    encoder.send_picture(&mut w, alice, pt);
+    encoder.send_picture(w, alice, pt);
     let track = *w.nodes[alice]
         .tracks
         .first()
         .expect("the track is published");
-    let vp9_viewer = |c: str0m::RtcConfig| c.clear_codecs().enable_vp9(true);
-    let bob = w.add_subscriber_with(vec![track], vp9_viewer);
-    let carol = w.add_subscriber_with(vec![track], vp9_viewer);
+    (alice, pt, encoder, track)
+}
+
+/// A subscriber to `track` that receives VP9, not yet connected.
+fn vp9_viewer(w: &mut World, track: TrackId) -> NodeId {
+    w.add_subscriber_with(vec![track], |c| c.clear_codecs().enable_vp9(true))
+}
+
+#[test]
+fn each_viewer_gets_the_spatial_layers_it_asked_for_and_switches_at_the_right_pictures() {
+    let mut w = World::new(91);
+    let (alice, pt, mut encoder, track) = vp9_publisher(&mut w);
+    let bob = vp9_viewer(&mut w, track);
+    let carol = vp9_viewer(&mut w, track);
     prefer(&mut w, bob, track, Quality::Low);
     for _ in 0..90 {
         encoder.send_picture(&mut w, alice, pt);
@@ -266,19 +277,8 @@ fn each_viewer_gets_the_spatial_layers_it_asked_for_and_switches_at_the_right_pi
 #[test]
 fn a_viewer_joining_a_scalable_stream_soon_after_its_keyframe_starts_from_it() {
     let mut w = World::new(93);
-    let alice = w.sender(MediaKind::Video, |c| c.clear_codecs().enable_vp9(true));
-    let pt = w.nodes[alice]
-        .client
-        .pt(Codec::Vp9)
-        .expect("the server answers VP9");
-    let mut encoder = Vp9Svc::new();
-    encoder.send_picture(&mut w, alice, pt);
-    let track = *w.nodes[alice]
-        .tracks
-        .first()
-        .expect("the track is published");
-    let vp9_viewer = |c: str0m::RtcConfig| c.clear_codecs().enable_vp9(true);
-    let carol = w.add_subscriber_with(vec![track], vp9_viewer);
+    let (alice, pt, mut encoder, track) = vp9_publisher(&mut w);
+    let carol = vp9_viewer(&mut w, track);
     // Carol watches through the next keyframe (picture 30) and a few pictures more.
     while encoder.picture < KEYFRAME_EVERY + 3 {
         encoder.send_picture(&mut w, alice, pt);
@@ -288,7 +288,7 @@ fn a_viewer_joining_a_scalable_stream_soon_after_its_keyframe_starts_from_it() {
         "carol got a keyframe"
     );
     let asked = w.nodes[alice].client.keyframe_requests.len();
-    let bob = w.add_subscriber_with(vec![track], vp9_viewer);
+    let bob = vp9_viewer(&mut w, track);
     for _ in 0..20 {
         encoder.send_picture(&mut w, alice, pt);
     }

@@ -30,7 +30,7 @@ const PACKET_OVERHEAD: usize = 256;
 #[derive(Debug, Default)]
 pub(crate) struct StartCache {
     packets: Vec<Arc<ForwardedPacket>>,
-    /// Payload bytes in `packets`.
+    /// What `packets` cost (see [`cost`]).
     bytes: usize,
     /// The keyframe's RTP timestamp and arrival, while the group is complete.
     key: Option<(u32, Instant)>,
@@ -82,8 +82,7 @@ impl StartCache {
     /// forgotten, since what follows would not decode from it.
     pub(crate) fn spoil(&mut self, ts: u32) {
         self.packets.clear();
-        self.bytes = 0;
-        self.key = None;
+        self.forget();
         self.spoiled = Some(ts);
     }
 
@@ -91,10 +90,16 @@ impl StartCache {
     /// let its packets go).
     pub(crate) fn expire(&mut self, now: Instant) {
         if self.key.is_some() && self.fresh(now).is_none() {
+            // Its room too: the stream may not come back.
             self.packets = Vec::new();
-            self.bytes = 0;
-            self.key = None;
+            self.forget();
         }
+    }
+
+    /// No group any more (`packets` emptied by the caller).
+    fn forget(&mut self) {
+        self.bytes = 0;
+        self.key = None;
     }
 }
 

@@ -212,24 +212,23 @@ impl PublishedTrack {
             }
             // A paused layer's group is of a stream that has stopped: it resumes (in `want`)
             // with a keyframe.
-            let cached = (paused & bit == 0)
-                .then(|| self.start.get(stream).and_then(|c| c.fresh(ctx.now)))
-                .flatten();
-            match cached {
-                Some(group) if !self.muted => {
-                    let packets = group.to_vec();
-                    WorkerCounters::add(&ctx.counters().subscriptions_started_from_cache, 1);
-                    ctx.deliver(
-                        joined.at,
-                        Delivery::Replay {
-                            to: joined.at.peer,
-                            packets,
-                        },
-                    );
-                }
-                _ => {
-                    self.ask_keyframe(upstream, stream, false, ctx);
-                }
+            let cached = self
+                .start
+                .get(stream)
+                .and_then(|c| c.fresh(ctx.now))
+                .filter(|_| !self.muted && paused & bit == 0);
+            if let Some(group) = cached {
+                WorkerCounters::add(&ctx.counters().subscriptions_started_from_cache, 1);
+                let packets = group.to_vec();
+                ctx.deliver(
+                    joined.at,
+                    Delivery::Replay {
+                        to: joined.at.peer,
+                        packets,
+                    },
+                );
+            } else {
+                self.ask_keyframe(upstream, stream, false, ctx);
             }
         }
     }
