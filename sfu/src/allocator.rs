@@ -12,7 +12,9 @@
 //! track's hold (up to [`MAX_UP_HOLD`]); one that lasts resets it. A track that has not lost a
 //! layer (starting on what the estimator's initial guess allows, or the subscriber asked for
 //! more) goes up at once, and so does any track when the estimate was just measured by the
-//! estimator's probes ([`Budget::probed`]).
+//! estimator's probes ([`Budget::probed`]); on a link that lost packets lately, only after
+//! [`PROBED_HOLD`], long enough for the padding towards the next layer to disprove an
+//! estimate the probe got wrong.
 //!
 //! When even the lowest layer does not fit, a track sent with VP8 temporal layers is thinned:
 //! its upper temporal layers are dropped (half, then a quarter of the frame rate), with the
@@ -30,6 +32,14 @@ pub(crate) const MAX_LAYERS: usize = 4;
 pub(crate) const UP_FACTOR: f64 = 1.15;
 /// ... continuously for this long (doubled after each failed upgrade).
 pub(crate) const UP_HOLD: Duration = Duration::from_secs(2);
+/// The hold when the estimate was just measured by probes on a link that lost packets lately.
+/// A probe through a token bucket measures its burst, not its rate: behind a 400 kbit/s cap
+/// with a 4 KB burst, an estimator restart's probes read 1.5 Mbit/s and more, and the padding
+/// towards that rate brought the estimate back down 0.3-0.5 s later. Climbed at once, each
+/// such probe cost a top-layer keyframe sent into the capped link and a freeze on the way
+/// back down (5 switches in 15 s). On a link that loses nothing, the probe is what corrects
+/// an estimate a stalling receiver pulled down, and is climbed at once.
+pub(crate) const PROBED_HOLD: Duration = Duration::from_secs(1);
 /// The longest hold after repeated failed upgrades.
 pub(crate) const MAX_UP_HOLD: Duration = Duration::from_secs(16);
 /// An upgrade undone for bandwidth within this long failed.
@@ -131,6 +141,9 @@ pub(crate) struct Budget {
     /// far as it allows without waiting out a hold, which exists to give the estimator time
     /// to probe.
     pub(crate) probed: bool,
+    /// The link lost packets lately: a probe's estimate may be its buffer's burst, and is
+    /// climbed only after [`PROBED_HOLD`].
+    pub(crate) lossy_lately: bool,
 }
 
 impl From<u64> for Budget {
@@ -140,6 +153,7 @@ impl From<u64> for Budget {
             fresh: bps,
             keep: bps,
             probed: false,
+            lossy_lately: false,
         }
     }
 }
@@ -201,6 +215,7 @@ impl Allocator {
             fresh: budget,
             keep,
             probed,
+            lossy_lately,
         } = budget.into();
         let keep = keep.max(budget);
         let allowed: Vec<Vec<u8>> = tracks.iter().map(|(_, n)| n.allowed()).collect();
@@ -247,9 +262,16 @@ impl Allocator {
                     .entry(*id)
                     .and_modify(|(_, lowest)| *lowest = (*lowest).min(up_budget))
                     .or_insert((now, up_budget));
-                let hold = self.hold.get(id).copied().unwrap_or(UP_HOLD);
+                let mut hold = self.hold.get(id).copied().unwrap_or(UP_HOLD);
+                if probed {
+                    hold = if lossy_lately {
+                        hold.min(PROBED_HOLD)
+                    } else {
+                        Duration::ZERO
+                    };
+                }
                 let lost = self.history.get(id).is_some_and(|h| h.lost_layer);
-                let holds = self.limited.contains(id) && lost && !probed;
+                let holds = self.limited.contains(id) && lost;
                 if holds && now.saturating_duration_since(since) < hold {
                     break;
                 }
@@ -548,17 +570,37 @@ mod tests {
     }
 
     #[test]
-    fn after_an_estimator_restart_the_probed_estimate_is_climbed_at_once() {
+    fn after_an_estimator_restart_on_a_lossy_link_a_probed_estimate_must_last_a_second() {
         let t0 = Instant::now();
         let id = TrackId(1);
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
         let mut alloc = on_top(id, t0);
-        let a = alloc.allocate(t0, 300_000, &[(id, needs(Some(2), None))]);
+        let a = alloc.allocate(at(0), 300_000, &[(id, needs(Some(2), None))]);
         assert_eq!(one(&a).layer, Some(0));
         let probed = Budget {
             probed: true,
+            lossy_lately: true,
             ..Budget::from(3_000_000)
         };
-        let a = alloc.allocate(t0 + 500 * MS, probed, &[(id, needs(Some(0), None))]);
+        // A probe's estimate that the padding disproves within half a second: not followed.
+        for ms in [5_000, 5_500] {
+            let a = alloc.allocate(at(ms), probed, &[(id, needs(Some(0), None))]);
+            assert_eq!(one(&a).layer, Some(0), "held at {ms} ms: {a:?}");
+        }
+        alloc.allocate(at(5_800), 300_000, &[(id, needs(Some(0), None))]);
+        // One that lasts a second, not the 2 s hold: all the way up.
+        alloc.allocate(at(10_000), probed, &[(id, needs(Some(0), None))]);
+        let a = alloc.allocate(at(10_500), probed, &[(id, needs(Some(0), None))]);
+        assert_eq!(one(&a).layer, Some(0), "held: {a:?}");
+        let a = alloc.allocate(at(11_000), probed, &[(id, needs(Some(0), None))]);
+        assert_eq!(one(&a).layer, Some(2), "after {PROBED_HOLD:?}: {a:?}");
+        // On a link losing nothing, a probed estimate is climbed at once.
+        alloc.allocate(at(12_000), 300_000, &[(id, needs(Some(2), None))]);
+        let quiet = Budget {
+            lossy_lately: false,
+            ..probed
+        };
+        let a = alloc.allocate(at(12_500), quiet, &[(id, needs(Some(0), None))]);
         assert_eq!(one(&a).layer, Some(2), "no hold: {a:?}");
     }
 
@@ -772,7 +814,7 @@ mod tests {
         let dip = Budget {
             fresh: 1_300_000,
             keep: 1_700_000,
-            probed: false,
+            ..Budget::from(1_300_000)
         };
         let a = alloc.allocate(t0, dip, &[(id, needs(Some(2), None))]);
         assert_eq!(one(&a).layer, Some(2), "kept through the dip");
@@ -786,7 +828,7 @@ mod tests {
         let low = Budget {
             fresh: 2_000_000,
             keep: 100_000,
-            probed: false,
+            ..Budget::from(2_000_000)
         };
         let a = Allocator::default().allocate(t0, low, &[(id, needs(Some(2), None))]);
         assert_eq!(one(&a).layer, Some(2));

@@ -24,7 +24,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import {
   ARTIFACTS, CHROMIUM_BIN, startServer, stopServer, startWatchdog, launchParticipant, closeParticipant,
-  callUrl, waitUntil, describeTiles, withTimeout, sleep, serverLogTail,
+  callUrl, waitUntil, describeTiles, withTimeout, sleep, serverLogTail, keepResolution,
 } from './harness.mjs';
 import * as netns from './netns.mjs';
 
@@ -113,22 +113,6 @@ function videoOut() {
   })();
 }
 
-/**
- * Makes the publisher keep its resolution under CPU load (it lowers the frame rate instead):
- * on a busy two-core test machine Chromium would otherwise stop its top layer now and then,
- * which is the publisher's choice, not what this test is about.
- */
-function keepResolution() {
-  return (async () => {
-    const sender = window.sfuDemo.state.tx.camera?.sender;
-    if (!sender) return false;
-    const params = sender.getParameters();
-    params.degradationPreference = 'maintain-resolution';
-    await sender.setParameters(params);
-    return true;
-  })();
-}
-
 /** Picks a quality in the menu of the (only) remote tile. */
 function chooseQuality(quality) {
   const select = document.querySelector('[data-testid="tile"] select.quality');
@@ -145,12 +129,20 @@ const probeOut = (p) => withTimeout(p.page.evaluate(videoOut), 5_000, `reading $
 async function pollUntil(read, done, timeoutMs, what) {
   const start = Date.now();
   let value;
+  // What changed while waiting (layer, target, decoded width, frame rate), for the failure
+  // message: it tells a late switch at the server from a late picture at the viewer.
+  const changes = [];
+  let lastSeen;
   while (Date.now() - start < timeoutMs) {
     value = await read();
     if (done(value)) return { value, ms: Date.now() - start };
+    const seen = JSON.stringify([value?.layerState?.current, value?.layerState?.target, value?.layerState?.reason, value?.width, value?.fps]);
+    if (seen !== lastSeen) changes.push(`${Date.now() - start} ms: ${seen}`);
+    lastSeen = seen;
     await sleep(250);
   }
-  throw new Error(`${what}: not within ${timeoutMs} ms; last seen ${JSON.stringify(value)}\n${serverLogTail(15)}`);
+  throw new Error(`${what}: not within ${timeoutMs} ms; last seen ${JSON.stringify(value)}\n` +
+    `changes seen ([layer, target, reason, width, fps]): ${changes.join('; ')}\n${serverLogTail(15)}`);
 }
 
 /** Since when (per viewer) its freeze count has not changed. */

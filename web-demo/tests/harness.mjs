@@ -408,6 +408,23 @@ export function sampleRemoteMedia(participant, sampleMs = 2_000) {
   }, sampleMs), sampleMs + 5_000, `sampling ${participant.name}'s media`);
 }
 
+/**
+ * Makes the publisher keep its resolution under CPU load (it lowers the frame rate instead):
+ * on a busy two-core test machine Chromium would otherwise stop its top layer now and then,
+ * which is the publisher's choice, not what these tests are about. Run in the publisher's page
+ * (`waitUntil(participant, ..., keepResolution)`): false until its camera is being sent.
+ */
+export function keepResolution() {
+  return (async () => {
+    const sender = window.sfuDemo.state.tx.camera?.sender;
+    if (!sender) return false;
+    const params = sender.getParameters();
+    params.degradationPreference = 'maintain-resolution';
+    await sender.setParameters(params);
+    return true;
+  })();
+}
+
 /** In-page: picks `quality` in the menu of `name`'s tile (as a click would: a `change` event). */
 export function chooseQuality([name, quality]) {
   const tile = [...document.querySelectorAll('[data-testid="tile"]')]

@@ -283,7 +283,10 @@ for (const codec of CODECS) {
         }
         // The fake camera sends 20 fps (the top layer at least half of it on a busy machine).
         assert.ok(delta('framesDecoded') >= (5 * STEADY_MS) / 1_000, `fewer than 5 frames a second decoded; ${detail}`);
-        assert.ok(delta('framesDropped') <= 5, `frames dropped by the decoder; ${detail}`);
+        // A forwarding fault (a broken layer, a missing reference) drops frames by the dozen and
+        // shows in the PLIs below; a decoder short of CPU on a loaded two-core machine drops a
+        // late one now and then (6 of 60 seen in CI, 0 in the rerun).
+        assert.ok(delta('framesDropped') <= Math.max(5, 0.15 * delta('framesDecoded')), `frames dropped by the decoder; ${detail}`);
         // A picture the decoder cannot use (a missing reference, a broken layer) makes it ask
         // for a keyframe: a steady forwarded stream needs none.
         assert.ok(delta('pliCount') <= 1, `the decoder asked for keyframes (decode errors?); ${detail}`);

@@ -236,6 +236,7 @@ impl Bandwidth {
         }
         let mut budget = self.budget(audio, ctx.now);
         budget.probed = self.probe_all_until.is_some_and(|t| ctx.now < t);
+        budget.lossy_lately = !self.loss_quiet(ctx.now);
         let allocation = self.allocator.allocate(ctx.now, budget, &video);
         trace!(estimate = ?self.estimate, audio, ?budget, ?allocation, "allocated");
         for ((id, choice), max_temporal) in allocation.choices.iter().zip(&allocation.max_temporal)
@@ -330,7 +331,7 @@ impl Bandwidth {
             return Budget {
                 fresh,
                 keep: u64::MAX,
-                probed: false,
+                ..Budget::from(fresh)
             };
         }
         if estimate >= self.in_use {
@@ -358,7 +359,7 @@ impl Bandwidth {
             Budget {
                 fresh,
                 keep: (fresh as f64 * DIP_MARGIN) as u64,
-                probed: false,
+                ..Budget::from(fresh)
             }
         } else {
             lower(fresh)
