@@ -139,7 +139,7 @@ pub(crate) struct Budget {
     pub(crate) keep: u64,
     /// `fresh` was just measured by the estimator's probes (after a restart): tracks go up as
     /// far as it allows without waiting out a hold, which exists to give the estimator time
-    /// to probe.
+    /// to probe (but see `lossy_lately`).
     pub(crate) probed: bool,
     /// The link lost packets lately: a probe's estimate may be its buffer's burst, and is
     /// climbed only after [`PROBED_HOLD`].

@@ -60,7 +60,9 @@ const ONSET_FALL: f64 = 0.7;
 const ONSET_SHARE: f64 = 0.6;
 
 /// How long after an estimator restart it is asked to probe for everything the tracks want,
-/// and the tracks climb to what its estimate allows without waiting out a hold. str0m's
+/// and the tracks climb to what its estimate allows without waiting out a hold (on a link
+/// that lost packets in the last [`LOSS_QUIET`], after [`crate::allocator::PROBED_HOLD`]: a
+/// token bucket's burst fools the probes). str0m's
 /// start-up probes after a restart go to 3 and 6 times the estimate, each capped at twice the
 /// wanted rate: aimed at the next layer up they found only that layer, and the layer above
 /// took a second probe round and hold. A restart happens only on a link losing nothing, with
