@@ -13,11 +13,14 @@
 //! [`STUCK_AFTER`] with the estimate still (within [`STILL`] of where the wait began: a stuck
 //! estimator repeats its value to the bit or creeps up a per cent a second, measured at
 //! 319,289 bit/s for 17 s after a limit was lifted; on a link that really is narrow the estimate
-//! saws up and down by half every second), and the link shows no real loss. A restart after
+//! saws up and down by half every second), and the link has shown no real loss for a while
+//! (the caller's `quiet`: 10 s, see `LOSS_QUIET` in the subscriber's bandwidth module; with
+//! only the last second's loss checked, a viewer behind a 150 kbit/s cap was restarted every
+//! 4-6 s, each restart's probes into the full link costing losses and a freeze). A restart after
 //! which the estimate stays still doubles the next wait (up to [`MAX_WAIT`]); an estimate that
 //! moves again shows a live estimator and resets it, so a limit lifted after a long constrained
-//! spell is found as fast as the first time. Sans-IO: time, estimate and loss come in, a yes or
-//! no goes out.
+//! spell is found as fast as the first time. Sans-IO: time, estimate and quiet come in, a yes
+//! or no goes out.
 
 use std::time::{Duration, Instant};
 
@@ -27,7 +30,8 @@ pub(crate) const STUCK_AFTER: Duration = Duration::from_secs(2);
 pub(crate) const MAX_WAIT: Duration = Duration::from_secs(24);
 /// An estimate further than this fraction from the one at the start of the wait is moving.
 pub(crate) const STILL: f64 = 0.1;
-/// Egress loss above this fraction is a narrow link, not a stuck estimator.
+/// Egress loss above this fraction is a narrow link, not a stuck estimator (the caller's
+/// `quiet` is judged against it).
 pub(crate) const MAX_LOSS: f32 = 0.02;
 
 /// Restart decisions for one subscriber's estimator.
@@ -50,14 +54,14 @@ impl Default for EstimatorRestart {
 
 impl EstimatorRestart {
     /// After an allocation: `held_back` if the tracks want more than `estimate` allows,
-    /// `loss` the recent egress loss fraction. Returns `true` if the estimator should be
-    /// restarted now.
+    /// `quiet` if the link has lost no more than [`MAX_LOSS`] lately. Returns `true` if the
+    /// estimator should be restarted now.
     pub(crate) fn check(
         &mut self,
         now: Instant,
         estimate: u64,
         held_back: bool,
-        loss: Option<f32>,
+        quiet: bool,
     ) -> bool {
         if !held_back {
             *self = Self::default();
@@ -79,8 +83,7 @@ impl EstimatorRestart {
                 return false;
             }
         };
-        let lossy = loss.is_some_and(|l| l > MAX_LOSS);
-        if lossy || now.saturating_duration_since(since) < self.wait {
+        if !quiet || now.saturating_duration_since(since) < self.wait {
             return false;
         }
         self.held_since = Some((now, estimate));
@@ -103,7 +106,7 @@ mod tests {
         let mut restarts = Vec::new();
         for ms in (0..120_000u64).step_by(500) {
             let now = t0 + Duration::from_millis(ms);
-            if r.check(now, 800_000, true, Some(0.0)) {
+            if r.check(now, 800_000, true, true) {
                 restarts.push(ms / 1000);
             }
         }
@@ -114,21 +117,21 @@ mod tests {
     fn an_estimate_that_moves_after_a_restart_resets_the_backoff() {
         let t0 = Instant::now();
         let mut r = EstimatorRestart::default();
-        assert!(!r.check(t0, 800_000, true, None));
-        assert!(r.check(t0 + 2 * S, 800_000, true, None));
-        assert!(!r.check(t0 + 5 * S, 800_000, true, None), "waits 4 s now");
+        assert!(!r.check(t0, 800_000, true, true));
+        assert!(r.check(t0 + 2 * S, 800_000, true, true));
+        assert!(!r.check(t0 + 5 * S, 800_000, true, true), "waits 4 s now");
         assert!(
-            !r.check(t0 + 5500 * MS, 840_000, true, None),
+            !r.check(t0 + 5500 * MS, 840_000, true, true),
             "creeping is still"
         );
         // The estimate moves (a sawing estimate on a narrow link moves all the time).
-        assert!(!r.check(t0 + 6 * S, 600_000, true, None));
-        assert!(!r.check(t0 + 7500 * MS, 600_000, true, None));
-        assert!(r.check(t0 + 8 * S, 600_000, true, None), "2 s again");
+        assert!(!r.check(t0 + 6 * S, 600_000, true, true));
+        assert!(!r.check(t0 + 7500 * MS, 600_000, true, true));
+        assert!(r.check(t0 + 8 * S, 600_000, true, true), "2 s again");
         let mut sawing = EstimatorRestart::default();
         for s in 0..30u32 {
             let estimate = if s % 2 == 0 { 300_000 } else { 550_000 };
-            assert!(!sawing.check(t0 + s * S, estimate, true, None));
+            assert!(!sawing.check(t0 + s * S, estimate, true, true));
         }
     }
 
@@ -139,11 +142,11 @@ mod tests {
         let mut estimate = 500_000u64;
         for s in 0..20u32 {
             estimate = estimate * 12 / 10;
-            assert!(!r.check(t0 + s * S, estimate, true, None), "climbing");
+            assert!(!r.check(t0 + s * S, estimate, true, true), "climbing");
         }
         let mut r = EstimatorRestart::default();
         for s in 0..20u32 {
-            assert!(!r.check(t0 + s * S, 400_000, true, Some(0.05)), "lossy");
+            assert!(!r.check(t0 + s * S, 400_000, true, false), "lossy");
         }
     }
 
@@ -151,12 +154,12 @@ mod tests {
     fn no_longer_held_back_resets_the_backoff() {
         let t0 = Instant::now();
         let mut r = EstimatorRestart::default();
-        assert!(!r.check(t0, 800_000, true, None));
-        assert!(r.check(t0 + 3 * S, 800_000, true, None));
-        assert!(!r.check(t0 + 4 * S, 2_000_000, false, None));
-        assert!(!r.check(t0 + 5 * S, 800_000, true, None));
+        assert!(!r.check(t0, 800_000, true, true));
+        assert!(r.check(t0 + 3 * S, 800_000, true, true));
+        assert!(!r.check(t0 + 4 * S, 2_000_000, false, true));
+        assert!(!r.check(t0 + 5 * S, 800_000, true, true));
         assert!(
-            r.check(t0 + 8 * S, 800_000, true, None),
+            r.check(t0 + 8 * S, 800_000, true, true),
             "back to the first wait"
         );
     }

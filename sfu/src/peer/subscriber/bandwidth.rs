@@ -268,7 +268,9 @@ impl Bandwidth {
         timings.subscriber_estimate.record(estimate as f64);
         timings.subscriber_target.record(used as f64);
         let held_back = allocation.next_step > allocation.used;
-        let stuck = self.restart.check(ctx.now, estimate, held_back, self.loss);
+        let stuck = self
+            .restart
+            .check(ctx.now, estimate, held_back, self.loss_quiet(ctx.now));
         if !held_back || !self.loss_quiet(ctx.now) {
             self.verify_probes_left = 0;
         }
