@@ -263,14 +263,12 @@ impl Allocator {
                     .entry(*id)
                     .and_modify(|(_, lowest)| *lowest = (*lowest).min(up_budget))
                     .or_insert((now, up_budget));
-                let mut hold = self.hold.get(id).copied().unwrap_or(UP_HOLD);
-                if probed {
-                    hold = if lossy_lately {
-                        hold.min(PROBED_HOLD)
-                    } else {
-                        Duration::ZERO
-                    };
-                }
+                let track_hold = self.hold.get(id).copied().unwrap_or(UP_HOLD);
+                let hold = match (probed, lossy_lately) {
+                    (false, _) => track_hold,
+                    (true, true) => track_hold.min(PROBED_HOLD),
+                    (true, false) => Duration::ZERO,
+                };
                 let lost = self.history.get(id).is_some_and(|h| h.lost_layer);
                 let holds = self.limited.contains(id) && lost;
                 if holds && now.saturating_duration_since(since) < hold {

@@ -30,9 +30,6 @@ pub(crate) const STUCK_AFTER: Duration = Duration::from_secs(2);
 pub(crate) const MAX_WAIT: Duration = Duration::from_secs(24);
 /// An estimate further than this fraction from the one at the start of the wait is moving.
 pub(crate) const STILL: f64 = 0.1;
-/// Egress loss above this fraction is a narrow link, not a stuck estimator (the caller's
-/// `quiet` is judged against it).
-pub(crate) const MAX_LOSS: f32 = 0.02;
 
 /// Restart decisions for one subscriber's estimator.
 #[derive(Debug)]
@@ -54,8 +51,8 @@ impl Default for EstimatorRestart {
 
 impl EstimatorRestart {
     /// After an allocation: `held_back` if the tracks want more than `estimate` allows,
-    /// `quiet` if the link has lost no more than [`MAX_LOSS`] lately. Returns `true` if the
-    /// estimator should be restarted now.
+    /// `quiet` if the link has lost nothing to speak of lately (a lossy link is narrow, not
+    /// held by a stuck estimator). Returns `true` if the estimator should be restarted now.
     pub(crate) fn check(
         &mut self,
         now: Instant,

@@ -38,7 +38,7 @@ use tracing::{debug, trace};
 use super::subscription::Subscription;
 use crate::allocator::{Allocator, Budget, LayerReason, TrackNeeds, UP_FACTOR};
 use crate::counters::WorkerCounters;
-use crate::estimator_restart::{EstimatorRestart, MAX_LOSS};
+use crate::estimator_restart::EstimatorRestart;
 use crate::ids::TrackId;
 use crate::peer::Ctx;
 
@@ -84,6 +84,8 @@ const VERIFY_PROBES: u8 = 3;
 /// 400 kbit/s go back to the top layer during the cap, 4.3 s frozen, and another switch
 /// layers 7 times under the cap.)
 const VERIFY_AFTER: Duration = Duration::from_secs(1);
+/// Egress loss above this fraction is a narrow link, not a stuck or misled estimator.
+const MAX_LOSS: f32 = 0.02;
 /// How long a link must have lost nothing for a fall of its estimate to be checked by probing.
 const LOSS_QUIET: Duration = Duration::from_secs(10);
 
@@ -238,7 +240,8 @@ impl Bandwidth {
         }
         let mut budget = self.budget(audio, ctx.now);
         budget.probed = self.probe_all_until.is_some_and(|t| ctx.now < t);
-        budget.lossy_lately = !self.loss_quiet(ctx.now);
+        let quiet = self.loss_quiet(ctx.now);
+        budget.lossy_lately = !quiet;
         let allocation = self.allocator.allocate(ctx.now, budget, &video);
         trace!(estimate = ?self.estimate, audio, ?budget, ?allocation, "allocated");
         for ((id, choice), max_temporal) in allocation.choices.iter().zip(&allocation.max_temporal)
@@ -268,10 +271,8 @@ impl Bandwidth {
         timings.subscriber_estimate.record(estimate as f64);
         timings.subscriber_target.record(used as f64);
         let held_back = allocation.next_step > allocation.used;
-        let stuck = self
-            .restart
-            .check(ctx.now, estimate, held_back, self.loss_quiet(ctx.now));
-        if !held_back || !self.loss_quiet(ctx.now) {
+        let stuck = self.restart.check(ctx.now, estimate, held_back, quiet);
+        if !held_back || !quiet {
             self.verify_probes_left = 0;
         }
         let verifying =
